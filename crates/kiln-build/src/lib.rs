@@ -1,1 +1,18 @@
-//! placeholder
+//! Turns a parsed Dockerfile into images: resolves base images, runs each stage's steps
+//! (RUN in the sandbox, COPY into fresh layer dirs), writes layers and configs into a content
+//! store, and hands the result to an output (registry push, OCI layout).
+
+mod base;
+mod context;
+mod error;
+mod executor;
+mod output;
+mod progress;
+mod store;
+mod timefmt;
+
+pub use error::BuildError;
+pub use executor::{BuildOptions, BuiltImage, build};
+pub use output::{Output, deliver};
+pub use progress::{Progress, ProgressMode};
+pub use store::Store;

@@ -1,1 +1,39 @@
-//! placeholder
+//! The Dockerfile frontend: parser directives, instructions, heredocs, BuildKit-compatible
+//! word expansion and `.dockerignore` matching.
+//!
+//! Nothing here touches a filesystem or a registry: the parser turns text into
+//! [`Instruction`]s with spans, and the build lowers them into a plan later. Arguments stay
+//! raw (quotes kept, variables unexpanded) because their meaning depends on build args and
+//! the stage's environment; [`expand`] and [`expand_words`] apply BuildKit's rules then.
+
+mod directives;
+mod error;
+mod expand;
+mod flags;
+mod glob;
+mod heredoc;
+mod ignore;
+mod instruction;
+mod lines;
+mod parser;
+mod stage;
+mod suggest;
+mod words;
+
+pub use directives::Directives;
+pub use error::{ExpandError, IgnoreError, ParseError};
+pub use expand::{expand, expand_words};
+pub use glob::glob_match;
+pub use ignore::IgnoreMatcher;
+pub use instruction::{Command, Flag, Heredoc, Instruction, ShellOrExec, Span};
+pub use parser::parse;
+pub use stage::Stage;
+
+/// A parsed Dockerfile.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dockerfile {
+    /// The path given to [`parse`], for messages.
+    pub path: String,
+    pub directives: Directives,
+    pub instructions: Vec<Instruction>,
+}

@@ -65,7 +65,7 @@ pub fn write_tar(dest: &Path, blobs: &[LayoutBlob<'_>], index: &ImageIndex) -> i
     let tmp = temp_sibling(dest)?;
     let result = (|| {
         let mut ar = tar::Builder::new(BufWriter::new(File::create(&tmp)?));
-        let mut dir = |ar: &mut tar::Builder<_>, path: &str| -> io::Result<()> {
+        let dir = |ar: &mut tar::Builder<_>, path: &str| -> io::Result<()> {
             let mut h = tar::Header::new_ustar();
             h.set_entry_type(tar::EntryType::Directory);
             h.set_mode(0o755);

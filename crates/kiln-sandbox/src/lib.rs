@@ -1,1 +1,118 @@
-//! placeholder
+//! Runs one command (a Dockerfile `RUN` step) in a rootfs made of overlayfs over a stack of
+//! layer dirs, inside new user, mount, pid and UTS namespaces, without privileges on the host.
+//!
+//! The caller (kiln) is multi-threaded, and `unshare(CLONE_NEWUSER)` is refused to
+//! multi-threaded processes, so the namespaces are entered by a re-exec'd helper: the same
+//! executable started with [`HELPER_ARG`] as its first argument. The caller writes the helper's
+//! id maps, then sends it the [`RunSpec`]; the helper mounts the rootfs and forks the command
+//! as PID 1 of the new pid namespace.
+
+mod helper;
+mod init;
+mod protocol;
+mod rootless;
+mod run;
+mod users;
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+pub use rootless::enter_rootless_if_needed;
+
+/// First argument that makes the executable act as the sandbox helper.
+pub const HELPER_ARG: &str = "__kiln-sandbox-init";
+
+/// Call first thing in `main()`: if `argv[1] == HELPER_ARG`, act as the helper and never return.
+pub fn helper_main_if_requested() {
+    let mut args = std::env::args_os().skip(1);
+    if args.next().as_deref() == Some(std::ffi::OsStr::new(HELPER_ARG)) {
+        std::process::exit(helper::main(args.collect()));
+    }
+}
+
+/// What to run and on which layers. Serialized as JSON to the helper; new fields must get a
+/// `#[serde(default)]` so that the format stays extensible.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunSpec {
+    /// Layer dirs in overlayfs format, bottom first; may be empty.
+    pub lowers: Vec<PathBuf>,
+    /// Empty dir; receives the changes (the step's diff).
+    pub upper: PathBuf,
+    /// Empty scratch dir on the same filesystem as `upper`.
+    pub work: PathBuf,
+    pub argv: Vec<String>,
+    /// Exactly the environment of the command, as `KEY=value`.
+    pub env: Vec<String>,
+    /// Absolute path in the rootfs; created if missing.
+    pub cwd: String,
+    /// `name`, `uid`, `name:group` or `uid:gid`; empty means root.
+    pub user: String,
+    /// Empty means `localhost`.
+    pub hostname: String,
+}
+
+/// How the command ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ExitStatus {
+    Code(i32),
+    Signal(i32),
+}
+
+impl ExitStatus {
+    pub fn success(&self) -> bool {
+        *self == ExitStatus::Code(0)
+    }
+}
+
+impl std::fmt::Display for ExitStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ExitStatus::Code(code) => write!(f, "exit code {code}"),
+            ExitStatus::Signal(signal) => write!(f, "killed by signal {signal}"),
+        }
+    }
+}
+
+/// Result of a command that ran.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunOutput {
+    pub status: ExitStatus,
+    /// The last [`TAIL_LINES`] lines of combined stdout and stderr.
+    pub tail: Vec<String>,
+}
+
+/// How many output lines [`RunOutput::tail`] keeps.
+pub const TAIL_LINES: usize = 20;
+
+/// Runs commands through a helper executable (kiln passes `std::env::current_exe()`).
+#[derive(Debug, Clone)]
+pub struct Sandbox {
+    helper: PathBuf,
+}
+
+impl Sandbox {
+    pub fn new(helper: PathBuf) -> Sandbox {
+        Sandbox { helper }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    /// The sandbox could not be set up, or the command could not be started.
+    #[error("sandbox setup failed: {0}")]
+    Setup(String),
+    #[error("cannot start the sandbox helper {}: {source}", path.display())]
+    SpawnHelper {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot write the id maps of the sandbox's user namespace: {0}")]
+    IdMap(String),
+    #[error("sandbox helper ended without a report ({0})")]
+    HelperDied(String),
+    #[error("cannot enter a rootless user namespace: {0}")]
+    Rootless(String),
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}

@@ -1,1 +1,46 @@
-fn main() {}
+//! The `kiln` command line.
+
+mod build_cmd;
+mod report;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "kiln",
+    version,
+    about = "Build container images from Dockerfiles, without a daemon or privileges"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Commands,
+}
+
+#[derive(Subcommand)]
+enum Commands {
+    /// Build an image from a Dockerfile (buildx and kaniko flags).
+    Build(Box<build_cmd::BuildArgs>),
+}
+
+fn main() -> ExitCode {
+    // Both must run before any thread exists: the helper re-enters namespaces.
+    if let Err(e) = kiln_sandbox::enter_rootless_if_needed() {
+        eprintln!("kiln: {e}");
+        return ExitCode::from(1);
+    }
+    kiln_sandbox::helper_main_if_requested();
+
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Commands::Build(args) => build_cmd::run(*args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(report) => {
+            eprintln!("{report:?}");
+            ExitCode::from(1)
+        }
+    }
+}

@@ -1,0 +1,235 @@
+use std::fs;
+use std::path::{Component, Path, PathBuf};
+
+use kiln_dockerfile::IgnoreMatcher;
+
+use crate::BuildError;
+
+/// The build context: a directory, seen through `.dockerignore`. Paths never leave it: `..`
+/// stops at its root and symlinks are resolved as if the context were `/`.
+pub struct BuildContext {
+    root: PathBuf,
+    ignore: Option<IgnoreMatcher>,
+}
+
+/// A COPY source found in the context.
+pub struct ContextSource {
+    /// Where it is on the host, symlinks already resolved inside the context.
+    pub host_path: PathBuf,
+    /// Its path relative to the context root, as `.dockerignore` sees it.
+    pub rel: String,
+}
+
+const MAX_SYMLINK_HOPS: usize = 40;
+
+/// Lexically cleans a context path: no root, no `.`, `..` stops at the root.
+fn clean(path: &str) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for c in Path::new(path).components() {
+        match c {
+            Component::Normal(s) => out.push(s.to_string_lossy().into_owned()),
+            Component::ParentDir => {
+                out.pop();
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+fn has_glob(s: &str) -> bool {
+    s.contains(['*', '?', '['])
+}
+
+impl BuildContext {
+    /// Opens a context dir. `ignore_file` is the `.dockerignore` to apply, if any.
+    pub fn open(root: &Path, ignore_file: Option<&Path>) -> Result<BuildContext, BuildError> {
+        let root = root.canonicalize().map_err(BuildError::io(format!(
+            "opening the build context {}",
+            root.display()
+        )))?;
+        let ignore = match ignore_file {
+            Some(f) if f.is_file() => {
+                let text = fs::read_to_string(f)
+                    .map_err(BuildError::io(format!("reading {}", f.display())))?;
+                Some(IgnoreMatcher::parse(&text).map_err(|e| BuildError::Io {
+                    context: format!("reading {}", f.display()),
+                    source: std::io::Error::other(e.to_string()),
+                })?)
+            }
+            _ => None,
+        };
+        Ok(BuildContext { root, ignore })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn is_excluded(&self, rel: &str) -> bool {
+        self.ignore.as_ref().is_some_and(|m| m.is_excluded(rel))
+    }
+
+    /// Resolves `rel` (components, no `..`) inside the context, following symlinks as if the
+    /// context were the filesystem root. Returns the host path and its cleaned relative path.
+    fn resolve(&self, components: &[String]) -> Option<(PathBuf, Vec<String>)> {
+        let mut resolved: Vec<String> = Vec::new();
+        let mut pending: Vec<String> = components.iter().rev().cloned().collect();
+        let mut hops = 0;
+        while let Some(part) = pending.pop() {
+            if part == ".." {
+                resolved.pop();
+                continue;
+            }
+            if part == "." || part.is_empty() {
+                continue;
+            }
+            let candidate = self.root.join(resolved.join("/")).join(&part);
+            let meta = fs::symlink_metadata(&candidate).ok()?;
+            if meta.file_type().is_symlink() {
+                hops += 1;
+                if hops > MAX_SYMLINK_HOPS {
+                    return None;
+                }
+                let target = fs::read_link(&candidate).ok()?;
+                if target.is_absolute() {
+                    resolved.clear();
+                }
+                for c in target.components().rev() {
+                    match c {
+                        Component::Normal(s) => pending.push(s.to_string_lossy().into_owned()),
+                        Component::ParentDir => pending.push("..".into()),
+                        _ => {}
+                    }
+                }
+            } else {
+                resolved.push(part);
+            }
+        }
+        let host = self.root.join(resolved.join("/"));
+        Some((host, resolved))
+    }
+
+    /// Finds the files a COPY source names: a path, or a pattern with `*`, `?` or `[...]` in
+    /// any component. Excluded paths are invisible. An empty result means nothing matched.
+    pub fn sources(&self, pattern: &str) -> Vec<ContextSource> {
+        let parts = clean(pattern);
+        let mut found: Vec<Vec<String>> = vec![Vec::new()];
+        for part in &parts {
+            let mut next = Vec::new();
+            for prefix in found {
+                if has_glob(part) {
+                    let Some((dir, clean_prefix)) = self.resolve(&prefix) else {
+                        continue;
+                    };
+                    let Ok(entries) = fs::read_dir(&dir) else {
+                        continue;
+                    };
+                    let mut names: Vec<String> = entries
+                        .filter_map(|e| e.ok())
+                        .map(|e| e.file_name().to_string_lossy().into_owned())
+                        .filter(|n| kiln_dockerfile::glob_match(part, n))
+                        .collect();
+                    names.sort();
+                    for n in names {
+                        let mut p = clean_prefix.clone();
+                        p.push(n);
+                        next.push(p);
+                    }
+                } else {
+                    let mut p = prefix;
+                    p.push(part.clone());
+                    next.push(p);
+                }
+            }
+            found = next;
+        }
+        found
+            .into_iter()
+            .filter_map(|p| self.resolve(&p))
+            .filter(|(host, _)| fs::symlink_metadata(host).is_ok())
+            .map(|(host_path, comps)| ContextSource {
+                host_path,
+                rel: comps.join("/"),
+            })
+            .filter(|s| {
+                s.rel.is_empty()
+                    || !self.is_excluded(&s.rel)
+                    || self
+                        .ignore
+                        .as_ref()
+                        .is_some_and(|m| m.may_reinclude_under(&s.rel))
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::symlink;
+
+    fn ctx(files: &[&str], ignore: Option<&str>) -> (tempfile::TempDir, BuildContext) {
+        let t = tempfile::tempdir().unwrap();
+        for f in files {
+            let p = t.path().join(f);
+            fs::create_dir_all(p.parent().unwrap()).unwrap();
+            fs::write(p, f).unwrap();
+        }
+        let ig = ignore.map(|text| {
+            let p = t.path().join(".dockerignore");
+            fs::write(&p, text).unwrap();
+            p
+        });
+        let c = BuildContext::open(t.path(), ig.as_deref()).unwrap();
+        (t, c)
+    }
+
+    fn rels(c: &BuildContext, pattern: &str) -> Vec<String> {
+        c.sources(pattern).into_iter().map(|s| s.rel).collect()
+    }
+
+    #[test]
+    fn parent_dirs_stop_at_the_context_root() {
+        let (_t, c) = ctx(&["etc/passwd"], None);
+        assert_eq!(rels(&c, "../../etc/passwd"), vec!["etc/passwd"]);
+    }
+
+    #[test]
+    fn wildcards_match_within_one_component() {
+        let (_t, c) = ctx(&["a.txt", "b.txt", "sub/c.txt", "d.md"], None);
+        assert_eq!(rels(&c, "*.txt"), vec!["a.txt", "b.txt"]);
+        assert_eq!(rels(&c, "s*/*.txt"), vec!["sub/c.txt"]);
+    }
+
+    #[test]
+    fn symlinks_never_leave_the_context() {
+        let outside = tempfile::tempdir().unwrap();
+        fs::write(outside.path().join("secret"), "host secret").unwrap();
+        let (t, c) = ctx(&["inside"], None);
+        symlink(outside.path().join("secret"), t.path().join("abs")).unwrap();
+        symlink(
+            "../../../../../../../..".to_string()
+                + &outside.path().join("secret").to_string_lossy(),
+            t.path().join("rel"),
+        )
+        .unwrap();
+        // Both links resolve inside the context, where there is no such file.
+        assert!(c.sources("abs").is_empty());
+        assert!(c.sources("rel").is_empty());
+        symlink("/inside", t.path().join("ok")).unwrap();
+        let s = c.sources("ok");
+        assert_eq!(fs::read_to_string(&s[0].host_path).unwrap(), "inside");
+    }
+
+    #[test]
+    fn ignored_files_are_invisible() {
+        let (_t, c) = ctx(
+            &["keep.txt", "secret.env", "logs/a.log"],
+            Some("*.env\nlogs\n"),
+        );
+        assert!(c.sources("secret.env").is_empty());
+        assert!(c.sources("logs/a.log").is_empty());
+        assert_eq!(rels(&c, "*"), vec![".dockerignore", "keep.txt"]);
+    }
+}

@@ -1,0 +1,77 @@
+use std::path::PathBuf;
+
+use kiln_registry::RegistryError;
+
+/// Why a build failed. Each variant names what the user has to look at.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error(transparent)]
+    Parse(#[from] kiln_dockerfile::ParseError),
+    #[error("{path}:{line}: {message}")]
+    Dockerfile {
+        path: String,
+        line: usize,
+        message: String,
+    },
+    #[error("target stage `{0}` is not defined in the Dockerfile")]
+    UnknownTarget(String),
+    #[error("{path}:{line}: COPY --from={name}: no stage or image named `{name}`")]
+    UnknownStage {
+        path: String,
+        line: usize,
+        name: String,
+    },
+    #[error("{path}:{line}: {source_path}: not found in the build context {context}")]
+    MissingSource {
+        path: String,
+        line: usize,
+        source_path: String,
+        context: PathBuf,
+    },
+    #[error("base image {reference}: {source}")]
+    BaseImage {
+        reference: String,
+        #[source]
+        source: RegistryError,
+    },
+    #[error("base image {reference} has no image for {wanted} (it has: {available})")]
+    PlatformMissing {
+        reference: String,
+        wanted: String,
+        available: String,
+    },
+    #[error("{reference}: {message}")]
+    BadImage { reference: String, message: String },
+    #[error(
+        "step [{stage} {step}] {instruction} failed with exit code {code}\n--- last lines of its output ---\n{tail}"
+    )]
+    RunFailed {
+        stage: String,
+        step: String,
+        instruction: String,
+        code: i32,
+        tail: String,
+    },
+    #[error("step [{stage} {step}] {instruction}: {message}")]
+    Step {
+        stage: String,
+        step: String,
+        instruction: String,
+        message: String,
+    },
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl BuildError {
+    pub(crate) fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> BuildError {
+        let context = context.into();
+        move |source| BuildError::Io { context, source }
+    }
+}

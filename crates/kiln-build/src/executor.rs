@@ -1,0 +1,868 @@
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use kiln_dockerfile::{Command, Dockerfile, Instruction, ShellOrExec, Stage};
+use kiln_oci::{
+    Descriptor, HistoryEntry, ImageConfig, ImageManifest, Platform, media, to_json_bytes,
+};
+use kiln_registry::{Reference, RegistryClient};
+use kiln_sandbox::{RunSpec, Sandbox};
+use kiln_snapshot::{CopyOptions, LayerOptions, LayerStack};
+
+use crate::base::{self, LayerRef};
+use crate::context::BuildContext;
+use crate::progress::Progress;
+use crate::{BuildError, Store, timefmt};
+
+/// What to build and how.
+pub struct BuildOptions {
+    /// The Dockerfile's path as the user named it (used in messages).
+    pub dockerfile_path: String,
+    pub context_dir: PathBuf,
+    /// The `.dockerignore` to apply (`<Dockerfile>.dockerignore` beside the Dockerfile wins
+    /// over the context's, as BuildKit does); resolved by the caller.
+    pub ignore_file: Option<PathBuf>,
+    pub build_args: BTreeMap<String, String>,
+    pub target: Option<String>,
+    pub platform: Platform,
+    /// The executable that acts as the sandbox helper (kiln itself).
+    pub sandbox_helper: PathBuf,
+    /// Clamp for timestamps (`SOURCE_DATE_EPOCH`).
+    pub source_date_epoch: Option<i64>,
+}
+
+/// An image built and stored: its manifest and everything the manifest points to.
+pub struct BuiltImage {
+    pub platform: Platform,
+    pub manifest: Descriptor,
+    pub config: Descriptor,
+    pub layers: Vec<Descriptor>,
+}
+
+/// The state of a stage as its instructions run.
+#[derive(Clone)]
+struct StageState {
+    layers: Vec<LayerRef>,
+    config: ImageConfig,
+    /// ARGs declared in this stage, with their values.
+    args: BTreeMap<String, String>,
+    /// Whether CMD was set in this stage (ENTRYPOINT then keeps it).
+    cmd_set: bool,
+}
+
+struct Executor<'a> {
+    df: &'a Dockerfile,
+    stages: Vec<Stage<'a>>,
+    opts: &'a BuildOptions,
+    store: &'a Store,
+    client: &'a RegistryClient,
+    progress: &'a Progress,
+    context: BuildContext,
+    sandbox: Sandbox,
+    global_args: BTreeMap<String, Option<String>>,
+    done: HashMap<usize, StageState>,
+    images: HashMap<String, StageState>,
+    created: String,
+}
+
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// Builds the target stage of `df` for `opts.platform` and stores the image.
+pub fn build(
+    df: &Dockerfile,
+    opts: &BuildOptions,
+    store: &Store,
+    client: &RegistryClient,
+    progress: &Progress,
+) -> Result<BuiltImage, BuildError> {
+    let stages = df.stages();
+    if stages.is_empty() {
+        return Err(BuildError::Dockerfile {
+            path: opts.dockerfile_path.clone(),
+            line: 1,
+            message: "the Dockerfile has no FROM instruction".into(),
+        });
+    }
+    let target = match &opts.target {
+        None => stages.len() - 1,
+        Some(name) => stages
+            .iter()
+            .position(|s| {
+                s.name
+                    .as_deref()
+                    .is_some_and(|n| n.eq_ignore_ascii_case(name))
+            })
+            .ok_or_else(|| BuildError::UnknownTarget(name.clone()))?,
+    };
+    let mut ex = Executor {
+        df,
+        stages,
+        opts,
+        store,
+        client,
+        progress,
+        context: BuildContext::open(&opts.context_dir, opts.ignore_file.as_deref())?,
+        sandbox: Sandbox::new(opts.sandbox_helper.clone()),
+        global_args: BTreeMap::new(),
+        done: HashMap::new(),
+        images: HashMap::new(),
+        created: timefmt::rfc3339(opts.source_date_epoch.unwrap_or_else(timefmt::now_secs)),
+    };
+    ex.declare_global_args()?;
+    let state = ex.stage(target)?;
+    ex.finish(state)
+}
+
+fn shell_argv(config: &ImageConfig, cmd: &ShellOrExec) -> Vec<String> {
+    match cmd {
+        ShellOrExec::Exec(v) => v.clone(),
+        ShellOrExec::Shell(s) => {
+            let mut argv: Vec<String> = config
+                .config
+                .extra
+                .get("Shell")
+                .and_then(|v| serde_json::from_value(v.clone()).ok())
+                .unwrap_or_else(|| vec!["/bin/sh".into(), "-c".into()]);
+            argv.push(s.clone());
+            argv
+        }
+    }
+}
+
+impl<'a> Executor<'a> {
+    fn err(&self, ins: &Instruction, message: impl Into<String>) -> BuildError {
+        BuildError::Dockerfile {
+            path: self.opts.dockerfile_path.clone(),
+            line: ins.span.start_line,
+            message: message.into(),
+        }
+    }
+
+    fn expand(
+        &self,
+        ins: &Instruction,
+        word: &str,
+        lookup: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<String, BuildError> {
+        kiln_dockerfile::expand(word, lookup, self.df.directives.escape)
+            .map_err(|e| self.err(ins, e.message))
+    }
+
+    fn declare_global_args(&mut self) -> Result<(), BuildError> {
+        for ins in self.df.global_args() {
+            if let Command::Arg(decls) = &ins.command {
+                for (name, default) in decls {
+                    let value = match self.opts.build_args.get(name) {
+                        Some(v) => Some(v.clone()),
+                        None => match default {
+                            Some(d) => {
+                                let known = self.global_values();
+                                Some(self.expand(ins, d, &|n| known.get(n).cloned())?)
+                            }
+                            None => None,
+                        },
+                    };
+                    self.global_args.insert(name.clone(), value);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn global_values(&self) -> BTreeMap<String, String> {
+        self.global_args
+            .iter()
+            .filter_map(|(k, v)| v.clone().map(|v| (k.clone(), v)))
+            .collect()
+    }
+
+    fn stage_index(&self, name: &str) -> Option<usize> {
+        self.stages
+            .iter()
+            .position(|s| {
+                s.name
+                    .as_deref()
+                    .is_some_and(|n| n.eq_ignore_ascii_case(name))
+            })
+            .or_else(|| {
+                name.parse::<usize>()
+                    .ok()
+                    .filter(|i| *i < self.stages.len())
+            })
+    }
+
+    /// Builds stage `idx` (and what it depends on) once.
+    fn stage(&mut self, idx: usize) -> Result<StageState, BuildError> {
+        if let Some(s) = self.done.get(&idx) {
+            return Ok(s.clone());
+        }
+        let stage = &self.stages[idx];
+        let label = stage.name.clone().unwrap_or_else(|| format!("stage-{idx}"));
+        let total = stage.instructions.len() + 1;
+        let from = stage.from;
+        let Command::From { image, .. } = &from.command else {
+            unreachable!("a stage starts with FROM")
+        };
+        let globals = self.global_values();
+        let image = self.expand(from, image, &|n| globals.get(n).cloned())?;
+        let step_label = format!("[{label} 1/{total}]");
+        self.progress
+            .step_start(&step_label, &format!("FROM {image}"));
+        let started = Instant::now();
+        let mut state = match self
+            .stage_index(&image)
+            .filter(|i| *i < idx && self.stages[*i].name.is_some())
+        {
+            Some(parent) => {
+                let mut s = self.stage(parent)?;
+                s.args.clear();
+                s.cmd_set = false;
+                s
+            }
+            None => self.image_state(&image, from)?,
+        };
+        self.progress.step_done(&step_label, started.elapsed(), "");
+
+        let instructions: Vec<&Instruction> = self.stages[idx].instructions.clone();
+        for (n, ins) in instructions.into_iter().enumerate() {
+            let step_label = format!("[{label} {}/{total}]", n + 2);
+            self.progress.step_start(&step_label, &ins.text);
+            let started = Instant::now();
+            let note = self.step(&mut state, ins, &label, &step_label)?;
+            self.progress
+                .step_done(&step_label, started.elapsed(), &note);
+        }
+        self.done.insert(idx, state.clone());
+        Ok(state)
+    }
+
+    /// The starting state for `FROM image`: scratch, or a pulled image.
+    fn image_state(&mut self, image: &str, from: &Instruction) -> Result<StageState, BuildError> {
+        if image == "scratch" {
+            let mut config = ImageConfig::for_platform(&self.opts.platform);
+            config.config.env = vec![];
+            return Ok(StageState {
+                layers: vec![],
+                config,
+                args: BTreeMap::new(),
+                cmd_set: false,
+            });
+        }
+        if let Some(s) = self.images.get(image) {
+            return Ok(s.clone());
+        }
+        let reference: Reference = image
+            .parse()
+            .map_err(|e: kiln_registry::ReferenceError| self.err(from, e.to_string()))?;
+        self.progress
+            .detail(&format!("resolving {reference} for {}", self.opts.platform));
+        let pulled = base::pull(
+            self.client,
+            self.store,
+            &reference,
+            &self.opts.platform,
+            self.progress,
+        )?;
+        let mut config = pulled.config;
+        config.history.retain(|_| true);
+        let state = StageState {
+            layers: pulled.layers,
+            config,
+            args: BTreeMap::new(),
+            cmd_set: false,
+        };
+        self.images.insert(image.to_string(), state.clone());
+        Ok(state)
+    }
+
+    fn lookup_fn(state: &StageState) -> impl Fn(&str) -> Option<String> + '_ {
+        move |name: &str| {
+            state
+                .config
+                .config
+                .env_var(name)
+                .map(str::to_string)
+                .or_else(|| state.args.get(name).cloned())
+        }
+    }
+
+    fn history(state: &mut StageState, created: &str, text: String, empty: bool) {
+        state.config.history.push(HistoryEntry {
+            created: Some(created.to_string()),
+            created_by: Some(text),
+            comment: Some("buildkit.dockerfile.v0".into()),
+            empty_layer: empty,
+        });
+    }
+
+    /// Runs one instruction. Returns a note for the progress line.
+    fn step(
+        &mut self,
+        state: &mut StageState,
+        ins: &Instruction,
+        stage: &str,
+        step: &str,
+    ) -> Result<String, BuildError> {
+        let created = self.created.clone();
+        let escape = self.df.directives.escape;
+        let expand = |word: &str, state: &StageState| -> Result<String, BuildError> {
+            kiln_dockerfile::expand(word, &Self::lookup_fn(state), escape)
+                .map_err(|e| self.err(ins, e.message))
+        };
+        let mut note = String::new();
+        let mut layer_added = false;
+        match &ins.command {
+            Command::From { .. } => unreachable!("stages split at FROM"),
+            Command::Run(cmd) => {
+                let argv = shell_argv(&state.config, cmd);
+                layer_added = self.run(state, ins, argv, stage, step)?;
+                if !layer_added {
+                    note = "no changes".into();
+                }
+            }
+            Command::Copy { sources, dest } | Command::Add { sources, dest } => {
+                let files = self.copy(state, ins, sources, dest)?;
+                note = format!("{files} entries");
+                layer_added = true;
+            }
+            Command::Env(pairs) => {
+                let mut values = Vec::new();
+                for (k, v) in pairs {
+                    values.push((k.clone(), expand(v, state)?));
+                }
+                for (k, v) in values {
+                    state.config.config.set_env_var(&k, &v);
+                }
+            }
+            Command::Arg(decls) => {
+                for (name, default) in decls {
+                    let value = match self.opts.build_args.get(name) {
+                        Some(v) => Some(v.clone()),
+                        None => match default {
+                            Some(d) => Some(expand(d, state)?),
+                            None => self.global_args.get(name).cloned().flatten(),
+                        },
+                    };
+                    if let Some(v) = value {
+                        state.args.insert(name.clone(), v);
+                    }
+                }
+            }
+            Command::Label(pairs) => {
+                for (k, v) in pairs {
+                    let (k, v) = (expand(k, state)?, expand(v, state)?);
+                    state.config.config.labels.insert(k, v);
+                }
+            }
+            Command::Expose(ports) => {
+                let mut words = Vec::new();
+                for p in ports {
+                    words.extend(
+                        kiln_dockerfile::expand_words(p, &Self::lookup_fn(state), escape)
+                            .map_err(|e| self.err(ins, e.message))?,
+                    );
+                }
+                for word in words {
+                    let port = if word.contains('/') {
+                        word.to_ascii_lowercase()
+                    } else {
+                        format!("{word}/tcp")
+                    };
+                    state
+                        .config
+                        .config
+                        .exposed_ports
+                        .insert(port, serde_json::json!({}));
+                }
+            }
+            Command::Workdir(dir) => {
+                let dir = expand(dir, state)?;
+                let base = if state.config.config.working_dir.is_empty() {
+                    "/"
+                } else {
+                    &state.config.config.working_dir
+                };
+                state.config.config.working_dir = join_image_path(base, &dir);
+            }
+            Command::User(user) => state.config.config.user = expand(user, state)?,
+            Command::Cmd(cmd) => {
+                state.config.config.cmd = Some(shell_argv(&state.config, cmd));
+                state.cmd_set = true;
+            }
+            Command::Entrypoint(cmd) => {
+                state.config.config.entrypoint = Some(shell_argv(&state.config, cmd));
+                if !state.cmd_set {
+                    state.config.config.cmd = None;
+                }
+            }
+            Command::Volume(vols) => {
+                for v in vols {
+                    let v = expand(v, state)?;
+                    state.config.config.volumes.insert(v, serde_json::json!({}));
+                }
+            }
+            Command::StopSignal(sig) => state.config.config.stop_signal = expand(sig, state)?,
+            Command::Maintainer(who) => state.config.author = Some(who.clone()),
+            Command::Shell(argv) => {
+                state
+                    .config
+                    .config
+                    .extra
+                    .insert("Shell".into(), serde_json::json!(argv));
+            }
+            Command::Healthcheck(_) | Command::Onbuild(_) => {
+                return Err(self.err(
+                    ins,
+                    format!(
+                        "{} is not supported by this version of kiln yet",
+                        ins.keyword()
+                    ),
+                ));
+            }
+        }
+        Self::history(state, &created, history_text(ins), !layer_added);
+        Ok(note)
+    }
+
+    fn stack(state: &StageState) -> LayerStack {
+        LayerStack::new(state.layers.iter().map(|l| l.dir.clone()).collect())
+    }
+
+    /// Stores the layer dir `dir` as a new top layer of `state`.
+    fn add_layer(&self, state: &mut StageState, dir: &Path) -> Result<(), BuildError> {
+        let blob = self.store.put_layer(
+            dir,
+            &LayerOptions {
+                source_date_epoch: self.opts.source_date_epoch,
+                ..Default::default()
+            },
+        )?;
+        let layer_dir = self.store.commit_layer_dir(dir, &blob.diff_id)?;
+        state.config.rootfs.diff_ids.push(blob.diff_id.clone());
+        state.layers.push(LayerRef {
+            dir: layer_dir,
+            diff_id: blob.diff_id,
+            blob: Descriptor::new(media::OCI_LAYER_GZIP, blob.digest, blob.size),
+            source: None,
+        });
+        Ok(())
+    }
+
+    fn run(
+        &self,
+        state: &mut StageState,
+        ins: &Instruction,
+        argv: Vec<String>,
+        stage: &str,
+        step: &str,
+    ) -> Result<bool, BuildError> {
+        if !ins.heredocs.is_empty() {
+            return Err(self.err(
+                ins,
+                "heredocs in RUN are not supported by this version of kiln yet",
+            ));
+        }
+        let scratch = self.store.temp_dir("run-")?;
+        let upper = scratch.path().join("upper");
+        let work = scratch.path().join("work");
+        for d in [&upper, &work] {
+            std::fs::create_dir(d).map_err(BuildError::io("creating a RUN scratch dir"))?;
+        }
+        let mut env = state.config.config.env.clone();
+        if state.config.config.env_var("PATH").is_none() {
+            env.push(format!("PATH={DEFAULT_PATH}"));
+        }
+        for (k, v) in &state.args {
+            if state.config.config.env_var(k).is_none() {
+                env.push(format!("{k}={v}"));
+            }
+        }
+        let spec = RunSpec {
+            lowers: state.layers.iter().map(|l| l.dir.clone()).collect(),
+            upper: upper.clone(),
+            work,
+            argv,
+            env,
+            cwd: if state.config.config.working_dir.is_empty() {
+                "/".into()
+            } else {
+                state.config.config.working_dir.clone()
+            },
+            user: state.config.config.user.clone(),
+            hostname: "kiln".into(),
+        };
+        let progress = self.progress;
+        let output = self
+            .sandbox
+            .run(&spec, &mut |line| progress.output(step, line))
+            .map_err(|e| BuildError::Step {
+                stage: stage.to_string(),
+                step: step.to_string(),
+                instruction: ins.text.clone(),
+                message: e.to_string(),
+            })?;
+        if !output.status.success() {
+            let code = match output.status {
+                kiln_sandbox::ExitStatus::Code(c) => c,
+                kiln_sandbox::ExitStatus::Signal(s) => 128 + s,
+            };
+            return Err(BuildError::RunFailed {
+                stage: stage.to_string(),
+                step: step.trim_matches(['[', ']']).to_string(),
+                instruction: ins.text.clone(),
+                code,
+                tail: output.tail.join("\n"),
+            });
+        }
+        let changed = std::fs::read_dir(&upper)
+            .map_err(BuildError::io("reading a RUN's changes"))?
+            .next()
+            .is_some();
+        if changed {
+            self.add_layer(state, &upper)?;
+        }
+        Ok(changed)
+    }
+
+    fn copy(
+        &mut self,
+        state: &mut StageState,
+        ins: &Instruction,
+        sources: &[String],
+        dest: &str,
+    ) -> Result<u64, BuildError> {
+        if !ins.heredocs.is_empty() {
+            return Err(self.err(
+                ins,
+                "heredocs in COPY are not supported by this version of kiln yet",
+            ));
+        }
+        if matches!(ins.command, Command::Add { .. }) && sources.iter().any(|s| s.contains("://")) {
+            return Err(self.err(
+                ins,
+                "ADD of a URL is not supported by this version of kiln yet",
+            ));
+        }
+        let escape = self.df.directives.escape;
+        let lookup = Self::lookup_fn(state);
+        let ex = |w: &str| {
+            kiln_dockerfile::expand(w, &lookup, escape).map_err(|e| self.err(ins, e.message))
+        };
+        let dest_raw = ex(dest)?;
+        let srcs = sources
+            .iter()
+            .map(|s| ex(s))
+            .collect::<Result<Vec<_>, _>>()?;
+        let from = ins
+            .flag("from")
+            .and_then(|f| f.value.clone())
+            .map(|v| ex(&v))
+            .transpose()?;
+        let chown = ins
+            .flag("chown")
+            .and_then(|f| f.value.clone())
+            .map(|v| ex(&v))
+            .transpose()?;
+        let chmod = match ins.flag("chmod").and_then(|f| f.value.clone()) {
+            Some(v) => Some(u32::from_str_radix(&v, 8).map_err(|_| {
+                self.err(
+                    ins,
+                    format!("--chmod={v}: only octal modes are supported by this version of kiln"),
+                )
+            })?),
+            None => None,
+        };
+        drop(lookup);
+
+        let workdir = if state.config.config.working_dir.is_empty() {
+            "/".to_string()
+        } else {
+            state.config.config.working_dir.clone()
+        };
+        let dest_path = join_image_path(&workdir, &dest_raw);
+        let below = Self::stack(state);
+        let owner = match &chown {
+            Some(spec) => Some(
+                resolve_owner(spec, &below)
+                    .map_err(|m| self.err(ins, format!("--chown={spec}: {m}")))?,
+            ),
+            None => None,
+        };
+
+        // Where the sources come from: the context, or another stage's / image's filesystem.
+        let source_stage = match &from {
+            Some(name) => Some(match self.stage_index(name) {
+                Some(i) => self.stage(i)?,
+                None if self
+                    .stages
+                    .iter()
+                    .any(|s| s.name.as_deref() == Some(name.as_str())) =>
+                {
+                    unreachable!()
+                }
+                None => {
+                    if name.parse::<Reference>().is_err() {
+                        return Err(BuildError::UnknownStage {
+                            path: self.opts.dockerfile_path.clone(),
+                            line: ins.span.start_line,
+                            name: name.clone(),
+                        });
+                    }
+                    self.image_state(name, ins).map_err(|e| match e {
+                        BuildError::BaseImage { .. } => BuildError::UnknownStage {
+                            path: self.opts.dockerfile_path.clone(),
+                            line: ins.span.start_line,
+                            name: name.clone(),
+                        },
+                        other => other,
+                    })?
+                }
+            }),
+            None => None,
+        };
+
+        let scratch = self.store.temp_dir("copy-")?;
+        let layer = scratch.path().join("layer");
+        std::fs::create_dir(&layer).map_err(BuildError::io("creating a COPY layer dir"))?;
+        let export_dir = scratch.path().join("from");
+
+        // (host path, name, is the context root, context-relative path for .dockerignore)
+        let mut resolved: Vec<(PathBuf, String, Option<String>)> = Vec::new();
+        for (i, src) in srcs.iter().enumerate() {
+            match &source_stage {
+                None => {
+                    let found = self.context.sources(src);
+                    if found.is_empty() {
+                        return Err(BuildError::MissingSource {
+                            path: self.opts.dockerfile_path.clone(),
+                            line: ins.span.start_line,
+                            source_path: src.clone(),
+                            context: self.context.root().to_path_buf(),
+                        });
+                    }
+                    for f in found {
+                        let name = f.rel.rsplit('/').next().unwrap_or("").to_string();
+                        resolved.push((f.host_path, name, Some(f.rel)));
+                    }
+                }
+                Some(st) => {
+                    let stack = Self::stack(st);
+                    let image_path = join_image_path("/", src);
+                    let target = export_dir.join(i.to_string());
+                    if stack.lookup(Path::new(&image_path), true).is_none() {
+                        return Err(self.err(
+                            ins,
+                            format!(
+                                "{src}: not found in stage or image `{}`",
+                                from.clone().unwrap_or_default()
+                            ),
+                        ));
+                    }
+                    stack
+                        .export(Path::new(&image_path), &target)
+                        .map_err(|e| self.err(ins, format!("{src}: {e}")))?;
+                    let name = image_path.rsplit('/').next().unwrap_or("").to_string();
+                    resolved.push((target, name, None));
+                }
+            }
+        }
+
+        let dest_is_dir = dest_raw.ends_with('/')
+            || resolved.len() > 1
+            || srcs.iter().any(|s| s.contains(['*', '?', '[']))
+            || below
+                .lookup(Path::new(&dest_path), true)
+                .is_some_and(|p| p.is_dir());
+        let mut entries = 0;
+        for (host, name, rel) in &resolved {
+            let is_dir = std::fs::metadata(host).map(|m| m.is_dir()).unwrap_or(false);
+            let target = if is_dir || !dest_is_dir {
+                dest_path.clone()
+            } else {
+                join_image_path(&dest_path, name)
+            };
+            let filter_fn = |p: &Path| -> bool {
+                match rel {
+                    Some(rel) => {
+                        let full = if rel.is_empty() {
+                            p.to_string_lossy().into_owned()
+                        } else {
+                            format!("{rel}/{}", p.to_string_lossy())
+                        };
+                        !self.context.is_excluded(&full)
+                    }
+                    None => true,
+                }
+            };
+            let opts = CopyOptions {
+                chown: owner,
+                chmod,
+                filter: Some(&filter_fn),
+            };
+            entries +=
+                kiln_snapshot::copy_into_layer(host, &layer, Path::new(&target), &below, &opts)
+                    .map_err(|e| self.err(ins, e.to_string()))?;
+        }
+        self.add_layer(state, &layer)?;
+        Ok(entries)
+    }
+
+    /// Assembles and stores the manifest of the final stage.
+    fn finish(&self, mut state: StageState) -> Result<BuiltImage, BuildError> {
+        state.config.created = Some(self.created.clone());
+        let p = &self.opts.platform;
+        state.config.architecture = p.architecture.clone();
+        state.config.os = p.os.clone();
+        state.config.variant = p.variant.clone();
+        let config = self
+            .store
+            .put_json(media::OCI_CONFIG, &to_json_bytes(&state.config))?;
+        let layers: Vec<Descriptor> = state
+            .layers
+            .iter()
+            .map(|l| {
+                let mut d = l.blob.clone();
+                d.media_type = match media::layer_compression(&d.media_type) {
+                    Some(media::LayerCompression::Gzip) => media::OCI_LAYER_GZIP.into(),
+                    Some(media::LayerCompression::Zstd) => media::OCI_LAYER_ZSTD.into(),
+                    _ => media::OCI_LAYER_TAR.into(),
+                };
+                d.platform = None;
+                d
+            })
+            .collect();
+        let manifest = ImageManifest {
+            schema_version: 2,
+            media_type: Some(media::OCI_MANIFEST.into()),
+            config: config.clone(),
+            layers: layers.clone(),
+            annotations: BTreeMap::new(),
+        };
+        let mut manifest_desc = self
+            .store
+            .put_json(media::OCI_MANIFEST, &to_json_bytes(&manifest))?;
+        manifest_desc.platform = Some(p.clone());
+        Ok(BuiltImage {
+            platform: p.clone(),
+            manifest: manifest_desc,
+            config,
+            layers,
+        })
+    }
+}
+
+/// The history line for an instruction, in the form BuildKit writes.
+fn history_text(ins: &Instruction) -> String {
+    match &ins.command {
+        Command::Run(ShellOrExec::Shell(s)) => format!("RUN /bin/sh -c {s} # buildkit"),
+        Command::Run(ShellOrExec::Exec(v)) => format!("RUN {} # buildkit", v.join(" ")),
+        Command::Copy { .. } | Command::Add { .. } => format!("{} # buildkit", ins.text),
+        _ => ins.text.clone(),
+    }
+}
+
+/// Joins an image path onto a base dir and normalises it (`..` stops at `/`).
+fn join_image_path(base: &str, path: &str) -> String {
+    let full = if path.starts_with('/') {
+        path.to_string()
+    } else {
+        format!("{base}/{path}")
+    };
+    let mut out: Vec<&str> = Vec::new();
+    for part in full.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => {
+                out.pop();
+            }
+            p => out.push(p),
+        }
+    }
+    format!("/{}", out.join("/"))
+}
+
+/// Resolves `user[:group]` (names or numbers) through the image's /etc/passwd and /etc/group.
+fn resolve_owner(spec: &str, stack: &LayerStack) -> Result<(u32, u32), String> {
+    let read = |file: &str| -> Vec<Vec<String>> {
+        stack
+            .lookup(Path::new(file), true)
+            .and_then(|p| std::fs::read_to_string(p).ok())
+            .unwrap_or_default()
+            .lines()
+            .map(|l| l.split(':').map(str::to_string).collect())
+            .collect()
+    };
+    let (user, group) = match spec.split_once(':') {
+        Some((u, g)) => (u, Some(g)),
+        None => (spec, None),
+    };
+    let passwd = read("/etc/passwd");
+    let (uid, primary_gid) = match user.parse::<u32>() {
+        Ok(uid) => (
+            uid,
+            passwd
+                .iter()
+                .find(|f| f.get(2).and_then(|s| s.parse().ok()) == Some(uid))
+                .and_then(|f| f.get(3)?.parse().ok()),
+        ),
+        Err(_) => {
+            let entry = passwd
+                .iter()
+                .find(|f| f.first().map(String::as_str) == Some(user))
+                .ok_or_else(|| format!("no user `{user}` in the image's /etc/passwd"))?;
+            (
+                entry
+                    .get(2)
+                    .and_then(|s| s.parse().ok())
+                    .ok_or("malformed /etc/passwd")?,
+                entry.get(3).and_then(|s| s.parse().ok()),
+            )
+        }
+    };
+    let gid = match group {
+        None => primary_gid.unwrap_or(uid),
+        Some(g) => match g.parse::<u32>() {
+            Ok(gid) => gid,
+            Err(_) => read("/etc/group")
+                .iter()
+                .find(|f| f.first().map(String::as_str) == Some(g))
+                .and_then(|f| f.get(2)?.parse().ok())
+                .ok_or_else(|| format!("no group `{g}` in the image's /etc/group"))?,
+        },
+    };
+    Ok((uid, gid))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn image_paths_are_joined_and_cleaned() {
+        assert_eq!(join_image_path("/app", "src"), "/app/src");
+        assert_eq!(join_image_path("/app", "/etc/x"), "/etc/x");
+        assert_eq!(join_image_path("/", "../../x/./y/"), "/x/y");
+    }
+
+    #[test]
+    fn owners_resolve_through_the_image() {
+        let t = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(t.path().join("etc")).unwrap();
+        std::fs::write(
+            t.path().join("etc/passwd"),
+            "root:x:0:0::/root:/bin/sh\nbuilder:x:1000:1001::/home/b:/bin/sh\n",
+        )
+        .unwrap();
+        std::fs::write(t.path().join("etc/group"), "root:x:0:\nstaff:x:50:\n").unwrap();
+        let stack = LayerStack::new(vec![t.path().to_path_buf()]);
+        assert_eq!(resolve_owner("builder", &stack).unwrap(), (1000, 1001));
+        assert_eq!(resolve_owner("builder:staff", &stack).unwrap(), (1000, 50));
+        assert_eq!(resolve_owner("42:43", &stack).unwrap(), (42, 43));
+        assert!(
+            resolve_owner("ghost", &stack)
+                .unwrap_err()
+                .contains("ghost")
+        );
+    }
+}

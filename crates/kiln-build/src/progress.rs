@@ -1,0 +1,56 @@
+use std::io::Write;
+use std::time::Duration;
+
+/// How much the build prints, on stderr.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProgressMode {
+    /// Steps, their times and the output of RUN steps; what CI logs want.
+    Plain,
+    /// Only errors.
+    Quiet,
+}
+
+/// Prints build steps as `[stage n/m] INSTRUCTION` with their times.
+pub struct Progress {
+    mode: ProgressMode,
+}
+
+impl Progress {
+    pub fn new(mode: ProgressMode) -> Progress {
+        Progress { mode }
+    }
+
+    fn line(&self, text: &str) {
+        if self.mode != ProgressMode::Quiet {
+            let mut err = std::io::stderr().lock();
+            let _ = writeln!(err, "{text}");
+        }
+    }
+
+    pub fn step_start(&self, label: &str, instruction: &str) {
+        self.line(&format!("{label} {instruction}"));
+    }
+
+    pub fn step_done(&self, label: &str, elapsed: Duration, note: &str) {
+        let note = if note.is_empty() {
+            String::new()
+        } else {
+            format!(" ({note})")
+        };
+        self.line(&format!("{label} DONE {:.2}s{note}", elapsed.as_secs_f64()));
+    }
+
+    /// A line printed by a RUN step.
+    pub fn output(&self, label: &str, text: &str) {
+        self.line(&format!("{label}   | {text}"));
+    }
+
+    /// A sub-task of the current step (pulling, extracting, pushing).
+    pub fn detail(&self, text: &str) {
+        self.line(&format!("  - {text}"));
+    }
+
+    pub fn info(&self, text: &str) {
+        self.line(text);
+    }
+}

@@ -1,0 +1,206 @@
+//! Flags between the keyword and the arguments (`COPY --from=build ...`).
+//!
+//! BuildKit accepts `--name=value` and bare `--name` (booleans only); `--name value` is not a
+//! flag with a value, the value would be taken as an argument.
+
+use crate::suggest;
+
+/// A flag as written, quotes removed, with its byte offset in the logical line.
+pub(crate) struct RawFlag {
+    pub name: String,
+    pub value: Option<String>,
+    pub offset: usize,
+}
+
+/// Reads flags from the start of `args` (offsets relative to `args`). Returns them and the
+/// offset where the real arguments begin. A bare `--` ends the flags.
+pub(crate) fn extract(args: &str) -> (Vec<RawFlag>, usize) {
+    let chars: Vec<(usize, char)> = args.char_indices().collect();
+    let offset_of = |i: usize| chars.get(i).map_or(args.len(), |(o, _)| *o);
+    let mut flags = Vec::new();
+    let mut i = 0;
+    loop {
+        while i < chars.len() && chars[i].1.is_whitespace() {
+            i += 1;
+        }
+        let start = offset_of(i);
+        if !args[start..].starts_with("--") {
+            return (flags, start);
+        }
+        let mut word = String::new();
+        let mut quote: Option<char> = None;
+        while i < chars.len() {
+            let c = chars[i].1;
+            i += 1;
+            match quote {
+                None if c.is_whitespace() => break,
+                Some(q) if c == q => quote = None,
+                None if c == '\'' || c == '"' => quote = Some(c),
+                // Flags always use `\` as their escape, whatever the escape directive says.
+                _ if c == '\\' => {
+                    if let Some(&(_, next)) = chars.get(i) {
+                        word.push(next);
+                        i += 1;
+                    }
+                }
+                _ => word.push(c),
+            }
+        }
+        if word == "--" {
+            return (flags, offset_of(i));
+        }
+        let body = &word[2..];
+        let (name, value) = match body.split_once('=') {
+            Some((name, value)) => (name.to_string(), Some(value.to_string())),
+            None => (body.to_string(), None),
+        };
+        flags.push(RawFlag {
+            name,
+            value,
+            offset: start,
+        });
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// Needs `=value`, at most once.
+    Value,
+    /// Bare, or `=true` / `=false`.
+    Bool,
+    /// Needs `=value`, may repeat.
+    Repeated,
+}
+
+const FROM: &[(&str, Kind)] = &[("platform", Kind::Value)];
+const RUN: &[(&str, Kind)] = &[
+    ("mount", Kind::Repeated),
+    ("network", Kind::Value),
+    ("security", Kind::Value),
+];
+const COPY: &[(&str, Kind)] = &[
+    ("from", Kind::Value),
+    ("chown", Kind::Value),
+    ("chmod", Kind::Value),
+    ("link", Kind::Bool),
+    ("parents", Kind::Bool),
+    ("exclude", Kind::Repeated),
+];
+const ADD: &[(&str, Kind)] = &[
+    ("from", Kind::Value),
+    ("chown", Kind::Value),
+    ("chmod", Kind::Value),
+    ("link", Kind::Bool),
+    ("parents", Kind::Bool),
+    ("exclude", Kind::Repeated),
+    ("checksum", Kind::Value),
+    ("keep-git-dir", Kind::Bool),
+    ("unpack", Kind::Bool),
+];
+const HEALTHCHECK: &[(&str, Kind)] = &[
+    ("interval", Kind::Value),
+    ("timeout", Kind::Value),
+    ("start-period", Kind::Value),
+    ("start-interval", Kind::Value),
+    ("retries", Kind::Value),
+];
+const TABLES: &[&[(&str, Kind)]] = &[FROM, RUN, COPY, ADD, HEALTHCHECK];
+
+fn allowed(keyword: &str) -> &'static [(&'static str, Kind)] {
+    match keyword {
+        "FROM" => FROM,
+        "RUN" => RUN,
+        "COPY" => COPY,
+        "ADD" => ADD,
+        "HEALTHCHECK" => HEALTHCHECK,
+        _ => &[],
+    }
+}
+
+/// Why a flag was rejected; `index` points into the checked list.
+pub(crate) struct Problem {
+    pub index: usize,
+    pub message: String,
+    pub hint: Option<String>,
+}
+
+/// Checks names, values and repetition of `flags` for `keyword`.
+pub(crate) fn validate(keyword: &str, flags: &[RawFlag]) -> Result<(), Problem> {
+    let table = allowed(keyword);
+    for (index, flag) in flags.iter().enumerate() {
+        let problem = |message: String, hint: Option<String>| Problem {
+            index,
+            message,
+            hint,
+        };
+        let name = flag.name.as_str();
+        let Some(&(_, kind)) = table.iter().find(|(n, _)| *n == name) else {
+            let accepted: Vec<String> = table.iter().map(|(n, _)| format!("--{n}")).collect();
+            let known_elsewhere = TABLES.iter().any(|t| t.iter().any(|(n, _)| *n == name));
+            let names: Vec<&str> = table.iter().map(|(n, _)| *n).collect();
+            let hint = match suggest::closest(name, &names) {
+                Some(near) if !known_elsewhere => Some(format!("did you mean --{near}?")),
+                _ if accepted.is_empty() => Some(format!("{keyword} takes no flags")),
+                _ => Some(format!("{keyword} accepts {}", accepted.join(", "))),
+            };
+            let message = if known_elsewhere {
+                format!("flag --{name} is not allowed on {keyword}")
+            } else {
+                format!("unknown flag --{name} on {keyword}")
+            };
+            return Err(problem(message, hint));
+        };
+        match (kind, &flag.value) {
+            (Kind::Value | Kind::Repeated, None) => {
+                return Err(problem(
+                    format!("missing a value on flag --{name}"),
+                    Some(format!("write it as --{name}=VALUE")),
+                ));
+            }
+            (Kind::Bool, Some(v))
+                if !v.eq_ignore_ascii_case("true") && !v.eq_ignore_ascii_case("false") =>
+            {
+                return Err(problem(
+                    format!("expecting a boolean value for flag --{name}, not {v:?}"),
+                    None,
+                ));
+            }
+            _ => {}
+        }
+        if kind != Kind::Repeated && flags[..index].iter().any(|f| f.name == name) {
+            return Err(problem(format!("duplicate flag --{name}"), None));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn extracts_flags_with_quotes_and_stops_at_first_argument() {
+        let args = r#"--from=build --mount="type=cache,target=/x y" --link src --not-a-flag"#;
+        let (flags, rest) = extract(args);
+        let got: Vec<(&str, Option<&str>, usize)> = flags
+            .iter()
+            .map(|f| (f.name.as_str(), f.value.as_deref(), f.offset))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("from", Some("build"), 0),
+                ("mount", Some("type=cache,target=/x y"), 13),
+                ("link", None, 46)
+            ]
+        );
+        assert_eq!(&args[rest..], "src --not-a-flag");
+    }
+
+    #[test]
+    fn double_dash_ends_flags() {
+        let (flags, rest) = extract("--link -- --weird dest");
+        assert_eq!(flags.len(), 1);
+        assert_eq!(&"--link -- --weird dest"[rest..], "--weird dest");
+    }
+}

@@ -1,0 +1,127 @@
+//! The syntax tree: one [`Instruction`] per Dockerfile instruction.
+
+/// Where an instruction is in the file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Span {
+    /// 1-based line of the keyword.
+    pub start_line: usize,
+    /// 1-based last line, including continuation lines and heredoc bodies.
+    pub end_line: usize,
+    /// 1-based column of the keyword.
+    pub column: usize,
+}
+
+/// A `--name=value` or bare `--name` flag after the keyword.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Flag {
+    /// The name without the leading `--`.
+    pub name: String,
+    /// The value with quotes removed but not expanded; `None` for a bare boolean flag.
+    pub value: Option<String>,
+    /// 1-based column of the `--`.
+    pub column: usize,
+}
+
+/// A here-document attached to RUN, COPY or ADD.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Heredoc {
+    /// The delimiter word with quotes removed (`EOF` for `<<'EOF'`).
+    pub name: String,
+    /// The body: every line up to the delimiter, each with its `\n`. For `<<-` the leading
+    /// tabs are already stripped.
+    pub content: String,
+    /// False when the delimiter was quoted: the body must not be expanded.
+    pub expand: bool,
+    /// True for `<<-`.
+    pub strip_tabs: bool,
+}
+
+/// Arguments of RUN, CMD, ENTRYPOINT and HEALTHCHECK CMD.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ShellOrExec {
+    /// Shell form: the raw text, to be run by the stage's shell.
+    Shell(String),
+    /// Exec form: a JSON array of strings, run without a shell.
+    Exec(Vec<String>),
+}
+
+/// One instruction with its arguments. Words are raw: quotes kept and variables unexpanded,
+/// unless noted; expansion happens when the build knows the variables.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    From {
+        image: String,
+        name: Option<String>,
+    },
+    Run(ShellOrExec),
+    Cmd(ShellOrExec),
+    Entrypoint(ShellOrExec),
+    Copy {
+        sources: Vec<String>,
+        dest: String,
+    },
+    Add {
+        sources: Vec<String>,
+        dest: String,
+    },
+    Env(Vec<(String, String)>),
+    Arg(Vec<(String, Option<String>)>),
+    Label(Vec<(String, String)>),
+    Expose(Vec<String>),
+    Workdir(String),
+    User(String),
+    Volume(Vec<String>),
+    StopSignal(String),
+    Shell(Vec<String>),
+    /// `None` is `HEALTHCHECK NONE`.
+    Healthcheck(Option<ShellOrExec>),
+    Onbuild(Box<Instruction>),
+    Maintainer(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Instruction {
+    pub command: Command,
+    pub flags: Vec<Flag>,
+    pub heredocs: Vec<Heredoc>,
+    pub span: Span,
+    /// The instruction as written, continuation lines joined (for image history).
+    pub text: String,
+}
+
+impl Command {
+    pub fn keyword(&self) -> &'static str {
+        match self {
+            Command::From { .. } => "FROM",
+            Command::Run(_) => "RUN",
+            Command::Cmd(_) => "CMD",
+            Command::Entrypoint(_) => "ENTRYPOINT",
+            Command::Copy { .. } => "COPY",
+            Command::Add { .. } => "ADD",
+            Command::Env(_) => "ENV",
+            Command::Arg(_) => "ARG",
+            Command::Label(_) => "LABEL",
+            Command::Expose(_) => "EXPOSE",
+            Command::Workdir(_) => "WORKDIR",
+            Command::User(_) => "USER",
+            Command::Volume(_) => "VOLUME",
+            Command::StopSignal(_) => "STOPSIGNAL",
+            Command::Shell(_) => "SHELL",
+            Command::Healthcheck(_) => "HEALTHCHECK",
+            Command::Onbuild(_) => "ONBUILD",
+            Command::Maintainer(_) => "MAINTAINER",
+        }
+    }
+}
+
+impl Instruction {
+    /// The uppercase keyword, e.g. `"RUN"`.
+    pub fn keyword(&self) -> &'static str {
+        self.command.keyword()
+    }
+
+    /// The first flag with this name (without `--`).
+    pub fn flag(&self, name: &str) -> Option<&Flag> {
+        self.flags.iter().find(|f| f.name == name)
+    }
+}

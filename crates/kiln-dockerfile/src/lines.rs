@@ -1,0 +1,184 @@
+//! Physical lines to logical lines: comments and blank lines dropped, continuation lines
+//! joined, positions kept so errors can point into the original text.
+
+/// Where a part of a logical line came from.
+struct Piece {
+    /// Byte offset in the logical line where this part starts.
+    offset: usize,
+    /// 1-based physical line.
+    line: usize,
+    /// 1-based column of the part's first character in that line.
+    column: usize,
+}
+
+/// One instruction's text with its continuation lines joined.
+pub(crate) struct LogicalLine {
+    pub text: String,
+    pub start_line: usize,
+    pub end_line: usize,
+    pieces: Vec<Piece>,
+}
+
+impl LogicalLine {
+    /// The (line, column) of a byte offset in `text`, both 1-based.
+    pub(crate) fn locate(&self, offset: usize) -> (usize, usize) {
+        let piece = self
+            .pieces
+            .iter()
+            .rev()
+            .find(|p| p.offset <= offset)
+            .unwrap_or(&self.pieces[0]);
+        let offset = offset.min(self.text.len()).max(piece.offset);
+        let column = piece.column + self.text[piece.offset..offset].chars().count();
+        (piece.line, column)
+    }
+}
+
+pub(crate) struct Source<'s> {
+    lines: Vec<&'s str>,
+    next: usize,
+    escape: char,
+}
+
+fn is_comment(line: &str) -> bool {
+    line.trim_start().starts_with('#')
+}
+
+impl<'s> Source<'s> {
+    pub(crate) fn new(text: &'s str) -> Self {
+        let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+        let text = text.strip_suffix('\n').unwrap_or(text);
+        Source {
+            lines: text.split('\n').collect(),
+            next: 0,
+            escape: '\\',
+        }
+    }
+
+    pub(crate) fn lines(&self) -> &[&'s str] {
+        &self.lines
+    }
+
+    pub(crate) fn set_escape(&mut self, escape: char) {
+        self.escape = escape;
+    }
+
+    /// The physical line `number` (1-based) without its line ending.
+    pub(crate) fn line(&self, number: usize) -> &'s str {
+        let line = self
+            .lines
+            .get(number.wrapping_sub(1))
+            .copied()
+            .unwrap_or("");
+        line.strip_suffix('\r').unwrap_or(line)
+    }
+
+    /// The next physical line as (1-based number, text with any `\r` kept).
+    pub(crate) fn next_raw(&mut self) -> Option<(usize, &'s str)> {
+        let line = *self.lines.get(self.next)?;
+        self.next += 1;
+        Some((self.next, line))
+    }
+
+    fn next_line(&mut self) -> Option<(usize, &'s str)> {
+        self.next_raw()
+            .map(|(n, line)| (n, line.strip_suffix('\r').unwrap_or(line)))
+    }
+
+    /// Removes a trailing escape character (plus trailing blanks): the line continues.
+    fn strip_continuation<'l>(&self, line: &'l str) -> (&'l str, bool) {
+        let trimmed = line.trim_end_matches([' ', '\t']);
+        match trimmed.strip_suffix(self.escape) {
+            Some(body) => (body, true),
+            None => (line, false),
+        }
+    }
+
+    /// The next instruction's text. Inside a continued instruction, comment lines and empty
+    /// lines are skipped (BuildKit does the same, and only warns about empty ones).
+    pub(crate) fn next_logical(&mut self) -> Option<LogicalLine> {
+        while let Some((number, line)) = self.next_line() {
+            let trimmed = line.trim_start();
+            if is_comment(trimmed) {
+                continue;
+            }
+            let (body, mut continues) = self.strip_continuation(trimmed);
+            if !continues && body.is_empty() {
+                continue;
+            }
+            let indent = line[..line.len() - trimmed.len()].chars().count();
+            let mut logical = LogicalLine {
+                text: body.to_string(),
+                start_line: number,
+                end_line: number,
+                pieces: vec![Piece {
+                    offset: 0,
+                    line: number,
+                    column: indent + 1,
+                }],
+            };
+            while continues {
+                let Some((number, line)) = self.next_line() else {
+                    break;
+                };
+                logical.end_line = number;
+                if is_comment(line) || line.trim().is_empty() {
+                    continue;
+                }
+                let (body, more) = self.strip_continuation(line);
+                logical.pieces.push(Piece {
+                    offset: logical.text.len(),
+                    line: number,
+                    column: 1,
+                });
+                logical.text.push_str(body);
+                continues = more;
+            }
+            return Some(logical);
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn logical(text: &str, escape: char) -> Vec<(String, usize, usize)> {
+        let mut source = Source::new(text);
+        source.set_escape(escape);
+        std::iter::from_fn(|| source.next_logical())
+            .map(|l| (l.text, l.start_line, l.end_line))
+            .collect()
+    }
+
+    #[test]
+    fn joins_continuations_across_comments_and_blank_lines() {
+        let text = "# top\n\nRUN a \\\n  # note\n\n    b \\  \n  c\nCMD d\n";
+        assert_eq!(
+            logical(text, '\\'),
+            vec![
+                ("RUN a     b   c".to_string(), 3, 7),
+                ("CMD d".to_string(), 8, 8)
+            ]
+        );
+    }
+
+    #[test]
+    fn locate_maps_offsets_back_to_physical_lines() {
+        let mut source = Source::new("  RUN a \\\nbb\r\n");
+        let line = source.next_logical().unwrap();
+        assert_eq!(line.text, "RUN a bb");
+        assert_eq!(line.locate(0), (1, 3));
+        assert_eq!(line.locate(4), (1, 7));
+        assert_eq!(line.locate(7), (2, 2));
+    }
+
+    #[test]
+    fn backtick_continues_and_backslash_does_not() {
+        assert_eq!(
+            logical("RUN dir c:\\ `\n  /s\n", '`'),
+            vec![("RUN dir c:\\   /s".to_string(), 1, 2)]
+        );
+    }
+}

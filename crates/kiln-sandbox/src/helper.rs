@@ -1,0 +1,452 @@
+//! The helper process: already in new user, mount, pid and UTS namespaces (entered in the
+//! caller's `pre_exec`), mapped by the caller. It mounts the overlay, creates missing mount
+//! points, forks the command's process (PID 1 of the new pid namespace, see [`crate::init`]),
+//! waits for it and removes the mount point stubs from the upper dir again.
+
+use std::convert::Infallible;
+use std::ffi::OsString;
+use std::fs::File;
+use std::io::ErrorKind;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::MetadataExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use nix::errno::Errno;
+use nix::fcntl::{FcntlArg, FdFlag, fcntl};
+use nix::mount::{MntFlags, MsFlags, mount, umount2};
+use nix::sys::wait::{WaitStatus, waitpid};
+use nix::unistd::{ForkResult, Pid, chdir, fork, getuid};
+
+use crate::protocol::{HelperReport, SETUP_FAILED_EXIT, shell_exit_code};
+use crate::{ExitStatus, HELPER_ARG, RunSpec, init};
+
+/// Marks the helper's second start, after its id maps were written.
+const MAPPED_ARG: &str = "mapped";
+
+/// Runs the helper with the arguments after [`crate::HELPER_ARG`]; returns its exit code.
+///
+/// The helper starts twice. Its namespaces were entered before its first exec, when it had no
+/// uid in them yet, and exec as a non-root uid drops all capabilities; mapping uid 0 later
+/// gives none back. So the first start only waits for the maps and executes itself again: an
+/// exec as uid 0 gets the full capability set of the namespace.
+pub(crate) fn main(args: Vec<OsString>) -> i32 {
+    let mapped = args.len() == 3 && args[2] == MAPPED_ARG;
+    let Some([spec_fd, report_fd]) = inherited_fds(&args[..args.len().min(2)]) else {
+        eprintln!("kiln-sandbox helper: expected two open fds (spec, report) as arguments");
+        return SETUP_FAILED_EXIT;
+    };
+    // SAFETY: the caller opened these fds for us alone (checked open above), and nothing else
+    // in this process refers to them.
+    let (spec, mut report) = unsafe {
+        (
+            File::from(OwnedFd::from_raw_fd(spec_fd)),
+            File::from(OwnedFd::from_raw_fd(report_fd)),
+        )
+    };
+    let outcome = match mapped {
+        true => run(spec, &mut report),
+        false => reexec_when_mapped(&spec, &args).map(|never| match never {}),
+    };
+    match outcome {
+        Ok(status) => {
+            HelperReport::Finished(status).send(&mut report);
+            shell_exit_code(status)
+        }
+        Err(message) => {
+            HelperReport::SetupFailed(message).send(&mut report);
+            SETUP_FAILED_EXIT
+        }
+    }
+}
+
+fn inherited_fds(args: &[OsString]) -> Option<[RawFd; 2]> {
+    let [spec, report] = args else { return None };
+    let parse = |arg: &OsString| -> Option<RawFd> {
+        let fd = arg.to_str()?.parse().ok()?;
+        // SAFETY: F_GETFD only asks whether `fd` is open.
+        (fd > 2 && unsafe { libc::fcntl(fd, libc::F_GETFD) } != -1).then_some(fd)
+    };
+    Some([parse(spec)?, parse(report)?])
+}
+
+/// Waits until the spec can be read (the caller sends it after writing the id maps), then
+/// executes the helper again, keeping the inherited fds. Only returns on failure.
+fn reexec_when_mapped(spec: &File, args: &[OsString]) -> Result<Infallible, String> {
+    let mut poll_fd = libc::pollfd {
+        fd: spec.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: poll gets one valid pollfd and its count.
+    while unsafe { libc::poll(&mut poll_fd, 1, -1) } == -1 {
+        let err = Errno::last();
+        if err != Errno::EINTR {
+            return Err(format!("waiting for the run spec: {err}"));
+        }
+    }
+    let exe = std::env::current_exe().map_err(|err| format!("locating the helper: {err}"))?;
+    let err = Command::new(&exe)
+        .arg(HELPER_ARG)
+        .args(args)
+        .arg(MAPPED_ARG)
+        .exec();
+    Err(format!("re-executing the helper {}: {err}", exe.display()))
+}
+
+fn run(spec_pipe: File, report: &mut File) -> Result<ExitStatus, String> {
+    // The command must not inherit the report pipe: its exec closes our copy of it.
+    fcntl(report.as_raw_fd(), FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC))
+        .map_err(|err| format!("making the report fd close-on-exec: {err}"))?;
+    // The caller writes the spec only after our id maps: this read is the handshake.
+    let spec: RunSpec = serde_json::from_reader(spec_pipe)
+        .map_err(|err| format!("reading the run spec from the caller: {err}"))?;
+    if !getuid().is_root() {
+        return Err(format!(
+            "the sandbox's user namespace maps no root user (running as uid {})",
+            getuid()
+        ));
+    }
+    // Nothing mounted from here on may propagate back to the host.
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .map_err(|err| format!("making / a private mount: {err}"))?;
+
+    let rootfs = Rootfs::mount(&spec)?;
+    let (stubs, etc_binds) = match Stubs::create(
+        &rootfs.merged,
+        &spec.upper,
+        &init::hostname_of(&spec.hostname),
+    ) {
+        Ok(created) => created,
+        Err(err) => {
+            let _ = umount2(&rootfs.merged, MntFlags::MNT_DETACH);
+            return Err(err);
+        }
+    };
+    let outcome = run_init(&spec, &rootfs, &etc_binds, report);
+    // The command's mount namespace is gone with it; this unmounts our view of the overlay, so
+    // that the upper dir is not changed under a mounted overlay below.
+    let unmounted = umount2(&rootfs.merged, MntFlags::MNT_DETACH)
+        .map_err(|err| format!("unmounting {}: {err}", rootfs.merged.display()));
+    let cleaned = stubs.remove(&spec.upper);
+    let status = outcome?;
+    unmounted?;
+    cleaned?;
+    Ok(status)
+}
+
+fn run_init(
+    spec: &RunSpec,
+    rootfs: &Rootfs,
+    etc_binds: &[EtcBind],
+    report: &mut File,
+) -> Result<ExitStatus, String> {
+    // SAFETY: the helper is single-threaded (freshly exec'd, it starts no threads), so the
+    // child may allocate and use the standard library freely after fork.
+    match unsafe { fork() } {
+        Ok(ForkResult::Child) => {
+            let Err(message) = init::run(spec, &rootfs.merged, etc_binds);
+            HelperReport::SetupFailed(message).send(report);
+            std::process::exit(SETUP_FAILED_EXIT);
+        }
+        Ok(ForkResult::Parent { child }) => wait_for(child),
+        Err(err) => Err(format!("fork: {err}")),
+    }
+}
+
+fn wait_for(child: Pid) -> Result<ExitStatus, String> {
+    loop {
+        match waitpid(child, None) {
+            Ok(WaitStatus::Exited(_, code)) => return Ok(ExitStatus::Code(code)),
+            Ok(WaitStatus::Signaled(_, signal, _)) => return Ok(ExitStatus::Signal(signal as i32)),
+            Ok(_) | Err(Errno::EINTR) => continue,
+            Err(err) => return Err(format!("waiting for the command: {err}")),
+        }
+    }
+}
+
+/// The overlay, mounted on a dir in the work dir.
+struct Rootfs {
+    merged: PathBuf,
+}
+
+/// A file the sandbox generates in the work dir and bind-mounts at `target` in the rootfs.
+pub(crate) struct EtcBind {
+    pub source: PathBuf,
+    pub target: &'static str,
+}
+
+/// Most of a page: the kernel copies mount options into one page, NUL included.
+const MOUNT_DATA_LIMIT: usize = 4095;
+
+impl Rootfs {
+    fn mount(spec: &RunSpec) -> Result<Rootfs, String> {
+        let work = canonical(&spec.work, "work dir")?;
+        let overlay_work = work.join("overlay-work");
+        let merged = work.join("merged");
+        for dir in [&overlay_work, &merged] {
+            std::fs::create_dir_all(dir)
+                .map_err(|err| format!("creating {}: {err}", dir.display()))?;
+        }
+        // overlayfs wants the top layer first.
+        let mut lowers = spec
+            .lowers
+            .iter()
+            .rev()
+            .map(|lower| canonical(lower, "layer dir"))
+            .collect::<Result<Vec<_>, _>>()?;
+        if lowers.is_empty() {
+            let empty = work.join("empty-layer");
+            std::fs::create_dir_all(&empty)
+                .map_err(|err| format!("creating {}: {err}", empty.display()))?;
+            lowers.push(empty);
+        }
+        let upper = canonical(&spec.upper, "upper dir")?;
+
+        // Relative paths from the common parent keep the options short: they must fit in a page.
+        let all = lowers.iter().chain([&upper, &overlay_work, &merged]);
+        let base = common_ancestor(all.clone());
+        for path in all {
+            let text = path.to_string_lossy();
+            if text.contains([',', ':', '\\']) {
+                return Err(format!(
+                    "path {text} contains ',', ':' or '\\', which overlayfs options cannot carry"
+                ));
+            }
+        }
+        let relative = |path: &Path| -> String {
+            let relative = path.strip_prefix(&base).expect("base is a common ancestor");
+            match relative.as_os_str().is_empty() {
+                true => ".".to_string(),
+                false => relative.to_string_lossy().into_owned(),
+            }
+        };
+        let lowerdir: Vec<String> = lowers.iter().map(|lower| relative(lower)).collect();
+        let options = format!(
+            "lowerdir={},upperdir={},workdir={},userxattr",
+            lowerdir.join(":"),
+            relative(&upper),
+            relative(&overlay_work)
+        );
+        if options.len() > MOUNT_DATA_LIMIT {
+            return Err(format!(
+                "too many layers: the overlay mount options take {} bytes, the limit is {}",
+                options.len(),
+                MOUNT_DATA_LIMIT
+            ));
+        }
+        chdir(&base).map_err(|err| format!("chdir {}: {err}", base.display()))?;
+        let mounted = mount(
+            Some("overlay"),
+            relative(&merged).as_str(),
+            Some("overlay"),
+            MsFlags::empty(),
+            Some(options.as_str()),
+        );
+        let _ = chdir("/");
+        mounted.map_err(|err| {
+            format!(
+                "mounting overlayfs (in {}, options {options}): {err}",
+                base.display()
+            )
+        })?;
+        Ok(Rootfs { merged })
+    }
+}
+
+fn canonical(path: &Path, what: &str) -> Result<PathBuf, String> {
+    std::fs::canonicalize(path).map_err(|err| format!("{what} {}: {err}", path.display()))
+}
+
+fn common_ancestor<'a>(paths: impl Iterator<Item = &'a PathBuf>) -> PathBuf {
+    let mut common: Option<PathBuf> = None;
+    for path in paths {
+        common = Some(match common {
+            None => path.clone(),
+            Some(common) => common
+                .ancestors()
+                .find(|ancestor| path.starts_with(ancestor))
+                .expect("absolute paths share /")
+                .to_path_buf(),
+        });
+    }
+    common.unwrap_or_else(|| PathBuf::from("/"))
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum MountPointKind {
+    Dir,
+    File,
+}
+
+/// Mount points the sandbox needs in the rootfs, in creation order (parents first).
+const MOUNT_POINTS: [(&str, MountPointKind); 6] = [
+    ("proc", MountPointKind::Dir),
+    ("dev", MountPointKind::Dir),
+    ("etc", MountPointKind::Dir),
+    ("etc/hosts", MountPointKind::File),
+    ("etc/resolv.conf", MountPointKind::File),
+    ("etc/hostname", MountPointKind::File),
+];
+
+/// Mount points the sandbox had to create in the rootfs; they end up in the upper dir and
+/// are not changes of the command, so they are removed again afterwards.
+struct Stubs {
+    created: Vec<(&'static str, MountPointKind)>,
+    /// Owner and mode of /etc when creating stubs in it copied it up from a lower layer.
+    copied_up_etc: Option<(u32, u32, u32)>,
+}
+
+impl Stubs {
+    /// Creates the missing mount points in `merged`; returns them with the generated /etc files
+    /// to bind-mount. An /etc entry that exists but is not a regular file (e.g. a symlink
+    /// to a resolver's file) is left as the image has it.
+    fn create(
+        merged: &Path,
+        upper: &Path,
+        hostname: &str,
+    ) -> Result<(Stubs, Vec<EtcBind>), String> {
+        let mut stubs = Stubs {
+            created: Vec::new(),
+            copied_up_etc: None,
+        };
+        let upper_had_etc = upper.join("etc").symlink_metadata().is_ok();
+        match stubs.create_missing(merged) {
+            Ok(etc_targets) => {
+                let etc_in_upper = upper.join("etc").symlink_metadata();
+                let created_etc = stubs.created.iter().any(|(path, _)| *path == "etc");
+                if let (false, false, Ok(meta)) = (upper_had_etc, created_etc, etc_in_upper) {
+                    stubs.copied_up_etc = Some((meta.mode(), meta.uid(), meta.gid()));
+                }
+                let binds = match generate_etc_files(merged, &etc_targets, hostname) {
+                    Ok(binds) => binds,
+                    Err(err) => {
+                        let _ = stubs.remove(upper);
+                        return Err(err);
+                    }
+                };
+                Ok((stubs, binds))
+            }
+            Err(err) => {
+                let _ = stubs.remove(upper);
+                Err(err)
+            }
+        }
+    }
+
+    /// Returns the /etc files that can be bind-mounted.
+    fn create_missing(&mut self, merged: &Path) -> Result<Vec<&'static str>, String> {
+        let mut etc_usable = true;
+        let mut etc_targets = Vec::new();
+        for (path, kind) in MOUNT_POINTS {
+            let in_etc = path.starts_with("etc/");
+            if in_etc && !etc_usable {
+                continue;
+            }
+            let full = merged.join(path);
+            match (full.symlink_metadata(), kind) {
+                (Ok(meta), MountPointKind::Dir) if meta.is_dir() => {}
+                (Ok(_), MountPointKind::Dir) if path == "etc" => etc_usable = false,
+                (Ok(_), MountPointKind::Dir) => {
+                    return Err(format!("/{path} in the rootfs is not a directory"));
+                }
+                (Ok(meta), MountPointKind::File) => {
+                    if meta.is_file() {
+                        etc_targets.push(path);
+                    }
+                }
+                (Err(err), _) if err.kind() == ErrorKind::NotFound => {
+                    let created = match kind {
+                        MountPointKind::Dir => std::fs::create_dir(&full),
+                        MountPointKind::File => File::create(&full).map(drop),
+                    };
+                    created.map_err(|err| format!("creating mount point /{path}: {err}"))?;
+                    self.created.push((path, kind));
+                    if kind == MountPointKind::File {
+                        etc_targets.push(path);
+                    }
+                }
+                (Err(err), _) => return Err(format!("/{path} in the rootfs: {err}")),
+            }
+        }
+        Ok(etc_targets)
+    }
+
+    /// Removes the stubs from the upper dir (after the overlay is unmounted). A stub dir the
+    /// command put files in is a change of the command and stays.
+    fn remove(&self, upper: &Path) -> Result<(), String> {
+        for (path, kind) in self.created.iter().rev() {
+            let full = upper.join(path);
+            let removed = match kind {
+                MountPointKind::Dir => std::fs::remove_dir(&full),
+                MountPointKind::File => std::fs::remove_file(&full),
+            };
+            match removed {
+                Err(err)
+                    if !matches!(
+                        err.kind(),
+                        ErrorKind::NotFound | ErrorKind::DirectoryNotEmpty
+                    ) =>
+                {
+                    return Err(format!(
+                        "removing mount point stub {}: {err}",
+                        full.display()
+                    ));
+                }
+                _ => {}
+            }
+        }
+        if let Some(owner_and_mode) = self.copied_up_etc {
+            let etc = upper.join("etc");
+            let unchanged = etc
+                .symlink_metadata()
+                .is_ok_and(|meta| (meta.mode(), meta.uid(), meta.gid()) == owner_and_mode);
+            let empty = std::fs::read_dir(&etc).is_ok_and(|mut entries| entries.next().is_none());
+            if unchanged && empty {
+                std::fs::remove_dir(&etc)
+                    .map_err(|err| format!("removing copied-up {}: {err}", etc.display()))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Writes /etc/hosts, /etc/hostname and a copy of the host's /etc/resolv.conf into the work
+/// dir (next to `merged`), for the targets that can take a bind mount.
+fn generate_etc_files(
+    merged: &Path,
+    targets: &[&'static str],
+    hostname: &str,
+) -> Result<Vec<EtcBind>, String> {
+    let work = merged.parent().expect("merged is in the work dir");
+    let generated = work.join("etc");
+    std::fs::create_dir_all(&generated)
+        .map_err(|err| format!("creating {}: {err}", generated.display()))?;
+    let mut binds = Vec::new();
+    for &target in targets {
+        let content = match target {
+            "etc/hosts" => format!(
+                "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{}\n",
+                hostname
+            ),
+            "etc/hostname" => format!("{hostname}\n"),
+            _ => match std::fs::read_to_string("/etc/resolv.conf") {
+                Ok(content) => content,
+                Err(err) if err.kind() == ErrorKind::NotFound => String::new(),
+                Err(err) => return Err(format!("reading the host's /etc/resolv.conf: {err}")),
+            },
+        };
+        let source = generated.join(target.trim_start_matches("etc/"));
+        std::fs::write(&source, content)
+            .map_err(|err| format!("writing {}: {err}", source.display()))?;
+        binds.push(EtcBind { source, target });
+    }
+    Ok(binds)
+}

@@ -1,0 +1,248 @@
+//! The command's process, PID 1 of the new pid namespace: finishes the rootfs (proc, dev,
+//! /etc files), enters it, takes the user's identity and execs the command.
+
+use std::convert::Infallible;
+use std::ffi::CString;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use nix::errno::Errno;
+use nix::mount::{MntFlags, MsFlags, mount, umount2};
+use nix::sched::{CloneFlags, unshare};
+use nix::sys::signal::{SigHandler, SigSet, SigmaskHow, Signal, signal, sigprocmask};
+use nix::unistd::{AccessFlags, Gid, Uid, access, chdir, execve, pivot_root, sethostname};
+use nix::unistd::{setgid, setgroups, setuid};
+
+use crate::RunSpec;
+use crate::helper::EtcBind;
+use crate::users::{self, Identity};
+
+/// PATH used for the lookup of the command when its environment has none (Docker's default).
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// Host devices bind-mounted into the sandbox's /dev.
+const DEVICES: [&str; 6] = ["null", "zero", "full", "random", "urandom", "tty"];
+
+pub(crate) fn hostname_of(requested: &str) -> String {
+    match requested {
+        "" => "localhost".to_string(),
+        name => name.to_string(),
+    }
+}
+
+/// Only returns on failure, with the message for the caller.
+pub(crate) fn run(
+    spec: &RunSpec,
+    merged: &Path,
+    etc_binds: &[EtcBind],
+) -> Result<Infallible, String> {
+    // SAFETY: prctl(PR_SET_PDEATHSIG) only sets an attribute of this process. If the helper
+    // dies, the command must not outlive it.
+    if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) } == -1 {
+        return Err(format!("prctl(PR_SET_PDEATHSIG): {}", Errno::last()));
+    }
+    // pivot_root moves the root of every process in the mount namespace; in a namespace of
+    // our own it leaves the helper's root alone, which still needs host paths afterwards.
+    unshare(CloneFlags::CLONE_NEWNS).map_err(|err| format!("unshare(CLONE_NEWNS): {err}"))?;
+    mount_proc(&merged.join("proc"))?;
+    mount_dev(&merged.join("dev"))?;
+    for bind in etc_binds {
+        bind_mount(&bind.source, &merged.join(bind.target))?;
+    }
+    enter_root(merged)?;
+    sethostname(hostname_of(&spec.hostname))
+        .map_err(|err| format!("setting the hostname {:?}: {err}", spec.hostname))?;
+
+    let identity = users::resolve(
+        &spec.user,
+        &read_rootfs_file("/etc/passwd")?,
+        &read_rootfs_file("/etc/group")?,
+    )?;
+    // Created as root, as Docker does, before dropping to the user.
+    std::fs::create_dir_all(&spec.cwd)
+        .map_err(|err| format!("creating the working dir {}: {err}", spec.cwd))?;
+    switch_user(&spec.user, &identity)?;
+    chdir(spec.cwd.as_str()).map_err(|err| format!("chdir {}: {err}", spec.cwd))?;
+    reset_signals()?;
+    exec(spec)
+}
+
+fn mount_proc(target: &Path) -> Result<(), String> {
+    let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    match mount(Some("proc"), target, Some("proc"), flags, None::<&str>) {
+        Ok(()) => Ok(()),
+        // A fresh proc is refused where the host's /proc is partly masked; the host's /proc
+        // then still works, though it shows the host's processes.
+        Err(fresh) => mount(
+            Some("/proc"),
+            target,
+            None::<&str>,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            None::<&str>,
+        )
+        .map_err(|bind| format!("mounting /proc: {fresh}; bind-mounting the host's: {bind}")),
+    }
+}
+
+fn mount_dev(dev: &Path) -> Result<(), String> {
+    mount(
+        Some("tmpfs"),
+        dev,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+        Some("mode=755,size=65536k"),
+    )
+    .map_err(|err| format!("mounting a tmpfs on /dev: {err}"))?;
+    for device in DEVICES {
+        let host = Path::new("/dev").join(device);
+        if !host.exists() {
+            continue;
+        }
+        let target = dev.join(device);
+        File::create(&target).map_err(|err| format!("creating /dev/{device}: {err}"))?;
+        bind_mount(&host, &target)?;
+    }
+    for (link, points_to) in [
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+    ] {
+        std::os::unix::fs::symlink(points_to, dev.join(link))
+            .map_err(|err| format!("creating /dev/{link}: {err}"))?;
+    }
+    let shm = dev.join("shm");
+    std::fs::create_dir(&shm).map_err(|err| format!("creating /dev/shm: {err}"))?;
+    mount(
+        Some("shm"),
+        &shm,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        Some("mode=1777,size=65536k"),
+    )
+    .map_err(|err| format!("mounting a tmpfs on /dev/shm: {err}"))
+}
+
+fn bind_mount(source: &Path, target: &Path) -> Result<(), String> {
+    mount(
+        Some(source),
+        target,
+        None::<&str>,
+        MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .map_err(|err| {
+        format!(
+            "bind-mounting {} on {}: {err}",
+            source.display(),
+            target.display()
+        )
+    })
+}
+
+/// Makes `merged` the root and detaches the old one, so that no host path stays reachable.
+fn enter_root(merged: &Path) -> Result<(), String> {
+    chdir(merged).map_err(|err| format!("chdir {}: {err}", merged.display()))?;
+    // With new and old root the same, the old root ends up mounted on top of the new one,
+    // at ".", from where it can be detached: no directory for it is needed in the rootfs.
+    pivot_root(".", ".").map_err(|err| format!("pivot_root: {err}"))?;
+    umount2(".", MntFlags::MNT_DETACH).map_err(|err| format!("detaching the old root: {err}"))?;
+    chdir("/").map_err(|err| format!("chdir /: {err}"))
+}
+
+/// A missing passwd or group file is empty: root and numeric ids still work.
+fn read_rootfs_file(path: &str) -> Result<String, String> {
+    match std::fs::read(path) {
+        Ok(bytes) => Ok(String::from_utf8_lossy(&bytes).into_owned()),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(String::new()),
+        Err(err) => Err(format!("reading {path} in the rootfs: {err}")),
+    }
+}
+
+fn switch_user(user: &str, identity: &Identity) -> Result<(), String> {
+    let groups: Vec<Gid> = identity
+        .groups
+        .iter()
+        .map(|&gid| Gid::from_raw(gid))
+        .collect();
+    if let Err(err) = setgroups(&groups) {
+        // A rootless kiln with a single-id map had to deny setgroups; there is only one
+        // group to be in anyway.
+        let denied = std::fs::read_to_string("/proc/self/setgroups")
+            .is_ok_and(|setting| setting.trim() == "deny");
+        if !(err == Errno::EPERM && denied) {
+            return Err(format!(
+                "setgroups {:?} for user {user:?}: {err}",
+                identity.groups
+            ));
+        }
+    }
+    let unmapped_hint = "is it mapped in kiln's user namespace? Without a subordinate id \
+                         range (/etc/subuid, /etc/subgid) rootless kiln can only run as root";
+    setgid(Gid::from_raw(identity.gid)).map_err(|err| {
+        format!(
+            "setgid {} for user {user:?}: {err} ({unmapped_hint})",
+            identity.gid
+        )
+    })?;
+    setuid(Uid::from_raw(identity.uid)).map_err(|err| {
+        format!(
+            "setuid {} for user {user:?}: {err} ({unmapped_hint})",
+            identity.uid
+        )
+    })
+}
+
+/// The helper, a Rust program, ignores SIGPIPE, and ignored signals survive exec.
+fn reset_signals() -> Result<(), String> {
+    // SAFETY: SIG_DFL installs no handler code.
+    unsafe { signal(Signal::SIGPIPE, SigHandler::SigDfl) }
+        .map_err(|err| format!("resetting SIGPIPE: {err}"))?;
+    sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)
+        .map_err(|err| format!("clearing the signal mask: {err}"))
+}
+
+fn exec(spec: &RunSpec) -> Result<Infallible, String> {
+    let name = spec
+        .argv
+        .first()
+        .ok_or_else(|| "no command to run".to_string())?;
+    let search_path = spec
+        .env
+        .iter()
+        .find_map(|var| var.strip_prefix("PATH="))
+        .unwrap_or(DEFAULT_PATH);
+    let program = find_program(name, search_path)?;
+    let c_strings = |strings: &[String]| -> Result<Vec<CString>, String> {
+        strings
+            .iter()
+            .map(|s| CString::new(s.as_str()).map_err(|_| format!("{s:?} contains a NUL byte")))
+            .collect()
+    };
+    let program_c = CString::new(program.as_os_str().as_encoded_bytes())
+        .map_err(|_| format!("{} contains a NUL byte", program.display()))?;
+    let Err(err) = execve(&program_c, &c_strings(&spec.argv)?, &c_strings(&spec.env)?);
+    Err(match err {
+        Errno::ENOENT => format!(
+            "exec {}: {err} (the file exists: is its interpreter or dynamic loader missing from \
+             the image?)",
+            program.display()
+        ),
+        _ => format!("exec {}: {err}", program.display()),
+    })
+}
+
+/// Looks `name` up like a shell does: as given when it contains a slash, else in `search_path`.
+fn find_program(name: &str, search_path: &str) -> Result<PathBuf, String> {
+    if name.contains('/') {
+        return match Path::new(name).exists() {
+            true => Ok(PathBuf::from(name)),
+            false => Err(format!("exec {name}: no such file in the image")),
+        };
+    }
+    search_path
+        .split(':')
+        .map(|dir| Path::new(if dir.is_empty() { "." } else { dir }).join(name))
+        .find(|candidate| candidate.is_file() && access(candidate, AccessFlags::X_OK).is_ok())
+        .ok_or_else(|| format!("exec {name}: executable file not found in $PATH ({search_path})"))
+}

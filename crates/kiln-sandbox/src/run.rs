@@ -1,0 +1,197 @@
+//! Caller side of [`Sandbox::run`]: starts the helper in new namespaces, maps its ids, sends
+//! the spec and collects output and report.
+
+use std::collections::VecDeque;
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command, Stdio};
+
+use nix::fcntl::OFlag;
+use nix::unistd::pipe2;
+
+use crate::protocol::HelperReport;
+use crate::{HELPER_ARG, RunOutput, RunSpec, Sandbox, SandboxError, TAIL_LINES};
+
+impl Sandbox {
+    /// Runs `spec.argv` in the sandbox. Each line of the command's combined stdout and stderr
+    /// is passed to `on_line` as it arrives. A command that ran and failed is `Ok` with a
+    /// non-success status; `Err` means the sandbox could not be set up or the command not
+    /// started.
+    pub fn run(
+        &self,
+        spec: &RunSpec,
+        on_line: &mut dyn FnMut(&str),
+    ) -> Result<RunOutput, SandboxError> {
+        let (spec_read, spec_write) = pipe2(OFlag::O_CLOEXEC).map_err(std::io::Error::from)?;
+        let (report_read, report_write) = pipe2(OFlag::O_CLOEXEC).map_err(std::io::Error::from)?;
+        let (output_read, output_write) = pipe2(OFlag::O_CLOEXEC).map_err(std::io::Error::from)?;
+
+        let mut child = self.spawn_helper(&spec_read, &report_write, output_write)?;
+        // Our copies of the helper's ends must go, or the reads below would never see EOF.
+        drop((spec_read, report_write));
+
+        if let Err(err) = write_id_maps(child.id()) {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(err);
+        }
+
+        // The helper blocks reading the spec, so sending it only now, after the id maps, is
+        // the handshake: the helper never runs unmapped. A helper that died early makes this
+        // fail with EPIPE; its report or exit status tells why, so the error is not returned.
+        let mut spec_pipe = File::from(spec_write);
+        let spec_json = serde_json::to_vec(spec).map_err(std::io::Error::from)?;
+        let _ = spec_pipe.write_all(&spec_json);
+        drop(spec_pipe);
+
+        let tail = read_lines(File::from(output_read), on_line)?;
+        let helper_status = child.wait()?;
+
+        let mut reports = String::new();
+        File::from(report_read).read_to_string(&mut reports)?;
+        let mut finished = None;
+        for line in reports.lines() {
+            match serde_json::from_str::<HelperReport>(line) {
+                Ok(HelperReport::SetupFailed(message)) => return Err(SandboxError::Setup(message)),
+                Ok(HelperReport::Finished(status)) => finished = Some(status),
+                Err(err) => {
+                    return Err(SandboxError::HelperDied(format!(
+                        "unreadable report {line:?}: {err}"
+                    )));
+                }
+            }
+        }
+        match finished {
+            Some(status) => Ok(RunOutput {
+                status,
+                tail: tail.into(),
+            }),
+            None => Err(SandboxError::HelperDied(format!(
+                "helper {}, last output: {:?}",
+                helper_status,
+                tail.back()
+            ))),
+        }
+    }
+
+    fn spawn_helper(
+        &self,
+        spec_read: &OwnedFd,
+        report_write: &OwnedFd,
+        output_write: OwnedFd,
+    ) -> Result<Child, SandboxError> {
+        let inherited = [spec_read.as_raw_fd(), report_write.as_raw_fd()];
+        let mut command = Command::new(&self.helper);
+        command
+            .arg(HELPER_ARG)
+            .arg(inherited[0].to_string())
+            .arg(inherited[1].to_string())
+            // The helper needs no environment, and the command gets exactly its own.
+            .env_clear()
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(output_write.try_clone()?))
+            .stderr(Stdio::from(output_write));
+        // SAFETY: runs between fork and exec in the child of a possibly multi-threaded process,
+        // so it only makes raw syscalls (fcntl, unshare) and allocates nothing.
+        unsafe {
+            command.pre_exec(move || {
+                for fd in inherited {
+                    if libc::fcntl(fd, libc::F_SETFD, 0) == -1 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                let namespaces = libc::CLONE_NEWUSER
+                    | libc::CLONE_NEWNS
+                    | libc::CLONE_NEWPID
+                    | libc::CLONE_NEWUTS;
+                if libc::unshare(namespaces) == -1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        // `command` holds the output pipe's write ends; dropping it at the end of this
+        // function closes them in the caller.
+        command.spawn().map_err(|source| SandboxError::SpawnHelper {
+            path: self.helper.clone(),
+            source,
+        })
+    }
+}
+
+/// Maps the helper's namespace onto every id of ours, one to one: as real root that is the
+/// whole 32-bit range, inside a rootless namespace it is what that namespace has.
+fn write_id_maps(pid: u32) -> Result<(), SandboxError> {
+    for map in ["uid_map", "gid_map"] {
+        let own = std::fs::read_to_string(format!("/proc/self/{map}"))
+            .map_err(|err| SandboxError::IdMap(format!("reading /proc/self/{map}: {err}")))?;
+        let identity = identity_map(&own)
+            .ok_or_else(|| SandboxError::IdMap(format!("unexpected /proc/self/{map}: {own:?}")))?;
+        let target = format!("/proc/{pid}/{map}");
+        std::fs::write(&target, identity)
+            .map_err(|err| SandboxError::IdMap(format!("writing {target}: {err}")))?;
+    }
+    Ok(())
+}
+
+/// `inside outside count` lines of our map become `inside inside count`.
+fn identity_map(own_map: &str) -> Option<String> {
+    let mut identity = String::new();
+    for line in own_map.lines().filter(|line| !line.trim().is_empty()) {
+        let fields: Vec<u64> = line
+            .split_whitespace()
+            .map(|field| field.parse().ok())
+            .collect::<Option<_>>()?;
+        let [inside, _outside, count] = fields[..] else {
+            return None;
+        };
+        identity.push_str(&format!("{inside} {inside} {count}\n"));
+    }
+    (!identity.is_empty()).then_some(identity)
+}
+
+/// Passes every line to `on_line` and keeps the last [`TAIL_LINES`]. Output that is not UTF-8
+/// is converted lossily; a last line without a newline counts too.
+fn read_lines(
+    output: File,
+    on_line: &mut dyn FnMut(&str),
+) -> Result<VecDeque<String>, SandboxError> {
+    let mut reader = BufReader::new(output);
+    let mut tail = VecDeque::with_capacity(TAIL_LINES);
+    let mut raw = Vec::new();
+    loop {
+        raw.clear();
+        if reader.read_until(b'\n', &mut raw)? == 0 {
+            return Ok(tail);
+        }
+        if raw.last() == Some(&b'\n') {
+            raw.pop();
+        }
+        let line = String::from_utf8_lossy(&raw).into_owned();
+        on_line(&line);
+        if tail.len() == TAIL_LINES {
+            tail.pop_front();
+        }
+        tail.push_back(line);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::identity_map;
+
+    #[test]
+    fn identity_map_keeps_inside_ids_of_every_range() {
+        assert_eq!(
+            identity_map("         0          0 4294967295\n").as_deref(),
+            Some("0 0 4294967295\n")
+        );
+        assert_eq!(
+            identity_map("0 1000 1\n1 100000 65536\n").as_deref(),
+            Some("0 0 1\n1 1 65536\n")
+        );
+        assert_eq!(identity_map("garbage"), None);
+    }
+}

@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# Installs the Debian packages kiln's tests run against: a real registry, skopeo and umoci to
+# check kiln's output, qemu-user-static and busybox-static for multi-arch builds, uidmap for
+# rootless user namespaces. Idempotent: installed packages are left alone, and apt's indexes
+# are only refreshed when something is missing.
+#
+# It never registers binfmt_misc handlers: kiln registers qemu inside its own user namespace,
+# and a host-wide registration would let foreign-arch tests pass without kiln doing its job.
+set -euo pipefail
+
+packages=(
+	docker-registry
+	skopeo
+	umoci
+	qemu-user-static
+	busybox-static
+	uidmap
+	dpkg-dev
+	ca-certificates
+)
+
+as_root=()
+if [[ $(id -u) -ne 0 ]]; then
+	if command -v sudo >/dev/null 2>&1; then
+		as_root=(sudo)
+	else
+		echo "install-deps.sh: must run as root (or with sudo installed)" >&2
+		exit 1
+	fi
+fi
+
+missing=()
+for package in "${packages[@]}"; do
+	status=$(dpkg-query -W -f='${Status}' "$package" 2>/dev/null || true)
+	if [[ $status != "install ok installed" ]]; then
+		missing+=("$package")
+	fi
+done
+
+if [[ ${#missing[@]} -eq 0 ]]; then
+	echo "install-deps.sh: all packages already installed: ${packages[*]}"
+	exit 0
+fi
+
+binfmt_dir=/proc/sys/fs/binfmt_misc
+registered_handlers() {
+	if [[ -e $binfmt_dir/register ]]; then
+		find "$binfmt_dir" -maxdepth 1 -type f -name 'qemu-*' -printf '%f\n' | sort
+	fi
+}
+handlers_before=$(registered_handlers)
+
+echo "install-deps.sh: installing ${missing[*]}"
+"${as_root[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -q
+# --no-install-recommends keeps out binfmt-support, whose postinst would register qemu.
+"${as_root[@]}" env DEBIAN_FRONTEND=noninteractive \
+	apt-get install -y -q --no-install-recommends "${missing[@]}"
+
+# On a host where systemd runs, the qemu-user-static install triggers systemd-binfmt, which
+# registers every /usr/lib/binfmt.d/qemu-*.conf. Undo exactly the registrations this run added.
+handlers_after=$(registered_handlers)
+added=$(comm -13 <(echo "$handlers_before") <(echo "$handlers_after") | sed '/^$/d')
+for handler in $added; do
+	echo "install-deps.sh: unregistering binfmt handler $handler added by the install"
+	echo -1 | "${as_root[@]}" tee "$binfmt_dir/$handler" >/dev/null
+done
+if [[ -n $added ]]; then
+	echo "install-deps.sh: note: systemd-binfmt registers them again at boot;" \
+		"kiln's foreign-arch tests do not need (and should not rely on) host handlers" >&2
+fi
+
+for tool in docker-registry skopeo umoci qemu-aarch64-static busybox newuidmap dpkg-deb; do
+	command -v "$tool" >/dev/null 2>&1 || {
+		echo "install-deps.sh: $tool still missing after install" >&2
+		exit 1
+	}
+done
+echo "install-deps.sh: done"
