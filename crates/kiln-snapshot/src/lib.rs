@@ -1,1 +1,74 @@
-//! placeholder
+//! Layers to rootfs and back.
+//!
+//! kiln keeps every layer as a directory in *overlayfs format*: a deletion is a 0/0 character
+//! device named like the deleted entry, an opaque directory carries `user.overlay.opaque="y"`.
+//! This crate turns OCI layer tars into such directories ([`extract_layer`]), such directories
+//! into deterministic gzip layer tars ([`write_layer`]), reads a stack of them as one merged
+//! tree ([`LayerStack`]) and builds COPY layers ([`copy_into_layer`]).
+
+mod copy;
+mod extract;
+mod fsmeta;
+mod stack;
+mod write;
+
+#[cfg(test)]
+mod tests;
+
+use std::io;
+use std::path::PathBuf;
+
+pub use copy::{CopyOptions, copy_into_layer};
+pub use extract::{ExtractStats, decompress, extract_layer};
+pub use stack::LayerStack;
+pub use write::{LayerBlob, LayerOptions, write_layer};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    #[error("reading the layer tar stream: {0}")]
+    TarStream(#[source] io::Error),
+    #[error("layer entry `{entry}`: {source}")]
+    Entry {
+        entry: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("layer entry `{entry}` would land outside the rootfs")]
+    EntryEscapes { entry: String },
+    #[error("layer entry `{entry}` goes through the symlink `{symlink}`; refusing to follow it")]
+    EntryThroughSymlink { entry: String, symlink: String },
+    #[error("layer entry `{entry}`: `{parent}` is not a directory")]
+    EntryParentNotDir { entry: String, parent: String },
+    #[error("hard link `{entry}` points to `{target}`, which is outside the rootfs")]
+    HardLinkEscapes { entry: String, target: String },
+    #[error("hard link `{entry}` points to `{target}`, which is not an earlier file of this layer")]
+    HardLinkTargetMissing { entry: String, target: String },
+    #[error("layer entry `{entry}` has unsupported tar entry type {kind:?}")]
+    UnsupportedEntryType { entry: String, kind: u8 },
+    #[error("zstd layers not supported yet")]
+    ZstdUnsupported,
+    #[error("`{}`: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("writing the layer tar: {0}")]
+    Output(#[source] io::Error),
+    #[error("`{}` does not exist in the image", path.display())]
+    NotInImage { path: PathBuf },
+    #[error("`{}` already exists", path.display())]
+    DestinationExists { path: PathBuf },
+    #[error("cannot copy into `{}`: it or one of its parents is not a directory in the image", path.display())]
+    TargetParentNotDir { path: PathBuf },
+    #[error("cannot copy the non-directory `{}` onto the image root", src.display())]
+    FileOntoRoot { src: PathBuf },
+}
+
+/// Attach a host path to an I/O error.
+pub(crate) fn at(path: &std::path::Path) -> impl FnOnce(io::Error) -> SnapshotError + '_ {
+    move |source| SnapshotError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}

@@ -1,0 +1,337 @@
+//! COPY into a new layer dir, and the one-entry copy shared with `LayerStack::export`.
+
+use std::collections::HashMap;
+use std::ffi::OsString;
+use std::fs::{self, Metadata, OpenOptions};
+use std::io;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
+use std::path::{Component, Path, PathBuf};
+
+use nix::sys::stat::SFlag;
+
+use crate::fsmeta::{self, EntryMeta, is_whiteout};
+use crate::stack::{LayerStack, Node, Walk};
+use crate::{SnapshotError, at};
+
+/// (dev, ino) of a multiply-linked source file -> where its first copy went.
+type HardLinks = HashMap<(u64, u64), PathBuf>;
+
+#[derive(Default)]
+pub struct CopyOptions<'a> {
+    /// Owner of everything copied; `None` means 0:0, as COPY does.
+    pub chown: Option<(u32, u32)>,
+    /// Replaces the permission bits of copied files and directories.
+    pub chmod: Option<u32>,
+    /// Called with the path relative to a directory source; `false` skips the entry (and
+    /// everything under a skipped directory).
+    pub filter: Option<&'a dyn Fn(&Path) -> bool>,
+}
+
+/// Copy one COPY source into the layer dir `layer` at the absolute image path `target`.
+/// Returns the number of entries copied (parents created on the way are not counted).
+pub fn copy_into_layer(
+    src: &Path,
+    layer: &Path,
+    target: &Path,
+    below: &LayerStack,
+    opts: &CopyOptions,
+) -> Result<u64, SnapshotError> {
+    let src_md = fs::symlink_metadata(src).map_err(at(src))?;
+    let target_comps = lexical_components(target);
+    // Earlier sources of the same COPY are already in `layer`: resolve through them too.
+    let mut stack = below.layers().to_vec();
+    stack.push(layer.to_path_buf());
+    let merged = LayerStack::new(stack);
+    let owner = opts.chown.unwrap_or((0, 0));
+    let meta_for = |path: &Path, md: &Metadata| -> Result<EntryMeta, SnapshotError> {
+        let mut meta = EntryMeta::of(path, md).map_err(at(path))?;
+        (meta.uid, meta.gid) = owner;
+        if let Some(mode) = opts.chmod.filter(|_| !md.is_symlink()) {
+            meta.mode = mode & 0o7777;
+        }
+        Ok(meta)
+    };
+    let mut links = HardLinks::new();
+
+    if !src_md.is_dir() {
+        let Some((name, parent)) = target_comps.split_last() else {
+            return Err(SnapshotError::FileOntoRoot {
+                src: src.to_path_buf(),
+            });
+        };
+        let parent = resolve_dir(&merged, parent, target)?;
+        let parents = make_parents(layer, &parent, below, target)?;
+        let dest = layer_path(layer, &parent).join(name);
+        clear(&dest)?;
+        let copied = copy_nondir(src, &src_md, &dest, &meta_for(src, &src_md)?, &mut links)?;
+        parents.restore_times()?;
+        return Ok(u64::from(copied));
+    }
+
+    let dir = resolve_dir(&merged, &target_comps, target)?;
+    let Some((_, parent)) = dir.split_last() else {
+        // Into the image root: only the contents are copied, the root keeps its metadata.
+        return copy_tree(src, layer, Path::new(""), opts, &meta_for, &mut links);
+    };
+    let parents = make_parents(layer, parent, below, target)?;
+    let dest = layer_path(layer, &dir);
+    let mut copied = 0;
+    let dest_meta = match fs::symlink_metadata(&dest) {
+        // Made by an earlier source of this COPY: it keeps what it got then.
+        Ok(md) if md.is_dir() => EntryMeta::of(&dest, &md).map_err(at(&dest))?,
+        existing => {
+            if existing.is_ok() {
+                clear(&dest)?;
+            }
+            fs::create_dir(&dest).map_err(at(&dest))?;
+            // A directory already in the image keeps its metadata; a new one takes the source's.
+            let meta = match dir_meta_below(below, &dir) {
+                Some(meta) => meta,
+                None => {
+                    copied += 1;
+                    meta_for(src, &src_md)?
+                }
+            };
+            meta.apply_except_time(&dest, false).map_err(at(&dest))?;
+            meta
+        }
+    };
+    copied += copy_tree(src, &dest, Path::new(""), opts, &meta_for, &mut links)?;
+    dest_meta.apply_time(&dest).map_err(at(&dest))?;
+    parents.restore_times()?;
+    Ok(copied)
+}
+
+/// Lexical components of an absolute image path; `..` stops at the root.
+fn lexical_components(path: &Path) -> Vec<OsString> {
+    let mut out = Vec::new();
+    for c in path.components() {
+        match c {
+            Component::Normal(n) => out.push(n.to_os_string()),
+            Component::ParentDir => {
+                out.pop();
+            }
+            Component::RootDir | Component::CurDir | Component::Prefix(_) => {}
+        }
+    }
+    out
+}
+
+fn layer_path(layer: &Path, comps: &[OsString]) -> PathBuf {
+    let mut p = layer.to_path_buf();
+    p.extend(comps);
+    p
+}
+
+/// Resolve a directory path through the merged view (following symlinks inside the image),
+/// keeping the components that do not exist yet.
+fn resolve_dir(
+    merged: &LayerStack,
+    comps: &[OsString],
+    target: &Path,
+) -> Result<Vec<OsString>, SnapshotError> {
+    let path: PathBuf = std::iter::once(OsString::from("/"))
+        .chain(comps.iter().cloned())
+        .collect();
+    match merged.walk(&path, true) {
+        Walk::Found {
+            comps,
+            node: Node::Dir(_),
+        } => Ok(comps),
+        Walk::Missing { mut comps, rest } => {
+            comps.extend(rest);
+            Ok(comps)
+        }
+        Walk::Found { .. } | Walk::Blocked => Err(SnapshotError::TargetParentNotDir {
+            path: target.to_path_buf(),
+        }),
+    }
+}
+
+/// Mode, owner and mtime of a directory of the image below, if it has one there.
+fn dir_meta_below(below: &LayerStack, comps: &[OsString]) -> Option<EntryMeta> {
+    let path: PathBuf = std::iter::once(OsString::from("/"))
+        .chain(comps.iter().cloned())
+        .collect();
+    let Walk::Found {
+        node: Node::Dir(hosts),
+        ..
+    } = below.walk(&path, false)
+    else {
+        return None;
+    };
+    let md = fs::symlink_metadata(&hosts[0]).ok()?;
+    Some(EntryMeta {
+        mode: md.mode() & 0o7777,
+        uid: md.uid(),
+        gid: md.gid(),
+        mtime: md.mtime(),
+        mtime_nsec: md.mtime_nsec(),
+        xattrs: Vec::new(),
+    })
+}
+
+/// Directories on the way to a copy, with the mtime each must end with: writing into a
+/// directory bumps its mtime, which would make the layer depend on when it was built.
+struct Parents(Vec<(PathBuf, i64, i64)>);
+
+impl Parents {
+    fn restore_times(&self) -> Result<(), SnapshotError> {
+        for (path, sec, nsec) in &self.0 {
+            fsmeta::set_mtime(path, *sec, *nsec).map_err(at(path))?;
+        }
+        Ok(())
+    }
+}
+
+/// Create the directories `comps` in `layer`, each with the metadata its counterpart has in
+/// `below`, else 0755 0:0 mtime 0.
+fn make_parents(
+    layer: &Path,
+    comps: &[OsString],
+    below: &LayerStack,
+    target: &Path,
+) -> Result<Parents, SnapshotError> {
+    let mut parents = Vec::new();
+    let mut host = layer.to_path_buf();
+    for (i, name) in comps.iter().enumerate() {
+        host.push(name);
+        match fs::symlink_metadata(&host) {
+            Ok(md) if md.is_dir() => parents.push((host.clone(), md.mtime(), md.mtime_nsec())),
+            Ok(_) => {
+                return Err(SnapshotError::TargetParentNotDir {
+                    path: target.to_path_buf(),
+                });
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                let meta = dir_meta_below(below, &comps[..=i]).unwrap_or(EntryMeta {
+                    mode: 0o755,
+                    uid: 0,
+                    gid: 0,
+                    mtime: 0,
+                    mtime_nsec: 0,
+                    xattrs: Vec::new(),
+                });
+                fs::create_dir(&host).map_err(at(&host))?;
+                meta.apply_except_time(&host, false).map_err(at(&host))?;
+                parents.push((host.clone(), meta.mtime, meta.mtime_nsec));
+            }
+            Err(e) => return Err(at(&host)(e)),
+        }
+    }
+    Ok(Parents(parents))
+}
+
+/// Remove whatever is at `path` in the layer (an earlier source's copy).
+fn clear(path: &Path) -> Result<(), SnapshotError> {
+    let result = match fs::symlink_metadata(path) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+        Ok(md) if md.is_dir() => fs::remove_dir_all(path),
+        Ok(_) => fs::remove_file(path),
+    };
+    result.map_err(at(path))
+}
+
+/// Copy the contents of the directory `src` into the existing directory `dest`.
+fn copy_tree(
+    src: &Path,
+    dest: &Path,
+    rel: &Path,
+    opts: &CopyOptions,
+    meta_for: &dyn Fn(&Path, &Metadata) -> Result<EntryMeta, SnapshotError>,
+    links: &mut HardLinks,
+) -> Result<u64, SnapshotError> {
+    let mut names = fs::read_dir(src)
+        .map_err(at(src))?
+        .map(|e| e.map(|e| e.file_name()))
+        .collect::<io::Result<Vec<_>>>()
+        .map_err(at(src))?;
+    // Sorted, so the same tree always gives the same hard link "first copies".
+    names.sort();
+    let mut copied = 0;
+    for name in names {
+        let rel = rel.join(&name);
+        if opts.filter.is_some_and(|keep| !keep(&rel)) {
+            continue;
+        }
+        let from = src.join(&name);
+        let to = dest.join(&name);
+        let md = fs::symlink_metadata(&from).map_err(at(&from))?;
+        let meta = meta_for(&from, &md)?;
+        if md.is_dir() {
+            match fs::symlink_metadata(&to) {
+                Ok(existing) if existing.is_dir() => {}
+                _ => {
+                    clear(&to)?;
+                    fs::create_dir(&to).map_err(at(&to))?;
+                }
+            }
+            meta.apply_except_time(&to, false).map_err(at(&to))?;
+            copied += 1 + copy_tree(&from, &to, &rel, opts, meta_for, links)?;
+            meta.apply_time(&to).map_err(at(&to))?;
+        } else {
+            clear(&to)?;
+            copied += u64::from(copy_nondir(&from, &md, &to, &meta, links)?);
+        }
+    }
+    Ok(copied)
+}
+
+/// Copy one non-directory to the new path `dest` with `meta`. Sockets, whiteouts and (where
+/// mknod is not permitted) device nodes are skipped: returns whether something was written.
+pub(crate) fn copy_nondir(
+    src: &Path,
+    md: &Metadata,
+    dest: &Path,
+    meta: &EntryMeta,
+    links: &mut HardLinks,
+) -> Result<bool, SnapshotError> {
+    let ft = md.file_type();
+    if ft.is_socket() || is_whiteout(md) {
+        return Ok(false);
+    }
+    let inode = (md.dev(), md.ino());
+    if md.nlink() > 1
+        && let Some(first) = links.get(&inode)
+    {
+        fs::hard_link(first, dest).map_err(at(dest))?;
+        return Ok(true);
+    }
+    if ft.is_file() {
+        let mut from = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(src)
+            .map_err(at(src))?;
+        let mut to = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(dest)
+            .map_err(at(dest))?;
+        io::copy(&mut from, &mut to).map_err(at(dest))?;
+        meta.apply(dest, false).map_err(at(dest))?;
+    } else if ft.is_symlink() {
+        let target = fs::read_link(src).map_err(at(src))?;
+        std::os::unix::fs::symlink(&target, dest).map_err(at(dest))?;
+        meta.apply(dest, true).map_err(at(dest))?;
+    } else {
+        let kind = if ft.is_fifo() {
+            SFlag::S_IFIFO
+        } else if ft.is_char_device() {
+            SFlag::S_IFCHR
+        } else {
+            SFlag::S_IFBLK
+        };
+        let (major, minor) = (libc::major(md.rdev()), libc::minor(md.rdev()));
+        if !fsmeta::make_node(dest, kind, meta.mode, major, minor).map_err(at(dest))? {
+            return Ok(false);
+        }
+        meta.apply(dest, false).map_err(at(dest))?;
+    }
+    if md.nlink() > 1 {
+        links.insert(inode, dest.to_path_buf());
+    }
+    Ok(true)
+}

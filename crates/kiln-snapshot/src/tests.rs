@@ -1,0 +1,691 @@
+//! Tests on real files and real tar bytes. They run as root (as kiln does) to set owners,
+//! device nodes and `security.capability`.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::Read;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt, lchown, symlink};
+use std::path::{Path, PathBuf};
+
+use nix::sys::stat::SFlag;
+use sha2::{Digest as _, Sha256};
+use tar::{EntryType, Header};
+
+use crate::fsmeta::{get_xattr, list_xattrs, make_node, make_whiteout, set_mtime, set_xattr};
+use crate::*;
+
+/// A v2 file capability granting cap_net_raw (bit 13) permitted + effective.
+const CAP_NET_RAW: [u8; 20] = [
+    1, 0, 0, 2, 0, 0x20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+];
+
+fn write_file(path: &Path, data: &[u8], mode: u32, owner: (u32, u32), mtime: i64) {
+    fs::write(path, data).unwrap();
+    lchown(path, Some(owner.0), Some(owner.1)).unwrap();
+    fs::set_permissions(path, fs::Permissions::from_mode(mode)).unwrap();
+    set_mtime(path, mtime, 0).unwrap();
+}
+
+fn mkdir(path: &Path, mode: u32, owner: (u32, u32)) {
+    fs::create_dir(path).unwrap();
+    lchown(path, Some(owner.0), Some(owner.1)).unwrap();
+    fs::set_permissions(path, fs::Permissions::from_mode(mode)).unwrap();
+}
+
+/// Everything a user could notice about a tree: type, mode, owner, mtime, xattrs, contents,
+/// symlink targets, device numbers and which paths share an inode.
+fn describe(root: &Path) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    let mut first_of_inode: BTreeMap<u64, String> = BTreeMap::new();
+    let mut stack = vec![root.to_path_buf()];
+    let mut paths = Vec::new();
+    while let Some(dir) = stack.pop() {
+        for e in fs::read_dir(&dir).unwrap() {
+            let p = e.unwrap().path();
+            if fs::symlink_metadata(&p).unwrap().is_dir() {
+                stack.push(p.clone());
+            }
+            paths.push(p);
+        }
+    }
+    paths.sort();
+    for p in paths {
+        let md = fs::symlink_metadata(&p).unwrap();
+        let rel = p.strip_prefix(root).unwrap().to_string_lossy().into_owned();
+        let ft = md.file_type();
+        let what = if ft.is_dir() {
+            "dir".to_string()
+        } else if ft.is_symlink() {
+            format!("symlink->{}", fs::read_link(&p).unwrap().display())
+        } else if ft.is_file() {
+            format!(
+                "file sha256={}",
+                hex::encode(Sha256::digest(fs::read(&p).unwrap()))
+            )
+        } else if ft.is_char_device() {
+            format!("chardev {:x}", md.rdev())
+        } else if ft.is_fifo() {
+            "fifo".to_string()
+        } else {
+            "other".to_string()
+        };
+        let link = if !ft.is_dir() && md.nlink() > 1 {
+            first_of_inode
+                .entry(md.ino())
+                .or_insert_with(|| rel.clone())
+                .clone()
+        } else {
+            String::new()
+        };
+        let mode = if ft.is_symlink() {
+            0
+        } else {
+            md.mode() & 0o7777
+        };
+        let xattrs: Vec<String> = list_xattrs(&p)
+            .unwrap()
+            .into_iter()
+            .map(|(name, value)| {
+                format!("{}={}", String::from_utf8_lossy(&name), hex::encode(value))
+            })
+            .collect();
+        out.insert(
+            rel,
+            format!(
+                "{what} mode={mode:o} owner={}:{} mtime={} xattrs={xattrs:?} hardlink-of={link}",
+                md.uid(),
+                md.gid(),
+                md.mtime()
+            ),
+        );
+    }
+    out
+}
+
+fn layer_bytes(dir: &Path, opts: &LayerOptions) -> (Vec<u8>, LayerBlob) {
+    let mut out = Vec::new();
+    let blob = write_layer(dir, &mut out, opts).unwrap();
+    (out, blob)
+}
+
+fn gunzip(bytes: &[u8]) -> Vec<u8> {
+    let mut tar = Vec::new();
+    decompress(bytes).unwrap().read_to_end(&mut tar).unwrap();
+    tar
+}
+
+/// (name, entry type, pax records) of one tar entry.
+type TarEntry = (String, EntryType, Vec<(String, Vec<u8>)>);
+
+fn tar_entries(tar: &[u8]) -> Vec<TarEntry> {
+    let mut archive = tar::Archive::new(tar);
+    let mut out = Vec::new();
+    for e in archive.entries().unwrap() {
+        let mut e = e.unwrap();
+        let name = String::from_utf8(e.path_bytes().into_owned()).unwrap();
+        let kind = e.header().entry_type();
+        let pax = match e.pax_extensions().unwrap() {
+            Some(p) => p
+                .map(|r| {
+                    let r = r.unwrap();
+                    (r.key().unwrap().to_string(), r.value_bytes().to_vec())
+                })
+                .collect(),
+            None => Vec::new(),
+        };
+        out.push((name, kind, pax));
+    }
+    out
+}
+
+/// A source tree exercising every kind of entry and metadata a layer carries.
+fn rich_tree(root: &Path) {
+    mkdir(&root.join("bin"), 0o755, (0, 0));
+    write_file(
+        &root.join("bin/ping"),
+        b"\x7fELF ping",
+        0o4755,
+        (0, 0),
+        1_600_000_000,
+    );
+    set_xattr(&root.join("bin/ping"), b"security.capability", &CAP_NET_RAW).unwrap();
+    write_file(
+        &root.join("bin/tool"),
+        b"tool",
+        0o755,
+        (1000, 2000),
+        1_600_000_001,
+    );
+    set_xattr(&root.join("bin/tool"), b"user.comment", b"made by a test").unwrap();
+    fs::hard_link(root.join("bin/tool"), root.join("bin/tool-alias")).unwrap();
+    symlink("tool", root.join("bin/sh")).unwrap();
+    symlink("/etc/../bin/tool", root.join("bin/abs")).unwrap();
+    mkdir(&root.join("tmp"), 0o1777, (0, 0));
+    make_node(&root.join("tmp/fifo"), SFlag::S_IFIFO, 0o600, 0, 0).unwrap();
+    mkdir(&root.join("dev"), 0o755, (0, 0));
+    make_node(&root.join("dev/null"), SFlag::S_IFCHR, 0o666, 1, 3).unwrap();
+    let long_dir = root.join("d".repeat(120));
+    mkdir(&long_dir, 0o700, (7, 8));
+    write_file(
+        &long_dir.join("f".repeat(200)),
+        b"long",
+        0o640,
+        (7, 8),
+        1_500_000_000,
+    );
+    for dir in ["bin", "tmp", "dev"] {
+        set_mtime(&root.join(dir), 1_400_000_000, 0).unwrap();
+    }
+    set_mtime(&long_dir, 1_400_000_001, 0).unwrap();
+}
+
+#[test]
+fn round_trip_keeps_modes_owners_xattrs_and_links() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    let back = tmp.path().join("back");
+    fs::create_dir(&src).unwrap();
+    fs::create_dir(&back).unwrap();
+    rich_tree(&src);
+    let (bytes, _) = layer_bytes(&src, &LayerOptions::default());
+    let stats = extract_layer(decompress(&bytes[..]).unwrap(), &back).unwrap();
+    assert_eq!(stats.entries, 12);
+    let before = describe(&src);
+    assert_eq!(describe(&back), before);
+    // The comparison covers these; spell out the ones a user would look for first.
+    let ping = &before["bin/ping"];
+    assert!(
+        ping.contains("mode=4755") && ping.contains("security.capability"),
+        "{ping}"
+    );
+    assert!(before["bin/tool-alias"].contains("hardlink-of=bin/tool"));
+    assert_eq!(
+        fs::metadata(back.join("bin/tool")).unwrap().ino(),
+        fs::metadata(back.join("bin/tool-alias")).unwrap().ino()
+    );
+}
+
+#[test]
+fn overlay_markers_become_oci_whiteouts() {
+    let tmp = tempfile::tempdir().unwrap();
+    let upper = tmp.path();
+    make_whiteout(&upper.join("gone")).unwrap();
+    fs::create_dir(upper.join("opq")).unwrap();
+    set_xattr(&upper.join("opq"), b"user.overlay.opaque", b"y").unwrap();
+    set_xattr(&upper.join("opq"), b"user.keep", b"1").unwrap();
+    fs::write(upper.join("opq/new"), b"n").unwrap();
+    fs::create_dir(upper.join("trusted")).unwrap();
+    set_xattr(&upper.join("trusted"), b"trusted.overlay.opaque", b"y").unwrap();
+
+    let (bytes, _) = layer_bytes(upper, &LayerOptions::default());
+    let entries = tar_entries(&gunzip(&bytes));
+    let names: Vec<&str> = entries.iter().map(|e| e.0.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            ".wh.gone",
+            "opq/",
+            "opq/.wh..wh..opq",
+            "opq/new",
+            "trusted/",
+            "trusted/.wh..wh..opq"
+        ]
+    );
+    assert!(
+        entries
+            .iter()
+            .all(|e| e.1 == EntryType::Regular || e.1 == EntryType::Directory)
+    );
+    let keys: Vec<&str> = entries
+        .iter()
+        .flat_map(|e| e.2.iter().map(|(k, _)| k.as_str()))
+        .collect();
+    assert_eq!(
+        keys,
+        ["SCHILY.xattr.user.keep"],
+        "overlay xattrs must not leak"
+    );
+}
+
+/// A tar written with raw headers, so that hostile names reach the extractor unchanged.
+fn raw_tar(entries: &[(&str, EntryType, &str, &[u8])]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    for (name, kind, link, data) in entries {
+        let mut h = Header::new_ustar();
+        h.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
+        h.as_old_mut().linkname[..link.len()].copy_from_slice(link.as_bytes());
+        h.set_entry_type(*kind);
+        h.set_mode(if *kind == EntryType::Directory {
+            0o755
+        } else {
+            0o644
+        });
+        h.set_size(data.len() as u64);
+        h.set_mtime(1_000_000);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_cksum();
+        b.append(&h, *data).unwrap();
+    }
+    b.into_inner().unwrap()
+}
+
+#[test]
+fn oci_whiteouts_become_overlay_markers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let tar = raw_tar(&[
+        (".wh.gone", EntryType::Regular, "", b""),
+        ("d/", EntryType::Directory, "", b""),
+        ("d/.wh..wh..opq", EntryType::Regular, "", b""),
+        ("d/f", EntryType::Regular, "", b"data"),
+        ("e/.wh.x", EntryType::Regular, "", b""),
+    ]);
+    extract_layer(&tar[..], tmp.path()).unwrap();
+    let gone = fs::symlink_metadata(tmp.path().join("gone")).unwrap();
+    assert!(gone.file_type().is_char_device() && gone.rdev() == 0);
+    let x = fs::symlink_metadata(tmp.path().join("e/x")).unwrap();
+    assert!(x.file_type().is_char_device() && x.rdev() == 0);
+    assert_eq!(
+        get_xattr(&tmp.path().join("d"), b"user.overlay.opaque")
+            .unwrap()
+            .as_deref(),
+        Some(&b"y"[..])
+    );
+    assert_eq!(fs::read(tmp.path().join("d/f")).unwrap(), b"data");
+    assert_eq!(
+        fs::metadata(tmp.path().join("d")).unwrap().mtime(),
+        1_000_000,
+        "dir mtime set last"
+    );
+    let names: Vec<_> = describe(tmp.path()).into_keys().collect();
+    assert_eq!(
+        names,
+        ["d", "d/f", "e", "e/x", "gone"],
+        "no .wh. files left"
+    );
+}
+
+#[test]
+fn same_tree_gives_identical_bytes_and_sorted_entries() {
+    let tmp = tempfile::tempdir().unwrap();
+    let a = tmp.path().join("a");
+    fs::create_dir(&a).unwrap();
+    rich_tree(&a);
+    fs::write(a.join("a-b"), b"sorts before a/").unwrap();
+    set_mtime(&a.join("a-b"), 5, 0).unwrap();
+    let (first, blob1) = layer_bytes(&a, &LayerOptions::default());
+    let (second, blob2) = layer_bytes(&a, &LayerOptions::default());
+    assert_eq!(first, second);
+    assert_eq!(blob1, blob2);
+
+    // The same content made again elsewhere, later, with other inode numbers.
+    let b = tmp.path().join("b");
+    fs::create_dir(&b).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    rich_tree(&b);
+    fs::write(b.join("a-b"), b"sorts before a/").unwrap();
+    set_mtime(&b.join("a-b"), 5, 0).unwrap();
+    assert_eq!(layer_bytes(&b, &LayerOptions::default()).1, blob1);
+
+    let names: Vec<String> = tar_entries(&gunzip(&first))
+        .into_iter()
+        .map(|e| e.0)
+        .collect();
+    let mut sorted = names.clone();
+    sorted.sort();
+    assert_eq!(names, sorted);
+    assert!(
+        names
+            .iter()
+            .all(|n| !n.starts_with('/') && !n.starts_with("./"))
+    );
+    assert!(names.contains(&"bin/".to_string()) && names.contains(&"a-b".to_string()));
+}
+
+#[test]
+fn digests_describe_the_bytes_written() {
+    let tmp = tempfile::tempdir().unwrap();
+    rich_tree(tmp.path());
+    let (bytes, blob) = layer_bytes(tmp.path(), &LayerOptions::default());
+    assert_eq!(blob.size, bytes.len() as u64);
+    assert_eq!(blob.digest.hex(), hex::encode(Sha256::digest(&bytes)));
+    assert_eq!(
+        blob.diff_id.hex(),
+        hex::encode(Sha256::digest(gunzip(&bytes)))
+    );
+    assert_ne!(blob.digest, blob.diff_id);
+}
+
+#[test]
+fn source_date_epoch_clamps_only_newer_mtimes() {
+    let tmp = tempfile::tempdir().unwrap();
+    write_file(&tmp.path().join("old"), b"o", 0o644, (0, 0), 100);
+    write_file(&tmp.path().join("new"), b"n", 0o644, (0, 0), 2_000_000_000);
+    let opts = LayerOptions {
+        source_date_epoch: Some(1_000),
+        ..LayerOptions::default()
+    };
+    let (bytes, _) = layer_bytes(tmp.path(), &opts);
+    let tar = gunzip(&bytes);
+    let mut archive = tar::Archive::new(&tar[..]);
+    let mtimes: Vec<(String, u64)> = archive
+        .entries()
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            (
+                e.path().unwrap().display().to_string(),
+                e.header().mtime().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        mtimes,
+        [("new".to_string(), 1_000), ("old".to_string(), 100)]
+    );
+}
+
+#[test]
+fn decompress_sniffs_the_format() {
+    let tmp = tempfile::tempdir().unwrap();
+    fs::write(tmp.path().join("f"), b"x").unwrap();
+    let (gz, _) = layer_bytes(tmp.path(), &LayerOptions::default());
+    let plain = gunzip(&gz);
+    assert_eq!(&plain[..2], b"f\0");
+    assert_eq!(gunzip(&plain), plain, "an uncompressed tar passes through");
+    let zstd = [0x28, 0xb5, 0x2f, 0xfd, 0, 0];
+    let err = decompress(&zstd[..]).err().unwrap();
+    assert_eq!(err.to_string(), "zstd layers not supported yet");
+}
+
+#[test]
+fn dotdot_entry_is_rejected_and_nothing_escapes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dest = tmp.path().join("dest");
+    fs::create_dir(&dest).unwrap();
+    let tar = raw_tar(&[
+        ("ok", EntryType::Regular, "", b"1"),
+        ("../evil", EntryType::Regular, "", b"x"),
+    ]);
+    let err = extract_layer(&tar[..], &dest).err().unwrap();
+    assert!(matches!(err, SnapshotError::EntryEscapes { .. }));
+    assert_eq!(
+        err.to_string(),
+        "layer entry `../evil` would land outside the rootfs"
+    );
+    assert!(!tmp.path().join("evil").exists());
+}
+
+#[test]
+fn entries_through_symlinks_are_rejected() {
+    let tmp = tempfile::tempdir().unwrap();
+    let outside = tmp.path().join("outside");
+    fs::create_dir(&outside).unwrap();
+    let outside_abs = outside.to_str().unwrap().to_string();
+    for target in ["../../..", "..", outside_abs.as_str()] {
+        let dest = tempfile::tempdir_in(tmp.path()).unwrap();
+        let tar = raw_tar(&[
+            ("a", EntryType::Symlink, target, b""),
+            (
+                "a/passwd",
+                EntryType::Regular,
+                "",
+                b"root::0:0::/:/bin/sh\n",
+            ),
+        ]);
+        let err = extract_layer(&tar[..], dest.path()).err().unwrap();
+        assert_eq!(
+            err.to_string(),
+            "layer entry `a/passwd` goes through the symlink `a`; refusing to follow it",
+            "symlink to {target}"
+        );
+        assert!(!outside.join("passwd").exists() && !tmp.path().join("passwd").exists());
+    }
+}
+
+#[test]
+fn hard_links_must_stay_inside_the_layer() {
+    let tmp = tempfile::tempdir().unwrap();
+    let secret = tmp.path().join("secret");
+    fs::write(&secret, b"s").unwrap();
+    let dest = tmp.path().join("dest");
+    fs::create_dir(&dest).unwrap();
+
+    let tar = raw_tar(&[("x", EntryType::Link, "../secret", b"")]);
+    let err = extract_layer(&tar[..], &dest).err().unwrap();
+    assert!(
+        matches!(err, SnapshotError::HardLinkEscapes { .. }),
+        "{err}"
+    );
+
+    let absolute = secret.to_str().unwrap().to_string();
+    let tar = raw_tar(&[("y", EntryType::Link, &absolute, b"")]);
+    let err = extract_layer(&tar[..], &dest).err().unwrap();
+    assert!(
+        err.to_string()
+            .contains(&format!("`y` points to `{absolute}`")),
+        "{err}"
+    );
+    assert_eq!(
+        fs::metadata(&secret).unwrap().nlink(),
+        1,
+        "no link to the outside was made"
+    );
+
+    // A parent replaced by a symlink after the target was written must not be followed.
+    let dest2 = tmp.path().join("dest2");
+    fs::create_dir(&dest2).unwrap();
+    let tar = raw_tar(&[
+        ("d/f", EntryType::Regular, "", b"in"),
+        ("d", EntryType::Symlink, tmp.path().to_str().unwrap(), b""),
+        ("link", EntryType::Link, "d/f", b""),
+    ]);
+    assert!(extract_layer(&tar[..], &dest2).is_err());
+
+    // A link to an earlier file of the layer works.
+    let dest3 = tmp.path().join("dest3");
+    fs::create_dir(&dest3).unwrap();
+    let tar = raw_tar(&[
+        ("f", EntryType::Regular, "", b"in"),
+        ("g", EntryType::Link, "f", b""),
+    ]);
+    extract_layer(&tar[..], &dest3).unwrap();
+    assert_eq!(
+        fs::metadata(dest3.join("f")).unwrap().ino(),
+        fs::metadata(dest3.join("g")).unwrap().ino()
+    );
+}
+
+/// Three layers: base, one that deletes and makes /b opaque, one that deletes again.
+fn three_layers(root: &Path) -> LayerStack {
+    let l: Vec<PathBuf> = (0..3).map(|i| root.join(format!("l{i}"))).collect();
+    for d in &l {
+        fs::create_dir(d).unwrap();
+    }
+    for p in ["a", "b", "c", "c/sub"] {
+        fs::create_dir(l[0].join(p)).unwrap();
+    }
+    for p in ["a/f1", "a/f2", "b/x", "c/old", "c/sub/deep"] {
+        fs::write(l[0].join(p), p).unwrap();
+    }
+    symlink("/a", l[0].join("link")).unwrap();
+    symlink("../../../a/f2", l[0].join("c/up")).unwrap();
+
+    fs::create_dir(l[1].join("a")).unwrap();
+    make_whiteout(&l[1].join("a/f1")).unwrap();
+    fs::create_dir(l[1].join("b")).unwrap();
+    set_xattr(&l[1].join("b"), b"user.overlay.opaque", b"y").unwrap();
+    fs::write(l[1].join("b/y"), b"y").unwrap();
+    fs::write(l[1].join("d"), b"d").unwrap();
+
+    make_whiteout(&l[2].join("d")).unwrap();
+    fs::create_dir(l[2].join("c")).unwrap();
+    fs::write(l[2].join("c/new"), b"new").unwrap();
+    make_whiteout(&l[2].join("c/sub")).unwrap();
+    LayerStack::new(l)
+}
+
+#[test]
+fn layer_stack_applies_whiteouts_opaque_dirs_and_symlinks() {
+    let tmp = tempfile::tempdir().unwrap();
+    let stack = three_layers(tmp.path());
+    let l = stack.layers().to_vec();
+    let p = |s: &str| PathBuf::from(s);
+    assert_eq!(stack.lookup(&p("/a/f1"), false), None, "whited out in l1");
+    assert_eq!(stack.lookup(&p("/a/f2"), false), Some(l[0].join("a/f2")));
+    assert_eq!(stack.lookup(&p("/b/x"), false), None, "hidden by opaque /b");
+    assert_eq!(stack.lookup(&p("/b/y"), false), Some(l[1].join("b/y")));
+    assert_eq!(stack.lookup(&p("/d"), false), None);
+    assert_eq!(stack.lookup(&p("/c/sub/deep"), false), None);
+    assert_eq!(stack.lookup(&p("/c"), false), Some(l[2].join("c")));
+    assert_eq!(stack.lookup(&p("/link"), false), Some(l[0].join("link")));
+    assert_eq!(stack.lookup(&p("/link"), true), Some(l[1].join("a")));
+    assert_eq!(stack.lookup(&p("/link/f2"), false), Some(l[0].join("a/f2")));
+    assert_eq!(
+        stack.lookup(&p("/c/up"), true),
+        Some(l[0].join("a/f2")),
+        "`..` clamps at the root"
+    );
+    assert_eq!(stack.lookup(&p("/link/f1"), true), None);
+
+    let names = |s: &str| -> Vec<String> {
+        stack
+            .read_dir(&p(s))
+            .unwrap()
+            .into_iter()
+            .map(|n| n.into_string().unwrap())
+            .collect()
+    };
+    assert_eq!(names("/"), ["a", "b", "c", "link"]);
+    assert_eq!(names("/a"), ["f2"]);
+    assert_eq!(names("/b"), ["y"]);
+    assert_eq!(names("/c"), ["new", "old", "up"]);
+    assert_eq!(names("/link"), ["f2"]);
+    assert_eq!(stack.read_dir(&p("/a/f2")), None);
+
+    let out = tmp.path().join("export");
+    stack.export(&p("/"), &out).unwrap();
+    let exported: Vec<String> = describe(&out).into_keys().collect();
+    assert_eq!(
+        exported,
+        [
+            "a", "a/f2", "b", "b/y", "c", "c/new", "c/old", "c/up", "link"
+        ]
+    );
+    assert_eq!(fs::read(out.join("c/new")).unwrap(), b"new");
+    assert!(matches!(
+        stack.export(&p("/d"), &tmp.path().join("x")),
+        Err(SnapshotError::NotInImage { .. })
+    ));
+}
+
+#[test]
+fn copy_creates_parents_like_the_image_below() {
+    let tmp = tempfile::tempdir().unwrap();
+    let base = tmp.path().join("base");
+    fs::create_dir(&base).unwrap();
+    mkdir(&base.join("usr"), 0o750, (5, 6));
+    mkdir(&base.join("usr/share"), 0o775, (0, 50));
+    set_mtime(&base.join("usr/share"), 2222, 0).unwrap();
+    set_mtime(&base.join("usr"), 1111, 0).unwrap();
+    let below = LayerStack::new(vec![base]);
+
+    let src = tmp.path().join("hello.txt");
+    write_file(&src, b"hi", 0o600, (1234, 1234), 3333);
+    let src2 = tmp.path().join("second.txt");
+    write_file(&src2, b"2", 0o644, (0, 0), 4444);
+    let layer = tmp.path().join("layer");
+    fs::create_dir(&layer).unwrap();
+    let target = Path::new("/usr/share/new/dir/hello.txt");
+    let n = copy_into_layer(&src, &layer, target, &below, &CopyOptions::default()).unwrap();
+    assert_eq!(n, 1);
+    std::thread::sleep(std::time::Duration::from_millis(10));
+    copy_into_layer(
+        &src2,
+        &layer,
+        Path::new("/usr/share/new/dir/second.txt"),
+        &below,
+        &CopyOptions::default(),
+    )
+    .unwrap();
+
+    let tree = describe(&layer);
+    let expected: BTreeMap<String, String> = [
+        ("usr", "dir mode=750 owner=5:6 mtime=1111"),
+        ("usr/share", "dir mode=775 owner=0:50 mtime=2222"),
+        ("usr/share/new", "dir mode=755 owner=0:0 mtime=0"),
+        ("usr/share/new/dir", "dir mode=755 owner=0:0 mtime=0"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), format!("{v} xattrs=[] hardlink-of=")))
+    .collect();
+    for (k, v) in &expected {
+        assert_eq!(&tree[k], v, "{k}");
+    }
+    let hello = &tree["usr/share/new/dir/hello.txt"];
+    assert!(hello.contains("mode=600 owner=0:0 mtime=3333"), "{hello}");
+}
+
+#[test]
+fn copy_dir_applies_chown_chmod_and_filter() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("ctx");
+    fs::create_dir(&src).unwrap();
+    mkdir(&src.join("sub"), 0o700, (0, 0));
+    write_file(&src.join("sub/a"), b"a", 0o755, (0, 0), 10);
+    write_file(&src.join("b"), b"b", 0o600, (0, 0), 20);
+    write_file(&src.join("skip.log"), b"no", 0o600, (0, 0), 30);
+    symlink("/etc/shadow", src.join("ln")).unwrap();
+    let layer = tmp.path().join("layer");
+    fs::create_dir(&layer).unwrap();
+    let below = LayerStack::new(Vec::new());
+    let keep = |p: &Path| p.extension().is_none_or(|e| e != "log");
+    let opts = CopyOptions {
+        chown: Some((1000, 1001)),
+        chmod: Some(0o640),
+        filter: Some(&keep),
+    };
+    let n = copy_into_layer(&src, &layer, Path::new("/app"), &below, &opts).unwrap();
+    assert_eq!(n, 5, "app, sub, sub/a, b, ln");
+    let tree = describe(&layer);
+    let keys: Vec<&str> = tree.keys().map(String::as_str).collect();
+    assert_eq!(keys, ["app", "app/b", "app/ln", "app/sub", "app/sub/a"]);
+    for (path, desc) in &tree {
+        assert!(desc.contains("owner=1000:1001"), "{path}: {desc}");
+        if path != "app/ln" {
+            assert!(desc.contains("mode=640"), "{path}: {desc}");
+        }
+    }
+    assert_eq!(
+        fs::read_link(layer.join("app/ln")).unwrap(),
+        Path::new("/etc/shadow")
+    );
+    assert!(tree["app/sub/a"].contains("mtime=10"));
+}
+
+#[test]
+fn copy_follows_image_symlinks_for_the_target_dir() {
+    let tmp = tempfile::tempdir().unwrap();
+    let base = tmp.path().join("base");
+    fs::create_dir_all(base.join("run")).unwrap();
+    fs::create_dir(base.join("var")).unwrap();
+    symlink("../run", base.join("var/run")).unwrap();
+    let below = LayerStack::new(vec![base]);
+    let src = tmp.path().join("pid");
+    fs::write(&src, b"1").unwrap();
+    let layer = tmp.path().join("layer");
+    fs::create_dir(&layer).unwrap();
+    copy_into_layer(
+        &src,
+        &layer,
+        Path::new("/var/run/app.pid"),
+        &below,
+        &CopyOptions::default(),
+    )
+    .unwrap();
+    assert_eq!(fs::read(layer.join("run/app.pid")).unwrap(), b"1");
+    assert!(
+        fs::symlink_metadata(layer.join("var")).is_err(),
+        "the symlink's dir is not recreated"
+    );
+}

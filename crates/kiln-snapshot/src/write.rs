@@ -1,0 +1,313 @@
+//! Overlay-format layer dir -> deterministic gzip layer tar, hashed while it streams.
+
+use std::collections::HashMap;
+use std::fs::{self, File, Metadata, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use flate2::Compression;
+use flate2::write::GzEncoder;
+use kiln_oci::{Digest, DigestWriter};
+use tar::{EntryType, Header};
+
+use crate::fsmeta::{self, is_whiteout};
+use crate::{SnapshotError, at};
+
+pub struct LayerOptions {
+    /// 0 (store) to 9 (smallest).
+    pub gzip_level: u32,
+    /// Entries with a newer mtime get this one instead (reproducible builds).
+    pub source_date_epoch: Option<i64>,
+}
+
+impl Default for LayerOptions {
+    fn default() -> Self {
+        LayerOptions {
+            gzip_level: 6,
+            source_date_epoch: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LayerBlob {
+    /// sha256 of the compressed bytes written to `out`.
+    pub digest: Digest,
+    /// Number of compressed bytes written to `out`.
+    pub size: u64,
+    /// sha256 of the uncompressed tar.
+    pub diff_id: Digest,
+}
+
+/// One tar entry to emit.
+struct Item {
+    /// The name in the tar: relative, `/`-separated, directories with a trailing `/`.
+    name: Vec<u8>,
+    /// `None` for the empty marker files OCI uses for whiteouts and opaque directories.
+    source: Option<(PathBuf, Metadata)>,
+}
+
+const OPAQUE_MARKER: &[u8] = b".wh..wh..opq";
+
+/// Write `dir` (an overlay-format layer dir) as a gzip-compressed OCI layer tar to `out`.
+pub fn write_layer<W: Write>(
+    dir: &Path,
+    out: W,
+    opts: &LayerOptions,
+) -> Result<LayerBlob, SnapshotError> {
+    let mut items = Vec::new();
+    collect(dir, &[], &mut items)?;
+    items.sort_unstable_by(|a, b| a.name.cmp(&b.name));
+
+    let gz = GzEncoder::new(
+        DigestWriter::new(out),
+        Compression::new(opts.gzip_level.min(9)),
+    );
+    let mut tar = tar::Builder::new(DigestWriter::new(gz));
+    // (dev, ino) of multiply-linked files -> name of the first one emitted.
+    let mut first_links: HashMap<(u64, u64), Vec<u8>> = HashMap::new();
+    for item in &items {
+        write_item(&mut tar, item, opts, &mut first_links)?;
+    }
+    let (diff_id, _, gz) = tar.into_inner().map_err(SnapshotError::Output)?.finish();
+    let mut compressed = gz.finish().map_err(SnapshotError::Output)?;
+    compressed.flush().map_err(SnapshotError::Output)?;
+    let (digest, size, _) = compressed.finish();
+    Ok(LayerBlob {
+        digest,
+        size,
+        diff_id,
+    })
+}
+
+/// List every entry under `dir` (not `dir` itself), translating overlay markers to OCI names.
+fn collect(dir: &Path, prefix: &[u8], items: &mut Vec<Item>) -> Result<(), SnapshotError> {
+    for entry in fs::read_dir(dir).map_err(at(dir))? {
+        let entry = entry.map_err(at(dir))?;
+        let path = entry.path();
+        let md = fs::symlink_metadata(&path).map_err(at(&path))?;
+        let file_name = entry.file_name();
+        let mut name = prefix.to_vec();
+        if is_whiteout(&md) {
+            name.extend_from_slice(b".wh.");
+            name.extend_from_slice(file_name.as_bytes());
+            items.push(Item { name, source: None });
+            continue;
+        }
+        if md.file_type().is_socket() {
+            continue;
+        }
+        name.extend_from_slice(file_name.as_bytes());
+        if md.is_dir() {
+            name.push(b'/');
+            if fsmeta::is_opaque(&path) {
+                let mut marker = name.clone();
+                marker.extend_from_slice(OPAQUE_MARKER);
+                items.push(Item {
+                    name: marker,
+                    source: None,
+                });
+            }
+            collect(&path, &name, items)?;
+        }
+        items.push(Item {
+            name,
+            source: Some((path, md)),
+        });
+    }
+    Ok(())
+}
+
+fn write_item<W: Write>(
+    tar: &mut tar::Builder<W>,
+    item: &Item,
+    opts: &LayerOptions,
+    first_links: &mut HashMap<(u64, u64), Vec<u8>>,
+) -> Result<(), SnapshotError> {
+    let mut header = Header::new_ustar();
+    let mut pax: Vec<(String, Vec<u8>)> = Vec::new();
+    header.set_size(0);
+    let Some((path, md)) = &item.source else {
+        // Whiteout and opaque markers: empty files, no metadata worth keeping.
+        header.set_entry_type(EntryType::Regular);
+        header.set_mode(0);
+        header.set_uid(0);
+        header.set_gid(0);
+        header.set_mtime(0);
+        set_name(&mut header, &item.name, &mut pax);
+        return append(tar, header, &pax, None);
+    };
+
+    header.set_mode(md.mode() & 0o7777);
+    header.set_uid(md.uid().into());
+    header.set_gid(md.gid().into());
+    let mtime = match opts.source_date_epoch {
+        Some(epoch) => md.mtime().min(epoch),
+        None => md.mtime(),
+    };
+    header.set_mtime(mtime.max(0) as u64);
+    set_name(&mut header, &item.name, &mut pax);
+
+    let ft = md.file_type();
+    let mut link_target = None;
+    if !ft.is_dir() && md.nlink() > 1 {
+        let first = first_links
+            .entry((md.dev(), md.ino()))
+            .or_insert_with(|| item.name.clone());
+        if *first != item.name {
+            link_target = Some(first.clone());
+        }
+    }
+    let mut contents = None;
+    if let Some(target) = link_target {
+        header.set_entry_type(EntryType::Link);
+        set_link_name(&mut header, &target, &mut pax);
+    } else {
+        for (name, value) in fsmeta::list_xattrs(path).map_err(at(path))? {
+            if !fsmeta::is_overlay_xattr(&name) {
+                pax.push((
+                    format!("SCHILY.xattr.{}", String::from_utf8_lossy(&name)),
+                    value,
+                ));
+            }
+        }
+        if ft.is_dir() {
+            header.set_entry_type(EntryType::Directory);
+        } else if ft.is_symlink() {
+            header.set_entry_type(EntryType::Symlink);
+            let target = fs::read_link(path).map_err(at(path))?;
+            set_link_name(&mut header, target.as_os_str().as_bytes(), &mut pax);
+        } else if ft.is_fifo() {
+            header.set_entry_type(EntryType::Fifo);
+        } else if ft.is_char_device() || ft.is_block_device() {
+            header.set_entry_type(if ft.is_char_device() {
+                EntryType::Char
+            } else {
+                EntryType::Block
+            });
+            let (major, minor) = (libc::major(md.rdev()), libc::minor(md.rdev()));
+            header.set_device_major(major).map_err(at(path))?;
+            header.set_device_minor(minor).map_err(at(path))?;
+        } else {
+            header.set_entry_type(EntryType::Regular);
+            header.set_size(md.len());
+            let file = OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(path)
+                .map_err(at(path))?;
+            contents = Some(ExactLen {
+                file,
+                left: md.len(),
+                path,
+                failure: None,
+            });
+        }
+    }
+    append(tar, header, &pax, contents)
+}
+
+fn append<W: Write>(
+    tar: &mut tar::Builder<W>,
+    mut header: Header,
+    pax: &[(String, Vec<u8>)],
+    contents: Option<ExactLen<'_>>,
+) -> Result<(), SnapshotError> {
+    header.set_cksum();
+    tar.append_pax_extensions(pax.iter().map(|(k, v)| (k.as_str(), v.as_slice())))
+        .map_err(SnapshotError::Output)?;
+    match contents {
+        None => tar
+            .append(&header, io::empty())
+            .map_err(SnapshotError::Output),
+        Some(mut file) => match tar.append(&header, &mut file) {
+            Ok(()) => Ok(()),
+            Err(e) => Err(match file.failure.take() {
+                Some(source) => SnapshotError::Io {
+                    path: file.path.to_path_buf(),
+                    source,
+                },
+                None => SnapshotError::Output(e),
+            }),
+        },
+    }
+}
+
+/// A file's contents, exactly as long as the header promised: a file that shrank while being
+/// archived would otherwise leave a corrupt tar behind.
+struct ExactLen<'p> {
+    file: File,
+    left: u64,
+    path: &'p Path,
+    /// Set when reading the file (not writing the archive) failed.
+    failure: Option<io::Error>,
+}
+
+impl Read for ExactLen<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.left == 0 {
+            return Ok(0);
+        }
+        let want = buf.len().min(self.left.try_into().unwrap_or(usize::MAX));
+        let result = match self.file.read(&mut buf[..want]) {
+            Ok(0) => Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "file shrank while it was being archived",
+            )),
+            other => other,
+        };
+        match result {
+            Ok(n) => {
+                self.left -= n as u64;
+                Ok(n)
+            }
+            Err(e) => {
+                self.failure = Some(io::Error::new(e.kind(), e.to_string()));
+                Err(e)
+            }
+        }
+    }
+}
+
+/// Store a name as-is (no normalisation): in `name`, split over `prefix`/`name`, or in a PAX
+/// `path` record when it fits neither.
+fn set_name(header: &mut Header, name: &[u8], pax: &mut Vec<(String, Vec<u8>)>) {
+    let ustar = header
+        .as_ustar_mut()
+        .expect("new_ustar() makes a ustar header");
+    if name.len() <= ustar.name.len() {
+        ustar.name[..name.len()].copy_from_slice(name);
+        return;
+    }
+    // A `/` (not the trailing one of a directory) that leaves <= 155 bytes before and <= 100 after.
+    let split = name[..name.len() - 1]
+        .iter()
+        .enumerate()
+        .filter(|&(_, &b)| b == b'/')
+        .map(|(i, _)| i)
+        .find(|&i| name.len() - i - 1 <= ustar.name.len());
+    match split {
+        Some(i) if i <= ustar.prefix.len() => {
+            ustar.prefix[..i].copy_from_slice(&name[..i]);
+            ustar.name[..name.len() - i - 1].copy_from_slice(&name[i + 1..]);
+        }
+        _ => {
+            let n = ustar.name.len();
+            ustar.name.copy_from_slice(&name[..n]);
+            pax.push(("path".to_string(), name.to_vec()));
+        }
+    }
+}
+
+fn set_link_name(header: &mut Header, target: &[u8], pax: &mut Vec<(String, Vec<u8>)>) {
+    let ustar = header
+        .as_ustar_mut()
+        .expect("new_ustar() makes a ustar header");
+    let n = target.len().min(ustar.linkname.len());
+    ustar.linkname[..n].copy_from_slice(&target[..n]);
+    if target.len() > n {
+        pax.push(("linkpath".to_string(), target.to_vec()));
+    }
+}
