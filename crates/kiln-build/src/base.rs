@@ -14,15 +14,11 @@ use crate::{BuildError, Store};
 #[derive(Clone, Debug)]
 pub(crate) struct LayerRef {
     pub dir: PathBuf,
-    pub diff_id: Digest,
     pub blob: Descriptor,
-    /// Where the blob came from, so a push can mount or copy it when the store lacks it.
-    pub source: Option<Reference>,
 }
 
 /// A base image resolved for one platform, with every layer extracted.
 pub(crate) struct BaseImage {
-    pub reference: Reference,
     pub config: ImageConfig,
     pub layers: Vec<LayerRef>,
 }
@@ -37,7 +33,7 @@ fn bad(reference: &Reference, message: impl Into<String>) -> BuildError {
 fn base_err(reference: &Reference) -> impl FnOnce(kiln_registry::RegistryError) -> BuildError + '_ {
     move |source| BuildError::BaseImage {
         reference: reference.to_string(),
-        source,
+        source: Box::new(source),
     }
 }
 
@@ -127,16 +123,10 @@ pub(crate) fn pull(
         }
         layers.push(LayerRef {
             dir,
-            diff_id: diff_id.clone(),
             blob: blob.clone(),
-            source: Some(resolved.clone()),
         });
     }
-    Ok(BaseImage {
-        reference: resolved,
-        config,
-        layers,
-    })
+    Ok(BaseImage { config, layers })
 }
 
 fn ensure_blob(

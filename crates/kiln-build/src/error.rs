@@ -32,7 +32,7 @@ pub enum BuildError {
     BaseImage {
         reference: String,
         #[source]
-        source: RegistryError,
+        source: Box<RegistryError>,
     },
     #[error("base image {reference} has no image for {wanted} (it has: {available})")]
     PlatformMissing {
@@ -60,13 +60,19 @@ pub enum BuildError {
         message: String,
     },
     #[error(transparent)]
-    Registry(#[from] RegistryError),
+    Registry(Box<RegistryError>),
     #[error("{context}: {source}")]
     Io {
         context: String,
         #[source]
         source: std::io::Error,
     },
+}
+
+impl From<RegistryError> for BuildError {
+    fn from(e: RegistryError) -> Self {
+        BuildError::Registry(Box::new(e))
+    }
 }
 
 impl BuildError {

@@ -442,9 +442,7 @@ impl<'a> Executor<'a> {
         state.config.rootfs.diff_ids.push(blob.diff_id.clone());
         state.layers.push(LayerRef {
             dir: layer_dir,
-            diff_id: blob.diff_id,
             blob: Descriptor::new(media::OCI_LAYER_GZIP, blob.digest, blob.size),
-            source: None,
         });
         Ok(())
     }

@@ -241,15 +241,13 @@ impl RegistryClient {
             .map(|s| s.split(';').next().unwrap_or("").trim().to_string());
         let bytes = resp.bytes().map_err(|e| Self::unreachable(r, e))?.to_vec();
         let digest = Digest::of(&bytes);
-        if let Some(expected) = &r.digest {
-            if *expected != digest {
-                return Err(RegistryError::DigestMismatch {
-                    registry: r.registry.clone(),
-                    repository: r.repository.clone(),
-                    expected: expected.clone(),
-                    actual: digest,
-                });
-            }
+        if let Some(expected) = r.digest.as_ref().filter(|e| **e != digest) {
+            return Err(RegistryError::DigestMismatch {
+                registry: r.registry.clone(),
+                repository: r.repository.clone(),
+                expected: expected.clone(),
+                actual: digest,
+            });
         }
         // The body's own mediaType wins over a generic Content-Type header.
         let body_type = serde_json::from_slice::<serde_json::Value>(&bytes)
