@@ -264,11 +264,9 @@ impl<'a> Executor<'a> {
             &self.opts.platform,
             self.progress,
         )?;
-        let mut config = pulled.config;
-        config.history.retain(|_| true);
         let state = StageState {
             layers: pulled.layers,
-            config,
+            config: pulled.config,
             args: BTreeMap::new(),
             cmd_set: false,
         };
@@ -592,13 +590,6 @@ impl<'a> Executor<'a> {
         let source_stage = match &from {
             Some(name) => Some(match self.stage_index(name) {
                 Some(i) => self.stage(i)?,
-                None if self
-                    .stages
-                    .iter()
-                    .any(|s| s.name.as_deref() == Some(name.as_str())) =>
-                {
-                    unreachable!()
-                }
                 None => {
                     if name.parse::<Reference>().is_err() {
                         return Err(BuildError::UnknownStage {
