@@ -12,4 +12,6 @@ mod tools;
 
 pub use fixtures::{FIXTURE_ARCHES, Fixtures, busybox_fixtures};
 pub use registry::Registry;
-pub use tools::{push_busybox, skopeo_inspect, skopeo_raw, skopeo_to_oci, umoci_unpack};
+pub use tools::{
+    push_busybox, push_busybox_to, skopeo_inspect, skopeo_raw, skopeo_to_oci, umoci_unpack,
+};

@@ -11,11 +11,16 @@ use crate::registry::Registry;
 /// Pushes both fixture layouts to `registry`: the OCI index as `<repo>:latest` and the Docker
 /// manifest list as `<repo>:docker`, digests preserved. Returns their digests (OCI, Docker).
 pub fn push_busybox(registry: &Registry, repo: &str) -> (String, String) {
+    push_busybox_to(registry.addr(), repo)
+}
+
+/// [`push_busybox`] to a registry at `addr` (`host:port`) that something else started.
+pub fn push_busybox_to(addr: &str, repo: &str) -> (String, String) {
     let fixtures = busybox_fixtures();
     let oci_digest = layout_index_digest(&fixtures.oci_layout);
     skopeo_push_all(
         &format!("oci:{}:latest", fixtures.oci_layout.display()),
-        &format!("{}/{repo}:latest", registry.addr()),
+        &format!("{addr}/{repo}:latest"),
     );
     // skopeo 1.9's `oci:` transport only accepts OCI media types in index.json, so the Docker
     // flavour goes through a `dir:` view of the same blobs.
@@ -23,7 +28,7 @@ pub fn push_busybox(registry: &Registry, repo: &str) -> (String, String) {
     let view = dir_transport_view(&fixtures.docker_layout, &docker_digest);
     skopeo_push_all(
         &format!("dir:{}", view.path().display()),
-        &format!("{}/{repo}:docker", registry.addr()),
+        &format!("{addr}/{repo}:docker"),
     );
     (oci_digest, docker_digest)
 }
