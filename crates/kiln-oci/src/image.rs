@@ -245,3 +245,62 @@ mod tests {
         assert_eq!(c.env, vec!["A=3", "B=2"]);
     }
 }
+
+/// The Docker v2 schema 2 media type for an OCI one, where Docker has an equivalent.
+pub fn docker_media_type(oci: &str) -> Option<&'static str> {
+    use crate::media::*;
+    match oci {
+        OCI_INDEX => Some(DOCKER_MANIFEST_LIST),
+        OCI_MANIFEST => Some(DOCKER_MANIFEST),
+        OCI_CONFIG => Some(DOCKER_CONFIG),
+        OCI_LAYER_GZIP => Some(DOCKER_LAYER_GZIP),
+        OCI_LAYER_TAR => Some("application/vnd.docker.image.rootfs.diff.tar"),
+        _ => None,
+    }
+}
+
+impl ImageManifest {
+    /// The same manifest in Docker v2 schema 2 media types (the blobs are unchanged), or the
+    /// media type that has no Docker equivalent.
+    pub fn to_docker(&self) -> Result<ImageManifest, String> {
+        let convert = |d: &Descriptor| -> Result<Descriptor, String> {
+            let media_type = docker_media_type(&d.media_type).ok_or_else(|| d.media_type.clone())?;
+            Ok(Descriptor {
+                media_type: media_type.to_string(),
+                ..d.clone()
+            })
+        };
+        Ok(ImageManifest {
+            schema_version: 2,
+            media_type: Some(crate::media::DOCKER_MANIFEST.into()),
+            config: convert(&self.config)?,
+            layers: self.layers.iter().map(convert).collect::<Result<_, _>>()?,
+            annotations: self.annotations.clone(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod docker_tests {
+    use super::*;
+    use crate::media;
+
+    #[test]
+    fn manifest_converts_to_docker_media_types() {
+        let d = |mt: &str| Descriptor::new(mt, crate::Digest::of(mt.as_bytes()), 1);
+        let m = ImageManifest {
+            schema_version: 2,
+            media_type: Some(media::OCI_MANIFEST.into()),
+            config: d(media::OCI_CONFIG),
+            layers: vec![d(media::OCI_LAYER_GZIP)],
+            annotations: BTreeMap::new(),
+        };
+        let docker = m.to_docker().unwrap();
+        assert_eq!(docker.media_type.as_deref(), Some(media::DOCKER_MANIFEST));
+        assert_eq!(docker.config.media_type, media::DOCKER_CONFIG);
+        assert_eq!(docker.layers[0].media_type, media::DOCKER_LAYER_GZIP);
+        assert_eq!(docker.layers[0].digest, m.layers[0].digest);
+        let zstd = ImageManifest { layers: vec![d(media::OCI_LAYER_ZSTD)], ..m };
+        assert_eq!(zstd.to_docker().unwrap_err(), media::OCI_LAYER_ZSTD);
+    }
+}
