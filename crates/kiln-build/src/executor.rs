@@ -494,7 +494,7 @@ impl<'a> Executor<'a> {
             .run(&spec, &mut |line| progress.output(step, line))
             .map_err(|e| BuildError::Step {
                 stage: stage.to_string(),
-                step: step.to_string(),
+                step: step_number(step, stage),
                 instruction: ins.text.clone(),
                 message: e.to_string(),
             })?;
@@ -505,7 +505,7 @@ impl<'a> Executor<'a> {
             };
             return Err(BuildError::RunFailed {
                 stage: stage.to_string(),
-                step: step.trim_matches(['[', ']']).to_string(),
+                step: step_number(step, stage),
                 instruction: ins.text.clone(),
                 code,
                 tail: output.tail.join("\n"),
@@ -615,6 +615,10 @@ impl<'a> Executor<'a> {
         let layer = scratch.path().join("layer");
         std::fs::create_dir(&layer).map_err(BuildError::io("creating a COPY layer dir"))?;
         let export_dir = scratch.path().join("from");
+        if source_stage.is_some() {
+            std::fs::create_dir(&export_dir)
+                .map_err(BuildError::io("creating a COPY --from scratch dir"))?;
+        }
 
         // (host path, name, is the context root, context-relative path for .dockerignore)
         let mut resolved: Vec<(PathBuf, String, Option<String>)> = Vec::new();
@@ -749,6 +753,16 @@ fn history_text(ins: &Instruction) -> String {
         Command::Copy { .. } | Command::Add { .. } => format!("{} # buildkit", ins.text),
         _ => ins.text.clone(),
     }
+}
+
+/// `n/m` out of a progress label `[stage n/m]`: errors print the stage name themselves.
+fn step_number(label: &str, stage: &str) -> String {
+    let inner = label.trim_matches(['[', ']']);
+    inner
+        .strip_prefix(stage)
+        .unwrap_or(inner)
+        .trim_start()
+        .to_string()
 }
 
 /// Joins an image path onto a base dir and normalises it (`..` stops at `/`).

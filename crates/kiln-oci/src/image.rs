@@ -264,7 +264,8 @@ impl ImageManifest {
     /// media type that has no Docker equivalent.
     pub fn to_docker(&self) -> Result<ImageManifest, String> {
         let convert = |d: &Descriptor| -> Result<Descriptor, String> {
-            let media_type = docker_media_type(&d.media_type).ok_or_else(|| d.media_type.clone())?;
+            let media_type =
+                docker_media_type(&d.media_type).ok_or_else(|| d.media_type.clone())?;
             Ok(Descriptor {
                 media_type: media_type.to_string(),
                 ..d.clone()
@@ -300,7 +301,10 @@ mod docker_tests {
         assert_eq!(docker.config.media_type, media::DOCKER_CONFIG);
         assert_eq!(docker.layers[0].media_type, media::DOCKER_LAYER_GZIP);
         assert_eq!(docker.layers[0].digest, m.layers[0].digest);
-        let zstd = ImageManifest { layers: vec![d(media::OCI_LAYER_ZSTD)], ..m };
+        let zstd = ImageManifest {
+            layers: vec![d(media::OCI_LAYER_ZSTD)],
+            ..m
+        };
         assert_eq!(zstd.to_docker().unwrap_err(), media::OCI_LAYER_ZSTD);
     }
 }

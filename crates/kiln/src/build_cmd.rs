@@ -171,8 +171,7 @@ pub fn run(args: BuildArgs) -> Result<(), Report> {
             Some((k, v)) => build_args.insert(k.to_string(), v.to_string()),
             None => std::env::var(a)
                 .ok()
-                .map(|v| build_args.insert(a.clone(), v))
-                .flatten(),
+                .and_then(|v| build_args.insert(a.clone(), v)),
         };
     }
     let platform = match &args.platform {
@@ -219,16 +218,14 @@ pub fn run(args: BuildArgs) -> Result<(), Report> {
             message,
         } => report::line_error(&path, line, &message, &text),
         BuildError::MissingSource { ref path, line, .. }
-        | BuildError::UnknownStage { ref path, line, .. } => report::line_error(
-            path,
-            line,
-            &e.to_string()
-                .splitn(3, ": ")
-                .last()
-                .unwrap_or_default()
-                .to_string(),
-            &text,
-        ),
+        | BuildError::UnknownStage { ref path, line, .. } => {
+            // The report shows `path:line` itself; keep everything after it (the source name).
+            let message = e.to_string();
+            let message = message
+                .strip_prefix(&format!("{path}:{line}: "))
+                .unwrap_or(&message);
+            report::line_error(path, line, message, &text)
+        }
         other => miette!("{other}"),
     };
     let started = std::time::Instant::now();

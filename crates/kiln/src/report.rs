@@ -51,7 +51,7 @@ pub fn line_error(path: &str, line: usize, message: &str, text: &str) -> Report 
         .max(1);
     Report::new(DockerfileDiagnostic {
         message: format!("{path}:{line}: {message}"),
-        source_code: NamedSource::new(path.to_string(), text.to_string()),
+        source_code: NamedSource::new(path, text.to_string()),
         at: SourceSpan::from((offset, len)),
         hint: None,
     })

@@ -1,28 +1,38 @@
 //! Shared set-up for kiln's end-to-end tests: a real registry with the busybox fixtures, a
-//! private kiln store per test, and the kiln binary.
+//! private kiln store per test, the kiln binary, and readers for what kiln produced (through
+//! skopeo and umoci, never through kiln's own crates).
 
-#![allow(dead_code)]
+// Each test binary uses a different subset of these helpers.
+#![allow(dead_code, unused_imports)]
 
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 pub use kiln_testkit::{
     Registry, push_busybox, skopeo_inspect, skopeo_raw, skopeo_to_oci, umoci_unpack,
 };
+pub use serde_json::{Value, json};
 
 pub struct Env {
     pub registry: Registry,
     pub dir: tempfile::TempDir,
+    /// Digest of the OCI image index tagged `busybox:latest`.
+    pub busybox_index_digest: String,
+    /// Digest of the Docker manifest list tagged `busybox:docker`.
+    pub busybox_list_digest: String,
 }
 
 impl Env {
     /// A registry holding `busybox:latest` (OCI index) and `busybox:docker` (Docker list).
     pub fn new() -> Env {
         let registry = Registry::start();
-        push_busybox(&registry, "busybox");
+        let (busybox_index_digest, busybox_list_digest) = push_busybox(&registry, "busybox");
         Env {
             registry,
             dir: tempfile::tempdir().unwrap(),
+            busybox_index_digest,
+            busybox_list_digest,
         }
     }
 
@@ -30,9 +40,21 @@ impl Env {
         self.registry.addr()
     }
 
-    /// A build context with these files (path, content).
+    /// `<registry>/<name>`, e.g. `tag("demo:1")`.
+    pub fn tag(&self, name: &str) -> String {
+        format!("{}/{name}", self.reg())
+    }
+
+    /// A path inside this test's temp dir.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// A build context with these files (path, content); `$REG` in contents becomes the
+    /// registry's address.
     pub fn context(&self, name: &str, files: &[(&str, &str)]) -> PathBuf {
-        let ctx = self.dir.path().join(name);
+        let ctx = self.path(name);
+        std::fs::create_dir_all(&ctx).unwrap();
         for (path, content) in files {
             let p = ctx.join(path);
             std::fs::create_dir_all(p.parent().unwrap()).unwrap();
@@ -41,23 +63,57 @@ impl Env {
         ctx
     }
 
+    /// The store every `kiln` call of this test shares.
+    pub fn store(&self) -> PathBuf {
+        self.path("store")
+    }
+
     /// Runs kiln with a store private to this test.
     pub fn kiln(&self, args: &[&str]) -> Output {
-        kiln_with_root(&self.dir.path().join("store"), args)
+        kiln_with_root(&self.store(), args)
+    }
+
+    /// Builds `ctx` and pushes it as `<registry>/<name>`; panics unless kiln succeeds.
+    pub fn build_and_push(&self, ctx: &Path, name: &str, extra: &[&str]) -> Output {
+        let tag = self.tag(name);
+        let mut args = vec!["build", "--push", "-t", &tag];
+        args.extend_from_slice(extra);
+        args.push(ctx.to_str().unwrap());
+        let o = self.kiln(&args);
+        assert_ok(&o);
+        o
     }
 }
 
-pub fn kiln_with_root(root: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_kiln"))
+pub fn kiln_command(root: &Path, args: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_kiln"));
+    command
         .args(args)
         .env("KILN_ROOT", root)
-        .env("NO_COLOR", "1")
-        .output()
-        .unwrap()
+        .env("NO_COLOR", "1");
+    command
+}
+
+pub fn kiln_with_root(root: &Path, args: &[&str]) -> Output {
+    kiln_command(root, args).output().unwrap()
 }
 
 pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// stderr with the report's frame characters removed and all whitespace collapsed, so a
+/// message the report wrapped over several lines can be searched as one string.
+pub fn flat_stderr(o: &Output) -> String {
+    stderr(o)
+        .replace(['│', '×', '·', '╭', '╰', '─', '┬', '┴', '╯', '╮'], " ")
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 pub fn assert_ok(o: &Output) {
@@ -69,10 +125,116 @@ pub fn assert_ok(o: &Output) {
     );
 }
 
+/// Asserts kiln failed with exit code 1 and returns its flattened stderr.
+pub fn assert_failed(o: &Output) -> String {
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "kiln should have failed with exit code 1:\n{}",
+        stderr(o)
+    );
+    // Shown when a later assertion fails (or with --nocapture).
+    eprintln!("kiln's stderr:\n{}", stderr(o));
+    flat_stderr(o)
+}
+
+/// Asserts `haystack` contains every needle, showing the haystack otherwise.
+pub fn assert_contains_all(haystack: &str, needles: &[&str]) {
+    for needle in needles {
+        assert!(
+            haystack.contains(needle),
+            "expected {needle:?} in:\n{haystack}"
+        );
+    }
+}
+
 /// Unpacks `reference` from the registry for amd64 and returns its rootfs.
 pub fn unpack_pushed(reference: &str, work: &Path) -> PathBuf {
     std::fs::create_dir_all(work).unwrap();
     let layout = work.join("layout");
-    skopeo_to_oci(reference, &layout, "img", Some("amd64"));
+    skopeo_to_oci(reference, &layout, "img", Some(host_arch()));
     umoci_unpack(&layout, "img", &work.join("bundle"))
+}
+
+/// The OCI architecture of this machine, as the fixtures name it.
+pub fn host_arch() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        other => panic!("no busybox fixture for {other}"),
+    }
+}
+
+/// The manifest the registry serves for `reference`, parsed.
+pub fn manifest(reference: &str) -> Value {
+    serde_json::from_slice(&skopeo_raw(reference)).unwrap()
+}
+
+/// The image config of the single-platform image `reference`, as stored in the registry.
+pub fn config(reference: &str) -> Value {
+    let o = skopeo(
+        &["inspect", "--config", "--raw", "--tls-verify=false"],
+        reference,
+    );
+    assert!(
+        o.status.success(),
+        "skopeo inspect --config {reference}: {}",
+        stderr(&o)
+    );
+    serde_json::from_slice(&o.stdout).unwrap()
+}
+
+/// Whether the registry has a manifest for `reference`.
+pub fn image_exists(reference: &str) -> bool {
+    skopeo(&["inspect", "--raw", "--tls-verify=false"], reference)
+        .status
+        .success()
+}
+
+fn skopeo(args: &[&str], reference: &str) -> Output {
+    Command::new("skopeo")
+        .args(args)
+        .arg(format!("docker://{reference}"))
+        .output()
+        .unwrap()
+}
+
+/// The digests of a manifest's layers.
+pub fn layer_digests(manifest: &Value) -> Vec<String> {
+    manifest["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["digest"].as_str().unwrap().to_string())
+        .collect()
+}
+
+pub fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
+}
+
+/// Permission bits of a file (symlinks not followed).
+pub fn mode(path: &Path) -> u32 {
+    std::fs::symlink_metadata(path).unwrap().mode() & 0o7777
+}
+
+/// Sorted names in a directory.
+pub fn list_dir(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("listing {}: {e}", dir.display()))
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+/// Runs a tool and panics with its stderr unless it succeeds.
+pub fn run_tool(command: &mut Command) -> Output {
+    let o = command.output().unwrap();
+    assert!(
+        o.status.success(),
+        "{command:?} failed:\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    o
 }

@@ -1,0 +1,122 @@
+//! What a user sees when a build fails: exit code 1, a message on stderr that points at the
+//! problem, and no image pushed.
+
+mod common;
+
+use common::*;
+
+/// Builds a context holding only this Dockerfile, with `--push -t <reg>/<name>`.
+fn build_failing(env: &Env, name: &str, dockerfile: &str) -> String {
+    let ctx = env.context(name, &[("Dockerfile", dockerfile)]);
+    let tag = env.tag(&format!("{name}:1"));
+    let o = env.kiln(&["build", "--push", "-t", &tag, ctx.to_str().unwrap()]);
+    let err = assert_failed(&o);
+    assert!(!image_exists(&tag), "{tag} was pushed by a failed build");
+    err
+}
+
+#[test]
+fn dockerfile_mistakes_point_at_the_line() {
+    let env = Env::new();
+
+    let ctx = env.context(
+        "syntax",
+        &[(
+            "Dockerfile",
+            "FROM $REG/busybox:latest\nCOPY --frm=x a.txt /\n",
+        )],
+    );
+    let o = env.kiln(&["build", ctx.to_str().unwrap()]);
+    assert_failed(&o);
+    let raw = stderr(&o);
+    assert!(
+        raw.contains("Dockerfile:2:6: unknown flag --frm"),
+        "no file:line:column:\n{raw}"
+    );
+    let source_line = raw
+        .lines()
+        .position(|l| l.ends_with("COPY --frm=x a.txt /"))
+        .unwrap_or_else(|| panic!("the offending line is not shown:\n{raw}"));
+    // Columns in characters: the report's frame characters are several bytes long.
+    let char_col = |line: &str, needle: &str| line.find(needle).map(|b| line[..b].chars().count());
+    let caret_line = raw.lines().nth(source_line + 1).unwrap();
+    let caret_col = char_col(caret_line, "┬").or_else(|| char_col(caret_line, "^"));
+    let bad_col = char_col(raw.lines().nth(source_line).unwrap(), "--frm");
+    assert!(
+        caret_col.is_some() && caret_col == bad_col,
+        "no caret under `--frm`:\n{raw}"
+    );
+
+    let err = build_failing(&env, "typo", "FROM $REG/busybox:latest\nCOPPY a.txt /\n");
+    assert_contains_all(
+        &err,
+        &[
+            "Dockerfile:2:1",
+            "unknown instruction: COPPY",
+            "did you mean COPY?",
+        ],
+    );
+
+    let err = build_failing(&env, "nofrom", "RUN echo hi\n");
+    assert_contains_all(&err, &["Dockerfile:1:1", "FROM"]);
+}
+
+#[test]
+fn missing_copy_source_and_stage_are_named() {
+    let env = Env::new();
+    let err = build_failing(
+        &env,
+        "nosource",
+        "FROM $REG/busybox:latest\nCOPY not-there.txt /\n",
+    );
+    assert_contains_all(&err, &["Dockerfile:2", "not-there.txt", "not found"]);
+
+    let err = build_failing(
+        &env,
+        "nostage",
+        "FROM $REG/busybox:latest\nCOPY --from=nosuchstage /x /x\n",
+    );
+    assert_contains_all(&err, &["Dockerfile:2", "nosuchstage"]);
+}
+
+#[test]
+fn missing_base_image_names_reference_and_registry() {
+    let env = Env::new();
+    let err = build_failing(&env, "nobase", "FROM $REG/does-not-exist:7\n");
+    assert_contains_all(&err, &[&env.tag("does-not-exist:7"), env.reg()]);
+}
+
+#[test]
+fn unreachable_registry_is_named() {
+    let env = Env::new();
+    let ctx = env.context(
+        "unreachable",
+        &[("Dockerfile", "FROM 127.0.0.1:1/busybox:latest\n")],
+    );
+    let o = env.kiln(&["build", ctx.to_str().unwrap()]);
+    let err = assert_failed(&o);
+    assert_contains_all(&err, &["127.0.0.1:1", "busybox"]);
+}
+
+#[test]
+fn failing_run_shows_step_exit_code_and_output() {
+    let env = Env::new();
+    let err = build_failing(
+        &env,
+        "runfail",
+        "FROM $REG/busybox:latest\nRUN echo before > /before\nRUN sh -c 'echo out1; echo boom >&2; exit 7'\n",
+    );
+    assert_contains_all(
+        &err,
+        &[
+            "step [stage-0 3/3] RUN sh -c 'echo out1; echo boom >&2; exit 7'",
+            "exit code 7",
+            "boom",
+            "out1",
+        ],
+    );
+    assert!(
+        !err.contains("stage-0 stage-0"),
+        "the stage is named twice: {err}"
+    );
+}

@@ -1,0 +1,294 @@
+//! kiln keeps builds away from the host: hostile base image layers cannot write outside the
+//! store, RUN leaves no mounts or files behind, and an unprivileged user can build.
+
+mod common;
+
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::Command;
+
+use common::*;
+use sha2::{Digest, Sha256};
+
+fn sha256(bytes: &[u8]) -> String {
+    format!("sha256:{:x}", Sha256::digest(bytes))
+}
+
+/// One tar entry built from raw header bytes, so names the `tar` crate refuses (`..`) fit.
+struct RawEntry<'a> {
+    name: &'a str,
+    kind: tar::EntryType,
+    link: &'a str,
+    data: &'a [u8],
+}
+
+fn raw_tar(entries: &[RawEntry<'_>]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for entry in entries {
+        let mut header = tar::Header::new_ustar();
+        let raw = header.as_old_mut();
+        raw.name[..entry.name.len()].copy_from_slice(entry.name.as_bytes());
+        raw.linkname[..entry.link.len()].copy_from_slice(entry.link.as_bytes());
+        header.set_entry_type(entry.kind);
+        header.set_mode(if entry.kind == tar::EntryType::Directory {
+            0o755
+        } else {
+            0o644
+        });
+        header.set_size(entry.data.len() as u64);
+        header.set_mtime(1_700_000_000);
+        header.set_uid(0);
+        header.set_gid(0);
+        header.set_cksum();
+        out.extend_from_slice(header.as_bytes());
+        out.extend_from_slice(entry.data);
+        out.resize(out.len().div_ceil(512) * 512, 0);
+    }
+    out.resize(out.len() + 1024, 0);
+    out
+}
+
+/// Writes a one-layer OCI image layout whose layer is `layer_tar`, tagged `tag`.
+fn write_oci_layout(dir: &Path, tag: &str, layer_tar: &[u8]) {
+    let blobs = dir.join("blobs/sha256");
+    std::fs::create_dir_all(&blobs).unwrap();
+    let put = |media_type: &str, bytes: &[u8]| {
+        let digest = sha256(bytes);
+        std::fs::write(blobs.join(digest.trim_start_matches("sha256:")), bytes).unwrap();
+        json!({"mediaType": media_type, "digest": digest, "size": bytes.len()})
+    };
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(layer_tar).unwrap();
+    let layer_gz = gz.finish().unwrap();
+    let config = json!({
+        "architecture": host_arch(),
+        "os": "linux",
+        "config": {},
+        "rootfs": {"type": "layers", "diff_ids": [sha256(layer_tar)]},
+    });
+    let manifest = json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": put("application/vnd.oci.image.config.v1+json", &serde_json::to_vec(&config).unwrap()),
+        "layers": [put("application/vnd.oci.image.layer.v1.tar+gzip", &layer_gz)],
+    });
+    let mut descriptor = put(
+        "application/vnd.oci.image.manifest.v1+json",
+        &serde_json::to_vec(&manifest).unwrap(),
+    );
+    descriptor["annotations"] = json!({"org.opencontainers.image.ref.name": tag});
+    let index = json!({"schemaVersion": 2, "manifests": [descriptor]});
+    std::fs::write(dir.join("index.json"), serde_json::to_vec(&index).unwrap()).unwrap();
+    std::fs::write(dir.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+}
+
+fn push_layout(dir: &Path, tag: &str, destination: &str) {
+    run_tool(
+        Command::new("skopeo")
+            .args([
+                "--insecure-policy",
+                "copy",
+                "--all",
+                "--dest-tls-verify=false",
+                "-q",
+            ])
+            .arg(format!("oci:{}:{tag}", dir.display()))
+            .arg(format!("docker://{destination}")),
+    );
+}
+
+/// Every path under `dir` whose file name is one of `names`.
+fn find_named(dir: &Path, names: &[&str]) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return found;
+    };
+    for entry in entries {
+        let entry = entry.unwrap();
+        let path = entry.path();
+        if names.iter().any(|n| entry.file_name() == *n) {
+            found.push(path.clone());
+        }
+        if entry.file_type().unwrap().is_dir() {
+            found.extend(find_named(&path, names));
+        }
+    }
+    found
+}
+
+#[test]
+fn hostile_layers_are_refused_without_writing_outside_the_store() {
+    let env = Env::new();
+    let file = |name| RawEntry {
+        name,
+        kind: tar::EntryType::Regular,
+        link: "",
+        data: b"pwned\n",
+    };
+    let dotdot = raw_tar(&[file("../evil")]);
+    // Enough `..` to reach the real /tmp from wherever the layer is extracted.
+    let escape = "../".repeat(32) + "tmp";
+    let through_symlink = raw_tar(&[
+        RawEntry {
+            name: "link",
+            kind: tar::EntryType::Symlink,
+            link: &escape,
+            data: b"",
+        },
+        file("link/pwned"),
+    ]);
+    let host_pwned = Path::new("/tmp/pwned");
+    let _ = std::fs::remove_file(host_pwned);
+
+    for (tag, layer, entry) in [
+        ("dotdot", &dotdot, "../evil"),
+        ("symlink", &through_symlink, "link/pwned"),
+    ] {
+        let layout = env.path(&format!("layout-{tag}"));
+        write_oci_layout(&layout, tag, layer);
+        push_layout(&layout, tag, &env.tag(&format!("evil:{tag}")));
+        let ctx = env.context(
+            &format!("ctx-{tag}"),
+            &[(
+                "Dockerfile",
+                &format!("FROM $REG/evil:{tag}\nRUN echo unreachable\n"),
+            )],
+        );
+        let o = env.kiln(&["build", ctx.to_str().unwrap()]);
+        let err = assert_failed(&o);
+        assert_contains_all(
+            &err,
+            &[&format!("`{entry}`"), &env.tag(&format!("evil:{tag}"))],
+        );
+        assert!(
+            !err.contains("unreachable |"),
+            "the build went on after a bad layer:\n{err}"
+        );
+
+        assert!(
+            !host_pwned.exists(),
+            "a layer wrote {}",
+            host_pwned.display()
+        );
+        assert!(
+            !env.path("evil").exists(),
+            "a layer wrote next to the store"
+        );
+        assert_eq!(
+            find_named(env.dir.path(), &["evil", "pwned"]),
+            Vec::<std::path::PathBuf>::new(),
+            "a hostile entry was written"
+        );
+    }
+}
+
+#[test]
+fn run_leaves_no_mounts_files_or_host_changes_behind() {
+    let env = Env::new();
+    let hosts_before = std::fs::read(Path::new("/etc/hosts")).unwrap();
+    let ctx = env.context(
+        "ctx",
+        &[(
+            "Dockerfile",
+            "FROM $REG/busybox:latest\n\
+             RUN echo '10.9.8.7 kiln-was-here' >> /etc/hosts && echo ran > /ran.txt\n\
+             COPY Dockerfile /copied\n",
+        )],
+    );
+    let out = env.path("out");
+    let spec = format!("type=oci,dest={},tar=false", out.display());
+    assert_ok(&env.kiln(&["build", "-t", "iso:1", "-o", &spec, ctx.to_str().unwrap()]));
+
+    let rootfs = umoci_unpack(&out, "1", &env.path("bundle"));
+    assert_eq!(
+        read(&rootfs.join("ran.txt")),
+        "ran\n",
+        "the RUN did not run"
+    );
+
+    assert_eq!(
+        std::fs::read(Path::new("/etc/hosts")).unwrap(),
+        hosts_before,
+        "the RUN changed the host's /etc/hosts"
+    );
+    let mountinfo = read(Path::new("/proc/self/mountinfo"));
+    let dir = env.dir.path().canonicalize().unwrap();
+    for line in mountinfo.lines() {
+        assert!(
+            !line.contains(dir.to_str().unwrap()),
+            "a mount of the build is left on the host: {line}"
+        );
+    }
+    // Only what the test made (context, unpacked bundle) and what kiln was told to write.
+    assert_eq!(
+        list_dir(env.dir.path()),
+        vec!["bundle", "ctx", "out", "store"]
+    );
+    assert_eq!(
+        list_dir(&env.store().join("tmp")),
+        Vec::<String>::new(),
+        "scratch left behind"
+    );
+}
+
+#[test]
+fn an_unprivileged_user_builds_in_a_user_namespace() {
+    const NOBODY: u32 = 65534;
+    let env = Env::new();
+    let ctx = env.context(
+        "ctx",
+        &[
+            (
+                "Dockerfile",
+                "FROM $REG/busybox:latest\n\
+                 RUN echo built-rootless > /rootless.txt && id -u > /uid.txt\n\
+                 COPY data.txt /data.txt\n",
+            ),
+            ("data.txt", "data\n"),
+        ],
+    );
+    // The test's temp dir is private to root; nobody needs to reach the context and a
+    // writable place for the store and the output.
+    let world = |path: &Path, mode| {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap()
+    };
+    world(env.dir.path(), 0o755);
+    let shared = env.path("shared");
+    std::fs::create_dir(&shared).unwrap();
+    world(&shared, 0o777);
+    let out = shared.join("out");
+    let spec = format!("type=oci,dest={},tar=false", out.display());
+
+    let o = kiln_command(
+        &shared.join("store"),
+        &[
+            "build",
+            "-t",
+            "rootless:1",
+            "-o",
+            &spec,
+            ctx.to_str().unwrap(),
+        ],
+    )
+    .uid(NOBODY)
+    .gid(NOBODY)
+    .output()
+    .unwrap();
+    assert_ok(&o);
+    let err = flat_stderr(&o);
+    assert_contains_all(
+        &err,
+        &["kiln: warning:", "user namespace with only uid 0 mapped"],
+    );
+
+    let rootfs = umoci_unpack(&out, "1", &env.path("bundle"));
+    assert_eq!(read(&rootfs.join("rootless.txt")), "built-rootless\n");
+    assert_eq!(
+        read(&rootfs.join("uid.txt")),
+        "0\n",
+        "RUN is root inside the image"
+    );
+    assert_eq!(read(&rootfs.join("data.txt")), "data\n");
+}
