@@ -19,8 +19,8 @@ use nix::mount::{MntFlags, MsFlags, mount, umount2};
 use nix::sys::wait::{WaitStatus, waitpid};
 use nix::unistd::{ForkResult, Pid, chdir, fork, getuid};
 
-use crate::protocol::{HelperReport, SETUP_FAILED_EXIT, shell_exit_code};
-use crate::{ExitStatus, HELPER_ARG, RunSpec, init};
+use crate::protocol::{HelperReport, HelperRequest, SETUP_FAILED_EXIT, shell_exit_code};
+use crate::{ExitStatus, HELPER_ARG, RunSpec, emulation, init};
 
 /// Marks the helper's second start, after its id maps were written.
 const MAPPED_ARG: &str = "mapped";
@@ -99,9 +99,9 @@ fn run(spec_pipe: File, report: &mut File) -> Result<ExitStatus, String> {
     // The command must not inherit the report pipe: its exec closes our copy of it.
     fcntl(report.as_raw_fd(), FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC))
         .map_err(|err| format!("making the report fd close-on-exec: {err}"))?;
-    // The caller writes the spec only after our id maps: this read is the handshake.
-    let spec: RunSpec = serde_json::from_reader(spec_pipe)
-        .map_err(|err| format!("reading the run spec from the caller: {err}"))?;
+    // The caller writes the request only after our id maps: this read is the handshake.
+    let request: HelperRequest = serde_json::from_reader(spec_pipe)
+        .map_err(|err| format!("reading the request from the caller: {err}"))?;
     if !getuid().is_root() {
         return Err(format!(
             "the sandbox's user namespace maps no root user (running as uid {})",
@@ -118,7 +118,25 @@ fn run(spec_pipe: File, report: &mut File) -> Result<ExitStatus, String> {
     )
     .map_err(|err| format!("making / a private mount: {err}"))?;
 
-    let rootfs = Rootfs::mount(&spec)?;
+    match request {
+        HelperRequest::Run(spec) => run_step(&spec, report),
+        HelperRequest::ProbeEmulation {
+            arch,
+            emulator,
+            scratch,
+        } => emulation::probe_in_helper(&arch, emulator.as_ref(), &scratch),
+    }
+}
+
+fn run_step(spec: &RunSpec, report: &mut File) -> Result<ExitStatus, String> {
+    if let Some(emulator) = &spec.emulator {
+        // Registered in the helper's mount namespace, not in the command's: a registration
+        // lasts only while a binfmt_misc mount of the user namespace does, and the command's
+        // mount namespace drops every host path, this mount point included, with its old root.
+        let work = canonical(&spec.work, "work dir")?;
+        emulation::register_private(emulator, &work.join("binfmt_misc"))?;
+    }
+    let rootfs = Rootfs::mount(spec)?;
     let (stubs, etc_binds) = match Stubs::create(
         &rootfs.merged,
         &spec.upper,
@@ -130,7 +148,7 @@ fn run(spec_pipe: File, report: &mut File) -> Result<ExitStatus, String> {
             return Err(err);
         }
     };
-    let outcome = run_init(&spec, &rootfs, &etc_binds, report);
+    let outcome = run_init(spec, &rootfs, &etc_binds, report);
     // The command's mount namespace is gone with it; this unmounts our view of the overlay, so
     // that the upper dir is not changed under a mounted overlay below.
     let unmounted = umount2(&rootfs.merged, MntFlags::MNT_DETACH)
@@ -161,7 +179,7 @@ fn run_init(
     }
 }
 
-fn wait_for(child: Pid) -> Result<ExitStatus, String> {
+pub(crate) fn wait_for(child: Pid) -> Result<ExitStatus, String> {
     loop {
         match waitpid(child, None) {
             Ok(WaitStatus::Exited(_, code)) => return Ok(ExitStatus::Code(code)),

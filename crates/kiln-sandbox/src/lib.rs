@@ -6,7 +6,13 @@
 //! executable started with [`HELPER_ARG`] as its first argument. The caller writes the helper's
 //! id maps, then sends it the [`RunSpec`]; the helper mounts the rootfs and forks the command
 //! as PID 1 of the new pid namespace.
+//!
+//! Steps of a foreign architecture run under QEMU user-mode emulation, registered in a
+//! binfmt_misc instance private to the helper's user namespace (Linux 6.7+), so the host's
+//! binfmt_misc stays untouched: see [`Sandbox::emulation_for`] and [`RunSpec::emulator`].
 
+mod arch;
+mod emulation;
 mod helper;
 mod init;
 mod protocol;
@@ -18,6 +24,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+pub use emulation::{EmulationMode, find_emulator, runs_natively};
 pub use rootless::enter_rootless_if_needed;
 
 /// First argument that makes the executable act as the sandbox helper.
@@ -50,6 +57,24 @@ pub struct RunSpec {
     pub user: String,
     /// Empty means `localhost`.
     pub hostname: String,
+    /// Set when the command's binaries are of a foreign architecture: the sandbox registers
+    /// the emulator in a binfmt_misc instance private to its user namespace. `None` runs
+    /// binaries natively (or through a host registration).
+    #[serde(default)]
+    pub emulator: Option<Emulator>,
+}
+
+/// How to run binaries of a foreign architecture: a QEMU user-mode emulator and the ELF
+/// header pattern it handles.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Emulator {
+    /// OCI architecture, e.g. `arm64`.
+    pub arch: String,
+    /// The emulator executable on the host; it need not exist in the rootfs.
+    pub interpreter: PathBuf,
+    /// binfmt_misc matches a file when its first bytes, ANDed with `mask`, equal `magic`.
+    pub magic: Vec<u8>,
+    pub mask: Vec<u8>,
 }
 
 /// How the command ended.
@@ -113,6 +138,23 @@ pub enum SandboxError {
     HelperDied(String),
     #[error("cannot enter a rootless user namespace: {0}")]
     Rootless(String),
+    #[error(
+        "no QEMU emulator for architecture {arch}: searched {}",
+        searched.iter().map(|path| path.display().to_string()).collect::<Vec<_>>().join(", ")
+    )]
+    NoEmulator {
+        arch: String,
+        searched: Vec<PathBuf>,
+    },
+    #[error("kiln knows no emulator for architecture {arch:?}")]
+    UnknownArch { arch: String },
+    #[error(
+        "cannot run {arch} binaries on this machine ({why}). Either install qemu-user-static \
+         (or point --qemu-dir / KILN_QEMU_DIR at a directory with the qemu-*-static emulators), \
+         register binfmt_misc handlers for {arch} on the host, or cross-compile in a \
+         `FROM --platform=$BUILDPLATFORM` stage"
+    )]
+    CannotEmulate { arch: String, why: String },
     #[error(transparent)]
     Io(#[from] std::io::Error),
 }

@@ -1,15 +1,31 @@
 //! What the caller and the helper exchange besides the command's output.
 //!
 //! The helper gets two inherited pipe fds, named by number after [`crate::HELPER_ARG`]: the
-//! spec fd (the caller writes the JSON [`crate::RunSpec`] there, then closes it) and the report
+//! spec fd (the caller writes the JSON [`HelperRequest`] there, then closes it) and the report
 //! fd (the helper writes one JSON [`HelperReport`] per line). The report fd is close-on-exec in
 //! the helper, so a successful exec of the command closes it.
 
 use std::io::Write;
+use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::ExitStatus;
+use crate::{Emulator, ExitStatus, RunSpec};
+
+/// What the caller asks of the helper.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum HelperRequest {
+    /// Run a command (a RUN step).
+    Run(RunSpec),
+    /// Run the probe program of `arch` in `scratch` (an empty dir), through `emulator`
+    /// registered in the helper's own binfmt_misc, or without one, through what the kernel
+    /// already has; see [`crate::Sandbox::emulation_for`].
+    ProbeEmulation {
+        arch: String,
+        emulator: Option<Emulator>,
+        scratch: PathBuf,
+    },
+}
 
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) enum HelperReport {

@@ -11,7 +11,7 @@ use std::process::{Child, Command, Stdio};
 use nix::fcntl::OFlag;
 use nix::unistd::pipe2;
 
-use crate::protocol::HelperReport;
+use crate::protocol::{HelperReport, HelperRequest};
 use crate::{HELPER_ARG, RunOutput, RunSpec, Sandbox, SandboxError, TAIL_LINES};
 
 impl Sandbox {
@@ -22,6 +22,15 @@ impl Sandbox {
     pub fn run(
         &self,
         spec: &RunSpec,
+        on_line: &mut dyn FnMut(&str),
+    ) -> Result<RunOutput, SandboxError> {
+        self.run_request(&HelperRequest::Run(spec.clone()), on_line)
+    }
+
+    /// Starts the helper in new namespaces and has it carry out `request`.
+    pub(crate) fn run_request(
+        &self,
+        request: &HelperRequest,
         on_line: &mut dyn FnMut(&str),
     ) -> Result<RunOutput, SandboxError> {
         let (spec_read, spec_write) = pipe2(OFlag::O_CLOEXEC).map_err(std::io::Error::from)?;
@@ -42,7 +51,7 @@ impl Sandbox {
         // the handshake: the helper never runs unmapped. A helper that died early makes this
         // fail with EPIPE; its report or exit status tells why, so the error is not returned.
         let mut spec_pipe = File::from(spec_write);
-        let spec_json = serde_json::to_vec(spec).map_err(std::io::Error::from)?;
+        let spec_json = serde_json::to_vec(request).map_err(std::io::Error::from)?;
         let _ = spec_pipe.write_all(&spec_json);
         drop(spec_pipe);
 

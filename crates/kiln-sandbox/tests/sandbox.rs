@@ -1,6 +1,7 @@
 //! Real namespaces, real overlayfs: each test runs busybox commands in a rootfs made from the
-//! host's /bin/busybox (package busybox-static). The tests run as root; the rootless test drops
-//! to uid 65534 itself.
+//! host's /bin/busybox (package busybox-static), or, for foreign architectures, from kiln-testkit's
+//! busybox images of Debian's busybox-static for that architecture, run by the real QEMU
+//! (qemu-user-static). The tests run as root; the rootless tests drop to uid 65534 themselves.
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
@@ -8,7 +9,10 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use kiln_sandbox::{ExitStatus, RunOutput, RunSpec, Sandbox, SandboxError};
+use kiln_sandbox::{
+    EmulationMode, ExitStatus, RunOutput, RunSpec, Sandbox, SandboxError, find_emulator,
+    runs_natively,
+};
 use tempfile::TempDir;
 
 const HELPER: &str = env!("CARGO_BIN_EXE_kiln-sandbox-helper");
@@ -26,13 +30,28 @@ struct Dirs {
 }
 
 impl Dirs {
-    /// A busybox layer as the only lower, with root, nobody and builder (1000:1000) users.
-    fn new() -> Dirs {
+    /// Empty lower, upper and work dirs.
+    fn empty() -> Dirs {
         let root = tempfile::tempdir().unwrap();
         let lower = root.path().join("lower");
         let upper = root.path().join("upper");
         let work = root.path().join("work");
-        for dir in [&lower.join("bin"), &lower.join("etc"), &upper, &work] {
+        for dir in [&lower, &upper, &work] {
+            std::fs::create_dir_all(dir).unwrap();
+        }
+        Dirs {
+            root,
+            lower,
+            upper,
+            work,
+        }
+    }
+
+    /// A busybox layer as the only lower, with root, nobody and builder (1000:1000) users.
+    fn new() -> Dirs {
+        let dirs = Dirs::empty();
+        let lower = &dirs.lower;
+        for dir in [lower.join("bin"), lower.join("etc")] {
             std::fs::create_dir_all(dir).unwrap();
         }
         std::fs::copy("/bin/busybox", lower.join("bin/busybox")).unwrap();
@@ -51,12 +70,7 @@ impl Dirs {
             "root:x:0:\nnogroup:x:65534:\nbuilder:x:1000:\n",
         )
         .unwrap();
-        Dirs {
-            root,
-            lower,
-            upper,
-            work,
-        }
+        dirs
     }
 
     fn spec(&self, argv: &[&str]) -> RunSpec {
@@ -69,6 +83,7 @@ impl Dirs {
             cwd: "/".to_string(),
             user: String::new(),
             hostname: "sandbox-test".to_string(),
+            emulator: None,
         }
     }
 }
@@ -364,4 +379,363 @@ fn walk_all(dir: &Path) -> Vec<PathBuf> {
         }
     }
     all
+}
+
+impl Dirs {
+    /// The kiln-testkit busybox image of `arch` (and `variant`) as the only lower.
+    fn foreign(arch: &str, variant: Option<&str>) -> Dirs {
+        let dirs = Dirs::empty();
+        unpack_fixture(arch, variant, &dirs.lower);
+        dirs
+    }
+
+    /// A spec that runs `argv` through the QEMU emulator of `arch` found on this host.
+    fn emulated_spec(&self, arch: &str, argv: &[&str]) -> RunSpec {
+        RunSpec {
+            emulator: Some(find_emulator(arch, None).unwrap()),
+            ..self.spec(argv)
+        }
+    }
+}
+
+/// Unpacks the layer of the busybox fixture image for `arch` from its OCI layout into `dir`.
+fn unpack_fixture(arch: &str, variant: Option<&str>, dir: &Path) {
+    let layout = &kiln_testkit::busybox_fixtures().oci_layout;
+    let blob = |digest: &str| {
+        layout
+            .join("blobs/sha256")
+            .join(digest.trim_start_matches("sha256:"))
+    };
+    let read_json = |path: PathBuf| -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+    };
+    let top = read_json(layout.join("index.json"));
+    let index = read_json(blob(top["manifests"][0]["digest"].as_str().unwrap()));
+    let descriptor = index["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|descriptor| {
+            let platform = &descriptor["platform"];
+            platform["architecture"] == arch
+                && variant.is_none_or(|variant| platform["variant"] == variant)
+        })
+        .unwrap_or_else(|| panic!("no fixture for {arch} {variant:?}"));
+    let manifest = read_json(blob(descriptor["digest"].as_str().unwrap()));
+    for layer in manifest["layers"].as_array().unwrap() {
+        let status = Command::new("tar")
+            .arg("-xzf")
+            .arg(blob(layer["digest"].as_str().unwrap()))
+            .arg("-C")
+            .arg(dir)
+            .status()
+            .unwrap();
+        assert!(status.success(), "unpacking the {arch} fixture: {status}");
+    }
+}
+
+/// The `e_machine` field of an ELF file (`EI_DATA` says its byte order).
+fn elf_machine(bytes: &[u8]) -> u16 {
+    assert_eq!(&bytes[..4], b"\x7fELF");
+    let field = [bytes[18], bytes[19]];
+    match bytes[5] {
+        2 => u16::from_be_bytes(field),
+        _ => u16::from_le_bytes(field),
+    }
+}
+
+/// The host's binfmt_misc entries, if it is mounted there at all.
+fn host_binfmt_entries() -> Option<Vec<String>> {
+    let entries = std::fs::read_dir("/proc/sys/fs/binfmt_misc").ok()?;
+    let mut names: Vec<String> = entries
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    Some(names)
+}
+
+fn binfmt_mounts(mountinfo: &str) -> Vec<String> {
+    mountinfo
+        .lines()
+        .filter(|line| line.contains("binfmt_misc"))
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn uname_reports_the_emulated_machine() {
+    for (arch, variant, machine) in [
+        ("arm64", None, "aarch64"),
+        ("arm", Some("v7"), "armv7l"),
+        ("ppc64le", None, "ppc64le"),
+        ("s390x", None, "s390x"),
+    ] {
+        let dirs = Dirs::foreign(arch, variant);
+        assert_eq!(
+            run_ok(&dirs.emulated_spec(arch, &["uname", "-m"])),
+            [machine],
+            "{arch}"
+        );
+    }
+}
+
+/// Busybox's shell runs most applets by executing itself with the applet's name as `argv[0]`.
+#[test]
+fn emulated_shell_runs_applets_that_go_by_argv0() {
+    let dirs = Dirs::foreign("arm64", None);
+    let lines = run_ok(&dirs.emulated_spec(
+        "arm64",
+        &[
+            "sh",
+            "-c",
+            "echo found | grep f; sleep 0; exec -a echo /bin/busybox as-echo",
+        ],
+    ));
+    assert_eq!(lines, ["found", "as-echo"]);
+}
+
+#[test]
+fn foreign_binary_copied_by_an_emulated_step_lands_in_upper() {
+    const EM_AARCH64: u16 = 183;
+    let dirs = Dirs::foreign("arm64", None);
+    run_ok(&dirs.emulated_spec("arm64", &["cp", "/bin/busybox", "/copied"]));
+    let copied = std::fs::read(dirs.upper.join("copied")).unwrap();
+    assert_eq!(elf_machine(&copied), EM_AARCH64);
+    assert_eq!(
+        copied,
+        std::fs::read(dirs.lower.join("bin/busybox")).unwrap()
+    );
+}
+
+#[test]
+fn emulation_is_invisible_to_the_host_and_gone_afterwards() {
+    let dirs = Dirs::foreign("arm64", None);
+    let binfmt_before = host_binfmt_entries();
+    let mountinfo_before = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let spec = dirs.emulated_spec(
+        "arm64",
+        &[
+            "sh",
+            "-c",
+            "grep binfmt_misc /proc/self/mountinfo || echo no binfmt_misc mount; \
+             echo running; sleep 1",
+        ],
+    );
+    // Looked at while the registration is live: the command is still sleeping.
+    let mut seen_while_running = None;
+    let (result, lines) = {
+        let mut lines = Vec::new();
+        let result = Sandbox::new(PathBuf::from(HELPER)).run(&spec, &mut |line| {
+            if line == "running" {
+                seen_while_running = Some((
+                    host_binfmt_entries(),
+                    std::fs::read_to_string("/proc/self/mountinfo").unwrap(),
+                ));
+            }
+            lines.push(line.to_string());
+        });
+        (result, lines)
+    };
+    assert_eq!(result.unwrap().status, ExitStatus::Code(0), "{lines:?}");
+    // The private binfmt_misc mount is not visible inside the rootfs either.
+    assert_eq!(lines, ["no binfmt_misc mount", "running"]);
+    let (binfmt_during, mountinfo_during) = seen_while_running.unwrap();
+    assert_eq!(binfmt_during, binfmt_before);
+    assert_eq!(
+        binfmt_mounts(&mountinfo_during),
+        binfmt_mounts(&mountinfo_before)
+    );
+    assert_eq!(host_binfmt_entries(), binfmt_before);
+    assert_eq!(
+        std::fs::read_to_string("/proc/self/mountinfo").unwrap(),
+        mountinfo_before
+    );
+}
+
+#[test]
+fn emulator_missing_from_the_qemu_dir_is_an_error_naming_the_arch() {
+    let qemu_dir = tempfile::tempdir().unwrap();
+    match find_emulator("arm64", Some(qemu_dir.path())) {
+        Err(err @ SandboxError::NoEmulator { .. }) => {
+            let message = err.to_string();
+            assert!(message.contains("arm64"), "{message}");
+            let SandboxError::NoEmulator { arch, searched } = err else {
+                unreachable!()
+            };
+            assert_eq!(arch, "arm64");
+            assert_eq!(searched, [qemu_dir.path().join("qemu-aarch64-static")]);
+        }
+        other => panic!("expected NoEmulator, got {other:?}"),
+    }
+    // Only the given dir counts, although /usr/bin has one.
+    std::fs::copy(
+        "/usr/bin/qemu-aarch64-static",
+        qemu_dir.path().join("qemu-aarch64-static"),
+    )
+    .unwrap();
+    let found = find_emulator("arm64", Some(qemu_dir.path())).unwrap();
+    assert_eq!(
+        found.interpreter,
+        qemu_dir
+            .path()
+            .canonicalize()
+            .unwrap()
+            .join("qemu-aarch64-static")
+    );
+    assert_eq!(found.arch, "arm64");
+    assert!(matches!(
+        find_emulator("mips64le", None),
+        Err(SandboxError::UnknownArch { .. })
+    ));
+}
+
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn x86_64_host_runs_amd64_and_386_natively_and_nothing_else() {
+    assert!(runs_natively("amd64"));
+    assert!(runs_natively("386"));
+    for arch in ["arm64", "arm", "arm/v7", "ppc64le", "s390x", "riscv64"] {
+        assert!(!runs_natively(arch), "{arch}");
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn emulation_for_picks_native_or_the_private_binfmt() {
+    let sandbox = Sandbox::new(PathBuf::from(HELPER));
+    assert_eq!(
+        sandbox.emulation_for("amd64", None).unwrap(),
+        EmulationMode::Native
+    );
+    for arch in ["arm64", "arm", "ppc64le", "s390x", "riscv64"] {
+        assert_eq!(
+            sandbox.emulation_for(arch, None).unwrap(),
+            EmulationMode::PrivateBinfmt(find_emulator(arch, None).unwrap()),
+            "{arch}"
+        );
+    }
+}
+
+/// Without an emulator, only a host registration could help; whether the host has one is
+/// told by running the arm64 busybox directly.
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn emulation_for_without_emulator_falls_back_to_the_host_or_names_the_ways_out() {
+    let dirs = Dirs::foreign("arm64", None);
+    let host_runs_arm64 = Command::new(dirs.lower.join("bin/busybox"))
+        .arg("true")
+        .status()
+        .is_ok_and(|status| status.success());
+    let empty_qemu_dir = tempfile::tempdir().unwrap();
+    let result =
+        Sandbox::new(PathBuf::from(HELPER)).emulation_for("arm64", Some(empty_qemu_dir.path()));
+    match (host_runs_arm64, result) {
+        (true, Ok(mode)) => assert_eq!(mode, EmulationMode::HostBinfmt),
+        (false, Err(err @ SandboxError::CannotEmulate { .. })) => {
+            let message = err.to_string();
+            for way_out in [
+                "qemu-user-static",
+                "--qemu-dir",
+                "binfmt_misc",
+                "$BUILDPLATFORM",
+            ] {
+                assert!(message.contains(way_out), "{way_out}: {message}");
+            }
+            assert!(message.contains("arm64"), "{message}");
+        }
+        (host, other) => panic!("host runs arm64: {host}, but got {other:?}"),
+    }
+}
+
+#[test]
+fn rootless_kiln_runs_emulated_steps() {
+    const NOBODY: u32 = 65534;
+    let dirs = Dirs::foreign("arm64", None);
+    for entry in walk_all(dirs.root.path()) {
+        std::os::unix::fs::lchown(&entry, Some(NOBODY), Some(NOBODY)).unwrap();
+    }
+    std::fs::set_permissions(dirs.root.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let spec = dirs.emulated_spec("arm64", &["sh", "-c", "id -u; uname -m"]);
+
+    let output = Command::new(HELPER)
+        .arg(serde_json::to_string(&spec).unwrap())
+        .uid(NOBODY)
+        .gid(NOBODY)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "stdout: {stdout}\nstderr: {stderr}"
+    );
+    assert_eq!(stdout, "0\naarch64\n");
+}
+
+#[test]
+fn emulator_that_cannot_be_registered_is_a_setup_error_naming_the_arch() {
+    let dirs = Dirs::foreign("arm64", None);
+    let mut spec = dirs.emulated_spec("arm64", &["uname", "-m"]);
+    let emulator = spec.emulator.as_mut().unwrap();
+    emulator.interpreter = dirs.root.path().join("no-such-qemu-aarch64-static");
+    match run(&spec).0 {
+        Err(SandboxError::Setup(message)) => {
+            assert!(message.contains("arm64"), "{message}");
+            assert!(message.contains("no-such-qemu"), "{message}");
+            assert!(message.contains("No such file"), "{message}");
+        }
+        other => panic!("expected a setup error, got {other:?}"),
+    }
+    assert_eq!(tree(&dirs.upper), BTreeMap::new());
+}
+
+/// A binfmt_misc registration made outside the sandbox's user namespace (here in an enclosing
+/// one, standing in for the host's, which the tests leave alone) is found by the probe, but only
+/// with the `F` flag: without it the emulator would have to be inside the rootfs.
+#[test]
+fn emulation_for_uses_an_outer_registration_only_if_it_has_the_f_flag() {
+    let debian_rule = std::fs::read_to_string("/usr/lib/binfmt.d/qemu-aarch64.conf").unwrap();
+    // :name:M::magic:mask:interpreter:flags
+    let fields: Vec<&str> = debian_rule.trim().split(':').collect();
+    let rule = |flags: &str| {
+        format!(
+            ":outer-aarch64:M::{}:{}:/usr/bin/qemu-aarch64-static:{flags}",
+            fields[4], fields[5]
+        )
+    };
+    let empty_qemu_dir = tempfile::tempdir().unwrap();
+    let emulation_for_under = |rule: Option<String>| {
+        let binfmt = tempfile::tempdir().unwrap();
+        let script = match rule {
+            Some(_) => {
+                "mount -t binfmt_misc binfmt_misc \"$1\" && printf '%s' \"$2\" > \"$1/register\" \
+                        && exec \"$3\" --emulation-for arm64 \"$4\""
+            }
+            None => "exec \"$3\" --emulation-for arm64 \"$4\"",
+        };
+        let output = Command::new("unshare")
+            .args(["-Urm", "sh", "-c", script, "sh"])
+            .arg(binfmt.path())
+            .arg(rule.unwrap_or_default())
+            .arg(HELPER)
+            .arg(empty_qemu_dir.path())
+            .output()
+            .unwrap();
+        assert!(
+            output.stderr.is_empty(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).trim().to_string()
+    };
+    assert_eq!(emulation_for_under(Some(rule("F"))), "HostBinfmt");
+    let without_f = emulation_for_under(Some(rule("")));
+    assert!(
+        without_f.starts_with("cannot run arm64 binaries"),
+        "{without_f}"
+    );
+    assert!(
+        emulation_for_under(None).starts_with("cannot run arm64 binaries"),
+        "the host itself has an arm64 handler: this test cannot tell the cases apart"
+    );
 }

@@ -1,8 +1,13 @@
 //! Runs one sandboxed command, for this crate's tests: `kiln-sandbox-helper '<RunSpec JSON>'`.
 //! Prints the command's output and exits with its exit code; sets up rootless mode first, as
-//! kiln does.
+//! kiln does. `kiln-sandbox-helper --emulation-for <arch> [<qemu dir>]` prints the
+//! [`kiln_sandbox::EmulationMode`] of `arch` (Debug format) or the error.
+
+use std::path::PathBuf;
 
 use kiln_sandbox::{RunSpec, Sandbox, enter_rootless_if_needed, helper_main_if_requested};
+
+const EMULATION_FOR_ARG: &str = "--emulation-for";
 
 fn main() {
     if let Err(err) = enter_rootless_if_needed() {
@@ -11,11 +16,15 @@ fn main() {
     }
     helper_main_if_requested();
 
-    let Some(spec_json) = std::env::args().nth(1) else {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some(EMULATION_FOR_ARG) {
+        print_emulation_mode(&args[2..]);
+    }
+    let Some(spec_json) = args.get(1) else {
         eprintln!("usage: kiln-sandbox-helper '<RunSpec as JSON>'");
         std::process::exit(2);
     };
-    let result = serde_json::from_str::<RunSpec>(&spec_json)
+    let result = serde_json::from_str::<RunSpec>(spec_json)
         .map_err(|err| err.to_string())
         .and_then(|spec| {
             let exe = std::env::current_exe().map_err(|err| err.to_string())?;
@@ -30,6 +39,27 @@ fn main() {
         }),
         Err(err) => {
             eprintln!("kiln-sandbox-helper: {err}");
+            std::process::exit(1);
+        }
+    }
+}
+
+fn print_emulation_mode(args: &[String]) -> ! {
+    let Some(arch) = args.first() else {
+        eprintln!("usage: kiln-sandbox-helper {EMULATION_FOR_ARG} <arch> [<qemu dir>]");
+        std::process::exit(2);
+    };
+    let qemu_dir = args.get(1).map(PathBuf::from);
+    let result = std::env::current_exe()
+        .map_err(kiln_sandbox::SandboxError::from)
+        .and_then(|exe| Sandbox::new(exe).emulation_for(arch, qemu_dir.as_deref()));
+    match result {
+        Ok(mode) => {
+            println!("{mode:?}");
+            std::process::exit(0);
+        }
+        Err(err) => {
+            println!("{err}");
             std::process::exit(1);
         }
     }
