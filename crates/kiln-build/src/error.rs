@@ -43,22 +43,24 @@ pub enum BuildError {
     #[error("{reference}: {message}")]
     BadImage { reference: String, message: String },
     #[error(
-        "step [{stage} {step}] {instruction} failed with exit code {code}\n--- last lines of its output ---\n{tail}"
+        "step [{step}] {instruction} failed with exit code {code}\n--- last lines of its output ---\n{tail}"
     )]
     RunFailed {
-        stage: String,
         step: String,
         instruction: String,
         code: i32,
         tail: String,
     },
-    #[error("step [{stage} {step}] {instruction}: {message}")]
+    #[error("step [{step}] {instruction}: {message}")]
     Step {
-        stage: String,
         step: String,
         instruction: String,
         message: String,
     },
+    #[error("cannot run RUN steps for {platform}: {message}")]
+    Emulation { platform: String, message: String },
+    #[error("the build for {platform} was cancelled because another platform failed")]
+    Cancelled { platform: String },
     #[error(transparent)]
     Registry(Box<RegistryError>),
     #[error("{context}: {source}")]

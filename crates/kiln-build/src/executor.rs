@@ -1,17 +1,21 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use kiln_dockerfile::{Command, Dockerfile, Instruction, ShellOrExec, Stage};
 use kiln_oci::{
     Descriptor, HistoryEntry, ImageConfig, ImageManifest, Platform, media, to_json_bytes,
 };
 use kiln_registry::{Reference, RegistryClient};
-use kiln_sandbox::{RunSpec, Sandbox};
+use kiln_sandbox::{EmulationMode, RunSpec, Sandbox};
 use kiln_snapshot::{CopyOptions, LayerOptions, LayerStack};
+use sha2::{Digest as _, Sha256};
 
 use crate::base::{self, LayerRef};
 use crate::context::BuildContext;
+use crate::platform_args::platform_args;
 use crate::progress::Progress;
 use crate::{BuildError, Store, timefmt};
 
@@ -25,7 +29,12 @@ pub struct BuildOptions {
     pub ignore_file: Option<PathBuf>,
     pub build_args: BTreeMap<String, String>,
     pub target: Option<String>,
-    pub platform: Platform,
+    /// The platforms to build the target stage for; one image each.
+    pub platforms: Vec<Platform>,
+    /// How many platforms build at once.
+    pub jobs: usize,
+    /// Where `qemu-<arch>-static` lives, if not on PATH or in /usr/bin.
+    pub qemu_dir: Option<PathBuf>,
     /// The executable that acts as the sandbox helper (kiln itself).
     pub sandbox_helper: PathBuf,
     /// Clamp for timestamps (`SOURCE_DATE_EPOCH`).
@@ -40,9 +49,27 @@ pub struct BuiltImage {
     pub layers: Vec<Descriptor>,
 }
 
+/// One executed step, for the build summary.
+#[derive(Clone, Debug)]
+pub struct StepRecord {
+    pub platform: Platform,
+    pub label: String,
+    pub instruction: String,
+    pub emulated: bool,
+    pub elapsed: Duration,
+}
+
+/// What a build produced: one image per requested platform (in the order asked), and every
+/// step that ran.
+pub struct BuildResult {
+    pub images: Vec<BuiltImage>,
+    pub steps: Vec<StepRecord>,
+}
+
 /// The state of a stage as its instructions run.
 #[derive(Clone)]
 struct StageState {
+    platform: Platform,
     layers: Vec<LayerRef>,
     config: ImageConfig,
     /// ARGs declared in this stage, with their values.
@@ -51,7 +78,12 @@ struct StageState {
     cmd_set: bool,
 }
 
-struct Executor<'a> {
+/// A stage built (`Some`) or failed (`None`) once, shared by every platform whose key for it
+/// is the same.
+type Memo = Arc<OnceLock<Option<StageState>>>;
+
+/// What every platform of one build shares.
+struct Shared<'a> {
     df: &'a Dockerfile,
     stages: Vec<Stage<'a>>,
     opts: &'a BuildOptions,
@@ -60,22 +92,37 @@ struct Executor<'a> {
     progress: &'a Progress,
     context: BuildContext,
     sandbox: Sandbox,
-    global_args: BTreeMap<String, Option<String>>,
-    done: HashMap<usize, StageState>,
-    images: HashMap<String, StageState>,
     created: String,
+    build_platform: Platform,
+    multi: bool,
+    /// Stages by key: equal keys are the same work.
+    stages_done: Mutex<HashMap<String, Memo>>,
+    /// Base images by `reference platform`.
+    images: Mutex<HashMap<String, Memo>>,
+    emulation: Mutex<HashMap<String, EmulationMode>>,
+    steps: Mutex<Vec<StepRecord>>,
+    cancelled: AtomicBool,
+}
+
+/// The build of one target platform.
+struct Executor<'s, 'a> {
+    shared: &'s Shared<'a>,
+    target: Platform,
+    global_args: BTreeMap<String, Option<String>>,
 }
 
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
-/// Builds the target stage of `df` for `opts.platform` and stores the image.
+/// Builds the target stage of `df` for every platform in `opts.platforms` and stores the
+/// images. Platforms build concurrently (up to `opts.jobs`); a stage whose inputs are the same
+/// for several platforms runs once. If one platform fails, the others stop at their next step.
 pub fn build(
     df: &Dockerfile,
     opts: &BuildOptions,
     store: &Store,
     client: &RegistryClient,
     progress: &Progress,
-) -> Result<BuiltImage, BuildError> {
+) -> Result<BuildResult, BuildError> {
     let stages = df.stages();
     if stages.is_empty() {
         return Err(BuildError::Dockerfile {
@@ -95,7 +142,7 @@ pub fn build(
             })
             .ok_or_else(|| BuildError::UnknownTarget(name.clone()))?,
     };
-    let mut ex = Executor {
+    let shared = Shared {
         df,
         stages,
         opts,
@@ -104,14 +151,62 @@ pub fn build(
         progress,
         context: BuildContext::open(&opts.context_dir, opts.ignore_file.as_deref())?,
         sandbox: Sandbox::new(opts.sandbox_helper.clone()),
-        global_args: BTreeMap::new(),
-        done: HashMap::new(),
-        images: HashMap::new(),
         created: timefmt::rfc3339(opts.source_date_epoch.unwrap_or_else(timefmt::now_secs)),
+        build_platform: Platform::host(),
+        multi: opts.platforms.len() > 1,
+        stages_done: Mutex::new(HashMap::new()),
+        images: Mutex::new(HashMap::new()),
+        emulation: Mutex::new(HashMap::new()),
+        steps: Mutex::new(Vec::new()),
+        cancelled: AtomicBool::new(false),
     };
-    ex.declare_global_args()?;
-    let state = ex.stage(target)?;
-    ex.finish(state)
+    // Every target platform must be runnable before the first step starts.
+    for p in &opts.platforms {
+        shared.emulation_for(p)?;
+    }
+
+    let next = AtomicUsize::new(0);
+    let results: Mutex<Vec<(usize, Result<BuiltImage, BuildError>)>> = Mutex::new(Vec::new());
+    let workers = opts.jobs.clamp(1, opts.platforms.len().max(1));
+    std::thread::scope(|scope| {
+        for _ in 0..workers {
+            scope.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, Ordering::SeqCst);
+                    let Some(platform) = opts.platforms.get(i) else {
+                        break;
+                    };
+                    let result = Executor::new(&shared, platform.clone())
+                        .and_then(|ex| ex.build_target(target));
+                    if result.is_err() {
+                        shared.cancelled.store(true, Ordering::SeqCst);
+                    }
+                    results.lock().unwrap().push((i, result));
+                }
+            });
+        }
+    });
+    let mut results = results.into_inner().unwrap();
+    results.sort_by_key(|(i, _)| *i);
+    // Report the failure that caused the others to stop, not a cancellation.
+    let mut images = Vec::new();
+    let mut first_cancel = None;
+    for (_, r) in results {
+        match r {
+            Ok(img) => images.push(img),
+            Err(BuildError::Cancelled { platform }) => {
+                first_cancel.get_or_insert(BuildError::Cancelled { platform });
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    if let Some(e) = first_cancel {
+        return Err(e);
+    }
+    Ok(BuildResult {
+        images,
+        steps: shared.steps.into_inner().unwrap(),
+    })
 }
 
 fn shell_argv(config: &ImageConfig, cmd: &ShellOrExec) -> Vec<String> {
@@ -130,10 +225,109 @@ fn shell_argv(config: &ImageConfig, cmd: &ShellOrExec) -> Vec<String> {
     }
 }
 
-impl<'a> Executor<'a> {
+/// Words in a RUN command that mean it compiles: worth moving to a build-platform stage
+/// when it runs under emulation.
+const COMPILER_WORDS: &[&str] = &[
+    "go build",
+    "go install",
+    "cargo build",
+    "cargo install",
+    "rustc",
+    "gcc",
+    "g++",
+    "cc ",
+    "clang",
+    "make",
+    "cmake",
+    "npm install",
+    "npm ci",
+    "yarn",
+    "pip install",
+    "pip3 install",
+];
+
+fn compiles(command: &str) -> bool {
+    COMPILER_WORDS.iter().any(|w| command.contains(w))
+}
+
+impl Shared<'_> {
+    /// How RUN steps for `platform` run; probed once per architecture.
+    fn emulation_for(&self, platform: &Platform) -> Result<EmulationMode, BuildError> {
+        let arch = platform.normalized().architecture;
+        if let Some(m) = self.emulation.lock().unwrap().get(&arch) {
+            return Ok(m.clone());
+        }
+        let mode = self
+            .sandbox
+            .emulation_for(&arch, self.opts.qemu_dir.as_deref())
+            .map_err(|e| BuildError::Emulation {
+                platform: platform.to_string(),
+                message: e.to_string(),
+            })?;
+        self.emulation.lock().unwrap().insert(arch, mode.clone());
+        Ok(mode)
+    }
+
+    fn memo(map: &Mutex<HashMap<String, Memo>>, key: &str) -> Memo {
+        map.lock()
+            .unwrap()
+            .entry(key.to_string())
+            .or_default()
+            .clone()
+    }
+}
+
+/// Runs `work` once per memo cell; a caller that lost the race waits for the winner. The
+/// winner gets its own error; the others see the platform as cancelled.
+fn once(
+    cell: &Memo,
+    platform: &Platform,
+    work: impl FnOnce() -> Result<StageState, BuildError>,
+) -> Result<StageState, BuildError> {
+    let mut error = None;
+    let value = cell.get_or_init(|| match work() {
+        Ok(s) => Some(s),
+        Err(e) => {
+            error = Some(e);
+            None
+        }
+    });
+    match (value, error) {
+        (Some(s), _) => Ok(s.clone()),
+        (None, Some(e)) => Err(e),
+        (None, None) => Err(BuildError::Cancelled {
+            platform: platform.to_string(),
+        }),
+    }
+}
+
+impl<'s, 'a> Executor<'s, 'a> {
+    fn new(shared: &'s Shared<'a>, target: Platform) -> Result<Self, BuildError> {
+        let mut ex = Executor {
+            shared,
+            target,
+            global_args: BTreeMap::new(),
+        };
+        // The automatic platform ARGs are defined in global scope.
+        for (k, v) in platform_args(&ex.target, &shared.build_platform) {
+            ex.global_args.insert(k, Some(v));
+        }
+        ex.declare_global_args()?;
+        Ok(ex)
+    }
+
+    fn build_target(&self, target: usize) -> Result<BuiltImage, BuildError> {
+        let state = self.stage(target)?;
+        self.finish(state)
+    }
+
+    fn opts(&self) -> &'a BuildOptions {
+        self.shared.opts
+    }
+
     fn err(&self, ins: &Instruction, message: impl Into<String>) -> BuildError {
         BuildError::Dockerfile {
-            path: self.opts.dockerfile_path.clone(),
+            path: self.opts().dockerfile_path.clone(),
             line: ins.span.start_line,
             message: message.into(),
         }
@@ -145,22 +339,22 @@ impl<'a> Executor<'a> {
         word: &str,
         lookup: &dyn Fn(&str) -> Option<String>,
     ) -> Result<String, BuildError> {
-        kiln_dockerfile::expand(word, lookup, self.df.directives.escape)
+        kiln_dockerfile::expand(word, lookup, self.shared.df.directives.escape)
             .map_err(|e| self.err(ins, e.message))
     }
 
     fn declare_global_args(&mut self) -> Result<(), BuildError> {
-        for ins in self.df.global_args() {
+        for ins in self.shared.df.global_args() {
             if let Command::Arg(decls) = &ins.command {
                 for (name, default) in decls {
-                    let value = match self.opts.build_args.get(name) {
+                    let value = match self.opts().build_args.get(name) {
                         Some(v) => Some(v.clone()),
                         None => match default {
                             Some(d) => {
                                 let known = self.global_values();
                                 Some(self.expand(ins, d, &|n| known.get(n).cloned())?)
                             }
-                            None => None,
+                            None => self.global_args.get(name).cloned().flatten(),
                         },
                     };
                     self.global_args.insert(name.clone(), value);
@@ -178,41 +372,123 @@ impl<'a> Executor<'a> {
     }
 
     fn stage_index(&self, name: &str) -> Option<usize> {
-        self.stages
+        let stages = &self.shared.stages;
+        stages
             .iter()
             .position(|s| {
                 s.name
                     .as_deref()
                     .is_some_and(|n| n.eq_ignore_ascii_case(name))
             })
-            .or_else(|| {
-                name.parse::<usize>()
-                    .ok()
-                    .filter(|i| *i < self.stages.len())
-            })
+            .or_else(|| name.parse::<usize>().ok().filter(|i| *i < stages.len()))
     }
 
-    /// Builds stage `idx` (and what it depends on) once.
-    fn stage(&mut self, idx: usize) -> Result<StageState, BuildError> {
-        if let Some(s) = self.done.get(&idx) {
-            return Ok(s.clone());
+    /// The platform a stage builds for: `FROM --platform=...` (expanded with the global ARGs),
+    /// else the target.
+    fn stage_platform(&self, idx: usize) -> Result<Platform, BuildError> {
+        let from = self.shared.stages[idx].from;
+        match from.flag("platform").and_then(|f| f.value.clone()) {
+            None => Ok(self.target.clone()),
+            Some(raw) => {
+                let globals = self.global_values();
+                let value = self.expand(from, &raw, &|n| globals.get(n).cloned())?;
+                value
+                    .parse::<Platform>()
+                    .map_err(|e| self.err(from, format!("FROM --platform={raw}: {e}")))
+            }
         }
-        let stage = &self.stages[idx];
-        let label = stage.name.clone().unwrap_or_else(|| format!("stage-{idx}"));
+    }
+
+    /// What a stage's result depends on, as a string: its platform, the values of the ARGs it
+    /// declares, its base and the keys of the stages it copies from. Platforms that produce
+    /// the same key share one build of the stage.
+    fn stage_key(&self, idx: usize, depth: usize) -> Result<String, BuildError> {
+        let stage = &self.shared.stages[idx];
+        let mut key = format!("stage {idx}\nplatform {}\n", self.stage_platform(idx)?);
+        let globals = self.global_values();
+        if let Command::From { image, .. } = &stage.from.command {
+            let image = self.expand(stage.from, image, &|n| globals.get(n).cloned())?;
+            match self.stage_index(&image).filter(|i| *i < idx && depth < 64) {
+                Some(parent) => {
+                    key.push_str(&format!("from {}\n", self.stage_key(parent, depth + 1)?))
+                }
+                None => key.push_str(&format!("from image {image}\n")),
+            }
+        }
+        for ins in &stage.instructions {
+            match &ins.command {
+                Command::Arg(decls) => {
+                    for (name, default) in decls {
+                        let value = self
+                            .opts()
+                            .build_args
+                            .get(name)
+                            .cloned()
+                            .or_else(|| default.clone())
+                            .or_else(|| globals.get(name).cloned());
+                        key.push_str(&format!("arg {name}={value:?}\n"));
+                    }
+                }
+                Command::Copy { .. } | Command::Add { .. } => {
+                    if let Some(from) = ins.flag("from").and_then(|f| f.value.clone()) {
+                        match self.stage_index(&from).filter(|i| *i != idx && depth < 64) {
+                            Some(i) => key.push_str(&format!(
+                                "copy-from {}\n",
+                                self.stage_key(i, depth + 1)?
+                            )),
+                            None => key.push_str(&format!("copy-from image {from}\n")),
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(hex::encode(Sha256::digest(key.as_bytes())))
+    }
+
+    fn label(&self, platform: &Platform, stage: &str, n: usize, total: usize) -> String {
+        if self.shared.multi {
+            format!("{platform} {stage} {n}/{total}")
+        } else {
+            format!("{stage} {n}/{total}")
+        }
+    }
+
+    fn check_cancelled(&self) -> Result<(), BuildError> {
+        if self.shared.cancelled.load(Ordering::SeqCst) {
+            return Err(BuildError::Cancelled {
+                platform: self.target.to_string(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Builds stage `idx` (and what it depends on) once per distinct key.
+    fn stage(&self, idx: usize) -> Result<StageState, BuildError> {
+        let key = self.stage_key(idx, 0)?;
+        let cell = Shared::memo(&self.shared.stages_done, &key);
+        once(&cell, &self.target, || self.build_stage(idx))
+    }
+
+    fn build_stage(&self, idx: usize) -> Result<StageState, BuildError> {
+        let stage = &self.shared.stages[idx];
+        let name = stage.name.clone().unwrap_or_else(|| format!("stage-{idx}"));
         let total = stage.instructions.len() + 1;
         let from = stage.from;
         let Command::From { image, .. } = &from.command else {
             unreachable!("a stage starts with FROM")
         };
+        let platform = self.stage_platform(idx)?;
         let globals = self.global_values();
         let image = self.expand(from, image, &|n| globals.get(n).cloned())?;
-        let step_label = format!("[{label} 1/{total}]");
-        self.progress
-            .step_start(&step_label, &format!("FROM {image}"));
+        let progress = self.shared.progress;
+        let step_label = self.label(&platform, &name, 1, total);
+        self.check_cancelled()?;
+        progress.step_start(&format!("[{step_label}]"), &format!("FROM {image}"));
         let started = Instant::now();
         let mut state = match self
             .stage_index(&image)
-            .filter(|i| *i < idx && self.stages[*i].name.is_some())
+            .filter(|i| *i < idx && self.shared.stages[*i].name.is_some())
         {
             Some(parent) => {
                 let mut s = self.stage(parent)?;
@@ -220,58 +496,68 @@ impl<'a> Executor<'a> {
                 s.cmd_set = false;
                 s
             }
-            None => self.image_state(&image, from)?,
+            None => self.image_state(&image, from, &platform)?,
         };
-        self.progress.step_done(&step_label, started.elapsed(), "");
+        progress.step_done(&format!("[{step_label}]"), started.elapsed(), "");
 
-        let instructions: Vec<&Instruction> = self.stages[idx].instructions.clone();
-        for (n, ins) in instructions.into_iter().enumerate() {
-            let step_label = format!("[{label} {}/{total}]", n + 2);
-            self.progress.step_start(&step_label, &ins.text);
+        for (n, ins) in stage.instructions.iter().enumerate() {
+            let step_label = self.label(&platform, &name, n + 2, total);
+            self.check_cancelled()?;
+            progress.step_start(&format!("[{step_label}]"), &ins.text);
             let started = Instant::now();
-            let note = self.step(&mut state, ins, &label, &step_label)?;
-            self.progress
-                .step_done(&step_label, started.elapsed(), &note);
+            let (note, emulated) = self.step(&mut state, ins, &step_label)?;
+            let elapsed = started.elapsed();
+            progress.step_done(&format!("[{step_label}]"), elapsed, &note);
+            self.shared.steps.lock().unwrap().push(StepRecord {
+                platform: platform.clone(),
+                label: step_label,
+                instruction: ins.text.clone(),
+                emulated,
+                elapsed,
+            });
         }
-        self.done.insert(idx, state.clone());
         Ok(state)
     }
 
     /// The starting state for `FROM image`: scratch, or a pulled image.
-    fn image_state(&mut self, image: &str, from: &Instruction) -> Result<StageState, BuildError> {
+    fn image_state(
+        &self,
+        image: &str,
+        from: &Instruction,
+        platform: &Platform,
+    ) -> Result<StageState, BuildError> {
         if image == "scratch" {
-            let mut config = ImageConfig::for_platform(&self.opts.platform);
-            config.config.env = vec![];
             return Ok(StageState {
+                platform: platform.clone(),
                 layers: vec![],
-                config,
+                config: ImageConfig::for_platform(platform),
                 args: BTreeMap::new(),
                 cmd_set: false,
             });
         }
-        if let Some(s) = self.images.get(image) {
-            return Ok(s.clone());
-        }
         let reference: Reference = image
             .parse()
             .map_err(|e: kiln_registry::ReferenceError| self.err(from, e.to_string()))?;
-        self.progress
-            .detail(&format!("resolving {reference} for {}", self.opts.platform));
-        let pulled = base::pull(
-            self.client,
-            self.store,
-            &reference,
-            &self.opts.platform,
-            self.progress,
-        )?;
-        let state = StageState {
-            layers: pulled.layers,
-            config: pulled.config,
-            args: BTreeMap::new(),
-            cmd_set: false,
-        };
-        self.images.insert(image.to_string(), state.clone());
-        Ok(state)
+        let cell = Shared::memo(&self.shared.images, &format!("{reference} {platform}"));
+        once(&cell, &self.target, || {
+            self.shared
+                .progress
+                .detail(&format!("resolving {reference} for {platform}"));
+            let pulled = base::pull(
+                self.shared.client,
+                self.shared.store,
+                &reference,
+                platform,
+                self.shared.progress,
+            )?;
+            Ok(StageState {
+                platform: platform.clone(),
+                layers: pulled.layers,
+                config: pulled.config,
+                args: BTreeMap::new(),
+                cmd_set: false,
+            })
+        })
     }
 
     fn lookup_fn(state: &StageState) -> impl Fn(&str) -> Option<String> + '_ {
@@ -294,30 +580,34 @@ impl<'a> Executor<'a> {
         });
     }
 
-    /// Runs one instruction. Returns a note for the progress line.
+    /// Runs one instruction. Returns a note for the progress line and whether it ran
+    /// emulated.
     fn step(
-        &mut self,
+        &self,
         state: &mut StageState,
         ins: &Instruction,
-        stage: &str,
         step: &str,
-    ) -> Result<String, BuildError> {
-        let created = self.created.clone();
-        let escape = self.df.directives.escape;
+    ) -> Result<(String, bool), BuildError> {
+        let created = self.shared.created.clone();
+        let escape = self.shared.df.directives.escape;
         let expand = |word: &str, state: &StageState| -> Result<String, BuildError> {
             kiln_dockerfile::expand(word, &Self::lookup_fn(state), escape)
                 .map_err(|e| self.err(ins, e.message))
         };
         let mut note = String::new();
         let mut layer_added = false;
+        let mut emulated = false;
         match &ins.command {
             Command::From { .. } => unreachable!("stages split at FROM"),
             Command::Run(cmd) => {
                 let argv = shell_argv(&state.config, cmd);
-                layer_added = self.run(state, ins, argv, stage, step)?;
-                if !layer_added {
-                    note = "no changes".into();
-                }
+                (layer_added, emulated) = self.run(state, ins, argv, step)?;
+                note = match (layer_added, emulated) {
+                    (false, false) => "no changes".into(),
+                    (false, true) => "emulated, no changes".into(),
+                    (true, true) => "emulated".into(),
+                    (true, false) => String::new(),
+                };
             }
             Command::Copy { sources, dest } | Command::Add { sources, dest } => {
                 let files = self.copy(state, ins, sources, dest)?;
@@ -335,7 +625,7 @@ impl<'a> Executor<'a> {
             }
             Command::Arg(decls) => {
                 for (name, default) in decls {
-                    let value = match self.opts.build_args.get(name) {
+                    let value = match self.opts().build_args.get(name) {
                         Some(v) => Some(v.clone()),
                         None => match default {
                             Some(d) => Some(expand(d, state)?),
@@ -420,7 +710,7 @@ impl<'a> Executor<'a> {
             }
         }
         Self::history(state, &created, history_text(ins), !layer_added);
-        Ok(note)
+        Ok((note, emulated))
     }
 
     fn stack(state: &StageState) -> LayerStack {
@@ -429,14 +719,14 @@ impl<'a> Executor<'a> {
 
     /// Stores the layer dir `dir` as a new top layer of `state`.
     fn add_layer(&self, state: &mut StageState, dir: &Path) -> Result<(), BuildError> {
-        let blob = self.store.put_layer(
+        let blob = self.shared.store.put_layer(
             dir,
             &LayerOptions {
-                source_date_epoch: self.opts.source_date_epoch,
+                source_date_epoch: self.opts().source_date_epoch,
                 ..Default::default()
             },
         )?;
-        let layer_dir = self.store.commit_layer_dir(dir, &blob.diff_id)?;
+        let layer_dir = self.shared.store.commit_layer_dir(dir, &blob.diff_id)?;
         state.config.rootfs.diff_ids.push(blob.diff_id.clone());
         state.layers.push(LayerRef {
             dir: layer_dir,
@@ -445,21 +735,39 @@ impl<'a> Executor<'a> {
         Ok(())
     }
 
+    /// Runs a RUN step in the sandbox; returns whether it changed anything and whether it ran
+    /// under emulation.
     fn run(
         &self,
         state: &mut StageState,
         ins: &Instruction,
         argv: Vec<String>,
-        stage: &str,
         step: &str,
-    ) -> Result<bool, BuildError> {
+    ) -> Result<(bool, bool), BuildError> {
         if !ins.heredocs.is_empty() {
             return Err(self.err(
                 ins,
                 "heredocs in RUN are not supported by this version of kiln yet",
             ));
         }
-        let scratch = self.store.temp_dir("run-")?;
+        let emulation = self.shared.emulation_for(&state.platform)?;
+        let (emulator, emulated) = match emulation {
+            EmulationMode::Native => (None, false),
+            EmulationMode::PrivateBinfmt(e) => (Some(e), true),
+            EmulationMode::HostBinfmt => (None, true),
+        };
+        let progress = self.shared.progress;
+        if emulated && compiles(&ins.text) {
+            progress.info(&format!(
+                "hint: [{step}] compiles under {} emulation, which is typically several times slower than native. \
+                 Move it to a stage that runs on the build platform and cross-compiles:\n  \
+                 FROM --platform=$BUILDPLATFORM <image> AS build\n  ARG TARGETOS TARGETARCH\n  \
+                 RUN GOOS=$TARGETOS GOARCH=$TARGETARCH go build ...   (or your toolchain's --target)\n  \
+                 then COPY --from=build the result into the {} stage.",
+                state.platform, state.platform
+            ));
+        }
+        let scratch = self.shared.store.temp_dir("run-")?;
         let upper = scratch.path().join("upper");
         let work = scratch.path().join("work");
         for d in [&upper, &work] {
@@ -487,14 +795,15 @@ impl<'a> Executor<'a> {
             },
             user: state.config.config.user.clone(),
             hostname: "kiln".into(),
+            emulator,
         };
-        let progress = self.progress;
+        let label = format!("[{step}]");
         let output = self
+            .shared
             .sandbox
-            .run(&spec, &mut |line| progress.output(step, line))
+            .run(&spec, &mut |line| progress.output(&label, line))
             .map_err(|e| BuildError::Step {
-                stage: stage.to_string(),
-                step: step_number(step, stage),
+                step: step.to_string(),
                 instruction: ins.text.clone(),
                 message: e.to_string(),
             })?;
@@ -504,8 +813,7 @@ impl<'a> Executor<'a> {
                 kiln_sandbox::ExitStatus::Signal(s) => 128 + s,
             };
             return Err(BuildError::RunFailed {
-                stage: stage.to_string(),
-                step: step_number(step, stage),
+                step: step.to_string(),
                 instruction: ins.text.clone(),
                 code,
                 tail: output.tail.join("\n"),
@@ -518,11 +826,11 @@ impl<'a> Executor<'a> {
         if changed {
             self.add_layer(state, &upper)?;
         }
-        Ok(changed)
+        Ok((changed, emulated))
     }
 
     fn copy(
-        &mut self,
+        &self,
         state: &mut StageState,
         ins: &Instruction,
         sources: &[String],
@@ -540,7 +848,7 @@ impl<'a> Executor<'a> {
                 "ADD of a URL is not supported by this version of kiln yet",
             ));
         }
-        let escape = self.df.directives.escape;
+        let escape = self.shared.df.directives.escape;
         let lookup = Self::lookup_fn(state);
         let ex = |w: &str| {
             kiln_dockerfile::expand(w, &lookup, escape).map_err(|e| self.err(ins, e.message))
@@ -593,25 +901,26 @@ impl<'a> Executor<'a> {
                 None => {
                     if name.parse::<Reference>().is_err() {
                         return Err(BuildError::UnknownStage {
-                            path: self.opts.dockerfile_path.clone(),
+                            path: self.opts().dockerfile_path.clone(),
                             line: ins.span.start_line,
                             name: name.clone(),
                         });
                     }
-                    self.image_state(name, ins).map_err(|e| match e {
-                        BuildError::BaseImage { .. } => BuildError::UnknownStage {
-                            path: self.opts.dockerfile_path.clone(),
-                            line: ins.span.start_line,
-                            name: name.clone(),
-                        },
-                        other => other,
-                    })?
+                    self.image_state(name, ins, &state.platform)
+                        .map_err(|e| match e {
+                            BuildError::BaseImage { .. } => BuildError::UnknownStage {
+                                path: self.opts().dockerfile_path.clone(),
+                                line: ins.span.start_line,
+                                name: name.clone(),
+                            },
+                            other => other,
+                        })?
                 }
             }),
             None => None,
         };
 
-        let scratch = self.store.temp_dir("copy-")?;
+        let scratch = self.shared.store.temp_dir("copy-")?;
         let layer = scratch.path().join("layer");
         std::fs::create_dir(&layer).map_err(BuildError::io("creating a COPY layer dir"))?;
         let export_dir = scratch.path().join("from");
@@ -625,13 +934,13 @@ impl<'a> Executor<'a> {
         for (i, src) in srcs.iter().enumerate() {
             match &source_stage {
                 None => {
-                    let found = self.context.sources(src);
+                    let found = self.shared.context.sources(src);
                     if found.is_empty() {
                         return Err(BuildError::MissingSource {
-                            path: self.opts.dockerfile_path.clone(),
+                            path: self.opts().dockerfile_path.clone(),
                             line: ins.span.start_line,
                             source_path: src.clone(),
-                            context: self.context.root().to_path_buf(),
+                            context: self.shared.context.root().to_path_buf(),
                         });
                     }
                     for f in found {
@@ -683,7 +992,7 @@ impl<'a> Executor<'a> {
                         } else {
                             format!("{rel}/{}", p.to_string_lossy())
                         };
-                        !self.context.is_excluded(&full)
+                        !self.shared.context.is_excluded(&full)
                     }
                     None => true,
                 }
@@ -703,12 +1012,13 @@ impl<'a> Executor<'a> {
 
     /// Assembles and stores the manifest of the final stage.
     fn finish(&self, mut state: StageState) -> Result<BuiltImage, BuildError> {
-        state.config.created = Some(self.created.clone());
-        let p = &self.opts.platform;
+        state.config.created = Some(self.shared.created.clone());
+        let p = &state.platform;
         state.config.architecture = p.architecture.clone();
         state.config.os = p.os.clone();
         state.config.variant = p.variant.clone();
         let config = self
+            .shared
             .store
             .put_json(media::OCI_CONFIG, &to_json_bytes(&state.config))?;
         let layers: Vec<Descriptor> = state
@@ -733,6 +1043,7 @@ impl<'a> Executor<'a> {
             annotations: BTreeMap::new(),
         };
         let mut manifest_desc = self
+            .shared
             .store
             .put_json(media::OCI_MANIFEST, &to_json_bytes(&manifest))?;
         manifest_desc.platform = Some(p.clone());
@@ -753,16 +1064,6 @@ fn history_text(ins: &Instruction) -> String {
         Command::Copy { .. } | Command::Add { .. } => format!("{} # buildkit", ins.text),
         _ => ins.text.clone(),
     }
-}
-
-/// `n/m` out of a progress label `[stage n/m]`: errors print the stage name themselves.
-fn step_number(label: &str, stage: &str) -> String {
-    let inner = label.trim_matches(['[', ']']);
-    inner
-        .strip_prefix(stage)
-        .unwrap_or(inner)
-        .trim_start()
-        .to_string()
 }
 
 /// Joins an image path onto a base dir and normalises it (`..` stops at `/`).

@@ -7,12 +7,13 @@ mod context;
 mod error;
 mod executor;
 mod output;
+mod platform_args;
 mod progress;
 mod store;
 mod timefmt;
 
 pub use error::BuildError;
-pub use executor::{BuildOptions, BuiltImage, build};
+pub use executor::{BuildOptions, BuildResult, BuiltImage, StepRecord, build};
 pub use output::{Output, deliver};
 pub use progress::{Progress, ProgressMode};
 pub use store::Store;

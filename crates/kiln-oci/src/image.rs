@@ -55,6 +55,18 @@ pub struct ImageIndex {
     pub annotations: BTreeMap<String, String>,
 }
 
+impl ImageIndex {
+    /// An index (`media_type` OCI index or Docker manifest list) over `manifests`.
+    pub fn new(media_type: &str, manifests: Vec<Descriptor>) -> ImageIndex {
+        ImageIndex {
+            schema_version: 2,
+            media_type: Some(media_type.to_string()),
+            manifests,
+            annotations: BTreeMap::new(),
+        }
+    }
+}
+
 /// The runtime part of an image config. Fields kiln does not model (Healthcheck, OnBuild,
 /// Shell, ...) are kept in `extra` so a base image's config survives a round trip.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]

@@ -280,16 +280,7 @@ impl RegistryClient {
         blob: &Descriptor,
         dest: &Path,
     ) -> Result<(), RegistryError> {
-        let url = format!("{}/blobs/{}", self.base_url(r), blob.digest);
-        let resp = self.send(r, Access::Pull, |c| c.get(&url))?;
-        if !resp.status().is_success() {
-            return Err(Self::error_for(
-                r,
-                "fetching a blob",
-                &format!("blob {}", blob.digest),
-                resp,
-            ));
-        }
+        let resp = self.blob_response(r, blob)?;
         let io_err = |context: String| move |source| RegistryError::Io { context, source };
         let tmp = dest.with_extension(format!("part-{}", std::process::id()));
         let result = (|| {
@@ -318,6 +309,41 @@ impl RegistryClient {
             let _ = fs::remove_file(&tmp);
         }
         result
+    }
+
+    /// Starts downloading a blob; the caller verifies what it reads.
+    fn blob_response(&self, r: &Reference, blob: &Descriptor) -> Result<Response, RegistryError> {
+        let url = format!("{}/blobs/{}", self.base_url(r), blob.digest);
+        let resp = self.send(r, Access::Pull, |c| c.get(&url))?;
+        if !resp.status().is_success() {
+            return Err(Self::error_for(
+                r,
+                "fetching a blob",
+                &format!("blob {}", blob.digest),
+                resp,
+            ));
+        }
+        Ok(resp)
+    }
+
+    /// Fetches a small blob (an image config) into memory, checking its digest.
+    pub fn fetch_small_blob(
+        &self,
+        r: &Reference,
+        blob: &Descriptor,
+    ) -> Result<Vec<u8>, RegistryError> {
+        let resp = self.blob_response(r, blob)?;
+        let bytes = resp.bytes().map_err(|e| Self::unreachable(r, e))?.to_vec();
+        let actual = Digest::of(&bytes);
+        if actual != blob.digest {
+            return Err(RegistryError::DigestMismatch {
+                registry: r.registry.clone(),
+                repository: r.repository.clone(),
+                expected: blob.digest.clone(),
+                actual,
+            });
+        }
+        Ok(bytes)
     }
 
     /// Whether the repository already has a blob.

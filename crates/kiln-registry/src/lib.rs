@@ -4,6 +4,7 @@
 mod client;
 mod error;
 mod reference;
+pub mod stitch;
 
 pub use client::{ClientOptions, FetchedManifest, RegistryClient};
 pub use error::RegistryError;

@@ -51,9 +51,21 @@ pub struct BuildArgs {
     /// The stage to build (default: the last).
     #[arg(long)]
     target: Option<String>,
-    /// Target platform, os/arch[/variant] (default: the host's).
-    #[arg(long, alias = "custom-platform", value_name = "PLATFORM")]
-    platform: Option<String>,
+    /// Target platforms, a comma list of os/arch[/variant] (default: the host's); repeatable.
+    #[arg(long, alias = "custom-platform", value_name = "PLATFORMS")]
+    platform: Vec<String>,
+    /// How many platforms build at once (default: the number of cores).
+    #[arg(long, value_name = "N")]
+    jobs: Option<usize>,
+    /// Where qemu-<arch>-static lives, for RUN steps of foreign platforms.
+    #[arg(long, env = "KILN_QEMU_DIR", value_name = "DIR")]
+    qemu_dir: Option<PathBuf>,
+    /// Push without a tag: the image is known by its digest only (see --metadata-file).
+    #[arg(long)]
+    push_by_digest: bool,
+    /// Write the result's digest, media type, size and platform as JSON (buildx's keys).
+    #[arg(long, value_name = "FILE")]
+    metadata_file: Option<PathBuf>,
     /// Registries to reach over plain HTTP (repeatable). Loopback registries always are.
     #[arg(long = "insecure-registry", value_name = "HOST[:PORT]")]
     insecure_registries: Vec<String>,
@@ -78,7 +90,11 @@ fn default_root() -> PathBuf {
     std::env::temp_dir().join("kiln")
 }
 
-fn parse_output(spec: &str, names: &[Reference]) -> Result<Option<Output>, Report> {
+fn parse_output(
+    spec: &str,
+    names: &[Reference],
+    platforms: usize,
+) -> Result<Option<Output>, Report> {
     let mut kv = BTreeMap::new();
     for part in spec.split(',') {
         let (k, v) = part.split_once('=').unwrap_or((part, ""));
@@ -94,12 +110,22 @@ fn parse_output(spec: &str, names: &[Reference]) -> Result<Option<Output>, Repor
             None => Ok(names.to_vec()),
         }
     };
+    let flag = |k: &str, default: bool| kv.get(k).map_or(default, |v| v == "true" || v.is_empty());
+    let registry = |kv: &BTreeMap<String, String>| -> Result<Option<Output>, Report> {
+        Ok(Some(Output::Registry {
+            names: named(kv)?,
+            oci_mediatypes: flag("oci-mediatypes", true),
+            push_by_digest: flag("push-by-digest", false),
+        }))
+    };
     match kind {
-        "registry" => Ok(Some(Output::Registry(named(&kv)?))),
-        "image" if kv.get("push").is_some_and(|v| v == "true") => {
-            Ok(Some(Output::Registry(named(&kv)?)))
-        }
+        "registry" => registry(&kv),
+        "image" if flag("push", false) => registry(&kv),
         "image" => Ok(None),
+        "docker" if platforms > 1 => Err(miette!(
+            "-o type=docker holds a single platform, but {platforms} were requested: \
+             use -o type=oci (an index of all platforms) or type=registry, or build one --platform"
+        )),
         "oci" => {
             let dest = kv
                 .get("dest")
@@ -142,23 +168,40 @@ pub fn run(args: BuildArgs) -> Result<(), Report> {
     for t in args.tags.iter().chain(&args.destinations) {
         names.push(t.parse::<Reference>().map_err(|e| miette!("{e}"))?);
     }
+    let mut platforms = Vec::new();
+    for p in args.platform.iter().flat_map(|p| p.split(',')) {
+        let p = p
+            .trim()
+            .parse::<Platform>()
+            .map_err(|e| miette!("--platform: {e}"))?;
+        if !platforms.contains(&p) {
+            platforms.push(p);
+        }
+    }
+    if platforms.is_empty() {
+        platforms.push(Platform::host());
+    }
     let mut outputs = Vec::new();
     for spec in &args.outputs {
-        outputs.extend(parse_output(spec, &names)?);
+        outputs.extend(parse_output(spec, &names, platforms.len())?);
     }
     let push_requested = args.push || (!args.destinations.is_empty() && !args.no_push);
     if push_requested && !args.no_push {
         if names.is_empty() {
             return Err(miette!("--push needs at least one -t NAME:TAG to push to"));
         }
-        outputs.push(Output::Registry(names.clone()));
+        outputs.push(Output::Registry {
+            names: names.clone(),
+            oci_mediatypes: true,
+            push_by_digest: args.push_by_digest,
+        });
     }
     if let Some(dir) = &args.oci_layout_path {
         outputs.push(Output::OciDir(dir.clone()));
     }
     if outputs
         .iter()
-        .any(|o| matches!(o, Output::Registry(tags) if tags.is_empty()))
+        .any(|o| matches!(o, Output::Registry { names, .. } if names.is_empty()))
     {
         return Err(miette!(
             "pushing needs a name: pass -t NAME:TAG or -o type=registry,name=NAME:TAG"
@@ -174,15 +217,6 @@ pub fn run(args: BuildArgs) -> Result<(), Report> {
                 .and_then(|v| build_args.insert(a.clone(), v)),
         };
     }
-    let platform = match &args.platform {
-        None => Platform::host(),
-        Some(p) if p.contains(',') => {
-            return Err(miette!(
-                "building several platforms at once is not supported by this version of kiln yet; pass one --platform"
-            ));
-        }
-        Some(p) => p.parse::<Platform>().map_err(|e| miette!("{e}"))?,
-    };
     let source_date_epoch = build_args
         .get("SOURCE_DATE_EPOCH")
         .cloned()
@@ -206,7 +240,11 @@ pub fn run(args: BuildArgs) -> Result<(), Report> {
         context_dir: context,
         build_args,
         target: args.target.clone(),
-        platform,
+        platforms,
+        jobs: args
+            .jobs
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+        qemu_dir: args.qemu_dir.clone(),
         sandbox_helper: std::env::current_exe().into_diagnostic()?,
         source_date_epoch,
     };
@@ -229,19 +267,74 @@ pub fn run(args: BuildArgs) -> Result<(), Report> {
         other => miette!("{other}"),
     };
     let started = std::time::Instant::now();
-    let image = kiln_build::build(&df, &options, &store, &client, &progress).map_err(to_report)?;
-    kiln_build::deliver(&store, &client, &image, &names, &outputs, &progress).map_err(to_report)?;
+    let result = kiln_build::build(&df, &options, &store, &client, &progress).map_err(to_report)?;
+    let delivered =
+        kiln_build::deliver(&store, &client, &result.images, &names, &outputs, &progress)
+            .map_err(to_report)?;
+    print_summary(&progress, &result);
+    let top = match delivered {
+        Some(d) => d,
+        // No output asked for: the image stays in kiln's store, known by its manifest.
+        None => result.images[0].manifest.clone(),
+    };
+    let platforms: Vec<String> = result
+        .images
+        .iter()
+        .map(|i| i.platform.to_string())
+        .collect();
     progress.info(&format!(
         "built {} for {} in {:.1}s",
-        image.manifest.digest,
-        image.platform,
+        top.digest,
+        platforms.join(", "),
         started.elapsed().as_secs_f64()
     ));
     if let Some(f) = &args.digest_file {
-        std::fs::write(f, image.manifest.digest.to_string()).into_diagnostic()?;
+        std::fs::write(f, top.digest.to_string()).into_diagnostic()?;
+    }
+    if let Some(f) = &args.metadata_file {
+        let mut descriptor = serde_json::to_value(&top).into_diagnostic()?;
+        if let [only] = result.images.as_slice() {
+            descriptor["platform"] = serde_json::to_value(&only.platform).into_diagnostic()?;
+        }
+        let name: Vec<String> = names
+            .iter()
+            .map(|n| {
+                if args.push_by_digest {
+                    format!("{}/{}", n.registry, n.repository)
+                } else {
+                    n.to_string()
+                }
+            })
+            .collect();
+        let metadata = serde_json::json!({
+            "containerimage.descriptor": descriptor,
+            "containerimage.digest": top.digest.to_string(),
+            "image.name": name.join(","),
+        });
+        std::fs::write(f, serde_json::to_vec_pretty(&metadata).into_diagnostic()?)
+            .into_diagnostic()?;
     }
     if args.progress == "quiet" {
-        println!("{}", image.manifest.digest);
+        println!("{}", top.digest);
     }
     Ok(())
+}
+
+/// Each step with its platform, whether it ran under emulation, and its time.
+fn print_summary(progress: &Progress, result: &kiln_build::BuildResult) {
+    if result.steps.is_empty() {
+        return;
+    }
+    progress.info("build summary:");
+    for step in &result.steps {
+        let how = if step.emulated { "emulated" } else { "native" };
+        progress.info(&format!(
+            "  {:<16} {:<8} {:>8.2}s  [{}] {}",
+            step.platform.to_string(),
+            how,
+            step.elapsed.as_secs_f64(),
+            step.label,
+            step.instruction
+        ));
+    }
 }

@@ -1,6 +1,7 @@
 //! The `kiln` command line.
 
 mod build_cmd;
+mod manifest_cmd;
 mod report;
 
 use std::process::ExitCode;
@@ -22,6 +23,9 @@ struct Cli {
 enum Commands {
     /// Build an image from a Dockerfile (buildx and kaniko flags).
     Build(Box<build_cmd::BuildArgs>),
+    /// Work with image indexes in registries.
+    #[command(subcommand)]
+    Manifest(manifest_cmd::ManifestCommand),
 }
 
 fn main() -> ExitCode {
@@ -32,9 +36,14 @@ fn main() -> ExitCode {
     }
     kiln_sandbox::helper_main_if_requested();
 
+    // Long messages stay on one line: CI logs are searched, not read in a narrow terminal.
+    let _ = miette::set_hook(Box::new(|_| {
+        Box::new(miette::MietteHandlerOpts::new().wrap_lines(false).build())
+    }));
     let cli = Cli::parse();
     let result = match cli.command {
         Commands::Build(args) => build_cmd::run(*args),
+        Commands::Manifest(cmd) => manifest_cmd::run(cmd),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
