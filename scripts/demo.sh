@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # kiln's main job, end to end: start a local registry on loopback, push busybox base images
-# built from Debian packages, build examples/hello with kiln and push it, then inspect the
-# result with skopeo. Safe to run again: each run uses a fresh temp dir and a free port.
+# built from Debian packages, build examples/hello for linux/amd64 and linux/arm64 with kiln
+# (the arm64 RUN step runs under QEMU inside kiln's own user namespace) and push one index,
+# then inspect the result with skopeo and umoci. Safe to run again: each run uses a fresh
+# temp dir and a free port.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -44,18 +46,22 @@ done
 echo "== base images: busybox for amd64, arm64, arm/v7, ppc64le, s390x -> $registry"
 target/release/kiln-fixtures push "$registry" busybox
 
-echo "== kiln build examples/hello -> $registry/hello:1"
+echo "== kiln build --platform linux/amd64,linux/arm64 examples/hello -> $registry/hello:1"
 KILN_ROOT="$work/kiln" target/release/kiln build --progress=plain \
+	--platform linux/amd64,linux/arm64 \
 	--build-arg "REGISTRY=$registry" \
 	-t "$registry/hello:1" --push examples/hello
 
-echo "== skopeo inspect --raw docker://$registry/hello:1"
+echo "== skopeo inspect --raw docker://$registry/hello:1 (the index)"
 skopeo inspect --raw --tls-verify=false "docker://$registry/hello:1"
 echo
-echo "== skopeo inspect --config docker://$registry/hello:1"
-skopeo inspect --config --tls-verify=false "docker://$registry/hello:1"
-echo
-echo "== the image's /app/message.txt, unpacked with umoci"
-skopeo copy -q --insecure-policy --src-tls-verify=false "docker://$registry/hello:1" "oci:$work/layout:hello"
-umoci unpack --image "$work/layout:hello" "$work/bundle" >"$work/umoci.log" 2>&1 || { cat "$work/umoci.log"; exit 1; }
-cat "$work/bundle/rootfs/app/message.txt"
+for arch in amd64 arm64; do
+	echo "== linux/$arch: config and /app/message.txt (skopeo copy + umoci unpack)"
+	skopeo --override-arch "$arch" inspect --config --tls-verify=false "docker://$registry/hello:1" |
+		grep -E '"(architecture|User|WorkingDir)"|org.opencontainers.image.title'
+	skopeo --override-arch "$arch" --insecure-policy copy -q --src-tls-verify=false \
+		"docker://$registry/hello:1" "oci:$work/layout-$arch:hello"
+	umoci unpack --image "$work/layout-$arch:hello" "$work/bundle-$arch" >"$work/umoci.log" 2>&1 ||
+		{ cat "$work/umoci.log"; exit 1; }
+	cat "$work/bundle-$arch/rootfs/app/message.txt"
+done
