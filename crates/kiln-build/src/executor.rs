@@ -9,12 +9,13 @@ use kiln_oci::{
     Descriptor, HistoryEntry, ImageConfig, ImageManifest, Platform, media, to_json_bytes,
 };
 use kiln_registry::{Reference, RegistryClient};
-use kiln_sandbox::{EmulationMode, RunSpec, Sandbox};
-use kiln_snapshot::{CopyOptions, LayerOptions, LayerStack};
+use kiln_sandbox::{EmulationMode, Network, RunSpec, Sandbox};
+use kiln_snapshot::{Chmod, CopyOptions, LayerOptions, LayerStack};
 use sha2::{Digest as _, Sha256};
 
 use crate::base::{self, LayerRef};
 use crate::context::BuildContext;
+use crate::mounts::{self, MountInputs, PreparedMounts, SecretSource, parse_mount};
 use crate::platform_args::platform_args;
 use crate::progress::Progress;
 use crate::{BuildError, Store, timefmt};
@@ -39,6 +40,10 @@ pub struct BuildOptions {
     pub sandbox_helper: PathBuf,
     /// Clamp for timestamps (`SOURCE_DATE_EPOCH`).
     pub source_date_epoch: Option<i64>,
+    /// Secrets for `RUN --mount=type=secret`, by id (`kiln build --secret`).
+    pub secrets: BTreeMap<String, SecretSource>,
+    /// SSH agent sockets for `RUN --mount=type=ssh`, by id (`kiln build --ssh`).
+    pub ssh: BTreeMap<String, PathBuf>,
 }
 
 /// An image built and stored: its manifest and everything the manifest points to.
@@ -131,6 +136,7 @@ pub fn build(
             message: "the Dockerfile has no FROM instruction".into(),
         });
     }
+    warn_unconsumed_build_args(df, &opts.build_args, progress);
     let target = match &opts.target {
         None => stages.len() - 1,
         Some(name) => stages
@@ -209,6 +215,43 @@ pub fn build(
     })
 }
 
+/// Build args every build accepts without an ARG, as BuildKit does.
+const PREDEFINED_ARGS: &[&str] = &[
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "FTP_PROXY",
+    "NO_PROXY",
+    "ALL_PROXY",
+    "SOURCE_DATE_EPOCH",
+];
+
+/// Warns about `--build-arg`s that no ARG of the Dockerfile declares: usually a typo.
+fn warn_unconsumed_build_args(
+    df: &Dockerfile,
+    build_args: &BTreeMap<String, String>,
+    progress: &Progress,
+) {
+    let declared: Vec<&str> = df
+        .instructions
+        .iter()
+        .filter_map(|ins| match &ins.command {
+            Command::Arg(decls) => Some(decls.iter().map(|(name, _)| name.as_str())),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    for name in build_args.keys() {
+        let predefined = PREDEFINED_ARGS
+            .iter()
+            .any(|p| name == p || *name == p.to_lowercase());
+        if !predefined && !name.starts_with("BUILDKIT_") && !declared.contains(&name.as_str()) {
+            progress.info(&format!(
+                "[warning] build arg {name} was not consumed by any ARG"
+            ));
+        }
+    }
+}
+
 fn shell_argv(config: &ImageConfig, cmd: &ShellOrExec) -> Vec<String> {
     match cmd {
         ShellOrExec::Exec(v) => v.clone(),
@@ -223,6 +266,131 @@ fn shell_argv(config: &ImageConfig, cmd: &ShellOrExec) -> Vec<String> {
             argv
         }
     }
+}
+
+/// The shell script for a RUN with heredocs, as BuildKit makes it. A RUN that is just
+/// `<<EOF` runs the body: with the interpreter its `#!` line names, else with the shell. Any
+/// other command line gets the bodies appended, each closed by its delimiter, for the shell
+/// to read as ordinary here-documents (a quoted delimiter keeps its body unexpanded there).
+fn heredoc_script(command: &str, heredocs: &[kiln_dockerfile::Heredoc]) -> String {
+    let words: Vec<&str> = command.split_whitespace().collect();
+    if let ([word], [doc]) = (words.as_slice(), heredocs)
+        && word.starts_with("<<")
+    {
+        return match doc.content.strip_prefix("#!") {
+            // The body reaches its interpreter as a file: /dev/stdin, fed by a quoted
+            // here-document so the shell leaves it alone.
+            Some(rest) => {
+                let interpreter = rest.lines().next().unwrap_or("").trim();
+                format!(
+                    "{interpreter} /dev/stdin <<'{name}'\n{body}{name}",
+                    name = doc.name,
+                    body = doc.content
+                )
+            }
+            None => doc.content.clone(),
+        };
+    }
+    let mut script = command.to_string();
+    for doc in heredocs {
+        script.push('\n');
+        script.push_str(&doc.content);
+        script.push_str(&doc.name);
+    }
+    script
+}
+
+/// The `Healthcheck` of an image config, as Docker writes it: durations in nanoseconds,
+/// zero values left out, the test as `["CMD", ...]`, `["CMD-SHELL", "..."]` or `["NONE"]`.
+fn healthcheck_config(
+    check: Option<&ShellOrExec>,
+    flags: &[kiln_dockerfile::Flag],
+) -> Result<serde_json::Value, String> {
+    let mut value = serde_json::Map::new();
+    let test = match check {
+        None => vec!["NONE".to_string()],
+        Some(ShellOrExec::Shell(command)) => vec!["CMD-SHELL".to_string(), command.clone()],
+        Some(ShellOrExec::Exec(argv)) => std::iter::once("CMD".to_string())
+            .chain(argv.iter().cloned())
+            .collect(),
+    };
+    value.insert("Test".into(), serde_json::json!(test));
+    // Docker ignores the options of HEALTHCHECK NONE.
+    for flag in flags.iter().filter(|_| check.is_some()) {
+        let raw = flag.value.as_deref().unwrap_or("");
+        let (key, number) = match flag.name.as_str() {
+            "retries" => match raw.parse::<i64>() {
+                Ok(n) if n >= 0 => ("Retries", n),
+                _ => return Err(format!("--retries={raw}: expected a number, 0 or more")),
+            },
+            name => {
+                let key = match name {
+                    "interval" => "Interval",
+                    "timeout" => "Timeout",
+                    "start-period" => "StartPeriod",
+                    _ => "StartInterval",
+                };
+                let nanos = parse_duration(raw).map_err(|m| format!("--{name}={raw}: {m}"))?;
+                if nanos != 0 && nanos < 1_000_000 {
+                    return Err(format!("--{name}={raw}: cannot be less than 1ms"));
+                }
+                (key, nanos)
+            }
+        };
+        if number != 0 {
+            value.insert(key.into(), serde_json::json!(number));
+        }
+    }
+    Ok(serde_json::Value::Object(value))
+}
+
+/// A Go duration (`30s`, `1m30s`, `1.5h`, `500ms`, `0`) in nanoseconds.
+fn parse_duration(text: &str) -> Result<i64, String> {
+    const UNITS: &[(&str, f64)] = &[
+        ("ns", 1.0),
+        ("us", 1e3),
+        ("µs", 1e3),
+        ("ms", 1e6),
+        ("s", 1e9),
+        ("m", 60e9),
+        ("h", 3600e9),
+    ];
+    if text == "0" {
+        return Ok(0);
+    }
+    let mut rest = text;
+    let mut total = 0f64;
+    if rest.is_empty() {
+        return Err("expected a duration like 30s, 1m30s or 500ms".into());
+    }
+    while !rest.is_empty() {
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit() && c != '.')
+            .unwrap_or(rest.len());
+        let number: f64 = rest[..digits]
+            .parse()
+            .map_err(|_| "expected a duration like 30s, 1m30s or 500ms".to_string())?;
+        rest = &rest[digits..];
+        // Longest unit first, so `ms` is not read as `m` then `s`.
+        let (unit, scale) = UNITS
+            .iter()
+            .filter(|(u, _)| rest.starts_with(u))
+            .max_by_key(|(u, _)| u.len())
+            .ok_or_else(|| "a duration needs a unit: ns, us, ms, s, m or h".to_string())?;
+        rest = &rest[unit.len()..];
+        total += number * scale;
+    }
+    Ok(total.round() as i64)
+}
+
+/// The ONBUILD triggers an image config carries.
+fn onbuild_triggers(config: &ImageConfig) -> Vec<String> {
+    config
+        .config
+        .extra
+        .get("OnBuild")
+        .and_then(|v| serde_json::from_value(v.clone()).ok())
+        .unwrap_or_default()
 }
 
 /// Words in a RUN command that mean it compiles: worth moving to a build-platform stage
@@ -416,31 +584,37 @@ impl<'s, 'a> Executor<'s, 'a> {
             }
         }
         for ins in &stage.instructions {
-            match &ins.command {
-                Command::Arg(decls) => {
-                    for (name, default) in decls {
-                        let value = self
-                            .opts()
-                            .build_args
-                            .get(name)
-                            .cloned()
-                            .or_else(|| default.clone())
-                            .or_else(|| globals.get(name).cloned());
-                        key.push_str(&format!("arg {name}={value:?}\n"));
-                    }
+            if let Command::Arg(decls) = &ins.command {
+                for (name, default) in decls {
+                    let value = self
+                        .opts()
+                        .build_args
+                        .get(name)
+                        .cloned()
+                        .or_else(|| default.clone())
+                        .or_else(|| globals.get(name).cloned());
+                    key.push_str(&format!("arg {name}={value:?}\n"));
                 }
+            }
+            // Stages read by COPY --from or RUN --mount=from=... are inputs too.
+            let mount_sources = ins
+                .flags
+                .iter()
+                .filter(|f| f.name == "mount")
+                .filter_map(|f| f.value.as_deref())
+                .filter_map(|v| v.split(',').find_map(|kv| kv.strip_prefix("from=")))
+                .map(str::to_string);
+            let copy_source = match &ins.command {
                 Command::Copy { .. } | Command::Add { .. } => {
-                    if let Some(from) = ins.flag("from").and_then(|f| f.value.clone()) {
-                        match self.stage_index(&from).filter(|i| *i != idx && depth < 64) {
-                            Some(i) => key.push_str(&format!(
-                                "copy-from {}\n",
-                                self.stage_key(i, depth + 1)?
-                            )),
-                            None => key.push_str(&format!("copy-from image {from}\n")),
-                        }
-                    }
+                    ins.flag("from").and_then(|f| f.value.clone())
                 }
-                _ => {}
+                _ => None,
+            };
+            for from in copy_source.into_iter().chain(mount_sources) {
+                match self.stage_index(&from).filter(|i| *i != idx && depth < 64) {
+                    Some(i) => key.push_str(&format!("reads {}\n", self.stage_key(i, depth + 1)?)),
+                    None => key.push_str(&format!("reads image {from}\n")),
+                }
             }
         }
         Ok(hex::encode(Sha256::digest(key.as_bytes())))
@@ -496,7 +670,11 @@ impl<'s, 'a> Executor<'s, 'a> {
                 s.cmd_set = false;
                 s
             }
-            None => self.image_state(&image, from, &platform)?,
+            None => {
+                let mut state = self.image_state(&image, from, &platform)?;
+                self.run_onbuild_triggers(&mut state, from, &step_label)?;
+                state
+            }
         };
         progress.step_done(&format!("[{step_label}]"), started.elapsed(), "");
 
@@ -517,6 +695,39 @@ impl<'s, 'a> Executor<'s, 'a> {
             });
         }
         Ok(state)
+    }
+
+    /// Runs the ONBUILD triggers of a base image right after its FROM, as Docker does; the
+    /// new image does not inherit them. Errors point at the FROM line.
+    fn run_onbuild_triggers(
+        &self,
+        state: &mut StageState,
+        from: &Instruction,
+        step_label: &str,
+    ) -> Result<(), BuildError> {
+        let triggers = onbuild_triggers(&state.config);
+        state.config.config.extra.remove("OnBuild");
+        for text in triggers {
+            let parsed = kiln_dockerfile::parse(
+                &self.opts().dockerfile_path,
+                &format!("FROM scratch\n{text}\n"),
+            )
+            .map_err(|e| {
+                self.err(
+                    from,
+                    format!("ONBUILD trigger `{text}` of the base image: {}", e.message),
+                )
+            })?;
+            for mut trigger in parsed.instructions.into_iter().skip(1) {
+                trigger.span = from.span;
+                self.shared.progress.step_start(
+                    &format!("[{step_label}]"),
+                    &format!("ONBUILD {}", trigger.text),
+                );
+                self.step(state, &trigger, step_label)?;
+            }
+        }
+        Ok(())
     }
 
     /// The starting state for `FROM image`: scratch, or a pulled image.
@@ -600,8 +811,14 @@ impl<'s, 'a> Executor<'s, 'a> {
         match &ins.command {
             Command::From { .. } => unreachable!("stages split at FROM"),
             Command::Run(cmd) => {
-                let argv = shell_argv(&state.config, cmd);
-                (layer_added, emulated) = self.run(state, ins, argv, step)?;
+                (layer_added, emulated) = match cmd {
+                    ShellOrExec::Shell(command) if !ins.heredocs.is_empty() => {
+                        let script = heredoc_script(command, &ins.heredocs);
+                        let argv = shell_argv(&state.config, &ShellOrExec::Shell(script));
+                        self.run(state, ins, argv, step)?
+                    }
+                    _ => self.run(state, ins, shell_argv(&state.config, cmd), step)?,
+                };
                 note = match (layer_added, emulated) {
                     (false, false) => "no changes".into(),
                     (false, true) => "emulated, no changes".into(),
@@ -671,7 +888,9 @@ impl<'s, 'a> Executor<'s, 'a> {
                 } else {
                     &state.config.config.working_dir
                 };
-                state.config.config.working_dir = join_image_path(base, &dir);
+                let dir = join_image_path(base, &dir);
+                state.config.config.working_dir = dir.clone();
+                layer_added = self.make_workdir(state, ins, &dir)?;
             }
             Command::User(user) => state.config.config.user = expand(user, state)?,
             Command::Cmd(cmd) => {
@@ -699,18 +918,58 @@ impl<'s, 'a> Executor<'s, 'a> {
                     .extra
                     .insert("Shell".into(), serde_json::json!(argv));
             }
-            Command::Healthcheck(_) | Command::Onbuild(_) => {
-                return Err(self.err(
-                    ins,
-                    format!(
-                        "{} is not supported by this version of kiln yet",
-                        ins.keyword()
-                    ),
-                ));
+            Command::Healthcheck(check) => {
+                let value =
+                    healthcheck_config(check.as_ref(), &ins.flags).map_err(|m| self.err(ins, m))?;
+                state
+                    .config
+                    .config
+                    .extra
+                    .insert("Healthcheck".into(), value);
+            }
+            Command::Onbuild(trigger) => {
+                let mut triggers = onbuild_triggers(&state.config);
+                triggers.push(trigger.text.clone());
+                state
+                    .config
+                    .config
+                    .extra
+                    .insert("OnBuild".into(), serde_json::json!(triggers));
             }
         }
         Self::history(state, &created, history_text(ins), !layer_added);
         Ok((note, emulated))
+    }
+
+    /// WORKDIR creates its directory, as BuildKit does: in a layer of its own, owned by the
+    /// current USER, when the image does not have it yet. Returns whether it added a layer.
+    fn make_workdir(
+        &self,
+        state: &mut StageState,
+        ins: &Instruction,
+        dir: &str,
+    ) -> Result<bool, BuildError> {
+        let below = Self::stack(state);
+        if dir == "/"
+            || below
+                .lookup(Path::new(dir), true)
+                .is_some_and(|p| p.is_dir())
+        {
+            return Ok(false);
+        }
+        let user = &state.config.config.user;
+        let owner = if user.is_empty() {
+            (0, 0)
+        } else {
+            resolve_owner(user, &below).map_err(|m| {
+                self.err(ins, format!("creating WORKDIR {dir} for USER {user}: {m}"))
+            })?
+        };
+        let scratch = self.shared.store.temp_dir("workdir-")?;
+        kiln_snapshot::mkdir_in_layer(scratch.path(), Path::new(dir), &below, owner)
+            .map_err(|e| self.err(ins, e.to_string()))?;
+        self.add_layer(state, scratch.path())?;
+        Ok(true)
     }
 
     fn stack(state: &StageState) -> LayerStack {
@@ -744,12 +1003,6 @@ impl<'s, 'a> Executor<'s, 'a> {
         argv: Vec<String>,
         step: &str,
     ) -> Result<(bool, bool), BuildError> {
-        if !ins.heredocs.is_empty() {
-            return Err(self.err(
-                ins,
-                "heredocs in RUN are not supported by this version of kiln yet",
-            ));
-        }
         let emulation = self.shared.emulation_for(&state.platform)?;
         let (emulator, emulated) = match emulation {
             EmulationMode::Native => (None, false),
@@ -773,6 +1026,14 @@ impl<'s, 'a> Executor<'s, 'a> {
         for d in [&upper, &work] {
             std::fs::create_dir(d).map_err(BuildError::io("creating a RUN scratch dir"))?;
         }
+        let cwd = if state.config.config.working_dir.is_empty() {
+            "/".to_string()
+        } else {
+            state.config.config.working_dir.clone()
+        };
+        let network = self.run_network(state, ins)?;
+        // Holds cache locks until the step is done.
+        let prepared = self.run_mounts(state, ins, &cwd, scratch.path())?;
         let mut env = state.config.config.env.clone();
         if state.config.config.env_var("PATH").is_none() {
             env.push(format!("PATH={DEFAULT_PATH}"));
@@ -782,20 +1043,19 @@ impl<'s, 'a> Executor<'s, 'a> {
                 env.push(format!("{k}={v}"));
             }
         }
+        env.extend(prepared.env.iter().cloned());
         let spec = RunSpec {
             lowers: state.layers.iter().map(|l| l.dir.clone()).collect(),
             upper: upper.clone(),
             work,
             argv,
             env,
-            cwd: if state.config.config.working_dir.is_empty() {
-                "/".into()
-            } else {
-                state.config.config.working_dir.clone()
-            },
+            cwd,
             user: state.config.config.user.clone(),
             hostname: "kiln".into(),
             emulator,
+            mounts: prepared.mounts.clone(),
+            network,
         };
         let label = format!("[{step}]");
         let output = self
@@ -823,10 +1083,101 @@ impl<'s, 'a> Executor<'s, 'a> {
             .map_err(BuildError::io("reading a RUN's changes"))?
             .next()
             .is_some();
+        drop(prepared);
         if changed {
             self.add_layer(state, &upper)?;
         }
         Ok((changed, emulated))
+    }
+
+    /// A RUN flag's value, expanded with the stage's ARGs and ENV.
+    fn run_flag_values(
+        &self,
+        state: &StageState,
+        ins: &Instruction,
+        name: &str,
+    ) -> Result<Vec<String>, BuildError> {
+        let escape = self.shared.df.directives.escape;
+        let lookup = Self::lookup_fn(state);
+        ins.flags
+            .iter()
+            .filter(|flag| flag.name == name)
+            .map(|flag| {
+                let raw = flag.value.as_deref().unwrap_or("");
+                kiln_dockerfile::expand(raw, &lookup, escape)
+                    .map_err(|e| self.err(ins, format!("--{name}={raw}: {}", e.message)))
+            })
+            .collect()
+    }
+
+    /// `RUN --network` (and `--security`, which only allows the default sandbox).
+    fn run_network(&self, state: &StageState, ins: &Instruction) -> Result<Network, BuildError> {
+        if let Some(security) = self.run_flag_values(state, ins, "security")?.last() {
+            match security.as_str() {
+                "sandbox" => {}
+                "insecure" => {
+                    return Err(self.err(
+                        ins,
+                        "RUN --security=insecure is not supported: kiln runs every step \
+                         unprivileged, in a user namespace",
+                    ));
+                }
+                other => {
+                    return Err(self.err(
+                        ins,
+                        format!("--security={other}: expected sandbox or insecure"),
+                    ));
+                }
+            }
+        }
+        match self
+            .run_flag_values(state, ins, "network")?
+            .last()
+            .map(String::as_str)
+        {
+            None | Some("default") => Ok(Network::Default),
+            Some("none") => Ok(Network::None),
+            Some("host") => Ok(Network::Host),
+            Some(other) => Err(self.err(
+                ins,
+                format!("--network={other}: expected default, none or host"),
+            )),
+        }
+    }
+
+    /// Parses the step's `--mount` flags and prepares what they mount.
+    fn run_mounts(
+        &self,
+        state: &StageState,
+        ins: &Instruction,
+        cwd: &str,
+        scratch: &Path,
+    ) -> Result<PreparedMounts, BuildError> {
+        let mut requests = Vec::new();
+        for value in self.run_flag_values(state, ins, "mount")? {
+            let mut request =
+                parse_mount(&value).map_err(|m| self.err(ins, format!("--mount={value}: {m}")))?;
+            request.target = request.target.map(|t| join_image_path(cwd, &t));
+            let from = match &request.from {
+                None => None,
+                Some(name) => {
+                    let source = match self.stage_index(name) {
+                        Some(i) => self.stage(i)?,
+                        None => self.image_state(name, ins, &state.platform)?,
+                    };
+                    Some(Self::stack(&source))
+                }
+            };
+            requests.push((request, from));
+        }
+        let inputs = MountInputs {
+            store: self.shared.store,
+            context: &self.shared.context,
+            secrets: &self.opts().secrets,
+            ssh: &self.opts().ssh,
+            scratch,
+        };
+        mounts::prepare(&requests, &inputs).map_err(|m| self.err(ins, m))
     }
 
     fn copy(
@@ -836,48 +1187,78 @@ impl<'s, 'a> Executor<'s, 'a> {
         sources: &[String],
         dest: &str,
     ) -> Result<u64, BuildError> {
-        if !ins.heredocs.is_empty() {
-            return Err(self.err(
-                ins,
-                "heredocs in COPY are not supported by this version of kiln yet",
-            ));
-        }
-        if matches!(ins.command, Command::Add { .. }) && sources.iter().any(|s| s.contains("://")) {
-            return Err(self.err(
-                ins,
-                "ADD of a URL is not supported by this version of kiln yet",
-            ));
-        }
+        let is_add = matches!(ins.command, Command::Add { .. });
         let escape = self.shared.df.directives.escape;
         let lookup = Self::lookup_fn(state);
         let ex = |w: &str| {
             kiln_dockerfile::expand(w, &lookup, escape).map_err(|e| self.err(ins, e.message))
         };
-        let dest_raw = ex(dest)?;
-        let srcs = sources
-            .iter()
-            .map(|s| ex(s))
-            .collect::<Result<Vec<_>, _>>()?;
-        let from = ins
-            .flag("from")
-            .and_then(|f| f.value.clone())
-            .map(|v| ex(&v))
-            .transpose()?;
-        let chown = ins
-            .flag("chown")
-            .and_then(|f| f.value.clone())
-            .map(|v| ex(&v))
-            .transpose()?;
-        let chmod = match ins.flag("chmod").and_then(|f| f.value.clone()) {
-            Some(v) => Some(u32::from_str_radix(&v, 8).map_err(|_| {
-                self.err(
-                    ins,
-                    format!("--chmod={v}: only octal modes are supported by this version of kiln"),
-                )
-            })?),
-            None => None,
+        let flag = |name: &str| -> Result<Option<String>, BuildError> {
+            ins.flag(name)
+                .and_then(|f| f.value.clone())
+                .map(|v| ex(&v))
+                .transpose()
         };
+        let bool_flag = |name: &str| {
+            ins.flag(name).map(|f| {
+                f.value
+                    .as_deref()
+                    .is_none_or(|v| v.eq_ignore_ascii_case("true"))
+            })
+        };
+        let dest_raw = ex(dest)?;
+        let mut srcs = Vec::new();
+        for raw in sources {
+            srcs.push(match heredoc_named(raw, &ins.heredocs) {
+                Some(doc) => CopySource::Inline {
+                    name: doc.name.clone(),
+                    content: if doc.expand {
+                        expand_heredoc(&doc.content, &lookup, escape)
+                            .map_err(|e| self.err(ins, e.message))?
+                    } else {
+                        doc.content.clone()
+                    },
+                },
+                None => {
+                    let src = ex(raw)?;
+                    if src.starts_with("http://") || src.starts_with("https://") {
+                        if !is_add {
+                            return Err(self.err(
+                                ins,
+                                format!("COPY cannot download {src}: use ADD for URLs"),
+                            ));
+                        }
+                        CopySource::Url(src)
+                    } else {
+                        CopySource::Path(src)
+                    }
+                }
+            });
+        }
+        let from = flag("from")?;
+        let chown = flag("chown")?;
+        let chmod = flag("chmod")?
+            .map(|v| Chmod::parse(&v).map_err(|e| self.err(ins, format!("--chmod: {e}"))))
+            .transpose()?;
+        let checksum = flag("checksum")?;
+        let mut excludes = Vec::new();
+        for f in ins.flags.iter().filter(|f| f.name == "exclude") {
+            excludes.push(ex(f.value.as_deref().unwrap_or(""))?);
+        }
+        let link = bool_flag("link").unwrap_or(false);
+        let parents = bool_flag("parents").unwrap_or(false);
+        let unpack = bool_flag("unpack");
         drop(lookup);
+        if checksum.is_some() && !matches!(srcs.as_slice(), [CopySource::Url(_)]) {
+            return Err(self.err(ins, "--checksum needs exactly one source, a URL"));
+        }
+        let exclude = match excludes.is_empty() {
+            true => None,
+            false => Some(
+                kiln_dockerfile::IgnoreMatcher::parse(&excludes.join("\n"))
+                    .map_err(|e| self.err(ins, format!("--exclude: {e}")))?,
+            ),
+        };
 
         let workdir = if state.config.config.working_dir.is_empty() {
             "/".to_string()
@@ -893,8 +1274,15 @@ impl<'s, 'a> Executor<'s, 'a> {
             ),
             None => None,
         };
+        // A --link layer does not depend on what is below: parents get fixed metadata and
+        // the destination is not looked up in the base.
+        let copy_below = if link {
+            LayerStack::new(Vec::new())
+        } else {
+            below
+        };
 
-        // Where the sources come from: the context, or another stage's / image's filesystem.
+        // Where path sources come from: the context, or another stage's / image's filesystem.
         let source_stage = match &from {
             Some(name) => Some(match self.stage_index(name) {
                 Some(i) => self.stage(i)?,
@@ -923,88 +1311,159 @@ impl<'s, 'a> Executor<'s, 'a> {
         let scratch = self.shared.store.temp_dir("copy-")?;
         let layer = scratch.path().join("layer");
         std::fs::create_dir(&layer).map_err(BuildError::io("creating a COPY layer dir"))?;
-        let export_dir = scratch.path().join("from");
-        if source_stage.is_some() {
-            std::fs::create_dir(&export_dir)
-                .map_err(BuildError::io("creating a COPY --from scratch dir"))?;
-        }
 
-        // (host path, name, is the context root, context-relative path for .dockerignore)
-        let mut resolved: Vec<(PathBuf, String, Option<String>)> = Vec::new();
+        let mut resolved: Vec<Resolved> = Vec::new();
         for (i, src) in srcs.iter().enumerate() {
-            match &source_stage {
-                None => {
-                    let found = self.shared.context.sources(src);
-                    if found.is_empty() {
-                        return Err(BuildError::MissingSource {
-                            path: self.opts().dockerfile_path.clone(),
-                            line: ins.span.start_line,
-                            source_path: src.clone(),
-                            context: self.shared.context.root().to_path_buf(),
-                        });
-                    }
-                    for f in found {
-                        let name = f.rel.rsplit('/').next().unwrap_or("").to_string();
-                        resolved.push((f.host_path, name, Some(f.rel)));
-                    }
+            let own_dir = scratch.path().join(format!("src-{i}"));
+            std::fs::create_dir(&own_dir).map_err(BuildError::io("creating a COPY scratch dir"))?;
+            match src {
+                CopySource::Inline { name, content } => {
+                    let host = own_dir.join(name);
+                    std::fs::write(&host, content)
+                        .and_then(|()| {
+                            std::fs::set_permissions(
+                                &host,
+                                std::os::unix::fs::PermissionsExt::from_mode(0o644),
+                            )
+                        })
+                        .map_err(BuildError::io("writing a heredoc for COPY"))?;
+                    resolved.push(Resolved::new(host, name.clone(), false));
                 }
-                Some(st) => {
-                    let stack = Self::stack(st);
-                    let image_path = join_image_path("/", src);
-                    let target = export_dir.join(i.to_string());
-                    if stack.lookup(Path::new(&image_path), true).is_none() {
-                        return Err(self.err(
-                            ins,
-                            format!(
-                                "{src}: not found in stage or image `{}`",
-                                from.clone().unwrap_or_default()
-                            ),
-                        ));
-                    }
-                    stack
-                        .export(Path::new(&image_path), &target)
-                        .map_err(|e| self.err(ins, format!("{src}: {e}")))?;
-                    let name = image_path.rsplit('/').next().unwrap_or("").to_string();
-                    resolved.push((target, name, None));
+                CopySource::Url(url) => {
+                    self.shared.progress.detail(&format!("downloading {url}"));
+                    let host = download(url, checksum.as_deref(), &own_dir)
+                        .map_err(|m| self.err(ins, m))?;
+                    let name = host.file_name().unwrap().to_string_lossy().into_owned();
+                    // Remote archives stay packed unless --unpack=true says otherwise.
+                    resolved.push(Resolved::new(host, name, unpack == Some(true)));
                 }
+                CopySource::Path(src) => match &source_stage {
+                    None => {
+                        let found = self.shared.context.sources(src);
+                        if found.is_empty() {
+                            return Err(BuildError::MissingSource {
+                                path: self.opts().dockerfile_path.clone(),
+                                line: ins.span.start_line,
+                                source_path: src.clone(),
+                                context: self.shared.context.root().to_path_buf(),
+                            });
+                        }
+                        for f in found {
+                            let name = f.rel.rsplit('/').next().unwrap_or("").to_string();
+                            let mut r =
+                                Resolved::new(f.host_path, name, is_add && unpack != Some(false));
+                            r.kept_path = kept_by_parents(src, &f.rel);
+                            r.context_rel = Some(f.rel);
+                            resolved.push(r);
+                        }
+                    }
+                    Some(st) => {
+                        let stack = Self::stack(st);
+                        let image_path = join_image_path("/", src);
+                        if stack.lookup(Path::new(&image_path), true).is_none() {
+                            return Err(self.err(
+                                ins,
+                                format!(
+                                    "{src}: not found in stage or image `{}`",
+                                    from.clone().unwrap_or_default()
+                                ),
+                            ));
+                        }
+                        let host = own_dir.join("export");
+                        stack
+                            .export(Path::new(&image_path), &host)
+                            .map_err(|e| self.err(ins, format!("{src}: {e}")))?;
+                        let name = image_path.rsplit('/').next().unwrap_or("").to_string();
+                        let mut r = Resolved::new(host, name, is_add && unpack != Some(false));
+                        r.kept_path = kept_by_parents(src, image_path.trim_start_matches('/'));
+                        resolved.push(r);
+                    }
+                },
             }
         }
 
-        let dest_is_dir = dest_raw.ends_with('/')
+        let dest_is_dir = parents
+            || dest_raw.ends_with('/')
             || resolved.len() > 1
-            || srcs.iter().any(|s| s.contains(['*', '?', '[']))
-            || below
+            || srcs
+                .iter()
+                .any(|s| matches!(s, CopySource::Path(p) if p.contains(['*', '?', '['])))
+            || copy_below
                 .lookup(Path::new(&dest_path), true)
                 .is_some_and(|p| p.is_dir());
         let mut entries = 0;
-        for (host, name, rel) in &resolved {
-            let is_dir = std::fs::metadata(host).map(|m| m.is_dir()).unwrap_or(false);
-            let target = if is_dir || !dest_is_dir {
-                dest_path.clone()
+        for (i, r) in resolved.iter().enumerate() {
+            let is_dir = std::fs::metadata(&r.host)
+                .map(|m| m.is_dir())
+                .unwrap_or(false);
+            let (target, dir_target) = if parents {
+                let kept = join_image_path(&dest_path, &r.kept_path);
+                let parent = kept.rsplit_once('/').map_or("/", |(p, _)| p).to_string();
+                (
+                    kept,
+                    if parent.is_empty() {
+                        "/".into()
+                    } else {
+                        parent
+                    },
+                )
+            } else if is_dir || !dest_is_dir {
+                (dest_path.clone(), dest_path.clone())
             } else {
-                join_image_path(&dest_path, name)
+                (join_image_path(&dest_path, &r.name), dest_path.clone())
             };
+            if r.unpack && !is_dir {
+                let unpacked = scratch.path().join(format!("unpacked-{i}"));
+                std::fs::create_dir(&unpacked)
+                    .map_err(BuildError::io("creating an ADD scratch dir"))?;
+                let extracted = kiln_snapshot::extract_archive(&r.host, &unpacked)
+                    .map_err(|e| self.err(ins, format!("extracting {}: {e}", r.name)))?;
+                if extracted.is_some() {
+                    // An archive's entries keep their owners and modes, unless --chown.
+                    let opts = CopyOptions {
+                        chown: owner,
+                        keep_owner: true,
+                        ..Default::default()
+                    };
+                    entries += kiln_snapshot::copy_into_layer(
+                        &unpacked,
+                        &layer,
+                        Path::new(&dir_target),
+                        &copy_below,
+                        &opts,
+                    )
+                    .map_err(|e| self.err(ins, e.to_string()))?;
+                    continue;
+                }
+            }
+            if !is_dir && exclude.as_ref().is_some_and(|m| m.is_excluded(&r.name)) {
+                continue;
+            }
             let filter_fn = |p: &Path| -> bool {
-                match rel {
-                    Some(rel) => {
-                        let full = if rel.is_empty() {
-                            p.to_string_lossy().into_owned()
-                        } else {
-                            format!("{rel}/{}", p.to_string_lossy())
-                        };
-                        !self.shared.context.is_excluded(&full)
-                    }
+                let inner = p.to_string_lossy();
+                if exclude.as_ref().is_some_and(|m| m.is_excluded(&inner)) {
+                    return false;
+                }
+                match &r.context_rel {
+                    Some(rel) if rel.is_empty() => !self.shared.context.is_excluded(&inner),
+                    Some(rel) => !self.shared.context.is_excluded(&format!("{rel}/{inner}")),
                     None => true,
                 }
             };
             let opts = CopyOptions {
                 chown: owner,
-                chmod,
+                chmod: chmod.clone(),
                 filter: Some(&filter_fn),
+                ..Default::default()
             };
-            entries +=
-                kiln_snapshot::copy_into_layer(host, &layer, Path::new(&target), &below, &opts)
-                    .map_err(|e| self.err(ins, e.to_string()))?;
+            entries += kiln_snapshot::copy_into_layer(
+                &r.host,
+                &layer,
+                Path::new(&target),
+                &copy_below,
+                &opts,
+            )
+            .map_err(|e| self.err(ins, e.to_string()))?;
         }
         self.add_layer(state, &layer)?;
         Ok(entries)
@@ -1086,6 +1545,178 @@ fn join_image_path(base: &str, path: &str) -> String {
     format!("/{}", out.join("/"))
 }
 
+/// A COPY/ADD source as written.
+enum CopySource {
+    /// A heredoc: a file named after its delimiter.
+    Inline { name: String, content: String },
+    /// An http(s) URL (ADD only).
+    Url(String),
+    /// A path or pattern in the context, or in the `--from` stage or image.
+    Path(String),
+}
+
+/// A COPY/ADD source ready on the host.
+struct Resolved {
+    host: PathBuf,
+    /// Its name in a destination directory.
+    name: String,
+    /// Its context-relative path, for `.dockerignore` (context sources only).
+    context_rel: Option<String>,
+    /// What `--parents` keeps of its path under the destination.
+    kept_path: String,
+    /// Whether ADD extracts it, if it turns out to be an archive.
+    unpack: bool,
+}
+
+impl Resolved {
+    fn new(host: PathBuf, name: String, unpack: bool) -> Resolved {
+        Resolved {
+            host,
+            kept_path: name.clone(),
+            name,
+            context_rel: None,
+            unpack,
+        }
+    }
+}
+
+/// The heredoc a COPY/ADD source word (`<<EOF`, `<<-"EOF"`) stands for, if it is one.
+fn heredoc_named<'h>(
+    word: &str,
+    heredocs: &'h [kiln_dockerfile::Heredoc],
+) -> Option<&'h kiln_dockerfile::Heredoc> {
+    let marker = word.strip_prefix("<<")?;
+    let marker = marker.strip_prefix('-').unwrap_or(marker);
+    let name = marker.trim_matches(['"', '\'']);
+    heredocs.iter().find(|doc| doc.name == name)
+}
+
+/// Expands the variables in a heredoc body for COPY, leaving its quotes and escapes as
+/// written (BuildKit expands heredoc files with raw quotes and escapes): each is escaped
+/// before the word expansion undoes that.
+fn expand_heredoc(
+    content: &str,
+    lookup: &dyn Fn(&str) -> Option<String>,
+    escape: char,
+) -> Result<String, kiln_dockerfile::ExpandError> {
+    let mut protected = String::with_capacity(content.len());
+    let mut chars = content.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == escape && chars.peek() == Some(&'$') {
+            // `\$` stays as written and does not expand.
+            chars.next();
+            for literal in [escape, '$'] {
+                protected.push(escape);
+                protected.push(literal);
+            }
+            continue;
+        }
+        if c == '"' || c == '\'' || c == escape {
+            protected.push(escape);
+        }
+        protected.push(c);
+    }
+    kiln_dockerfile::expand(&protected, lookup, escape)
+}
+
+/// The part of a source's path that `--parents` keeps: all of it, or what follows a `/./`
+/// in the source as written (BuildKit's pivot).
+fn kept_by_parents(written: &str, path: &str) -> String {
+    let Some((pivot, _)) = written.split_once("/./") else {
+        return path.to_string();
+    };
+    let skip = pivot
+        .split('/')
+        .filter(|c| !c.is_empty() && *c != ".")
+        .count();
+    path.split('/').skip(skip).collect::<Vec<_>>().join("/")
+}
+
+/// Downloads `url` into the empty dir `dir` as Docker's ADD does: named after the last
+/// component of the URL path, mode 0600, mtime from `Last-Modified`. With `checksum`
+/// (`sha256:<hex>`), a body with another digest is an error and nothing is kept.
+fn download(url: &str, checksum: Option<&str>, dir: &Path) -> Result<PathBuf, String> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let expected = match checksum {
+        None => None,
+        Some(c) => match c.split_once(':') {
+            Some(("sha256", hex))
+                if hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()) =>
+            {
+                Some(c.to_ascii_lowercase())
+            }
+            _ => return Err(format!("--checksum={c}: expected sha256:<64 hex digits>")),
+        },
+    };
+    let fail = |m: String| format!("ADD {url}: {m}");
+    let response = reqwest::blocking::Client::builder()
+        .timeout(None)
+        .build()
+        .and_then(|client| client.get(url).send())
+        .map_err(|e| fail(e.to_string()))?;
+    let status = response.status();
+    if !status.is_success() {
+        return Err(fail(format!("the server answered {status}")));
+    }
+    let modified = response
+        .headers()
+        .get(reqwest::header::LAST_MODIFIED)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| httpdate::parse_http_date(v).ok());
+    let name = url
+        .split(['?', '#'])
+        .next()
+        .and_then(|u| u.split_once("://"))
+        .and_then(|(_, rest)| rest.split_once('/'))
+        .and_then(|(_, path)| path.rsplit('/').find(|c| !c.is_empty()))
+        .unwrap_or("__unnamed__")
+        .to_string();
+    let path = dir.join(&name);
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .map_err(|e| fail(e.to_string()))?;
+    let mut hashing = HashingWriter {
+        inner: &mut file,
+        hasher: Sha256::new(),
+    };
+    let mut response = response;
+    std::io::copy(&mut response, &mut hashing).map_err(|e| fail(e.to_string()))?;
+    let digest = format!("sha256:{}", hex::encode(hashing.hasher.finalize()));
+    if let Some(expected) = expected
+        && expected != digest
+    {
+        let _ = std::fs::remove_file(&path);
+        return Err(fail(format!(
+            "checksum mismatch: expected {expected}, got {digest}"
+        )));
+    }
+    if let Some(time) = modified {
+        file.set_modified(time).map_err(|e| fail(e.to_string()))?;
+    }
+    Ok(path)
+}
+
+/// A writer that hashes what passes through it.
+struct HashingWriter<'w> {
+    inner: &'w mut std::fs::File,
+    hasher: Sha256,
+}
+
+impl std::io::Write for HashingWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
 /// Resolves `user[:group]` (names or numbers) through the image's /etc/passwd and /etc/group.
 fn resolve_owner(spec: &str, stack: &LayerStack) -> Result<(u32, u32), String> {
     let read = |file: &str| -> Vec<Vec<String>> {
@@ -1147,6 +1778,79 @@ mod tests {
         assert_eq!(join_image_path("/app", "src"), "/app/src");
         assert_eq!(join_image_path("/app", "/etc/x"), "/etc/x");
         assert_eq!(join_image_path("/", "../../x/./y/"), "/x/y");
+    }
+
+    fn doc(name: &str, content: &str) -> kiln_dockerfile::Heredoc {
+        kiln_dockerfile::Heredoc {
+            name: name.into(),
+            content: content.into(),
+            expand: true,
+            strip_tabs: false,
+        }
+    }
+
+    #[test]
+    fn run_heredocs_become_shell_scripts() {
+        assert_eq!(
+            heredoc_script("<<EOF", &[doc("EOF", "echo hi\n")]),
+            "echo hi\n"
+        );
+        assert_eq!(
+            heredoc_script("<<EOF", &[doc("EOF", "#!/usr/bin/env python3\nprint(1)\n")]),
+            "/usr/bin/env python3 /dev/stdin <<'EOF'\n#!/usr/bin/env python3\nprint(1)\nEOF"
+        );
+        assert_eq!(
+            heredoc_script(
+                "cat <<A > /a && cat <<'B' > /b",
+                &[doc("A", "a\n"), doc("B", "$b\n")]
+            ),
+            "cat <<A > /a && cat <<'B' > /b\na\nA\n$b\nB"
+        );
+    }
+
+    #[test]
+    fn healthchecks_are_stored_as_docker_does() {
+        let flag = |name: &str, value: &str| kiln_dockerfile::Flag {
+            name: name.into(),
+            value: Some(value.into()),
+            column: 1,
+        };
+        let check = ShellOrExec::Shell("curl -f x || exit 1".into());
+        let value = healthcheck_config(
+            Some(&check),
+            &[
+                flag("interval", "1m30s"),
+                flag("timeout", "0s"),
+                flag("retries", "0"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(
+            value,
+            serde_json::json!({"Test": ["CMD-SHELL", "curl -f x || exit 1"], "Interval": 90_000_000_000u64})
+        );
+        assert!(healthcheck_config(Some(&check), &[flag("interval", "10us")]).is_err());
+        assert!(healthcheck_config(Some(&check), &[flag("retries", "-1")]).is_err());
+        assert_eq!(parse_duration("1.5h").unwrap(), 5_400_000_000_000);
+        assert_eq!(parse_duration("250ms").unwrap(), 250_000_000);
+        assert!(parse_duration("10").is_err());
+        assert!(parse_duration("").is_err());
+    }
+
+    #[test]
+    fn parents_keep_the_path_after_a_pivot() {
+        assert_eq!(kept_by_parents("a/b/*.txt", "a/b/c.txt"), "a/b/c.txt");
+        assert_eq!(kept_by_parents("./a/./b/c", "a/b/c"), "b/c");
+        assert_eq!(kept_by_parents("/x/y/./z", "x/y/z"), "z");
+    }
+
+    #[test]
+    fn heredoc_files_expand_variables_but_keep_quotes_and_escapes() {
+        let lookup = |n: &str| (n == "V").then(|| "value".to_string());
+        assert_eq!(
+            expand_heredoc("a \"$V\" '${V}' \\$V \\n\n", &lookup, '\\').unwrap(),
+            "a \"value\" 'value' \\$V \\n\n"
+        );
     }
 
     #[test]

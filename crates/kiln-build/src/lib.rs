@@ -6,6 +6,7 @@ mod base;
 mod context;
 mod error;
 mod executor;
+mod mounts;
 mod output;
 mod platform_args;
 mod progress;
@@ -14,6 +15,7 @@ mod timefmt;
 
 pub use error::BuildError;
 pub use executor::{BuildOptions, BuildResult, BuiltImage, StepRecord, build};
+pub use mounts::SecretSource;
 pub use output::{Output, deliver};
 pub use progress::{Progress, ProgressMode};
 pub use store::Store;

@@ -19,8 +19,9 @@ use nix::mount::{MntFlags, MsFlags, mount, umount2};
 use nix::sys::wait::{WaitStatus, waitpid};
 use nix::unistd::{ForkResult, Pid, chdir, fork, getuid};
 
+use crate::mounts::{self, MountPointKind};
 use crate::protocol::{HelperReport, HelperRequest, SETUP_FAILED_EXIT, shell_exit_code};
-use crate::{ExitStatus, HELPER_ARG, RunSpec, emulation, init};
+use crate::{ExitStatus, HELPER_ARG, RunMount, RunSpec, emulation, init};
 
 /// Marks the helper's second start, after its id maps were written.
 const MAPPED_ARG: &str = "mapped";
@@ -141,6 +142,7 @@ fn run_step(spec: &RunSpec, report: &mut File) -> Result<ExitStatus, String> {
         &rootfs.merged,
         &spec.upper,
         &init::hostname_of(&spec.hostname),
+        &spec.mounts,
     ) {
         Ok(created) => created,
         Err(err) => {
@@ -298,12 +300,6 @@ fn common_ancestor<'a>(paths: impl Iterator<Item = &'a PathBuf>) -> PathBuf {
     common.unwrap_or_else(|| PathBuf::from("/"))
 }
 
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum MountPointKind {
-    Dir,
-    File,
-}
-
 /// Mount points the sandbox needs in the rootfs, in creation order (parents first).
 const MOUNT_POINTS: [(&str, MountPointKind); 6] = [
     ("proc", MountPointKind::Dir),
@@ -314,12 +310,20 @@ const MOUNT_POINTS: [(&str, MountPointKind); 6] = [
     ("etc/hostname", MountPointKind::File),
 ];
 
-/// Mount points the sandbox had to create in the rootfs; they end up in the upper dir and
-/// are not changes of the command, so they are removed again afterwards.
+/// Owner and mode bits of a dir: `(mode, uid, gid)`.
+type OwnerAndMode = (u32, u32, u32);
+
+/// Mount points the sandbox had to create in the rootfs (its own and those of the spec's
+/// mounts); they end up in the upper dir and are not changes of the command, so they are
+/// removed again afterwards.
 struct Stubs {
-    created: Vec<(&'static str, MountPointKind)>,
-    /// Owner and mode of /etc when creating stubs in it copied it up from a lower layer.
-    copied_up_etc: Option<(u32, u32, u32)>,
+    /// Relative to the rootfs, in creation order.
+    created: Vec<(PathBuf, MountPointKind)>,
+    /// Dirs above a stub, parents first, with whether the upper dir had them before.
+    ancestors: Vec<(PathBuf, bool)>,
+    /// Dirs of a lower layer that creating stubs in them copied up, with their owner and
+    /// mode right after.
+    copied_up: Vec<(PathBuf, OwnerAndMode)>,
 }
 
 impl Stubs {
@@ -330,28 +334,21 @@ impl Stubs {
         merged: &Path,
         upper: &Path,
         hostname: &str,
+        mounts: &[RunMount],
     ) -> Result<(Stubs, Vec<EtcBind>), String> {
         let mut stubs = Stubs {
             created: Vec::new(),
-            copied_up_etc: None,
+            ancestors: Vec::new(),
+            copied_up: Vec::new(),
         };
-        let upper_had_etc = upper.join("etc").symlink_metadata().is_ok();
-        match stubs.create_missing(merged) {
-            Ok(etc_targets) => {
-                let etc_in_upper = upper.join("etc").symlink_metadata();
-                let created_etc = stubs.created.iter().any(|(path, _)| *path == "etc");
-                if let (false, false, Ok(meta)) = (upper_had_etc, created_etc, etc_in_upper) {
-                    stubs.copied_up_etc = Some((meta.mode(), meta.uid(), meta.gid()));
-                }
-                let binds = match generate_etc_files(merged, &etc_targets, hostname) {
-                    Ok(binds) => binds,
-                    Err(err) => {
-                        let _ = stubs.remove(upper);
-                        return Err(err);
-                    }
-                };
-                Ok((stubs, binds))
-            }
+        let created = stubs
+            .create_missing(merged, upper, mounts)
+            .and_then(|etc_targets| {
+                stubs.note_copied_up(upper);
+                generate_etc_files(merged, &etc_targets, hostname)
+            });
+        match created {
+            Ok(binds) => Ok((stubs, binds)),
             Err(err) => {
                 let _ = stubs.remove(upper);
                 Err(err)
@@ -360,7 +357,12 @@ impl Stubs {
     }
 
     /// Returns the /etc files that can be bind-mounted.
-    fn create_missing(&mut self, merged: &Path) -> Result<Vec<&'static str>, String> {
+    fn create_missing(
+        &mut self,
+        merged: &Path,
+        upper: &Path,
+        mounts: &[RunMount],
+    ) -> Result<Vec<&'static str>, String> {
         let mut etc_usable = true;
         let mut etc_targets = Vec::new();
         for (path, kind) in MOUNT_POINTS {
@@ -381,12 +383,12 @@ impl Stubs {
                     }
                 }
                 (Err(err), _) if err.kind() == ErrorKind::NotFound => {
+                    self.record(upper, Path::new(path), kind);
                     let created = match kind {
                         MountPointKind::Dir => std::fs::create_dir(&full),
                         MountPointKind::File => File::create(&full).map(drop),
                     };
                     created.map_err(|err| format!("creating mount point /{path}: {err}"))?;
-                    self.created.push((path, kind));
                     if kind == MountPointKind::File {
                         etc_targets.push(path);
                     }
@@ -394,11 +396,53 @@ impl Stubs {
                 (Err(err), _) => return Err(format!("/{path} in the rootfs: {err}")),
             }
         }
+        // A nested mount's point lies inside another mount; the command's process makes it.
+        for (index, mount) in mounts.iter().enumerate() {
+            if !mounts::is_nested(mounts, index) {
+                let kind = mounts::mount_point_kind(mount)?;
+                mounts::mount_point(merged, &mount.target, kind, &mut |path, kind| {
+                    self.record(upper, path, kind)
+                })?;
+            }
+        }
         Ok(etc_targets)
     }
 
+    /// Notes a stub about to be created at `path` (relative), and whether its parents were
+    /// in the upper dir before.
+    fn record(&mut self, upper: &Path, path: &Path, kind: MountPointKind) {
+        let mut parents: Vec<&Path> = path
+            .ancestors()
+            .skip(1)
+            .filter(|parent| !parent.as_os_str().is_empty())
+            .collect();
+        parents.reverse();
+        for parent in parents {
+            if !self.ancestors.iter().any(|(known, _)| known == parent) {
+                let in_upper = upper.join(parent).symlink_metadata().is_ok();
+                self.ancestors.push((parent.to_path_buf(), in_upper));
+            }
+        }
+        self.created.push((path.to_path_buf(), kind));
+    }
+
+    /// Finds the parents that creating the stubs copied up into the upper dir.
+    fn note_copied_up(&mut self, upper: &Path) {
+        for (parent, was_in_upper) in &self.ancestors {
+            let created = self.created.iter().any(|(path, _)| path == parent);
+            if *was_in_upper || created {
+                continue;
+            }
+            if let Ok(meta) = upper.join(parent).symlink_metadata() {
+                let owner_and_mode = (meta.mode(), meta.uid(), meta.gid());
+                self.copied_up.push((parent.clone(), owner_and_mode));
+            }
+        }
+    }
+
     /// Removes the stubs from the upper dir (after the overlay is unmounted). A stub dir the
-    /// command put files in is a change of the command and stays.
+    /// command put files in is a change of the command and stays, and so does a copied-up
+    /// dir the command changed.
     fn remove(&self, upper: &Path) -> Result<(), String> {
         for (path, kind) in self.created.iter().rev() {
             let full = upper.join(path);
@@ -421,15 +465,15 @@ impl Stubs {
                 _ => {}
             }
         }
-        if let Some(owner_and_mode) = self.copied_up_etc {
-            let etc = upper.join("etc");
-            let unchanged = etc
+        for (parent, owner_and_mode) in self.copied_up.iter().rev() {
+            let dir = upper.join(parent);
+            let unchanged = dir
                 .symlink_metadata()
-                .is_ok_and(|meta| (meta.mode(), meta.uid(), meta.gid()) == owner_and_mode);
-            let empty = std::fs::read_dir(&etc).is_ok_and(|mut entries| entries.next().is_none());
+                .is_ok_and(|meta| (meta.mode(), meta.uid(), meta.gid()) == *owner_and_mode);
+            let empty = std::fs::read_dir(&dir).is_ok_and(|mut entries| entries.next().is_none());
             if unchanged && empty {
-                std::fs::remove_dir(&etc)
-                    .map_err(|err| format!("removing copied-up {}: {err}", etc.display()))?;
+                std::fs::remove_dir(&dir)
+                    .map_err(|err| format!("removing copied-up {}: {err}", dir.display()))?;
             }
         }
         Ok(())

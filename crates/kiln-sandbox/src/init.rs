@@ -13,9 +13,9 @@ use nix::sys::signal::{SigHandler, SigSet, SigmaskHow, Signal, signal, sigprocma
 use nix::unistd::{AccessFlags, Gid, Uid, access, chdir, execve, pivot_root, sethostname};
 use nix::unistd::{setgid, setgroups, setuid};
 
-use crate::RunSpec;
 use crate::helper::EtcBind;
 use crate::users::{self, Identity};
+use crate::{Network, RunSpec, mounts, network};
 
 /// PATH used for the lookup of the command when its environment has none (Docker's default).
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -44,11 +44,15 @@ pub(crate) fn run(
     // pivot_root moves the root of every process in the mount namespace; in a namespace of
     // our own it leaves the helper's root alone, which still needs host paths afterwards.
     unshare(CloneFlags::CLONE_NEWNS).map_err(|err| format!("unshare(CLONE_NEWNS): {err}"))?;
+    if spec.network == Network::None {
+        network::isolate()?;
+    }
     mount_proc(&merged.join("proc"))?;
     mount_dev(&merged.join("dev"))?;
     for bind in etc_binds {
         bind_mount(&bind.source, &merged.join(bind.target))?;
     }
+    mounts::mount_all(merged, &spec.mounts)?;
     enter_root(merged)?;
     sethostname(hostname_of(&spec.hostname))
         .map_err(|err| format!("setting the hostname {:?}: {err}", spec.hostname))?;

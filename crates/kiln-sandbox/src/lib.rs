@@ -15,6 +15,8 @@ mod arch;
 mod emulation;
 mod helper;
 mod init;
+mod mounts;
+mod network;
 mod protocol;
 mod rootless;
 mod run;
@@ -62,6 +64,43 @@ pub struct RunSpec {
     /// binaries natively (or through a host registration).
     #[serde(default)]
     pub emulator: Option<Emulator>,
+    /// Mounted over the rootfs in this order (a target inside an earlier mount's target goes
+    /// into that mount). Nothing written to them reaches `upper`, and mount points the
+    /// sandbox had to create are removed from `upper` afterwards.
+    #[serde(default)]
+    pub mounts: Vec<RunMount>,
+    #[serde(default)]
+    pub network: Network,
+}
+
+/// Something mounted into the rootfs for one command (`RUN --mount`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunMount {
+    /// Absolute path in the rootfs; missing parents are created. Symlinks on the way are
+    /// resolved inside the rootfs.
+    pub target: String,
+    pub kind: MountKind,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MountKind {
+    /// A host dir, file or socket; the mount point is a dir for a dir source, else a file.
+    Bind { source: PathBuf, readonly: bool },
+    /// An empty tmpfs; `size` in bytes, `None` for the kernel's default (half the RAM).
+    Tmpfs { size: Option<u64> },
+}
+
+/// The network the command sees.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Network {
+    /// The host's network: kiln has no network stack of its own to give the sandbox, so
+    /// the default, like `Host`, shares the host's (BuildKit's default is a private network
+    /// with outbound connectivity; the command's view of the network is what differs).
+    #[default]
+    Default,
+    /// A network namespace of its own with only a loopback interface, which is up.
+    None,
+    Host,
 }
 
 /// How to run binaries of a foreign architecture: a QEMU user-mode emulator and the ELF

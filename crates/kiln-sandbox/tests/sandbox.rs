@@ -10,16 +10,16 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use kiln_sandbox::{
-    EmulationMode, ExitStatus, RunOutput, RunSpec, Sandbox, SandboxError, find_emulator,
-    runs_natively,
+    EmulationMode, ExitStatus, MountKind, Network, RunMount, RunOutput, RunSpec, Sandbox,
+    SandboxError, find_emulator, runs_natively,
 };
 use tempfile::TempDir;
 
 const HELPER: &str = env!("CARGO_BIN_EXE_kiln-sandbox-helper");
 
-const APPLETS: [&str; 15] = [
+const APPLETS: [&str; 20] = [
     "sh", "echo", "cat", "ls", "id", "rm", "touch", "mkdir", "hostname", "uname", "pwd", "sleep",
-    "env", "test", "seq",
+    "env", "test", "seq", "head", "grep", "ip", "nc", "wget",
 ];
 
 struct Dirs {
@@ -83,7 +83,7 @@ impl Dirs {
             cwd: "/".to_string(),
             user: String::new(),
             hostname: "sandbox-test".to_string(),
-            emulator: None,
+            ..RunSpec::default()
         }
     }
 }
@@ -737,5 +737,199 @@ fn emulation_for_uses_an_outer_registration_only_if_it_has_the_f_flag() {
     assert!(
         emulation_for_under(None).starts_with("cannot run arm64 binaries"),
         "the host itself has an arm64 handler: this test cannot tell the cases apart"
+    );
+}
+
+fn bind(source: &Path, target: &str, readonly: bool) -> RunMount {
+    RunMount {
+        target: target.to_string(),
+        kind: MountKind::Bind {
+            source: source.to_path_buf(),
+            readonly,
+        },
+    }
+}
+
+fn tmpfs(target: &str, size: Option<u64>) -> RunMount {
+    RunMount {
+        target: target.to_string(),
+        kind: MountKind::Tmpfs { size },
+    }
+}
+
+#[test]
+fn read_only_bind_shows_the_source_refuses_writes_and_leaves_no_mount_point() {
+    let dirs = Dirs::new();
+    let source = dirs.root.path().join("source");
+    std::fs::create_dir(&source).unwrap();
+    std::fs::write(source.join("input"), "from the host\n").unwrap();
+    let spec = RunSpec {
+        mounts: vec![bind(&source, "/src/deep", true)],
+        ..dirs.spec(&[
+            "sh",
+            "-c",
+            "cat /src/deep/input; touch /src/deep/new 2>/dev/null && echo wrote; echo out > /made",
+        ])
+    };
+    let lines = run_ok(&spec);
+    assert_eq!(lines, ["from the host"]);
+    assert_eq!(
+        tree(&source),
+        expected(&[("input", "file:from the host\n")])
+    );
+    // Only the command's own change: /src and /src/deep were mount points.
+    assert_eq!(tree(&dirs.upper), expected(&[("made", "file:out\n")]));
+}
+
+#[test]
+fn writable_bind_writes_go_to_the_source_not_to_upper() {
+    let dirs = Dirs::new();
+    let source = dirs.root.path().join("source");
+    std::fs::create_dir(&source).unwrap();
+    run_ok(&RunSpec {
+        mounts: vec![bind(&source, "/cache", false)],
+        ..dirs.spec(&["sh", "-c", "mkdir /cache/sub; echo kept > /cache/sub/file"])
+    });
+    assert_eq!(
+        tree(&source),
+        expected(&[("sub", "dir"), ("sub/file", "file:kept\n")])
+    );
+    assert!(tree(&dirs.upper).is_empty(), "{:?}", tree(&dirs.upper));
+}
+
+#[test]
+fn mount_point_inside_a_lower_dir_leaves_no_copied_up_dir() {
+    let dirs = Dirs::new();
+    let source = dirs.root.path().join("secret");
+    std::fs::write(&source, "s3cr3t").unwrap();
+    let lines = run_ok(&RunSpec {
+        mounts: vec![bind(&source, "/etc/app/token", true)],
+        ..dirs.spec(&["cat", "/etc/app/token"])
+    });
+    assert_eq!(lines, ["s3cr3t"]);
+    assert!(tree(&dirs.upper).is_empty(), "{:?}", tree(&dirs.upper));
+}
+
+#[test]
+fn socket_bind_is_a_socket_at_the_target() {
+    let dirs = Dirs::new();
+    let socket = dirs.root.path().join("agent.sock");
+    let _listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+    run_ok(&RunSpec {
+        mounts: vec![bind(&socket, "/run/agent.sock", true)],
+        ..dirs.spec(&["test", "-S", "/run/agent.sock"])
+    });
+    assert!(tree(&dirs.upper).is_empty(), "{:?}", tree(&dirs.upper));
+}
+
+#[test]
+fn tmpfs_takes_writes_up_to_its_size_and_leaves_nothing_in_upper() {
+    let dirs = Dirs::new();
+    let (result, lines) = run(&RunSpec {
+        mounts: vec![tmpfs("/scratch", Some(64 * 1024))],
+        ..dirs.spec(&[
+            "sh",
+            "-c",
+            "echo small > /scratch/a && cat /scratch/a && head -c 1000000 /dev/zero > /scratch/big",
+        ])
+    });
+    let output = result.unwrap();
+    assert_eq!(output.status, ExitStatus::Code(1), "{lines:?}");
+    assert_eq!(lines[0], "small");
+    // The 64 KiB tmpfs cannot take the 1 MB file.
+    assert!(lines[1].starts_with("head:"), "{lines:?}");
+    assert!(tree(&dirs.upper).is_empty(), "{:?}", tree(&dirs.upper));
+}
+
+#[test]
+fn nested_mount_point_is_made_inside_the_outer_mount() {
+    let dirs = Dirs::new();
+    let source = dirs.root.path().join("source");
+    std::fs::create_dir(&source).unwrap();
+    std::fs::write(source.join("f"), "inner\n").unwrap();
+    let lines = run_ok(&RunSpec {
+        mounts: vec![tmpfs("/work", None), bind(&source, "/work/a/src", true)],
+        ..dirs.spec(&["cat", "/work/a/src/f"])
+    });
+    assert_eq!(lines, ["inner"]);
+    assert!(tree(&dirs.upper).is_empty(), "{:?}", tree(&dirs.upper));
+}
+
+#[test]
+fn mount_target_through_a_symlink_stays_inside_the_rootfs() {
+    let dirs = Dirs::new();
+    let outside = dirs.root.path().join("outside-of-rootfs");
+    // An absolute symlink that would lead out of the rootfs if followed on the host.
+    std::os::unix::fs::symlink(&outside, dirs.lower.join("escape")).unwrap();
+    let lines = run_ok(&RunSpec {
+        mounts: vec![tmpfs("/escape/mnt", None)],
+        ..dirs.spec(&["sh", "-c", "echo x > /escape/mnt/f && cat /escape/mnt/f"])
+    });
+    assert_eq!(lines, ["x"]);
+    assert!(!outside.exists(), "a mount point was created on the host");
+    assert!(tree(&dirs.upper).is_empty(), "{:?}", tree(&dirs.upper));
+}
+
+/// A TCP listener on the host's loopback that records whether anything connected.
+fn loopback_listener() -> (u16, std::sync::mpsc::Receiver<String>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (sender, receiver) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        if let Ok((stream, _)) = listener.accept() {
+            let mut line = String::new();
+            let _ = std::io::BufRead::read_line(&mut std::io::BufReader::new(stream), &mut line);
+            let _ = sender.send(line);
+        }
+    });
+    (port, receiver)
+}
+
+#[test]
+fn default_network_reaches_the_hosts_loopback() {
+    let dirs = Dirs::new();
+    let (port, received) = loopback_listener();
+    run_ok(&dirs.spec(&["sh", "-c", &format!("echo hello | nc 127.0.0.1 {port}")]));
+    let line = received
+        .recv_timeout(std::time::Duration::from_secs(10))
+        .unwrap();
+    assert_eq!(line, "hello\n");
+}
+
+#[test]
+fn network_none_has_only_loopback_up_and_cannot_reach_the_host() {
+    let dirs = Dirs::new();
+    let (port, received) = loopback_listener();
+    let spec = RunSpec {
+        network: Network::None,
+        ..dirs.spec(&[
+            "sh",
+            "-c",
+            &format!(
+                "cat /proc/net/dev; ip link show lo; echo hello | nc 127.0.0.1 {port} \
+                 && echo reached; true"
+            ),
+        ])
+    };
+    let lines = run_ok(&spec);
+    let interfaces: Vec<&str> = lines
+        .iter()
+        .filter_map(|line| line.split_once(':'))
+        // /proc/net/dev's lines: `name: bytes packets ...`.
+        .filter(|(_, counters)| {
+            let first = counters.split_whitespace().next().unwrap_or("");
+            first.parse::<u64>().is_ok()
+        })
+        .map(|(name, _)| name.trim())
+        .collect();
+    assert_eq!(interfaces, ["lo"], "{lines:?}");
+    let link = lines.iter().find(|line| line.contains(": lo:")).unwrap();
+    assert!(link.contains(",UP"), "{link}");
+    assert!(!lines.iter().any(|line| line == "reached"), "{lines:?}");
+    assert!(
+        received
+            .recv_timeout(std::time::Duration::from_millis(500))
+            .is_err(),
+        "the host listener got a connection"
     );
 }

@@ -9,6 +9,7 @@ use std::path::{Component, Path, PathBuf};
 
 use nix::sys::stat::SFlag;
 
+use crate::Chmod;
 use crate::fsmeta::{self, EntryMeta, is_whiteout};
 use crate::stack::{LayerStack, Node, Walk};
 use crate::{SnapshotError, at};
@@ -18,10 +19,12 @@ type HardLinks = HashMap<(u64, u64), PathBuf>;
 
 #[derive(Default)]
 pub struct CopyOptions<'a> {
-    /// Owner of everything copied; `None` means 0:0, as COPY does.
+    /// Owner of everything copied; `None` means 0:0, as COPY does (see `keep_owner`).
     pub chown: Option<(u32, u32)>,
-    /// Replaces the permission bits of copied files and directories.
-    pub chmod: Option<u32>,
+    /// Without `chown`, keep the sources' owners instead of 0:0 (ADD of an archive).
+    pub keep_owner: bool,
+    /// Changes the permission bits of copied files and directories.
+    pub chmod: Option<Chmod>,
     /// Called with the path relative to a directory source; `false` skips the entry (and
     /// everything under a skipped directory).
     pub filter: Option<&'a dyn Fn(&Path) -> bool>,
@@ -42,12 +45,18 @@ pub fn copy_into_layer(
     let mut stack = below.layers().to_vec();
     stack.push(layer.to_path_buf());
     let merged = LayerStack::new(stack);
-    let owner = opts.chown.unwrap_or((0, 0));
+    let owner = match opts.chown {
+        Some(owner) => Some(owner),
+        None if opts.keep_owner => None,
+        None => Some((0, 0)),
+    };
     let meta_for = |path: &Path, md: &Metadata| -> Result<EntryMeta, SnapshotError> {
         let mut meta = EntryMeta::of(path, md).map_err(at(path))?;
-        (meta.uid, meta.gid) = owner;
-        if let Some(mode) = opts.chmod.filter(|_| !md.is_symlink()) {
-            meta.mode = mode & 0o7777;
+        if let Some(owner) = owner {
+            (meta.uid, meta.gid) = owner;
+        }
+        if let Some(chmod) = opts.chmod.as_ref().filter(|_| !md.is_symlink()) {
+            meta.mode = chmod.apply(meta.mode, md.is_dir());
         }
         Ok(meta)
     };
@@ -60,7 +69,7 @@ pub fn copy_into_layer(
             });
         };
         let parent = resolve_dir(&merged, parent, target)?;
-        let parents = make_parents(layer, &parent, below, target)?;
+        let parents = make_parents(layer, &parent, below, target, (0, 0))?;
         let dest = layer_path(layer, &parent).join(name);
         clear(&dest)?;
         let copied = copy_nondir(src, &src_md, &dest, &meta_for(src, &src_md)?, &mut links)?;
@@ -73,7 +82,7 @@ pub fn copy_into_layer(
         // Into the image root: only the contents are copied, the root keeps its metadata.
         return copy_tree(src, layer, Path::new(""), opts, &meta_for, &mut links);
     };
-    let parents = make_parents(layer, parent, below, target)?;
+    let parents = make_parents(layer, parent, below, target, (0, 0))?;
     let dest = layer_path(layer, &dir);
     let mut copied = 0;
     let dest_meta = match fs::symlink_metadata(&dest) {
@@ -184,13 +193,33 @@ impl Parents {
     }
 }
 
+/// Create the directory `target` (WORKDIR) and its missing parents in the fresh layer dir
+/// `layer`: new directories are 0755, owned by `owner`. Symlinks in the image below are
+/// followed. Returns how many directories the image did not have yet.
+pub fn mkdir_in_layer(
+    layer: &Path,
+    target: &Path,
+    below: &LayerStack,
+    owner: (u32, u32),
+) -> Result<u64, SnapshotError> {
+    let comps = lexical_components(target);
+    let dir = resolve_dir(below, &comps, target)?;
+    let parents = make_parents(layer, &dir, below, target, owner)?;
+    parents.restore_times()?;
+    let existing = (1..=dir.len())
+        .take_while(|n| dir_meta_below(below, &dir[..*n]).is_some())
+        .count();
+    Ok((dir.len() - existing) as u64)
+}
+
 /// Create the directories `comps` in `layer`, each with the metadata its counterpart has in
-/// `below`, else 0755 0:0 mtime 0.
+/// `below`, else 0755 `new_owner` mtime 0.
 fn make_parents(
     layer: &Path,
     comps: &[OsString],
     below: &LayerStack,
     target: &Path,
+    new_owner: (u32, u32),
 ) -> Result<Parents, SnapshotError> {
     let mut parents = Vec::new();
     let mut host = layer.to_path_buf();
@@ -206,8 +235,8 @@ fn make_parents(
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 let meta = dir_meta_below(below, &comps[..=i]).unwrap_or(EntryMeta {
                     mode: 0o755,
-                    uid: 0,
-                    gid: 0,
+                    uid: new_owner.0,
+                    gid: new_owner.1,
                     mtime: 0,
                     mtime_nsec: 0,
                     xattrs: Vec::new(),

@@ -46,9 +46,27 @@ pub fn decompress<'a, R: Read + 'a>(mut blob: R) -> Result<Box<dyn Read + 'a>, S
 
 /// Extract an uncompressed OCI layer tar into the empty directory `dest`, in overlay format.
 pub fn extract_layer<R: Read>(tar_stream: R, dest: &Path) -> Result<ExtractStats, SnapshotError> {
+    extract(tar_stream, dest, true)
+}
+
+/// Extract a tar that is not a layer (ADD of an archive) into the empty directory `dest`:
+/// the same safety rules, but `.wh.` names are ordinary files.
+pub(crate) fn extract_plain<R: Read>(
+    tar_stream: R,
+    dest: &Path,
+) -> Result<ExtractStats, SnapshotError> {
+    extract(tar_stream, dest, false)
+}
+
+fn extract<R: Read>(
+    tar_stream: R,
+    dest: &Path,
+    whiteouts: bool,
+) -> Result<ExtractStats, SnapshotError> {
     let mut archive = tar::Archive::new(tar_stream);
     let mut extractor = Extractor {
         dest,
+        whiteouts,
         earlier_files: HashSet::new(),
         dir_times: Vec::new(),
     };
@@ -67,6 +85,8 @@ pub fn extract_layer<R: Read>(tar_stream: R, dest: &Path) -> Result<ExtractStats
 
 struct Extractor<'d> {
     dest: &'d Path,
+    /// Whether `.wh.` entries are deletions (layers) or plain names (archives).
+    whiteouts: bool,
     /// Normalised paths of the non-directories extracted so far: the only valid hard link targets.
     earlier_files: HashSet<Vec<u8>>,
     dir_times: Vec<(PathBuf, EntryMeta)>,
@@ -111,10 +131,13 @@ impl Extractor<'_> {
         };
         let parent = self.make_parents(&name, parents)?;
 
-        if *last == OPAQUE_MARKER {
+        if self.whiteouts && *last == OPAQUE_MARKER {
             return fsmeta::set_xattr(&parent, fsmeta::OPAQUE_XATTRS[0], b"y").map_err(entry_err);
         }
-        if let Some(deleted) = last.strip_prefix(WHITEOUT_PREFIX) {
+        if let Some(deleted) = last
+            .strip_prefix(WHITEOUT_PREFIX)
+            .filter(|_| self.whiteouts)
+        {
             if deleted.starts_with(WHITEOUT_PREFIX) {
                 // aufs bookkeeping (`.wh..wh.plnk` etc.): means nothing to overlayfs.
                 return Ok(());

@@ -6,6 +6,8 @@
 //! into deterministic gzip layer tars ([`write_layer`]), reads a stack of them as one merged
 //! tree ([`LayerStack`]) and builds COPY layers ([`copy_into_layer`]).
 
+mod archive;
+mod chmod;
 mod copy;
 mod extract;
 mod fsmeta;
@@ -18,7 +20,9 @@ mod tests;
 use std::io;
 use std::path::PathBuf;
 
-pub use copy::{CopyOptions, copy_into_layer};
+pub use archive::extract_archive;
+pub use chmod::{Chmod, ChmodError};
+pub use copy::{CopyOptions, copy_into_layer, mkdir_in_layer};
 pub use extract::{ExtractStats, decompress, extract_layer};
 pub use stack::LayerStack;
 pub use write::{LayerBlob, LayerOptions, write_layer};

@@ -642,8 +642,9 @@ fn copy_dir_applies_chown_chmod_and_filter() {
     let keep = |p: &Path| p.extension().is_none_or(|e| e != "log");
     let opts = CopyOptions {
         chown: Some((1000, 1001)),
-        chmod: Some(0o640),
+        chmod: Some(Chmod::Octal(0o640)),
         filter: Some(&keep),
+        ..Default::default()
     };
     let n = copy_into_layer(&src, &layer, Path::new("/app"), &below, &opts).unwrap();
     assert_eq!(n, 5, "app, sub, sub/a, b, ln");
@@ -688,4 +689,64 @@ fn copy_follows_image_symlinks_for_the_target_dir() {
         fs::symlink_metadata(layer.join("var")).is_err(),
         "the symlink's dir is not recreated"
     );
+}
+
+fn archive_with(entries: &[(&str, &[u8])]) -> Vec<u8> {
+    let mut builder = tar::Builder::new(Vec::new());
+    for (name, data) in entries {
+        let mut header = Header::new_gnu();
+        header.set_size(data.len() as u64);
+        header.set_mode(0o644);
+        header.set_uid(0);
+        header.set_gid(0);
+        header.set_mtime(0);
+        header.set_entry_type(EntryType::Regular);
+        header.set_path(name).unwrap();
+        header.set_cksum();
+        builder.append(&header, *data).unwrap();
+    }
+    builder.into_inner().unwrap()
+}
+
+#[test]
+fn archives_extract_with_whiteout_names_as_plain_files() {
+    let tmp = tempfile::tempdir().unwrap();
+    let tar = archive_with(&[
+        ("dir/keep", b"k"),
+        ("dir/.wh.keep", b"w"),
+        (".wh..wh..opq", b"o"),
+    ]);
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    std::io::Write::write_all(&mut gz, &tar).unwrap();
+    let archive = tmp.path().join("a.bin");
+    fs::write(&archive, gz.finish().unwrap()).unwrap();
+    let dest = tmp.path().join("out");
+    fs::create_dir(&dest).unwrap();
+    let stats = extract_archive(&archive, &dest)
+        .unwrap()
+        .expect("a gzip tar");
+    assert_eq!(stats.entries, 3);
+    assert_eq!(fs::read(dest.join("dir/keep")).unwrap(), b"k");
+    assert_eq!(fs::read(dest.join("dir/.wh.keep")).unwrap(), b"w");
+    assert_eq!(fs::read(dest.join(".wh..wh..opq")).unwrap(), b"o");
+}
+
+#[test]
+fn non_archives_and_empty_archives_are_not_extracted() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dest = tmp.path().join("out");
+    fs::create_dir(&dest).unwrap();
+    for (name, bytes) in [
+        (
+            "text.tar",
+            b"just some text that is not a tar header".to_vec(),
+        ),
+        ("empty.tar", vec![0u8; 1024]),
+        ("short", vec![1, 2, 3]),
+    ] {
+        let path = tmp.path().join(name);
+        fs::write(&path, bytes).unwrap();
+        assert!(extract_archive(&path, &dest).unwrap().is_none(), "{name}");
+    }
+    assert_eq!(fs::read_dir(&dest).unwrap().count(), 0);
 }

@@ -26,7 +26,11 @@ fn kiln(store: &Path, args: &[&str]) -> Duration {
         .output()
         .expect("run kiln");
     let elapsed = started.elapsed();
-    assert!(out.status.success(), "kiln {args:?} failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "kiln {args:?} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     elapsed
 }
 
@@ -49,7 +53,11 @@ fn main() {
     let tmp = tempfile::tempdir().unwrap();
     let store = tmp.path().join("store");
 
-    let emulated = context(tmp.path(), "emulated", &format!("FROM {reg}/busybox:latest\nRUN {WORK}\n"));
+    let emulated = context(
+        tmp.path(),
+        "emulated",
+        &format!("FROM {reg}/busybox:latest\nRUN {WORK}\n"),
+    );
     let cross = context(
         tmp.path(),
         "cross",
@@ -59,7 +67,16 @@ fn main() {
         ),
     );
     // Pull and extract the base images once, outside the measurements.
-    kiln(&store, &["build", "--progress=quiet", "--platform", "linux/amd64,linux/arm64", &cross]);
+    kiln(
+        &store,
+        &[
+            "build",
+            "--progress=quiet",
+            "--platform",
+            "linux/amd64,linux/arm64",
+            &cross,
+        ],
+    );
 
     let arm = ["build", "--progress=quiet", "--platform", "linux/arm64"];
     let mut e = Vec::new();
@@ -70,25 +87,73 @@ fn main() {
     }
     let (e, c) = (median(e), median(c));
     println!("CPU-bound RUN for linux/arm64 (median of {RUNS} whole builds):");
-    println!("  emulated under QEMU in the arm64 stage:          {:.2}s", e.as_secs_f64());
-    println!("  on the build platform, copied into arm64 image:  {:.2}s", c.as_secs_f64());
-    println!("  ratio: emulated takes {:.1}x as long", e.as_secs_f64() / c.as_secs_f64());
+    println!(
+        "  emulated under QEMU in the arm64 stage:          {:.2}s",
+        e.as_secs_f64()
+    );
+    println!(
+        "  on the build platform, copied into arm64 image:  {:.2}s",
+        c.as_secs_f64()
+    );
+    println!(
+        "  ratio: emulated takes {:.1}x as long",
+        e.as_secs_f64() / c.as_secs_f64()
+    );
 
     let mut both = Vec::new();
     let mut amd = Vec::new();
     let mut arm64 = Vec::new();
     for _ in 0..RUNS {
-        both.push(kiln(&store, &["build", "--progress=quiet", "--platform", "linux/amd64,linux/arm64", &emulated]));
-        amd.push(kiln(&store, &["build", "--progress=quiet", "--platform", "linux/amd64", &emulated]));
-        arm64.push(kiln(&store, &["build", "--progress=quiet", "--platform", "linux/arm64", &emulated]));
+        both.push(kiln(
+            &store,
+            &[
+                "build",
+                "--progress=quiet",
+                "--platform",
+                "linux/amd64,linux/arm64",
+                &emulated,
+            ],
+        ));
+        amd.push(kiln(
+            &store,
+            &[
+                "build",
+                "--progress=quiet",
+                "--platform",
+                "linux/amd64",
+                &emulated,
+            ],
+        ));
+        arm64.push(kiln(
+            &store,
+            &[
+                "build",
+                "--progress=quiet",
+                "--platform",
+                "linux/arm64",
+                &emulated,
+            ],
+        ));
     }
     let (both, amd, arm64) = (median(both), median(amd), median(arm64));
     let slower = amd.max(arm64);
     println!("Two platforms, same Dockerfile (median of {RUNS}):");
-    println!("  --platform linux/amd64,linux/arm64: {:.2}s", both.as_secs_f64());
-    println!("  --platform linux/amd64 alone:       {:.2}s", amd.as_secs_f64());
-    println!("  --platform linux/arm64 alone:       {:.2}s", arm64.as_secs_f64());
-    println!("  sum of the two single builds:       {:.2}s", (amd + arm64).as_secs_f64());
+    println!(
+        "  --platform linux/amd64,linux/arm64: {:.2}s",
+        both.as_secs_f64()
+    );
+    println!(
+        "  --platform linux/amd64 alone:       {:.2}s",
+        amd.as_secs_f64()
+    );
+    println!(
+        "  --platform linux/arm64 alone:       {:.2}s",
+        arm64.as_secs_f64()
+    );
+    println!(
+        "  sum of the two single builds:       {:.2}s",
+        (amd + arm64).as_secs_f64()
+    );
     println!(
         "  combined / slower single build: {:.2} (target: at most 1.20)",
         both.as_secs_f64() / slower.as_secs_f64()

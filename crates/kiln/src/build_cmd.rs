@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use clap::Args;
-use kiln_build::{BuildError, BuildOptions, Output, Progress, ProgressMode, Store};
+use kiln_build::{BuildError, BuildOptions, Output, Progress, ProgressMode, SecretSource, Store};
 use kiln_oci::Platform;
 use kiln_registry::{ClientOptions, Reference, RegistryClient};
 use miette::{IntoDiagnostic, Report, WrapErr, miette};
@@ -78,6 +78,65 @@ pub struct BuildArgs {
     /// kiln's cache and work directory.
     #[arg(long, env = "KILN_ROOT", value_name = "DIR")]
     root: Option<PathBuf>,
+    /// A secret for `RUN --mount=type=secret` (repeatable): id=ID,src=FILE or id=ID,env=VAR.
+    #[arg(long = "secret", value_name = "id=ID,src=FILE|env=VAR")]
+    secrets: Vec<String>,
+    /// An SSH agent socket for `RUN --mount=type=ssh` (repeatable): ID=SOCKET, or ID alone
+    /// for $SSH_AUTH_SOCK; the usual ID is `default`.
+    #[arg(long = "ssh", value_name = "ID[=SOCKET]")]
+    ssh: Vec<String>,
+}
+
+/// `--secret id=ID,src=FILE`, `id=ID,env=VAR` (buildx's form; `source=` and `type=` too). With
+/// neither, the variable named ID.
+fn parse_secret(spec: &str) -> Result<(String, SecretSource), Report> {
+    let (mut id, mut file, mut var, mut kind) = (None, None, None, None);
+    for part in spec.split(',') {
+        let (key, value) = part.split_once('=').unwrap_or((part, ""));
+        let value = value.to_string();
+        match key.trim() {
+            "id" => id = Some(value),
+            "src" | "source" => file = Some(PathBuf::from(value)),
+            "env" => var = Some(value),
+            "type" if value == "file" || value == "env" => kind = Some(value),
+            other => return Err(miette!("--secret {spec}: unknown key `{other}`")),
+        }
+    }
+    let id = id
+        .filter(|id| !id.is_empty())
+        .ok_or_else(|| miette!("--secret {spec}: needs id=ID"))?;
+    let source = match (file, var) {
+        (Some(_), Some(_)) => {
+            return Err(miette!("--secret id={id}: give src= or env=, not both"));
+        }
+        (Some(file), None) => {
+            std::fs::metadata(&file)
+                .into_diagnostic()
+                .wrap_err_with(|| format!("--secret id={id}: {}", file.display()))?;
+            SecretSource::File(file)
+        }
+        (None, Some(var)) => SecretSource::Env(var),
+        (None, None) if kind.as_deref() == Some("file") => SecretSource::File(PathBuf::from(&id)),
+        (None, None) => SecretSource::Env(id.clone()),
+    };
+    Ok((id, source))
+}
+
+/// `--ssh ID=SOCKET`, or `--ssh ID` for the agent in $SSH_AUTH_SOCK.
+fn parse_ssh(spec: &str) -> Result<(String, PathBuf), Report> {
+    let (id, socket) = match spec.split_once('=') {
+        Some((id, socket)) => (id, PathBuf::from(socket)),
+        None => {
+            let socket = std::env::var_os("SSH_AUTH_SOCK").ok_or_else(|| {
+                miette!("--ssh {spec}: SSH_AUTH_SOCK is not set; pass --ssh {spec}=SOCKET")
+            })?;
+            (spec, PathBuf::from(socket))
+        }
+    };
+    std::fs::metadata(&socket)
+        .into_diagnostic()
+        .wrap_err_with(|| format!("--ssh {id}: {}", socket.display()))?;
+    Ok((id.to_string(), socket))
 }
 
 fn default_root() -> PathBuf {
@@ -247,6 +306,16 @@ pub fn run(args: BuildArgs) -> Result<(), Report> {
         qemu_dir: args.qemu_dir.clone(),
         sandbox_helper: std::env::current_exe().into_diagnostic()?,
         source_date_epoch,
+        secrets: args
+            .secrets
+            .iter()
+            .map(|spec| parse_secret(spec))
+            .collect::<Result<_, _>>()?,
+        ssh: args
+            .ssh
+            .iter()
+            .map(|spec| parse_ssh(spec))
+            .collect::<Result<_, _>>()?,
     };
     let to_report = |e: BuildError| match e {
         BuildError::Parse(p) => report::parse_error(&p, &text),

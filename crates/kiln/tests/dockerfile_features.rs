@@ -181,7 +181,7 @@ fn config_instructions_land_in_the_image_config_and_affect_runs() {
     let diff_ids = cfg["rootfs"]["diff_ids"].as_array().unwrap();
     let layers = layer_digests(&manifest(&tag));
     assert_eq!(diff_ids.len(), layers.len());
-    assert_eq!(layers.len(), 4, "base + COPY + 2 RUN");
+    assert_eq!(layers.len(), 6, "base + 2 WORKDIR + COPY + 2 RUN");
     let non_empty = history
         .iter()
         .filter(|h| !h["empty_layer"].as_bool().unwrap_or(false))

@@ -1,0 +1,551 @@
+//! `RUN --mount`: parsing the flag as BuildKit does, and preparing what each mount shows on
+//! the host (copies of the context or a stage, cache dirs, secret files, agent sockets) for
+//! the sandbox to mount. Nothing prepared here becomes part of a layer.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use kiln_sandbox::{MountKind, RunMount};
+use kiln_snapshot::{CopyOptions, LayerStack};
+use sha2::{Digest as _, Sha256};
+
+use crate::Store;
+use crate::context::BuildContext;
+
+/// Where the value of a build secret (`kiln build --secret`) comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SecretSource {
+    /// A file on the host, read when a RUN step mounts the secret.
+    File(PathBuf),
+    /// An environment variable of kiln's process, by name.
+    Env(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum MountType {
+    Bind,
+    Cache,
+    Tmpfs,
+    Secret,
+    Ssh,
+}
+
+/// Who may use a cache mount at the same time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) enum Sharing {
+    /// Every step at once.
+    #[default]
+    Shared,
+    /// A step that finds the cache in use gets a fresh, empty one of its own.
+    Private,
+    /// One step at a time; the others wait.
+    Locked,
+}
+
+/// One `--mount` flag, parsed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct MountRequest {
+    pub kind: MountType,
+    /// As written (made absolute against the working dir by the caller).
+    pub target: Option<String>,
+    pub source: Option<String>,
+    pub from: Option<String>,
+    /// `None` means the type's default: read-only for bind, writable for the rest.
+    pub readonly: Option<bool>,
+    pub id: Option<String>,
+    pub sharing: Sharing,
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub size: Option<u64>,
+    pub required: bool,
+    pub env: Option<String>,
+}
+
+impl MountType {
+    fn name(self) -> &'static str {
+        match self {
+            MountType::Bind => "bind",
+            MountType::Cache => "cache",
+            MountType::Tmpfs => "tmpfs",
+            MountType::Secret => "secret",
+            MountType::Ssh => "ssh",
+        }
+    }
+}
+
+/// Splits on commas outside double quotes, removing the quotes (CSV, as BuildKit reads it).
+fn csv_fields(value: &str) -> Vec<String> {
+    let mut fields = vec![String::new()];
+    let mut quoted = false;
+    for c in value.chars() {
+        match c {
+            '"' => quoted = !quoted,
+            ',' if !quoted => fields.push(String::new()),
+            _ => fields.last_mut().expect("starts with one").push(c),
+        }
+    }
+    fields
+}
+
+fn parse_bool(key: &str, value: Option<&str>) -> Result<bool, String> {
+    match value.map(str::to_ascii_lowercase).as_deref() {
+        None | Some("true") | Some("1") => Ok(true),
+        Some("false") | Some("0") => Ok(false),
+        Some(other) => Err(format!("{key}={other}: expected true or false")),
+    }
+}
+
+/// `64m`, `1g`, `4096`: bytes, with binary unit suffixes as Docker's `size=` takes them.
+fn parse_size(text: &str) -> Result<u64, String> {
+    let lower = text.trim().to_ascii_lowercase();
+    let unitless = lower.trim_end_matches("ib").trim_end_matches('b');
+    let (digits, factor) = match unitless.char_indices().last() {
+        Some((at, 'k')) => (&unitless[..at], 1u64 << 10),
+        Some((at, 'm')) => (&unitless[..at], 1 << 20),
+        Some((at, 'g')) => (&unitless[..at], 1 << 30),
+        Some((at, 't')) => (&unitless[..at], 1 << 40),
+        _ => (unitless, 1),
+    };
+    digits
+        .trim()
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(factor))
+        .ok_or_else(|| format!("size={text}: expected a size like 64m or 1048576"))
+}
+
+/// Parses the value of one `--mount` flag (already expanded).
+pub(crate) fn parse_mount(value: &str) -> Result<MountRequest, String> {
+    let mut request = MountRequest {
+        kind: MountType::Bind,
+        target: None,
+        source: None,
+        from: None,
+        readonly: None,
+        id: None,
+        sharing: Sharing::Shared,
+        mode: None,
+        uid: None,
+        gid: None,
+        size: None,
+        required: false,
+        env: None,
+    };
+    let mut sharing_given = false;
+    for field in csv_fields(value) {
+        let field = field.trim();
+        if field.is_empty() {
+            continue;
+        }
+        let (key, value) = match field.split_once('=') {
+            Some((key, value)) => (key.trim().to_ascii_lowercase(), Some(value.trim())),
+            None => (field.to_ascii_lowercase(), None),
+        };
+        let needs_value = |key: &str| value.ok_or_else(|| format!("{key} needs a value"));
+        let number = |key: &str, radix: u32| -> Result<u32, String> {
+            let text = needs_value(key)?;
+            u32::from_str_radix(text, radix).map_err(|_| format!("{key}={text}: not a number"))
+        };
+        match key.as_str() {
+            "type" => {
+                request.kind = match needs_value("type")? {
+                    "bind" => MountType::Bind,
+                    "cache" => MountType::Cache,
+                    "tmpfs" => MountType::Tmpfs,
+                    "secret" => MountType::Secret,
+                    "ssh" => MountType::Ssh,
+                    other => {
+                        return Err(format!(
+                            "unknown mount type `{other}` (expected bind, cache, tmpfs, secret \
+                             or ssh)"
+                        ));
+                    }
+                }
+            }
+            "target" | "dst" | "destination" => {
+                request.target = Some(needs_value(&key)?.to_string())
+            }
+            "source" | "src" => request.source = Some(needs_value(&key)?.to_string()),
+            "from" => request.from = Some(needs_value("from")?.to_string()),
+            "ro" | "readonly" => request.readonly = Some(parse_bool(&key, value)?),
+            "rw" | "readwrite" => request.readonly = Some(!parse_bool(&key, value)?),
+            "id" => request.id = Some(needs_value("id")?.to_string()),
+            "sharing" => {
+                sharing_given = true;
+                request.sharing = match needs_value("sharing")? {
+                    "shared" => Sharing::Shared,
+                    "private" => Sharing::Private,
+                    "locked" => Sharing::Locked,
+                    other => {
+                        return Err(format!(
+                            "sharing={other}: expected shared, private or locked"
+                        ));
+                    }
+                }
+            }
+            "mode" => request.mode = Some(number("mode", 8)?),
+            "uid" => request.uid = Some(number("uid", 10)?),
+            "gid" => request.gid = Some(number("gid", 10)?),
+            "size" => request.size = Some(parse_size(needs_value("size")?)?),
+            "required" => request.required = parse_bool("required", value)?,
+            "env" => request.env = Some(needs_value("env")?.to_string()),
+            _ => return Err(format!("unknown mount option `{key}` in `{field}`")),
+        }
+    }
+    let kind = request.kind;
+    let misplaced = [
+        (sharing_given, "sharing", kind == MountType::Cache),
+        (request.size.is_some(), "size", kind == MountType::Tmpfs),
+        (request.env.is_some(), "env", kind == MountType::Secret),
+        (
+            request.from.is_some(),
+            "from",
+            matches!(kind, MountType::Bind | MountType::Cache),
+        ),
+    ];
+    if let Some((_, key, _)) = misplaced.iter().find(|(given, _, fits)| *given && !fits) {
+        return Err(format!(
+            "mount option `{key}` does not apply to type={}",
+            kind.name()
+        ));
+    }
+    let needs_target = matches!(kind, MountType::Bind | MountType::Cache | MountType::Tmpfs);
+    if needs_target && request.target.is_none() {
+        return Err(format!("a type={} mount needs target=PATH", kind.name()));
+    }
+    if kind == MountType::Secret && request.id.is_none() {
+        let from_target = request.target.as_deref().and_then(|target| {
+            Path::new(target)
+                .file_name()
+                .map(|name| name.to_string_lossy().into_owned())
+        });
+        request.id = Some(from_target.ok_or("a type=secret mount needs id= or target=")?);
+    }
+    Ok(request)
+}
+
+/// What the mounts of one RUN step draw from.
+pub(crate) struct MountInputs<'a> {
+    pub store: &'a Store,
+    pub context: &'a BuildContext,
+    pub secrets: &'a BTreeMap<String, SecretSource>,
+    pub ssh: &'a BTreeMap<String, PathBuf>,
+    /// The step's scratch dir, removed after it: copies and secret files go there.
+    pub scratch: &'a Path,
+}
+
+/// The mounts of one RUN step, ready for the sandbox. Holds cache locks until dropped.
+pub(crate) struct PreparedMounts {
+    pub mounts: Vec<RunMount>,
+    /// `KEY=value` to add to the step's environment (secrets with `env=`, `SSH_AUTH_SOCK`).
+    pub env: Vec<String>,
+    /// Locks of `sharing=locked` and `sharing=private` caches in use.
+    _locks: Vec<File>,
+}
+
+/// The default target of the `n`th ssh mount, as BuildKit names it.
+fn ssh_target(n: usize) -> String {
+    format!("/run/buildkit/ssh_agent.{n}")
+}
+
+/// Prepares `requests` (targets absolute), with the filesystem of each `from=` stage or
+/// image alongside. Errors name the mount and are meant for the user.
+pub(crate) fn prepare(
+    requests: &[(MountRequest, Option<LayerStack>)],
+    inputs: &MountInputs,
+) -> Result<PreparedMounts, String> {
+    let mut prepared = PreparedMounts {
+        mounts: Vec::new(),
+        env: Vec::new(),
+        _locks: Vec::new(),
+    };
+    let mut ssh_count = 0;
+    for (n, (request, from)) in requests.iter().enumerate() {
+        let scratch = inputs.scratch.join(format!("mount-{n}"));
+        let target = request.target.clone();
+        let mount = |target: String, source: PathBuf, readonly: bool| RunMount {
+            target,
+            kind: MountKind::Bind { source, readonly },
+        };
+        match request.kind {
+            MountType::Bind => {
+                let source = request.source.as_deref().unwrap_or(".");
+                let host = match from {
+                    Some(stack) => export_from(stack, source, &scratch)?,
+                    None => copy_from_context(inputs.context, source, &scratch)?,
+                };
+                let readonly = request.readonly.unwrap_or(true);
+                prepared
+                    .mounts
+                    .push(mount(target.expect("checked"), host, readonly));
+            }
+            MountType::Cache => {
+                let target = target.expect("checked");
+                let id = request.id.clone().unwrap_or_else(|| target.clone());
+                let (dir, lock) = cache_dir(inputs, request, &id, from.as_ref(), &scratch)?;
+                prepared._locks.extend(lock);
+                let readonly = request.readonly.unwrap_or(false);
+                prepared.mounts.push(mount(target, dir, readonly));
+            }
+            MountType::Tmpfs => prepared.mounts.push(RunMount {
+                target: target.expect("checked"),
+                kind: MountKind::Tmpfs { size: request.size },
+            }),
+            MountType::Secret => {
+                let id = request.id.as_deref().expect("defaulted when parsed");
+                let Some(value) = secret_value(inputs.secrets, id)? else {
+                    if request.required {
+                        return Err(format!(
+                            "secret `{id}` is required but was not given: pass \
+                             --secret id={id},src=FILE (or env=VARIABLE) to kiln build"
+                        ));
+                    }
+                    continue;
+                };
+                if let Some(name) = &request.env {
+                    let text = String::from_utf8(value.clone())
+                        .map_err(|_| format!("secret `{id}` is not UTF-8 text (env={name})"))?;
+                    prepared.env.push(format!("{name}={text}"));
+                }
+                // With env= alone the secret is only in the environment, as in BuildKit.
+                if request.env.is_none() || target.is_some() {
+                    let file = write_secret(&scratch, &value, request)?;
+                    let target = target.unwrap_or_else(|| format!("/run/secrets/{id}"));
+                    prepared.mounts.push(mount(target, file, true));
+                }
+            }
+            MountType::Ssh => {
+                let id = request.id.as_deref().unwrap_or("default");
+                let Some(socket) = inputs.ssh.get(id) else {
+                    if request.required {
+                        return Err(format!(
+                            "ssh agent `{id}` is required but was not given: pass \
+                             --ssh {id}=SOCKET (or --ssh {id} for $SSH_AUTH_SOCK) to kiln build"
+                        ));
+                    }
+                    continue;
+                };
+                let target = target.unwrap_or_else(|| ssh_target(ssh_count));
+                ssh_count += 1;
+                if !prepared.env.iter().any(|v| v.starts_with("SSH_AUTH_SOCK=")) {
+                    prepared.env.push(format!("SSH_AUTH_SOCK={target}"));
+                }
+                // Writable: connecting to a socket is a write to it.
+                prepared.mounts.push(mount(target, socket.clone(), false));
+            }
+        }
+    }
+    Ok(prepared)
+}
+
+/// Copies `source` of a stage's or image's filesystem to `dest`; returns what to mount.
+fn export_from(stack: &LayerStack, source: &str, dest: &Path) -> Result<PathBuf, String> {
+    let image_path = Path::new("/").join(source.trim_start_matches('/'));
+    if stack.lookup(&image_path, true).is_none() {
+        return Err(format!(
+            "mount source {source}: not found in the `from` stage"
+        ));
+    }
+    stack
+        .export(&image_path, dest)
+        .map_err(|e| format!("mount source {source}: {e}"))?;
+    Ok(dest.to_path_buf())
+}
+
+/// Copies `source` of the build context (as `.dockerignore` shows it) under `dest`; returns
+/// what to mount. A copy, not the context itself, so that writes of `rw` binds are dropped.
+fn copy_from_context(context: &BuildContext, source: &str, dest: &Path) -> Result<PathBuf, String> {
+    let found = context.sources(source);
+    let [found] = found.as_slice() else {
+        return Err(format!(
+            "mount source {source}: not found in the build context {}",
+            context.root().display()
+        ));
+    };
+    fs::create_dir(dest).map_err(|e| format!("creating {}: {e}", dest.display()))?;
+    let is_dir = fs::metadata(&found.host_path).is_ok_and(|m| m.is_dir());
+    let (image_target, host) = match is_dir {
+        true => (PathBuf::from("/"), dest.to_path_buf()),
+        false => {
+            let name = found.host_path.file_name().unwrap_or_default();
+            (Path::new("/").join(name), dest.join(name))
+        }
+    };
+    let filter = |path: &Path| -> bool {
+        let rel = match found.rel.is_empty() {
+            true => path.to_string_lossy().into_owned(),
+            false => format!("{}/{}", found.rel, path.to_string_lossy()),
+        };
+        !context.is_excluded(&rel)
+    };
+    let options = CopyOptions {
+        filter: Some(&filter),
+        ..Default::default()
+    };
+    kiln_snapshot::copy_into_layer(
+        &found.host_path,
+        dest,
+        &image_target,
+        &LayerStack::new(Vec::new()),
+        &options,
+    )
+    .map_err(|e| format!("mount source {source}: {e}"))?;
+    Ok(host)
+}
+
+/// The persistent dir of cache `id` (created on first use, seeded from `from` if given) and
+/// the lock its sharing mode takes. A `private` cache in use gives way to a fresh dir.
+fn cache_dir(
+    inputs: &MountInputs,
+    request: &MountRequest,
+    id: &str,
+    from: Option<&LayerStack>,
+    scratch: &Path,
+) -> Result<(PathBuf, Option<File>), String> {
+    let caches = inputs.store.root().join("cache");
+    fs::create_dir_all(&caches).map_err(|e| format!("creating {}: {e}", caches.display()))?;
+    let key = hex::encode(Sha256::digest(id.as_bytes()));
+    let dir = caches.join(&key);
+    let lock = match request.sharing {
+        Sharing::Shared => None,
+        Sharing::Locked | Sharing::Private => {
+            let path = caches.join(format!("{key}.lock"));
+            let file = File::create(&path)
+                .map_err(|e| format!("creating the cache lock {}: {e}", path.display()))?;
+            let taken = match request.sharing {
+                Sharing::Locked => file.lock().map(|()| true),
+                _ => match file.try_lock() {
+                    Ok(()) => Ok(true),
+                    Err(fs::TryLockError::WouldBlock) => Ok(false),
+                    Err(fs::TryLockError::Error(e)) => Err(e),
+                },
+            }
+            .map_err(|e| format!("locking cache `{id}`: {e}"))?;
+            if !taken {
+                make_cache_dir(scratch, request, from)?;
+                return Ok((scratch.to_path_buf(), None));
+            }
+            Some(file)
+        }
+    };
+    if !dir.exists() {
+        let fresh = caches.join(format!(".new-{key}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&fresh);
+        make_cache_dir(&fresh, request, from)?;
+        // Another build may have made it meanwhile; the first one stays.
+        if fs::rename(&fresh, &dir).is_err() {
+            let _ = fs::remove_dir_all(&fresh);
+        }
+    }
+    Ok((dir, lock))
+}
+
+/// Creates an empty cache dir at `dir` (or a copy of `source` of the `from` stage) with the
+/// requested mode (default 0755) and owner (default 0:0).
+fn make_cache_dir(
+    dir: &Path,
+    request: &MountRequest,
+    from: Option<&LayerStack>,
+) -> Result<(), String> {
+    match from {
+        Some(stack) => {
+            export_from(stack, request.source.as_deref().unwrap_or("/"), dir)?;
+        }
+        None => fs::create_dir(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?,
+    }
+    let set_up = fs::set_permissions(
+        dir,
+        fs::Permissions::from_mode(request.mode.unwrap_or(0o755)),
+    )
+    .and_then(|()| {
+        std::os::unix::fs::chown(dir, Some(request.uid.unwrap_or(0)), request.gid.or(Some(0)))
+    });
+    set_up.map_err(|e| format!("setting up cache dir {}: {e}", dir.display()))
+}
+
+/// The secret's value, or `None` when it was not given (or its variable is unset).
+fn secret_value(
+    secrets: &BTreeMap<String, SecretSource>,
+    id: &str,
+) -> Result<Option<Vec<u8>>, String> {
+    match secrets.get(id) {
+        None => Ok(None),
+        Some(SecretSource::Env(name)) => Ok(std::env::var_os(name).map(|v| v.into_encoded_bytes())),
+        Some(SecretSource::File(path)) => fs::read(path)
+            .map(Some)
+            .map_err(|e| format!("reading secret `{id}` from {}: {e}", path.display())),
+    }
+}
+
+/// Writes the secret into a dir only root can enter, with the requested mode (default 0400)
+/// and owner (default 0:0); returns the file.
+fn write_secret(dir: &Path, value: &[u8], request: &MountRequest) -> Result<PathBuf, String> {
+    let fail = |e: std::io::Error| format!("preparing secret file in {}: {e}", dir.display());
+    fs::create_dir(dir).map_err(fail)?;
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(fail)?;
+    let file = dir.join("secret");
+    fs::write(&file, value).map_err(fail)?;
+    fs::set_permissions(
+        &file,
+        fs::Permissions::from_mode(request.mode.unwrap_or(0o400)),
+    )
+    .map_err(fail)?;
+    std::os::unix::fs::chown(&file, request.uid.or(Some(0)), request.gid.or(Some(0)))
+        .map_err(fail)?;
+    Ok(file)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cache_mount_parses_buildkit_spellings() {
+        let parsed =
+            parse_mount("type=cache,dst=/root/.cache,id=go,sharing=locked,mode=0700,uid=1000,ro")
+                .unwrap();
+        assert_eq!(parsed.kind, MountType::Cache);
+        assert_eq!(parsed.target.as_deref(), Some("/root/.cache"));
+        assert_eq!(parsed.id.as_deref(), Some("go"));
+        assert_eq!(parsed.sharing, Sharing::Locked);
+        assert_eq!(parsed.mode, Some(0o700));
+        assert_eq!(parsed.uid, Some(1000));
+        assert_eq!(parsed.readonly, Some(true));
+    }
+
+    #[test]
+    fn type_defaults_to_bind_and_rw_makes_it_writable() {
+        let parsed = parse_mount("target=/src,rw").unwrap();
+        assert_eq!(parsed.kind, MountType::Bind);
+        assert_eq!(parsed.readonly, Some(false));
+    }
+
+    #[test]
+    fn secret_id_defaults_to_the_target_name() {
+        let parsed = parse_mount("type=secret,target=/run/secrets/npmrc,required").unwrap();
+        assert_eq!(parsed.id.as_deref(), Some("npmrc"));
+        assert!(parsed.required);
+    }
+
+    #[test]
+    fn tmpfs_size_takes_units() {
+        let parsed = parse_mount("type=tmpfs,target=/t,size=64m").unwrap();
+        assert_eq!(parsed.size, Some(64 << 20));
+        assert!(parse_mount("type=tmpfs,target=/t,size=lots").is_err());
+    }
+
+    #[test]
+    fn bad_options_are_errors_naming_them() {
+        let unknown = parse_mount("type=bind,target=/x,colour=red").unwrap_err();
+        assert!(unknown.contains("colour"), "{unknown}");
+        let misplaced = parse_mount("type=bind,target=/x,sharing=locked").unwrap_err();
+        assert!(misplaced.contains("sharing"), "{misplaced}");
+        let no_target = parse_mount("type=cache").unwrap_err();
+        assert!(no_target.contains("target"), "{no_target}");
+        let bad_type = parse_mount("type=volume,target=/x").unwrap_err();
+        assert!(bad_type.contains("volume"), "{bad_type}");
+    }
+}
