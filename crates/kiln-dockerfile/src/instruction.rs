@@ -124,4 +124,20 @@ impl Instruction {
     pub fn flag(&self, name: &str) -> Option<&Flag> {
         self.flags.iter().find(|f| f.name == name)
     }
+
+    /// The keyword as written (`from`, `Run`, ...): [`Instruction::text`] starts with it.
+    pub(crate) fn raw_keyword(&self) -> &str {
+        let end = self
+            .text
+            .find(char::is_whitespace)
+            .unwrap_or(self.text.len());
+        &self.text[..end]
+    }
+
+    /// The arguments as written, after the keyword and its flags.
+    pub(crate) fn raw_args(&self) -> &str {
+        let after_keyword = &self.text[self.raw_keyword().len()..];
+        let (_, args_offset) = crate::flags::extract(after_keyword);
+        after_keyword[args_offset..].trim()
+    }
 }

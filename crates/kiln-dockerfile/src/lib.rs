@@ -6,6 +6,7 @@
 //! raw (quotes kept, variables unexpanded) because their meaning depends on build args and
 //! the stage's environment; [`expand`] and [`expand_words`] apply BuildKit's rules then.
 
+pub mod check;
 mod directives;
 mod error;
 mod expand;
@@ -14,18 +15,21 @@ mod glob;
 mod heredoc;
 mod ignore;
 mod instruction;
+mod json;
 mod lines;
 mod parser;
 mod stage;
 mod suggest;
 mod words;
 
+pub use check::{Finding, Level, check};
 pub use directives::Directives;
 pub use error::{ExpandError, IgnoreError, ParseError};
 pub use expand::{expand, expand_words};
 pub use glob::glob_match;
 pub use ignore::IgnoreMatcher;
 pub use instruction::{Command, Flag, Heredoc, Instruction, ShellOrExec, Span};
+pub use json::{instruction_json, to_json};
 pub use parser::parse;
 pub use stage::Stage;
 

@@ -1,6 +1,8 @@
 //! The `kiln` command line.
 
 mod build_cmd;
+mod check_cmd;
+mod dockerfile_cmd;
 mod manifest_cmd;
 mod report;
 
@@ -26,6 +28,11 @@ enum Commands {
     /// Work with image indexes in registries.
     #[command(subcommand)]
     Manifest(manifest_cmd::ManifestCommand),
+    /// Lint a Dockerfile: BuildKit's build checks plus multi-platform checks.
+    Check(check_cmd::CheckArgs),
+    /// Inspect a Dockerfile the way kiln parses it.
+    #[command(subcommand)]
+    Dockerfile(dockerfile_cmd::DockerfileCommand),
 }
 
 fn main() -> ExitCode {
@@ -44,6 +51,8 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Commands::Build(args) => build_cmd::run(*args),
         Commands::Manifest(cmd) => manifest_cmd::run(cmd),
+        Commands::Check(args) => check_cmd::run(args),
+        Commands::Dockerfile(cmd) => dockerfile_cmd::run(cmd),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
