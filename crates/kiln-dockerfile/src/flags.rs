@@ -15,39 +15,33 @@ pub(crate) struct RawFlag {
 /// Reads flags from the start of `args` (offsets relative to `args`). Returns them and the
 /// offset where the real arguments begin. A bare `--` ends the flags.
 pub(crate) fn extract(args: &str) -> (Vec<RawFlag>, usize) {
-    let chars: Vec<(usize, char)> = args.char_indices().collect();
-    let offset_of = |i: usize| chars.get(i).map_or(args.len(), |(o, _)| *o);
     let mut flags = Vec::new();
-    let mut i = 0;
+    // Walks the string in place: most instructions have no flags and allocate nothing here.
+    let mut chars = args.char_indices().peekable();
     loop {
-        while i < chars.len() && chars[i].1.is_whitespace() {
-            i += 1;
-        }
-        let start = offset_of(i);
+        while chars.next_if(|(_, c)| c.is_whitespace()).is_some() {}
+        let start = chars.peek().map_or(args.len(), |(o, _)| *o);
         if !args[start..].starts_with("--") {
             return (flags, start);
         }
         let mut word = String::new();
         let mut quote: Option<char> = None;
-        while i < chars.len() {
-            let c = chars[i].1;
-            i += 1;
+        while let Some((_, c)) = chars.next() {
             match quote {
                 None if c.is_whitespace() => break,
                 Some(q) if c == q => quote = None,
                 None if c == '\'' || c == '"' => quote = Some(c),
                 // Flags always use `\` as their escape, whatever the escape directive says.
                 _ if c == '\\' => {
-                    if let Some(&(_, next)) = chars.get(i) {
+                    if let Some((_, next)) = chars.next() {
                         word.push(next);
-                        i += 1;
                     }
                 }
                 _ => word.push(c),
             }
         }
         if word == "--" {
-            return (flags, offset_of(i));
+            return (flags, chars.peek().map_or(args.len(), |(o, _)| *o));
         }
         let body = &word[2..];
         let (name, value) = match body.split_once('=') {
