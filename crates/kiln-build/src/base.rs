@@ -43,10 +43,16 @@ pub(crate) fn select_platform<'a>(
     index: &'a ImageIndex,
     platform: &Platform,
 ) -> Result<&'a Descriptor, BuildError> {
-    index
-        .manifests
+    // Exact variant first, then the compatible lower ones (arm), as containerd picks.
+    platform
+        .compatible()
         .iter()
-        .find(|d| d.platform.as_ref().is_some_and(|p| platform.matches(p)))
+        .find_map(|want| {
+            index
+                .manifests
+                .iter()
+                .find(|d| d.platform.as_ref().is_some_and(|p| want.matches(p)))
+        })
         .ok_or_else(|| BuildError::PlatformMissing {
             reference: reference.to_string(),
             wanted: platform.to_string(),
@@ -90,7 +96,11 @@ pub(crate) fn pull(
             .map_err(BuildError::io("reading a base image config"))?,
     )
     .map_err(|e| bad(reference, format!("unreadable image config: {e}")))?;
-    if !platform.matches(&config.platform()) {
+    if !platform
+        .compatible()
+        .iter()
+        .any(|p| p.matches(&config.platform()))
+    {
         return Err(BuildError::PlatformMissing {
             reference: reference.to_string(),
             wanted: platform.to_string(),
@@ -175,4 +185,47 @@ fn extract(
     }
     store.commit_layer_dir(&target, diff_id)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn index(platforms: &[&str]) -> ImageIndex {
+        ImageIndex::new(
+            media::OCI_INDEX,
+            platforms
+                .iter()
+                .map(|p| {
+                    let mut d =
+                        Descriptor::new(media::OCI_MANIFEST, kiln_oci::Digest::of(p.as_bytes()), 1);
+                    d.platform = Some(p.parse().unwrap());
+                    d
+                })
+                .collect(),
+        )
+    }
+
+    fn pick(idx: &ImageIndex, want: &str) -> Result<String, String> {
+        let r: Reference = "registry.example/base:1".parse().unwrap();
+        select_platform(&r, idx, &want.parse().unwrap())
+            .map(|d| d.platform.as_ref().unwrap().to_string())
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn exact_variant_wins_then_lower_arm_variants() {
+        let idx = index(&["linux/arm/v6", "linux/arm/v7", "linux/arm64"]);
+        assert_eq!(pick(&idx, "linux/arm/v7").unwrap(), "linux/arm/v7");
+        let idx = index(&["linux/arm/v5", "linux/arm/v6", "linux/arm64"]);
+        assert_eq!(pick(&idx, "linux/arm/v7").unwrap(), "linux/arm/v6");
+        // Never a higher variant, and never 32-bit arm for arm64.
+        let idx = index(&["linux/arm/v7"]);
+        let err = pick(&idx, "linux/arm/v6").unwrap_err();
+        assert!(
+            err.contains("linux/arm/v6") && err.contains("it has: linux/arm/v7"),
+            "{err}"
+        );
+        assert!(pick(&idx, "linux/arm64").is_err());
+    }
 }

@@ -80,6 +80,25 @@ impl Platform {
         p
     }
 
+    /// The platforms whose images can serve `self`, best first: itself, then for 32-bit arm
+    /// the lower variants (v7 runs v6 and v5 code), as containerd orders them.
+    pub fn compatible(&self) -> Vec<Platform> {
+        let me = self.normalized();
+        let mut out = vec![me.clone()];
+        if me.architecture == "arm" {
+            let n: u32 = me
+                .variant
+                .as_deref()
+                .and_then(|v| v.strip_prefix('v'))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(7);
+            for lower in (5..n).rev() {
+                out.push(Platform::new(&me.os, "arm", Some(&format!("v{lower}"))));
+            }
+        }
+        out
+    }
+
     /// Whether an index entry's platform serves a request for `self` exactly (after
     /// normalising both sides; os.version and features are ignored).
     pub fn matches(&self, candidate: &Platform) -> bool {
@@ -151,6 +170,15 @@ mod tests {
             let e = bad.parse::<Platform>().unwrap_err();
             assert!(e.to_string().contains("linux/arm/v7"), "{e}");
         }
+    }
+
+    #[test]
+    fn arm_falls_back_to_lower_variants_only() {
+        let v7: Platform = "linux/arm/v7".parse().unwrap();
+        let names: Vec<String> = v7.compatible().iter().map(|p| p.to_string()).collect();
+        assert_eq!(names, ["linux/arm/v7", "linux/arm/v6", "linux/arm/v5"]);
+        let arm64: Platform = "linux/arm64".parse().unwrap();
+        assert_eq!(arm64.compatible(), vec![arm64.clone()]);
     }
 
     #[test]
