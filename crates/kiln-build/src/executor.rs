@@ -114,6 +114,9 @@ struct Executor<'s, 'a> {
     shared: &'s Shared<'a>,
     target: Platform,
     global_args: BTreeMap<String, Option<String>>,
+    /// Stages this platform is building right now, innermost last: a stage that needs one
+    /// of them depends on itself.
+    building: std::cell::RefCell<Vec<usize>>,
 }
 
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -137,6 +140,23 @@ pub fn build(
         });
     }
     warn_unconsumed_build_args(df, &opts.build_args, progress);
+    for (i, stage) in stages.iter().enumerate() {
+        let Some(name) = &stage.name else { continue };
+        if let Some(first) = stages[..i].iter().find(|s| {
+            s.name
+                .as_deref()
+                .is_some_and(|n| n.eq_ignore_ascii_case(name))
+        }) {
+            return Err(BuildError::Dockerfile {
+                path: opts.dockerfile_path.clone(),
+                line: stage.from.span.start_line,
+                message: format!(
+                    "stage name `{name}` is already used by the stage at line {}",
+                    first.from.span.start_line
+                ),
+            });
+        }
+    }
     let target = match &opts.target {
         None => stages.len() - 1,
         Some(name) => stages
@@ -475,6 +495,7 @@ impl<'s, 'a> Executor<'s, 'a> {
             shared,
             target,
             global_args: BTreeMap::new(),
+            building: std::cell::RefCell::new(Vec::new()),
         };
         // The automatic platform ARGs are defined in global scope.
         for (k, v) in platform_args(&ex.target, &shared.build_platform) {
@@ -639,9 +660,20 @@ impl<'s, 'a> Executor<'s, 'a> {
 
     /// Builds stage `idx` (and what it depends on) once per distinct key.
     fn stage(&self, idx: usize) -> Result<StageState, BuildError> {
+        if self.building.borrow().contains(&idx) {
+            let stage = &self.shared.stages[idx];
+            let name = stage.name.clone().unwrap_or_else(|| idx.to_string());
+            return Err(self.err(
+                stage.from,
+                format!("stage `{name}` depends on itself (a --from names the stage it is in, directly or through others)"),
+            ));
+        }
         let key = self.stage_key(idx, 0)?;
         let cell = Shared::memo(&self.shared.stages_done, &key);
-        once(&cell, &self.target, || self.build_stage(idx))
+        self.building.borrow_mut().push(idx);
+        let result = once(&cell, &self.target, || self.build_stage(idx));
+        self.building.borrow_mut().pop();
+        result
     }
 
     fn build_stage(&self, idx: usize) -> Result<StageState, BuildError> {
@@ -869,16 +901,13 @@ impl<'s, 'a> Executor<'s, 'a> {
                     );
                 }
                 for word in words {
-                    let port = if word.contains('/') {
-                        word.to_ascii_lowercase()
-                    } else {
-                        format!("{word}/tcp")
-                    };
-                    state
-                        .config
-                        .config
-                        .exposed_ports
-                        .insert(port, serde_json::json!({}));
+                    for port in exposed_ports(&word).map_err(|message| self.err(ins, message))? {
+                        state
+                            .config
+                            .config
+                            .exposed_ports
+                            .insert(port, serde_json::json!({}));
+                    }
                 }
             }
             Command::Workdir(dir) => {
@@ -1382,6 +1411,12 @@ impl<'s, 'a> Executor<'s, 'a> {
             }
         }
 
+        if srcs.len() > 1 && !dest_raw.ends_with('/') && !parents {
+            return Err(self.err(
+                ins,
+                format!("with more than one source, the destination must be a directory ending in /: write `{dest_raw}/`"),
+            ));
+        }
         let dest_is_dir = parents
             || dest_raw.ends_with('/')
             || resolved.len() > 1
@@ -1873,4 +1908,23 @@ mod tests {
                 .contains("ghost")
         );
     }
+}
+
+/// The `port/proto` keys of one EXPOSE word (`80`, `53/udp`, `7000-7002/tcp`): the protocol
+/// defaults to tcp and a range stands for each of its ports, as Docker's port parser does.
+fn exposed_ports(word: &str) -> Result<Vec<String>, String> {
+    let (ports, protocol) = word.split_once('/').unwrap_or((word, "tcp"));
+    let protocol = protocol.to_ascii_lowercase();
+    let invalid = || format!("invalid port in EXPOSE: {word:?}");
+    let number = |text: &str| text.parse::<u16>().map_err(|_| invalid());
+    let (first, last) = match ports.split_once('-') {
+        Some((first, last)) => (number(first)?, number(last)?),
+        None => (number(ports)?, number(ports)?),
+    };
+    if last < first || !["tcp", "udp", "sctp"].contains(&protocol.as_str()) {
+        return Err(invalid());
+    }
+    Ok((first..=last)
+        .map(|port| format!("{port}/{protocol}"))
+        .collect())
 }
