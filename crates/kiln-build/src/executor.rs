@@ -1804,6 +1804,25 @@ fn resolve_owner(spec: &str, stack: &LayerStack) -> Result<(u32, u32), String> {
     Ok((uid, gid))
 }
 
+/// The `port/proto` keys of one EXPOSE word (`80`, `53/udp`, `7000-7002/tcp`): the protocol
+/// defaults to tcp and a range stands for each of its ports, as Docker's port parser does.
+fn exposed_ports(word: &str) -> Result<Vec<String>, String> {
+    let (ports, protocol) = word.split_once('/').unwrap_or((word, "tcp"));
+    let protocol = protocol.to_ascii_lowercase();
+    let invalid = || format!("invalid port in EXPOSE: {word:?}");
+    let number = |text: &str| text.parse::<u16>().map_err(|_| invalid());
+    let (first, last) = match ports.split_once('-') {
+        Some((first, last)) => (number(first)?, number(last)?),
+        None => (number(ports)?, number(ports)?),
+    };
+    if last < first || !["tcp", "udp", "sctp"].contains(&protocol.as_str()) {
+        return Err(invalid());
+    }
+    Ok((first..=last)
+        .map(|port| format!("{port}/{protocol}"))
+        .collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1908,23 +1927,4 @@ mod tests {
                 .contains("ghost")
         );
     }
-}
-
-/// The `port/proto` keys of one EXPOSE word (`80`, `53/udp`, `7000-7002/tcp`): the protocol
-/// defaults to tcp and a range stands for each of its ports, as Docker's port parser does.
-fn exposed_ports(word: &str) -> Result<Vec<String>, String> {
-    let (ports, protocol) = word.split_once('/').unwrap_or((word, "tcp"));
-    let protocol = protocol.to_ascii_lowercase();
-    let invalid = || format!("invalid port in EXPOSE: {word:?}");
-    let number = |text: &str| text.parse::<u16>().map_err(|_| invalid());
-    let (first, last) = match ports.split_once('-') {
-        Some((first, last)) => (number(first)?, number(last)?),
-        None => (number(ports)?, number(ports)?),
-    };
-    if last < first || !["tcp", "udp", "sctp"].contains(&protocol.as_str()) {
-        return Err(invalid());
-    }
-    Ok((first..=last)
-        .map(|port| format!("{port}/{protocol}"))
-        .collect())
 }
