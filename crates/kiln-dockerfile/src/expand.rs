@@ -422,60 +422,53 @@ fn unset_error(name: &str, message: &str) -> ExpandError {
     ExpandError::new(format!("{name}: {message}"))
 }
 
-/// Byte offsets of every character boundary of `s`, including the end.
-fn boundaries(s: &str) -> Vec<usize> {
-    s.char_indices()
-        .map(|(i, _)| i)
-        .chain(std::iter::once(s.len()))
-        .collect()
-}
-
 fn trim_prefix(value: &str, pattern: &Glob, longest: bool) -> String {
-    let mut cuts = boundaries(value);
-    if longest {
-        cuts.reverse();
-    }
-    cuts.into_iter()
-        .find(|&cut| pattern.matches(&value[..cut]))
-        .map_or_else(|| value.to_string(), |cut| value[cut..].to_string())
+    let chars: Vec<char> = value.chars().collect();
+    let ends = pattern.prefix_matches(&chars);
+    let mut cuts = 0..=chars.len();
+    let cut = if longest {
+        cuts.rfind(|&k| ends[k])
+    } else {
+        cuts.find(|&k| ends[k])
+    };
+    cut.map_or_else(|| value.to_string(), |k| chars[k..].iter().collect())
 }
 
 fn trim_suffix(value: &str, pattern: &Glob, longest: bool) -> String {
-    let mut cuts = boundaries(value);
-    if !longest {
-        cuts.reverse();
-    }
-    cuts.into_iter()
-        .find(|&cut| pattern.matches(&value[cut..]))
-        .map_or_else(|| value.to_string(), |cut| value[..cut].to_string())
+    let chars: Vec<char> = value.chars().collect();
+    let n = chars.len();
+    let suffix_matches = |k: &usize| pattern.prefix_matches(&chars[*k..])[n - *k];
+    let mut cuts = 0..=n;
+    let cut = if longest {
+        cuts.find(suffix_matches)
+    } else {
+        cuts.rfind(suffix_matches)
+    };
+    cut.map_or_else(|| value.to_string(), |k| chars[..k].iter().collect())
 }
 
 /// Replaces the leftmost (or every) non-empty, longest match of `pattern` in `value`.
 fn replace(value: &str, pattern: &Glob, replacement: &str, all: bool) -> String {
-    let cuts = boundaries(value);
+    let chars: Vec<char> = value.chars().collect();
     let mut out = String::new();
     let mut copied_to = 0;
     let mut i = 0;
-    while i + 1 < cuts.len() {
-        let start = cuts[i];
-        let longest_end = cuts[i + 1..]
-            .iter()
-            .rposition(|&end| pattern.matches(&value[start..end]))
-            .map(|k| i + 1 + k);
-        match longest_end {
-            Some(end_index) => {
-                out.push_str(&value[copied_to..start]);
+    while i < chars.len() {
+        let ends = pattern.prefix_matches(&chars[i..]);
+        match (i + 1..=chars.len()).rfind(|&end| ends[end - i]) {
+            Some(end) => {
+                out.extend(&chars[copied_to..i]);
                 out.push_str(replacement);
-                copied_to = cuts[end_index];
+                copied_to = end;
                 if !all {
                     break;
                 }
-                i = end_index;
+                i = end;
             }
             None => i += 1,
         }
     }
-    out.push_str(&value[copied_to..]);
+    out.extend(&chars[copied_to..]);
     out
 }
 
@@ -567,6 +560,18 @@ mod tests {
             ex("${V/-}", &vars).unwrap_err().message,
             "syntax error: missing '/' in ${}"
         );
+    }
+
+    /// Found by fuzzing: replacement used to test every substring from scratch, cubic in
+    /// the value's length.
+    #[test]
+    fn replacement_in_long_values_is_fast() {
+        let value = "xab".repeat(1000);
+        let started = std::time::Instant::now();
+        let replaced = ok("${V//x/y}", &[("V", &value)]);
+        assert_eq!(replaced, "yab".repeat(1000));
+        assert_eq!(ok("${V%%b*}", &[("V", &value)]), "xa");
+        assert!(started.elapsed() < std::time::Duration::from_secs(2));
     }
 
     #[test]

@@ -108,61 +108,86 @@ impl Glob {
     /// Whether the whole of `text` matches.
     pub(crate) fn matches(&self, text: &str) -> bool {
         let chars: Vec<char> = text.chars().collect();
-        self.match_from(0, &chars, 0, false)
+        self.simulate(&chars).0[chars.len()]
     }
 
-    /// Whether some string that starts with `prefix` could match.
+    /// Whether some string that starts with `prefix` could match: some way through the
+    /// pattern consumes all of `prefix`.
     pub(crate) fn could_match_below(&self, prefix: &str) -> bool {
         let chars: Vec<char> = prefix.chars().collect();
-        self.match_from(0, &chars, 0, true)
+        self.simulate(&chars).1
+    }
+
+    /// For each `len` in `0..=text.len()`, whether `text[..len]` matches.
+    pub(crate) fn prefix_matches(&self, text: &[char]) -> Vec<bool> {
+        self.simulate(text).0
     }
 
     fn single_char_ok(&self, c: char) -> bool {
         !(self.stops_at_slash && c == '/')
     }
 
-    /// Backtracking matcher. With `open_end`, running out of text counts as a match because
-    /// the caller asks about longer strings that start with `text`.
-    fn match_from(&self, t: usize, text: &[char], s: usize, open_end: bool) -> bool {
-        if open_end && s == text.len() {
-            return true;
-        }
-        let Some(token) = self.tokens.get(t) else {
-            return s == text.len();
-        };
-        match token {
-            Token::Literal(c) => {
-                s < text.len() && text[s] == *c && self.match_from(t + 1, text, s + 1, open_end)
-            }
-            Token::AnyChar => {
-                s < text.len()
-                    && self.single_char_ok(text[s])
-                    && self.match_from(t + 1, text, s + 1, open_end)
-            }
-            Token::Class { negated, ranges } => {
-                s < text.len()
-                    && self.single_char_ok(text[s])
-                    && ranges.iter().any(|(lo, hi)| (*lo..=*hi).contains(&text[s])) != *negated
-                    && self.match_from(t + 1, text, s + 1, open_end)
-            }
-            Token::AnyRun => {
-                for k in s..=text.len() {
-                    if self.match_from(t + 1, text, k, open_end) {
-                        return true;
-                    }
-                    if k < text.len() && !self.single_char_ok(text[k]) {
-                        break;
+    /// Runs the pattern over `text` as a set of positions: after each token,
+    /// where in the text the match may have got to. A set instead of backtracking keeps the
+    /// cost at tokens x text even for patterns like `*a*a*a*b` (backtracking is exponential).
+    /// Returns the final set and whether some step reached the end of the text.
+    fn simulate(&self, text: &[char]) -> (Vec<bool>, bool) {
+        let n = text.len();
+        let mut current = vec![false; n + 1];
+        current[0] = true;
+        let mut reached_end = current[n];
+        for token in &self.tokens {
+            let mut next = vec![false; n + 1];
+            match token {
+                Token::Literal(_) | Token::AnyChar | Token::Class { .. } => {
+                    for s in (0..n).filter(|&s| current[s]) {
+                        next[s + 1] = self.single_char_matches(token, text[s]);
                     }
                 }
-                false
+                Token::AnyRun => {
+                    let mut running = false;
+                    for s in 0..=n {
+                        running |= current[s];
+                        next[s] = running;
+                        if s < n && !self.single_char_ok(text[s]) {
+                            running = false;
+                        }
+                    }
+                }
+                Token::AnyDirs => {
+                    let mut running = false;
+                    for s in 0..=n {
+                        running |= current[s];
+                        next[s] |= current[s];
+                        if running && s < n && text[s] == '/' {
+                            next[s + 1] = true;
+                        }
+                    }
+                }
+                Token::AnyRest => {
+                    if let Some(first) = current.iter().position(|&c| c) {
+                        next[first..].fill(true);
+                    }
+                }
             }
-            Token::AnyDirs => {
-                self.match_from(t + 1, text, s, open_end)
-                    || (s..text.len())
-                        .filter(|&k| text[k] == '/')
-                        .any(|k| self.match_from(t + 1, text, k + 1, open_end))
+            reached_end |= next[n];
+            current = next;
+            if !current.contains(&true) {
+                break;
             }
-            Token::AnyRest => true,
+        }
+        (current, reached_end)
+    }
+
+    fn single_char_matches(&self, token: &Token, c: char) -> bool {
+        match token {
+            Token::Literal(l) => c == *l,
+            Token::AnyChar => self.single_char_ok(c),
+            Token::Class { negated, ranges } => {
+                self.single_char_ok(c)
+                    && ranges.iter().any(|(lo, hi)| (*lo..=*hi).contains(&c)) != *negated
+            }
+            _ => false,
         }
     }
 }
@@ -266,6 +291,17 @@ mod tests {
         assert!(Glob::path("**/keep").unwrap().could_match_below("x/y/"));
         assert!(Glob::path("*/keep").unwrap().could_match_below("x/"));
         assert!(!Glob::path("*/keep").unwrap().could_match_below("x/y/"));
+    }
+
+    /// Found by fuzzing: the backtracking matcher took exponential time on many stars.
+    #[test]
+    fn many_stars_match_in_polynomial_time() {
+        let text = "a".repeat(2000);
+        let started = std::time::Instant::now();
+        assert!(!Glob::shell("*a*a*a*a*a*a*a*a*b", '\\').matches(&text));
+        assert!(Glob::shell("*a*a*a*a*a*a*a*a*", '\\').matches(&text));
+        assert!(!Glob::path("**/*a*a*a*a*a*b").unwrap().matches(&text));
+        assert!(started.elapsed() < std::time::Duration::from_secs(2));
     }
 }
 
