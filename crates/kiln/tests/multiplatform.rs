@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use common::*;
 use serde_json::Value;
@@ -16,13 +16,6 @@ const PLATFORMS: &[(&str, &str, u16, &str)] = &[
     ("linux/ppc64le", "ppc64le", 0x15, "ppc64le"),
     ("linux/s390x", "s390x", 0x16, "s390x"),
 ];
-
-fn unpack_platform(reference: &str, arch: &str, work: &Path) -> PathBuf {
-    std::fs::create_dir_all(work).unwrap();
-    let layout = work.join("layout");
-    skopeo_to_oci(reference, &layout, "img", Some(arch));
-    umoci_unpack(&layout, "img", &work.join("bundle"))
-}
 
 /// e_machine of an ELF file (big-endian for s390x, little-endian for the others).
 fn elf_machine(path: &Path) -> u16 {

@@ -150,9 +150,14 @@ pub fn assert_contains_all(haystack: &str, needles: &[&str]) {
 
 /// Unpacks `reference` from the registry for amd64 and returns its rootfs.
 pub fn unpack_pushed(reference: &str, work: &Path) -> PathBuf {
+    unpack_platform(reference, host_arch(), work)
+}
+
+/// Unpacks the `arch` image (`arm64`, `arm/v7`, ...) of `reference` and returns its rootfs.
+pub fn unpack_platform(reference: &str, arch: &str, work: &Path) -> PathBuf {
     std::fs::create_dir_all(work).unwrap();
     let layout = work.join("layout");
-    skopeo_to_oci(reference, &layout, "img", Some(host_arch()));
+    skopeo_to_oci(reference, &layout, "img", Some(arch));
     umoci_unpack(&layout, "img", &work.join("bundle"))
 }
 
