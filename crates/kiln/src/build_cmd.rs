@@ -6,9 +6,10 @@ use std::path::{Path, PathBuf};
 use clap::Args;
 use kiln_build::{BuildError, BuildOptions, Output, Progress, ProgressMode, SecretSource, Store};
 use kiln_oci::Platform;
-use kiln_registry::{ClientOptions, Reference, RegistryClient};
+use kiln_registry::Reference;
 use miette::{IntoDiagnostic, Report, WrapErr, miette};
 
+use crate::registry_args::RegistryArgs;
 use crate::report;
 
 #[derive(Args)]
@@ -66,9 +67,8 @@ pub struct BuildArgs {
     /// Write the result's digest, media type, size and platform as JSON (buildx's keys).
     #[arg(long, value_name = "FILE")]
     metadata_file: Option<PathBuf>,
-    /// Registries to reach over plain HTTP (repeatable). Loopback registries always are.
-    #[arg(long = "insecure-registry", value_name = "HOST[:PORT]")]
-    insecure_registries: Vec<String>,
+    #[command(flatten)]
+    registry: RegistryArgs,
     /// Progress output: auto, plain or quiet.
     #[arg(long, default_value = "auto", value_parser = ["auto", "plain", "tty", "quiet"])]
     progress: String,
@@ -284,10 +284,7 @@ pub fn run(args: BuildArgs) -> Result<(), Report> {
 
     let root = args.root.clone().unwrap_or_else(default_root);
     let store = Store::open(&root).map_err(|e| miette!("{e}"))?;
-    let client = RegistryClient::new(&ClientOptions {
-        insecure_registries: args.insecure_registries.clone(),
-    })
-    .map_err(|e| miette!("{e}"))?;
+    let client = args.registry.client()?;
     let progress = Progress::new(if args.progress == "quiet" {
         ProgressMode::Quiet
     } else {

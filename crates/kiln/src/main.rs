@@ -4,6 +4,7 @@ mod build_cmd;
 mod check_cmd;
 mod dockerfile_cmd;
 mod manifest_cmd;
+mod registry_args;
 mod report;
 
 use std::process::ExitCode;

@@ -3,8 +3,10 @@
 use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
-use kiln_registry::{ClientOptions, Reference, RegistryClient, stitch};
+use kiln_registry::{Reference, stitch};
 use miette::{IntoDiagnostic, Report, WrapErr, miette};
+
+use crate::registry_args::RegistryArgs;
 
 #[derive(Subcommand)]
 pub enum ManifestCommand {
@@ -26,9 +28,8 @@ pub struct CreateArgs {
     /// Push the index (and any missing blobs). Without it, the index is printed only.
     #[arg(long)]
     push: bool,
-    /// Registries to reach over plain HTTP (repeatable). Loopback registries always are.
-    #[arg(long = "insecure-registry", value_name = "HOST[:PORT]")]
-    insecure_registries: Vec<String>,
+    #[command(flatten)]
+    registry: RegistryArgs,
 }
 
 /// The `repo@digest` a `kiln build --metadata-file` output names.
@@ -65,10 +66,7 @@ pub fn run(command: ManifestCommand) -> Result<(), Report> {
             "name at least one SOURCE image or --from-metadata file"
         ));
     }
-    let client = RegistryClient::new(&ClientOptions {
-        insecure_registries: args.insecure_registries.clone(),
-    })
-    .map_err(|e| miette!("{e}"))?;
+    let client = args.registry.client()?;
 
     let mut entries: Vec<(Reference, kiln_oci::Descriptor)> = Vec::new();
     for s in &sources {
