@@ -66,8 +66,26 @@ impl BuildContext {
         &self.root
     }
 
-    pub fn is_excluded(&self, rel: &str) -> bool {
-        self.ignore.as_ref().is_some_and(|m| m.is_excluded(rel))
+    /// Whether `.dockerignore` lets the entry at `inner` (relative to a directory source
+    /// found by [`BuildContext::sources`], with its `rel` and `host_path`) into the context.
+    pub fn shows_inside(&self, source_rel: &str, source_host: &Path, inner: &Path) -> bool {
+        let inner_rel = inner.to_string_lossy();
+        let rel = match source_rel.is_empty() {
+            true => inner_rel.into_owned(),
+            false => format!("{source_rel}/{inner_rel}"),
+        };
+        self.shows(&rel, &source_host.join(inner))
+    }
+
+    /// Whether `.dockerignore` lets the entry `rel` (on the host at `host`) into the context:
+    /// it is not excluded, or it is an excluded directory holding something an exception
+    /// pattern re-includes. BuildKit's context walker descends into such a directory and
+    /// sends it only along with what it re-includes.
+    fn shows(&self, rel: &str, host: &Path) -> bool {
+        let Some(ignore) = &self.ignore else {
+            return true;
+        };
+        rel.is_empty() || !ignore.is_excluded(rel) || holds_reincluded(ignore, rel, host)
     }
 
     /// Resolves `rel` (components, no `..`) inside the context, following symlinks as if the
@@ -152,16 +170,25 @@ impl BuildContext {
                 host_path,
                 rel: comps.join("/"),
             })
-            .filter(|s| {
-                s.rel.is_empty()
-                    || !self.is_excluded(&s.rel)
-                    || self
-                        .ignore
-                        .as_ref()
-                        .is_some_and(|m| m.may_reinclude_under(&s.rel))
-            })
+            .filter(|s| self.shows(&s.rel, &s.host_path))
             .collect()
     }
+}
+
+/// Whether the excluded directory `rel_dir` (on the host at `host_dir`) holds an entry that an
+/// exception pattern re-includes, at any depth.
+fn holds_reincluded(ignore: &IgnoreMatcher, rel_dir: &str, host_dir: &Path) -> bool {
+    let is_dir = fs::symlink_metadata(host_dir).is_ok_and(|m| m.is_dir());
+    if !is_dir || !ignore.may_reinclude_under(rel_dir) {
+        return false;
+    }
+    let Ok(entries) = fs::read_dir(host_dir) else {
+        return false;
+    };
+    entries.filter_map(Result::ok).any(|entry| {
+        let rel = format!("{rel_dir}/{}", entry.file_name().to_string_lossy());
+        !ignore.is_excluded(&rel) || holds_reincluded(ignore, &rel, &entry.path())
+    })
 }
 
 #[cfg(test)]
@@ -231,5 +258,32 @@ mod tests {
         assert!(c.sources("secret.env").is_empty());
         assert!(c.sources("logs/a.log").is_empty());
         assert_eq!(rels(&c, "*"), vec![".dockerignore", "keep.txt"]);
+    }
+
+    #[test]
+    fn excluded_dirs_show_only_what_exceptions_reinclude() {
+        let (t, c) = ctx(
+            &[
+                "docs/keep.md",
+                "docs/drop.md",
+                "docs/deep/keep.md",
+                "build/out",
+            ],
+            Some("docs\n!docs/keep.md\n!docs/deep/keep.md\nbuild\n!build/missing\n"),
+        );
+        let root = &c.sources(".")[0];
+        let shown = |inner: &str| c.shows_inside(&root.rel, &root.host_path, Path::new(inner));
+        assert!(shown("docs"), "docs holds re-included files");
+        assert!(shown("docs/keep.md"));
+        assert!(!shown("docs/drop.md"));
+        assert!(shown("docs/deep"), "docs/deep holds a re-included file");
+        assert!(shown("docs/deep/keep.md"));
+        assert!(
+            !shown("build"),
+            "an exception that matches nothing does not bring the dir back"
+        );
+        assert_eq!(rels(&c, "docs"), vec!["docs"]);
+        assert!(c.sources("build").is_empty());
+        assert!(t.path().join("build/out").is_file());
     }
 }

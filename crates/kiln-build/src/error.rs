@@ -42,17 +42,24 @@ pub enum BuildError {
     },
     #[error("{reference}: {message}")]
     BadImage { reference: String, message: String },
+    /// A RUN's command exited non-zero; `path:line` is the RUN (or the FROM whose ONBUILD
+    /// trigger it was).
     #[error(
-        "step [{step}] {instruction} failed with exit code {code}\n--- last lines of its output ---\n{tail}"
+        "{path}:{line}: step [{step}] {instruction} failed with exit code {code}\n--- last lines of its output ---\n{tail}"
     )]
     RunFailed {
+        path: String,
+        line: usize,
         step: String,
         instruction: String,
         code: i32,
         tail: String,
     },
-    #[error("step [{step}] {instruction}: {message}")]
+    /// A RUN's command could not be run at all.
+    #[error("{path}:{line}: step [{step}] {instruction}: {message}")]
     Step {
+        path: String,
+        line: usize,
         step: String,
         instruction: String,
         message: String,

@@ -235,15 +235,34 @@ pub fn build(
     })
 }
 
-/// Build args every build accepts without an ARG, as BuildKit does.
-const PREDEFINED_ARGS: &[&str] = &[
+/// The proxy build args: BuildKit accepts them, in any case, without an ARG and gives them to
+/// every RUN, but never writes them to the image config or history.
+const PROXY_ARGS: [&str; 5] = [
     "HTTP_PROXY",
     "HTTPS_PROXY",
     "FTP_PROXY",
     "NO_PROXY",
     "ALL_PROXY",
-    "SOURCE_DATE_EPOCH",
 ];
+
+/// The environment a RUN gets from the proxy build args: each one set, under both its upper
+/// and lower case name, as BuildKit's exec op does. When several spellings of one are given,
+/// the last in sorted order wins, as in BuildKit.
+fn proxy_env(build_args: &BTreeMap<String, String>) -> Vec<(String, String)> {
+    let mut env = Vec::new();
+    for name in PROXY_ARGS {
+        let value = build_args
+            .iter()
+            .filter(|(arg, _)| arg.eq_ignore_ascii_case(name))
+            .map(|(_, value)| value)
+            .next_back();
+        if let Some(value) = value.filter(|v| !v.is_empty()) {
+            env.push((name.to_string(), value.clone()));
+            env.push((name.to_ascii_lowercase(), value.clone()));
+        }
+    }
+    env
+}
 
 /// Warns about `--build-arg`s that no ARG of the Dockerfile declares: usually a typo.
 fn warn_unconsumed_build_args(
@@ -261,9 +280,8 @@ fn warn_unconsumed_build_args(
         .flatten()
         .collect();
     for name in build_args.keys() {
-        let predefined = PREDEFINED_ARGS
-            .iter()
-            .any(|p| name == p || *name == p.to_lowercase());
+        let predefined =
+            name == "SOURCE_DATE_EPOCH" || PROXY_ARGS.iter().any(|p| name.eq_ignore_ascii_case(p));
         if !predefined && !name.starts_with("BUILDKIT_") && !declared.contains(&name.as_str()) {
             progress.info(&format!(
                 "[warning] build arg {name} was not consumed by any ARG"
@@ -401,6 +419,34 @@ fn parse_duration(text: &str) -> Result<i64, String> {
         total += number * scale;
     }
     Ok(total.round() as i64)
+}
+
+/// Gives a config without PATH the default one, as BuildKit does for every stage (the saved
+/// config and the RUN environment alike), except on Windows.
+fn set_default_path(config: &mut ImageConfig) {
+    if config.os != "windows" && config.config.env_var("PATH").is_none() {
+        config.config.set_env_var("PATH", DEFAULT_PATH);
+    }
+}
+
+/// Linux signal names, without `SIG`, that BuildKit's STOPSIGNAL accepts (moby/sys/signal).
+const SIGNAL_NAMES: &[&str] = &[
+    "ABRT", "ALRM", "BUS", "CHLD", "CLD", "CONT", "FPE", "HUP", "ILL", "INT", "IO", "IOT", "KILL",
+    "PIPE", "POLL", "PROF", "PWR", "QUIT", "SEGV", "STKFLT", "STOP", "SYS", "TERM", "TRAP", "TSTP",
+    "TTIN", "TTOU", "URG", "USR1", "USR2", "VTALRM", "WINCH", "XCPU", "XFSZ", "RTMIN", "RTMAX",
+];
+
+/// Whether BuildKit accepts a STOPSIGNAL value: a non-zero integer, or a signal name in any
+/// case with or without `SIG` (`RTMIN+1`..`RTMIN+15` and `RTMAX-14`..`RTMAX-1` included).
+fn is_valid_stop_signal(value: &str) -> bool {
+    if let Ok(number) = value.parse::<i64>() {
+        return number != 0;
+    }
+    let upper = value.to_ascii_uppercase();
+    let name = upper.strip_prefix("SIG").unwrap_or(&upper);
+    SIGNAL_NAMES.contains(&name)
+        || (1..=15).any(|n| name == format!("RTMIN+{n}"))
+        || (1..=14).any(|n| name == format!("RTMAX-{n}"))
 }
 
 /// The ONBUILD triggers an image config carries.
@@ -702,12 +748,12 @@ impl<'s, 'a> Executor<'s, 'a> {
                 s.cmd_set = false;
                 s
             }
-            None => {
-                let mut state = self.image_state(&image, from, &platform)?;
-                self.run_onbuild_triggers(&mut state, from, &step_label)?;
-                state
-            }
+            None => self.image_state(&image, from, &platform)?,
         };
+        set_default_path(&mut state.config);
+        // A stage based on an earlier stage runs that stage's ONBUILD instructions too, as
+        // BuildKit does: they are what its config's OnBuild holds.
+        self.run_onbuild_triggers(&mut state, from, &step_label)?;
         progress.step_done(&format!("[{step_label}]"), started.elapsed(), "");
 
         for (n, ins) in stage.instructions.iter().enumerate() {
@@ -729,8 +775,8 @@ impl<'s, 'a> Executor<'s, 'a> {
         Ok(state)
     }
 
-    /// Runs the ONBUILD triggers of a base image right after its FROM, as Docker does; the
-    /// new image does not inherit them. Errors point at the FROM line.
+    /// Runs the ONBUILD triggers of a base image or stage right after its FROM, as Docker
+    /// does; the new image does not inherit them. Errors point at the FROM line.
     fn run_onbuild_triggers(
         &self,
         state: &mut StageState,
@@ -770,10 +816,13 @@ impl<'s, 'a> Executor<'s, 'a> {
         platform: &Platform,
     ) -> Result<StageState, BuildError> {
         if image == "scratch" {
+            let mut config = ImageConfig::for_platform(platform);
+            // BuildKit's empty image: working dir `/` (and the default PATH, as any stage).
+            config.config.working_dir = "/".into();
             return Ok(StageState {
                 platform: platform.clone(),
                 layers: vec![],
-                config: ImageConfig::for_platform(platform),
+                config,
                 args: BTreeMap::new(),
                 cmd_set: false,
             });
@@ -938,7 +987,19 @@ impl<'s, 'a> Executor<'s, 'a> {
                     state.config.config.volumes.insert(v, serde_json::json!({}));
                 }
             }
-            Command::StopSignal(sig) => state.config.config.stop_signal = expand(sig, state)?,
+            Command::StopSignal(sig) => {
+                let sig = expand(sig, state)?;
+                if !is_valid_stop_signal(&sig) {
+                    return Err(self.err(
+                        ins,
+                        format!(
+                            "invalid signal: {sig} (expected a signal name such as SIGTERM or \
+                             TERM, or a number)"
+                        ),
+                    ));
+                }
+                state.config.config.stop_signal = sig;
+            }
             Command::Maintainer(who) => state.config.author = Some(who.clone()),
             Command::Shell(argv) => {
                 state
@@ -1063,15 +1124,16 @@ impl<'s, 'a> Executor<'s, 'a> {
         let network = self.run_network(state, ins)?;
         // Holds cache locks until the step is done.
         let prepared = self.run_mounts(state, ins, &cwd, scratch.path())?;
-        let mut env = state.config.config.env.clone();
-        if state.config.config.env_var("PATH").is_none() {
-            env.push(format!("PATH={DEFAULT_PATH}"));
-        }
+        let mut run_env = state.config.config.clone();
         for (k, v) in &state.args {
             if state.config.config.env_var(k).is_none() {
-                env.push(format!("{k}={v}"));
+                run_env.set_env_var(k, v);
             }
         }
+        for (k, v) in proxy_env(&self.opts().build_args) {
+            run_env.set_env_var(&k, &v);
+        }
+        let mut env = run_env.env;
         env.extend(prepared.env.iter().cloned());
         let spec = RunSpec {
             lowers: state.layers.iter().map(|l| l.dir.clone()).collect(),
@@ -1092,6 +1154,8 @@ impl<'s, 'a> Executor<'s, 'a> {
             .sandbox
             .run(&spec, &mut |line| progress.output(&label, line))
             .map_err(|e| BuildError::Step {
+                path: self.opts().dockerfile_path.clone(),
+                line: ins.span.start_line,
                 step: step.to_string(),
                 instruction: ins.text.clone(),
                 message: e.to_string(),
@@ -1102,6 +1166,8 @@ impl<'s, 'a> Executor<'s, 'a> {
                 kiln_sandbox::ExitStatus::Signal(s) => 128 + s,
             };
             return Err(BuildError::RunFailed {
+                path: self.opts().dockerfile_path.clone(),
+                line: ins.span.start_line,
                 step: step.to_string(),
                 instruction: ins.text.clone(),
                 code,
@@ -1480,16 +1546,16 @@ impl<'s, 'a> Executor<'s, 'a> {
                     return false;
                 }
                 match &r.context_rel {
-                    Some(rel) if rel.is_empty() => !self.shared.context.is_excluded(&inner),
-                    Some(rel) => !self.shared.context.is_excluded(&format!("{rel}/{inner}")),
+                    Some(rel) => self.shared.context.shows_inside(rel, &r.host, p),
                     None => true,
                 }
             };
             let opts = CopyOptions {
                 chown: owner,
+                // Files from a stage or an image keep their owners; the context's are root's.
+                keep_owner: source_stage.is_some(),
                 chmod: chmod.clone(),
                 filter: Some(&filter_fn),
-                ..Default::default()
             };
             entries += kiln_snapshot::copy_into_layer(
                 &r.host,
@@ -1905,6 +1971,82 @@ mod tests {
             expand_heredoc("a \"$V\" '${V}' \\$V \\n\n", &lookup, '\\').unwrap(),
             "a \"value\" 'value' \\$V \\n\n"
         );
+    }
+
+    #[test]
+    fn stop_signals_are_checked_as_buildkit_does() {
+        for ok in [
+            "SIGTERM",
+            "term",
+            "SigKill",
+            "9",
+            "+15",
+            "-1",
+            "64",
+            "RTMIN",
+            "sigrtmin+15",
+            "RTMAX-14",
+            "SIGRTMAX",
+        ] {
+            assert!(is_valid_stop_signal(ok), "{ok} should be accepted");
+        }
+        for bad in [
+            "",
+            "0",
+            "-0",
+            "SIGFOO",
+            "SIGSIGTERM",
+            "RTMIN+16",
+            "RTMIN+0",
+            "RTMAX-15",
+            "RTMIN+01",
+            "TERM ",
+            "99999999999999999999",
+        ] {
+            assert!(!is_valid_stop_signal(bad), "{bad:?} should be rejected");
+        }
+    }
+
+    #[test]
+    fn proxy_args_become_both_spellings_of_the_variable() {
+        let args: BTreeMap<String, String> = [
+            ("http_proxy", "http://lower"),
+            ("HTTP_PROXY", "http://upper"),
+            ("No_Proxy", "localhost"),
+            ("HTTPS_PROXY", ""),
+            ("OTHER", "x"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let pair = |k: &str, v: &str| (k.to_string(), v.to_string());
+        assert_eq!(
+            proxy_env(&args),
+            vec![
+                pair("HTTP_PROXY", "http://lower"),
+                pair("http_proxy", "http://lower"),
+                pair("NO_PROXY", "localhost"),
+                pair("no_proxy", "localhost"),
+            ],
+            "the last spelling in sorted order wins; empty values set nothing"
+        );
+    }
+
+    #[test]
+    fn configs_without_path_get_the_default_one() {
+        let mut config = ImageConfig::for_platform(&"linux/amd64".parse().unwrap());
+        config.config.env = vec!["A=1".into()];
+        set_default_path(&mut config);
+        assert_eq!(
+            config.config.env,
+            vec!["A=1".to_string(), format!("PATH={DEFAULT_PATH}")]
+        );
+        config.config.env = vec!["PATH=/opt/bin".into()];
+        set_default_path(&mut config);
+        assert_eq!(config.config.env, vec!["PATH=/opt/bin".to_string()]);
+        let mut windows = ImageConfig::for_platform(&"windows/amd64".parse().unwrap());
+        set_default_path(&mut windows);
+        assert!(windows.config.env.is_empty());
     }
 
     #[test]

@@ -374,13 +374,7 @@ fn copy_from_context(context: &BuildContext, source: &str, dest: &Path) -> Resul
             (Path::new("/").join(name), dest.join(name))
         }
     };
-    let filter = |path: &Path| -> bool {
-        let rel = match found.rel.is_empty() {
-            true => path.to_string_lossy().into_owned(),
-            false => format!("{}/{}", found.rel, path.to_string_lossy()),
-        };
-        !context.is_excluded(&rel)
-    };
+    let filter = |path: &Path| context.shows_inside(&found.rel, &found.host_path, path);
     let options = CopyOptions {
         filter: Some(&filter),
         ..Default::default()

@@ -68,7 +68,23 @@ pub(crate) fn run(
     switch_user(&spec.user, &identity)?;
     chdir(spec.cwd.as_str()).map_err(|err| format!("chdir {}: {err}", spec.cwd))?;
     reset_signals()?;
-    exec(spec)
+    exec(spec, &with_home(&spec.env, &identity.home))
+}
+
+/// The command's environment: `env`, with `HOME` set to the user's home when it is unset or
+/// empty, as runc does for BuildKit.
+fn with_home(env: &[String], home: &str) -> Vec<String> {
+    let has_home = env
+        .iter()
+        .any(|var| var.strip_prefix("HOME=").is_some_and(|v| !v.is_empty()));
+    if has_home {
+        return env.to_vec();
+    }
+    env.iter()
+        .filter(|var| *var != "HOME=")
+        .cloned()
+        .chain(std::iter::once(format!("HOME={home}")))
+        .collect()
 }
 
 fn mount_proc(target: &Path) -> Result<(), String> {
@@ -206,13 +222,12 @@ fn reset_signals() -> Result<(), String> {
         .map_err(|err| format!("clearing the signal mask: {err}"))
 }
 
-fn exec(spec: &RunSpec) -> Result<Infallible, String> {
+fn exec(spec: &RunSpec, env: &[String]) -> Result<Infallible, String> {
     let name = spec
         .argv
         .first()
         .ok_or_else(|| "no command to run".to_string())?;
-    let search_path = spec
-        .env
+    let search_path = env
         .iter()
         .find_map(|var| var.strip_prefix("PATH="))
         .unwrap_or(DEFAULT_PATH);
@@ -225,7 +240,7 @@ fn exec(spec: &RunSpec) -> Result<Infallible, String> {
     };
     let program_c = CString::new(program.as_os_str().as_encoded_bytes())
         .map_err(|_| format!("{} contains a NUL byte", program.display()))?;
-    let Err(err) = execve(&program_c, &c_strings(&spec.argv)?, &c_strings(&spec.env)?);
+    let Err(err) = execve(&program_c, &c_strings(&spec.argv)?, &c_strings(env)?);
     Err(match err {
         Errno::ENOENT => format!(
             "exec {}: {err} (the file exists: is its interpreter or dynamic loader missing from \
@@ -249,4 +264,30 @@ fn find_program(name: &str, search_path: &str) -> Result<PathBuf, String> {
         .map(|dir| Path::new(if dir.is_empty() { "." } else { dir }).join(name))
         .find(|candidate| candidate.is_file() && access(candidate, AccessFlags::X_OK).is_ok())
         .ok_or_else(|| format!("exec {name}: executable file not found in $PATH ({search_path})"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::with_home;
+
+    fn env(vars: &[&str]) -> Vec<String> {
+        vars.iter().map(|v| v.to_string()).collect()
+    }
+
+    #[test]
+    fn home_comes_from_the_user_unless_set() {
+        assert_eq!(
+            with_home(&env(&["PATH=/bin"]), "/home/builder"),
+            env(&["PATH=/bin", "HOME=/home/builder"])
+        );
+        assert_eq!(
+            with_home(&env(&["HOME=/custom", "PATH=/bin"]), "/root"),
+            env(&["HOME=/custom", "PATH=/bin"])
+        );
+        assert_eq!(
+            with_home(&env(&["HOME=", "PATH=/bin"]), "/root"),
+            env(&["PATH=/bin", "HOME=/root"]),
+            "an empty HOME is replaced, as runc does"
+        );
+    }
 }

@@ -51,7 +51,9 @@ pub struct RunSpec {
     /// Empty scratch dir on the same filesystem as `upper`.
     pub work: PathBuf,
     pub argv: Vec<String>,
-    /// Exactly the environment of the command, as `KEY=value`.
+    /// The environment of the command, as `KEY=value`. Without a non-empty `HOME`, the
+    /// command gets the user's home from the rootfs's /etc/passwd (`/` if it has none), as
+    /// runc gives it.
     pub env: Vec<String>,
     /// Absolute path in the rootfs; created if missing.
     pub cwd: String,

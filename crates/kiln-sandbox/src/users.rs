@@ -6,12 +6,16 @@ pub(crate) struct Identity {
     pub gid: u32,
     /// Supplementary groups, primary gid included.
     pub groups: Vec<u32>,
+    /// The user's home directory from /etc/passwd; `/` for a uid it does not list (runc's
+    /// default).
+    pub home: String,
 }
 
 struct PasswdEntry<'a> {
     name: &'a str,
     uid: u32,
     gid: u32,
+    home: &'a str,
 }
 
 struct GroupEntry<'a> {
@@ -27,6 +31,7 @@ fn passwd_entries(passwd: &str) -> impl Iterator<Item = PasswdEntry<'_>> {
             name: fields.first()?,
             uid: fields.get(2)?.parse().ok()?,
             gid: fields.get(3)?.parse().ok()?,
+            home: fields.get(5).copied().unwrap_or(""),
         })
     })
 }
@@ -66,6 +71,7 @@ pub(crate) fn resolve(user: &str, passwd: &str, group: &str) -> Result<Identity,
         }
     };
     let primary_gid = entry.as_ref().map_or(0, |entry| entry.gid);
+    let home = entry.as_ref().map_or("/", |entry| entry.home).to_string();
 
     match group_part {
         Some(group_part) => {
@@ -84,6 +90,7 @@ pub(crate) fn resolve(user: &str, passwd: &str, group: &str) -> Result<Identity,
                 uid,
                 gid,
                 groups: vec![gid],
+                home,
             })
         }
         None => {
@@ -99,6 +106,7 @@ pub(crate) fn resolve(user: &str, passwd: &str, group: &str) -> Result<Identity,
                 uid,
                 gid: primary_gid,
                 groups,
+                home,
             })
         }
     }
@@ -113,24 +121,28 @@ mod tests {
                           nobody:x:65534:65534::/nonexistent:/bin/false\n";
     const GROUP: &str = "root:x:0:\nwheel:x:10:builder,other\nbuilder:x:1000:\nnogroup:x:65534:\n";
 
-    fn identity(uid: u32, gid: u32, groups: &[u32]) -> Identity {
+    fn identity(uid: u32, gid: u32, groups: &[u32], home: &str) -> Identity {
         Identity {
             uid,
             gid,
             groups: groups.to_vec(),
+            home: home.to_string(),
         }
     }
 
     #[test]
     fn empty_user_is_root() {
-        assert_eq!(resolve("", PASSWD, GROUP), Ok(identity(0, 0, &[0])));
+        assert_eq!(
+            resolve("", PASSWD, GROUP),
+            Ok(identity(0, 0, &[0], "/root"))
+        );
     }
 
     #[test]
     fn name_gets_primary_and_member_groups() {
         assert_eq!(
             resolve("builder", PASSWD, GROUP),
-            Ok(identity(1000, 1000, &[1000, 10]))
+            Ok(identity(1000, 1000, &[1000, 10], "/home/builder"))
         );
     }
 
@@ -138,22 +150,28 @@ mod tests {
     fn numeric_uid_in_passwd_gets_its_groups() {
         assert_eq!(
             resolve("1000", PASSWD, GROUP),
-            Ok(identity(1000, 1000, &[1000, 10]))
+            Ok(identity(1000, 1000, &[1000, 10], "/home/builder"))
         );
     }
 
     #[test]
     fn numeric_uid_absent_from_passwd_runs_with_gid_0() {
-        assert_eq!(resolve("4321", PASSWD, GROUP), Ok(identity(4321, 0, &[0])));
+        assert_eq!(
+            resolve("4321", PASSWD, GROUP),
+            Ok(identity(4321, 0, &[0], "/"))
+        );
     }
 
     #[test]
     fn explicit_group_by_name_or_number_replaces_supplementary_groups() {
         assert_eq!(
             resolve("builder:nogroup", PASSWD, GROUP),
-            Ok(identity(1000, 65534, &[65534]))
+            Ok(identity(1000, 65534, &[65534], "/home/builder"))
         );
-        assert_eq!(resolve("77:88", PASSWD, GROUP), Ok(identity(77, 88, &[88])));
+        assert_eq!(
+            resolve("77:88", PASSWD, GROUP),
+            Ok(identity(77, 88, &[88], "/"))
+        );
     }
 
     #[test]

@@ -203,13 +203,30 @@ fn missing_command_is_a_setup_error_naming_it() {
 }
 
 #[test]
-fn command_sees_exactly_the_given_environment() {
+fn command_sees_the_given_environment_and_a_home() {
     let dirs = Dirs::new();
     let mut spec = dirs.spec(&["env"]);
     spec.env = vec!["PATH=/bin".to_string(), "GREETING=hello world".to_string()];
     let mut lines = run_ok(&spec);
     lines.sort();
-    assert_eq!(lines, ["GREETING=hello world", "PATH=/bin"]);
+    assert_eq!(lines, ["GREETING=hello world", "HOME=/root", "PATH=/bin"]);
+
+    spec.env.push("HOME=/srv".to_string());
+    let mut lines = run_ok(&spec);
+    lines.sort();
+    assert_eq!(lines, ["GREETING=hello world", "HOME=/srv", "PATH=/bin"]);
+}
+
+#[test]
+fn home_comes_from_the_users_passwd_entry() {
+    let dirs = Dirs::new();
+    let mut spec = dirs.spec(&["sh", "-c", "echo $HOME"]);
+    spec.user = "builder".to_string();
+    assert_eq!(run_ok(&spec), ["/home/builder"]);
+    spec.user = "65534:0".to_string();
+    assert_eq!(run_ok(&spec), ["/nonexistent"]);
+    spec.user = "4321".to_string();
+    assert_eq!(run_ok(&spec), ["/"], "a uid passwd does not list gets /");
 }
 
 #[test]

@@ -109,7 +109,7 @@ fn failing_run_shows_step_exit_code_and_output() {
     assert_contains_all(
         &err,
         &[
-            "step [stage-0 3/3] RUN sh -c 'echo out1; echo boom >&2; exit 7'",
+            "Dockerfile:3: step [stage-0 3/3] RUN sh -c 'echo out1; echo boom >&2; exit 7'",
             "exit code 7",
             "boom",
             "out1",
