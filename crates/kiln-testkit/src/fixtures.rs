@@ -1,5 +1,6 @@
-//! Multi-arch busybox base images, built once per machine from Debian's busybox-static packages
-//! and written as OCI image layouts (one with OCI media types, one with Docker schema 2 types).
+//! Multi-arch base images built once per machine from Debian packages and written as OCI image
+//! layouts: busybox (one layout with OCI media types, one with Docker schema 2 types), and a Go
+//! toolchain image that adds Debian's Go packages on top of the busybox rootfs.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -13,6 +14,7 @@ use flate2::Compression;
 use flate2::write::GzEncoder;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
+use tar::HeaderMode;
 
 /// (Debian architecture, OCI architecture, OCI variant) of every fixture image.
 pub const FIXTURE_ARCHES: &[(&str, &str, Option<&str>)] = &[
@@ -88,19 +90,125 @@ const GROUP: &str = "root:x:0:\nbuilder:x:1000:\nnogroup:x:65534:\n";
 pub fn busybox_fixtures() -> &'static Fixtures {
     static FIXTURES: OnceLock<Fixtures> = OnceLock::new();
     FIXTURES.get_or_init(|| {
-        let cache = fixture_cache_dir();
-        fs::create_dir_all(&cache)
-            .unwrap_or_else(|e| panic!("creating fixture cache {}: {e}", cache.display()));
-        let _lock = CacheLock::acquire(&cache.join(".lock"));
-        let built = cache.join(FIXTURE_FORMAT);
-        if !built.exists() {
-            build_fixtures_into(&cache, &built);
-        }
+        let built = cached_fixture(FIXTURE_FORMAT, |debs, staging, result| {
+            let images: Vec<ArchImage> = FIXTURE_ARCHES
+                .iter()
+                .map(|&(deb_arch, oci_arch, variant)| {
+                    let layers = vec![busybox_layer(debs, staging, deb_arch)];
+                    ArchImage::new(oci_arch, variant, layers, &[format!("PATH={IMAGE_PATH}")])
+                })
+                .collect();
+            for flavor in [&OCI_FLAVOR, &DOCKER_FLAVOR] {
+                write_layout(&result.join(flavor.layout_dir), flavor, &images);
+            }
+        });
         Fixtures {
-            oci_layout: built.join("oci"),
-            docker_layout: built.join("docker"),
+            oci_layout: built.join(OCI_FLAVOR.layout_dir),
+            docker_layout: built.join(DOCKER_FLAVOR.layout_dir),
         }
     })
+}
+
+/// Path of the cached Go toolchain layout; it holds the tag `latest`.
+pub struct GoFixtures {
+    /// OCI image layout whose `latest` is an OCI image index over the arches in [`GO_ARCHES`].
+    pub oci_layout: PathBuf,
+}
+
+/// Debian architectures of the Go toolchain images (a subset of [`FIXTURE_ARCHES`]).
+pub const GO_ARCHES: &[&str] = &["amd64", "arm64"];
+/// The Debian packages in the Go layer. The `go` command is dynamically linked against glibc;
+/// the compiler, linker and assembler it runs are static.
+const GO_PACKAGES: &[&str] = &["golang-1.19-go", "golang-1.19-src", "libc6"];
+const GO_FORMAT: &str = "go-1.19-v2";
+/// `GOROOT/bin`; Debian's `GOROOT/src` is a symlink into `/usr/share/go-1.19`.
+const GO_BIN: &str = "/usr/lib/go-1.19/bin";
+/// Where Debian's golang-1.19-go keeps the precompiled standard library (`linux_<arch>`).
+const GO_PKG: &str = "usr/lib/go-1.19/pkg";
+
+/// Builds (or finds in the per-machine cache) the Go toolchain layout: for each arch in
+/// [`GO_ARCHES`], the busybox fixture's layer plus a layer with Debian bookworm's Go 1.19.
+///
+/// The precompiled standard library is left out, as Go 1.20 and later no longer ship one, so
+/// `go build` compiles the standard packages it needs for any target: a native build and a
+/// cross build do the same work, and the image is half the size.
+///
+/// `go` is on `PATH`; `GOCACHE` is under `/tmp`; `CGO_ENABLED=0`, since the image has no C
+/// compiler; `GOPROXY=off`, since builds have no network to fetch modules from.
+pub fn go_fixtures() -> &'static GoFixtures {
+    static FIXTURES: OnceLock<GoFixtures> = OnceLock::new();
+    FIXTURES.get_or_init(|| {
+        let built = cached_fixture(GO_FORMAT, |debs, staging, result| {
+            let env = [
+                format!("PATH={GO_BIN}:{IMAGE_PATH}"),
+                "HOME=/root".to_string(),
+                "GOCACHE=/tmp/gocache".to_string(),
+                "CGO_ENABLED=0".to_string(),
+                "GOPROXY=off".to_string(),
+            ];
+            let images: Vec<ArchImage> = FIXTURE_ARCHES
+                .iter()
+                .filter(|(deb_arch, _, _)| GO_ARCHES.contains(deb_arch))
+                .map(|&(deb_arch, oci_arch, variant)| {
+                    let packages = cached_debs(debs, deb_arch, GO_PACKAGES);
+                    let rootfs = staging.join(format!("go-{deb_arch}"));
+                    unpack_debs(&packages, &rootfs);
+                    remove_precompiled_std(&rootfs.join(GO_PKG));
+                    let go_layer =
+                        gzip_layer(format!("kiln-testkit: {}", deb_names(&packages)), |tar| {
+                            append_tree(tar, &rootfs, Path::new(""))
+                        });
+                    let layers = vec![busybox_layer(debs, staging, deb_arch), go_layer];
+                    ArchImage::new(oci_arch, variant, layers, &env)
+                })
+                .collect();
+            write_layout(&result.join(OCI_FLAVOR.layout_dir), &OCI_FLAVOR, &images);
+        });
+        GoFixtures {
+            oci_layout: built.join(OCI_FLAVOR.layout_dir),
+        }
+    })
+}
+
+/// Removes the `linux_<arch>` package dirs from `GOROOT/pkg`, keeping `tool` and `include`.
+fn remove_precompiled_std(go_pkg: &Path) {
+    let entries =
+        fs::read_dir(go_pkg).unwrap_or_else(|e| panic!("listing {}: {e}", go_pkg.display()));
+    for entry in entries {
+        let path = entry.expect("reading a dir entry").path();
+        if path
+            .file_name()
+            .is_some_and(|name| name.to_string_lossy().starts_with("linux_"))
+        {
+            fs::remove_dir_all(&path)
+                .unwrap_or_else(|e| panic!("removing {}: {e}", path.display()));
+        }
+    }
+}
+
+/// The fixture `name` in the per-machine cache, built first unless an earlier run left it.
+///
+/// `build` gets the .deb cache dir, a scratch dir and the dir to write the fixture into; it
+/// runs under an exclusive lock, so concurrent test processes build once, and its result is
+/// renamed into place only when complete, so a crash never leaves a half-built fixture behind.
+fn cached_fixture(name: &str, build: impl FnOnce(&Path, &Path, &Path)) -> PathBuf {
+    let cache = fixture_cache_dir();
+    fs::create_dir_all(&cache)
+        .unwrap_or_else(|e| panic!("creating fixture cache {}: {e}", cache.display()));
+    let _lock = CacheLock::acquire(&cache.join(".lock"));
+    let target = cache.join(name);
+    if !target.exists() {
+        let staging = tempfile::Builder::new()
+            .prefix(".build-")
+            .tempdir_in(&cache)
+            .unwrap_or_else(|e| panic!("creating a staging dir in {}: {e}", cache.display()));
+        let result = staging.path().join("result");
+        build(&cache.join("debs"), staging.path(), &result);
+        fs::rename(&result, &target).unwrap_or_else(|e| {
+            panic!("renaming {} to {}: {e}", result.display(), target.display())
+        });
+    }
+    target
 }
 
 /// `<cargo target dir>/kiln-fixtures`, so `cargo clean` also drops the fixtures.
@@ -154,34 +262,12 @@ impl Drop for CacheLock {
     }
 }
 
-/// Builds both layouts in a temp dir inside `cache` and renames the result to `target`, so a
-/// crash never leaves a half-built fixture behind.
-fn build_fixtures_into(cache: &Path, target: &Path) {
-    let staging = tempfile::Builder::new()
-        .prefix(".build-")
-        .tempdir_in(cache)
-        .unwrap_or_else(|e| panic!("creating a staging dir in {}: {e}", cache.display()));
-    let images: Vec<ArchImage> = FIXTURE_ARCHES
-        .iter()
-        .map(|&(deb_arch, oci_arch, variant)| {
-            let deb = cached_busybox_deb(&cache.join("debs"), deb_arch);
-            let busybox = extract_busybox(&deb, staging.path(), deb_arch);
-            ArchImage::new(oci_arch, variant, &busybox, &deb)
-        })
-        .collect();
-    let result = staging.path().join("result");
-    for flavor in [&OCI_FLAVOR, &DOCKER_FLAVOR] {
-        write_layout(&result.join(flavor.layout_dir), flavor, &images);
-    }
-    fs::rename(&result, target)
-        .unwrap_or_else(|e| panic!("renaming {} to {}: {e}", result.display(), target.display()));
-}
-
-/// Returns the cached busybox-static .deb for `deb_arch`, downloading it first if needed.
-fn cached_busybox_deb(debs: &Path, deb_arch: &str) -> PathBuf {
+/// Returns the cached .deb of each of `packages` for `deb_arch`, downloading the missing ones.
+fn cached_debs(debs: &Path, deb_arch: &str, packages: &[&str]) -> Vec<PathBuf> {
     let arch_dir = debs.join(deb_arch);
-    if let Some(deb) = find_deb(&arch_dir) {
-        return deb;
+    let cached: Option<Vec<PathBuf>> = packages.iter().map(|p| find_deb(&arch_dir, p)).collect();
+    if let Some(cached) = cached {
+        return cached;
     }
     let work = tempfile::Builder::new()
         .prefix(".apt-")
@@ -194,6 +280,7 @@ fn cached_busybox_deb(debs: &Path, deb_arch: &str) -> PathBuf {
         lists.join("partial"),
         apt_cache.join("archives/partial"),
         download.clone(),
+        arch_dir.clone(),
     ] {
         fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
     }
@@ -214,50 +301,85 @@ fn cached_busybox_deb(debs: &Path, deb_arch: &str) -> PathBuf {
         .unwrap_or_else(|e| panic!("running apt-get update: {e} (run scripts/install-deps.sh)"));
     let fetch = Command::new("apt-get")
         .args(&apt_options)
-        .args(["-q", "download", "busybox-static"])
+        .args(["-q", "download"])
+        .args(packages)
         .current_dir(&download)
         .output()
         .unwrap_or_else(|e| panic!("running apt-get download: {e}"));
-    let deb = find_deb(&download).unwrap_or_else(|| {
-        panic!(
-            "apt-get download busybox-static for {deb_arch} produced no .deb ({})\n\
-             update stderr:\n{}\ndownload stderr:\n{}",
-            fetch.status,
-            String::from_utf8_lossy(&update.stderr),
-            String::from_utf8_lossy(&fetch.stderr)
-        )
-    });
-    fs::create_dir_all(&arch_dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", arch_dir.display()));
-    let cached = arch_dir.join(deb.file_name().expect(".deb has a file name"));
-    fs::rename(&deb, &cached)
-        .unwrap_or_else(|e| panic!("moving {} to {}: {e}", deb.display(), cached.display()));
-    cached
+    packages
+        .iter()
+        .map(|package| {
+            let deb = find_deb(&download, package).unwrap_or_else(|| {
+                panic!(
+                    "apt-get download {package} for {deb_arch} produced no .deb ({})\n\
+                     update stderr:\n{}\ndownload stderr:\n{}",
+                    fetch.status,
+                    String::from_utf8_lossy(&update.stderr),
+                    String::from_utf8_lossy(&fetch.stderr)
+                )
+            });
+            let cached = arch_dir.join(deb.file_name().expect(".deb has a file name"));
+            fs::rename(&deb, &cached).unwrap_or_else(|e| {
+                panic!("moving {} to {}: {e}", deb.display(), cached.display())
+            });
+            cached
+        })
+        .collect()
 }
 
-fn find_deb(dir: &Path) -> Option<PathBuf> {
+/// The .deb of `package` in `dir` (named `<package>_<version>_<arch>.deb`, as apt saves it).
+fn find_deb(dir: &Path, package: &str) -> Option<PathBuf> {
+    let prefix = format!("{package}_");
     fs::read_dir(dir)
         .ok()?
         .filter_map(|entry| entry.ok().map(|e| e.path()))
-        .find(|path| path.extension() == Some("deb".as_ref()))
+        .find(|path| {
+            let name = path.file_name().unwrap_or_default().to_string_lossy();
+            name.starts_with(&prefix) && name.ends_with(".deb")
+        })
 }
 
-/// Unpacks the .deb with `dpkg-deb -x` and returns the bytes of its `/bin/busybox`.
-fn extract_busybox(deb: &Path, staging: &Path, deb_arch: &str) -> Vec<u8> {
-    let rootfs = staging.join(format!("rootfs-{deb_arch}"));
-    let output = Command::new("dpkg-deb")
-        .arg("-x")
-        .arg(deb)
-        .arg(&rootfs)
-        .output()
-        .unwrap_or_else(|e| panic!("running dpkg-deb: {e} (run scripts/install-deps.sh)"));
-    assert!(
-        output.status.success(),
-        "dpkg-deb -x {} failed: {}",
-        deb.display(),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let busybox = rootfs.join("bin/busybox");
-    fs::read(&busybox).unwrap_or_else(|e| panic!("reading {}: {e}", busybox.display()))
+/// The file names of `debs` with apt's `%3a` turned back into the epoch's `:`, for history.
+fn deb_names(debs: &[PathBuf]) -> String {
+    let names: Vec<String> = debs
+        .iter()
+        .map(|deb| {
+            let name = deb.file_name().unwrap_or_default().to_string_lossy();
+            name.replace("%3a", ":")
+        })
+        .collect();
+    names.join(" ")
+}
+
+/// Unpacks every .deb into `rootfs` with `dpkg-deb -x`, which runs no maintainer scripts.
+fn unpack_debs(debs: &[PathBuf], rootfs: &Path) {
+    for deb in debs {
+        let output = Command::new("dpkg-deb")
+            .arg("-x")
+            .arg(deb)
+            .arg(rootfs)
+            .output()
+            .unwrap_or_else(|e| panic!("running dpkg-deb: {e} (run scripts/install-deps.sh)"));
+        assert!(
+            output.status.success(),
+            "dpkg-deb -x {} failed: {}",
+            deb.display(),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+}
+
+/// The busybox rootfs layer for `deb_arch`: `/bin/busybox` from Debian's busybox-static.
+fn busybox_layer(debs: &Path, staging: &Path, deb_arch: &str) -> Layer {
+    let deb = cached_debs(debs, deb_arch, &["busybox-static"]);
+    let rootfs = staging.join(format!("busybox-{deb_arch}"));
+    unpack_debs(&deb, &rootfs);
+    let path = rootfs.join("bin/busybox");
+    let busybox = fs::read(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    gzip_layer(
+        format!("kiln-testkit: /bin/busybox from {}", deb_names(&deb)),
+        |tar| append_busybox_rootfs(tar, &busybox),
+    )
 }
 
 /// Media types that distinguish the OCI flavour of the layout from the Docker one.
@@ -285,35 +407,28 @@ const DOCKER_FLAVOR: Flavor = Flavor {
     layer: "application/vnd.docker.image.rootfs.diff.tar.gzip",
 };
 
-/// One platform's image: its gzip layer and config, shared by both flavours.
+/// One platform's image: its gzip layers and config, shared by both flavours.
 struct ArchImage {
     platform: Value,
-    layer_gz: Vec<u8>,
+    layers: Vec<Layer>,
     config: Vec<u8>,
 }
 
 impl ArchImage {
-    fn new(oci_arch: &str, variant: Option<&str>, busybox: &[u8], deb: &Path) -> ArchImage {
-        let layer_tar = rootfs_tar(busybox);
-        let diff_id = sha256_digest(&layer_tar);
-        let mut gz = GzEncoder::new(Vec::new(), Compression::default());
-        gz.write_all(&layer_tar).expect("gzip into memory");
-        let layer_gz = gz.finish().expect("gzip into memory");
-
+    fn new(oci_arch: &str, variant: Option<&str>, layers: Vec<Layer>, env: &[String]) -> ArchImage {
         let mut platform = json!({ "architecture": oci_arch, "os": "linux" });
+        let diff_ids: Vec<&str> = layers.iter().map(|layer| layer.diff_id.as_str()).collect();
+        let history: Vec<Value> = layers
+            .iter()
+            .map(|layer| json!({ "created": FIXTURE_CREATED, "created_by": layer.created_by }))
+            .collect();
         let mut config = json!({
             "created": FIXTURE_CREATED,
             "architecture": oci_arch,
             "os": "linux",
-            "config": { "Env": [format!("PATH={IMAGE_PATH}")], "Cmd": ["sh"] },
-            "rootfs": { "type": "layers", "diff_ids": [diff_id] },
-            "history": [{
-                "created": FIXTURE_CREATED,
-                "created_by": format!(
-                    "kiln-testkit: /bin/busybox from {}",
-                    deb.file_name().unwrap_or_default().to_string_lossy().replace("%3a", ":")
-                ),
-            }],
+            "config": { "Env": env, "Cmd": ["sh"] },
+            "rootfs": { "type": "layers", "diff_ids": diff_ids },
+            "history": history,
         });
         if let Some(variant) = variant {
             platform["variant"] = json!(variant);
@@ -321,8 +436,52 @@ impl ArchImage {
         }
         ArchImage {
             platform,
-            layer_gz,
+            layers,
             config: serde_json::to_vec(&config).expect("serialising a config"),
+        }
+    }
+}
+
+/// A gzip-compressed layer, its diff_id, and the history line that says where it came from.
+struct Layer {
+    gz: Vec<u8>,
+    diff_id: String,
+    created_by: String,
+}
+
+type LayerTar = tar::Builder<Vec<u8>>;
+
+/// A layer of the tar entries `append` writes. Entries taken from disk get deterministic
+/// metadata (root-owned, fixed mtime), and symlinks stay symlinks.
+fn gzip_layer(created_by: String, append: impl FnOnce(&mut LayerTar)) -> Layer {
+    let mut tar = tar::Builder::new(Vec::new());
+    tar.mode(HeaderMode::Deterministic);
+    tar.follow_symlinks(false);
+    append(&mut tar);
+    let tar = tar.into_inner().expect("finishing a tar into memory");
+    // One write of the whole tar: the gzip stream's bytes depend on how its input is chunked.
+    let mut gz = GzEncoder::new(Vec::new(), Compression::default());
+    gz.write_all(&tar).expect("gzip into memory");
+    Layer {
+        gz: gz.finish().expect("gzip into memory"),
+        diff_id: sha256_digest(&tar),
+        created_by,
+    }
+}
+
+/// Appends everything under `dir` (`rel` inside the layer), parents first, in name order.
+fn append_tree(tar: &mut LayerTar, dir: &Path, rel: &Path) {
+    let mut names: Vec<_> = fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("listing {}: {e}", dir.display()))
+        .map(|entry| entry.expect("reading a dir entry").file_name())
+        .collect();
+    names.sort();
+    for name in names {
+        let (path, rel) = (dir.join(&name), rel.join(&name));
+        tar.append_path_with_name(&path, &rel)
+            .unwrap_or_else(|e| panic!("adding {} to a layer: {e}", path.display()));
+        if fs::symlink_metadata(&path).is_ok_and(|meta| meta.is_dir()) {
+            append_tree(tar, &path, &rel);
         }
     }
 }
@@ -340,9 +499,9 @@ struct RootfsEntry<'a> {
     owner: u64,
 }
 
-/// The fixture rootfs as an uncompressed tar: entries sorted by path, fixed mtime, owned by
-/// root except `/home/builder`.
-fn rootfs_tar(busybox: &[u8]) -> Vec<u8> {
+/// Appends the busybox rootfs: entries sorted by path, fixed mtime, owned by root except
+/// `/home/builder`.
+fn append_busybox_rootfs(builder: &mut LayerTar, busybox: &[u8]) {
     let dir = |mode| RootfsEntry {
         kind: EntryKind::Dir,
         mode,
@@ -382,7 +541,6 @@ fn rootfs_tar(busybox: &[u8]) -> Vec<u8> {
         );
     }
 
-    let mut builder = tar::Builder::new(Vec::new());
     for (path, entry) in &entries {
         let mut header = tar::Header::new_ustar();
         header.set_mode(entry.mode);
@@ -415,7 +573,6 @@ fn rootfs_tar(busybox: &[u8]) -> Vec<u8> {
             .append_data(&mut header, name, data)
             .expect("writing a tar entry into memory");
     }
-    builder.into_inner().expect("finishing the tar into memory")
 }
 
 fn sha256_digest(bytes: &[u8]) -> String {
@@ -437,11 +594,16 @@ fn write_layout(layout: &Path, flavor: &Flavor, images: &[ArchImage]) {
     let manifests: Vec<Value> = images
         .iter()
         .map(|image| {
+            let layers: Vec<Value> = image
+                .layers
+                .iter()
+                .map(|layer| write_blob(layout, flavor.layer, &layer.gz))
+                .collect();
             let manifest = json!({
                 "schemaVersion": 2,
                 "mediaType": flavor.manifest,
                 "config": write_blob(layout, flavor.config, &image.config),
-                "layers": [write_blob(layout, flavor.layer, &image.layer_gz)],
+                "layers": layers,
             });
             let mut descriptor = write_blob(layout, flavor.manifest, &to_json_bytes(&manifest));
             descriptor["platform"] = image.platform.clone();

@@ -1,17 +1,28 @@
-//! Test support for kiln: a real CNCF distribution registry on loopback, multi-arch busybox
-//! base images built from Debian packages, and wrappers around the independent tools
-//! (skopeo, umoci) that tests use to check kiln's output.
+//! Test support for kiln: a real CNCF distribution registry on loopback (plain, TLS, htpasswd
+//! or token auth, with a test CA and token server), multi-arch busybox and Go toolchain base
+//! images built from Debian packages, and wrappers around the independent tools (skopeo,
+//! umoci) that tests use to check kiln's output.
 //!
 //! This crate deliberately depends on none of kiln's own crates, so a bug in kiln cannot hide
 //! in the fixtures it is tested against. Everything here panics with a readable message on
 //! failure: it only ever runs inside tests.
 
+mod fault_proxy;
 mod fixtures;
+mod noise;
 mod registry;
+mod tls;
+mod token_server;
 mod tools;
 
-pub use fixtures::{FIXTURE_ARCHES, Fixtures, busybox_fixtures};
-pub use registry::Registry;
+pub use fault_proxy::{Fault, FaultProxy, FaultRule, SeenRequest};
+pub use fixtures::{
+    FIXTURE_ARCHES, Fixtures, GO_ARCHES, GoFixtures, busybox_fixtures, go_fixtures,
+};
+pub use noise::{Noise, noise};
+pub use registry::{Registry, RegistryOptions};
+pub use tls::{IssuedCert, TestCa};
+pub use token_server::{TokenRequest, TokenServer};
 pub use tools::{
-    push_busybox, push_busybox_to, skopeo_inspect, skopeo_raw, skopeo_to_oci, umoci_unpack,
+    push_busybox, push_busybox_to, push_go, skopeo_inspect, skopeo_raw, skopeo_to_oci, umoci_unpack,
 };

@@ -5,7 +5,7 @@ use std::process::{Command, Output};
 
 use serde_json::Value;
 
-use crate::fixtures::busybox_fixtures;
+use crate::fixtures::{busybox_fixtures, go_fixtures};
 use crate::registry::Registry;
 
 /// Pushes both fixture layouts to `registry`: the OCI index as `<repo>:latest` and the Docker
@@ -31,6 +31,17 @@ pub fn push_busybox_to(addr: &str, repo: &str) -> (String, String) {
         &format!("{addr}/{repo}:docker"),
     );
     (oci_digest, docker_digest)
+}
+
+/// Pushes the Go toolchain layout (linux/amd64 and linux/arm64, see [`go_fixtures`]) to
+/// `registry` as `<repo>:latest`, digests preserved, and returns that reference.
+pub fn push_go(registry: &Registry, repo: &str) -> String {
+    let reference = format!("{}/{repo}:latest", registry.addr());
+    skopeo_push_all(
+        &format!("oci:{}:latest", go_fixtures().oci_layout.display()),
+        &reference,
+    );
+    reference
 }
 
 fn skopeo_push_all(source: &str, destination: &str) {
