@@ -1,0 +1,3 @@
+module kiln.bench/inventory
+
+go 1.19
