@@ -2,10 +2,13 @@ use std::path::PathBuf;
 
 use kiln_oci::layout::{self, LayoutBlob};
 use kiln_oci::{Descriptor, ImageIndex, ImageManifest, media, to_json_bytes};
-use kiln_registry::{Reference, RegistryClient};
+use kiln_registry::{BlobTransfer, Reference, RegistryClient, each_in_parallel};
 
 use crate::progress::Progress;
 use crate::{BuildError, BuiltImage, Store};
+
+/// How many blobs are pushed at once.
+const BLOBS_IN_FLIGHT: usize = 4;
 
 /// Where built images go.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -118,13 +121,24 @@ pub fn deliver(
                 push_by_digest,
                 ..
             } => {
-                for target in targets {
-                    for blob in &r.blobs {
-                        let sent =
-                            client.push_blob(target, blob, &store.blob_path(&blob.digest))?;
-                        let how = if sent { "pushed" } else { "already there" };
+                for (i, target) in targets.iter().enumerate() {
+                    // Names after the first can mount what the first received.
+                    let from = (i > 0).then(|| &targets[0]);
+                    each_in_parallel(&r.blobs, BLOBS_IN_FLIGHT, |blob| {
+                        let done = client.mount_or_push_blob(
+                            target,
+                            blob,
+                            &store.blob_path(&blob.digest),
+                            from,
+                        )?;
+                        let how = match done {
+                            BlobTransfer::Uploaded => "pushed",
+                            BlobTransfer::Mounted => "mounted",
+                            BlobTransfer::AlreadyPresent => "already there",
+                        };
                         progress.detail(&format!("{} {} ({how})", target.repository, blob.digest));
-                    }
+                        Ok::<(), BuildError>(())
+                    })?;
                     for (desc, bytes) in &r.manifests {
                         client.push_manifest(
                             &target.with_digest(desc.digest.clone()),

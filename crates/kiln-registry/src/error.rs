@@ -1,6 +1,7 @@
 use kiln_oci::Digest;
 
-/// What went wrong talking to a registry. Every variant names the registry and repository.
+/// What went wrong talking to a registry. Every variant names the registry (credential
+/// errors name the file or helper instead).
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
     #[error("cannot reach registry {registry} (for {repository}): {detail}")]
@@ -47,6 +48,66 @@ pub enum RegistryError {
         repository: String,
         media_type: String,
     },
+    #[error(
+        "registry {registry} refused the credentials for {repository} from {from}: check them, or run `kiln login {registry}`"
+    )]
+    BadCredentials {
+        registry: String,
+        repository: String,
+        /// Where the credentials came from, e.g. `file /root/.docker/config.json`.
+        from: String,
+    },
+    #[error(
+        "registry {registry} requires credentials for {repository} and none were found (looked in {searched}): run `kiln login {registry}`"
+    )]
+    NoCredentials {
+        registry: String,
+        repository: String,
+        searched: String,
+    },
+    #[error(
+        "the TLS certificate of registry {registry} is not trusted (for {repository}): {detail}; pass its CA with `--registry-certificate {registry}=ca.pem`, or `ca = [\"ca.pem\"]` under [registry.\"{registry}\"] in the registry config"
+    )]
+    UntrustedCertificate {
+        registry: String,
+        repository: String,
+        detail: String,
+    },
+    #[error(
+        "registry {registry} did not accept kiln's client certificate (for {repository}): {detail}; pass one with `--registry-client-cert {registry}=cert.pem,key.pem`, or a [[registry.\"{registry}\".keypair]] in the registry config"
+    )]
+    ClientCertificateRejected {
+        registry: String,
+        repository: String,
+        detail: String,
+    },
+    #[error("cannot set up TLS for registry {registry}: {what}: {detail}")]
+    TlsSetup {
+        registry: String,
+        what: String,
+        detail: String,
+    },
+    #[error(
+        "every mirror of {registry} failed for {repository} and fallback to {registry} is off: {failures}"
+    )]
+    MirrorsFailed {
+        registry: String,
+        repository: String,
+        failures: String,
+    },
+    #[error(
+        "gave up on registry {registry} (for {repository}) after {attempts} attempts; the last one failed: {last}"
+    )]
+    RetriesExhausted {
+        registry: String,
+        repository: String,
+        attempts: u32,
+        last: String,
+    },
+    #[error("login to {registry} failed: {detail}")]
+    LoginFailed { registry: String, detail: String },
+    #[error(transparent)]
+    Credentials(#[from] crate::credentials::CredentialError),
     #[error("{context}: {source}")]
     Io {
         context: String,

@@ -1,11 +1,24 @@
 //! A client for the OCI distribution API v2: pulling and pushing manifests and blobs, streamed
-//! from and to disk, with every pulled blob's digest verified before it is kept.
+//! from and to disk, with every pulled blob's digest verified before it is kept; credentials
+//! from docker's and podman's files and helpers; per-registry TLS, HTTP and mirror settings.
 
 mod client;
+mod config;
+mod credentials;
 mod error;
 mod reference;
+mod retry;
 pub mod stitch;
 
-pub use client::{ClientOptions, FetchedManifest, RegistryClient};
+pub use client::{
+    BlobTransfer, ClientOptions, DEFAULT_UPLOAD_CHUNK, FetchedManifest, RegistryClient,
+    each_in_parallel,
+};
+pub use config::{ConfigError, HostConfig, KeyPair, RegistryConfig};
+pub use credentials::{
+    Credential, CredentialError, CredentialSource, CredentialStore, DOCKER_HUB_KEY, Secret,
+    registry_name, server_key,
+};
 pub use error::RegistryError;
 pub use reference::{DOCKER_HUB, Reference, ReferenceError};
+pub use retry::RetryPolicy;

@@ -20,18 +20,20 @@ fn bad(r: &Reference, message: String) -> RegistryError {
 
 /// An attestation manifest buildx attaches to an index (platform unknown/unknown): not an
 /// image anyone can run.
-fn is_attestation(d: &Descriptor) -> bool {
+pub fn is_attestation(d: &Descriptor) -> bool {
     d.annotations
         .get("vnd.docker.reference.type")
         .is_some_and(|t| t == "attestation-manifest")
         || d.platform.as_ref().is_some_and(|p| p.os == "unknown")
 }
 
-/// The platform manifests a source contributes: its entries if it is an index (attestations
-/// dropped), else itself, with the platform read from its config.
+/// The platform manifests a source contributes: its entries if it is an index (attestation
+/// manifests dropped unless `keep_attestations`), else itself, with the platform read from its
+/// config.
 pub fn platform_manifests(
     client: &RegistryClient,
     source: &Reference,
+    keep_attestations: bool,
 ) -> Result<Vec<(Reference, Descriptor)>, RegistryError> {
     let fetched = client.fetch_manifest(source)?;
     if media::is_index(&fetched.media_type) {
@@ -40,7 +42,7 @@ pub fn platform_manifests(
         return Ok(index
             .manifests
             .into_iter()
-            .filter(|d| !is_attestation(d))
+            .filter(|d| keep_attestations || !is_attestation(d))
             .map(|d| (source.with_digest(d.digest.clone()), d))
             .collect());
     }
@@ -61,8 +63,12 @@ pub fn platform_manifests(
     Ok(vec![(source.with_digest(fetched.digest), desc)])
 }
 
+/// How many blobs are copied at once.
+const BLOBS_IN_FLIGHT: usize = 4;
+
 /// Makes sure `target`'s repository holds the image `source` (pinned by digest) with all its
-/// blobs, copying what is missing through a temp file.
+/// blobs: mounted when both are on one registry, else copied through a temp file, several at
+/// once. The manifest goes last, once every blob is there.
 pub fn copy_image(
     client: &RegistryClient,
     source: &Reference,
@@ -74,16 +80,11 @@ pub fn copy_image(
     if !same_repo {
         let manifest: ImageManifest = serde_json::from_slice(&fetched.bytes)
             .map_err(|e| bad(source, format!("unreadable manifest: {e}")))?;
-        for blob in manifest.layers.iter().chain([&manifest.config]) {
-            if client.blob_exists(target, &blob.digest)? {
-                continue;
-            }
+        let blobs: Vec<&Descriptor> = manifest.layers.iter().chain([&manifest.config]).collect();
+        crate::each_in_parallel(&blobs, BLOBS_IN_FLIGHT, |blob| {
             let path = scratch.join(blob.digest.hex());
-            client.fetch_blob(source, blob, &path)?;
-            let pushed = client.push_blob(target, blob, &path);
-            let _ = std::fs::remove_file(&path);
-            pushed?;
-        }
+            client.copy_blob(source, target, blob, &path).map(|_| ())
+        })?;
     }
     client.push_manifest(
         &target.with_digest(fetched.digest),
@@ -91,6 +92,29 @@ pub fn copy_image(
         &fetched.bytes,
     )?;
     Ok(())
+}
+
+/// Copies every entry (pinned by digest) into each target's repository, then pushes the index
+/// over them to every target, last, so no target tag ever names content that is missing.
+/// Returns the index's digest.
+pub fn push_index(
+    client: &RegistryClient,
+    entries: &[(Reference, Descriptor)],
+    targets: &[Reference],
+    scratch: &std::path::Path,
+) -> Result<kiln_oci::Digest, RegistryError> {
+    for target in targets {
+        for (at, _) in entries {
+            copy_image(client, at, target, scratch)?;
+        }
+    }
+    let descriptors: Vec<Descriptor> = entries.iter().map(|(_, d)| d.clone()).collect();
+    let (media_type, bytes) = index_of(&descriptors);
+    let mut digest = kiln_oci::Digest::of(&bytes);
+    for target in targets {
+        digest = client.push_manifest(target, &media_type, &bytes)?;
+    }
+    Ok(digest)
 }
 
 /// An index over `entries`, in OCI media types unless every entry is a Docker manifest.

@@ -3,6 +3,7 @@
 mod build_cmd;
 mod check_cmd;
 mod dockerfile_cmd;
+mod login_cmd;
 mod manifest_cmd;
 mod registry_args;
 mod report;
@@ -31,6 +32,10 @@ enum Commands {
     Manifest(manifest_cmd::ManifestCommand),
     /// Lint a Dockerfile: BuildKit's build checks plus multi-platform checks.
     Check(check_cmd::CheckArgs),
+    /// Check credentials against a registry and save them (docker login).
+    Login(login_cmd::LoginArgs),
+    /// Remove saved credentials for a registry (docker logout).
+    Logout(login_cmd::LogoutArgs),
     /// Inspect a Dockerfile the way kiln parses it.
     #[command(subcommand)]
     Dockerfile(dockerfile_cmd::DockerfileCommand),
@@ -54,6 +59,8 @@ fn main() -> ExitCode {
         Commands::Manifest(cmd) => manifest_cmd::run(cmd),
         Commands::Check(args) => check_cmd::run(args),
         Commands::Dockerfile(cmd) => dockerfile_cmd::run(cmd),
+        Commands::Login(args) => login_cmd::login(args),
+        Commands::Logout(args) => login_cmd::logout(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -71,8 +71,8 @@ pub fn run(command: ManifestCommand) -> Result<(), Report> {
     let mut entries: Vec<(Reference, kiln_oci::Descriptor)> = Vec::new();
     for s in &sources {
         let r: Reference = s.parse().map_err(|e| miette!("{e}"))?;
-        let found =
-            stitch::platform_manifests(&client, &r).map_err(|e| miette!("source {s}: {e}"))?;
+        let found = stitch::platform_manifests(&client, &r, false)
+            .map_err(|e| miette!("source {s}: {e}"))?;
         for (at, desc) in found {
             if let Some(dup) = entries
                 .iter()

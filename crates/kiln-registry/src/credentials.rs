@@ -1,0 +1,581 @@
+//! Registry credentials as docker and podman store them: `config.json` / `auth.json` files
+//! (`auths` entries) and `docker-credential-<name>` helpers (`credHelpers`, `credsStore`).
+
+use std::fmt;
+use std::fs;
+use std::io::{self, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use serde_json::{Map, Value, json};
+
+use crate::reference::DOCKER_HUB;
+
+/// The key docker uses for Docker Hub in config files and with credential helpers.
+pub const DOCKER_HUB_KEY: &str = "https://index.docker.io/v1/";
+
+/// What a registry accepts as proof of identity.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Secret {
+    /// A user name and password (or personal access token), sent as HTTP basic credentials.
+    Basic { username: String, password: String },
+    /// An OAuth2 refresh token (`identitytoken`), exchanged at the token service.
+    IdentityToken(String),
+}
+
+impl fmt::Debug for Secret {
+    // Secrets never reach logs or panic messages.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Secret::Basic { username, .. } => write!(f, "Basic({username}, ***)"),
+            Secret::IdentityToken(_) => write!(f, "IdentityToken(***)"),
+        }
+    }
+}
+
+/// Where a credential came from, named in error messages.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CredentialSource {
+    File(PathBuf),
+    Helper(String),
+}
+
+impl fmt::Display for CredentialSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CredentialSource::File(p) => write!(f, "file {}", p.display()),
+            CredentialSource::Helper(h) => write!(f, "helper {h}"),
+        }
+    }
+}
+
+/// A credential for one registry and where it was found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Credential {
+    pub secret: Secret,
+    pub source: CredentialSource,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CredentialError {
+    #[error("cannot read credentials file {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("credentials file {} is not valid: {detail}", path.display())]
+    Invalid { path: PathBuf, detail: String },
+    #[error("credential helper {helper} failed for {server}: {detail}")]
+    Helper {
+        helper: String,
+        server: String,
+        detail: String,
+    },
+    #[error("cannot write credentials file {}: {source}", path.display())]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// The credential files kiln reads, in order, and the one `login` writes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CredentialStore {
+    /// Podman's `auth.json` (`REGISTRY_AUTH_FILE`), consulted first when set.
+    pub auth_file: Option<PathBuf>,
+    /// Docker's `config.json` (`$DOCKER_CONFIG/config.json`, else `~/.docker/config.json`).
+    pub docker_config: PathBuf,
+}
+
+impl Default for CredentialStore {
+    fn default() -> Self {
+        Self::from_env()
+    }
+}
+
+/// The registry part of a config key: `https://index.docker.io/v1/` is `index.docker.io`.
+fn host_of_key(key: &str) -> &str {
+    let rest = key
+        .strip_prefix("https://")
+        .or_else(|| key.strip_prefix("http://"))
+        .unwrap_or(key);
+    rest.split('/').next().unwrap_or(rest)
+}
+
+/// One name per registry, whatever alias a file uses for Docker Hub.
+fn canonical_host(host: &str) -> &str {
+    match host {
+        DOCKER_HUB | "index.docker.io" | "registry-1.docker.io" => "index.docker.io",
+        other => other,
+    }
+}
+
+/// The server URL docker uses for `registry` with helpers and as the key it writes.
+pub fn server_key(registry: &str) -> String {
+    if canonical_host(host_of_key(registry)) == "index.docker.io" {
+        DOCKER_HUB_KEY.to_string()
+    } else {
+        host_of_key(registry).to_string()
+    }
+}
+
+/// The registry name `server` means, as image references name it: scheme and path dropped,
+/// Docker Hub's aliases as `docker.io`.
+pub fn registry_name(server: &str) -> String {
+    let host = host_of_key(server);
+    if canonical_host(host) == "index.docker.io" {
+        DOCKER_HUB.to_string()
+    } else {
+        host.to_string()
+    }
+}
+
+fn key_matches(key: &str, registry: &str) -> bool {
+    canonical_host(host_of_key(key)) == canonical_host(host_of_key(registry))
+}
+
+impl CredentialStore {
+    /// The files docker and podman users have: `REGISTRY_AUTH_FILE` (if set), then
+    /// `$DOCKER_CONFIG/config.json` or `~/.docker/config.json`.
+    pub fn from_env() -> CredentialStore {
+        let docker_dir = std::env::var_os("DOCKER_CONFIG")
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+            .unwrap_or_else(|| {
+                let home = std::env::var_os("HOME").unwrap_or_else(|| "/".into());
+                Path::new(&home).join(".docker")
+            });
+        CredentialStore {
+            auth_file: std::env::var_os("REGISTRY_AUTH_FILE")
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from),
+            docker_config: docker_dir.join("config.json"),
+        }
+    }
+
+    /// The files looked at, in order.
+    pub fn files(&self) -> Vec<&Path> {
+        self.auth_file
+            .iter()
+            .map(PathBuf::as_path)
+            .chain([self.docker_config.as_path()])
+            .collect()
+    }
+
+    /// The file `login` and `logout` change: the auth file when set (as podman does), else
+    /// docker's config.
+    pub fn writable_file(&self) -> &Path {
+        self.auth_file.as_deref().unwrap_or(&self.docker_config)
+    }
+
+    /// The credential for `registry` (`host[:port]`, `docker.io` for Docker Hub), if any file
+    /// or helper has one. The first file with an entry for the registry decides.
+    pub fn lookup(&self, registry: &str) -> Result<Option<Credential>, CredentialError> {
+        for path in self.files() {
+            let Some(config) = read_config(path)? else {
+                continue;
+            };
+            if let Some(helper) = helper_for(&config, registry) {
+                return helper_get(&helper, registry);
+            }
+            if let Some(entry) = auth_entry(&config, registry)
+                && let Some(secret) = secret_from_entry(entry, path)?
+            {
+                return Ok(Some(Credential {
+                    secret,
+                    source: CredentialSource::File(path.to_path_buf()),
+                }));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Stores credentials for `registry` as `docker login` does: in the configured helper when
+    /// there is one, else base64 in `auths`. Returns where they went.
+    pub fn login(
+        &self,
+        registry: &str,
+        username: &str,
+        secret: &str,
+    ) -> Result<CredentialSource, CredentialError> {
+        let path = self.writable_file();
+        let mut config = read_config(path)?.unwrap_or_default();
+        let key = server_key(registry);
+        let source = if let Some(helper) = helper_for(&config, registry) {
+            let request = json!({"ServerURL": key, "Username": username, "Secret": secret});
+            run_helper(&helper, "store", &request.to_string(), registry)?;
+            if config.get("credsStore").is_some() && !has_cred_helper(&config, registry) {
+                // docker leaves an empty entry so `docker info` can list the registry.
+                remove_auth_entries(&mut config, registry);
+                auths_mut(&mut config).insert(key, json!({}));
+                write_config(path, &config)?;
+            }
+            CredentialSource::Helper(helper_binary(&helper))
+        } else {
+            remove_auth_entries(&mut config, registry);
+            let auth = BASE64.encode(format!("{username}:{secret}"));
+            auths_mut(&mut config).insert(key, json!({ "auth": auth }));
+            write_config(path, &config)?;
+            CredentialSource::File(path.to_path_buf())
+        };
+        Ok(source)
+    }
+
+    /// Removes the credentials for `registry` from the helper and the file. Returns whether
+    /// there were any in the file or helper.
+    pub fn logout(&self, registry: &str) -> Result<bool, CredentialError> {
+        let path = self.writable_file();
+        let Some(mut config) = read_config(path)? else {
+            return Ok(false);
+        };
+        let mut removed = false;
+        if let Some(helper) = helper_for(&config, registry) {
+            removed = run_helper(&helper, "erase", &server_key(registry), registry).is_ok();
+        }
+        if remove_auth_entries(&mut config, registry) {
+            removed = true;
+            write_config(path, &config)?;
+        }
+        Ok(removed)
+    }
+}
+
+fn read_config(path: &Path) -> Result<Option<Map<String, Value>>, CredentialError> {
+    let text = match fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => {
+            return Err(CredentialError::Read {
+                path: path.to_path_buf(),
+                source,
+            });
+        }
+    };
+    if text.trim().is_empty() {
+        return Ok(Some(Map::new()));
+    }
+    match serde_json::from_str(&text) {
+        Ok(Value::Object(map)) => Ok(Some(map)),
+        Ok(_) => Err(CredentialError::Invalid {
+            path: path.to_path_buf(),
+            detail: "not a JSON object".into(),
+        }),
+        Err(e) => Err(CredentialError::Invalid {
+            path: path.to_path_buf(),
+            detail: e.to_string(),
+        }),
+    }
+}
+
+/// Writes `config` next to `path` and renames it into place, readable by its owner only.
+fn write_config(path: &Path, config: &Map<String, Value>) -> Result<(), CredentialError> {
+    let err = |source| CredentialError::Write {
+        path: path.to_path_buf(),
+        source,
+    };
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
+        && !dir.exists()
+    {
+        fs::create_dir_all(dir).map_err(err)?;
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(err)?;
+    }
+    let mut text = serde_json::to_string_pretty(config).expect("a JSON map serialises");
+    text.push('\n');
+    let name = path
+        .file_name()
+        .map_or("config.json".into(), |n| n.to_string_lossy().into_owned());
+    let tmp = path.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
+    let result = (|| {
+        let mut file = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        file.write_all(text.as_bytes())?;
+        file.sync_all()?;
+        fs::rename(&tmp, path)
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result.map_err(err)
+}
+
+fn auths_mut(config: &mut Map<String, Value>) -> &mut Map<String, Value> {
+    let auths = config
+        .entry("auths")
+        .or_insert_with(|| Value::Object(Map::new()));
+    if !auths.is_object() {
+        *auths = Value::Object(Map::new());
+    }
+    auths.as_object_mut().expect("just made an object")
+}
+
+/// Drops every `auths` key naming `registry`; returns whether one was there.
+fn remove_auth_entries(config: &mut Map<String, Value>, registry: &str) -> bool {
+    let Some(auths) = config.get_mut("auths").and_then(Value::as_object_mut) else {
+        return false;
+    };
+    let before = auths.len();
+    auths.retain(|k, _| !key_matches(k, registry));
+    auths.len() != before
+}
+
+fn has_cred_helper(config: &Map<String, Value>, registry: &str) -> bool {
+    config
+        .get("credHelpers")
+        .and_then(Value::as_object)
+        .is_some_and(|h| h.keys().any(|k| key_matches(k, registry)))
+}
+
+/// The helper name (`pass` for `docker-credential-pass`) for `registry`: its `credHelpers`
+/// entry, else `credsStore`.
+fn helper_for(config: &Map<String, Value>, registry: &str) -> Option<String> {
+    let per_registry = config
+        .get("credHelpers")
+        .and_then(Value::as_object)
+        .and_then(|h| h.iter().find(|(k, _)| key_matches(k, registry)))
+        .and_then(|(_, v)| v.as_str());
+    per_registry
+        .or_else(|| config.get("credsStore").and_then(Value::as_str))
+        .filter(|h| !h.is_empty())
+        .map(str::to_string)
+}
+
+fn auth_entry<'a>(config: &'a Map<String, Value>, registry: &str) -> Option<&'a Value> {
+    let auths = config.get("auths")?.as_object()?;
+    // An exact key wins over an alias (`docker.io` vs `https://index.docker.io/v1/`).
+    auths.get(&server_key(registry)).or_else(|| {
+        auths
+            .iter()
+            .find(|(k, _)| key_matches(k, registry))
+            .map(|(_, v)| v)
+    })
+}
+
+fn secret_from_entry(entry: &Value, path: &Path) -> Result<Option<Secret>, CredentialError> {
+    let field = |name: &str| {
+        entry
+            .get(name)
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+    };
+    if let Some(token) = field("identitytoken") {
+        return Ok(Some(Secret::IdentityToken(token.to_string())));
+    }
+    if let Some(auth) = field("auth") {
+        let invalid = |detail: String| CredentialError::Invalid {
+            path: path.to_path_buf(),
+            detail,
+        };
+        let decoded = BASE64
+            .decode(auth.trim())
+            .map_err(|e| invalid(format!("an `auth` entry is not base64: {e}")))?;
+        let decoded = String::from_utf8(decoded)
+            .map_err(|_| invalid("an `auth` entry is not UTF-8".into()))?;
+        let (username, password) = decoded
+            .split_once(':')
+            .ok_or_else(|| invalid("an `auth` entry is not `user:password`".into()))?;
+        return Ok(Some(Secret::Basic {
+            username: username.to_string(),
+            password: password.to_string(),
+        }));
+    }
+    if let (Some(username), Some(password)) = (field("username"), field("password")) {
+        return Ok(Some(Secret::Basic {
+            username: username.to_string(),
+            password: password.to_string(),
+        }));
+    }
+    Ok(None)
+}
+
+fn helper_binary(helper: &str) -> String {
+    format!("docker-credential-{helper}")
+}
+
+/// Runs `docker-credential-<helper> <action>` with `input` on stdin and returns its stdout.
+fn run_helper(
+    helper: &str,
+    action: &str,
+    input: &str,
+    registry: &str,
+) -> Result<String, CredentialError> {
+    let binary = helper_binary(helper);
+    let fail = |detail: String| CredentialError::Helper {
+        helper: binary.clone(),
+        server: server_key(registry),
+        detail,
+    };
+    let mut child = Command::new(&binary)
+        .arg(action)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| fail(format!("cannot run `{binary} {action}`: {e}")))?;
+    let mut stdin = child.stdin.take().expect("stdin was piped");
+    let written = stdin.write_all(input.as_bytes());
+    drop(stdin);
+    let output = child
+        .wait_with_output()
+        .map_err(|e| fail(format!("waiting for `{binary} {action}`: {e}")))?;
+    written.map_err(|e| fail(format!("writing to `{binary} {action}`: {e}")))?;
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    if !output.status.success() {
+        let said = format!("{stdout} {}", String::from_utf8_lossy(&output.stderr));
+        return Err(fail(format!("`{action}` failed: {}", said.trim())));
+    }
+    Ok(stdout)
+}
+
+fn helper_get(helper: &str, registry: &str) -> Result<Option<Credential>, CredentialError> {
+    let binary = helper_binary(helper);
+    let stdout = match run_helper(helper, "get", &server_key(registry), registry) {
+        Ok(out) => out,
+        // Helpers say so in their own words when they hold nothing for a server.
+        Err(CredentialError::Helper { detail, .. }) if detail.contains("credentials not found") => {
+            return Ok(None);
+        }
+        Err(e) => return Err(e),
+    };
+    let answer: Value = serde_json::from_str(&stdout).map_err(|e| CredentialError::Helper {
+        helper: binary.clone(),
+        server: server_key(registry),
+        detail: format!("`get` printed something that is not JSON: {e}"),
+    })?;
+    let text = |name: &str| {
+        answer
+            .get(name)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string()
+    };
+    let (username, secret) = (text("Username"), text("Secret"));
+    if secret.is_empty() {
+        return Ok(None);
+    }
+    let secret = if username == "<token>" {
+        Secret::IdentityToken(secret)
+    } else {
+        Secret::Basic {
+            username,
+            password: secret,
+        }
+    };
+    Ok(Some(Credential {
+        secret,
+        source: CredentialSource::Helper(binary),
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store_with(dir: &Path, config: &str) -> CredentialStore {
+        fs::write(dir.join("config.json"), config).unwrap();
+        CredentialStore {
+            auth_file: None,
+            docker_config: dir.join("config.json"),
+        }
+    }
+
+    fn basic(u: &str, p: &str) -> Secret {
+        Secret::Basic {
+            username: u.into(),
+            password: p.into(),
+        }
+    }
+
+    #[test]
+    fn auths_entries_are_found_by_any_docker_hub_alias_and_with_or_without_scheme() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store_with(
+            dir.path(),
+            r#"{"auths": {
+                "https://index.docker.io/v1/": {"auth": "aHViOnNlY3JldA=="},
+                "https://reg.example:5000": {"username": "u", "password": "p"},
+                "tok.example": {"identitytoken": "refresh-me"}
+            }}"#,
+        );
+        let hub = store.lookup("docker.io").unwrap().unwrap();
+        assert_eq!(hub.secret, basic("hub", "secret"));
+        assert_eq!(
+            hub.source.to_string(),
+            format!("file {}", dir.path().join("config.json").display())
+        );
+        assert_eq!(
+            store.lookup("reg.example:5000").unwrap().unwrap().secret,
+            basic("u", "p")
+        );
+        assert_eq!(
+            store.lookup("tok.example").unwrap().unwrap().secret,
+            Secret::IdentityToken("refresh-me".into())
+        );
+        assert_eq!(store.lookup("other.example").unwrap(), None);
+    }
+
+    #[test]
+    fn auth_file_is_consulted_before_docker_config() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = store_with(
+            dir.path(),
+            r#"{"auths": {"r.example": {"auth": "ZDpk"}, "only-docker.example": {"auth": "ZDpk"}}}"#,
+        );
+        let podman = dir.path().join("auth.json");
+        fs::write(&podman, r#"{"auths": {"r.example": {"auth": "cDpw"}}}"#).unwrap();
+        store.auth_file = Some(podman.clone());
+        let found = store.lookup("r.example").unwrap().unwrap();
+        assert_eq!(found.secret, basic("p", "p"));
+        assert_eq!(found.source, CredentialSource::File(podman));
+        assert_eq!(
+            store.lookup("only-docker.example").unwrap().unwrap().secret,
+            basic("d", "d")
+        );
+    }
+
+    #[test]
+    fn login_and_logout_edit_auths_and_keep_other_settings() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store_with(dir.path(), r#"{"psFormat": "table {{.ID}}"}"#);
+        let source = store.login("docker.io", "me", "pw").unwrap();
+        assert_eq!(source, CredentialSource::File(store.docker_config.clone()));
+        let written: Value =
+            serde_json::from_str(&fs::read_to_string(&store.docker_config).unwrap()).unwrap();
+        assert_eq!(written["psFormat"], "table {{.ID}}");
+        assert_eq!(
+            written["auths"]["https://index.docker.io/v1/"]["auth"],
+            BASE64.encode("me:pw")
+        );
+        let mode = fs::metadata(&store.docker_config)
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert!(store.logout("index.docker.io").unwrap());
+        let written: Value =
+            serde_json::from_str(&fs::read_to_string(&store.docker_config).unwrap()).unwrap();
+        assert_eq!(written["auths"], json!({}));
+        assert!(!store.logout("docker.io").unwrap());
+    }
+
+    #[test]
+    fn server_keys_are_what_docker_writes() {
+        assert_eq!(server_key("docker.io"), DOCKER_HUB_KEY);
+        assert_eq!(
+            server_key("https://reg.example:5000/v2/"),
+            "reg.example:5000"
+        );
+        assert!(key_matches("http://127.0.0.1:5000", "127.0.0.1:5000"));
+        assert_eq!(registry_name("https://index.docker.io/v1/"), "docker.io");
+        assert_eq!(registry_name("https://reg.example/v2/"), "reg.example");
+        assert!(!key_matches("127.0.0.1:5001", "127.0.0.1:5000"));
+    }
+}
