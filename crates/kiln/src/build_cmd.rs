@@ -139,7 +139,7 @@ fn parse_ssh(spec: &str) -> Result<(String, PathBuf), Report> {
     Ok((id.to_string(), socket))
 }
 
-fn default_root() -> PathBuf {
+pub(crate) fn default_root() -> PathBuf {
     if let Some(x) = std::env::var_os("XDG_CACHE_HOME") {
         return PathBuf::from(x).join("kiln");
     }

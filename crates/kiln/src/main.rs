@@ -3,6 +3,7 @@
 mod build_cmd;
 mod check_cmd;
 mod dockerfile_cmd;
+mod imagetools_cmd;
 mod login_cmd;
 mod manifest_cmd;
 mod registry_args;
@@ -30,6 +31,9 @@ enum Commands {
     /// Work with image indexes in registries.
     #[command(subcommand)]
     Manifest(manifest_cmd::ManifestCommand),
+    /// Inspect registry images and merge them into indexes (buildx imagetools).
+    #[command(subcommand)]
+    Imagetools(imagetools_cmd::ImagetoolsCommand),
     /// Lint a Dockerfile: BuildKit's build checks plus multi-platform checks.
     Check(check_cmd::CheckArgs),
     /// Check credentials against a registry and save them (docker login).
@@ -57,6 +61,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Commands::Build(args) => build_cmd::run(*args),
         Commands::Manifest(cmd) => manifest_cmd::run(cmd),
+        Commands::Imagetools(cmd) => imagetools_cmd::run(cmd),
         Commands::Check(args) => check_cmd::run(args),
         Commands::Dockerfile(cmd) => dockerfile_cmd::run(cmd),
         Commands::Login(args) => login_cmd::login(args),
