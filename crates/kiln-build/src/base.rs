@@ -1,11 +1,15 @@
+use std::fmt;
 use std::fs::File;
 use std::io::{self, BufReader};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use kiln_oci::{
     Descriptor, Digest, DigestReader, ImageConfig, ImageIndex, ImageManifest, Platform, media,
 };
-use kiln_registry::{Reference, RegistryClient};
+use kiln_registry::{DOCKER_HUB, Reference, RegistryClient};
+use kiln_transport::{
+    ImageSource, LayoutRef, OciLayoutSource, RegistrySource, TransportError, select_platform,
+};
 
 use crate::progress::Progress;
 use crate::{BuildError, Store};
@@ -23,74 +27,158 @@ pub(crate) struct BaseImage {
     pub layers: Vec<LayerRef>,
 }
 
-fn bad(reference: &Reference, message: impl Into<String>) -> BuildError {
+/// BuildKit's scheme for an image in a local OCI layout.
+const OCI_LAYOUT_SCHEME: &str = "oci-layout://";
+
+/// Where a FROM image comes from.
+#[derive(Clone, Debug)]
+pub(crate) enum BaseRef {
+    /// A registry reference, as written and normalised.
+    Registry {
+        written: String,
+        reference: Reference,
+    },
+    /// `oci-layout://DIR[:TAG|@sha256:...]`: an image in a local OCI layout (or archive).
+    Layout { dir: PathBuf, which: LayoutRef },
+}
+
+impl BaseRef {
+    pub(crate) fn parse(image: &str) -> Result<BaseRef, String> {
+        let Some(rest) = image.strip_prefix(OCI_LAYOUT_SCHEME) else {
+            return Ok(BaseRef::Registry {
+                written: image.to_string(),
+                reference: image
+                    .parse()
+                    .map_err(|e: kiln_registry::ReferenceError| e.to_string())?,
+            });
+        };
+        // A tag follows the last `:` after the last `/`; a digest follows `@`.
+        let (dir, which) = if let Some((dir, digest)) = rest.rsplit_once('@') {
+            let digest: Digest = digest.parse().map_err(|e| format!("{image}: {e}"))?;
+            (dir, LayoutRef::Digest(digest))
+        } else {
+            let last_slash = rest.rfind('/').map_or(0, |i| i + 1);
+            match rest[last_slash..].rfind(':') {
+                Some(i) => (
+                    &rest[..last_slash + i],
+                    LayoutRef::Name(rest[last_slash + i + 1..].to_string()),
+                ),
+                None => (rest, LayoutRef::Only),
+            }
+        };
+        if dir.is_empty() {
+            return Err(format!("{image}: the layout path is empty"));
+        }
+        Ok(BaseRef::Layout {
+            dir: PathBuf::from(dir),
+            which,
+        })
+    }
+}
+
+impl fmt::Display for BaseRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BaseRef::Registry { reference, .. } => write!(f, "{reference}"),
+            BaseRef::Layout { dir, which } => {
+                write!(f, "{OCI_LAYOUT_SCHEME}{}", dir.display())?;
+                match which {
+                    LayoutRef::Only => Ok(()),
+                    LayoutRef::Name(n) => write!(f, ":{n}"),
+                    LayoutRef::Digest(d) => write!(f, "@{d}"),
+                }
+            }
+        }
+    }
+}
+
+/// The names a `--base-dir` layout may list a registry image under, in the order tried: as
+/// the Dockerfile writes it, fully qualified (`docker.io/library/busybox:latest`), and as
+/// Docker shows it (`busybox:latest`).
+fn layout_names(written: &str, reference: &Reference) -> Vec<String> {
+    let mut names = vec![written.to_string(), reference.to_string()];
+    if reference.registry == DOCKER_HUB {
+        let short = reference
+            .repository
+            .strip_prefix("library/")
+            .unwrap_or(&reference.repository);
+        let full = reference.to_string();
+        let suffix = &full[DOCKER_HUB.len() + 1 + reference.repository.len()..];
+        names.push(format!("{short}{suffix}"));
+    }
+    names
+}
+
+fn bad(reference: &BaseRef, message: impl Into<String>) -> BuildError {
     BuildError::BadImage {
         reference: reference.to_string(),
         message: message.into(),
     }
 }
 
-fn base_err(reference: &Reference) -> impl FnOnce(kiln_registry::RegistryError) -> BuildError + '_ {
+fn base_err(reference: &BaseRef) -> impl FnOnce(TransportError) -> BuildError + '_ {
     move |source| BuildError::BaseImage {
         reference: reference.to_string(),
         source: Box::new(source),
     }
 }
 
-/// Picks the manifest for `platform` from an index, or says which platforms there are.
-pub(crate) fn select_platform<'a>(
-    reference: &Reference,
-    index: &'a ImageIndex,
-    platform: &Platform,
-) -> Result<&'a Descriptor, BuildError> {
-    // Exact variant first, then the compatible lower ones (arm), as containerd picks.
-    platform
-        .compatible()
-        .iter()
-        .find_map(|want| {
-            index
-                .manifests
-                .iter()
-                .find(|d| d.platform.as_ref().is_some_and(|p| want.matches(p)))
-        })
-        .ok_or_else(|| BuildError::PlatformMissing {
-            reference: reference.to_string(),
-            wanted: platform.to_string(),
-            available: index
-                .manifests
-                .iter()
-                .filter_map(|d| d.platform.as_ref())
-                .filter(|p| p.os != "unknown")
-                .map(|p| p.normalized().to_string())
-                .collect::<Vec<_>>()
-                .join(", "),
-        })
+/// Where to read `base` from: a `--base-dir` layout naming it, an `oci-layout://` layout,
+/// or its registry.
+fn open_source<'c>(
+    client: &'c RegistryClient,
+    base: &BaseRef,
+    base_dir: Option<&Path>,
+    progress: &Progress,
+) -> Result<Box<dyn ImageSource + 'c>, BuildError> {
+    match base {
+        BaseRef::Registry { written, reference } => {
+            if let Some(dir) = base_dir {
+                let listed = OciLayoutSource::ref_names(dir).map_err(base_err(base))?;
+                if let Some(name) = layout_names(written, reference)
+                    .into_iter()
+                    .find(|n| listed.contains(n))
+                {
+                    let source = OciLayoutSource::open(dir, LayoutRef::Name(name))
+                        .map_err(base_err(base))?;
+                    progress.detail(&format!("using {}", source.describe()));
+                    return Ok(Box::new(source));
+                }
+            }
+            Ok(Box::new(RegistrySource::new(client, reference.clone())))
+        }
+        BaseRef::Layout { dir, which } => Ok(Box::new(
+            OciLayoutSource::open(dir, which.clone()).map_err(base_err(base))?,
+        )),
+    }
 }
 
 pub(crate) fn pull(
     client: &RegistryClient,
     store: &Store,
-    reference: &Reference,
+    reference: &BaseRef,
+    base_dir: Option<&Path>,
     platform: &Platform,
     progress: &Progress,
 ) -> Result<BaseImage, BuildError> {
-    let mut fetched = client
-        .fetch_manifest(reference)
-        .map_err(base_err(reference))?;
+    let source = open_source(client, reference, base_dir, progress)?;
+    let source = source.as_ref();
+    let mut fetched = source.top().map_err(base_err(reference))?;
     if media::is_index(&fetched.media_type) {
         let index: ImageIndex = serde_json::from_slice(&fetched.bytes)
             .map_err(|e| bad(reference, format!("unreadable index: {e}")))?;
-        let chosen = select_platform(reference, &index, platform)?;
-        let pinned = reference.with_digest(chosen.digest.clone());
-        fetched = client
-            .fetch_manifest(&pinned)
-            .map_err(base_err(reference))?;
+        let chosen =
+            select_platform(&index, platform).map_err(|m| BuildError::PlatformMissing {
+                reference: reference.to_string(),
+                wanted: m.wanted,
+                available: m.available,
+            })?;
+        fetched = source.manifest(chosen).map_err(base_err(reference))?;
     }
     let manifest: ImageManifest = serde_json::from_slice(&fetched.bytes)
         .map_err(|e| bad(reference, format!("unreadable manifest: {e}")))?;
-    let resolved = reference.with_digest(fetched.digest.clone());
 
-    ensure_blob(client, store, &resolved, &manifest.config)?;
+    ensure_blob(source, store, reference, &manifest.config)?;
     let config: ImageConfig = serde_json::from_slice(
         &std::fs::read(store.blob_path(&manifest.config.digest))
             .map_err(BuildError::io("reading a base image config"))?,
@@ -125,7 +213,7 @@ pub(crate) fn pull(
                 ),
             ));
         }
-        ensure_blob(client, store, &resolved, blob)?;
+        ensure_blob(source, store, reference, blob)?;
         let dir = store.layer_dir(diff_id);
         if !dir.exists() {
             progress.detail(&format!("extracting {}", blob.digest));
@@ -139,17 +227,19 @@ pub(crate) fn pull(
     Ok(BaseImage { config, layers })
 }
 
+/// Stores a blob of the base image unless the store has it; it is verified on the way in,
+/// so a corrupt blob never enters the store.
 fn ensure_blob(
-    client: &RegistryClient,
+    source: &dyn ImageSource,
     store: &Store,
-    reference: &Reference,
+    reference: &BaseRef,
     blob: &Descriptor,
 ) -> Result<(), BuildError> {
     if store.has_blob(&blob.digest) {
         return Ok(());
     }
-    client
-        .fetch_blob(reference, blob, &store.blob_path(&blob.digest))
+    source
+        .blob_to_file(blob, &store.blob_path(&blob.digest))
         .map_err(base_err(reference))
 }
 
@@ -159,7 +249,7 @@ fn extract(
     store: &Store,
     blob: &Descriptor,
     diff_id: &Digest,
-    reference: &Reference,
+    reference: &BaseRef,
 ) -> Result<(), BuildError> {
     let file = File::open(store.blob_path(&blob.digest))
         .map_err(BuildError::io("opening a layer blob"))?;
@@ -191,41 +281,56 @@ fn extract(
 mod tests {
     use super::*;
 
-    fn index(platforms: &[&str]) -> ImageIndex {
-        ImageIndex::new(
-            media::OCI_INDEX,
-            platforms
-                .iter()
-                .map(|p| {
-                    let mut d =
-                        Descriptor::new(media::OCI_MANIFEST, kiln_oci::Digest::of(p.as_bytes()), 1);
-                    d.platform = Some(p.parse().unwrap());
-                    d
-                })
-                .collect(),
-        )
-    }
-
-    fn pick(idx: &ImageIndex, want: &str) -> Result<String, String> {
-        let r: Reference = "registry.example/base:1".parse().unwrap();
-        select_platform(&r, idx, &want.parse().unwrap())
-            .map(|d| d.platform.as_ref().unwrap().to_string())
-            .map_err(|e| e.to_string())
+    #[test]
+    fn oci_layout_references_name_a_tag_or_digest() {
+        let layout = |s: &str| match BaseRef::parse(s).unwrap() {
+            BaseRef::Layout { dir, which } => (dir.display().to_string(), which),
+            other => panic!("{s} parsed as {other}"),
+        };
+        assert_eq!(
+            layout("oci-layout:///srv/img:v1.2"),
+            ("/srv/img".into(), LayoutRef::Name("v1.2".into()))
+        );
+        assert_eq!(
+            layout("oci-layout://./a:b/img"),
+            ("./a:b/img".into(), LayoutRef::Only)
+        );
+        let d = Digest::of(b"m");
+        assert_eq!(
+            layout(&format!("oci-layout://img@{d}")),
+            ("img".into(), LayoutRef::Digest(d.clone()))
+        );
+        assert_eq!(
+            BaseRef::parse(&format!("oci-layout://img@{d}"))
+                .unwrap()
+                .to_string(),
+            format!("oci-layout://img@{d}")
+        );
+        assert!(BaseRef::parse("oci-layout://img@sha256:12").is_err());
+        assert!(BaseRef::parse("oci-layout://").is_err());
     }
 
     #[test]
-    fn exact_variant_wins_then_lower_arm_variants() {
-        let idx = index(&["linux/arm/v6", "linux/arm/v7", "linux/arm64"]);
-        assert_eq!(pick(&idx, "linux/arm/v7").unwrap(), "linux/arm/v7");
-        let idx = index(&["linux/arm/v5", "linux/arm/v6", "linux/arm64"]);
-        assert_eq!(pick(&idx, "linux/arm/v7").unwrap(), "linux/arm/v6");
-        // Never a higher variant, and never 32-bit arm for arm64.
-        let idx = index(&["linux/arm/v7"]);
-        let err = pick(&idx, "linux/arm/v6").unwrap_err();
-        assert!(
-            err.contains("linux/arm/v6") && err.contains("it has: linux/arm/v7"),
-            "{err}"
+    fn base_dir_names_tried_for_a_registry_image() {
+        let names = |s: &str| {
+            let BaseRef::Registry { written, reference } = BaseRef::parse(s).unwrap() else {
+                panic!("{s} is not a registry image")
+            };
+            layout_names(&written, &reference)
+        };
+        assert_eq!(
+            names("busybox"),
+            [
+                "busybox",
+                "docker.io/library/busybox:latest",
+                "busybox:latest"
+            ]
         );
-        assert!(pick(&idx, "linux/arm64").is_err());
+        assert_eq!(
+            names("127.0.0.1:5000/app:1"),
+            ["127.0.0.1:5000/app:1", "127.0.0.1:5000/app:1"]
+        );
+        let d = Digest::of(b"m");
+        assert_eq!(names(&format!("user/app@{d}"))[2], format!("user/app@{d}"));
     }
 }

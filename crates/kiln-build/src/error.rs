@@ -32,7 +32,7 @@ pub enum BuildError {
     BaseImage {
         reference: String,
         #[source]
-        source: Box<RegistryError>,
+        source: Box<kiln_transport::TransportError>,
     },
     #[error("base image {reference} has no image for {wanted} (it has: {available})")]
     PlatformMissing {

@@ -8,7 +8,7 @@ use kiln_dockerfile::{Command, Dockerfile, Instruction, ShellOrExec, Stage};
 use kiln_oci::{
     Descriptor, HistoryEntry, ImageConfig, ImageManifest, Platform, media, to_json_bytes,
 };
-use kiln_registry::{Reference, RegistryClient};
+use kiln_registry::RegistryClient;
 use kiln_sandbox::{EmulationMode, Network, RunSpec, Sandbox};
 use kiln_snapshot::{Chmod, CopyOptions, LayerOptions, LayerStack};
 use sha2::{Digest as _, Sha256};
@@ -44,6 +44,9 @@ pub struct BuildOptions {
     pub secrets: BTreeMap<String, SecretSource>,
     /// SSH agent sockets for `RUN --mount=type=ssh`, by id (`kiln build --ssh`).
     pub ssh: BTreeMap<String, PathBuf>,
+    /// An OCI layout (directory or archive) whose images FROM uses before any registry,
+    /// matched by their `org.opencontainers.image.ref.name` (`kiln build --base-dir`).
+    pub base_dir: Option<PathBuf>,
 }
 
 /// An image built and stored: its manifest and everything the manifest points to.
@@ -827,9 +830,7 @@ impl<'s, 'a> Executor<'s, 'a> {
                 cmd_set: false,
             });
         }
-        let reference: Reference = image
-            .parse()
-            .map_err(|e: kiln_registry::ReferenceError| self.err(from, e.to_string()))?;
+        let reference = base::BaseRef::parse(image).map_err(|e| self.err(from, e))?;
         let cell = Shared::memo(&self.shared.images, &format!("{reference} {platform}"));
         once(&cell, &self.target, || {
             self.shared
@@ -839,6 +840,7 @@ impl<'s, 'a> Executor<'s, 'a> {
                 self.shared.client,
                 self.shared.store,
                 &reference,
+                self.opts().base_dir.as_deref(),
                 platform,
                 self.shared.progress,
             )?;
@@ -1382,7 +1384,7 @@ impl<'s, 'a> Executor<'s, 'a> {
             Some(name) => Some(match self.stage_index(name) {
                 Some(i) => self.stage(i)?,
                 None => {
-                    if name.parse::<Reference>().is_err() {
+                    if base::BaseRef::parse(name).is_err() {
                         return Err(BuildError::UnknownStage {
                             path: self.opts().dockerfile_path.clone(),
                             line: ins.span.start_line,

@@ -85,6 +85,10 @@ pub struct BuildArgs {
     /// for $SSH_AUTH_SOCK; the usual ID is `default`.
     #[arg(long = "ssh", value_name = "ID[=SOCKET]")]
     ssh: Vec<String>,
+    /// An OCI layout (directory or oci-archive file) to take FROM images from before any
+    /// registry, by their ref name (e.g. written by `kiln copy ... oci:DIR:NAME`).
+    #[arg(long = "base-dir", value_name = "DIR")]
+    base_dir: Option<PathBuf>,
 }
 
 /// `--secret id=ID,src=FILE`, `id=ID,env=VAR` (buildx's form; `source=` and `type=` too). With
@@ -313,6 +317,7 @@ pub fn run(args: BuildArgs) -> Result<(), Report> {
             .iter()
             .map(|spec| parse_ssh(spec))
             .collect::<Result<_, _>>()?,
+        base_dir: args.base_dir.clone(),
     };
     let to_report = |e: BuildError| match e {
         BuildError::Parse(p) => report::parse_error(&p, &text),

@@ -2,6 +2,7 @@
 
 mod build_cmd;
 mod check_cmd;
+mod copy_cmd;
 mod dockerfile_cmd;
 mod imagetools_cmd;
 mod login_cmd;
@@ -34,12 +35,14 @@ enum Commands {
     /// Inspect registry images and merge them into indexes (buildx imagetools).
     #[command(subcommand)]
     Imagetools(imagetools_cmd::ImagetoolsCommand),
-    /// Lint a Dockerfile: BuildKit's build checks plus multi-platform checks.
-    Check(check_cmd::CheckArgs),
+    /// Copy images between registries, OCI layouts and archives (skopeo copy syntax).
+    Copy(copy_cmd::CopyArgs),
     /// Check credentials against a registry and save them (docker login).
     Login(login_cmd::LoginArgs),
     /// Remove saved credentials for a registry (docker logout).
     Logout(login_cmd::LogoutArgs),
+    /// Lint a Dockerfile: BuildKit's build checks plus multi-platform checks.
+    Check(check_cmd::CheckArgs),
     /// Inspect a Dockerfile the way kiln parses it.
     #[command(subcommand)]
     Dockerfile(dockerfile_cmd::DockerfileCommand),
@@ -62,10 +65,11 @@ fn main() -> ExitCode {
         Commands::Build(args) => build_cmd::run(*args),
         Commands::Manifest(cmd) => manifest_cmd::run(cmd),
         Commands::Imagetools(cmd) => imagetools_cmd::run(cmd),
-        Commands::Check(args) => check_cmd::run(args),
-        Commands::Dockerfile(cmd) => dockerfile_cmd::run(cmd),
+        Commands::Copy(args) => copy_cmd::run(args),
         Commands::Login(args) => login_cmd::login(args),
         Commands::Logout(args) => login_cmd::logout(args),
+        Commands::Check(args) => check_cmd::run(args),
+        Commands::Dockerfile(cmd) => dockerfile_cmd::run(cmd),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,124 @@
+use kiln_oci::{Digest, ImageIndex, ImageManifest, Platform, media};
+
+use crate::{ImageDestination, ImageSource, RawManifest, TransportError, select_platform};
+
+/// Which images of an index to copy.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Selection {
+    /// The index and every image in it, byte for byte: the copy has the source's digest.
+    All,
+    /// The image for this platform only (it keeps its own manifest digest).
+    Platform(Platform),
+    /// The image for the platform kiln runs on, as skopeo picks by default.
+    Default,
+}
+
+/// What a copy wrote.
+#[derive(Clone, Debug)]
+pub struct CopyReport {
+    /// The digest of the top-level manifest or index at the destination.
+    pub digest: Digest,
+    pub media_type: String,
+    /// How many image manifests were copied.
+    pub images: usize,
+}
+
+/// Copies an image from `source` to `dest`. Manifests and indexes are copied as the exact
+/// bytes the source holds, so digests are preserved; every blob is verified against its
+/// digest as it streams. A single-image source is copied as it is, whatever the selection.
+pub fn copy(
+    source: &dyn ImageSource,
+    dest: &mut dyn ImageDestination,
+    selection: &Selection,
+) -> Result<CopyReport, TransportError> {
+    let top = source.top()?;
+    let (written, images) = if !media::is_index(&top.media_type) {
+        copy_image(source, dest, &top)?;
+        (top, 1)
+    } else {
+        match selection {
+            Selection::All => {
+                let images = copy_index_children(source, dest, &top)?;
+                (top, images)
+            }
+            Selection::Platform(p) => (copy_platform(source, dest, &top, p)?, 1),
+            Selection::Default => (copy_platform(source, dest, &top, &Platform::host())?, 1),
+        }
+    };
+    dest.commit(&written)?;
+    Ok(CopyReport {
+        digest: written.digest,
+        media_type: written.media_type,
+        images,
+    })
+}
+
+fn parse_index(
+    source: &dyn ImageSource,
+    index: &RawManifest,
+) -> Result<ImageIndex, TransportError> {
+    serde_json::from_slice(&index.bytes).map_err(|e| {
+        TransportError::invalid(
+            source.describe(),
+            format!("unreadable index {}: {e}", index.digest),
+        )
+    })
+}
+
+/// Copies the image for `platform` out of `index` and returns its manifest.
+fn copy_platform(
+    source: &dyn ImageSource,
+    dest: &mut dyn ImageDestination,
+    index: &RawManifest,
+    platform: &Platform,
+) -> Result<RawManifest, TransportError> {
+    let parsed = parse_index(source, index)?;
+    let chosen =
+        select_platform(&parsed, platform).map_err(|m| TransportError::PlatformMissing {
+            location: source.describe(),
+            wanted: m.wanted,
+            available: m.available,
+        })?;
+    let manifest = source.manifest(chosen)?;
+    copy_image(source, dest, &manifest)?;
+    Ok(manifest)
+}
+
+/// Copies everything an index points to (nested indexes too); returns the number of images.
+fn copy_index_children(
+    source: &dyn ImageSource,
+    dest: &mut dyn ImageDestination,
+    index: &RawManifest,
+) -> Result<usize, TransportError> {
+    let mut images = 0;
+    for child in parse_index(source, index)?.manifests {
+        let manifest = source.manifest(&child)?;
+        if media::is_index(&child.media_type) {
+            images += copy_index_children(source, dest, &manifest)?;
+        } else {
+            copy_image(source, dest, &manifest)?;
+            images += 1;
+        }
+        dest.put_manifest(&manifest)?;
+    }
+    Ok(images)
+}
+
+/// Copies an image manifest's config and layers (not the manifest itself).
+fn copy_image(
+    source: &dyn ImageSource,
+    dest: &mut dyn ImageDestination,
+    manifest: &RawManifest,
+) -> Result<(), TransportError> {
+    let parsed: ImageManifest = serde_json::from_slice(&manifest.bytes).map_err(|e| {
+        TransportError::invalid(
+            source.describe(),
+            format!("unreadable manifest {}: {e}", manifest.digest),
+        )
+    })?;
+    dest.put_blob(source, &parsed.config)?;
+    for layer in &parsed.layers {
+        dest.put_blob(source, layer)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,325 @@
+//! Reading files out of a layout directory or a tar archive, and writing files so that they
+//! appear whole or not at all.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{self, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
+use std::path::{Component, Path, PathBuf};
+
+use kiln_oci::{Descriptor, DigestReader};
+
+use crate::TransportError;
+
+/// Manifests and configs are read into memory; anything this large is not one.
+pub(crate) const MAX_JSON_BYTES: u64 = 16 << 20;
+
+/// An open file of a layout or archive, and its size.
+pub(crate) type OpenFile<'a> = (Box<dyn Read + 'a>, u64);
+
+/// The files of an image location: a directory, or the members of a tar archive.
+pub(crate) enum Files {
+    Dir(PathBuf),
+    Tar(TarIndex),
+}
+
+/// Where each member of a tar archive lies, found by one pass over its headers, so members
+/// can be read later by seeking instead of unpacking the archive.
+pub(crate) struct TarIndex {
+    file: PathBuf,
+    /// Regular members: (offset of the data, size).
+    members: HashMap<String, (u64, u64)>,
+    /// Symbolic and hard links: the archive path they resolve to.
+    links: HashMap<String, String>,
+}
+
+/// `a/./b/../c` as `a/c`, without touching the filesystem; `None` if it leaves the root.
+fn normalize(path: &Path) -> Option<String> {
+    let mut parts: Vec<String> = Vec::new();
+    for c in path.components() {
+        match c {
+            Component::Normal(p) => parts.push(p.to_string_lossy().into_owned()),
+            Component::ParentDir => {
+                parts.pop()?;
+            }
+            Component::CurDir | Component::RootDir | Component::Prefix(_) => {}
+        }
+    }
+    Some(parts.join("/"))
+}
+
+impl TarIndex {
+    pub(crate) fn scan(file: &Path) -> Result<TarIndex, TransportError> {
+        let context = || format!("reading the archive {}", file.display());
+        let f = File::open(file).map_err(TransportError::io(context()))?;
+        let mut archive = tar::Archive::new(BufReader::new(f));
+        let mut members = HashMap::new();
+        let mut links = HashMap::new();
+        for entry in archive
+            .entries_with_seek()
+            .map_err(TransportError::io(context()))?
+        {
+            let entry = entry.map_err(TransportError::io(context()))?;
+            let path = entry.path().map_err(TransportError::io(context()))?;
+            let Some(name) = normalize(&path) else {
+                continue;
+            };
+            match entry.header().entry_type() {
+                tar::EntryType::Regular | tar::EntryType::Continuous => {
+                    members.insert(name, (entry.raw_file_position(), entry.size()));
+                }
+                kind @ (tar::EntryType::Symlink | tar::EntryType::Link) => {
+                    let Some(target) = entry.link_name().map_err(TransportError::io(context()))?
+                    else {
+                        continue;
+                    };
+                    // A symlink is relative to its own directory; a hard link names a member.
+                    let resolved = if kind == tar::EntryType::Symlink {
+                        normalize(&path.parent().unwrap_or(Path::new("")).join(&target))
+                    } else {
+                        normalize(&target)
+                    };
+                    if let Some(resolved) = resolved {
+                        links.insert(name, resolved);
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(TarIndex {
+            file: file.to_path_buf(),
+            members,
+            links,
+        })
+    }
+
+    fn locate(&self, name: &str) -> Option<(u64, u64)> {
+        let mut name = normalize(Path::new(name))?;
+        // Links of links, but never round in circles.
+        for _ in 0..8 {
+            if let Some(found) = self.members.get(&name) {
+                return Some(*found);
+            }
+            name = self.links.get(&name)?.clone();
+        }
+        None
+    }
+}
+
+impl Files {
+    /// What these files are, for messages.
+    pub(crate) fn describe(&self) -> String {
+        match self {
+            Files::Dir(d) => d.display().to_string(),
+            Files::Tar(t) => t.file.display().to_string(),
+        }
+    }
+
+    /// Opens a file by its path inside the layout or archive; `Ok(None)` if there is none.
+    pub(crate) fn open(&self, name: &str) -> Result<Option<OpenFile<'_>>, TransportError> {
+        let context = || format!("reading {name} in {}", self.describe());
+        match self {
+            Files::Dir(dir) => match File::open(dir.join(name)) {
+                Ok(f) => {
+                    let size = f.metadata().map_err(TransportError::io(context()))?.len();
+                    Ok(Some((Box::new(BufReader::new(f)), size)))
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+                Err(e) => Err(TransportError::io(context())(e)),
+            },
+            Files::Tar(index) => {
+                let Some((offset, size)) = index.locate(name) else {
+                    return Ok(None);
+                };
+                let mut f = File::open(&index.file).map_err(TransportError::io(context()))?;
+                f.seek(SeekFrom::Start(offset))
+                    .map_err(TransportError::io(context()))?;
+                Ok(Some((Box::new(BufReader::new(f).take(size)), size)))
+            }
+        }
+    }
+
+    /// Opens a file that must exist.
+    pub(crate) fn open_required(&self, name: &str) -> Result<OpenFile<'_>, TransportError> {
+        self.open(name)?
+            .ok_or_else(|| TransportError::invalid(self.describe(), format!("has no {name}")))
+    }
+
+    /// Reads a small file (JSON) into memory.
+    pub(crate) fn read_small(&self, name: &str) -> Result<Vec<u8>, TransportError> {
+        let (reader, size) = self.open_required(name)?;
+        if size > MAX_JSON_BYTES {
+            return Err(TransportError::invalid(
+                self.describe(),
+                format!("{name} is implausibly large ({size} bytes)"),
+            ));
+        }
+        let mut bytes = Vec::with_capacity(size as usize);
+        reader
+            .take(MAX_JSON_BYTES)
+            .read_to_end(&mut bytes)
+            .map_err(TransportError::io(format!(
+                "reading {name} in {}",
+                self.describe()
+            )))?;
+        Ok(bytes)
+    }
+}
+
+/// The temp file a write to `dest` goes through, in the same directory so the final rename
+/// is atomic.
+pub(crate) fn temp_beside(dest: &Path) -> Result<tempfile::NamedTempFile, TransportError> {
+    let parent = match dest.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    std::fs::create_dir_all(parent)
+        .map_err(TransportError::io(format!("creating {}", parent.display())))?;
+    tempfile::Builder::new()
+        .prefix(".kiln-part-")
+        .tempfile_in(parent)
+        .map_err(TransportError::io(format!(
+            "creating a file in {}",
+            parent.display()
+        )))
+}
+
+/// Streams `reader` into `dest`, checking it hashes to `desc`'s digest and size; `dest`
+/// appears only when it does. `location` and `what` name the content in the error.
+pub(crate) fn write_verified(
+    reader: impl Read,
+    desc: &Descriptor,
+    dest: &Path,
+    location: &str,
+    what: &'static str,
+) -> Result<(), TransportError> {
+    let tmp = temp_beside(dest)?;
+    let mut hashed = DigestReader::new(reader);
+    let mut out = BufWriter::new(tmp.as_file());
+    let context = || format!("copying {what} {} from {location}", desc.digest);
+    io::copy(&mut hashed, &mut out).map_err(TransportError::io(context()))?;
+    out.flush().map_err(TransportError::io(context()))?;
+    drop(out);
+    let (actual, size) = hashed.finish();
+    if actual != desc.digest || size != desc.size {
+        return Err(TransportError::DigestMismatch {
+            location: location.to_string(),
+            what,
+            expected: desc.digest.clone(),
+            actual,
+            size,
+        });
+    }
+    tmp.persist(dest)
+        .map_err(|e| TransportError::io(format!("storing {}", dest.display()))(e.error))?;
+    Ok(())
+}
+
+/// Reads small content (a manifest) fully, checking it against `desc`.
+pub(crate) fn read_verified(
+    reader: impl Read,
+    desc: &Descriptor,
+    location: &str,
+    what: &'static str,
+) -> Result<Vec<u8>, TransportError> {
+    if desc.size > MAX_JSON_BYTES {
+        return Err(TransportError::invalid(
+            location,
+            format!(
+                "{what} {} is implausibly large ({} bytes)",
+                desc.digest, desc.size
+            ),
+        ));
+    }
+    let mut bytes = Vec::with_capacity(desc.size as usize);
+    reader
+        .take(MAX_JSON_BYTES)
+        .read_to_end(&mut bytes)
+        .map_err(TransportError::io(format!(
+            "reading {what} {} from {location}",
+            desc.digest
+        )))?;
+    let actual = kiln_oci::Digest::of(&bytes);
+    if actual != desc.digest || bytes.len() as u64 != desc.size {
+        return Err(TransportError::DigestMismatch {
+            location: location.to_string(),
+            what,
+            expected: desc.digest.clone(),
+            actual,
+            size: bytes.len() as u64,
+        });
+    }
+    Ok(bytes)
+}
+
+/// Writes `bytes` to `dest` through a temp file and a rename.
+pub(crate) fn write_atomic(dest: &Path, bytes: &[u8]) -> Result<(), TransportError> {
+    let mut tmp = temp_beside(dest)?;
+    let context = || format!("writing {}", dest.display());
+    tmp.write_all(bytes)
+        .map_err(TransportError::io(context()))?;
+    tmp.flush().map_err(TransportError::io(context()))?;
+    tmp.persist(dest)
+        .map_err(|e| TransportError::io(context())(e.error))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kiln_oci::{Digest, media};
+
+    #[test]
+    fn a_mismatching_stream_leaves_nothing_behind() {
+        let t = tempfile::tempdir().unwrap();
+        let dest = t.path().join("blob");
+        let desc = Descriptor::new(media::OCI_LAYER_TAR, Digest::of(b"promised"), 8);
+        let e = write_verified(&b"tampered"[..], &desc, &dest, "oci:x", "blob").unwrap_err();
+        assert!(e.to_string().contains(&desc.digest.to_string()), "{e}");
+        assert_eq!(
+            std::fs::read_dir(t.path()).unwrap().count(),
+            0,
+            "no temp file or blob left"
+        );
+        write_verified(&b"promised"[..], &desc, &dest, "oci:x", "blob").unwrap();
+        assert_eq!(std::fs::read(&dest).unwrap(), b"promised");
+        assert_eq!(std::fs::read_dir(t.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn atomic_write_replaces_whole_files() {
+        let t = tempfile::tempdir().unwrap();
+        let dest = t.path().join("index.json");
+        write_atomic(&dest, b"first").unwrap();
+        write_atomic(&dest, b"second").unwrap();
+        assert_eq!(std::fs::read(&dest).unwrap(), b"second");
+        assert_eq!(std::fs::read_dir(t.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn tar_members_are_read_by_seeking_and_links_followed() {
+        let t = tempfile::tempdir().unwrap();
+        let path = t.path().join("a.tar");
+        let mut b = tar::Builder::new(File::create(&path).unwrap());
+        let mut h = tar::Header::new_gnu();
+        h.set_size(5);
+        h.set_mode(0o644);
+        b.append_data(&mut h, "./one/layer.tar", &b"hello"[..])
+            .unwrap();
+        let mut l = tar::Header::new_gnu();
+        l.set_entry_type(tar::EntryType::Symlink);
+        l.set_size(0);
+        b.append_link(&mut l, "two/layer.tar", "../one/layer.tar")
+            .unwrap();
+        b.into_inner().unwrap().flush().unwrap();
+        let files = Files::Tar(TarIndex::scan(&path).unwrap());
+        let read = |n: &str| {
+            let (mut r, size) = files.open(n).unwrap().unwrap();
+            let mut s = String::new();
+            r.read_to_string(&mut s).unwrap();
+            (s, size)
+        };
+        assert_eq!(read("one/layer.tar"), ("hello".into(), 5));
+        assert_eq!(read("two/layer.tar"), ("hello".into(), 5));
+        assert!(files.open("three").unwrap().is_none());
+    }
+}

@@ -1,0 +1,572 @@
+//! OCI image layouts, as directories (`oci:`) and as tar archives (`oci-archive:`).
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use kiln_oci::layout::{LayoutBlob, write_tar};
+use kiln_oci::{Descriptor, Digest, ImageIndex, media, to_json_bytes};
+
+use crate::files::{Files, OpenFile, TarIndex, read_verified, write_atomic, write_verified};
+use crate::{ImageDestination, ImageSource, RawManifest, TransportError};
+
+/// The index.json annotation that names an image in a layout.
+pub const REF_NAME: &str = "org.opencontainers.image.ref.name";
+
+const OCI_LAYOUT_FILE: &[u8] = br#"{"imageLayoutVersion":"1.0.0"}"#;
+
+/// Which image of a layout to read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LayoutRef {
+    /// The only entry of index.json (an error if there are several).
+    Only,
+    /// The entry whose `org.opencontainers.image.ref.name` is this.
+    Name(String),
+    /// The manifest or index with this digest, listed in index.json or not.
+    Digest(Digest),
+}
+
+impl LayoutRef {
+    /// `Name` when a name is given, else `Only`.
+    pub fn from_name(name: Option<String>) -> LayoutRef {
+        name.map_or(LayoutRef::Only, LayoutRef::Name)
+    }
+}
+
+fn blob_name(digest: &Digest) -> String {
+    format!("blobs/{}/{}", digest.algorithm(), digest.hex())
+}
+
+fn read_index(files: &Files) -> Result<ImageIndex, TransportError> {
+    serde_json::from_slice(&files.read_small("index.json")?).map_err(|e| {
+        TransportError::invalid(files.describe(), format!("unreadable index.json: {e}"))
+    })
+}
+
+fn ref_name(d: &Descriptor) -> Option<&str> {
+    d.annotations.get(REF_NAME).map(String::as_str)
+}
+
+/// An OCI layout read from a directory or an archive.
+pub struct OciLayoutSource {
+    files: Files,
+    location: String,
+    top: Descriptor,
+}
+
+impl OciLayoutSource {
+    pub fn open_dir(dir: &Path, which: LayoutRef) -> Result<OciLayoutSource, TransportError> {
+        Self::open_files(Files::Dir(dir.to_path_buf()), "oci", which)
+    }
+
+    pub fn open_archive(file: &Path, which: LayoutRef) -> Result<OciLayoutSource, TransportError> {
+        Self::open_files(Files::Tar(TarIndex::scan(file)?), "oci-archive", which)
+    }
+
+    /// A layout directory, or an archive if `path` is a file.
+    pub fn open(path: &Path, which: LayoutRef) -> Result<OciLayoutSource, TransportError> {
+        if path.is_file() {
+            Self::open_archive(path, which)
+        } else {
+            Self::open_dir(path, which)
+        }
+    }
+
+    /// The ref names of a layout's index.json entries (directory or archive).
+    pub fn ref_names(path: &Path) -> Result<Vec<String>, TransportError> {
+        let files = if path.is_file() {
+            Files::Tar(TarIndex::scan(path)?)
+        } else {
+            Files::Dir(path.to_path_buf())
+        };
+        Ok(read_index(&files)?
+            .manifests
+            .iter()
+            .filter_map(ref_name)
+            .map(str::to_string)
+            .collect())
+    }
+
+    fn open_files(
+        files: Files,
+        transport: &str,
+        which: LayoutRef,
+    ) -> Result<OciLayoutSource, TransportError> {
+        let mut location = format!("{transport}:{}", files.describe());
+        let index = read_index(&files)?;
+        let names = || {
+            let names: Vec<&str> = index.manifests.iter().filter_map(ref_name).collect();
+            if names.is_empty() {
+                "none".to_string()
+            } else {
+                names.join(", ")
+            }
+        };
+        let top = match &which {
+            LayoutRef::Only => match index.manifests.as_slice() {
+                [only] => only.clone(),
+                [] => {
+                    return Err(TransportError::invalid(
+                        location,
+                        "the layout holds no image",
+                    ));
+                }
+                _ => {
+                    return Err(TransportError::invalid(
+                        &location,
+                        format!(
+                            "the layout holds several images; name one (its names: {})",
+                            names()
+                        ),
+                    ));
+                }
+            },
+            LayoutRef::Name(name) => {
+                location = format!("{location}:{name}");
+                index
+                    .manifests
+                    .iter()
+                    .find(|d| ref_name(d) == Some(name))
+                    .cloned()
+                    .ok_or_else(|| {
+                        TransportError::invalid(
+                            &location,
+                            format!("no image named `{name}` (its names: {})", names()),
+                        )
+                    })?
+            }
+            LayoutRef::Digest(digest) => {
+                location = format!("{location}@{digest}");
+                match index.manifests.iter().find(|d| &d.digest == digest) {
+                    Some(d) => d.clone(),
+                    None => Self::describe_blob(&files, &location, digest)?,
+                }
+            }
+        };
+        if !media::is_index(&top.media_type) && !media::is_manifest(&top.media_type) {
+            return Err(TransportError::invalid(
+                location,
+                format!(
+                    "{} has unsupported media type {}",
+                    top.digest, top.media_type
+                ),
+            ));
+        }
+        Ok(OciLayoutSource {
+            files,
+            location,
+            top,
+        })
+    }
+
+    /// A descriptor for a manifest blob not listed in index.json, from its own mediaType.
+    fn describe_blob(
+        files: &Files,
+        location: &str,
+        digest: &Digest,
+    ) -> Result<Descriptor, TransportError> {
+        let bytes = files.read_small(&blob_name(digest)).map_err(|_| {
+            TransportError::invalid(location, format!("the layout has no manifest {digest}"))
+        })?;
+        let media_type = serde_json::from_slice::<serde_json::Value>(&bytes)
+            .ok()
+            .and_then(|v| v["mediaType"].as_str().map(str::to_string))
+            .unwrap_or_default();
+        Ok(Descriptor::new(
+            &media_type,
+            digest.clone(),
+            bytes.len() as u64,
+        ))
+    }
+}
+
+impl ImageSource for OciLayoutSource {
+    fn describe(&self) -> String {
+        self.location.clone()
+    }
+
+    fn top(&self) -> Result<RawManifest, TransportError> {
+        self.manifest(&self.top)
+    }
+
+    fn manifest(&self, desc: &Descriptor) -> Result<RawManifest, TransportError> {
+        let (reader, _) = self.open_blob(desc)?;
+        let bytes = read_verified(reader, desc, &self.location, "manifest")?;
+        Ok(RawManifest {
+            media_type: desc.media_type.clone(),
+            digest: desc.digest.clone(),
+            bytes,
+        })
+    }
+
+    fn blob_to_file(&self, desc: &Descriptor, dest: &Path) -> Result<(), TransportError> {
+        let (reader, _) = self.open_blob(desc)?;
+        write_verified(reader, desc, dest, &self.location, "blob")
+    }
+}
+
+impl OciLayoutSource {
+    fn open_blob(&self, desc: &Descriptor) -> Result<OpenFile<'_>, TransportError> {
+        self.files.open(&blob_name(&desc.digest))?.ok_or_else(|| {
+            TransportError::invalid(
+                &self.location,
+                format!("the layout has no blob {}", desc.digest),
+            )
+        })
+    }
+}
+
+/// Writes into an OCI layout directory.
+///
+/// A new layout is assembled in a temp directory beside the destination and renamed into
+/// place on commit. Into an existing layout, blobs are added in place (each through a temp
+/// name) and index.json is replaced last, so the layout stays consistent if the copy fails.
+pub struct OciDirDestination {
+    dest: PathBuf,
+    name: Option<String>,
+    /// Where blobs go: the destination itself, or the temp directory becoming it.
+    work: PathBuf,
+    staging: Option<tempfile::TempDir>,
+}
+
+impl OciDirDestination {
+    pub fn create(dir: &Path, name: Option<String>) -> Result<OciDirDestination, TransportError> {
+        let existing_layout = dir.join("oci-layout").is_file();
+        let empty_dir = fs::read_dir(dir).is_ok_and(|mut d| d.next().is_none());
+        if dir.exists() && !existing_layout && !empty_dir {
+            return Err(TransportError::invalid(
+                format!("oci:{}", dir.display()),
+                "exists and is not an OCI layout",
+            ));
+        }
+        if existing_layout {
+            return Ok(OciDirDestination {
+                dest: dir.to_path_buf(),
+                name,
+                work: dir.to_path_buf(),
+                staging: None,
+            });
+        }
+        let parent = match dir.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        fs::create_dir_all(parent)
+            .map_err(TransportError::io(format!("creating {}", parent.display())))?;
+        let staging = tempfile::Builder::new()
+            .prefix(".kiln-layout-")
+            .tempdir_in(parent)
+            .map_err(TransportError::io(format!(
+                "creating a directory in {}",
+                parent.display()
+            )))?;
+        Ok(OciDirDestination {
+            dest: dir.to_path_buf(),
+            name,
+            work: staging.path().to_path_buf(),
+            staging: Some(staging),
+        })
+    }
+
+    fn blob_path(&self, digest: &Digest) -> PathBuf {
+        self.work.join(blob_name(digest))
+    }
+
+    fn existing_index(&self) -> Result<Option<ImageIndex>, TransportError> {
+        if self.staging.is_some() {
+            return Ok(None);
+        }
+        read_index(&Files::Dir(self.work.clone())).map(Some)
+    }
+}
+
+impl ImageDestination for OciDirDestination {
+    fn describe(&self) -> String {
+        match &self.name {
+            Some(n) => format!("oci:{}:{n}", self.dest.display()),
+            None => format!("oci:{}", self.dest.display()),
+        }
+    }
+
+    fn put_blob(
+        &mut self,
+        source: &dyn ImageSource,
+        desc: &Descriptor,
+    ) -> Result<(), TransportError> {
+        let path = self.blob_path(&desc.digest);
+        if path.is_file() {
+            return Ok(());
+        }
+        fs::create_dir_all(path.parent().expect("blob paths have a parent")).map_err(
+            TransportError::io(format!("creating {}", self.work.display())),
+        )?;
+        source.blob_to_file(desc, &path)
+    }
+
+    fn put_manifest(&mut self, manifest: &RawManifest) -> Result<(), TransportError> {
+        let path = self.blob_path(&manifest.digest);
+        if path.is_file() {
+            return Ok(());
+        }
+        write_atomic(&path, &manifest.bytes)
+    }
+
+    fn commit(&mut self, top: &RawManifest) -> Result<(), TransportError> {
+        self.put_manifest(top)?;
+        let mut index = self
+            .existing_index()?
+            .unwrap_or_else(|| ImageIndex::new(media::OCI_INDEX, Vec::new()));
+        let mut entry = top.descriptor();
+        match &self.name {
+            // The name moves to the new image, as a tag does.
+            Some(name) => {
+                index.manifests.retain(|d| ref_name(d) != Some(name));
+                entry.annotations.insert(REF_NAME.into(), name.clone());
+            }
+            None => index
+                .manifests
+                .retain(|d| d.digest != top.digest || ref_name(d).is_some()),
+        }
+        index.manifests.push(entry);
+        write_atomic(&self.work.join("oci-layout"), OCI_LAYOUT_FILE)?;
+        write_atomic(&self.work.join("index.json"), &to_json_bytes(&index))?;
+        if let Some(staging) = self.staging.take() {
+            let from = staging.keep();
+            // rename(2) replaces an empty directory, which is all `create` lets through.
+            fs::rename(&from, &self.dest).map_err(|e| {
+                let _ = fs::remove_dir_all(&from);
+                TransportError::io(format!("moving the layout to {}", self.dest.display()))(e)
+            })?;
+            self.work = self.dest.clone();
+        }
+        Ok(())
+    }
+}
+
+/// Writes an OCI layout archive: assembled as a directory in a temp dir, then written as a
+/// tar under a temp name and renamed into place.
+pub struct OciArchiveDestination {
+    file: PathBuf,
+    layout: OciDirDestination,
+    // Dropped after `layout`, which lives inside it.
+    _staging: tempfile::TempDir,
+}
+
+impl OciArchiveDestination {
+    pub fn create(
+        file: &Path,
+        name: Option<String>,
+    ) -> Result<OciArchiveDestination, TransportError> {
+        let parent = match file.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        fs::create_dir_all(parent)
+            .map_err(TransportError::io(format!("creating {}", parent.display())))?;
+        let staging = tempfile::Builder::new()
+            .prefix(".kiln-archive-")
+            .tempdir_in(parent)
+            .map_err(TransportError::io(format!(
+                "creating a directory in {}",
+                parent.display()
+            )))?;
+        let layout = OciDirDestination::create(&staging.path().join("layout"), name)?;
+        Ok(OciArchiveDestination {
+            file: file.to_path_buf(),
+            layout,
+            _staging: staging,
+        })
+    }
+}
+
+impl ImageDestination for OciArchiveDestination {
+    fn describe(&self) -> String {
+        match &self.layout.name {
+            Some(n) => format!("oci-archive:{}:{n}", self.file.display()),
+            None => format!("oci-archive:{}", self.file.display()),
+        }
+    }
+
+    fn put_blob(
+        &mut self,
+        source: &dyn ImageSource,
+        desc: &Descriptor,
+    ) -> Result<(), TransportError> {
+        self.layout.put_blob(source, desc)
+    }
+
+    fn put_manifest(&mut self, manifest: &RawManifest) -> Result<(), TransportError> {
+        self.layout.put_manifest(manifest)
+    }
+
+    fn commit(&mut self, top: &RawManifest) -> Result<(), TransportError> {
+        self.layout.commit(top)?;
+        let dir = self.layout.work.clone();
+        let index = read_index(&Files::Dir(dir.clone()))?;
+        let blob_dir = dir.join("blobs/sha256");
+        let context = || format!("reading {}", blob_dir.display());
+        let mut blobs: Vec<(Digest, PathBuf)> = Vec::new();
+        for entry in fs::read_dir(&blob_dir).map_err(TransportError::io(context()))? {
+            let entry = entry.map_err(TransportError::io(context()))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if let Ok(digest) = format!("sha256:{name}").parse::<Digest>() {
+                blobs.push((digest, entry.path()));
+            }
+        }
+        blobs.sort();
+        let listed: Vec<LayoutBlob<'_>> = blobs
+            .iter()
+            .map(|(digest, path)| LayoutBlob { digest, path })
+            .collect();
+        write_tar(&self.file, &listed, &index).map_err(TransportError::io(format!(
+            "writing {}",
+            self.file.display()
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Selection, copy};
+    use kiln_oci::{ImageManifest, layout::write_dir};
+
+    /// A layout at `dir` holding one image (a config and one layer with `layer` as content)
+    /// named `name`; returns the manifest's digest and the layer's.
+    fn make_layout(dir: &Path, name: &str, layer: &[u8]) -> (Digest, Digest) {
+        let work = tempfile::tempdir().unwrap();
+        let mut files = Vec::new();
+        let mut put = |bytes: &[u8]| {
+            let d = Digest::of(bytes);
+            let p = work.path().join(d.hex());
+            fs::write(&p, bytes).unwrap();
+            files.push((d.clone(), p));
+            Descriptor::new("", d, bytes.len() as u64)
+        };
+        let config = put(
+            br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#,
+        );
+        let layer_desc = put(layer);
+        let manifest = to_json_bytes(&ImageManifest {
+            schema_version: 2,
+            media_type: Some(media::OCI_MANIFEST.into()),
+            config: Descriptor {
+                media_type: media::OCI_CONFIG.into(),
+                ..config
+            },
+            layers: vec![Descriptor {
+                media_type: media::OCI_LAYER_TAR.into(),
+                ..layer_desc.clone()
+            }],
+            annotations: Default::default(),
+        });
+        let manifest_desc = put(&manifest);
+        let mut entry = Descriptor::new(
+            media::OCI_MANIFEST,
+            manifest_desc.digest.clone(),
+            manifest_desc.size,
+        );
+        entry.annotations.insert(REF_NAME.into(), name.into());
+        let blobs: Vec<LayoutBlob<'_>> = files
+            .iter()
+            .map(|(digest, path)| LayoutBlob { digest, path })
+            .collect();
+        write_dir(dir, &blobs, &ImageIndex::new(media::OCI_INDEX, vec![entry])).unwrap();
+        (manifest_desc.digest, layer_desc.digest)
+    }
+
+    fn copy_between(
+        from: &OciLayoutSource,
+        to: &mut dyn ImageDestination,
+    ) -> Result<Digest, TransportError> {
+        copy(from, to, &Selection::All).map(|r| r.digest)
+    }
+
+    #[test]
+    fn layout_to_archive_to_layout_keeps_digest_and_name() {
+        let t = tempfile::tempdir().unwrap();
+        let (manifest, _) = make_layout(&t.path().join("a"), "app:1", b"layer one");
+        let src = OciLayoutSource::open_dir(&t.path().join("a"), LayoutRef::Name("app:1".into()))
+            .unwrap();
+        let archive = t.path().join("a.tar");
+        let mut dest = OciArchiveDestination::create(&archive, Some("carried".into())).unwrap();
+        assert_eq!(copy_between(&src, &mut dest).unwrap(), manifest);
+        drop(dest);
+
+        let from_archive =
+            OciLayoutSource::open(&archive, LayoutRef::Name("carried".into())).unwrap();
+        let back = t.path().join("b");
+        let mut dest = OciDirDestination::create(&back, Some("app:1".into())).unwrap();
+        assert_eq!(copy_between(&from_archive, &mut dest).unwrap(), manifest);
+        assert_eq!(OciLayoutSource::ref_names(&back).unwrap(), ["app:1"]);
+        let top = OciLayoutSource::open_dir(&back, LayoutRef::Digest(manifest.clone()))
+            .unwrap()
+            .top()
+            .unwrap();
+        assert_eq!(
+            top.bytes,
+            fs::read(t.path().join("a").join(blob_name(&manifest))).unwrap()
+        );
+        let mut names = fs::read_dir(t.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect::<Vec<_>>();
+        names.sort();
+        assert_eq!(names, ["a", "a.tar", "b"], "no temp files or dirs left");
+    }
+
+    #[test]
+    fn a_corrupt_blob_leaves_no_new_layout_and_an_old_one_unchanged() {
+        let t = tempfile::tempdir().unwrap();
+        let (_, layer) = make_layout(&t.path().join("src"), "app:1", b"good layer");
+        fs::write(t.path().join("src").join(blob_name(&layer)), b"evil layer").unwrap();
+        let src = OciLayoutSource::open_dir(&t.path().join("src"), LayoutRef::Only).unwrap();
+
+        let fresh = t.path().join("fresh");
+        let mut dest = OciDirDestination::create(&fresh, None).unwrap();
+        let err = copy_between(&src, &mut dest).unwrap_err().to_string();
+        drop(dest);
+        assert!(err.contains(&layer.to_string()), "{err}");
+        assert!(!fresh.exists());
+
+        let old = t.path().join("old");
+        make_layout(&old, "other", b"other layer");
+        let before = fs::read(old.join("index.json")).unwrap();
+        let mut dest = OciDirDestination::create(&old, Some("app:1".into())).unwrap();
+        assert!(copy_between(&src, &mut dest).is_err());
+        assert_eq!(fs::read(old.join("index.json")).unwrap(), before);
+        assert!(!old.join(blob_name(&layer)).exists());
+        let mut names: Vec<_> = fs::read_dir(t.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["old", "src"]);
+    }
+
+    #[test]
+    fn a_name_moves_to_the_newest_image_and_others_stay() {
+        let t = tempfile::tempdir().unwrap();
+        let dest_dir = t.path().join("dest");
+        make_layout(&dest_dir, "keep", b"kept");
+        let (first, _) = make_layout(&t.path().join("one"), "x", b"first");
+        let (second, _) = make_layout(&t.path().join("two"), "x", b"second");
+        for (src, expected) in [("one", &first), ("two", &second)] {
+            let from = OciLayoutSource::open_dir(&t.path().join(src), LayoutRef::Only).unwrap();
+            let mut dest = OciDirDestination::create(&dest_dir, Some("app".into())).unwrap();
+            assert_eq!(&copy_between(&from, &mut dest).unwrap(), expected);
+        }
+        let index = read_index(&Files::Dir(dest_dir.clone())).unwrap();
+        let named: Vec<(Option<&str>, &Digest)> = index
+            .manifests
+            .iter()
+            .map(|d| (ref_name(d), &d.digest))
+            .collect();
+        assert_eq!(named.len(), 2, "{named:?}");
+        assert_eq!(named[1], (Some("app"), &second));
+        assert_eq!(named[0].0, Some("keep"));
+        let err = OciLayoutSource::open_dir(&dest_dir, LayoutRef::Only)
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("keep, app"), "{err}");
+    }
+}

@@ -1,0 +1,118 @@
+//! Where images live and how they move between those places: registries (`docker://`), OCI
+//! layout directories (`oci:`), OCI layout archives (`oci-archive:`) and `docker save`
+//! archives (`docker-archive:`), named with skopeo's transport syntax.
+//!
+//! A [`ImageSource`] hands out a top-level manifest or index and, by digest, the manifests and
+//! blobs under it, always verified against their digests. An [`ImageDestination`] receives
+//! them and makes the image visible only when [`ImageDestination::commit`] succeeds, so a
+//! failed copy never leaves a half-written layout or archive.
+
+mod copy;
+mod docker_archive;
+mod error;
+mod files;
+mod layout;
+mod location;
+mod platform;
+mod registry;
+
+pub use copy::{CopyReport, Selection, copy};
+pub use docker_archive::{DockerArchiveDestination, DockerArchiveSource};
+pub use error::TransportError;
+pub use layout::{LayoutRef, OciArchiveDestination, OciDirDestination, OciLayoutSource, REF_NAME};
+pub use location::ImageLocation;
+pub use platform::{PlatformMissing, select_platform};
+pub use registry::{RegistryDestination, RegistrySource};
+
+use std::path::Path;
+
+use kiln_oci::{Descriptor, Digest};
+use kiln_registry::RegistryClient;
+
+/// A manifest or index: its media type, digest and exact bytes.
+#[derive(Clone, Debug)]
+pub struct RawManifest {
+    pub media_type: String,
+    pub digest: Digest,
+    pub bytes: Vec<u8>,
+}
+
+impl RawManifest {
+    /// A descriptor pointing at this manifest.
+    pub fn descriptor(&self) -> Descriptor {
+        Descriptor::new(
+            &self.media_type,
+            self.digest.clone(),
+            self.bytes.len() as u64,
+        )
+    }
+}
+
+/// Where an image is read from.
+pub trait ImageSource {
+    /// The location, as the user would write it (for messages).
+    fn describe(&self) -> String;
+    /// The manifest or index the location names.
+    fn top(&self) -> Result<RawManifest, TransportError>;
+    /// A manifest an index points to, checked against the descriptor's digest.
+    fn manifest(&self, desc: &Descriptor) -> Result<RawManifest, TransportError>;
+    /// Streams a blob into `dest`, checking size and digest on the way. The file appears at
+    /// `dest` only when it matched.
+    fn blob_to_file(&self, desc: &Descriptor, dest: &Path) -> Result<(), TransportError>;
+}
+
+/// Where an image is written to. Nothing is visible at the destination before `commit`.
+pub trait ImageDestination {
+    /// The location, as the user would write it (for messages).
+    fn describe(&self) -> String;
+    /// Stores a blob taken from `source`, unless the destination has it already.
+    fn put_blob(
+        &mut self,
+        source: &dyn ImageSource,
+        desc: &Descriptor,
+    ) -> Result<(), TransportError>;
+    /// Stores a manifest an index points to.
+    fn put_manifest(&mut self, manifest: &RawManifest) -> Result<(), TransportError>;
+    /// Stores the top-level manifest or index and makes the image visible.
+    fn commit(&mut self, top: &RawManifest) -> Result<(), TransportError>;
+}
+
+/// Opens `location` for reading.
+pub fn open_source<'c>(
+    location: &ImageLocation,
+    client: &'c RegistryClient,
+) -> Result<Box<dyn ImageSource + 'c>, TransportError> {
+    Ok(match location {
+        ImageLocation::Registry(r) => Box::new(RegistrySource::new(client, r.clone())),
+        ImageLocation::OciDir { dir, name } => Box::new(OciLayoutSource::open_dir(
+            dir,
+            LayoutRef::from_name(name.clone()),
+        )?),
+        ImageLocation::OciArchive { file, name } => Box::new(OciLayoutSource::open_archive(
+            file,
+            LayoutRef::from_name(name.clone()),
+        )?),
+        ImageLocation::DockerArchive { file, reference } => {
+            Box::new(DockerArchiveSource::open(file, reference.as_ref())?)
+        }
+    })
+}
+
+/// Opens `location` for writing.
+pub fn open_destination<'c>(
+    location: &ImageLocation,
+    client: &'c RegistryClient,
+) -> Result<Box<dyn ImageDestination + 'c>, TransportError> {
+    Ok(match location {
+        ImageLocation::Registry(r) => Box::new(RegistryDestination::new(client, r.clone())),
+        ImageLocation::OciDir { dir, name } => {
+            Box::new(OciDirDestination::create(dir, name.clone())?)
+        }
+        ImageLocation::OciArchive { file, name } => {
+            Box::new(OciArchiveDestination::create(file, name.clone())?)
+        }
+        ImageLocation::DockerArchive { file, reference } => {
+            Box::new(DockerArchiveDestination::create(file, reference.clone())?)
+        }
+    })
+}
