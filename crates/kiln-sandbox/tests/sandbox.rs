@@ -365,7 +365,8 @@ fn rootless_kiln_runs_as_root_in_a_single_id_namespace() {
     std::fs::set_permissions(dirs.root.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
     let spec = dirs.spec(&["sh", "-c", "id -u; echo hello > /made-rootless"]);
 
-    let output = Command::new(HELPER)
+    let (_exe_dir, helper) = kiln_testkit::executable_by_anyone(Path::new(HELPER));
+    let output = Command::new(&helper)
         .arg(serde_json::to_string(&spec).unwrap())
         .uid(NOBODY)
         .gid(NOBODY)
@@ -674,7 +675,8 @@ fn rootless_kiln_runs_emulated_steps() {
     std::fs::set_permissions(dirs.root.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
     let spec = dirs.emulated_spec("arm64", &["sh", "-c", "id -u; uname -m"]);
 
-    let output = Command::new(HELPER)
+    let (_exe_dir, helper) = kiln_testkit::executable_by_anyone(Path::new(HELPER));
+    let output = Command::new(&helper)
         .arg(serde_json::to_string(&spec).unwrap())
         .uid(NOBODY)
         .gid(NOBODY)

@@ -24,5 +24,6 @@ pub use registry::{Registry, RegistryOptions};
 pub use tls::{IssuedCert, TestCa};
 pub use token_server::{TokenRequest, TokenServer};
 pub use tools::{
-    push_busybox, push_busybox_to, push_go, skopeo_inspect, skopeo_raw, skopeo_to_oci, umoci_unpack,
+    executable_by_anyone, push_busybox, push_busybox_to, push_go, skopeo_inspect, skopeo_raw,
+    skopeo_to_oci, umoci_unpack,
 };

@@ -183,3 +183,23 @@ fn run_checked(command: &mut Command) -> Output {
     );
     output
 }
+
+/// A copy of `binary` that any user can execute, in a temp dir of its own. Tests that drop to
+/// an unprivileged uid cannot exec a binary inside a checkout only root may enter (as one
+/// cloned under `mktemp -d` is). Keep the returned dir alive while the copy is in use.
+pub fn executable_by_anyone(binary: &Path) -> (tempfile::TempDir, PathBuf) {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::Builder::new()
+        .prefix("kiln-exe-")
+        .tempdir()
+        .expect("create a temp dir for the binary");
+    let copy = dir
+        .path()
+        .join(binary.file_name().expect("a binary file name"));
+    std::fs::copy(binary, &copy).unwrap_or_else(|e| panic!("copying {}: {e}", binary.display()));
+    for (path, mode) in [(dir.path(), 0o755), (copy.as_path(), 0o755)] {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+            .unwrap_or_else(|e| panic!("chmod {}: {e}", path.display()));
+    }
+    (dir, copy)
+}

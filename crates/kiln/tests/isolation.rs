@@ -261,7 +261,10 @@ fn an_unprivileged_user_builds_in_a_user_namespace() {
     let out = shared.join("out");
     let spec = format!("type=oci,dest={},tar=false", out.display());
 
-    let o = kiln_command(
+    let (_exe_dir, kiln_binary) =
+        kiln_testkit::executable_by_anyone(Path::new(env!("CARGO_BIN_EXE_kiln")));
+    let o = kiln_command_at(
+        &kiln_binary,
         &shared.join("store"),
         &[
             "build",

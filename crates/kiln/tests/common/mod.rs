@@ -86,7 +86,12 @@ impl Env {
 }
 
 pub fn kiln_command(root: &Path, args: &[&str]) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_kiln"));
+    kiln_command_at(Path::new(env!("CARGO_BIN_EXE_kiln")), root, args)
+}
+
+/// `kiln_command` for a copy of the binary elsewhere (see `executable_by_anyone`).
+pub fn kiln_command_at(binary: &Path, root: &Path, args: &[&str]) -> Command {
+    let mut command = Command::new(binary);
     command
         .args(args)
         .env("KILN_ROOT", root)
