@@ -81,7 +81,8 @@ impl RegistryConfig {
                 .iter()
                 .map(|m| strip_scheme(m).trim_end_matches('/').to_string())
                 .collect();
-            hosts.insert(strip_scheme(&host).to_string(), config);
+            // `index.docker.io`, `registry-1.docker.io` and `docker.io` are one registry.
+            hosts.insert(crate::registry_name(&host), config);
         }
         Ok(RegistryConfig {
             hosts,
@@ -104,9 +105,7 @@ impl RegistryConfig {
 
     /// The settings for `host`, created empty if absent.
     pub fn host_mut(&mut self, host: &str) -> &mut HostConfig {
-        self.hosts
-            .entry(strip_scheme(host).to_string())
-            .or_default()
+        self.hosts.entry(crate::registry_name(host)).or_default()
     }
 
     /// The settings for `host`, if any.
@@ -171,6 +170,23 @@ debug = true
             }]
         );
         assert_eq!(secure.http, None);
+    }
+
+    #[test]
+    fn docker_hub_tables_apply_whatever_alias_names_them() {
+        for alias in [
+            "index.docker.io",
+            "registry-1.docker.io",
+            "https://docker.io",
+        ] {
+            let text = format!("[registry.\"{alias}\"]\n  mirrors = [\"mirror.example\"]\n");
+            let c = RegistryConfig::from_buildkitd_toml(&text, Path::new("/")).unwrap();
+            assert_eq!(
+                c.host("docker.io").map(|h| h.mirrors.clone()),
+                Some(vec!["mirror.example".to_string()]),
+                "{alias}"
+            );
+        }
     }
 
     #[test]
