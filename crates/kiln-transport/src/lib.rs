@@ -59,6 +59,11 @@ pub trait ImageSource {
     /// Streams a blob into `dest`, checking size and digest on the way. The file appears at
     /// `dest` only when it matched.
     fn blob_to_file(&self, desc: &Descriptor, dest: &Path) -> Result<(), TransportError>;
+    /// The registry repository the blobs come from, when they come from one: a destination in
+    /// the same registry can then mount them instead of copying their bytes.
+    fn registry_reference(&self) -> Option<&kiln_registry::Reference> {
+        None
+    }
 }
 
 /// Where an image is written to. Nothing is visible at the destination before `commit`.

@@ -48,6 +48,10 @@ impl ImageSource for RegistrySource<'_> {
     fn blob_to_file(&self, desc: &Descriptor, dest: &Path) -> Result<(), TransportError> {
         Ok(self.client.fetch_blob(&self.reference, desc, dest)?)
     }
+
+    fn registry_reference(&self) -> Option<&Reference> {
+        Some(&self.reference)
+    }
 }
 
 /// How many blobs are uploaded at once.
@@ -119,6 +123,14 @@ impl ImageDestination for RegistryDestination<'_> {
             .expect("created above")
             .path()
             .join(desc.digest.hex());
+        // Within one registry the blob is mounted, not downloaded and uploaded again.
+        if let Some(from) = source
+            .registry_reference()
+            .filter(|from| from.registry == self.reference.registry)
+        {
+            self.client.copy_blob(from, &self.reference, desc, &path)?;
+            return Ok(());
+        }
         source.blob_to_file(desc, &path)?;
         self.pending.push(desc.clone());
         Ok(())

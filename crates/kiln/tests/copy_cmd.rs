@@ -104,6 +104,38 @@ fn copy_all_through_a_layout_keeps_the_index_digest_and_bytes() {
 }
 
 #[test]
+fn copy_within_one_registry_mounts_blobs_instead_of_moving_them() {
+    let env = Env::new();
+    let proxy = kiln_testkit::FaultProxy::start(env.reg(), Vec::new());
+    let digest = kiln_copy(
+        &env,
+        &[
+            "--all",
+            &format!("docker://{}/busybox:latest", proxy.addr()),
+            &format!("docker://{}/mirror/busybox:1", proxy.addr()),
+        ],
+    );
+    assert_eq!(digest, env.busybox_index_digest);
+    assert_eq!(
+        skopeo_raw(&env.tag("mirror/busybox:1")),
+        skopeo_raw(&env.tag("busybox:latest"))
+    );
+    let requests = proxy.requests();
+    let mounts = requests
+        .iter()
+        .filter(|r| r.starts_with("POST ") && r.contains("mount=") && r.contains("from=busybox"))
+        .count();
+    // Five platforms: a config and a layer each.
+    assert_eq!(mounts, 10, "{requests:#?}");
+    assert!(
+        !requests
+            .iter()
+            .any(|r| r.starts_with("PATCH ") || (r.starts_with("GET ") && r.contains("/blobs/"))),
+        "blob bytes moved: {requests:#?}"
+    );
+}
+
+#[test]
 fn copy_all_through_an_oci_archive_keeps_a_docker_manifest_list() {
     let env = Env::new();
     let archive = env.path("carry/busybox.tar");
