@@ -12,8 +12,12 @@ cargo build --release -q -p kiln -p kiln-testkit --bins
 
 work=$(mktemp -d)
 registry_pid=
+# The registry dies of the SIGTERM (status 143); that must not become the script's status.
 cleanup() {
-	[[ -n $registry_pid ]] && kill "$registry_pid" 2>/dev/null && wait "$registry_pid" 2>/dev/null
+	if [[ -n $registry_pid ]]; then
+		kill "$registry_pid" 2>/dev/null || true
+		wait "$registry_pid" 2>/dev/null || true
+	fi
 	rm -rf "$work"
 }
 trap cleanup EXIT
