@@ -90,6 +90,10 @@ pub struct CredentialStore {
     pub auth_file: Option<PathBuf>,
     /// Docker's `config.json` (`$DOCKER_CONFIG/config.json`, else `~/.docker/config.json`).
     pub docker_config: PathBuf,
+    /// podman's and buildah's default `auth.json` files, consulted after docker's file when
+    /// `REGISTRY_AUTH_FILE` is not set: `$XDG_RUNTIME_DIR/containers/auth.json`, then
+    /// `$XDG_CONFIG_HOME/containers/auth.json` (`~/.config/...`).
+    pub podman_auth_files: Vec<PathBuf>,
 }
 
 impl Default for CredentialStore {
@@ -141,20 +145,29 @@ fn key_matches(key: &str, registry: &str) -> bool {
 
 impl CredentialStore {
     /// The files docker and podman users have: `REGISTRY_AUTH_FILE` (if set), then
-    /// `$DOCKER_CONFIG/config.json` or `~/.docker/config.json`.
+    /// `$DOCKER_CONFIG/config.json` or `~/.docker/config.json`, then (without
+    /// `REGISTRY_AUTH_FILE`) where `podman login` writes by default.
     pub fn from_env() -> CredentialStore {
-        let docker_dir = std::env::var_os("DOCKER_CONFIG")
-            .filter(|v| !v.is_empty())
-            .map(PathBuf::from)
-            .unwrap_or_else(|| {
-                let home = std::env::var_os("HOME").unwrap_or_else(|| "/".into());
-                Path::new(&home).join(".docker")
-            });
+        let var = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty());
+        let home = var("HOME").map_or_else(|| PathBuf::from("/"), PathBuf::from);
+        let docker_dir = var("DOCKER_CONFIG").map_or_else(|| home.join(".docker"), PathBuf::from);
+        let auth_file = var("REGISTRY_AUTH_FILE").map(PathBuf::from);
+        let podman_auth_files = if auth_file.is_some() {
+            Vec::new()
+        } else {
+            let config_home =
+                var("XDG_CONFIG_HOME").map_or_else(|| home.join(".config"), PathBuf::from);
+            var("XDG_RUNTIME_DIR")
+                .map(PathBuf::from)
+                .into_iter()
+                .chain([config_home])
+                .map(|dir| dir.join("containers/auth.json"))
+                .collect()
+        };
         CredentialStore {
-            auth_file: std::env::var_os("REGISTRY_AUTH_FILE")
-                .filter(|v| !v.is_empty())
-                .map(PathBuf::from),
+            auth_file,
             docker_config: docker_dir.join("config.json"),
+            podman_auth_files,
         }
     }
 
@@ -164,6 +177,7 @@ impl CredentialStore {
             .iter()
             .map(PathBuf::as_path)
             .chain([self.docker_config.as_path()])
+            .chain(self.podman_auth_files.iter().map(PathBuf::as_path))
             .collect()
     }
 
@@ -484,6 +498,7 @@ mod tests {
         CredentialStore {
             auth_file: None,
             docker_config: dir.join("config.json"),
+            podman_auth_files: Vec::new(),
         }
     }
 
@@ -539,6 +554,31 @@ mod tests {
             store.lookup("only-docker.example").unwrap().unwrap().secret,
             basic("d", "d")
         );
+    }
+
+    #[test]
+    fn podman_default_auth_files_are_consulted_after_docker_config() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = store_with(
+            dir.path(),
+            r#"{"auths": {"both.example": {"auth": "ZDpk"}}}"#,
+        );
+        let podman = dir.path().join("containers-auth.json");
+        fs::write(
+            &podman,
+            r#"{"auths": {"both.example": {"auth": "cDpw"}, "podman.example": {"auth": "cDpw"}}}"#,
+        )
+        .unwrap();
+        store.podman_auth_files = vec![dir.path().join("absent.json"), podman.clone()];
+        assert_eq!(
+            store.lookup("both.example").unwrap().unwrap().secret,
+            basic("d", "d")
+        );
+        let found = store.lookup("podman.example").unwrap().unwrap();
+        assert_eq!(found.secret, basic("p", "p"));
+        assert_eq!(found.source, CredentialSource::File(podman));
+        // kiln login still writes docker's file.
+        assert_eq!(store.writable_file(), store.docker_config);
     }
 
     #[test]

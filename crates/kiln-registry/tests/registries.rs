@@ -25,6 +25,7 @@ fn docker_config(dir: &Path, registry: &str, entry: serde_json::Value) -> Creden
     CredentialStore {
         auth_file: None,
         docker_config: path,
+        podman_auth_files: Vec::new(),
     }
 }
 
@@ -190,6 +191,7 @@ fn missing_credentials_say_where_kiln_looked_and_to_log_in() {
     let store = CredentialStore {
         auth_file: None,
         docker_config: work.path().join("absent.json"),
+        podman_auth_files: Vec::new(),
     };
     let kiln = client(trusting_ca(&registry), store);
     let e = kiln
@@ -298,6 +300,7 @@ fn no_credentials() -> CredentialStore {
     CredentialStore {
         auth_file: None,
         docker_config: PathBuf::from("/nonexistent/config.json"),
+        podman_auth_files: Vec::new(),
     }
 }
 
