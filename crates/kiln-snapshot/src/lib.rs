@@ -11,6 +11,7 @@ mod chmod;
 mod copy;
 mod extract;
 mod fsmeta;
+mod pargz;
 mod stack;
 mod write;
 

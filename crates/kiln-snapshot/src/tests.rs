@@ -750,3 +750,96 @@ fn non_archives_and_empty_archives_are_not_extracted() {
     }
     assert_eq!(fs::read_dir(&dest).unwrap().count(), 0);
 }
+
+/// A layer several compression blocks long: a pseudo-random 16 KiB pattern repeated (deflate
+/// only shrinks it by finding the previous copy, which may sit in the block before), then
+/// incompressible bytes.
+fn multi_block_layer(root: &Path) -> Vec<u8> {
+    let mut pattern = vec![0u8; 16 << 10];
+    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+    for chunk in pattern.chunks_mut(8) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        chunk.copy_from_slice(&x.to_le_bytes());
+    }
+    let mut data = pattern.repeat(160);
+    for _ in 0..(512 << 10) / 8 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        data.extend_from_slice(&x.to_le_bytes());
+    }
+    write_file(&root.join("big.bin"), &data, 0o644, (0, 0), 7);
+    write_file(
+        &root.join("small"),
+        b"after the big one\n",
+        0o644,
+        (0, 0),
+        7,
+    );
+    data
+}
+
+#[test]
+fn compressed_bytes_do_not_depend_on_the_thread_count() {
+    let tmp = tempfile::tempdir().unwrap();
+    multi_block_layer(tmp.path());
+    for level in [1, 6, 9] {
+        let opts = LayerOptions {
+            gzip_level: level,
+            source_date_epoch: None,
+        };
+        let mut one = Vec::new();
+        let blob_one = write::write_layer_on_threads(tmp.path(), &mut one, &opts, 1).unwrap();
+        for threads in [2, 3, 8] {
+            let mut many = Vec::new();
+            let blob =
+                write::write_layer_on_threads(tmp.path(), &mut many, &opts, threads).unwrap();
+            assert!(one == many, "level {level}: 1 and {threads} threads differ");
+            assert_eq!(blob, blob_one);
+        }
+        // What `write_layer` picks for this machine gives the same bytes too.
+        assert_eq!(layer_bytes(tmp.path(), &opts).0, one);
+    }
+}
+
+#[test]
+fn parallel_gzip_is_one_standard_member_that_keeps_matches_across_blocks() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = multi_block_layer(tmp.path());
+    let (bytes, blob) = layer_bytes(tmp.path(), &LayerOptions::default());
+
+    // flate2's single-member decoder reads it all: no concatenated members.
+    let mut tar = Vec::new();
+    flate2::read::GzDecoder::new(bytes.as_slice())
+        .read_to_end(&mut tar)
+        .unwrap();
+    assert_eq!(blob.diff_id.hex(), hex::encode(Sha256::digest(&tar)));
+    let mut archive = tar::Archive::new(tar.as_slice());
+    let mut entries = archive.entries().unwrap();
+    let mut big = entries.next().unwrap().unwrap();
+    assert_eq!(big.path().unwrap(), Path::new("big.bin"));
+    let mut read_back = Vec::new();
+    big.read_to_end(&mut read_back).unwrap();
+    assert!(read_back == data, "big.bin came back different");
+
+    // GNU gzip checks the CRC and length in the trailer.
+    let blob_path = tmp.path().join("layer.tar.gz");
+    fs::write(&blob_path, &bytes).unwrap();
+    let output = std::process::Command::new("gzip")
+        .arg("-dc")
+        .arg(&blob_path)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "gzip -d failed");
+    assert!(output.stdout == tar, "gzip -d gave other bytes");
+
+    // Matches reach back into the previous block: restarting every 256 KiB block would cost
+    // one literal copy of the 16 KiB pattern per block (10 blocks) on top of the random tail.
+    assert!(
+        bytes.len() < (512 + 16 * 10) << 10,
+        "{} bytes: repeats across blocks were not found",
+        bytes.len()
+    );
+}

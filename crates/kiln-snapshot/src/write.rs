@@ -7,12 +7,11 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
-use flate2::Compression;
-use flate2::write::GzEncoder;
 use kiln_oci::{Digest, DigestWriter};
 use tar::{EntryType, Header};
 
 use crate::fsmeta::{self, is_whiteout};
+use crate::pargz::{self, ParallelGzip};
 use crate::{SnapshotError, at};
 
 pub struct LayerOptions {
@@ -52,33 +51,42 @@ struct Item {
 const OPAQUE_MARKER: &[u8] = b".wh..wh..opq";
 
 /// Write `dir` (an overlay-format layer dir) as a gzip-compressed OCI layer tar to `out`.
+/// Compression runs on every core; the bytes do not depend on how many there are.
 pub fn write_layer<W: Write>(
     dir: &Path,
     out: W,
     opts: &LayerOptions,
 ) -> Result<LayerBlob, SnapshotError> {
+    write_layer_on_threads(dir, out, opts, pargz::default_threads())
+}
+
+pub(crate) fn write_layer_on_threads<W: Write>(
+    dir: &Path,
+    out: W,
+    opts: &LayerOptions,
+    threads: usize,
+) -> Result<LayerBlob, SnapshotError> {
     let mut items = Vec::new();
     collect(dir, &[], &mut items)?;
     items.sort_unstable_by(|a, b| a.name.cmp(&b.name));
 
-    let gz = GzEncoder::new(
-        DigestWriter::new(out),
-        Compression::new(opts.gzip_level.min(9)),
-    );
-    let mut tar = tar::Builder::new(DigestWriter::new(gz));
-    // (dev, ino) of multiply-linked files -> name of the first one emitted.
-    let mut first_links: HashMap<(u64, u64), Vec<u8>> = HashMap::new();
-    for item in &items {
-        write_item(&mut tar, item, opts, &mut first_links)?;
-    }
-    let (diff_id, _, gz) = tar.into_inner().map_err(SnapshotError::Output)?.finish();
-    let mut compressed = gz.finish().map_err(SnapshotError::Output)?;
-    compressed.flush().map_err(SnapshotError::Output)?;
-    let (digest, size, _) = compressed.finish();
-    Ok(LayerBlob {
-        digest,
-        size,
-        diff_id,
+    std::thread::scope(|scope| {
+        let gz = ParallelGzip::new(scope, DigestWriter::new(out), opts.gzip_level, threads)
+            .map_err(SnapshotError::Output)?;
+        let mut tar = tar::Builder::new(DigestWriter::new(gz));
+        // (dev, ino) of multiply-linked files -> name of the first one emitted.
+        let mut first_links: HashMap<(u64, u64), Vec<u8>> = HashMap::new();
+        for item in &items {
+            write_item(&mut tar, item, opts, &mut first_links)?;
+        }
+        let (diff_id, _, gz) = tar.into_inner().map_err(SnapshotError::Output)?.finish();
+        let compressed = gz.finish().map_err(SnapshotError::Output)?;
+        let (digest, size, _) = compressed.finish();
+        Ok(LayerBlob {
+            digest,
+            size,
+            diff_id,
+        })
     })
 }
 

@@ -1,0 +1,204 @@
+//! Gzip compression on every core, with output that does not depend on how many cores.
+//!
+//! The input is cut into fixed-size blocks. Each block is deflated on its own (pigz's scheme),
+//! primed with the last 32 KiB of the block before it, and ends on a byte boundary with a sync
+//! flush; the last block ends the deflate stream. The bytes of a block depend only on the
+//! block's data, its dictionary and the level, so the concatenation is the same for any number
+//! of threads, and it is one ordinary gzip member any gunzip reads.
+
+use std::collections::VecDeque;
+use std::io::{self, Write};
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::sync::{Arc, Mutex};
+use std::thread::Scope;
+
+use flate2::{Compress, Compression, Crc, FlushCompress, Status};
+
+/// Uncompressed bytes per block. Part of the output format: changing it changes layer digests.
+const BLOCK_SIZE: usize = 256 << 10;
+/// Deflate's window: how much of the previous block primes the next one.
+const DICTIONARY_SIZE: usize = 32 << 10;
+/// More workers than this would mostly add memory (two blocks in flight per worker).
+pub(crate) const MAX_THREADS: usize = 16;
+
+/// Threads to compress with on this machine.
+pub(crate) fn default_threads() -> usize {
+    std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(MAX_THREADS)
+}
+
+/// A block to deflate: `data[..dictionary_len]` primes the compressor, the rest is compressed.
+struct Job {
+    data: Vec<u8>,
+    dictionary_len: usize,
+    last: bool,
+    result: SyncSender<io::Result<Vec<u8>>>,
+}
+
+/// Writes a gzip stream to `out`; call [`ParallelGzip::finish`] to end it. Blocks are
+/// compressed by worker threads spawned in `scope`; `out` is only written from the caller's
+/// thread, in order, so it need not be `Send`.
+pub(crate) struct ParallelGzip<W: Write> {
+    out: W,
+    crc: Crc,
+    /// Dictionary (tail of the previous block) followed by the block being filled.
+    block: Vec<u8>,
+    dictionary_len: usize,
+    jobs: SyncSender<Job>,
+    /// Results of submitted blocks, oldest first.
+    in_flight: VecDeque<Receiver<io::Result<Vec<u8>>>>,
+    max_in_flight: usize,
+}
+
+impl<W: Write> ParallelGzip<W> {
+    pub(crate) fn new<'scope>(
+        scope: &'scope Scope<'scope, '_>,
+        mut out: W,
+        level: u32,
+        threads: usize,
+    ) -> io::Result<Self> {
+        let level = level.min(9);
+        let threads = threads.clamp(1, MAX_THREADS);
+        let (jobs, queue) = sync_channel::<Job>(threads);
+        let queue = Arc::new(Mutex::new(queue));
+        for _ in 0..threads {
+            let queue = Arc::clone(&queue);
+            scope.spawn(move || compress_jobs(&queue, level));
+        }
+        out.write_all(&gzip_header(level))?;
+        Ok(ParallelGzip {
+            out,
+            crc: Crc::new(),
+            block: Vec::with_capacity(DICTIONARY_SIZE + BLOCK_SIZE),
+            dictionary_len: 0,
+            jobs,
+            in_flight: VecDeque::new(),
+            max_in_flight: 2 * threads,
+        })
+    }
+
+    /// Hand the filled block to the workers and start the next one with its tail as dictionary.
+    fn submit(&mut self, last: bool) -> io::Result<()> {
+        while self.in_flight.len() >= self.max_in_flight {
+            self.write_oldest()?;
+        }
+        let tail = self.block.len().saturating_sub(DICTIONARY_SIZE);
+        let mut next = Vec::with_capacity(DICTIONARY_SIZE + BLOCK_SIZE);
+        if !last {
+            next.extend_from_slice(&self.block[tail..]);
+        }
+        let data = std::mem::replace(&mut self.block, next);
+        let (result, receiver) = sync_channel(1);
+        let job = Job {
+            data,
+            dictionary_len: self.dictionary_len,
+            last,
+            result,
+        };
+        self.jobs.send(job).map_err(|_| worker_gone())?;
+        self.in_flight.push_back(receiver);
+        self.dictionary_len = self.block.len();
+        Ok(())
+    }
+
+    fn write_oldest(&mut self) -> io::Result<()> {
+        if let Some(receiver) = self.in_flight.pop_front() {
+            let compressed = receiver.recv().map_err(|_| worker_gone())??;
+            self.out.write_all(&compressed)?;
+        }
+        Ok(())
+    }
+
+    /// End the deflate stream, write the gzip trailer and return the output.
+    pub(crate) fn finish(mut self) -> io::Result<W> {
+        self.submit(true)?;
+        while !self.in_flight.is_empty() {
+            self.write_oldest()?;
+        }
+        self.out.write_all(&self.crc.sum().to_le_bytes())?;
+        self.out.write_all(&self.crc.amount().to_le_bytes())?;
+        self.out.flush()?;
+        Ok(self.out)
+    }
+}
+
+impl<W: Write> Write for ParallelGzip<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let room = self.dictionary_len + BLOCK_SIZE - self.block.len();
+        let n = buf.len().min(room);
+        self.block.extend_from_slice(&buf[..n]);
+        self.crc.update(&buf[..n]);
+        if n == room {
+            self.submit(false)?;
+        }
+        Ok(n)
+    }
+
+    /// Blocks are cut by size only, so flushing cannot end one early; it writes out what is done.
+    fn flush(&mut self) -> io::Result<()> {
+        self.out.flush()
+    }
+}
+
+fn worker_gone() -> io::Error {
+    io::Error::other("a gzip compression thread stopped")
+}
+
+/// Worker loop: deflate blocks until the sending side is dropped.
+fn compress_jobs(queue: &Mutex<Receiver<Job>>, level: u32) {
+    let mut compress = Compress::new(Compression::new(level), false);
+    loop {
+        let job = match queue.lock() {
+            Ok(queue) => queue.recv(),
+            Err(_) => return,
+        };
+        let Ok(job) = job else { return };
+        compress.reset();
+        let result = deflate_block(&mut compress, &job);
+        // The writer may have given up (an error elsewhere); nobody wants the block then.
+        let _ = job.result.send(result);
+    }
+}
+
+fn deflate_block(compress: &mut Compress, job: &Job) -> io::Result<Vec<u8>> {
+    let (dictionary, input) = job.data.split_at(job.dictionary_len);
+    if !dictionary.is_empty() {
+        compress
+            .set_dictionary(dictionary)
+            .map_err(io::Error::other)?;
+    }
+    let flush = if job.last {
+        FlushCompress::Finish
+    } else {
+        FlushCompress::Sync
+    };
+    let mut out = Vec::with_capacity(input.len() + input.len() / 16 + 64);
+    loop {
+        let consumed = usize::try_from(compress.total_in()).map_err(io::Error::other)?;
+        let status = compress
+            .compress_vec(&input[consumed..], &mut out, flush)
+            .map_err(io::Error::other)?;
+        let all_in = usize::try_from(compress.total_in()).map_err(io::Error::other)? == input.len();
+        // zlib's rule: a flush is complete once a call leaves output space unused.
+        let done = if job.last {
+            status == Status::StreamEnd
+        } else {
+            all_in && out.len() < out.capacity()
+        };
+        if done {
+            return Ok(out);
+        }
+        out.reserve(out.capacity().max(64));
+    }
+}
+
+/// A gzip member header with no name and mtime 0, like flate2's `GzEncoder` writes.
+fn gzip_header(level: u32) -> [u8; 10] {
+    let extra_flags = match level {
+        9 => 2,
+        1 => 4,
+        _ => 0,
+    };
+    [0x1f, 0x8b, 8, 0, 0, 0, 0, 0, extra_flags, 255]
+}
