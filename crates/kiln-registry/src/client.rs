@@ -197,6 +197,14 @@ enum Challenge {
     },
 }
 
+/// The challenge in a 401 answer's `WWW-Authenticate` header, if it has one kiln can answer.
+fn challenge_in(resp: &Response) -> Option<Challenge> {
+    resp.headers()
+        .get(WWW_AUTHENTICATE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(parse_challenge)
+}
+
 fn parse_challenge(header: &str) -> Option<Challenge> {
     let (scheme, rest) = header.trim().split_once(' ').unwrap_or((header.trim(), ""));
     if scheme.eq_ignore_ascii_case("basic") {
@@ -610,12 +618,7 @@ impl RegistryClient {
         if resp.status() != StatusCode::UNAUTHORIZED {
             return Ok(resp);
         }
-        let challenge = resp
-            .headers()
-            .get(WWW_AUTHENTICATE)
-            .and_then(|v| v.to_str().ok())
-            .and_then(parse_challenge);
-        let Some(challenge) = challenge else {
+        let Some(challenge) = challenge_in(&resp) else {
             return Ok(resp);
         };
         let credential = self.credential(&r.registry)?;
@@ -665,12 +668,7 @@ impl RegistryClient {
         if resp.status().is_success() {
             return Ok(());
         }
-        let challenge = resp
-            .headers()
-            .get(WWW_AUTHENTICATE)
-            .and_then(|v| v.to_str().ok())
-            .and_then(parse_challenge);
-        let answer = match challenge {
+        let answer = match challenge_in(&resp) {
             Some(Challenge::Basic) => send(http.get(&url).basic_auth(username, Some(password)))?,
             Some(Challenge::Bearer { realm, service }) => {
                 let mut query = vec![("account", username.to_string())];

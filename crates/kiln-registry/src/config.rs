@@ -79,7 +79,11 @@ impl RegistryConfig {
             config.mirrors = config
                 .mirrors
                 .iter()
-                .map(|m| strip_scheme(m).trim_end_matches('/').to_string())
+                .map(|m| {
+                    crate::credentials::strip_scheme(m)
+                        .trim_end_matches('/')
+                        .to_string()
+                })
                 .collect();
             // `index.docker.io`, `registry-1.docker.io` and `docker.io` are one registry.
             hosts.insert(crate::registry_name(&host), config);
@@ -117,12 +121,6 @@ impl RegistryConfig {
     pub fn skips_tls_verify(&self, host: &str) -> bool {
         self.skip_tls_verify || self.host(host).is_some_and(|h| h.insecure)
     }
-}
-
-fn strip_scheme(s: &str) -> &str {
-    s.strip_prefix("https://")
-        .or_else(|| s.strip_prefix("http://"))
-        .unwrap_or(s)
 }
 
 #[cfg(test)]

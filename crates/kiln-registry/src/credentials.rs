@@ -102,12 +102,16 @@ impl Default for CredentialStore {
     }
 }
 
+/// `s` without a leading `https://` or `http://`.
+pub(crate) fn strip_scheme(s: &str) -> &str {
+    s.strip_prefix("https://")
+        .or_else(|| s.strip_prefix("http://"))
+        .unwrap_or(s)
+}
+
 /// The registry part of a config key: `https://index.docker.io/v1/` is `index.docker.io`.
 fn host_of_key(key: &str) -> &str {
-    let rest = key
-        .strip_prefix("https://")
-        .or_else(|| key.strip_prefix("http://"))
-        .unwrap_or(key);
+    let rest = strip_scheme(key);
     rest.split('/').next().unwrap_or(rest)
 }
 

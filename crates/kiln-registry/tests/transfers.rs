@@ -301,11 +301,7 @@ fn retries_give_up_after_the_policy_attempts_naming_the_last_failure() {
     let message = err.to_string();
     assert!(message.contains("after 3 attempts"), "{message}");
     assert!(message.contains("HTTP 503"), "{message}");
-    let puts = proxy
-        .requests()
-        .iter()
-        .filter(|r| r.starts_with("PUT "))
-        .count();
+    let puts = requests_starting_with(&proxy, "PUT ");
     assert_eq!(puts, 3);
 }
 
@@ -450,11 +446,7 @@ fn a_download_cut_off_mid_blob_is_fetched_again_and_verified() {
 
     assert_eq!(std::fs::read(&dest).unwrap(), bytes);
     assert_eq!(proxy.injected().len(), 1, "{:?}", proxy.injected());
-    let gets = proxy
-        .requests()
-        .iter()
-        .filter(|r| r.starts_with("GET"))
-        .count();
+    let gets = requests_starting_with(&proxy, "GET");
     assert_eq!(gets, 2);
 }
 
@@ -496,4 +488,13 @@ fn copying_an_image_within_a_registry_mounts_its_blobs() {
         .fetch_manifest(&at(registry.addr(), "dst/app").with_digest(pinned.digest.clone().unwrap()))
         .unwrap();
     assert_eq!(Some(copied.digest), pinned.digest);
+}
+
+/// How many requests the proxy saw whose line starts with `prefix` (a method, say).
+fn requests_starting_with(proxy: &FaultProxy, prefix: &str) -> usize {
+    proxy
+        .requests()
+        .iter()
+        .filter(|r| r.starts_with(prefix))
+        .count()
 }

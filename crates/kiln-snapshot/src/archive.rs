@@ -3,7 +3,7 @@
 //! start with a valid tar header is no archive (ADD copies it as it is).
 
 use std::fs::File;
-use std::io::{self, BufReader, Read};
+use std::io::{self, BufReader, Read, Seek, SeekFrom};
 use std::path::Path;
 use std::thread::JoinHandle;
 
@@ -33,7 +33,8 @@ fn decoder(path: &Path) -> Result<Box<dyn Read + Send>, SnapshotError> {
     let mut magic = [0u8; 6];
     let mut file = File::open(path).map_err(at(path))?;
     let got = read_up_to(&mut file, &mut magic).map_err(at(path))?;
-    let file = BufReader::new(File::open(path).map_err(at(path))?);
+    file.seek(SeekFrom::Start(0)).map_err(at(path))?;
+    let file = BufReader::new(file);
     Ok(match &magic[..got] {
         [0x1f, 0x8b, 0x08, ..] => Box::new(MultiGzDecoder::new(file)),
         [b'B', b'Z', b'h', ..] => Box::new(bzip2::read::MultiBzDecoder::new(file)),
@@ -67,29 +68,17 @@ fn is_tar_header(block: &[u8; TAR_BLOCK]) -> bool {
         .ok()
         .map(|s| s.trim_matches(|c: char| c == '\0' || c == ' '))
         .and_then(|s| u32::from_str_radix(s, 8).ok());
-    let unsigned: u32 = block
+    // The checksum field counts as spaces. Some old writers summed signed bytes.
+    let (unsigned, signed) = block
         .iter()
         .enumerate()
-        .map(|(i, b)| {
+        .fold((0u32, 0i64), |(u, s), (i, b)| {
             if (148..156).contains(&i) {
-                32
+                (u + 32, s + 32)
             } else {
-                u32::from(*b)
+                (u + u32::from(*b), s + i64::from(*b as i8))
             }
-        })
-        .sum();
-    // Some old writers summed signed bytes.
-    let signed: i64 = block
-        .iter()
-        .enumerate()
-        .map(|(i, b)| {
-            if (148..156).contains(&i) {
-                32
-            } else {
-                i64::from(*b as i8)
-            }
-        })
-        .sum();
+        });
     block.iter().any(|b| *b != 0) && stored.is_some_and(|s| s == unsigned || i64::from(s) == signed)
 }
 

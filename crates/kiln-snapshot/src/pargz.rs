@@ -37,9 +37,15 @@ struct Job {
 }
 
 /// Writes a gzip stream to `out`; call [`ParallelGzip::finish`] to end it. Blocks are
-/// compressed by worker threads spawned in `scope`; `out` is only written from the caller's
-/// thread, in order, so it need not be `Send`.
-pub(crate) struct ParallelGzip<W: Write> {
+/// compressed by worker threads spawned in `scope` as blocks arrive (a stream of one block is
+/// compressed on the caller's thread, so small layers start no threads); `out` is only written
+/// from the caller's thread, in order, so it need not be `Send`.
+pub(crate) struct ParallelGzip<'scope, 'env, W: Write> {
+    scope: &'scope Scope<'scope, 'env>,
+    queue: Arc<Mutex<Receiver<Job>>>,
+    level: u32,
+    workers: usize,
+    max_workers: usize,
     out: W,
     crc: Crc,
     /// Dictionary (tail of the previous block) followed by the block being filled.
@@ -51,9 +57,9 @@ pub(crate) struct ParallelGzip<W: Write> {
     max_in_flight: usize,
 }
 
-impl<W: Write> ParallelGzip<W> {
-    pub(crate) fn new<'scope>(
-        scope: &'scope Scope<'scope, '_>,
+impl<'scope, 'env, W: Write> ParallelGzip<'scope, 'env, W> {
+    pub(crate) fn new(
+        scope: &'scope Scope<'scope, 'env>,
         mut out: W,
         level: u32,
         threads: usize,
@@ -61,13 +67,13 @@ impl<W: Write> ParallelGzip<W> {
         let level = level.min(9);
         let threads = threads.clamp(1, MAX_THREADS);
         let (jobs, queue) = sync_channel::<Job>(threads);
-        let queue = Arc::new(Mutex::new(queue));
-        for _ in 0..threads {
-            let queue = Arc::clone(&queue);
-            scope.spawn(move || compress_jobs(&queue, level));
-        }
         out.write_all(&gzip_header(level))?;
         Ok(ParallelGzip {
+            scope,
+            queue: Arc::new(Mutex::new(queue)),
+            level,
+            workers: 0,
+            max_workers: threads,
             out,
             crc: Crc::new(),
             block: Vec::with_capacity(DICTIONARY_SIZE + BLOCK_SIZE),
@@ -80,6 +86,13 @@ impl<W: Write> ParallelGzip<W> {
 
     /// Hand the filled block to the workers and start the next one with its tail as dictionary.
     fn submit(&mut self, last: bool) -> io::Result<()> {
+        if last && self.in_flight.is_empty() {
+            // The only block still to go and nothing pending: no thread is worth starting.
+            let mut compress = Compress::new(Compression::new(self.level), false);
+            let job_data = std::mem::take(&mut self.block);
+            let compressed = deflate_block(&mut compress, &job_data, self.dictionary_len, true)?;
+            return self.out.write_all(&compressed);
+        }
         while self.in_flight.len() >= self.max_in_flight {
             self.write_oldest()?;
         }
@@ -89,6 +102,13 @@ impl<W: Write> ParallelGzip<W> {
             next.extend_from_slice(&self.block[tail..]);
         }
         let data = std::mem::replace(&mut self.block, next);
+        // One more worker while every started one may be busy, up to the limit.
+        if self.workers < self.max_workers && self.workers <= self.in_flight.len() {
+            let queue = Arc::clone(&self.queue);
+            let level = self.level;
+            self.scope.spawn(move || compress_jobs(&queue, level));
+            self.workers += 1;
+        }
         let (result, receiver) = sync_channel(1);
         let job = Job {
             data,
@@ -123,7 +143,7 @@ impl<W: Write> ParallelGzip<W> {
     }
 }
 
-impl<W: Write> Write for ParallelGzip<W> {
+impl<W: Write> Write for ParallelGzip<'_, '_, W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let room = self.dictionary_len + BLOCK_SIZE - self.block.len();
         let n = buf.len().min(room);
@@ -155,20 +175,26 @@ fn compress_jobs(queue: &Mutex<Receiver<Job>>, level: u32) {
         };
         let Ok(job) = job else { return };
         compress.reset();
-        let result = deflate_block(&mut compress, &job);
+        let result = deflate_block(&mut compress, &job.data, job.dictionary_len, job.last);
         // The writer may have given up (an error elsewhere); nobody wants the block then.
         let _ = job.result.send(result);
     }
 }
 
-fn deflate_block(compress: &mut Compress, job: &Job) -> io::Result<Vec<u8>> {
-    let (dictionary, input) = job.data.split_at(job.dictionary_len);
+/// Deflate `data[dictionary_len..]` primed with `data[..dictionary_len]`; `last` ends the stream.
+fn deflate_block(
+    compress: &mut Compress,
+    data: &[u8],
+    dictionary_len: usize,
+    last: bool,
+) -> io::Result<Vec<u8>> {
+    let (dictionary, input) = data.split_at(dictionary_len);
     if !dictionary.is_empty() {
         compress
             .set_dictionary(dictionary)
             .map_err(io::Error::other)?;
     }
-    let flush = if job.last {
+    let flush = if last {
         FlushCompress::Finish
     } else {
         FlushCompress::Sync
@@ -181,7 +207,7 @@ fn deflate_block(compress: &mut Compress, job: &Job) -> io::Result<Vec<u8>> {
             .map_err(io::Error::other)?;
         let all_in = usize::try_from(compress.total_in()).map_err(io::Error::other)? == input.len();
         // zlib's rule: a flush is complete once a call leaves output space unused.
-        let done = if job.last {
+        let done = if last {
             status == Status::StreamEnd
         } else {
             all_in && out.len() < out.capacity()

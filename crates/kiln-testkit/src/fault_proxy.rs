@@ -11,6 +11,8 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use crate::http::{RequestHead, read_head};
+
 /// What the proxy does to a matching request.
 #[derive(Clone, Debug)]
 pub enum Fault {
@@ -141,52 +143,6 @@ impl Drop for FaultProxy {
         // Wake the accept loop so it sees the flag.
         let _ = TcpStream::connect(&self.addr);
     }
-}
-
-/// A request head as read off the wire.
-struct RequestHead {
-    method: String,
-    target: String,
-    /// Header lines without the final CRLF, in order.
-    headers: Vec<String>,
-}
-
-impl RequestHead {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find_map(|line| {
-            let (k, v) = line.split_once(':')?;
-            k.trim().eq_ignore_ascii_case(name).then(|| v.trim())
-        })
-    }
-}
-
-fn read_head(reader: &mut impl BufRead) -> io::Result<Option<RequestHead>> {
-    let mut line = String::new();
-    if reader.read_line(&mut line)? == 0 {
-        return Ok(None);
-    }
-    let mut parts = line.split_whitespace();
-    let (Some(method), Some(target)) = (parts.next(), parts.next()) else {
-        return Err(io::Error::other(format!("bad request line {line:?}")));
-    };
-    let (method, target) = (method.to_string(), target.to_string());
-    let mut headers = Vec::new();
-    loop {
-        let mut h = String::new();
-        if reader.read_line(&mut h)? == 0 {
-            return Err(io::ErrorKind::UnexpectedEof.into());
-        }
-        let h = h.trim_end_matches(['\r', '\n']);
-        if h.is_empty() {
-            break;
-        }
-        headers.push(h.to_string());
-    }
-    Ok(Some(RequestHead {
-        method,
-        target,
-        headers,
-    }))
 }
 
 /// Reads a request body (sized or chunked) and returns it de-chunked.

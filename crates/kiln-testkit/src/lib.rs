@@ -9,6 +9,7 @@
 
 mod fault_proxy;
 mod fixtures;
+mod http;
 mod noise;
 mod registry;
 mod tls;

@@ -2,7 +2,7 @@
 //! refresh token), grants the requested repository scopes to its one user, signs ES256 JWTs
 //! with a certificate from the test CA (sent in the `x5c` header), and records every request.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -16,6 +16,7 @@ use ring::rand::SystemRandom;
 use ring::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair};
 use serde_json::{Value, json};
 
+use crate::http::{RequestHead, read_head};
 use crate::tls::TestCa;
 
 pub const TOKEN_ISSUER: &str = "kiln-test-issuer";
@@ -158,26 +159,15 @@ fn form_pairs(s: &str) -> Vec<(String, String)> {
 
 fn serve(shared: &Shared, stream: TcpStream) -> std::io::Result<()> {
     let mut reader = BufReader::new(stream.try_clone()?);
-    let mut request_line = String::new();
-    reader.read_line(&mut request_line)?;
-    let mut parts = request_line.split_whitespace();
-    let method = parts.next().unwrap_or_default().to_string();
-    let target = parts.next().unwrap_or_default().to_string();
-    let mut authorization = None;
-    let mut content_length = 0usize;
-    loop {
-        let mut line = String::new();
-        if reader.read_line(&mut line)? == 0 || line.trim().is_empty() {
-            break;
-        }
-        if let Some((name, value)) = line.split_once(':') {
-            match name.trim().to_ascii_lowercase().as_str() {
-                "authorization" => authorization = Some(value.trim().to_string()),
-                "content-length" => content_length = value.trim().parse().unwrap_or(0),
-                _ => {}
-            }
-        }
-    }
+    let Some(head) = read_head(&mut reader)? else {
+        return Ok(());
+    };
+    let authorization = head.header("Authorization").map(str::to_string);
+    let content_length: usize = head
+        .header("Content-Length")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let RequestHead { method, target, .. } = head;
     let mut body = vec![0; content_length];
     reader.read_exact(&mut body)?;
     let query = target.split_once('?').map_or("", |(_, q)| q);

@@ -153,27 +153,28 @@ impl Files {
                 format!("{name} is implausibly large ({size} bytes)"),
             ));
         }
-        let mut bytes = Vec::with_capacity(size as usize);
-        reader
-            .take(MAX_JSON_BYTES)
-            .read_to_end(&mut bytes)
-            .map_err(TransportError::io(format!(
-                "reading {name} in {}",
-                self.describe()
-            )))?;
-        Ok(bytes)
+        read_capped(reader, size).map_err(TransportError::io(format!(
+            "reading {name} in {}",
+            self.describe()
+        )))
     }
 }
 
-/// The temp file a write to `dest` goes through, in the same directory so the final rename
-/// is atomic.
-pub(crate) fn temp_beside(dest: &Path) -> Result<tempfile::NamedTempFile, TransportError> {
-    let parent = match dest.parent() {
+/// Creates the directory `path` lies in (`.` for a bare name) and returns it.
+pub(crate) fn create_parent(path: &Path) -> Result<&Path, TransportError> {
+    let parent = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
     };
     std::fs::create_dir_all(parent)
         .map_err(TransportError::io(format!("creating {}", parent.display())))?;
+    Ok(parent)
+}
+
+/// The temp file a write to `dest` goes through, in the same directory so the final rename
+/// is atomic.
+pub(crate) fn temp_beside(dest: &Path) -> Result<tempfile::NamedTempFile, TransportError> {
+    let parent = create_parent(dest)?;
     tempfile::Builder::new()
         .prefix(".kiln-part-")
         .tempfile_in(parent)
@@ -214,6 +215,13 @@ pub(crate) fn write_verified(
     Ok(())
 }
 
+/// Reads at most `MAX_JSON_BYTES` of small content, `expected` bytes being announced.
+fn read_capped(reader: impl Read, expected: u64) -> io::Result<Vec<u8>> {
+    let mut bytes = Vec::with_capacity(expected.min(MAX_JSON_BYTES) as usize);
+    reader.take(MAX_JSON_BYTES).read_to_end(&mut bytes)?;
+    Ok(bytes)
+}
+
 /// Reads small content (a manifest) fully, checking it against `desc`.
 pub(crate) fn read_verified(
     reader: impl Read,
@@ -230,14 +238,10 @@ pub(crate) fn read_verified(
             ),
         ));
     }
-    let mut bytes = Vec::with_capacity(desc.size as usize);
-    reader
-        .take(MAX_JSON_BYTES)
-        .read_to_end(&mut bytes)
-        .map_err(TransportError::io(format!(
-            "reading {what} {} from {location}",
-            desc.digest
-        )))?;
+    let bytes = read_capped(reader, desc.size).map_err(TransportError::io(format!(
+        "reading {what} {} from {location}",
+        desc.digest
+    )))?;
     let actual = kiln_oci::Digest::of(&bytes);
     if actual != desc.digest || bytes.len() as u64 != desc.size {
         return Err(TransportError::DigestMismatch {

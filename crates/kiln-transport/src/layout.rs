@@ -6,7 +6,9 @@ use std::path::{Path, PathBuf};
 use kiln_oci::layout::{LayoutBlob, write_tar};
 use kiln_oci::{Descriptor, Digest, ImageIndex, media, to_json_bytes};
 
-use crate::files::{Files, OpenFile, TarIndex, read_verified, write_atomic, write_verified};
+use crate::files::{
+    Files, OpenFile, TarIndex, create_parent, read_verified, write_atomic, write_verified,
+};
 use crate::{ImageDestination, ImageSource, RawManifest, TransportError};
 
 /// The index.json annotation that names an image in a layout.
@@ -246,12 +248,7 @@ impl OciDirDestination {
                 staging: None,
             });
         }
-        let parent = match dir.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p,
-            _ => Path::new("."),
-        };
-        fs::create_dir_all(parent)
-            .map_err(TransportError::io(format!("creating {}", parent.display())))?;
+        let parent = create_parent(dir)?;
         let staging = tempfile::Builder::new()
             .prefix(".kiln-layout-")
             .tempdir_in(parent)
@@ -311,6 +308,14 @@ impl ImageDestination for OciDirDestination {
     }
 
     fn commit(&mut self, top: &RawManifest) -> Result<(), TransportError> {
+        self.commit_index(top).map(drop)
+    }
+}
+
+impl OciDirDestination {
+    /// Stores `top`, lists it in index.json and moves a staged layout into place; returns
+    /// the index written, so an archive need not read it back.
+    fn commit_index(&mut self, top: &RawManifest) -> Result<ImageIndex, TransportError> {
         self.put_manifest(top)?;
         let mut index = self
             .existing_index()?
@@ -338,7 +343,7 @@ impl ImageDestination for OciDirDestination {
             })?;
             self.work = self.dest.clone();
         }
-        Ok(())
+        Ok(index)
     }
 }
 
@@ -356,12 +361,7 @@ impl OciArchiveDestination {
         file: &Path,
         name: Option<String>,
     ) -> Result<OciArchiveDestination, TransportError> {
-        let parent = match file.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p,
-            _ => Path::new("."),
-        };
-        fs::create_dir_all(parent)
-            .map_err(TransportError::io(format!("creating {}", parent.display())))?;
+        let parent = create_parent(file)?;
         let staging = tempfile::Builder::new()
             .prefix(".kiln-archive-")
             .tempdir_in(parent)
@@ -399,10 +399,8 @@ impl ImageDestination for OciArchiveDestination {
     }
 
     fn commit(&mut self, top: &RawManifest) -> Result<(), TransportError> {
-        self.layout.commit(top)?;
-        let dir = self.layout.work.clone();
-        let index = read_index(&Files::Dir(dir.clone()))?;
-        let blob_dir = dir.join("blobs/sha256");
+        let index = self.layout.commit_index(top)?;
+        let blob_dir = self.layout.work.join("blobs/sha256");
         let context = || format!("reading {}", blob_dir.display());
         let mut blobs: Vec<(Digest, PathBuf)> = Vec::new();
         for entry in fs::read_dir(&blob_dir).map_err(TransportError::io(context()))? {

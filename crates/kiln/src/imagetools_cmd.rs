@@ -7,7 +7,7 @@ use std::io::Write as _;
 
 use clap::{Args, Subcommand};
 use kiln_oci::{Descriptor, Digest, ImageIndex, ImageManifest, media};
-use kiln_registry::{Reference, RegistryClient, stitch};
+use kiln_registry::{FetchedManifest, Reference, RegistryClient, stitch};
 use miette::{IntoDiagnostic, Report, WrapErr, miette};
 use serde::Serialize;
 
@@ -105,6 +105,26 @@ struct ManifestJson {
     annotations: BTreeMap<String, String>,
 }
 
+impl ManifestJson {
+    /// `fetched` with its digest and size, and no body fields beyond these.
+    fn of(
+        fetched: &FetchedManifest,
+        schema_version: u32,
+        annotations: BTreeMap<String, String>,
+    ) -> ManifestJson {
+        ManifestJson {
+            schema_version,
+            media_type: fetched.media_type.clone(),
+            digest: fetched.digest.clone(),
+            size: fetched.bytes.len() as u64,
+            manifests: None,
+            config: None,
+            layers: None,
+            annotations,
+        }
+    }
+}
+
 /// `--format json`, shaped like buildx's `{{json .}}`: `image` is the config of a single
 /// image, or a map from platform to config for an index.
 #[derive(Serialize)]
@@ -120,8 +140,17 @@ fn image_config(client: &RegistryClient, image: &Reference) -> Result<serde_json
     let manifest: ImageManifest = serde_json::from_slice(&fetched.bytes)
         .into_diagnostic()
         .wrap_err_with(|| format!("{image} is not an image manifest"))?;
+    config_json(client, image, &manifest.config)
+}
+
+/// The config blob `config` of `image`, as JSON.
+fn config_json(
+    client: &RegistryClient,
+    image: &Reference,
+    config: &Descriptor,
+) -> Result<serde_json::Value, Report> {
     let bytes = client
-        .fetch_small_blob(image, &manifest.config)
+        .fetch_small_blob(image, config)
         .map_err(|e| miette!("{e}"))?;
     serde_json::from_slice(&bytes)
         .into_diagnostic()
@@ -164,14 +193,8 @@ fn inspect(args: InspectArgs) -> Result<(), Report> {
                 configs.insert(platform.to_string(), config);
             }
             let manifest = ManifestJson {
-                schema_version: index.schema_version,
-                media_type: fetched.media_type.clone(),
-                digest: fetched.digest.clone(),
-                size: fetched.bytes.len() as u64,
                 manifests: Some(index.manifests),
-                config: None,
-                layers: None,
-                annotations: index.annotations,
+                ..ManifestJson::of(&fetched, index.schema_version, index.annotations)
             };
             (manifest, serde_json::Value::Object(configs))
         }
@@ -179,16 +202,13 @@ fn inspect(args: InspectArgs) -> Result<(), Report> {
             let m: ImageManifest = serde_json::from_slice(&fetched.bytes)
                 .into_diagnostic()
                 .wrap_err_with(|| format!("{target} is not a readable manifest"))?;
-            let config = image_config(&client, &target.with_digest(fetched.digest.clone()))?;
+            // The manifest is in hand already: only its config needs fetching.
+            let pinned = target.with_digest(fetched.digest.clone());
+            let config = config_json(&client, &pinned, &m.config)?;
             let manifest = ManifestJson {
-                schema_version: m.schema_version,
-                media_type: fetched.media_type.clone(),
-                digest: fetched.digest.clone(),
-                size: fetched.bytes.len() as u64,
-                manifests: None,
                 config: Some(m.config),
                 layers: Some(m.layers),
-                annotations: m.annotations,
+                ..ManifestJson::of(&fetched, m.schema_version, m.annotations)
             };
             (manifest, config)
         }
@@ -209,17 +229,15 @@ type Row<'a> = (&'a str, String);
 /// as Go's tabwriter (padding 1) lays out buildx's output.
 fn write_aligned(out: &mut String, prefix: &str, rows: &[Row], width: usize) {
     for (key, value) in rows {
-        let _ = writeln!(out, "{prefix}{key:<width$}{value}");
+        // A row without a value ("Annotations:") gets no padding after its key.
+        let line = format!("{prefix}{key:<width$}{value}");
+        let _ = writeln!(out, "{}", line.trim_end());
     }
 }
 
 /// buildx's human output: the reference, media type and digest, then for an index each
 /// manifest with its platform.
-fn human(
-    target: &Reference,
-    fetched: &kiln_registry::FetchedManifest,
-    index: Option<&ImageIndex>,
-) -> String {
+fn human(target: &Reference, fetched: &FetchedManifest, index: Option<&ImageIndex>) -> String {
     let mut out = String::new();
     let top = [
         ("Name:", target.to_string()),
@@ -274,14 +292,7 @@ fn human(
             .collect();
         write_aligned(&mut out, "    ", &annotation_rows, annotation_width);
     }
-    // A trailing "Annotations:" row has no value: drop the padding after it.
-    out.lines()
-        .map(str::trim_end)
-        .fold(String::new(), |mut acc, line| {
-            acc.push_str(line);
-            acc.push('\n');
-            acc
-        })
+    out
 }
 
 #[cfg(test)]
@@ -298,7 +309,7 @@ mod tests {
         };
         let index = ImageIndex::new(media::OCI_INDEX, vec![d("linux/amd64"), d("linux/arm/v7")]);
         let bytes = kiln_oci::to_json_bytes(&index);
-        let fetched = kiln_registry::FetchedManifest {
+        let fetched = FetchedManifest {
             media_type: media::OCI_INDEX.into(),
             digest: Digest::of(&bytes),
             bytes,

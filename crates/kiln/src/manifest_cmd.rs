@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use clap::{Args, Subcommand};
 use kiln_oci::{Descriptor, ImageManifest, Platform, media};
-use kiln_registry::{Reference, RegistryClient, stitch};
+use kiln_registry::{FetchedManifest, Reference, RegistryClient, stitch};
 use miette::{IntoDiagnostic, Report, WrapErr, miette};
 use serde::{Deserialize, Serialize};
 
@@ -648,6 +648,15 @@ fn verbose_manifest(
     let fetched = client
         .fetch_manifest(image)
         .map_err(|e| miette!("{image}: {e}"))?;
+    verbose_of(image, descriptor, &fetched)
+}
+
+/// `fetched`, the manifest `image` (pinned), with the descriptor an index gives it.
+fn verbose_of(
+    image: &Reference,
+    descriptor: Descriptor,
+    fetched: &FetchedManifest,
+) -> Result<VerboseManifest, Report> {
     let manifest: ImageManifest = serde_json::from_slice(&fetched.bytes)
         .into_diagnostic()
         .wrap_err_with(|| format!("{image} is not an image manifest"))?;
@@ -722,10 +731,11 @@ fn inspect(args: InspectArgs) -> Result<(), Report> {
         fetched.digest.clone(),
         fetched.bytes.len() as u64,
     );
-    print_verbose(&verbose_manifest(
-        &client,
-        &target.with_digest(fetched.digest),
+    // Already fetched: no second round trip for the same manifest.
+    print_verbose(&verbose_of(
+        &target.with_digest(fetched.digest.clone()),
         descriptor,
+        &fetched,
     )?)
 }
 

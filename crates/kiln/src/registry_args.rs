@@ -82,7 +82,7 @@ impl RegistryArgs {
         config.skip_tls_verify |= self.skip_tls_verify;
         config.no_origin_fallback |= self.skip_default_registry_fallback;
         for host in &self.skip_tls_verify_registries {
-            config.host_mut(&registry_name(host)).insecure = true;
+            config.host_mut(host).insecure = true;
         }
         for given in &self.registry_certificates {
             let (host, path) = host_and_value("registry-certificate", given)?;

@@ -71,6 +71,30 @@ fn login(
     child.wait_with_output().unwrap()
 }
 
+/// Builds [`app_context`] and pushes it as `tag` to `secure`, trusting the test CA.
+fn push_app(
+    env: &Env,
+    docker_config: &Path,
+    extra_path: Option<&Path>,
+    secure: &Registry,
+    tag: &str,
+) -> Output {
+    let ctx = app_context(env);
+    kiln_as_user(
+        env,
+        docker_config,
+        extra_path,
+        &[
+            "build",
+            "--push",
+            "-t",
+            tag,
+            &certificate_flag(secure),
+            ctx.to_str().unwrap(),
+        ],
+    )
+}
+
 /// A context whose image is the fixture busybox plus one file.
 fn app_context(env: &Env) -> PathBuf {
     env.context(
@@ -150,20 +174,7 @@ fn login_then_build_push_over_tls_with_basic_auth_then_logout() {
     assert_eq!(mode(&config_file), 0o600);
 
     let tag = format!("{}/team/app:1", secure.addr());
-    let ctx = app_context(&env);
-    let o = kiln_as_user(
-        &env,
-        &docker_config,
-        None,
-        &[
-            "build",
-            "--push",
-            "-t",
-            &tag,
-            &certificate_flag(&secure),
-            ctx.to_str().unwrap(),
-        ],
-    );
+    let o = push_app(&env, &docker_config, None, &secure, &tag);
     assert_ok(&o);
     let pushed = host_manifest(&manifest_with_credentials(&tag), |digest| {
         manifest_with_credentials(&format!("{}/team/app@{digest}", secure.addr()))
@@ -227,20 +238,7 @@ fn wrong_password_in_config_json_names_registry_repository_and_file() {
         Some(json!({"auths": {secure.addr(): {"username": USER, "password": "stale"}}})),
     );
     let tag = format!("{}/team/app:1", secure.addr());
-    let ctx = app_context(&env);
-    let o = kiln_as_user(
-        &env,
-        &docker_config,
-        None,
-        &[
-            "build",
-            "--push",
-            "-t",
-            &tag,
-            &certificate_flag(&secure),
-            ctx.to_str().unwrap(),
-        ],
-    );
+    let o = push_app(&env, &docker_config, None, &secure, &tag);
     let err = assert_failed(&o);
     assert_contains_all(
         &err,
@@ -337,22 +335,9 @@ fn credential_helper_is_asked_and_named_when_its_password_is_wrong() {
         Some(json!({"credHelpers": {secure.addr(): "kilntest"}})),
     );
     let tag = format!("{}/team/app:1", secure.addr());
-    let ctx = app_context(&env);
     let push = |secret: &str| {
         std::fs::write(helper_dir.join("secret"), secret).unwrap();
-        kiln_as_user(
-            &env,
-            &docker_config,
-            Some(&helper_dir),
-            &[
-                "build",
-                "--push",
-                "-t",
-                &tag,
-                &certificate_flag(&secure),
-                ctx.to_str().unwrap(),
-            ],
-        )
+        push_app(&env, &docker_config, Some(&helper_dir), &secure, &tag)
     };
     assert_ok(&push(PASSWORD));
     assert!(

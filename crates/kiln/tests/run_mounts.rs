@@ -4,7 +4,7 @@
 mod common;
 
 use std::io::Read;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Output;
 
 use common::*;
@@ -60,6 +60,12 @@ fn build(env: &Env, ctx: &Path, name: &str, extra: &[&str]) -> Output {
     env.kiln(&args)
 }
 
+/// Builds and pushes `ctx` as `name`, checks the build succeeded, and unpacks the pushed image.
+fn build_and_unpack(env: &Env, ctx: &Path, name: &str, extra: &[&str]) -> PathBuf {
+    assert_ok(&build(env, ctx, name, extra));
+    unpack_pushed(&env.tag(name), &env.path("unpack"))
+}
+
 fn sha256_hex(bytes: &[u8]) -> String {
     format!("{:x}", Sha256::digest(bytes))
 }
@@ -83,8 +89,7 @@ fn bind_from_context_is_seen_read_only_and_not_kept() {
             (".dockerignore", "data/ignored.txt\n"),
         ],
     );
-    assert_ok(&build(&env, &ctx, "bind:1", &[]));
-    let rootfs = unpack_pushed(&env.tag("bind:1"), &env.path("unpack"));
+    let rootfs = build_and_unpack(&env, &ctx, "bind:1", &[]);
     assert_eq!(read(&rootfs.join("copied.txt")), "context data\n");
     assert!(!rootfs.join("ctx").exists());
     assert!(!ctx.join("data/new").exists());
@@ -106,8 +111,7 @@ fn bind_from_a_stage_is_writable_with_rw_and_writes_are_dropped() {
              test ! -e /tools/scribble && cat /tools/artifact > /again\n",
         )],
     );
-    assert_ok(&build(&env, &ctx, "stagebind:1", &[]));
-    let rootfs = unpack_pushed(&env.tag("stagebind:1"), &env.path("unpack"));
+    let rootfs = build_and_unpack(&env, &ctx, "stagebind:1", &[]);
     assert_eq!(read(&rootfs.join("artifact")), "built\n");
     assert_eq!(read(&rootfs.join("again")), "built\n");
     assert!(!rootfs.join("tools").exists());
@@ -201,8 +205,7 @@ fn tmpfs_takes_writes_that_are_not_kept() {
              echo temp > /scratch/f && cat /scratch/f > /got\n",
         )],
     );
-    assert_ok(&build(&env, &ctx, "tmpfs:1", &[]));
-    let rootfs = unpack_pushed(&env.tag("tmpfs:1"), &env.path("unpack"));
+    let rootfs = build_and_unpack(&env, &ctx, "tmpfs:1", &[]);
     assert_eq!(read(&rootfs.join("got")), "temp\n");
     assert!(!rootfs.join("scratch").exists());
 }
@@ -301,8 +304,7 @@ fn ssh_agent_socket_is_mounted_and_announced() {
         )],
     );
     let ssh = format!("default={}", socket.display());
-    assert_ok(&build(&env, &ctx, "ssh:1", &["--ssh", &ssh]));
-    let rootfs = unpack_pushed(&env.tag("ssh:1"), &env.path("unpack"));
+    let rootfs = build_and_unpack(&env, &ctx, "ssh:1", &["--ssh", &ssh]);
     assert_eq!(
         read(&rootfs.join("ssh-sock")),
         "/run/buildkit/ssh_agent.0\n"
@@ -333,8 +335,7 @@ fn network_none_isolates_the_step_and_default_reaches_the_registry() {
              RUN --network=host cat /proc/net/tcp* > /tcp-host\n",
         )],
     );
-    assert_ok(&build(&env, &ctx, "net:1", &[]));
-    let rootfs = unpack_pushed(&env.tag("net:1"), &env.path("unpack"));
+    let rootfs = build_and_unpack(&env, &ctx, "net:1", &[]);
     let port: u16 = env.reg().rsplit(':').next().unwrap().parse().unwrap();
     // /proc/net/tcp shows local addresses as HEXIP:HEXPORT; a listener has state 0A.
     let listens_on_registry = |table: &str| {
