@@ -400,7 +400,6 @@ fn cache_dir(
     scratch: &Path,
 ) -> Result<(PathBuf, Option<File>), String> {
     let caches = inputs.store.root().join("cache");
-    fs::create_dir_all(&caches).map_err(|e| format!("creating {}: {e}", caches.display()))?;
     let key = hex::encode(Sha256::digest(id.as_bytes()));
     let dir = caches.join(&key);
     let lock = match request.sharing {

@@ -22,9 +22,13 @@ impl Progress {
 
     fn line(&self, text: &str) {
         if self.mode != ProgressMode::Quiet {
-            let mut err = std::io::stderr().lock();
-            let _ = writeln!(err, "{text}");
+            self.print(text);
         }
+    }
+
+    fn print(&self, text: &str) {
+        let mut err = std::io::stderr().lock();
+        let _ = writeln!(err, "{text}");
     }
 
     pub fn step_start(&self, label: &str, instruction: &str) {
@@ -52,5 +56,10 @@ impl Progress {
 
     pub fn info(&self, text: &str) {
         self.line(text);
+    }
+
+    /// Something the user should act on; printed in every mode, `--progress=quiet` too.
+    pub fn warning(&self, text: &str) {
+        self.print(&format!("[warning] {text}"));
     }
 }

@@ -294,6 +294,9 @@ pub fn run(args: BuildArgs) -> Result<(), Report> {
     } else {
         ProgressMode::Plain
     });
+    if let Some(warning) = store.warning() {
+        progress.warning(warning);
+    }
     let options = BuildOptions {
         dockerfile_path: df_name.clone(),
         ignore_file: ignore_file(&dockerfile, &context),
