@@ -15,9 +15,10 @@ use sha2::{Digest as _, Sha256};
 
 use crate::base::{self, LayerRef};
 use crate::context::BuildContext;
-use crate::mounts::{self, MountInputs, PreparedMounts, SecretSource, parse_mount};
+use crate::mounts::{self, MountInputs, PreparedMounts, parse_mount};
 use crate::platform_args::platform_args;
 use crate::progress::Progress;
+use crate::secrets::{MIN_REDACTED_CHARS, SecretFiles, Secrets};
 use crate::{BuildError, Store, timefmt};
 
 /// What to build and how.
@@ -40,8 +41,9 @@ pub struct BuildOptions {
     pub sandbox_helper: PathBuf,
     /// Clamp for timestamps (`SOURCE_DATE_EPOCH`).
     pub source_date_epoch: Option<i64>,
-    /// Secrets for `RUN --mount=type=secret`, by id (`kiln build --secret`).
-    pub secrets: BTreeMap<String, SecretSource>,
+    /// Secrets for `RUN --mount=type=secret` (`kiln build --secret`); their values are
+    /// redacted from everything the build prints and from its errors.
+    pub secrets: Secrets,
     /// SSH agent sockets for `RUN --mount=type=ssh`, by id (`kiln build --ssh`).
     pub ssh: BTreeMap<String, PathBuf>,
     /// An OCI layout (directory or archive) whose images FROM uses before any registry,
@@ -100,6 +102,7 @@ struct Shared<'a> {
     progress: &'a Progress,
     context: BuildContext,
     sandbox: Sandbox,
+    secret_files: SecretFiles<'a>,
     created: String,
     build_platform: Platform,
     multi: bool,
@@ -134,6 +137,13 @@ pub fn build(
     client: &RegistryClient,
     progress: &Progress,
 ) -> Result<BuildResult, BuildError> {
+    let progress = &progress.redacting(opts.secrets.redactor().clone());
+    for id in opts.secrets.unredactable() {
+        progress.warning(&format!(
+            "secret `{id}` is shorter than {MIN_REDACTED_CHARS} characters, so kiln does not \
+             redact it from the build's output"
+        ));
+    }
     let stages = df.stages();
     if stages.is_empty() {
         return Err(BuildError::Dockerfile {
@@ -180,6 +190,7 @@ pub fn build(
         progress,
         context: BuildContext::open(&opts.context_dir, opts.ignore_file.as_deref())?,
         sandbox: Sandbox::new(opts.sandbox_helper.clone()),
+        secret_files: SecretFiles::new(store),
         created: timefmt::rfc3339(opts.source_date_epoch.unwrap_or_else(timefmt::now_secs)),
         build_platform: Platform::host(),
         multi: opts.platforms.len() > 1,
@@ -1151,6 +1162,9 @@ impl<'s, 'a> Executor<'s, 'a> {
             network,
         };
         let label = format!("[{step}]");
+        // The output is printed through `progress`, which redacts secrets; what the errors
+        // below quote of it is redacted here.
+        let redactor = self.opts().secrets.redactor();
         let output = self
             .shared
             .sandbox
@@ -1160,7 +1174,7 @@ impl<'s, 'a> Executor<'s, 'a> {
                 line: ins.span.start_line,
                 step: step.to_string(),
                 instruction: ins.text.clone(),
-                message: e.to_string(),
+                message: redactor.redact(&e.to_string()).into_owned(),
             })?;
         if !output.status.success() {
             let code = match output.status {
@@ -1173,7 +1187,7 @@ impl<'s, 'a> Executor<'s, 'a> {
                 step: step.to_string(),
                 instruction: ins.text.clone(),
                 code,
-                tail: output.tail.join("\n"),
+                tail: redactor.redact(&output.tail.join("\n")).into_owned(),
             });
         }
         let changed = std::fs::read_dir(&upper)
@@ -1271,6 +1285,7 @@ impl<'s, 'a> Executor<'s, 'a> {
             store: self.shared.store,
             context: &self.shared.context,
             secrets: &self.opts().secrets,
+            secret_files: &self.shared.secret_files,
             ssh: &self.opts().ssh,
             scratch,
         };

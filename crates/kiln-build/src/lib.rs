@@ -10,12 +10,13 @@ mod mounts;
 mod output;
 mod platform_args;
 mod progress;
+mod secrets;
 mod store;
 mod timefmt;
 
 pub use error::BuildError;
 pub use executor::{BuildOptions, BuildResult, BuiltImage, StepRecord, build};
-pub use mounts::SecretSource;
 pub use output::{Output, deliver};
 pub use progress::{Progress, ProgressMode};
+pub use secrets::{Redactor, SecretSource, Secrets};
 pub use store::Store;

@@ -13,15 +13,7 @@ use sha2::{Digest as _, Sha256};
 
 use crate::Store;
 use crate::context::BuildContext;
-
-/// Where the value of a build secret (`kiln build --secret`) comes from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SecretSource {
-    /// A file on the host, read when a RUN step mounts the secret.
-    File(PathBuf),
-    /// An environment variable of kiln's process, by name.
-    Env(String),
-}
+use crate::secrets::{SecretFiles, Secrets};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum MountType {
@@ -231,9 +223,10 @@ pub(crate) fn parse_mount(value: &str) -> Result<MountRequest, String> {
 pub(crate) struct MountInputs<'a> {
     pub store: &'a Store,
     pub context: &'a BuildContext,
-    pub secrets: &'a BTreeMap<String, SecretSource>,
+    pub secrets: &'a Secrets,
+    pub secret_files: &'a SecretFiles<'a>,
     pub ssh: &'a BTreeMap<String, PathBuf>,
-    /// The step's scratch dir, removed after it: copies and secret files go there.
+    /// The step's scratch dir, removed after it: copies go there.
     pub scratch: &'a Path,
 }
 
@@ -244,6 +237,8 @@ pub(crate) struct PreparedMounts {
     pub env: Vec<String>,
     /// Locks of `sharing=locked` and `sharing=private` caches in use.
     _locks: Vec<File>,
+    /// Secret files, removed when the step is done.
+    _secret_files: Vec<tempfile::TempPath>,
 }
 
 /// The default target of the `n`th ssh mount, as BuildKit names it.
@@ -261,6 +256,7 @@ pub(crate) fn prepare(
         mounts: Vec::new(),
         env: Vec::new(),
         _locks: Vec::new(),
+        _secret_files: Vec::new(),
     };
     let mut ssh_count = 0;
     for (n, (request, from)) in requests.iter().enumerate() {
@@ -296,7 +292,7 @@ pub(crate) fn prepare(
             }),
             MountType::Secret => {
                 let id = request.id.as_deref().expect("defaulted when parsed");
-                let Some(value) = secret_value(inputs.secrets, id)? else {
+                let Some(value) = inputs.secrets.value(id) else {
                     if request.required {
                         return Err(format!(
                             "secret `{id}` is required but was not given: pass \
@@ -306,15 +302,23 @@ pub(crate) fn prepare(
                     continue;
                 };
                 if let Some(name) = &request.env {
-                    let text = String::from_utf8(value.clone())
+                    let text = String::from_utf8(value.to_vec())
                         .map_err(|_| format!("secret `{id}` is not UTF-8 text (env={name})"))?;
                     prepared.env.push(format!("{name}={text}"));
                 }
                 // With env= alone the secret is only in the environment, as in BuildKit.
                 if request.env.is_none() || target.is_some() {
-                    let file = write_secret(&scratch, &value, request)?;
+                    let file = inputs.secret_files.write(
+                        value,
+                        request.mode.unwrap_or(0o400),
+                        request.uid.unwrap_or(0),
+                        request.gid.unwrap_or(0),
+                    )?;
                     let target = target.unwrap_or_else(|| format!("/run/secrets/{id}"));
-                    prepared.mounts.push(mount(target, file, true));
+                    prepared
+                        .mounts
+                        .push(mount(target, file.to_path_buf(), true));
+                    prepared._secret_files.push(file);
                 }
             }
             MountType::Ssh => {
@@ -400,7 +404,6 @@ fn cache_dir(
     scratch: &Path,
 ) -> Result<(PathBuf, Option<File>), String> {
     let caches = inputs.store.root().join("cache");
-    fs::create_dir_all(&caches).map_err(|e| format!("creating {}: {e}", caches.display()))?;
     let key = hex::encode(Sha256::digest(id.as_bytes()));
     let dir = caches.join(&key);
     let lock = match request.sharing {
@@ -458,38 +461,6 @@ fn make_cache_dir(
         std::os::unix::fs::chown(dir, Some(request.uid.unwrap_or(0)), request.gid.or(Some(0)))
     });
     set_up.map_err(|e| format!("setting up cache dir {}: {e}", dir.display()))
-}
-
-/// The secret's value, or `None` when it was not given (or its variable is unset).
-fn secret_value(
-    secrets: &BTreeMap<String, SecretSource>,
-    id: &str,
-) -> Result<Option<Vec<u8>>, String> {
-    match secrets.get(id) {
-        None => Ok(None),
-        Some(SecretSource::Env(name)) => Ok(std::env::var_os(name).map(|v| v.into_encoded_bytes())),
-        Some(SecretSource::File(path)) => fs::read(path)
-            .map(Some)
-            .map_err(|e| format!("reading secret `{id}` from {}: {e}", path.display())),
-    }
-}
-
-/// Writes the secret into a dir only root can enter, with the requested mode (default 0400)
-/// and owner (default 0:0); returns the file.
-fn write_secret(dir: &Path, value: &[u8], request: &MountRequest) -> Result<PathBuf, String> {
-    let fail = |e: std::io::Error| format!("preparing secret file in {}: {e}", dir.display());
-    fs::create_dir(dir).map_err(fail)?;
-    fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(fail)?;
-    let file = dir.join("secret");
-    fs::write(&file, value).map_err(fail)?;
-    fs::set_permissions(
-        &file,
-        fs::Permissions::from_mode(request.mode.unwrap_or(0o400)),
-    )
-    .map_err(fail)?;
-    std::os::unix::fs::chown(&file, request.uid.or(Some(0)), request.gid.or(Some(0)))
-        .map_err(fail)?;
-    Ok(file)
 }
 
 #[cfg(test)]

@@ -1,6 +1,8 @@
 use std::io::Write;
 use std::time::Duration;
 
+use crate::Redactor;
+
 /// How much the build prints, on stderr.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ProgressMode {
@@ -10,21 +12,38 @@ pub enum ProgressMode {
     Quiet,
 }
 
-/// Prints build steps as `[stage n/m] INSTRUCTION` with their times.
+/// Prints build steps as `[stage n/m] INSTRUCTION` with their times. Everything it prints,
+/// in every mode, passes through its [`Redactor`].
 pub struct Progress {
     mode: ProgressMode,
+    redactor: Redactor,
 }
 
 impl Progress {
     pub fn new(mode: ProgressMode) -> Progress {
-        Progress { mode }
+        Progress {
+            mode,
+            redactor: Redactor::default(),
+        }
+    }
+
+    /// The same progress, hiding what `redactor` hides.
+    pub fn redacting(&self, redactor: Redactor) -> Progress {
+        Progress {
+            mode: self.mode,
+            redactor,
+        }
     }
 
     fn line(&self, text: &str) {
         if self.mode != ProgressMode::Quiet {
-            let mut err = std::io::stderr().lock();
-            let _ = writeln!(err, "{text}");
+            self.print(text);
         }
+    }
+
+    fn print(&self, text: &str) {
+        let mut err = std::io::stderr().lock();
+        let _ = writeln!(err, "{}", self.redactor.redact(text));
     }
 
     pub fn step_start(&self, label: &str, instruction: &str) {
@@ -52,5 +71,10 @@ impl Progress {
 
     pub fn info(&self, text: &str) {
         self.line(text);
+    }
+
+    /// Something the user should act on; printed in every mode, `--progress=quiet` too.
+    pub fn warning(&self, text: &str) {
+        self.print(&format!("[warning] {text}"));
     }
 }

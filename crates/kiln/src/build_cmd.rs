@@ -4,7 +4,9 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use clap::Args;
-use kiln_build::{BuildError, BuildOptions, Output, Progress, ProgressMode, SecretSource, Store};
+use kiln_build::{
+    BuildError, BuildOptions, Output, Progress, ProgressMode, SecretSource, Secrets, Store,
+};
 use kiln_oci::Platform;
 use kiln_registry::Reference;
 use miette::{IntoDiagnostic, Report, WrapErr, miette};
@@ -294,6 +296,14 @@ pub fn run(args: BuildArgs) -> Result<(), Report> {
     } else {
         ProgressMode::Plain
     });
+    if let Some(warning) = store.warning() {
+        progress.warning(warning);
+    }
+    let secret_sources = args
+        .secrets
+        .iter()
+        .map(|spec| parse_secret(spec))
+        .collect::<Result<_, _>>()?;
     let options = BuildOptions {
         dockerfile_path: df_name.clone(),
         ignore_file: ignore_file(&dockerfile, &context),
@@ -307,11 +317,7 @@ pub fn run(args: BuildArgs) -> Result<(), Report> {
         qemu_dir: args.qemu_dir.clone(),
         sandbox_helper: std::env::current_exe().into_diagnostic()?,
         source_date_epoch,
-        secrets: args
-            .secrets
-            .iter()
-            .map(|spec| parse_secret(spec))
-            .collect::<Result<_, _>>()?,
+        secrets: Secrets::load(&secret_sources).map_err(|e| miette!("{e}"))?,
         ssh: args
             .ssh
             .iter()

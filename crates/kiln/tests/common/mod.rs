@@ -5,6 +5,7 @@
 // Each test binary uses a different subset of these helpers.
 #![allow(dead_code, unused_imports)]
 
+use std::io::Read;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -247,4 +248,31 @@ pub fn run_tool(command: &mut Command) -> Output {
         String::from_utf8_lossy(&o.stderr)
     );
     o
+}
+
+/// Every file of the pushed image as skopeo copies it to an OCI layout (index, manifest,
+/// config, layers), gzip layers also decompressed.
+pub fn pushed_files(reference: &str, dir: &Path) -> Vec<(String, Vec<u8>)> {
+    std::fs::create_dir_all(dir).unwrap();
+    let layout = dir.join("layout");
+    skopeo_to_oci(reference, &layout, "img", Some(host_arch()));
+    let mut files = Vec::new();
+    let mut pending = vec![layout];
+    while let Some(path) = pending.pop() {
+        if path.is_dir() {
+            pending.extend(std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
+            continue;
+        }
+        let bytes = std::fs::read(&path).unwrap();
+        let name = path.display().to_string();
+        if bytes.starts_with(&[0x1f, 0x8b]) {
+            let mut tar = Vec::new();
+            flate2::read::GzDecoder::new(&bytes[..])
+                .read_to_end(&mut tar)
+                .unwrap();
+            files.push((format!("{name} (decompressed)"), tar));
+        }
+        files.push((name, bytes));
+    }
+    files
 }
