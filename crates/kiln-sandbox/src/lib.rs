@@ -12,6 +12,7 @@
 //! binfmt_misc stays untouched: see [`Sandbox::emulation_for`] and [`RunSpec::emulator`].
 
 mod arch;
+mod caps;
 mod emulation;
 mod helper;
 mod init;
@@ -20,6 +21,7 @@ mod network;
 mod protocol;
 mod rootless;
 mod run;
+mod seccomp;
 mod users;
 
 use std::path::PathBuf;

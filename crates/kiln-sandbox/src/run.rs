@@ -103,9 +103,20 @@ impl Sandbox {
             .stdout(Stdio::from(output_write.try_clone()?))
             .stderr(Stdio::from(output_write));
         // SAFETY: runs between fork and exec in the child of a possibly multi-threaded process,
-        // so it only makes raw syscalls (fcntl, unshare) and allocates nothing.
+        // so it only makes raw syscalls (close_range, fcntl, unshare) and allocates nothing.
         unsafe {
             command.pre_exec(move || {
+                // The helper must not inherit what kiln inherited without close-on-exec (a
+                // descriptor of the host's `/`, a terminal): only stdio and the two pipes.
+                let stray = libc::syscall(
+                    libc::SYS_close_range,
+                    3,
+                    libc::c_uint::MAX,
+                    libc::CLOSE_RANGE_CLOEXEC,
+                );
+                if stray == -1 {
+                    return Err(std::io::Error::last_os_error());
+                }
                 for fd in inherited {
                     if libc::fcntl(fd, libc::F_SETFD, 0) == -1 {
                         return Err(std::io::Error::last_os_error());
