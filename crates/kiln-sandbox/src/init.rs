@@ -271,13 +271,17 @@ fn enter_root(merged: &Path) -> Result<(), String> {
     chdir("/").map_err(|err| format!("chdir /: {err}"))
 }
 
-/// A missing passwd or group file is empty: root and numeric ids still work.
+/// A missing passwd or group file is empty: root and numeric ids still work. Symlinks are
+/// resolved first: after pivot_root they cannot lead out of the rootfs.
 fn read_rootfs_file(path: &str) -> Result<String, String> {
-    match std::fs::read(path) {
-        Ok(bytes) => Ok(String::from_utf8_lossy(&bytes).into_owned()),
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(String::new()),
-        Err(err) => Err(format!("reading {path} in the rootfs: {err}")),
-    }
+    let resolved = match std::fs::canonicalize(path) {
+        Ok(resolved) => resolved,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(String::new()),
+        Err(err) => return Err(format!("{path} in the rootfs cannot be resolved: {err}")),
+    };
+    users::read_account_file(&resolved)
+        .map(Option::unwrap_or_default)
+        .map_err(|err| format!("{path} in the rootfs {err}"))
 }
 
 fn switch_user(user: &str, identity: &Identity) -> Result<(), String> {

@@ -30,6 +30,10 @@ use serde::{Deserialize, Serialize};
 
 pub use emulation::{EmulationMode, find_emulator, runs_natively};
 pub use rootless::enter_rootless_if_needed;
+pub use users::{
+    ACCOUNT_FILE_LIMIT, AccountFileError, GroupEntry, PasswdEntry, group_entries, passwd_entries,
+    read_account_file,
+};
 
 /// First argument that makes the executable act as the sandbox helper.
 pub const HELPER_ARG: &str = "__kiln-sandbox-init";

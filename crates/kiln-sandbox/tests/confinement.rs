@@ -8,9 +8,11 @@ mod common;
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
 use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use common::*;
 use kiln_sandbox::RunSpec;
@@ -543,4 +545,43 @@ fn non_root_user_has_only_the_bounding_set() {
     .map(|(field, value)| format!("{field}:\t{value}"))
     .collect();
     assert_eq!(lines, expected);
+}
+
+/// A FIFO where the image's /etc/passwd should be used to hang RUN: the lookup of the user
+/// blocked opening it. Now it is refused, naming the file.
+#[test]
+fn fifo_as_etc_passwd_is_refused_without_hanging() {
+    let dirs = Dirs::new();
+    let passwd = dirs.lower.join("etc/passwd");
+    std::fs::remove_file(&passwd).unwrap();
+    nix::unistd::mkfifo(&passwd, nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
+    let spec = dirs.spec(&["sh", "-c", "true"]);
+
+    // In a process group of its own, so that a hanging helper can be ended with it.
+    let mut kiln = Command::new(HELPER)
+        .arg(serde_json::to_string(&spec).unwrap())
+        .process_group(0)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while kiln.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = nix::sys::signal::killpg(
+                nix::unistd::Pid::from_raw(kiln.id() as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+            let _ = kiln.wait();
+            panic!("RUN still hangs after 30 s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let output = kiln.wait_with_output().unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&output.stderr),
+        "kiln-sandbox-helper: sandbox setup failed: /etc/passwd in the rootfs is a FIFO, not a \
+         regular file\n"
+    );
 }
