@@ -162,6 +162,18 @@ done
 busybox grep -E '^(CapInh|CapPrm|CapEff|CapBnd|CapAmb|NoNewPrivs|Seccomp):' /proc/self/status
 echo "pid 1: $(busybox cat /proc/1/comm)"
 echo "machine: $(busybox uname -m)"
+# The helper is in the step's user namespace, with its root the host's: visible only on the
+# host's /proc. The brackets keep this script's own command line from matching.
+helper=
+for cmdline in /proc/[0-9]*/cmdline; do
+    dir=${{cmdline%/cmdline}}
+    if busybox grep -q '__kiln-sandbox-ini[t]' $cmdline 2>/dev/null \
+        && busybox grep -q '^Uid:[[:space:]]0[[:space:]]' $dir/status 2>/dev/null; then
+        helper=$dir
+    fi
+done
+echo "helper: ${{helper:-not visible}}"
+if [ -n "$helper" ]; then probe helper_root busybox ls $helper/root/; fi
 "#,
             core_uses_pid = self.core_uses_pid,
             disk = self.disk,
@@ -178,6 +190,7 @@ echo "machine: $(busybox uname -m)"
                 "unshare",
                 "clone_newuser",
                 "clone3",
+                "io_uring",
                 "fork",
                 "ia32_getpid",
                 "ia32_unshare",
@@ -240,6 +253,7 @@ fn assert_confined(output: &str, targets: &Targets) {
             "finit_module",
             "unshare",
             "clone_newuser",
+            "io_uring",
         ]);
         #[cfg(target_arch = "x86_64")]
         refused.push("ia32_unshare");
@@ -460,22 +474,28 @@ fn rootless_run_step_is_confined_the_same_way() {
 
 #[test]
 fn emulated_run_step_is_confined_the_same_way() {
-    let dirs = Dirs::foreign("arm64", None);
     let targets = Targets::of_this_host(false);
-    let _one_at_a_time = HOST_SYSCTLS
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
-    let core_pattern = HostValue::read("/proc/sys/kernel/core_pattern");
-    let core_uses_pid = HostValue::read("/proc/sys/kernel/core_uses_pid");
+    for caller in [Caller::Root, Caller::Nobody] {
+        let dirs = Dirs::foreign("arm64", None);
+        if caller == Caller::Nobody {
+            dirs.give_to_nobody();
+        }
+        let spec = dirs.emulated_spec("arm64", &["sh", "-c", &targets.script()]);
+        let _one_at_a_time = HOST_SYSCTLS
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let core_pattern = HostValue::read("/proc/sys/kernel/core_pattern");
+        let core_uses_pid = HostValue::read("/proc/sys/kernel/core_uses_pid");
 
-    let lines = run_ok(&dirs.emulated_spec("arm64", &["sh", "-c", &targets.script()]));
+        let output = run_helper_binary(&spec, caller, || Ok(()));
 
-    core_pattern.assert_unchanged();
-    core_uses_pid.assert_unchanged();
-    let output = lines.join("\n");
-    // QEMU makes the step's system calls, and runs under the same filter and capabilities.
-    assert!(output.contains("machine: aarch64"), "{output}");
-    assert_confined(&output, &targets);
+        core_pattern.assert_unchanged();
+        core_uses_pid.assert_unchanged();
+        let stdout = stdout_of(&output);
+        // QEMU makes the step's system calls, under the same filter and capabilities.
+        assert!(stdout.contains("machine: aarch64"), "{caller:?}: {stdout}");
+        assert_confined(&stdout, &targets);
+    }
 }
 
 /// Rootless kiln in a container whose /proc is partly covered cannot mount a fresh /proc and
@@ -515,8 +535,15 @@ fn rootless_run_step_on_the_hosts_proc_is_restricted_too() {
         },
     );
     let stdout = stdout_of(&output);
-    let pid_1 = results(&stdout).remove("pid 1").unwrap_or_default();
-    assert_ne!(pid_1, "sh", "a fresh /proc was mounted: {stdout}");
+    let results = results(&stdout);
+    assert_ne!(
+        results["pid 1"], "sh",
+        "a fresh /proc was mounted: {stdout}"
+    );
+    // The helper's root is the host's; only the step's capabilities (fewer than the helper's)
+    // keep it from the helper's /proc entries.
+    assert!(results["helper"].starts_with("/proc/"), "{stdout}");
+    assert!(results["helper_root"].starts_with("refused"), "{stdout}");
     assert_confined(&stdout, &targets);
 }
 
