@@ -16,7 +16,7 @@ use nix::unistd::{setgid, setgroups, setsid, setuid};
 
 use crate::helper::EtcBind;
 use crate::users::{self, Identity};
-use crate::{Network, RunSpec, caps, mounts, network, seccomp};
+use crate::{Network, RunSpec, caps, mounts, network, run, seccomp};
 
 /// PATH used for the lookup of the command when its environment has none (Docker's default).
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -348,18 +348,7 @@ fn exec(spec: &RunSpec, env: &[String]) -> Result<Infallible, String> {
     let (argv, env) = (c_strings(&spec.argv)?, c_strings(env)?);
     // The command gets stdin, stdout and stderr only, whatever kiln inherited. Close-on-exec
     // rather than closed: the report pipe must work until the exec succeeds.
-    // SAFETY: close_range takes numbers only and changes flags of this process's descriptors.
-    if unsafe {
-        libc::syscall(
-            libc::SYS_close_range,
-            3,
-            libc::c_uint::MAX,
-            libc::CLOSE_RANGE_CLOEXEC,
-        )
-    } == -1
-    {
-        return Err(format!("close_range: {}", Errno::last()));
-    }
+    run::close_on_exec_above_stdio().map_err(|err| format!("close_range: {err}"))?;
     let Err(err) = execve(&program_c, &argv, &env);
     Err(match err {
         Errno::ENOENT => format!(

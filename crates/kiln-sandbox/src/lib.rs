@@ -7,6 +7,10 @@
 //! id maps, then sends it the [`RunSpec`]; the helper mounts the rootfs and forks the command
 //! as PID 1 of the new pid namespace.
 //!
+//! The command gets what a default Docker container gets and no more: Docker's default
+//! capabilities and seccomp profile, runc's read-only and masked /proc paths, stdin, stdout
+//! and stderr as its only descriptors, and no controlling terminal (see `init::confine`).
+//!
 //! Steps of a foreign architecture run under QEMU user-mode emulation, registered in a
 //! binfmt_misc instance private to the helper's user namespace (Linux 6.7+), so the host's
 //! binfmt_misc stays untouched: see [`Sandbox::emulation_for`] and [`RunSpec::emulator`].
