@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Installs the Debian packages kiln's tests run against: a real registry, skopeo and umoci to
 # check kiln's output, qemu-user-static and busybox-static for multi-arch builds, uidmap for
-# rootless user namespaces. Idempotent: installed packages are left alone, and apt's indexes
-# are only refreshed when something is missing.
+# rootless user namespaces. kiln links libseccomp (libseccomp-dev) for the seccomp filter of
+# RUN steps, and the sandbox tests build their attacker program with gcc -static (libc6-dev).
+# Idempotent: installed packages are left alone, and apt's indexes are only refreshed when
+# something is missing.
 #
 # It never registers binfmt_misc handlers: kiln registers qemu inside its own user namespace,
 # and a host-wide registration would let foreign-arch tests pass without kiln doing its job.
@@ -17,6 +19,9 @@ packages=(
 	uidmap
 	dpkg-dev
 	ca-certificates
+	libseccomp-dev
+	gcc
+	libc6-dev
 )
 
 as_root=()
@@ -69,7 +74,7 @@ if [[ -n $added ]]; then
 		"kiln's foreign-arch tests do not need (and should not rely on) host handlers" >&2
 fi
 
-for tool in docker-registry skopeo umoci qemu-aarch64-static busybox newuidmap dpkg-deb; do
+for tool in docker-registry skopeo umoci qemu-aarch64-static busybox newuidmap dpkg-deb gcc; do
 	command -v "$tool" >/dev/null 2>&1 || {
 		echo "install-deps.sh: $tool still missing after install" >&2
 		exit 1

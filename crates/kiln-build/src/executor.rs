@@ -1835,52 +1835,40 @@ impl std::io::Write for HashingWriter<'_> {
     }
 }
 
-/// Resolves `user[:group]` (names or numbers) through the image's /etc/passwd and /etc/group.
+/// Resolves `user[:group]` (names or numbers) through the image's /etc/passwd and /etc/group,
+/// read and parsed as the sandbox reads them for RUN (regular files of bounded size only). A
+/// numeric uid that passwd does not list gets its own number as gid.
 fn resolve_owner(spec: &str, stack: &LayerStack) -> Result<(u32, u32), String> {
-    let read = |file: &str| -> Vec<Vec<String>> {
-        stack
-            .lookup(Path::new(file), true)
-            .and_then(|p| std::fs::read_to_string(p).ok())
-            .unwrap_or_default()
-            .lines()
-            .map(|l| l.split(':').map(str::to_string).collect())
-            .collect()
+    let read = |file: &str| -> Result<String, String> {
+        match stack.lookup(Path::new(file), true) {
+            Some(host) => kiln_sandbox::read_account_file(&host)
+                .map(Option::unwrap_or_default)
+                .map_err(|err| format!("the image's {file} {err}")),
+            None => Ok(String::new()),
+        }
     };
     let (user, group) = match spec.split_once(':') {
         Some((u, g)) => (u, Some(g)),
         None => (spec, None),
     };
-    let passwd = read("/etc/passwd");
+    let passwd = read("/etc/passwd")?;
+    let mut entries = kiln_sandbox::passwd_entries(&passwd);
     let (uid, primary_gid) = match user.parse::<u32>() {
-        Ok(uid) => (
-            uid,
-            passwd
-                .iter()
-                .find(|f| f.get(2).and_then(|s| s.parse().ok()) == Some(uid))
-                .and_then(|f| f.get(3)?.parse().ok()),
-        ),
+        Ok(uid) => (uid, entries.find(|e| e.uid == uid).map(|e| e.gid)),
         Err(_) => {
-            let entry = passwd
-                .iter()
-                .find(|f| f.first().map(String::as_str) == Some(user))
+            let entry = entries
+                .find(|e| e.name == user)
                 .ok_or_else(|| format!("no user `{user}` in the image's /etc/passwd"))?;
-            (
-                entry
-                    .get(2)
-                    .and_then(|s| s.parse().ok())
-                    .ok_or("malformed /etc/passwd")?,
-                entry.get(3).and_then(|s| s.parse().ok()),
-            )
+            (entry.uid, Some(entry.gid))
         }
     };
     let gid = match group {
         None => primary_gid.unwrap_or(uid),
         Some(g) => match g.parse::<u32>() {
             Ok(gid) => gid,
-            Err(_) => read("/etc/group")
-                .iter()
-                .find(|f| f.first().map(String::as_str) == Some(g))
-                .and_then(|f| f.get(2)?.parse().ok())
+            Err(_) => kiln_sandbox::group_entries(&read("/etc/group")?)
+                .find(|e| e.name == g)
+                .map(|e| e.gid)
                 .ok_or_else(|| format!("no group `{g}` in the image's /etc/group"))?,
         },
     };
@@ -2084,6 +2072,38 @@ mod tests {
             resolve_owner("ghost", &stack)
                 .unwrap_err()
                 .contains("ghost")
+        );
+    }
+
+    /// A FIFO at /etc/passwd used to hang `COPY --chown` (and WORKDIR under USER) on the open.
+    #[test]
+    fn owner_files_that_are_not_regular_are_refused() {
+        let fifo = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(fifo.path().join("etc")).unwrap();
+        let made = std::process::Command::new("mkfifo")
+            .arg(fifo.path().join("etc/passwd"))
+            .status()
+            .unwrap();
+        assert!(made.success());
+        let stack = LayerStack::new(vec![fifo.path().to_path_buf()]);
+        let (sender, receiver) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = sender.send(resolve_owner("builder", &stack));
+        });
+        let outcome = receiver.recv_timeout(std::time::Duration::from_secs(30));
+        assert_eq!(
+            outcome.expect("resolving the owner still hangs on the FIFO"),
+            Err("the image's /etc/passwd is a FIFO, not a regular file".to_string())
+        );
+
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("etc/group")).unwrap();
+        std::fs::write(dir.path().join("etc/passwd"), "root:x:0:0::/root:/bin/sh\n").unwrap();
+        let stack = LayerStack::new(vec![dir.path().to_path_buf()]);
+        assert_eq!(resolve_owner("root:0", &stack), Ok((0, 0)));
+        assert_eq!(
+            resolve_owner("root:staff", &stack),
+            Err("the image's /etc/group is a directory, not a regular file".to_string())
         );
     }
 }

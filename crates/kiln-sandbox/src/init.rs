@@ -1,5 +1,6 @@
 //! The command's process, PID 1 of the new pid namespace: finishes the rootfs (proc, dev,
-//! /etc files), enters it, takes the user's identity and execs the command.
+//! /etc files), enters it, confines itself as Docker confines a container (see
+//! [`confine`]), takes the user's identity and execs the command.
 
 use std::convert::Infallible;
 use std::ffi::CString;
@@ -11,17 +12,45 @@ use nix::mount::{MntFlags, MsFlags, mount, umount2};
 use nix::sched::{CloneFlags, unshare};
 use nix::sys::signal::{SigHandler, SigSet, SigmaskHow, Signal, signal, sigprocmask};
 use nix::unistd::{AccessFlags, Gid, Uid, access, chdir, execve, pivot_root, sethostname};
-use nix::unistd::{setgid, setgroups, setuid};
+use nix::unistd::{setgid, setgroups, setsid, setuid};
 
 use crate::helper::EtcBind;
 use crate::users::{self, Identity};
-use crate::{Network, RunSpec, mounts, network};
+use crate::{Network, RunSpec, caps, mounts, network, run, seccomp};
 
 /// PATH used for the lookup of the command when its environment has none (Docker's default).
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
-/// Host devices bind-mounted into the sandbox's /dev.
+/// Host devices bind-mounted into the sandbox's /dev. /dev/tty is the controlling terminal of
+/// whoever opens it; the command has none (see [`confine`]), so opening it fails.
 const DEVICES: [&str; 6] = ["null", "zero", "full", "random", "urandom", "tty"];
+
+/// runc's read-only paths: kernel knobs in /proc whose permission checks compare the caller's
+/// uid with the host's root, not its namespace's (as real root, the command's uid 0 is the
+/// host's), such as /proc/sys/kernel/core_pattern.
+const READ_ONLY_PATHS: [&str; 5] = [
+    "/proc/bus",
+    "/proc/fs",
+    "/proc/irq",
+    "/proc/sys",
+    "/proc/sysrq-trigger",
+];
+
+/// runc's masked paths under /proc: host information (kernel memory, keys, interrupts,
+/// timers) hidden behind /dev/null (files) or an empty read-only tmpfs (dirs). runc also
+/// masks /sys/firmware and /sys/devices/virtual/powercap; kiln mounts no /sys.
+const MASKED_PATHS: [&str; 10] = [
+    "/proc/acpi",
+    "/proc/asound",
+    "/proc/interrupts",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/proc/sched_debug",
+    "/proc/scsi",
+];
 
 pub(crate) fn hostname_of(requested: &str) -> String {
     match requested {
@@ -54,6 +83,7 @@ pub(crate) fn run(
     }
     mounts::mount_all(merged, &spec.mounts)?;
     enter_root(merged)?;
+    restrict_proc()?;
     sethostname(hostname_of(&spec.hostname))
         .map_err(|err| format!("setting the hostname {:?}: {err}", spec.hostname))?;
 
@@ -65,10 +95,81 @@ pub(crate) fn run(
     // Created as root, as Docker does, before dropping to the user.
     std::fs::create_dir_all(&spec.cwd)
         .map_err(|err| format!("creating the working dir {}: {err}", spec.cwd))?;
+    confine()?;
     switch_user(&spec.user, &identity)?;
+    // A change of uid cleared the parent-death signal set above.
+    // SAFETY: as above.
+    if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) } == -1 {
+        return Err(format!("prctl(PR_SET_PDEATHSIG): {}", Errno::last()));
+    }
     chdir(spec.cwd.as_str()).map_err(|err| format!("chdir {}: {err}", spec.cwd))?;
     reset_signals()?;
     exec(spec, &with_home(&spec.env, &identity.home))
+}
+
+/// What a default Docker container gets and no more, once everything that needs privileges
+/// is done (mounts, pivot_root, the user lookup):
+///
+/// - a session of its own without a controlling terminal, so that it cannot open kiln's
+///   terminal as /dev/tty and push input into it (TIOCSTI);
+/// - Docker's default seccomp profile, loaded while CAP_SYS_ADMIN still allows it without
+///   no_new_privs; it allows what is left to do here (capset, prctl, setgroups, setgid,
+///   setuid, chdir, close_range, execve);
+/// - Docker's default capabilities, in the bounding set too.
+///
+/// The descriptors above 2 are closed at the exec (see [`exec`]).
+fn confine() -> Result<(), String> {
+    setsid().map_err(|err| format!("setsid: {err}"))?;
+    seccomp::load_default_profile()?;
+    caps::limit_to_default()
+}
+
+/// Makes runc's read-only paths read-only and masks its masked paths. Runs after pivot_root,
+/// so the paths resolve inside the rootfs; a path this kernel does not have is skipped. Works
+/// on a fresh /proc and on the host's (see [`mount_proc`]), whose mounts a user namespace
+/// may not change but may cover.
+fn restrict_proc() -> Result<(), String> {
+    let exists = |path: &str| match Path::new(path).symlink_metadata() {
+        Ok(meta) => Ok(Some(meta)),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(err) => Err(format!("{path}: {err}")),
+    };
+    for path in READ_ONLY_PATHS {
+        if exists(path)?.is_none() {
+            continue;
+        }
+        // Recursive: a bind of a tree with mounts the namespace may not uncover must take them.
+        mount(
+            Some(path),
+            path,
+            None::<&str>,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            None::<&str>,
+        )
+        .and_then(|()| mounts::remount_readonly(Path::new(path)))
+        .map_err(|err| format!("making {path} read-only: {err}"))?;
+    }
+    for path in MASKED_PATHS {
+        let masked = match exists(path)? {
+            None => continue,
+            Some(meta) if meta.is_dir() => mount(
+                Some("tmpfs"),
+                path,
+                Some("tmpfs"),
+                MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+                Some("size=0"),
+            ),
+            Some(_) => mount(
+                Some("/dev/null"),
+                path,
+                None::<&str>,
+                MsFlags::MS_BIND,
+                None::<&str>,
+            ),
+        };
+        masked.map_err(|err| format!("masking {path}: {err}"))?;
+    }
+    Ok(())
 }
 
 /// The command's environment: `env`, with `HOME` set to the user's home when it is unset or
@@ -170,13 +271,17 @@ fn enter_root(merged: &Path) -> Result<(), String> {
     chdir("/").map_err(|err| format!("chdir /: {err}"))
 }
 
-/// A missing passwd or group file is empty: root and numeric ids still work.
+/// A missing passwd or group file is empty: root and numeric ids still work. Symlinks are
+/// resolved first: after pivot_root they cannot lead out of the rootfs.
 fn read_rootfs_file(path: &str) -> Result<String, String> {
-    match std::fs::read(path) {
-        Ok(bytes) => Ok(String::from_utf8_lossy(&bytes).into_owned()),
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(String::new()),
-        Err(err) => Err(format!("reading {path} in the rootfs: {err}")),
-    }
+    let resolved = match std::fs::canonicalize(path) {
+        Ok(resolved) => resolved,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(String::new()),
+        Err(err) => return Err(format!("{path} in the rootfs cannot be resolved: {err}")),
+    };
+    users::read_account_file(&resolved)
+        .map(Option::unwrap_or_default)
+        .map_err(|err| format!("{path} in the rootfs {err}"))
 }
 
 fn switch_user(user: &str, identity: &Identity) -> Result<(), String> {
@@ -240,7 +345,11 @@ fn exec(spec: &RunSpec, env: &[String]) -> Result<Infallible, String> {
     };
     let program_c = CString::new(program.as_os_str().as_encoded_bytes())
         .map_err(|_| format!("{} contains a NUL byte", program.display()))?;
-    let Err(err) = execve(&program_c, &c_strings(&spec.argv)?, &c_strings(env)?);
+    let (argv, env) = (c_strings(&spec.argv)?, c_strings(env)?);
+    // The command gets stdin, stdout and stderr only, whatever kiln inherited. Close-on-exec
+    // rather than closed: the report pipe must work until the exec succeeds.
+    run::close_on_exec_above_stdio().map_err(|err| format!("close_range: {err}"))?;
+    let Err(err) = execve(&program_c, &argv, &env);
     Err(match err {
         Errno::ENOENT => format!(
             "exec {}: {err} (the file exists: is its interpreter or dynamic loader missing from \

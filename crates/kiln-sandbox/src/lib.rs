@@ -7,11 +7,16 @@
 //! id maps, then sends it the [`RunSpec`]; the helper mounts the rootfs and forks the command
 //! as PID 1 of the new pid namespace.
 //!
+//! The command gets what a default Docker container gets and no more: Docker's default
+//! capabilities and seccomp profile, runc's read-only and masked /proc paths, stdin, stdout
+//! and stderr as its only descriptors, and no controlling terminal (see `init::confine`).
+//!
 //! Steps of a foreign architecture run under QEMU user-mode emulation, registered in a
 //! binfmt_misc instance private to the helper's user namespace (Linux 6.7+), so the host's
 //! binfmt_misc stays untouched: see [`Sandbox::emulation_for`] and [`RunSpec::emulator`].
 
 mod arch;
+mod caps;
 mod emulation;
 mod helper;
 mod init;
@@ -20,6 +25,7 @@ mod network;
 mod protocol;
 mod rootless;
 mod run;
+mod seccomp;
 mod users;
 
 use std::path::PathBuf;
@@ -28,6 +34,10 @@ use serde::{Deserialize, Serialize};
 
 pub use emulation::{EmulationMode, find_emulator, runs_natively};
 pub use rootless::enter_rootless_if_needed;
+pub use users::{
+    ACCOUNT_FILE_LIMIT, AccountFileError, GroupEntry, PasswdEntry, group_entries, passwd_entries,
+    read_account_file,
+};
 
 /// First argument that makes the executable act as the sandbox helper.
 pub const HELPER_ARG: &str = "__kiln-sandbox-init";

@@ -205,7 +205,7 @@ pub(crate) fn mount_all(merged: &Path, mounts: &[RunMount]) -> Result<(), String
 
 /// A bind mount is made read-only by remounting it; flags the mount inherited from the host
 /// are locked in a user namespace and must be kept, or the remount is refused.
-fn remount_readonly(at: &Path) -> Result<(), nix::Error> {
+pub(crate) fn remount_readonly(at: &Path) -> Result<(), nix::Error> {
     let current = statvfs(at)?.flags();
     let mut flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
     for (has, keep) in [

@@ -1,4 +1,68 @@
-//! Resolves a Dockerfile `USER` value through the rootfs's /etc/passwd and /etc/group.
+//! Resolves a Dockerfile `USER` value through the rootfs's /etc/passwd and /etc/group, and
+//! reads those files as kiln reads them everywhere (RUN here, `COPY --chown` in kiln-build):
+//! regular files of bounded size only, so that an image cannot hang or exhaust kiln with a
+//! FIFO, a device or an endless file there.
+
+use std::fs::File;
+use std::io::{ErrorKind, Read};
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+use std::path::Path;
+
+/// The largest passwd or group file kiln reads. Real ones are kilobytes; this leaves room for
+/// images with many thousands of accounts.
+pub const ACCOUNT_FILE_LIMIT: u64 = 4 << 20;
+
+/// Why a passwd or group file could not be read. The messages name no path: callers add the
+/// image path they asked for.
+#[derive(Debug, thiserror::Error)]
+pub enum AccountFileError {
+    #[error("is a {kind}, not a regular file")]
+    NotRegular { kind: &'static str },
+    #[error("is larger than {ACCOUNT_FILE_LIMIT} bytes")]
+    TooLarge,
+    #[error("cannot be read: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Reads a passwd or group file; `Ok(None)` when there is none. `path` itself must not be a
+/// symlink (resolve it first, inside the rootfs): it is opened with `O_NOFOLLOW`. Anything but
+/// a regular file is refused before it is opened (opening a FIFO blocks, opening a device can
+/// act on it), and checked again on the open file; more than [`ACCOUNT_FILE_LIMIT`] bytes is
+/// an error. Bytes that are not UTF-8 are replaced, as the parsers only look for ASCII.
+pub fn read_account_file(path: &Path) -> Result<Option<String>, AccountFileError> {
+    let kind = match path.symlink_metadata() {
+        Ok(meta) => meta.file_type(),
+        Err(err) if err.kind() == ErrorKind::NotFound => return Ok(None),
+        Err(err) => return Err(err.into()),
+    };
+    refuse_non_regular(kind)?;
+    let file = File::options()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)?;
+    // The file may have been replaced since the look above.
+    refuse_non_regular(file.metadata()?.file_type())?;
+    let mut bytes = Vec::new();
+    file.take(ACCOUNT_FILE_LIMIT + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > ACCOUNT_FILE_LIMIT {
+        return Err(AccountFileError::TooLarge);
+    }
+    Ok(Some(String::from_utf8_lossy(&bytes).into_owned()))
+}
+
+fn refuse_non_regular(kind: std::fs::FileType) -> Result<(), AccountFileError> {
+    let kind = match kind {
+        kind if kind.is_file() => return Ok(()),
+        kind if kind.is_dir() => "directory",
+        kind if kind.is_symlink() => "symlink",
+        kind if kind.is_fifo() => "FIFO",
+        kind if kind.is_char_device() => "character device",
+        kind if kind.is_block_device() => "block device",
+        kind if kind.is_socket() => "socket",
+        _ => "special file",
+    };
+    Err(AccountFileError::NotRegular { kind })
+}
 
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) struct Identity {
@@ -11,20 +75,25 @@ pub(crate) struct Identity {
     pub home: String,
 }
 
-struct PasswdEntry<'a> {
-    name: &'a str,
-    uid: u32,
-    gid: u32,
-    home: &'a str,
+/// One line of /etc/passwd: `name:password:uid:gid:gecos:home:shell`.
+#[derive(Debug, PartialEq, Eq)]
+pub struct PasswdEntry<'a> {
+    pub name: &'a str,
+    pub uid: u32,
+    pub gid: u32,
+    pub home: &'a str,
 }
 
-struct GroupEntry<'a> {
-    name: &'a str,
-    gid: u32,
-    members: Vec<&'a str>,
+/// One line of /etc/group: `name:password:gid:member,member`.
+#[derive(Debug, PartialEq, Eq)]
+pub struct GroupEntry<'a> {
+    pub name: &'a str,
+    pub gid: u32,
+    pub members: Vec<&'a str>,
 }
 
-fn passwd_entries(passwd: &str) -> impl Iterator<Item = PasswdEntry<'_>> {
+/// The entries of a passwd file; lines without a numeric uid and gid are skipped.
+pub fn passwd_entries(passwd: &str) -> impl Iterator<Item = PasswdEntry<'_>> {
     passwd.lines().filter_map(|line| {
         let fields: Vec<&str> = line.split(':').collect();
         Some(PasswdEntry {
@@ -36,7 +105,8 @@ fn passwd_entries(passwd: &str) -> impl Iterator<Item = PasswdEntry<'_>> {
     })
 }
 
-fn group_entries(group: &str) -> impl Iterator<Item = GroupEntry<'_>> {
+/// The entries of a group file; lines without a numeric gid are skipped.
+pub fn group_entries(group: &str) -> impl Iterator<Item = GroupEntry<'_>> {
     group.lines().filter_map(|line| {
         let fields: Vec<&str> = line.split(':').collect();
         Some(GroupEntry {
@@ -114,7 +184,7 @@ pub(crate) fn resolve(user: &str, passwd: &str, group: &str) -> Result<Identity,
 
 #[cfg(test)]
 mod tests {
-    use super::{Identity, resolve};
+    use super::{ACCOUNT_FILE_LIMIT, AccountFileError, Identity, read_account_file, resolve};
 
     const PASSWD: &str = "root:x:0:0:root:/root:/bin/sh\n\
                           builder:x:1000:1000::/home/builder:/bin/sh\n\
@@ -180,5 +250,47 @@ mod tests {
         assert!(err.contains("ghost"), "{err}");
         let err = resolve("builder:ghosts", PASSWD, GROUP).unwrap_err();
         assert!(err.contains("ghosts"), "{err}");
+    }
+
+    #[test]
+    fn account_files_are_read_only_when_regular_and_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = |name: &str| dir.path().join(name);
+        std::fs::write(path("passwd"), PASSWD).unwrap();
+        assert_eq!(
+            read_account_file(&path("passwd")).unwrap().as_deref(),
+            Some(PASSWD)
+        );
+        assert!(read_account_file(&path("missing")).unwrap().is_none());
+
+        nix::unistd::mkfifo(
+            &path("fifo"),
+            nix::sys::stat::Mode::from_bits_truncate(0o644),
+        )
+        .unwrap();
+        std::os::unix::fs::symlink("passwd", path("link")).unwrap();
+        std::fs::create_dir(path("dir")).unwrap();
+        for (name, kind) in [("fifo", "FIFO"), ("link", "symlink"), ("dir", "directory")] {
+            match read_account_file(&path(name)) {
+                Err(err @ AccountFileError::NotRegular { .. }) => {
+                    assert_eq!(err.to_string(), format!("is a {kind}, not a regular file"));
+                }
+                other => panic!("{name}: expected NotRegular, got {other:?}"),
+            }
+        }
+
+        let big = std::fs::File::create(path("big")).unwrap();
+        big.set_len(ACCOUNT_FILE_LIMIT + 1).unwrap();
+        assert!(matches!(
+            read_account_file(&path("big")),
+            Err(AccountFileError::TooLarge)
+        ));
+        big.set_len(ACCOUNT_FILE_LIMIT).unwrap();
+        assert_eq!(
+            read_account_file(&path("big"))
+                .unwrap()
+                .map(|text| text.len() as u64),
+            Some(ACCOUNT_FILE_LIMIT)
+        );
     }
 }

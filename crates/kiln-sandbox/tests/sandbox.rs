@@ -4,105 +4,18 @@
 //! (qemu-user-static). The tests run as root; the rootless tests drop to uid 65534 themselves.
 
 use std::collections::BTreeMap;
-use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
-use std::os::unix::process::CommandExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use kiln_sandbox::{
-    EmulationMode, ExitStatus, MountKind, Network, RunMount, RunOutput, RunSpec, Sandbox,
-    SandboxError, find_emulator, runs_natively,
+    EmulationMode, ExitStatus, MountKind, Network, RunMount, RunSpec, Sandbox, SandboxError,
+    find_emulator, runs_natively,
 };
-use tempfile::TempDir;
 
-const HELPER: &str = env!("CARGO_BIN_EXE_kiln-sandbox-helper");
+mod common;
 
-const APPLETS: [&str; 20] = [
-    "sh", "echo", "cat", "ls", "id", "rm", "touch", "mkdir", "hostname", "uname", "pwd", "sleep",
-    "env", "test", "seq", "head", "grep", "ip", "nc", "wget",
-];
-
-struct Dirs {
-    root: TempDir,
-    lower: PathBuf,
-    upper: PathBuf,
-    work: PathBuf,
-}
-
-impl Dirs {
-    /// Empty lower, upper and work dirs.
-    fn empty() -> Dirs {
-        let root = tempfile::tempdir().unwrap();
-        let lower = root.path().join("lower");
-        let upper = root.path().join("upper");
-        let work = root.path().join("work");
-        for dir in [&lower, &upper, &work] {
-            std::fs::create_dir_all(dir).unwrap();
-        }
-        Dirs {
-            root,
-            lower,
-            upper,
-            work,
-        }
-    }
-
-    /// A busybox layer as the only lower, with root, nobody and builder (1000:1000) users.
-    fn new() -> Dirs {
-        let dirs = Dirs::empty();
-        let lower = &dirs.lower;
-        for dir in [lower.join("bin"), lower.join("etc")] {
-            std::fs::create_dir_all(dir).unwrap();
-        }
-        std::fs::copy("/bin/busybox", lower.join("bin/busybox")).unwrap();
-        for applet in APPLETS {
-            std::os::unix::fs::symlink("busybox", lower.join("bin").join(applet)).unwrap();
-        }
-        std::fs::write(
-            lower.join("etc/passwd"),
-            "root:x:0:0:root:/root:/bin/sh\n\
-             nobody:x:65534:65534:nobody:/nonexistent:/bin/false\n\
-             builder:x:1000:1000::/home/builder:/bin/sh\n",
-        )
-        .unwrap();
-        std::fs::write(
-            lower.join("etc/group"),
-            "root:x:0:\nnogroup:x:65534:\nbuilder:x:1000:\n",
-        )
-        .unwrap();
-        dirs
-    }
-
-    fn spec(&self, argv: &[&str]) -> RunSpec {
-        RunSpec {
-            lowers: vec![self.lower.clone()],
-            upper: self.upper.clone(),
-            work: self.work.clone(),
-            argv: argv.iter().map(|arg| arg.to_string()).collect(),
-            env: vec!["PATH=/bin".to_string()],
-            cwd: "/".to_string(),
-            user: String::new(),
-            hostname: "sandbox-test".to_string(),
-            ..RunSpec::default()
-        }
-    }
-}
-
-/// Runs `spec`, returning the result and every line the callback saw.
-fn run(spec: &RunSpec) -> (Result<RunOutput, SandboxError>, Vec<String>) {
-    let mut lines = Vec::new();
-    let result = Sandbox::new(PathBuf::from(HELPER)).run(spec, &mut |line| {
-        lines.push(line.to_string());
-    });
-    (result, lines)
-}
-
-fn run_ok(spec: &RunSpec) -> Vec<String> {
-    let (result, lines) = run(spec);
-    let output = result.unwrap();
-    assert_eq!(output.status, ExitStatus::Code(0), "output: {lines:?}");
-    lines
-}
+use common::*;
 
 /// Every entry under `dir`, by relative path: "dir", "file:<content>", "link:<target>" or
 /// "char:<major>,<minor>".
@@ -357,21 +270,11 @@ fn empty_lowers_give_an_empty_rootfs() {
 
 #[test]
 fn rootless_kiln_runs_as_root_in_a_single_id_namespace() {
-    const NOBODY: u32 = 65534;
     let dirs = Dirs::new();
-    for entry in walk_all(dirs.root.path()) {
-        std::os::unix::fs::lchown(&entry, Some(NOBODY), Some(NOBODY)).unwrap();
-    }
-    std::fs::set_permissions(dirs.root.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    dirs.give_to_nobody();
     let spec = dirs.spec(&["sh", "-c", "id -u; echo hello > /made-rootless"]);
 
-    let (_exe_dir, helper) = kiln_testkit::executable_by_anyone(Path::new(HELPER));
-    let output = Command::new(&helper)
-        .arg(serde_json::to_string(&spec).unwrap())
-        .uid(NOBODY)
-        .gid(NOBODY)
-        .output()
-        .unwrap();
+    let output = run_helper_binary(&spec, Caller::Nobody, || Ok(()));
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
@@ -384,72 +287,6 @@ fn rootless_kiln_runs_as_root_in_a_single_id_namespace() {
     assert_eq!(std::fs::read_to_string(&made).unwrap(), "hello\n");
     // uid 0 inside is nobody outside.
     assert_eq!(made.metadata().unwrap().uid(), NOBODY);
-}
-
-fn walk_all(dir: &Path) -> Vec<PathBuf> {
-    let mut all = vec![dir.to_path_buf()];
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.symlink_metadata().unwrap().is_dir() {
-            all.extend(walk_all(&path));
-        } else {
-            all.push(path);
-        }
-    }
-    all
-}
-
-impl Dirs {
-    /// The kiln-testkit busybox image of `arch` (and `variant`) as the only lower.
-    fn foreign(arch: &str, variant: Option<&str>) -> Dirs {
-        let dirs = Dirs::empty();
-        unpack_fixture(arch, variant, &dirs.lower);
-        dirs
-    }
-
-    /// A spec that runs `argv` through the QEMU emulator of `arch` found on this host.
-    fn emulated_spec(&self, arch: &str, argv: &[&str]) -> RunSpec {
-        RunSpec {
-            emulator: Some(find_emulator(arch, None).unwrap()),
-            ..self.spec(argv)
-        }
-    }
-}
-
-/// Unpacks the layer of the busybox fixture image for `arch` from its OCI layout into `dir`.
-fn unpack_fixture(arch: &str, variant: Option<&str>, dir: &Path) {
-    let layout = &kiln_testkit::busybox_fixtures().oci_layout;
-    let blob = |digest: &str| {
-        layout
-            .join("blobs/sha256")
-            .join(digest.trim_start_matches("sha256:"))
-    };
-    let read_json = |path: PathBuf| -> serde_json::Value {
-        serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
-    };
-    let top = read_json(layout.join("index.json"));
-    let index = read_json(blob(top["manifests"][0]["digest"].as_str().unwrap()));
-    let descriptor = index["manifests"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|descriptor| {
-            let platform = &descriptor["platform"];
-            platform["architecture"] == arch
-                && variant.is_none_or(|variant| platform["variant"] == variant)
-        })
-        .unwrap_or_else(|| panic!("no fixture for {arch} {variant:?}"));
-    let manifest = read_json(blob(descriptor["digest"].as_str().unwrap()));
-    for layer in manifest["layers"].as_array().unwrap() {
-        let status = Command::new("tar")
-            .arg("-xzf")
-            .arg(blob(layer["digest"].as_str().unwrap()))
-            .arg("-C")
-            .arg(dir)
-            .status()
-            .unwrap();
-        assert!(status.success(), "unpacking the {arch} fixture: {status}");
-    }
 }
 
 /// The `e_machine` field of an ELF file (`EI_DATA` says its byte order).
@@ -667,21 +504,11 @@ fn emulation_for_without_emulator_falls_back_to_the_host_or_names_the_ways_out()
 
 #[test]
 fn rootless_kiln_runs_emulated_steps() {
-    const NOBODY: u32 = 65534;
     let dirs = Dirs::foreign("arm64", None);
-    for entry in walk_all(dirs.root.path()) {
-        std::os::unix::fs::lchown(&entry, Some(NOBODY), Some(NOBODY)).unwrap();
-    }
-    std::fs::set_permissions(dirs.root.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    dirs.give_to_nobody();
     let spec = dirs.emulated_spec("arm64", &["sh", "-c", "id -u; uname -m"]);
 
-    let (_exe_dir, helper) = kiln_testkit::executable_by_anyone(Path::new(HELPER));
-    let output = Command::new(&helper)
-        .arg(serde_json::to_string(&spec).unwrap())
-        .uid(NOBODY)
-        .gid(NOBODY)
-        .output()
-        .unwrap();
+    let output = run_helper_binary(&spec, Caller::Nobody, || Ok(()));
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(

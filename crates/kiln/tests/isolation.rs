@@ -295,3 +295,68 @@ fn an_unprivileged_user_builds_in_a_user_namespace() {
     );
     assert_eq!(read(&rootfs.join("data.txt")), "data\n");
 }
+
+/// A RUN step gets only stdin, stdout and stderr of kiln's descriptors, Docker's default
+/// capabilities and seccomp filter, and a read-only /proc/sys. kiln is started with fd 7 open
+/// on a canary dir (as after `exec 7</some/dir` in the calling shell); the step tries to
+/// write into it, and reports what it sees into the image.
+#[test]
+fn run_step_reaches_no_inherited_descriptor_and_is_confined() {
+    let env = Env::new();
+    let canary = env.path("canary");
+    std::fs::create_dir(&canary).unwrap();
+    std::fs::write(canary.join("secret"), "host secret\n").unwrap();
+    let ctx = env.context(
+        "ctx",
+        &[(
+            "Dockerfile",
+            "FROM $REG/busybox:latest\n\
+             RUN (cat /proc/self/fd/7/secret; echo pwned > /proc/self/fd/7/pwned) > /fd7.txt 2>&1; \
+                 ls /proc/self/fd > /fds.txt; \
+                 grep -E '^(CapEff|CapBnd|Seccomp):' /proc/self/status > /status.txt; \
+                 busybox awk '$5 == \"/proc/sys\" {print $6}' /proc/self/mountinfo > /proc-sys.txt\n",
+        )],
+    );
+    let out = env.path("out");
+    let spec = format!("type=oci,dest={},tar=false", out.display());
+    let canary_dir = std::fs::File::open(&canary).unwrap();
+    let canary_fd = std::os::fd::AsRawFd::as_raw_fd(&canary_dir);
+    let mut kiln = kiln_command(
+        &env.store(),
+        &[
+            "build",
+            "-t",
+            "confined:1",
+            "-o",
+            &spec,
+            ctx.to_str().unwrap(),
+        ],
+    );
+    // SAFETY: dup2 between fds open in the child; dup2's copy is not close-on-exec.
+    unsafe {
+        kiln.pre_exec(move || match libc::dup2(canary_fd, 7) {
+            -1 => Err(std::io::Error::last_os_error()),
+            _ => Ok(()),
+        });
+    }
+    assert_ok(&kiln.output().unwrap());
+
+    assert_eq!(
+        list_dir(&canary),
+        vec!["secret"],
+        "the step wrote to the canary"
+    );
+    let rootfs = umoci_unpack(&out, "1", &env.path("bundle"));
+    let fd7 = read(&rootfs.join("fd7.txt"));
+    assert!(!fd7.contains("host secret"), "{fd7}");
+    assert_eq!(read(&rootfs.join("fds.txt")), "0\n1\n2\n3\n");
+    assert_eq!(
+        read(&rootfs.join("status.txt")),
+        "CapEff:\t00000000a80425fb\nCapBnd:\t00000000a80425fb\nSeccomp:\t2\n"
+    );
+    let proc_sys = read(&rootfs.join("proc-sys.txt"));
+    assert!(
+        proc_sys.starts_with("ro,"),
+        "/proc/sys is mounted {proc_sys:?}"
+    );
+}
