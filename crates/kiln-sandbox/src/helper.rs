@@ -33,7 +33,11 @@ const MAPPED_ARG: &str = "mapped";
 /// gives none back. So the first start only waits for the maps and executes itself again: an
 /// exec as uid 0 gets the full capability set of the namespace.
 pub(crate) fn main(args: Vec<OsString>) -> i32 {
-    let mapped = args.len() == 3 && args[2] == MAPPED_ARG;
+    // The second start gets `mapped` and the pid of kiln, its parent.
+    let kiln_pid = match &args[..] {
+        [_, _, mapped, pid] if mapped == MAPPED_ARG => pid.to_str().and_then(|p| p.parse().ok()),
+        _ => None,
+    };
     let Some([spec_fd, report_fd]) = inherited_fds(&args[..args.len().min(2)]) else {
         eprintln!("kiln-sandbox helper: expected two open fds (spec, report) as arguments");
         return SETUP_FAILED_EXIT;
@@ -46,9 +50,9 @@ pub(crate) fn main(args: Vec<OsString>) -> i32 {
             File::from(OwnedFd::from_raw_fd(report_fd)),
         )
     };
-    let outcome = match mapped {
-        true => run(spec, &mut report),
-        false => reexec_when_mapped(&spec, &args).map(|never| match never {}),
+    let outcome = match kiln_pid {
+        Some(kiln_pid) => die_with_kiln(kiln_pid).and_then(|()| run(spec, &mut report)),
+        None => reexec_when_mapped(&spec, &args).map(|never| match never {}),
     };
     match outcome {
         Ok(status) => {
@@ -92,8 +96,23 @@ fn reexec_when_mapped(spec: &File, args: &[OsString]) -> Result<Infallible, Stri
         .arg(HELPER_ARG)
         .args(args)
         .arg(MAPPED_ARG)
+        .arg(std::os::unix::process::parent_id().to_string())
         .exec();
     Err(format!("re-executing the helper {}: {err}", exe.display()))
+}
+
+/// Has the kernel kill the helper when kiln dies (a SIGKILLed build must not leave its step
+/// running). The exec that gained the namespace's capabilities cleared the parent-death signal
+/// set before it, so it is set again here, and a kiln that died in between is noticed.
+fn die_with_kiln(kiln_pid: u32) -> Result<(), String> {
+    // SAFETY: prctl(PR_SET_PDEATHSIG) only sets an attribute of this process.
+    if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) } == -1 {
+        return Err(format!("prctl(PR_SET_PDEATHSIG): {}", Errno::last()));
+    }
+    match std::os::unix::process::parent_id() == kiln_pid {
+        true => Ok(()),
+        false => Err("kiln ended before the step started".to_string()),
+    }
 }
 
 fn run(spec_pipe: File, report: &mut File) -> Result<ExitStatus, String> {

@@ -103,12 +103,17 @@ impl Sandbox {
             .stdout(Stdio::from(output_write.try_clone()?))
             .stderr(Stdio::from(output_write));
         // SAFETY: runs between fork and exec in the child of a possibly multi-threaded process,
-        // so it only makes raw syscalls (close_range, fcntl, unshare) and allocates nothing.
+        // so it only makes raw syscalls (close_range, prctl, fcntl, unshare) and allocates nothing.
         unsafe {
             command.pre_exec(move || {
                 // The helper must not inherit what kiln inherited without close-on-exec (a
                 // descriptor of the host's `/`, a terminal): only stdio and the two pipes.
                 close_on_exec_above_stdio()?;
+                // A SIGKILLed kiln must take its steps with it. The signal follows the death
+                // of this thread, which waits for the helper anyway.
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == -1 {
+                    return Err(std::io::Error::last_os_error());
+                }
                 for fd in inherited {
                     if libc::fcntl(fd, libc::F_SETFD, 0) == -1 {
                         return Err(std::io::Error::last_os_error());

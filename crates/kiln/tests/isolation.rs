@@ -360,3 +360,58 @@ fn run_step_reaches_no_inherited_descriptor_and_is_confined() {
         "/proc/sys is mounted {proc_sys:?}"
     );
 }
+
+/// Processes whose command line is exactly `argv`.
+fn processes_running(argv: &[&str]) -> Vec<String> {
+    let wanted: Vec<u8> = argv
+        .iter()
+        .flat_map(|a| [a.as_bytes(), b"\0"].concat())
+        .collect();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter(|entry| std::fs::read(entry.path().join("cmdline")).is_ok_and(|c| c == wanted))
+        .map(|entry| entry.file_name().to_string_lossy().into_owned())
+        .collect()
+}
+
+/// A build killed with SIGKILL (a CI job cancelled, the OOM killer) takes its RUN step with it:
+/// no helper or step keeps running on the host.
+#[test]
+fn a_killed_build_leaves_no_process_behind() {
+    let env = Env::new();
+    // A duration no other test uses, to find this step's process among the host's.
+    let sleep = ["sleep", "3141"];
+    let ctx = env.context(
+        "ctx",
+        &[(
+            "Dockerfile",
+            "FROM $REG/busybox\nRUN touch /kiln-step-started && sleep 3141\n",
+        )],
+    );
+    let mut build = kiln_command(&env.store(), &["build", ctx.to_str().unwrap()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while processes_running(&sleep).is_empty() {
+        assert!(build.try_wait().unwrap().is_none(), "the build ended early");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the step never started"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    build.kill().unwrap();
+    build.wait().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !processes_running(&sleep).is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert_eq!(
+        processes_running(&sleep),
+        Vec::<String>::new(),
+        "the step outlived kiln"
+    );
+}

@@ -43,22 +43,6 @@ fn files_containing(dir: &Path, needle: &str) -> Vec<PathBuf> {
     found
 }
 
-/// Whether some entry under `dir` is named `name`.
-fn has_file_named(dir: &Path, name: &str) -> bool {
-    let mut pending = vec![dir.to_path_buf()];
-    while let Some(path) = pending.pop() {
-        if path.file_name().is_some_and(|n| n == name) {
-            return true;
-        }
-        if std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_dir())
-            && let Ok(entries) = std::fs::read_dir(&path)
-        {
-            pending.extend(entries.flatten().map(|e| e.path()));
-        }
-    }
-    false
-}
-
 fn shm_is_tmpfs() -> bool {
     Command::new("stat")
         .args(["-f", "-c", "%T", "/dev/shm"])

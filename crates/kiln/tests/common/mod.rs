@@ -276,3 +276,19 @@ pub fn pushed_files(reference: &str, dir: &Path) -> Vec<(String, Vec<u8>)> {
     }
     files
 }
+
+/// Whether a file or dir called `name` is anywhere below `dir` (symlinks not followed).
+pub fn has_file_named(dir: &Path, name: &str) -> bool {
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(path) = pending.pop() {
+        if path.file_name().is_some_and(|n| n == name) {
+            return true;
+        }
+        if std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_dir())
+            && let Ok(entries) = std::fs::read_dir(&path)
+        {
+            pending.extend(entries.flatten().map(|e| e.path()));
+        }
+    }
+    false
+}
