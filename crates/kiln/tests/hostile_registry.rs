@@ -471,6 +471,71 @@ fn credentials_never_go_to_a_token_realm_over_plain_http() {
     assert_contains_all(&err, &[realm, "plain HTTP"]);
 }
 
+/// Writes `bytes` into the layout's blobs and returns their descriptor.
+fn layout_blob(layout: &Path, media_type: &str, bytes: &[u8]) -> Value {
+    use sha2::{Digest as _, Sha256};
+    let hex = hex_of(&Sha256::digest(bytes));
+    std::fs::write(layout.join("blobs/sha256").join(&hex), bytes).unwrap();
+    json!({"mediaType": media_type, "digest": format!("sha256:{hex}"), "size": bytes.len()})
+}
+
+fn hex_of(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[test]
+fn a_huge_image_config_is_refused_before_it_is_read() {
+    let env = Env::new();
+    let layout = env.path("layout");
+    std::fs::create_dir_all(layout.join("blobs/sha256")).unwrap();
+    std::fs::write(
+        layout.join("oci-layout"),
+        r#"{"imageLayoutVersion":"1.0.0"}"#,
+    )
+    .unwrap();
+    // A valid config, made huge by one label.
+    let label = "a".repeat(FLOOD as usize);
+    let config = json!({
+        "architecture": host_arch(), "os": "linux",
+        "config": {"Labels": {"huge": label}},
+        "rootfs": {"type": "layers", "diff_ids": []},
+    });
+    let config = layout_blob(
+        &layout,
+        "application/vnd.oci.image.config.v1+json",
+        config.to_string().as_bytes(),
+    );
+    let manifest = json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": config,
+        "layers": [],
+    });
+    let mut top = layout_blob(
+        &layout,
+        "application/vnd.oci.image.manifest.v1+json",
+        manifest.to_string().as_bytes(),
+    );
+    top["annotations"] = json!({"org.opencontainers.image.ref.name": "huge"});
+    std::fs::write(
+        layout.join("index.json"),
+        json!({"schemaVersion": 2, "manifests": [top]}).to_string(),
+    )
+    .unwrap();
+    let base = format!("oci-layout://{}:huge", layout.display());
+    let ctx = context_from(&env, "ctx", &base);
+
+    let run = kiln_measured(&env, &env.path("none"), &[], &build(&ctx));
+
+    let err = assert_failed(&run.output);
+    assert_contains_all(&err, &["image config is larger than 8 MiB"]);
+    assert!(
+        run.peak_rss_kib < RSS_LIMIT_KIB,
+        "peak RSS {} KiB",
+        run.peak_rss_kib
+    );
+}
+
 #[test]
 fn a_killed_download_leaves_a_partial_file_that_the_next_build_removes() {
     let env = Env::new();
