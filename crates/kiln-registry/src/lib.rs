@@ -2,6 +2,8 @@
 //! from and to disk, with every pulled blob's digest verified before it is kept; credentials
 //! from docker's and podman's files and helpers; per-registry TLS, HTTP and mirror settings.
 
+#![forbid(unsafe_code)]
+
 mod challenge;
 mod client;
 mod config;
