@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Installs the Debian packages kiln's tests run against: a real registry, skopeo and umoci to
 # check kiln's output, qemu-user-static and busybox-static for multi-arch builds, uidmap for
-# rootless user namespaces. kiln links libseccomp (libseccomp-dev) for the seccomp filter of
-# RUN steps, and the sandbox tests build their attacker program with gcc -static (libc6-dev).
-# Idempotent: installed packages are left alone, and apt's indexes are only refreshed when
-# something is missing.
+# rootless user namespaces, GNU time to measure a kiln process's peak memory. kiln links
+# libseccomp (libseccomp-dev) for the seccomp filter of RUN steps, and the sandbox tests build
+# their attacker program with gcc -static (libc6-dev). Idempotent: installed packages are left
+# alone, and apt's indexes are only refreshed when something is missing.
 #
 # It never registers binfmt_misc handlers: kiln registers qemu inside its own user namespace,
 # and a host-wide registration would let foreign-arch tests pass without kiln doing its job.
@@ -17,6 +17,7 @@ packages=(
 	qemu-user-static
 	busybox-static
 	uidmap
+	time
 	dpkg-dev
 	ca-certificates
 	libseccomp-dev

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use kiln_oci::{
     Descriptor, Digest, DigestReader, ImageConfig, ImageIndex, ImageManifest, Platform, media,
 };
-use kiln_registry::{DOCKER_HUB, Reference, RegistryClient};
+use kiln_registry::{DOCKER_HUB, MAX_CONFIG_BYTES, Reference, RegistryClient};
 use kiln_transport::{
     ImageSource, LayoutRef, OciLayoutSource, RegistrySource, TransportError, select_platform,
 };
@@ -178,6 +178,17 @@ pub(crate) fn pull(
     let manifest: ImageManifest = serde_json::from_slice(&fetched.bytes)
         .map_err(|e| bad(reference, format!("unreadable manifest: {e}")))?;
 
+    // The config is read into memory whole: as large as a registry client reads, no larger.
+    if manifest.config.size > MAX_CONFIG_BYTES {
+        return Err(bad(
+            reference,
+            format!(
+                "the image config is larger than {} MiB ({} bytes)",
+                MAX_CONFIG_BYTES >> 20,
+                manifest.config.size
+            ),
+        ));
+    }
     ensure_blob(source, store, reference, &manifest.config)?;
     let config: ImageConfig = serde_json::from_slice(
         &std::fs::read(store.blob_path(&manifest.config.digest))

@@ -1,24 +1,30 @@
 use std::collections::{HashMap, HashSet};
 use std::fs::{self, File};
-use std::io::{BufReader, BufWriter, Read, Seek, SeekFrom, Write};
-use std::path::Path;
+use std::io::{self, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use base64::Engine;
 use kiln_oci::{Descriptor, Digest, DigestReader, media};
-use reqwest::StatusCode;
-use reqwest::Url;
 use reqwest::blocking::{Client, RequestBuilder, Response};
 use reqwest::header::{
-    ACCEPT, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, LOCATION, RANGE, RETRY_AFTER,
-    WWW_AUTHENTICATE,
+    ACCEPT, AUTHORIZATION, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, HeaderValue, LOCATION,
+    RANGE, RETRY_AFTER, WWW_AUTHENTICATE,
 };
+use reqwest::{Method, StatusCode, Url};
 
+use crate::challenge::{Challenge, parse_challenge};
 use crate::config::RegistryConfig;
 use crate::credentials::{Credential, CredentialStore, Secret};
+use crate::limits::{
+    MAX_CONFIG_BYTES, MAX_ERROR_BYTES, MAX_MANIFEST_BYTES, MAX_TOKEN_BYTES, error_text,
+    read_at_most,
+};
 use crate::retry::RetryPolicy;
-use crate::{Reference, RegistryError};
+use crate::{Reference, RegistryError, partial};
 
 const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.docker.distribution.manifest.v2+json";
 
@@ -42,7 +48,37 @@ pub struct ClientOptions {
     /// that broke off part-way but keeps every piece it received whole. Smaller pieces lose
     /// less, at the cost of a request per piece.
     pub upload_chunk_size: Option<u64>,
+    /// How long kiln waits for a connection and for data.
+    pub timeouts: Timeouts,
 }
+
+/// How long kiln waits on a registry before the try counts as failed (and is retried as the
+/// retry policy says).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Timeouts {
+    /// For a TCP connection (and TLS handshake) to be set up.
+    pub connect: Duration,
+    /// For an answer's head once a request is sent, and for each next piece of its body: a
+    /// registry that stalls for this long is given up on, however long a download has run.
+    pub read: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            connect: Duration::from_secs(30),
+            read: Duration::from_secs(60),
+        }
+    }
+}
+
+/// reqwest's blocking client has no timeout per write of a request body: its timeout covers
+/// sending the whole body and reading the answer's head. So a PATCH may take the read timeout
+/// plus its piece's time at this slow rate.
+const SLOWEST_UPLOAD_BYTES_PER_SECOND: u64 = 64 << 10;
+
+/// Redirects followed for one request, as browsers and Go's net/http do.
+const MAX_REDIRECTS: usize = 10;
 
 /// Large enough that the per-request cost vanishes next to the transfer, small enough that a
 /// dropped connection costs seconds, not the whole layer.
@@ -81,13 +117,7 @@ impl TryFailure {
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
         let what = format!("{} answered HTTP {}", resp.url(), resp.status().as_u16());
-        let message: String = resp
-            .text()
-            .unwrap_or_default()
-            .trim()
-            .chars()
-            .take(400)
-            .collect();
+        let message = error_message(resp);
         TryFailure::Transient {
             what: format!("{what}: {message}"),
             retry_after,
@@ -96,16 +126,28 @@ impl TryFailure {
 }
 
 impl From<RegistryError> for TryFailure {
-    /// A connection that failed may work on the next try; every other error stays.
+    /// A connection that failed or stalled may work on the next try; every other error stays.
     fn from(e: RegistryError) -> TryFailure {
         match e {
             RegistryError::Unreachable { detail, .. } => TryFailure::Transient {
                 what: detail,
                 retry_after: None,
             },
+            e @ RegistryError::Stalled { .. } => TryFailure::Transient {
+                what: e.to_string(),
+                retry_after: None,
+            },
             e => TryFailure::Fatal(e),
         }
     }
+}
+
+/// What an error answer's body says, read up to `MAX_ERROR_BYTES` and shortened (see
+/// [`error_text`]); a body that breaks off or stalls is shown as far as it came.
+fn error_message(resp: Response) -> String {
+    let mut body = Vec::new();
+    let _ = resp.take(MAX_ERROR_BYTES).read_to_end(&mut body);
+    error_text(&body)
 }
 
 /// Runs `work` on every item with up to `max_in_flight` items at once, and returns the first
@@ -141,6 +183,28 @@ pub fn each_in_parallel<T: Sync, E: Send>(
     }
 }
 
+/// The media type of a fetched manifest or index: the body's own `mediaType` wins over a
+/// generic Content-Type header. `Err` holds the type found when it is neither a manifest's
+/// nor an index's. Public (hidden) for the fuzz target.
+#[doc(hidden)]
+pub fn manifest_media_type(bytes: &[u8], content_type: Option<&str>) -> Result<String, String> {
+    #[derive(serde::Deserialize)]
+    struct Typed {
+        #[serde(rename = "mediaType")]
+        media_type: Option<String>,
+    }
+    let body_type = serde_json::from_slice::<Typed>(bytes)
+        .ok()
+        .and_then(|t| t.media_type);
+    let header_type = content_type.map(|s| s.split(';').next().unwrap_or("").trim().to_string());
+    let media_type = body_type.or(header_type).unwrap_or_default();
+    if media::is_index(&media_type) || media::is_manifest(&media_type) {
+        Ok(media_type)
+    } else {
+        Err(media_type)
+    }
+}
+
 /// A manifest or index as fetched, with the digest of its exact bytes.
 #[derive(Clone, Debug)]
 pub struct FetchedManifest {
@@ -149,11 +213,26 @@ pub struct FetchedManifest {
     pub bytes: Vec<u8>,
 }
 
-/// How requests to one registry for one set of scopes are authorised.
+/// How requests to one registry for one set of scopes are authorised: the `Authorization`
+/// header, until when a token is valid.
 #[derive(Clone)]
-enum CachedAuth {
-    Basic { username: String, password: String },
-    Bearer { token: String, expires: Instant },
+struct CachedAuth {
+    header: HeaderValue,
+    expires: Option<Instant>,
+}
+
+impl CachedAuth {
+    fn basic(username: &str, password: &str) -> CachedAuth {
+        let encoded =
+            base64::engine::general_purpose::STANDARD.encode(format!("{username}:{password}"));
+        let mut header = HeaderValue::from_str(&format!("Basic {encoded}"))
+            .expect("base64 is a valid header value");
+        header.set_sensitive(true);
+        CachedAuth {
+            header,
+            expires: None,
+        }
+    }
 }
 
 /// A blocking distribution-API client. Authorisation (basic or bearer) is cached per registry
@@ -168,6 +247,9 @@ pub struct RegistryClient {
     found_credentials: Mutex<HashMap<String, Option<Credential>>>,
     retry: RetryPolicy,
     upload_chunk_size: u64,
+    timeouts: Timeouts,
+    /// Directories whose stale partial downloads were removed already.
+    swept: Mutex<HashSet<PathBuf>>,
 }
 
 #[derive(Clone, Copy)]
@@ -176,60 +258,63 @@ pub(crate) enum Access {
     Push,
 }
 
+/// Whether `host` (`name`, `name:port`, `[v6]` or `[v6]:port`) is this machine: `localhost`,
+/// or an address in 127.0.0.0/8 or `::1`, written as such. A name that merely starts with
+/// `127.` is not.
 fn is_loopback(host: &str) -> bool {
-    let name = host.rsplit_once(':').map_or(host, |(h, p)| {
-        if p.chars().all(|c| c.is_ascii_digit()) {
-            h
-        } else {
-            host
-        }
-    });
-    name == "localhost" || name.starts_with("127.") || name == "[::1]"
+    if host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback()) {
+        return true;
+    }
+    let name = match host.strip_prefix('[') {
+        Some(bracketed) => bracketed.split_once(']').map_or(bracketed, |(ip, _)| ip),
+        None => host.rsplit_once(':').map_or(host, |(name, port)| {
+            if port.bytes().all(|b| b.is_ascii_digit()) {
+                name
+            } else {
+                host
+            }
+        }),
+    };
+    name.eq_ignore_ascii_case("localhost")
+        || name.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
-/// What a registry's `WWW-Authenticate` header asks for.
-#[derive(Debug, PartialEq, Eq)]
-enum Challenge {
-    Basic,
-    Bearer {
-        realm: String,
-        service: Option<String>,
-    },
+/// `host` or `host:port` of a URL, as registries are named (`[v6]` for IPv6).
+fn authority(url: &Url) -> String {
+    let host = url.host_str().unwrap_or_default();
+    match url.port() {
+        Some(port) => format!("{host}:{port}"),
+        None => host.to_string(),
+    }
 }
 
-/// The challenge in a 401 answer's `WWW-Authenticate` header, if it has one kiln can answer.
+/// Whether two URLs are on the same origin: scheme, host and port.
+fn same_origin(a: &Url, b: &Url) -> bool {
+    a.scheme() == b.scheme()
+        && a.host_str() == b.host_str()
+        && a.port_or_known_default() == b.port_or_known_default()
+}
+
+/// Whether an answer sends the client elsewhere, to be asked again with the same method.
+fn is_redirect(status: StatusCode) -> bool {
+    matches!(status.as_u16(), 301 | 302 | 303 | 307 | 308)
+}
+
+/// The challenges in a 401 answer's `WWW-Authenticate` headers: the first kiln can answer.
 fn challenge_in(resp: &Response) -> Option<Challenge> {
     resp.headers()
-        .get(WWW_AUTHENTICATE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(parse_challenge)
+        .get_all(WWW_AUTHENTICATE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find_map(parse_challenge)
 }
 
-fn parse_challenge(header: &str) -> Option<Challenge> {
-    let (scheme, rest) = header.trim().split_once(' ').unwrap_or((header.trim(), ""));
-    if scheme.eq_ignore_ascii_case("basic") {
-        return Some(Challenge::Basic);
-    }
-    if !scheme.eq_ignore_ascii_case("bearer") {
-        return None;
-    }
-    let mut params = HashMap::new();
-    let mut s = rest.trim();
-    while !s.is_empty() {
-        let (key, after) = s.split_once('=')?;
-        let (value, tail) = if let Some(q) = after.strip_prefix('"') {
-            let end = q.find('"')?;
-            (&q[..end], &q[end + 1..])
-        } else {
-            after.split_once(',').map_or((after, ""), |(v, t)| (v, t))
-        };
-        params.insert(key.trim().to_ascii_lowercase(), value.to_string());
-        s = tail.trim_start_matches(',').trim();
-    }
-    Some(Challenge::Bearer {
-        realm: params.remove("realm")?,
-        service: params.remove("service"),
-    })
+/// Whether a read of an answer's body failed because nothing came for the read timeout.
+fn is_timeout(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::TimedOut
+        || e.get_ref()
+            .and_then(|inner| inner.downcast_ref::<reqwest::Error>())
+            .is_some_and(reqwest::Error::is_timeout)
 }
 
 /// Every message in an error's chain, joined.
@@ -278,11 +363,14 @@ impl RegistryClient {
                 .upload_chunk_size
                 .filter(|&n| n > 0)
                 .unwrap_or(DEFAULT_UPLOAD_CHUNK),
+            timeouts: options.timeouts,
+            swept: Mutex::new(HashSet::new()),
         })
     }
 
     /// The HTTP client for `registry`, with its CAs, client certificates and verification
-    /// setting; built once per registry.
+    /// setting; built once per registry. It follows no redirects: [`Self::execute`] does,
+    /// deciding where credentials may go.
     fn http_for(&self, r: &Reference) -> Result<Client, RegistryError> {
         if let Some(client) = self.clients.lock().unwrap().get(&r.registry) {
             return Ok(client.clone());
@@ -295,9 +383,12 @@ impl RegistryClient {
         let read = |path: &Path| {
             fs::read(path).map_err(|e| setup_error(path.display().to_string(), e.to_string()))
         };
+        // The blocking client's timeout bounds the wait for an answer's head and for each
+        // read of its body: a read timeout, not a limit on a whole download.
         let mut builder = Client::builder()
-            .connect_timeout(Duration::from_secs(15))
-            .timeout(None)
+            .connect_timeout(self.timeouts.connect)
+            .timeout(self.timeouts.read)
+            .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("kiln/", env!("CARGO_PKG_VERSION")))
             .danger_accept_invalid_certs(self.config.skips_tls_verify(&r.registry));
         if let Some(host) = self.config.host(&r.registry) {
@@ -360,7 +451,7 @@ impl RegistryClient {
         let scheme = match probe {
             Ok(_) => "https",
             Err(e) if certificate_problem(&error_chain(&e)).is_some() => {
-                return Err(Self::transport_error(r, e));
+                return Err(self.transport_error(r, e));
             }
             Err(_) => "http",
         };
@@ -376,6 +467,35 @@ impl RegistryClient {
         Ok(format!("{scheme}://{}/v2/{}", r.api_host(), r.repository))
     }
 
+    /// The registry's own origin: the only one its credentials and tokens are sent to.
+    fn origin(&self, r: &Reference) -> Result<Url, RegistryError> {
+        let url = format!("{}://{}/", self.scheme(r)?, r.api_host());
+        Url::parse(&url).map_err(|e| RegistryError::Unreachable {
+            registry: r.registry.clone(),
+            repository: r.repository.clone(),
+            detail: format!("{url} is not a URL: {e}"),
+        })
+    }
+
+    /// Whether the user lets kiln speak plain HTTP to the host of `url`: loopback, or marked
+    /// insecure (`--insecure-registry`, or `http = true` in the registry config).
+    fn plain_http_allowed(&self, url: &Url) -> bool {
+        let (host, named) = (url.host_str().unwrap_or_default(), authority(url));
+        is_loopback(&named)
+            || [host, named.as_str()].iter().any(|h| {
+                self.insecure.contains(*h) || self.config.host(h).and_then(|c| c.http) == Some(true)
+            })
+    }
+
+    /// Whether credentials may travel to `url`: over HTTPS, or plain HTTP where allowed.
+    fn may_carry_credentials(&self, url: &Url) -> bool {
+        match url.scheme() {
+            "https" => true,
+            "http" => self.plain_http_allowed(url),
+            _ => false,
+        }
+    }
+
     fn scope(r: &Reference, access: &Access) -> String {
         match access {
             Access::Pull => format!("repository:{}:pull", r.repository),
@@ -383,9 +503,17 @@ impl RegistryClient {
         }
     }
 
-    fn transport_error(r: &Reference, e: reqwest::Error) -> RegistryError {
+    fn transport_error(&self, r: &Reference, e: reqwest::Error) -> RegistryError {
         let detail = error_chain(&e);
         let (registry, repository) = (r.registry.clone(), r.repository.clone());
+        if e.is_timeout() && !e.is_connect() {
+            return RegistryError::Stalled {
+                registry,
+                repository,
+                what: "an answer".into(),
+                seconds: self.timeouts.read.as_secs(),
+            };
+        }
         match certificate_problem(&detail) {
             Some(CertificateProblem::Untrusted) => RegistryError::UntrustedCertificate {
                 registry,
@@ -441,6 +569,22 @@ impl RegistryClient {
         }
     }
 
+    /// Checks that the token service `realm` (from the registry's challenge) may receive
+    /// credentials: over HTTPS, or plain HTTP to loopback or a host marked insecure.
+    fn check_realm(&self, r: &Reference, realm: &str) -> Result<(), RegistryError> {
+        let refused = || RegistryError::PlainHttpRefused {
+            registry: r.registry.clone(),
+            repository: r.repository.clone(),
+            url: realm.chars().take(200).collect(),
+        };
+        let url = Url::parse(realm).map_err(|_| refused())?;
+        if self.may_carry_credentials(&url) {
+            Ok(())
+        } else {
+            Err(refused())
+        }
+    }
+
     /// Asks the token service `realm` for a token covering `scopes`, with the registry's
     /// credentials when there are any.
     fn fetch_token(
@@ -451,6 +595,9 @@ impl RegistryClient {
         scopes: &[String],
         credential: Option<&Credential>,
     ) -> Result<CachedAuth, RegistryError> {
+        if credential.is_some() {
+            self.check_realm(r, realm)?;
+        }
         let request = match credential.map(|c| &c.secret) {
             Some(Secret::IdentityToken(refresh)) => {
                 let scope = scopes.join(" ");
@@ -475,7 +622,7 @@ impl RegistryClient {
                 request.query(&query)
             }
         };
-        let resp = request.send().map_err(|e| Self::transport_error(r, e))?;
+        let resp = request.send().map_err(|e| self.transport_error(r, e))?;
         match resp.status() {
             StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
                 return Err(self.auth_failed(r, credential));
@@ -490,23 +637,78 @@ impl RegistryClient {
             }
             _ => {}
         }
-        let body: serde_json::Value = resp.json().map_err(|e| Self::transport_error(r, e))?;
+        let bad_answer = |message: String| RegistryError::Http {
+            registry: r.registry.clone(),
+            repository: r.repository.clone(),
+            action: "getting a token".into(),
+            status: 200,
+            message: format!("token service {realm} {message}"),
+        };
+        let bytes = self.read_body(r, resp, MAX_TOKEN_BYTES, "a token")?;
+        let body: serde_json::Value = serde_json::from_slice(&bytes)
+            .map_err(|e| bad_answer(format!("sent something that is not JSON: {e}")))?;
         let token = body
             .get("token")
             .or_else(|| body.get("access_token"))
             .and_then(|t| t.as_str())
-            .unwrap_or_default()
-            .to_string();
+            .unwrap_or_default();
+        let mut header = HeaderValue::from_str(&format!("Bearer {token}"))
+            .map_err(|_| bad_answer("sent a token that cannot be sent back in a header".into()))?;
+        header.set_sensitive(true);
         let seconds = body
             .get("expires_in")
             .and_then(|v| v.as_u64())
             .unwrap_or(DEFAULT_TOKEN_SECONDS);
         // Renew a little early: the token's clock started when the service issued it.
-        let lifetime = Duration::from_secs(seconds).mul_f64(0.9);
-        Ok(CachedAuth::Bearer {
-            token,
-            expires: Instant::now() + lifetime,
+        let lifetime = Duration::from_secs(seconds.min(1 << 32)).mul_f64(0.9);
+        Ok(CachedAuth {
+            header,
+            expires: Some(Instant::now() + lifetime),
         })
+    }
+
+    /// Reads an answer's body, at most `limit` bytes; `what` names it in errors. A body
+    /// that breaks off or stalls is an error the retry loops try again after.
+    fn read_body(
+        &self,
+        r: &Reference,
+        resp: Response,
+        limit: u64,
+        what: &str,
+    ) -> Result<Vec<u8>, RegistryError> {
+        let too_large = || RegistryError::TooLarge {
+            registry: r.registry.clone(),
+            repository: r.repository.clone(),
+            what: what.to_string(),
+            limit,
+        };
+        let announced = resp.content_length();
+        if announced.is_some_and(|n| n > limit) {
+            return Err(too_large());
+        }
+        match read_at_most(resp, limit, announced) {
+            Ok(Some(bytes)) => Ok(bytes),
+            Ok(None) => Err(too_large()),
+            Err(e) => Err(self.read_failure(r, what, &e)),
+        }
+    }
+
+    /// The error for a body that could not be read: stalled, or broken off.
+    fn read_failure(&self, r: &Reference, what: &str, e: &io::Error) -> RegistryError {
+        if is_timeout(e) {
+            RegistryError::Stalled {
+                registry: r.registry.clone(),
+                repository: r.repository.clone(),
+                what: what.to_string(),
+                seconds: self.timeouts.read.as_secs(),
+            }
+        } else {
+            RegistryError::Unreachable {
+                registry: r.registry.clone(),
+                repository: r.repository.clone(),
+                detail: format!("reading {what}: {e}"),
+            }
+        }
     }
 
     /// Sends a request for `access` to `r`'s repository. See [`Self::send_scoped`].
@@ -581,8 +783,10 @@ impl RegistryClient {
     }
 
     /// Sends a request once (twice when a 401 challenge has to be answered). Uses cached
-    /// authorisation while it is valid; on a 401 it answers the challenge (basic credentials,
-    /// or a fresh bearer token) and sends the request again.
+    /// authorisation while it is valid; on a 401 from the registry itself it answers the
+    /// challenge (basic credentials, or a fresh bearer token) and sends the request again. A
+    /// 401 from any other host (a redirect's, an upload `Location`'s) is an error: the
+    /// registry's credentials never go there.
     fn send_once(
         &self,
         r: &Reference,
@@ -591,32 +795,33 @@ impl RegistryClient {
         build: &impl Fn(&Client) -> RequestBuilder,
     ) -> Result<Response, RegistryError> {
         let http = self.http_for(r)?;
+        let origin = self.origin(r)?;
         let mut scopes = vec![Self::scope(r, &access)];
         scopes.extend(extra_scopes.iter().cloned());
         let key = (r.registry.clone(), scopes.join(" "));
         let cached = {
             let mut cache = self.auth.lock().unwrap();
-            let expired = matches!(cache.get(&key),
-                Some(CachedAuth::Bearer { expires, .. }) if *expires <= Instant::now());
+            let expired = cache
+                .get(&key)
+                .and_then(|a| a.expires)
+                .is_some_and(|expires| expires <= Instant::now());
             if expired {
                 cache.remove(&key);
             }
             cache.get(&key).cloned()
         };
-        let send_with = |auth: Option<&CachedAuth>| {
-            let request = build(&http);
-            let request = match auth {
-                Some(CachedAuth::Basic { username, password }) => {
-                    request.basic_auth(username, Some(password))
-                }
-                Some(CachedAuth::Bearer { token, .. }) => request.bearer_auth(token),
-                None => request,
-            };
-            request.send().map_err(|e| Self::transport_error(r, e))
-        };
+        let send_with =
+            |auth: Option<&CachedAuth>| self.execute(r, &http, &origin, build(&http), auth);
         let resp = send_with(cached.as_ref())?;
         if resp.status() != StatusCode::UNAUTHORIZED {
             return Ok(resp);
+        }
+        if !same_origin(resp.url(), &origin) {
+            return Err(RegistryError::CredentialsWithheld {
+                registry: r.registry.clone(),
+                repository: r.repository.clone(),
+                host: authority(resp.url()),
+            });
         }
         let Some(challenge) = challenge_in(&resp) else {
             return Ok(resp);
@@ -624,10 +829,7 @@ impl RegistryClient {
         let credential = self.credential(&r.registry)?;
         let auth = match challenge {
             Challenge::Basic => match credential.as_ref().map(|c| &c.secret) {
-                Some(Secret::Basic { username, password }) => CachedAuth::Basic {
-                    username: username.clone(),
-                    password: password.clone(),
-                },
+                Some(Secret::Basic { username, password }) => CachedAuth::basic(username, password),
                 _ => return Err(self.auth_failed(r, credential.as_ref())),
             },
             Challenge::Bearer { realm, service } => self.fetch_token(
@@ -644,6 +846,70 @@ impl RegistryClient {
             return Err(self.auth_failed(r, credential.as_ref()));
         }
         Ok(resp)
+    }
+
+    /// Sends `request`, following the redirects of GET and HEAD requests (registries send
+    /// blob downloads to storage backends such as S3). `auth` goes only to the registry's
+    /// own `origin`: never to another host, whether a redirect or an upload `Location` names
+    /// it. Plain HTTP goes only to the registry (whose scheme was chosen already), loopback,
+    /// and hosts marked insecure.
+    fn execute(
+        &self,
+        r: &Reference,
+        http: &Client,
+        origin: &Url,
+        request: RequestBuilder,
+        auth: Option<&CachedAuth>,
+    ) -> Result<Response, RegistryError> {
+        let mut request = request.build().map_err(|e| self.transport_error(r, e))?;
+        let mut redirects = 0;
+        loop {
+            let url = request.url();
+            let at_registry = same_origin(url, origin);
+            if !at_registry && !self.may_carry_credentials(url) {
+                return Err(RegistryError::PlainHttpRefused {
+                    registry: r.registry.clone(),
+                    repository: r.repository.clone(),
+                    url: url.as_str().chars().take(200).collect(),
+                });
+            }
+            match auth.filter(|_| at_registry) {
+                Some(auth) => request
+                    .headers_mut()
+                    .insert(AUTHORIZATION, auth.header.clone()),
+                None => request.headers_mut().remove(AUTHORIZATION),
+            };
+            let again = matches!(*request.method(), Method::GET | Method::HEAD)
+                .then(|| request.try_clone())
+                .flatten();
+            let resp = http
+                .execute(request)
+                .map_err(|e| self.transport_error(r, e))?;
+            let location = resp.headers().get(LOCATION).and_then(|v| v.to_str().ok());
+            let (Some(again), Some(location)) = (again, location) else {
+                return Ok(resp);
+            };
+            if !is_redirect(resp.status()) {
+                return Ok(resp);
+            }
+            let bad = |message: String| RegistryError::Http {
+                registry: r.registry.clone(),
+                repository: r.repository.clone(),
+                action: "following a redirect".into(),
+                status: resp.status().as_u16(),
+                message,
+            };
+            redirects += 1;
+            if redirects > MAX_REDIRECTS {
+                return Err(bad(format!("more than {MAX_REDIRECTS} redirects")));
+            }
+            let next = resp.url().join(location).map_err(|e| {
+                let shown: String = location.chars().take(200).collect();
+                bad(format!("bad Location `{shown}`: {e}"))
+            })?;
+            request = again;
+            *request.url_mut() = next;
+        }
     }
 
     /// Checks `username` and `password` against `registry` the way `docker login` does: the
@@ -663,7 +929,7 @@ impl RegistryClient {
         let http = self.http_for(&r)?;
         let url = format!("{}://{}/v2/", self.scheme(&r)?, r.api_host());
         let send =
-            |request: RequestBuilder| request.send().map_err(|e| Self::transport_error(&r, e));
+            |request: RequestBuilder| request.send().map_err(|e| self.transport_error(&r, e));
         let resp = send(http.get(&url))?;
         if resp.status().is_success() {
             return Ok(());
@@ -671,6 +937,7 @@ impl RegistryClient {
         let answer = match challenge_in(&resp) {
             Some(Challenge::Basic) => send(http.get(&url).basic_auth(username, Some(password)))?,
             Some(Challenge::Bearer { realm, service }) => {
+                self.check_realm(&r, &realm)?;
                 let mut query = vec![("account", username.to_string())];
                 query.extend(service.map(|s| ("service", s)));
                 send(
@@ -733,13 +1000,6 @@ impl RegistryClient {
 
     fn error_for(r: &Reference, action: &str, what: &str, resp: Response) -> RegistryError {
         let status = resp.status();
-        let message = resp
-            .text()
-            .unwrap_or_default()
-            .trim()
-            .chars()
-            .take(400)
-            .collect();
         match status {
             StatusCode::NOT_FOUND => RegistryError::NotFound {
                 registry: r.registry.clone(),
@@ -750,46 +1010,69 @@ impl RegistryClient {
                 registry: r.registry.clone(),
                 repository: r.repository.clone(),
                 status: status.as_u16(),
-                message,
+                message: error_message(resp),
             },
             _ => RegistryError::Http {
                 registry: r.registry.clone(),
                 repository: r.repository.clone(),
                 action: action.to_string(),
                 status: status.as_u16(),
-                message,
+                message: error_message(resp),
             },
         }
     }
 
-    /// Fetches the manifest or index `r` points to (by tag or digest). When `r` is pinned by
-    /// digest, the bytes are checked against it.
+    /// GETs small content (a manifest, a config) into memory, at most `limit` bytes, trying
+    /// again after connection errors, transient answers, and bodies that break off or stall.
+    /// Returns the answer's Content-Type and body.
+    fn get_small(
+        &self,
+        r: &Reference,
+        url: &str,
+        accept: Option<&str>,
+        limit: u64,
+        (action, what): (&str, &str),
+    ) -> Result<(Option<String>, Vec<u8>), RegistryError> {
+        let build = |c: &Client| {
+            let request = c.get(url);
+            match accept {
+                Some(types) => request.header(ACCEPT, types),
+                None => request,
+            }
+        };
+        self.with_retries(r, || {
+            let resp = self.send_once(r, Access::Pull, &[], &build)?;
+            if RetryPolicy::retryable_status(resp.status().as_u16()) {
+                return Err(TryFailure::transient_answer(resp));
+            }
+            if !resp.status().is_success() {
+                return Err(TryFailure::Fatal(Self::error_for(r, action, what, resp)));
+            }
+            let content_type = resp
+                .headers()
+                .get(CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string);
+            Ok((content_type, self.read_body(r, resp, limit, what)?))
+        })
+    }
+
+    /// Fetches the manifest or index `r` points to (by tag or digest), at most
+    /// `MAX_MANIFEST_BYTES`. When `r` is pinned by digest, the bytes are checked against it.
     pub fn fetch_manifest(&self, r: &Reference) -> Result<FetchedManifest, RegistryError> {
         self.pull_via_mirrors(r, |r| self.fetch_manifest_from(r))
     }
 
     fn fetch_manifest_from(&self, r: &Reference) -> Result<FetchedManifest, RegistryError> {
         let url = format!("{}/manifests/{}", self.base_url(r)?, r.target());
-        let resp = self.send(r, Access::Pull, |c| {
-            c.get(&url).header(ACCEPT, MANIFEST_ACCEPT)
-        })?;
-        if !resp.status().is_success() {
-            return Err(Self::error_for(
-                r,
-                "fetching a manifest",
-                &format!("manifest `{}`", r.target()),
-                resp,
-            ));
-        }
-        let header_type = resp
-            .headers()
-            .get(CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .map(|s| s.split(';').next().unwrap_or("").trim().to_string());
-        let bytes = resp
-            .bytes()
-            .map_err(|e| Self::transport_error(r, e))?
-            .to_vec();
+        let what = format!("the manifest `{}`", r.target());
+        let (content_type, bytes) = self.get_small(
+            r,
+            &url,
+            Some(MANIFEST_ACCEPT),
+            MAX_MANIFEST_BYTES,
+            ("fetching a manifest", &what),
+        )?;
         let digest = Digest::of(&bytes);
         if let Some(expected) = r.digest.as_ref().filter(|e| **e != digest) {
             return Err(RegistryError::DigestMismatch {
@@ -799,22 +1082,14 @@ impl RegistryClient {
                 actual: digest,
             });
         }
-        // The body's own mediaType wins over a generic Content-Type header.
-        let body_type = serde_json::from_slice::<serde_json::Value>(&bytes)
-            .ok()
-            .and_then(|v| {
-                v.get("mediaType")
-                    .and_then(|m| m.as_str())
-                    .map(str::to_string)
-            });
-        let media_type = body_type.or(header_type).unwrap_or_default();
-        if !media::is_index(&media_type) && !media::is_manifest(&media_type) {
-            return Err(RegistryError::UnsupportedMediaType {
-                registry: r.registry.clone(),
-                repository: r.repository.clone(),
-                media_type,
-            });
-        }
+        let media_type =
+            manifest_media_type(&bytes, content_type.as_deref()).map_err(|media_type| {
+                RegistryError::UnsupportedMediaType {
+                    registry: r.registry.clone(),
+                    repository: r.repository.clone(),
+                    media_type: media_type.chars().take(200).collect(),
+                }
+            })?;
         Ok(FetchedManifest {
             media_type,
             digest,
@@ -822,8 +1097,9 @@ impl RegistryClient {
         })
     }
 
-    /// Streams a blob into `dest`, verifying size and digest on the way. The file appears at
-    /// `dest` only when it matched; nothing is left behind otherwise.
+    /// Streams a blob into `dest`, verifying size and digest on the way: nothing past the
+    /// descriptor's size is written, and more is an error. The file appears at `dest` only
+    /// when it matched; nothing is left behind otherwise.
     pub fn fetch_blob(
         &self,
         r: &Reference,
@@ -839,53 +1115,72 @@ impl RegistryClient {
         blob: &Descriptor,
         dest: &Path,
     ) -> Result<(), RegistryError> {
-        let tmp = dest.with_extension(format!("part-{}", std::process::id()));
-        // A download cut short starts again from the first byte.
-        let result = self.with_retries(r, || self.download_blob(r, blob, &tmp));
-        let result = result.and_then(|()| {
-            fs::rename(&tmp, dest).map_err(|source| RegistryError::Io {
-                context: format!("storing {}", dest.display()),
-                source,
-            })
-        });
-        if result.is_err() {
-            let _ = fs::remove_file(&tmp);
+        let dir = partial::parent(dest);
+        if self.swept.lock().unwrap().insert(dir.to_path_buf()) {
+            partial::remove_stale(dir);
         }
-        result
+        // A download cut short starts again from the first byte, in a new partial file.
+        let part = self.with_retries(r, || self.download_blob(r, blob, dest))?;
+        part.persist(dest).map_err(|e| RegistryError::Io {
+            context: format!("storing {}", dest.display()),
+            source: e.error,
+        })?;
+        Ok(())
     }
 
-    /// One try at streaming a blob into `tmp`, checking its size and digest.
+    /// One try at streaming a blob into a partial file beside `dest`, checking its size and
+    /// digest. A failed try's partial file is removed when it is dropped.
     fn download_blob(
         &self,
         r: &Reference,
         blob: &Descriptor,
-        tmp: &Path,
-    ) -> Result<(), TryFailure> {
-        let resp = self.blob_response(r, blob).map_err(TryFailure::Fatal)?;
+        dest: &Path,
+    ) -> Result<tempfile::NamedTempFile, TryFailure> {
+        let too_long = || {
+            TryFailure::Fatal(RegistryError::TooLarge {
+                registry: r.registry.clone(),
+                repository: r.repository.clone(),
+                what: format!("blob {} (its descriptor's size)", blob.digest),
+                limit: blob.size,
+            })
+        };
+        let mut resp = self.blob_response(r, blob).map_err(TryFailure::Fatal)?;
+        if resp.content_length().is_some_and(|n| n > blob.size) {
+            return Err(too_long());
+        }
         let io_err = |context: String| {
             move |source| TryFailure::Fatal(RegistryError::Io { context, source })
         };
-        let file = File::create(tmp).map_err(io_err(format!("creating {}", tmp.display())))?;
-        let mut out = BufWriter::with_capacity(TRANSFER_BUFFER, file);
-        let mut reader = DigestReader::new(resp);
+        let part = partial::create(dest)
+            .map_err(io_err(format!("creating a file beside {}", dest.display())))?;
+        let what = format!("blob {}", blob.digest);
+        let mut out = BufWriter::with_capacity(TRANSFER_BUFFER, part.as_file());
+        let mut reader = DigestReader::new((&mut resp).take(blob.size));
         let mut buf = vec![0; TRANSFER_BUFFER];
         loop {
-            let n = reader.read(&mut buf).map_err(|e| TryFailure::Transient {
-                what: format!(
-                    "downloading blob {} from {}/{}: {e}",
-                    blob.digest, r.registry, r.repository
-                ),
-                retry_after: None,
-            })?;
+            let n = reader
+                .read(&mut buf)
+                .map_err(|e| self.read_failure(r, &what, &e))?;
             if n == 0 {
                 break;
             }
             out.write_all(&buf[..n])
-                .map_err(io_err(format!("writing {}", tmp.display())))?;
+                .map_err(io_err(format!("writing {}", part.path().display())))?;
         }
         out.flush()
-            .map_err(io_err(format!("writing {}", tmp.display())))?;
+            .map_err(io_err(format!("writing {}", part.path().display())))?;
+        drop(out);
         let (actual, size) = reader.finish();
+        // One byte more than the descriptor's size is refused, unread past that byte.
+        if size == blob.size {
+            let mut extra = [0u8; 1];
+            let more = resp
+                .read(&mut extra)
+                .map_err(|e| self.read_failure(r, &what, &e))?;
+            if more > 0 {
+                return Err(too_long());
+            }
+        }
         if actual != blob.digest || size != blob.size {
             return Err(TryFailure::Fatal(RegistryError::DigestMismatch {
                 registry: r.registry.clone(),
@@ -894,7 +1189,7 @@ impl RegistryClient {
                 actual,
             }));
         }
-        Ok(())
+        Ok(part)
     }
 
     /// Starts downloading a blob; the caller verifies what it reads.
@@ -912,7 +1207,8 @@ impl RegistryClient {
         Ok(resp)
     }
 
-    /// Fetches a small blob (an image config) into memory, checking its digest.
+    /// Fetches a small blob (an image config, at most `MAX_CONFIG_BYTES`) into memory,
+    /// checking its size and digest.
     pub fn fetch_small_blob(
         &self,
         r: &Reference,
@@ -926,13 +1222,19 @@ impl RegistryClient {
         r: &Reference,
         blob: &Descriptor,
     ) -> Result<Vec<u8>, RegistryError> {
-        let resp = self.blob_response(r, blob)?;
-        let bytes = resp
-            .bytes()
-            .map_err(|e| Self::transport_error(r, e))?
-            .to_vec();
+        let what = format!("blob {}", blob.digest);
+        if blob.size > MAX_CONFIG_BYTES {
+            return Err(RegistryError::TooLarge {
+                registry: r.registry.clone(),
+                repository: r.repository.clone(),
+                what: format!("{what} (its descriptor says {} bytes)", blob.size),
+                limit: MAX_CONFIG_BYTES,
+            });
+        }
+        let url = format!("{}/blobs/{}", self.base_url(r)?, blob.digest);
+        let (_, bytes) = self.get_small(r, &url, None, blob.size, ("fetching a blob", &what))?;
         let actual = Digest::of(&bytes);
-        if actual != blob.digest {
+        if actual != blob.digest || bytes.len() as u64 != blob.size {
             return Err(RegistryError::DigestMismatch {
                 registry: r.registry.clone(),
                 repository: r.repository.clone(),
@@ -1169,7 +1471,9 @@ impl RegistryClient {
                 BufReader::with_capacity(TRANSFER_BUFFER, piece),
                 range.end - offset,
             );
+            let piece_time = (range.end - offset) / SLOWEST_UPLOAD_BYTES_PER_SECOND;
             c.patch(location.clone())
+                .timeout(self.timeouts.read + Duration::from_secs(piece_time))
                 .header(CONTENT_TYPE, "application/octet-stream")
                 .header(CONTENT_RANGE, format!("{offset}-{}", range.end - 1))
                 .body(body)
@@ -1260,26 +1564,70 @@ mod tests {
     use super::*;
 
     #[test]
-    fn challenges_are_parsed() {
-        let c = parse_challenge(r#"Bearer realm="https://auth.example/token",service="registry.example",scope="repository:a/b:pull""#).unwrap();
-        assert_eq!(
-            c,
-            Challenge::Bearer {
-                realm: "https://auth.example/token".into(),
-                service: Some("registry.example".into())
-            }
-        );
-        assert_eq!(
-            parse_challenge(r#"Basic realm="kiln-test""#),
-            Some(Challenge::Basic)
-        );
-        assert_eq!(parse_challenge("Negotiate"), None);
+    fn loopback_means_loopback_addresses_and_localhost_only() {
+        for host in [
+            "127.0.0.1:5000",
+            "127.1.2.3",
+            "localhost",
+            "LOCALHOST:80",
+            "[::1]",
+            "[::1]:5000",
+            "::1",
+        ] {
+            assert!(is_loopback(host), "{host}");
+        }
+        for host in [
+            "registry.example:5000",
+            "127.evil.example",
+            "127.evil.example:5000",
+            "127.0.0.1.nip.io",
+            "localhost.example",
+            "[::2]:5000",
+            "128.0.0.1",
+        ] {
+            assert!(!is_loopback(host), "{host}");
+        }
     }
 
     #[test]
-    fn loopback_hosts_are_recognised() {
-        assert!(is_loopback("127.0.0.1:5000"));
-        assert!(is_loopback("localhost"));
-        assert!(!is_loopback("registry.example:5000"));
+    fn origins_compare_scheme_host_and_port() {
+        let url = |s: &str| Url::parse(s).unwrap();
+        assert!(same_origin(
+            &url("https://r.example/v2/a"),
+            &url("https://r.example:443/x")
+        ));
+        assert!(!same_origin(
+            &url("https://r.example/"),
+            &url("http://r.example/")
+        ));
+        assert!(!same_origin(
+            &url("http://127.0.0.1:5000/"),
+            &url("http://127.0.0.2:5000/")
+        ));
+        assert!(!same_origin(
+            &url("http://127.0.0.1:5000/"),
+            &url("http://127.0.0.1:5001/")
+        ));
+    }
+
+    #[test]
+    fn media_types_come_from_the_body_before_the_header() {
+        let index = br#"{"mediaType":"application/vnd.oci.image.index.v1+json"}"#;
+        assert_eq!(
+            manifest_media_type(index, Some("application/json")).unwrap(),
+            media::OCI_INDEX
+        );
+        assert_eq!(
+            manifest_media_type(
+                b"{}",
+                Some(&format!("{}; charset=utf-8", media::OCI_MANIFEST))
+            )
+            .unwrap(),
+            media::OCI_MANIFEST
+        );
+        assert_eq!(
+            manifest_media_type(b"[]", Some("text/html")).unwrap_err(),
+            "text/html"
+        );
     }
 }

@@ -104,6 +104,42 @@ pub enum RegistryError {
         attempts: u32,
         last: String,
     },
+    #[error(
+        "registry {registry} sent more than {} for {what} of {repository}; kiln reads no more than that",
+        crate::limits::size_text(*.limit)
+    )]
+    TooLarge {
+        registry: String,
+        repository: String,
+        /// What was too large, e.g. `the manifest `latest``.
+        what: String,
+        limit: u64,
+    },
+    #[error(
+        "registry {registry} sent nothing for {seconds} s while kiln was waiting for {what} (for {repository})"
+    )]
+    Stalled {
+        registry: String,
+        repository: String,
+        what: String,
+        seconds: u64,
+    },
+    #[error(
+        "registry {registry} sent kiln to {url} (for {repository}), over plain HTTP: kiln speaks plain HTTP only to loopback and to registries marked insecure (--insecure-registry, or http = true in the registry config)"
+    )]
+    PlainHttpRefused {
+        registry: String,
+        repository: String,
+        url: String,
+    },
+    #[error(
+        "{host} asked for credentials (for {registry}/{repository}); kiln sends the credentials of {registry} only to {registry} itself and to its token service"
+    )]
+    CredentialsWithheld {
+        registry: String,
+        repository: String,
+        host: String,
+    },
     #[error("login to {registry} failed: {detail}")]
     LoginFailed { registry: String, detail: String },
     #[error(transparent)]

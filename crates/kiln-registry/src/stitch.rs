@@ -5,9 +5,6 @@ use kiln_oci::{Descriptor, ImageConfig, ImageIndex, ImageManifest, media, to_jso
 
 use crate::{Reference, RegistryClient, RegistryError};
 
-/// Configs are small; anything larger is not a config.
-const MAX_CONFIG_BYTES: u64 = 16 << 20;
-
 fn bad(r: &Reference, message: String) -> RegistryError {
     RegistryError::Http {
         registry: r.registry.clone(),
@@ -48,9 +45,6 @@ pub fn platform_manifests(
     }
     let manifest: ImageManifest = serde_json::from_slice(&fetched.bytes)
         .map_err(|e| bad(source, format!("unreadable manifest: {e}")))?;
-    if manifest.config.size > MAX_CONFIG_BYTES {
-        return Err(bad(source, "the image config is implausibly large".into()));
-    }
     let config: ImageConfig =
         serde_json::from_slice(&client.fetch_small_blob(source, &manifest.config)?)
             .map_err(|e| bad(source, format!("unreadable image config: {e}")))?;

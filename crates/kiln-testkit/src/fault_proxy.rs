@@ -1,8 +1,10 @@
 //! A fault-injecting HTTP proxy that sits in front of a real registry, for the faults a real
 //! registry does not produce on demand: a connection dropped in the middle of an upload, 5xx
-//! answers and 429 rate limiting. Every request without a matching fault is forwarded
-//! unchanged (the `Host` header included, so the registry's `Location` URLs point back at the
-//! proxy).
+//! answers and 429 rate limiting, and a hostile registry's answers: redirects and upload
+//! `Location`s naming another host, endless bodies, bodies longer than promised, stalls.
+//! Every request without a matching fault is forwarded unchanged (the `Host` header included,
+//! so the registry's `Location` URLs point back at the proxy). Every request is recorded with
+//! its headers, so a proxy on another address can tell what a client sent it.
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
@@ -27,7 +29,35 @@ pub enum Fault {
         status: u16,
         retry_after: Option<u32>,
     },
+    /// Answer with this status and these headers, and an empty body, without forwarding:
+    /// e.g. a 401 with a `WWW-Authenticate` challenge of the test's choosing.
+    Respond {
+        status: u16,
+        headers: Vec<(String, String)>,
+    },
+    /// Answer `307 Temporary Redirect` to the same path on `host:port`.
+    Redirect { to: String },
+    /// Forward the request, and point the answer's `Location` at the same path on `host:port`.
+    RewriteLocation { to: String },
+    /// Answer with this status and content type and a body of `bytes` spaces (valid leading
+    /// JSON whitespace) with no length given, delimited by closing the connection: as good as
+    /// endless for a client that should stop reading long before.
+    Flood {
+        status: u16,
+        content_type: String,
+        bytes: u64,
+    },
+    /// Forward the request, then pass on the registry's answer with its length removed and
+    /// this many bytes (spaces) after its body: content longer than its descriptor says.
+    AppendToAnswer(u64),
+    /// Forward the request, pass on the answer's head and this many bytes of its body, then
+    /// send nothing more while keeping the connection open, until the client closes it (or
+    /// ten minutes pass): a registry that stalls after its headers.
+    StallAfterHead(u64),
 }
+
+/// How long a stalled answer is held at most.
+const STALL_LIMIT: Duration = Duration::from_secs(600);
 
 /// A fault for requests whose method and path match, injected at most `times` times.
 #[derive(Clone, Debug)]
@@ -67,8 +97,20 @@ pub struct SeenRequest {
     pub target: String,
     /// The `Content-Range` header, for resumed uploads.
     pub content_range: Option<String>,
+    /// Every header line (`Name: value`), in order.
+    pub headers: Vec<String>,
     /// When its head arrived.
     pub at: Instant,
+}
+
+impl SeenRequest {
+    /// The value of the header `name` (any case), if the request had one.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find_map(|line| {
+            let (k, v) = line.split_once(':')?;
+            k.trim().eq_ignore_ascii_case(name).then(|| v.trim())
+        })
+    }
 }
 
 struct Shared {
@@ -88,7 +130,14 @@ pub struct FaultProxy {
 impl FaultProxy {
     /// Starts a proxy on a free loopback port forwarding to `upstream` (`host:port`).
     pub fn start(upstream: &str, rules: Vec<FaultRule>) -> FaultProxy {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind the fault proxy");
+        Self::start_on("127.0.0.1:0", upstream, rules)
+    }
+
+    /// Starts a proxy listening on `bind` (e.g. `127.0.0.2:0`: another host, as far as a
+    /// client can tell, than a registry on 127.0.0.1) forwarding to `upstream`.
+    pub fn start_on(bind: &str, upstream: &str, rules: Vec<FaultRule>) -> FaultProxy {
+        let listener = TcpListener::bind(bind)
+            .unwrap_or_else(|e| panic!("bind the fault proxy to {bind}: {e}"));
         let addr = listener.local_addr().expect("proxy address").to_string();
         let shared = Arc::new(Shared {
             upstream: upstream.to_string(),
@@ -131,7 +180,7 @@ impl FaultProxy {
             .collect()
     }
 
-    /// Every request the proxy received, in order, with its `Content-Range` and arrival time.
+    /// Every request the proxy received, in order, with its headers and arrival time.
     pub fn seen(&self) -> Vec<SeenRequest> {
         self.shared.requests.lock().unwrap().clone()
     }
@@ -237,6 +286,7 @@ fn serve_connection(client: TcpStream, shared: &Shared) -> io::Result<()> {
             method: head.method.clone(),
             target: head.target.clone(),
             content_range: head.header("Content-Range").map(str::to_string),
+            headers: head.headers.clone(),
             at: Instant::now(),
         });
         let body = read_body(&mut reader, &head)?;
@@ -296,6 +346,106 @@ fn serve_connection(client: TcpStream, shared: &Shared) -> io::Result<()> {
                 let _ = writer.shutdown(Shutdown::Both);
                 return Ok(());
             }
+            Some(Fault::Respond { status, headers }) => {
+                let injected = format!("{} {} -> {status}", head.method, head.target);
+                shared.injected.lock().unwrap().push(injected);
+                let mut answer = format!("HTTP/1.1 {status} Injected\r\n");
+                for (name, value) in headers {
+                    answer += &format!("{name}: {value}\r\n");
+                }
+                answer += "Content-Length: 0\r\n\r\n";
+                writer.write_all(answer.as_bytes())?;
+                writer.flush()?;
+            }
+            Some(Fault::Redirect { to }) => {
+                let location = format!("http://{to}{}", head.target);
+                let injected = format!("{} {} -> 307 {location}", head.method, head.target);
+                shared.injected.lock().unwrap().push(injected);
+                write!(
+                    writer,
+                    "HTTP/1.1 307 Temporary Redirect\r\nLocation: {location}\r\nContent-Length: 0\r\n\r\n"
+                )?;
+                writer.flush()?;
+            }
+            Some(Fault::RewriteLocation { to }) => {
+                let (answer_head, answer_body) = split_answer(forward(shared, &head, &body)?);
+                let rewritten: Vec<String> = answer_head
+                    .lines()
+                    .map(|line| match line.split_once(':') {
+                        Some((name, value)) if name.eq_ignore_ascii_case("location") => {
+                            format!("Location: http://{to}{}", path_of(value.trim()))
+                        }
+                        _ => line.to_string(),
+                    })
+                    .collect();
+                shared.injected.lock().unwrap().push(format!(
+                    "{} {} -> Location moved to {to}",
+                    head.method, head.target
+                ));
+                let mut answer = rewritten.join("\r\n").into_bytes();
+                answer.extend_from_slice(b"\r\n\r\n");
+                answer.extend_from_slice(&answer_body);
+                writer.write_all(&close_delimited(answer))?;
+                writer.flush()?;
+            }
+            Some(Fault::Flood {
+                status,
+                content_type,
+                bytes,
+            }) => {
+                shared.injected.lock().unwrap().push(format!(
+                    "{} {} -> {status} with {bytes} bytes",
+                    head.method, head.target
+                ));
+                write!(
+                    writer,
+                    "HTTP/1.1 {status} Flood\r\nContent-Type: {content_type}\r\nConnection: close\r\n\r\n"
+                )?;
+                let _ = write_filler(&mut writer, bytes);
+                let _ = writer.shutdown(Shutdown::Both);
+                return Ok(());
+            }
+            Some(Fault::AppendToAnswer(extra)) => {
+                let (answer_head, answer_body) = split_answer(forward(shared, &head, &body)?);
+                shared.injected.lock().unwrap().push(format!(
+                    "{} {} -> {} body bytes and {extra} more",
+                    head.method,
+                    head.target,
+                    answer_body.len()
+                ));
+                let lengthless: Vec<&str> = answer_head
+                    .lines()
+                    .filter(|l| {
+                        let name = l.split(':').next().unwrap_or("").trim();
+                        !name.eq_ignore_ascii_case("content-length")
+                            && !name.eq_ignore_ascii_case("connection")
+                    })
+                    .collect();
+                write!(
+                    writer,
+                    "{}\r\nConnection: close\r\n\r\n",
+                    lengthless.join("\r\n")
+                )?;
+                writer.write_all(&answer_body)?;
+                let _ = write_filler(&mut writer, extra);
+                let _ = writer.shutdown(Shutdown::Both);
+                return Ok(());
+            }
+            Some(Fault::StallAfterHead(n)) => {
+                let (answer_head, answer_body) = split_answer(forward(shared, &head, &body)?);
+                shared.injected.lock().unwrap().push(format!(
+                    "{} {} -> stalled after the head and {n} of {} body bytes",
+                    head.method,
+                    head.target,
+                    answer_body.len()
+                ));
+                write!(writer, "{answer_head}\r\n\r\n")?;
+                writer.write_all(&answer_body[..(n as usize).min(answer_body.len())])?;
+                writer.flush()?;
+                hold_until_closed(&mut reader, shared);
+                let _ = writer.shutdown(Shutdown::Both);
+                return Ok(());
+            }
             None => {
                 let answer = forward(shared, &head, &body)?;
                 writer.write_all(&close_delimited(answer))?;
@@ -304,6 +454,59 @@ fn serve_connection(client: TcpStream, shared: &Shared) -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// An answer split into its head (without the blank line) and body.
+fn split_answer(answer: Vec<u8>) -> (String, Vec<u8>) {
+    match answer.windows(4).position(|w| w == b"\r\n\r\n") {
+        Some(end) => (
+            String::from_utf8_lossy(&answer[..end]).into_owned(),
+            answer[end + 4..].to_vec(),
+        ),
+        None => (String::from_utf8_lossy(&answer).into_owned(), Vec::new()),
+    }
+}
+
+/// The path (and query) of a `Location` value, absolute or relative.
+fn path_of(location: &str) -> &str {
+    match location.split_once("://") {
+        Some((_, rest)) => rest.find('/').map_or("/", |i| &rest[i..]),
+        None => location,
+    }
+}
+
+/// Writes `bytes` spaces, stopping early when the client goes away.
+fn write_filler(writer: &mut impl Write, bytes: u64) -> io::Result<()> {
+    let chunk = [b' '; 64 << 10];
+    let mut left = bytes;
+    while left > 0 {
+        let n = left.min(chunk.len() as u64) as usize;
+        writer.write_all(&chunk[..n])?;
+        left -= n as u64;
+    }
+    writer.flush()
+}
+
+/// Keeps a connection open without sending anything until the client closes it, the proxy
+/// stops, or [`STALL_LIMIT`] passes.
+fn hold_until_closed(reader: &mut BufReader<TcpStream>, shared: &Shared) {
+    let deadline = Instant::now() + STALL_LIMIT;
+    let _ = reader
+        .get_ref()
+        .set_read_timeout(Some(Duration::from_millis(100)));
+    let mut byte = [0u8; 1];
+    while Instant::now() < deadline && !shared.stop.load(Ordering::SeqCst) {
+        match reader.get_mut().read(&mut byte) {
+            Ok(0) => return,
+            Ok(_) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => return,
+        }
+    }
 }
 
 /// Sends the request to the registry and returns its whole answer.

@@ -10,6 +10,7 @@
 mod fault_proxy;
 mod fixtures;
 mod http;
+mod measure;
 mod noise;
 mod registry;
 mod tls;
@@ -20,11 +21,12 @@ pub use fault_proxy::{Fault, FaultProxy, FaultRule, SeenRequest};
 pub use fixtures::{
     FIXTURE_ARCHES, Fixtures, GO_ARCHES, GoFixtures, busybox_fixtures, go_fixtures,
 };
+pub use measure::{Measured, run_measured};
 pub use noise::{Noise, noise};
 pub use registry::{Registry, RegistryOptions};
 pub use tls::{IssuedCert, TestCa};
 pub use token_server::{TokenRequest, TokenServer};
 pub use tools::{
-    executable_by_anyone, push_busybox, push_busybox_to, push_go, skopeo_inspect, skopeo_raw,
-    skopeo_to_oci, umoci_unpack,
+    executable_by_anyone, push_busybox, push_busybox_as, push_busybox_to, push_go, skopeo_inspect,
+    skopeo_raw, skopeo_to_oci, umoci_unpack,
 };

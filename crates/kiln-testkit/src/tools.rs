@@ -16,11 +16,17 @@ pub fn push_busybox(registry: &Registry, repo: &str) -> (String, String) {
 
 /// [`push_busybox`] to a registry at `addr` (`host:port`) that something else started.
 pub fn push_busybox_to(addr: &str, repo: &str) -> (String, String) {
+    push_busybox_as(addr, repo, None)
+}
+
+/// [`push_busybox_to`] with these credentials (`user`, `password`) when given.
+pub fn push_busybox_as(addr: &str, repo: &str, creds: Option<(&str, &str)>) -> (String, String) {
     let fixtures = busybox_fixtures();
     let oci_digest = layout_index_digest(&fixtures.oci_layout);
     skopeo_push_all(
         &format!("oci:{}:latest", fixtures.oci_layout.display()),
         &format!("{addr}/{repo}:latest"),
+        creds,
     );
     // skopeo 1.9's `oci:` transport only accepts OCI media types in index.json, so the Docker
     // flavour goes through a `dir:` view of the same blobs.
@@ -29,6 +35,7 @@ pub fn push_busybox_to(addr: &str, repo: &str) -> (String, String) {
     skopeo_push_all(
         &format!("dir:{}", view.path().display()),
         &format!("{addr}/{repo}:docker"),
+        creds,
     );
     (oci_digest, docker_digest)
 }
@@ -40,15 +47,17 @@ pub fn push_go(registry: &Registry, repo: &str) -> String {
     skopeo_push_all(
         &format!("oci:{}:latest", go_fixtures().oci_layout.display()),
         &reference,
+        None,
     );
     reference
 }
 
-fn skopeo_push_all(source: &str, destination: &str) {
+fn skopeo_push_all(source: &str, destination: &str, creds: Option<(&str, &str)>) {
     run_checked(
         Command::new("skopeo")
             .args(["--insecure-policy", "copy", "--all", "--preserve-digests"])
             .args(["--dest-tls-verify=false", "-q", source])
+            .args(creds.map(|(user, password)| format!("--dest-creds={user}:{password}")))
             .arg(format!("docker://{destination}")),
     );
 }

@@ -10,7 +10,7 @@ use kiln_oci::{
     Descriptor, Digest, DigestReader, DigestWriter, ImageConfig, ImageManifest, media,
     to_json_bytes,
 };
-use kiln_registry::{DOCKER_HUB, Reference};
+use kiln_registry::{DOCKER_HUB, MAX_CONFIG_BYTES, Reference};
 use serde::{Deserialize, Serialize};
 
 use crate::files::{Files, TarIndex, temp_beside, write_verified};
@@ -292,6 +292,17 @@ impl ImageDestination for DockerArchiveDestination {
         let location = self.describe();
         let manifest: ImageManifest = serde_json::from_slice(&top.bytes)
             .map_err(|e| TransportError::invalid(&location, format!("unreadable manifest: {e}")))?;
+        // The config was stored verified against its descriptor: its size is the descriptor's.
+        if manifest.config.size > MAX_CONFIG_BYTES {
+            return Err(TransportError::invalid(
+                &location,
+                format!(
+                    "the image config is larger than {} MiB ({} bytes)",
+                    MAX_CONFIG_BYTES >> 20,
+                    manifest.config.size
+                ),
+            ));
+        }
         let config_path = self.staging.path().join(manifest.config.digest.hex());
         let config: ImageConfig = serde_json::from_slice(
             &fs::read(&config_path).map_err(TransportError::io("reading the image config"))?,

@@ -10,8 +10,14 @@ use kiln_oci::{Descriptor, DigestReader};
 
 use crate::TransportError;
 
-/// Manifests and configs are read into memory; anything this large is not one.
-pub(crate) const MAX_JSON_BYTES: u64 = 16 << 20;
+/// Manifests, indexes, `index.json` and `manifest.json` are read into memory: at most as much
+/// as kiln takes from a registry (4 MiB, distribution's limit for manifests).
+pub(crate) const MAX_JSON_BYTES: u64 = kiln_registry::MAX_MANIFEST_BYTES;
+
+/// "larger than 4 MiB", for messages.
+fn too_large() -> String {
+    format!("larger than {} MiB", MAX_JSON_BYTES >> 20)
+}
 
 /// An open file of a layout or archive, and its size.
 pub(crate) type OpenFile<'a> = (Box<dyn Read + 'a>, u64);
@@ -144,19 +150,27 @@ impl Files {
             .ok_or_else(|| TransportError::invalid(self.describe(), format!("has no {name}")))
     }
 
-    /// Reads a small file (JSON) into memory.
+    /// Reads a small file (JSON) into memory, at most `MAX_JSON_BYTES`.
     pub(crate) fn read_small(&self, name: &str) -> Result<Vec<u8>, TransportError> {
         let (reader, size) = self.open_required(name)?;
-        if size > MAX_JSON_BYTES {
-            return Err(TransportError::invalid(
+        let refuse = |size: String| {
+            TransportError::invalid(
                 self.describe(),
-                format!("{name} is implausibly large ({size} bytes)"),
-            ));
+                format!("{name} is {} ({size})", too_large()),
+            )
+        };
+        if size > MAX_JSON_BYTES {
+            return Err(refuse(format!("{size} bytes")));
         }
-        read_capped(reader, size).map_err(TransportError::io(format!(
+        // A file's size may not be what reading it gives (a device, a file still growing).
+        let bytes = read_capped(reader, MAX_JSON_BYTES).map_err(TransportError::io(format!(
             "reading {name} in {}",
             self.describe()
-        )))
+        )))?;
+        if bytes.len() as u64 > MAX_JSON_BYTES {
+            return Err(refuse("as read".into()));
+        }
+        Ok(bytes)
     }
 }
 
@@ -215,10 +229,10 @@ pub(crate) fn write_verified(
     Ok(())
 }
 
-/// Reads at most `MAX_JSON_BYTES` of small content, `expected` bytes being announced.
-fn read_capped(reader: impl Read, expected: u64) -> io::Result<Vec<u8>> {
-    let mut bytes = Vec::with_capacity(expected.min(MAX_JSON_BYTES) as usize);
-    reader.take(MAX_JSON_BYTES).read_to_end(&mut bytes)?;
+/// Reads small content, at most `cap` bytes and one more (which tells that there was more).
+fn read_capped(reader: impl Read, cap: u64) -> io::Result<Vec<u8>> {
+    let mut bytes = Vec::with_capacity(cap.min(MAX_JSON_BYTES) as usize);
+    reader.take(cap.saturating_add(1)).read_to_end(&mut bytes)?;
     Ok(bytes)
 }
 
@@ -233,8 +247,10 @@ pub(crate) fn read_verified(
         return Err(TransportError::invalid(
             location,
             format!(
-                "{what} {} is implausibly large ({} bytes)",
-                desc.digest, desc.size
+                "{what} {} is {} (its descriptor says {} bytes)",
+                desc.digest,
+                too_large(),
+                desc.size
             ),
         ));
     }
@@ -271,6 +287,21 @@ pub(crate) fn write_atomic(dest: &Path, bytes: &[u8]) -> Result<(), TransportErr
 mod tests {
     use super::*;
     use kiln_oci::{Digest, media};
+
+    #[test]
+    fn metadata_larger_than_a_registry_may_send_is_refused() {
+        let t = tempfile::tempdir().unwrap();
+        let files = Files::Dir(t.path().to_path_buf());
+        std::fs::write(t.path().join("index.json"), vec![b' '; 5 << 20]).unwrap();
+        std::os::unix::fs::symlink("/dev/zero", t.path().join("manifest.json")).unwrap();
+        for name in ["index.json", "manifest.json"] {
+            let e = files.read_small(name).unwrap_err().to_string();
+            assert!(e.contains(name) && e.contains("larger than 4 MiB"), "{e}");
+        }
+        let desc = Descriptor::new(media::OCI_MANIFEST, Digest::of(b"m"), 5 << 20);
+        let e = read_verified(std::io::repeat(b' '), &desc, "oci:x", "manifest").unwrap_err();
+        assert!(e.to_string().contains("larger than 4 MiB"), "{e}");
+    }
 
     #[test]
     fn a_mismatching_stream_leaves_nothing_behind() {
