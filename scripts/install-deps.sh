@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Installs the Debian packages kiln's tests run against: a real registry, skopeo and umoci to
 # check kiln's output, qemu-user-static and busybox-static for multi-arch builds, uidmap for
-# rootless user namespaces. Idempotent: installed packages are left alone, and apt's indexes
-# are only refreshed when something is missing.
+# rootless user namespaces, GNU time to measure kiln's peak memory. Idempotent: installed
+# packages are left alone, and apt's indexes are only refreshed when something is missing.
 #
 # It never registers binfmt_misc handlers: kiln registers qemu inside its own user namespace,
 # and a host-wide registration would let foreign-arch tests pass without kiln doing its job.
@@ -15,6 +15,7 @@ packages=(
 	qemu-user-static
 	busybox-static
 	uidmap
+	time
 	dpkg-dev
 	ca-certificates
 )
