@@ -2,12 +2,15 @@
 
 use std::collections::HashMap;
 use std::ffi::OsString;
-use std::fs::{self, Metadata, OpenOptions};
-use std::io;
+use std::fs::{self, File, Metadata, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom};
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Component, Path, PathBuf};
 
 use kiln_fs::{Dir, NodeKind};
+use nix::errno::Errno;
+use nix::unistd::{Whence, lseek};
 
 use crate::Chmod;
 use crate::fsmeta::{self, EntryMeta, in_parent, is_whiteout};
@@ -353,7 +356,7 @@ pub(crate) fn copy_nondir(
             .open(src)
             .map_err(at(src))?;
         let mut to = dir.create_file(name, 0o600).map_err(at(dest))?;
-        io::copy(&mut from, &mut to).map_err(at(dest))?;
+        copy_keeping_holes(&mut from, &mut to, md.len()).map_err(at(dest))?;
         meta.apply(dir, name, false).map_err(at(dest))?;
     } else if ft.is_symlink() {
         let target = fs::read_link(src).map_err(at(src))?;
@@ -377,4 +380,25 @@ pub(crate) fn copy_nondir(
         links.insert(inode, dest.to_path_buf());
     }
     Ok(true)
+}
+
+/// Copies the `len` bytes of `from` to the empty file `to`, data regions only: the holes of a
+/// sparse file (extraction keeps them) stay holes instead of becoming written zeros.
+fn copy_keeping_holes(from: &mut File, to: &mut File, len: u64) -> io::Result<()> {
+    let mut pos = 0;
+    while pos < len {
+        let offset = |pos: u64| i64::try_from(pos).map_err(|_| io::ErrorKind::InvalidInput);
+        let start = match lseek(from.as_raw_fd(), offset(pos)?, Whence::SeekData) {
+            Ok(start) => start as u64,
+            // Only a hole is left.
+            Err(Errno::ENXIO) => break,
+            Err(e) => return Err(e.into()),
+        };
+        let end = lseek(from.as_raw_fd(), offset(start)?, Whence::SeekHole)? as u64;
+        from.seek(SeekFrom::Start(start))?;
+        to.seek(SeekFrom::Start(start))?;
+        io::copy(&mut from.by_ref().take(end - start), to)?;
+        pos = end;
+    }
+    to.set_len(len)
 }

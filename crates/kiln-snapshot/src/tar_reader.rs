@@ -10,8 +10,8 @@
 //! - a PAX header ('x', and the ignored global 'g'): [`MAX_PAX`], as Go's archive/tar allows
 //!   (which Docker, containerd and BuildKit read and write layers with);
 //! - an xattr value: [`MAX_XATTR_VALUE`], Linux's `XATTR_SIZE_MAX`;
-//! - the map of a GNU sparse file: [`MAX_SPARSE_REGIONS`] regions (1 MiB), and its size
-//!   (holes included) [`MAX_SPARSE_SIZE`].
+//! - the map of a GNU sparse file: [`MAX_SPARSE_REGIONS`] regions (1 MiB); and the sizes
+//!   (holes included) of all sparse files of one archive together: [`MAX_SPARSE_SIZE`].
 //!
 //! A file's data is never held: the caller streams it from [`TarReader::data`].
 
@@ -28,8 +28,10 @@ pub(crate) const MAX_PATH: usize = 4096;
 pub(crate) const MAX_PAX: u64 = 1 << 20;
 pub(crate) const MAX_XATTR_VALUE: usize = 64 << 10;
 pub(crate) const MAX_SPARSE_REGIONS: usize = 1 << 16;
-/// 8 GiB, the largest size a plain ustar header can state. A sparse file's holes cost no
-/// disk when extracted, but whatever later copies or exports the file writes them out.
+/// 8 GiB, the largest size a plain ustar header can state. Holes cost no disk when extracted,
+/// and copies keep them, but a layer written from a copy holds their zeros (compressed), and
+/// whatever reads the file reads them all: a few bytes of sparse map must not stand for
+/// terabytes. Docker and BuildKit never write sparse entries.
 pub(crate) const MAX_SPARSE_SIZE: u64 = 8 << 30;
 
 /// One entry of the stream, with the extension headers before it applied.
@@ -59,6 +61,8 @@ pub(crate) struct TarReader<R> {
     /// Data bytes of the current entry not read yet, and the padding after them.
     left: u64,
     padding: u64,
+    /// The sizes of the sparse files so far, holes included.
+    sparse_total: u64,
 }
 
 /// The extension headers seen before an entry.
@@ -76,6 +80,7 @@ impl<R: Read> TarReader<R> {
             pos: 0,
             left: 0,
             padding: 0,
+            sparse_total: 0,
         }
     }
 
@@ -295,8 +300,14 @@ impl<R: Read> TarReader<R> {
             .as_gnu()
             .ok_or_else(|| invalid("a GNU sparse entry without a GNU header"))?;
         let size = gnu.real_size().map_err(SnapshotError::TarStream)?;
-        if size > MAX_SPARSE_SIZE {
-            return Err(too_large("sparse file size", size, MAX_SPARSE_SIZE));
+        self.sparse_total = self.sparse_total.saturating_add(size);
+        if self.sparse_total > MAX_SPARSE_SIZE {
+            let total = self.sparse_total;
+            return Err(too_large(
+                "size with the sparse files before it",
+                total,
+                MAX_SPARSE_SIZE,
+            ));
         }
         let mut regions = Vec::new();
         let mut add = |blocks: &[GnuSparseHeader]| -> Result<(), SnapshotError> {

@@ -1101,6 +1101,45 @@ fn pax_records_are_split_by_length_and_capped() {
     assert_eq!(fs::read(dest.path().join("f")).unwrap(), b"abc");
 }
 
+/// A GNU sparse entry of `size` bytes whose last 512 are data, the rest a hole.
+fn sparse_entry(name: &str, size: u64) -> Vec<u8> {
+    let mut header = Header::new_gnu();
+    header.set_path(name).unwrap();
+    header.set_entry_type(EntryType::GNUSparse);
+    header.set_size(512);
+    header.set_mode(0o644);
+    header.set_uid(0);
+    header.set_gid(0);
+    header.set_mtime(0);
+    let gnu = header.as_gnu_mut().unwrap();
+    gnu.set_real_size(size);
+    gnu.sparse[0].set_offset(size - 512);
+    gnu.sparse[0].set_length(512);
+    header.set_cksum();
+    let mut entry = header.as_bytes().to_vec();
+    entry.extend_from_slice(&[b'x'; 512]);
+    entry
+}
+
+#[test]
+fn sparse_files_of_a_layer_are_capped_together() {
+    let dest = tempfile::tempdir().unwrap();
+    let mut tar = sparse_entry("a", 5 << 30);
+    tar.extend(sparse_entry("b", 3 << 30));
+    tar.extend(sparse_entry("c", 1 << 30));
+    tar.resize(tar.len() + 1024, 0);
+    let err = extract_layer(&tar[..], dest.path()).unwrap_err();
+    assert!(
+        matches!(&err, SnapshotError::TooLarge { entry, size, limit: 8589934592, .. } if entry == "c" && *size == 9 << 30),
+        "{err}"
+    );
+    for (name, size) in [("a", 5u64 << 30), ("b", 3 << 30)] {
+        let md = fs::metadata(dest.path().join(name)).unwrap();
+        assert_eq!(md.len(), size);
+        assert!(md.blocks() < 64, "{name}: {} blocks", md.blocks());
+    }
+}
+
 #[test]
 fn sparse_maps_are_capped() {
     // 65537 one-byte regions: 4 in the header, the rest in extension blocks of 21.
@@ -1167,4 +1206,39 @@ fn directories_keep_their_entry_times_when_children_follow() {
         let mtime = fs::metadata(tmp.path().join(dir)).unwrap().mtime();
         assert_eq!(mtime, 1_000_000, "{dir}");
     }
+}
+
+#[test]
+fn copies_keep_the_holes_of_sparse_files() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("sparse");
+    let mut file = fs::File::create(&src).unwrap();
+    std::io::Write::write_all(&mut file, b"head").unwrap();
+    std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(1 << 30)).unwrap();
+    std::io::Write::write_all(&mut file, b"tail").unwrap();
+    file.set_len((1 << 31) + 1).unwrap();
+    drop(file);
+    let layer = tmp.path().join("layer");
+    fs::create_dir(&layer).unwrap();
+    let below = LayerStack::new(Vec::new());
+    copy_into_layer(
+        &src,
+        &layer,
+        Path::new("/copy"),
+        &below,
+        &CopyOptions::default(),
+    )
+    .unwrap();
+    let copy = layer.join("copy");
+    let md = fs::metadata(&copy).unwrap();
+    assert_eq!(md.len(), (1 << 31) + 1);
+    assert!(md.blocks() < 256, "{} blocks written", md.blocks());
+    let mut bytes = fs::File::open(&copy).unwrap();
+    let mut head = [0; 8];
+    bytes.read_exact(&mut head).unwrap();
+    assert_eq!(&head, b"head\0\0\0\0");
+    std::io::Seek::seek(&mut bytes, std::io::SeekFrom::Start((1 << 30) - 2)).unwrap();
+    let mut tail = [0; 8];
+    bytes.read_exact(&mut tail).unwrap();
+    assert_eq!(&tail, b"\0\0tail\0\0");
 }
