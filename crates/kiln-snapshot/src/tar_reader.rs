@@ -197,11 +197,16 @@ impl<R: Read> TarReader<R> {
             let entry = shown(path);
             move |source| SnapshotError::Entry { entry, source }
         };
+        let old = header.as_old();
+        let number = |field: &[u8], parsed: io::Result<u64>| match is_blank(field) {
+            true => Ok(0),
+            false => parsed.map_err(field_error(&path)),
+        };
         let mut meta = EntryMeta {
-            mode: header.mode().map_err(field_error(&path))? & 0o7777,
-            uid: header.uid().map_err(field_error(&path))? as u32,
-            gid: header.gid().map_err(field_error(&path))? as u32,
-            mtime: header.mtime().map_err(field_error(&path))? as i64,
+            mode: number(&old.mode, header.mode().map(u64::from))? as u32 & 0o7777,
+            uid: number(&old.uid, header.uid())? as u32,
+            gid: number(&old.gid, header.gid())? as u32,
+            mtime: number(&old.mtime, header.mtime())? as i64,
             mtime_nsec: 0,
             xattrs: Vec::new(),
         };
@@ -419,6 +424,11 @@ impl<R: Read> Read for EntryData<'_, R> {
         tar.pos += n as u64;
         Ok(n)
     }
+}
+
+/// A numeric header field left empty (NULs or spaces): 0, as Go's archive/tar reads it.
+fn is_blank(field: &[u8]) -> bool {
+    field.iter().all(|b| matches!(b, 0 | b' '))
 }
 
 /// `size` rounded up to whole blocks.
