@@ -4,15 +4,15 @@
 //! waits for it and removes the mount point stubs from the upper dir again.
 
 use std::convert::Infallible;
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::io::ErrorKind;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::os::unix::fs::MetadataExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use kiln_fs::Dir;
 use nix::errno::Errno;
 use nix::fcntl::{FcntlArg, FdFlag, fcntl};
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
@@ -335,6 +335,10 @@ type OwnerAndMode = (u32, u32, u32);
 /// Mount points the sandbox had to create in the rootfs (its own and those of the spec's
 /// mounts); they end up in the upper dir and are not changes of the command, so they are
 /// removed again afterwards.
+///
+/// The upper dir is looked at only through [`kiln_fs::Dir`]: by the time the stubs are
+/// removed, the command may have replaced any directory on their way by a symlink to a host
+/// path, which must not be followed.
 struct Stubs {
     /// Relative to the rootfs, in creation order.
     created: Vec<(PathBuf, MountPointKind)>,
@@ -360,10 +364,12 @@ impl Stubs {
             ancestors: Vec::new(),
             copied_up: Vec::new(),
         };
+        let upper_dir =
+            Dir::open(upper).map_err(|err| format!("opening {}: {err}", upper.display()))?;
         let created = stubs
-            .create_missing(merged, upper, mounts)
+            .create_missing(merged, &upper_dir, mounts)
             .and_then(|etc_targets| {
-                stubs.note_copied_up(upper);
+                stubs.note_copied_up(&upper_dir);
                 generate_etc_files(merged, &etc_targets, hostname)
             });
         match created {
@@ -379,7 +385,7 @@ impl Stubs {
     fn create_missing(
         &mut self,
         merged: &Path,
-        upper: &Path,
+        upper: &Dir,
         mounts: &[RunMount],
     ) -> Result<Vec<&'static str>, String> {
         let mut etc_usable = true;
@@ -429,7 +435,7 @@ impl Stubs {
 
     /// Notes a stub about to be created at `path` (relative), and whether its parents were
     /// in the upper dir before.
-    fn record(&mut self, upper: &Path, path: &Path, kind: MountPointKind) {
+    fn record(&mut self, upper: &Dir, path: &Path, kind: MountPointKind) {
         let mut parents: Vec<&Path> = path
             .ancestors()
             .skip(1)
@@ -438,7 +444,7 @@ impl Stubs {
         parents.reverse();
         for parent in parents {
             if !self.ancestors.iter().any(|(known, _)| known == parent) {
-                let in_upper = upper.join(parent).symlink_metadata().is_ok();
+                let in_upper = entry_metadata(upper, parent).is_ok();
                 self.ancestors.push((parent.to_path_buf(), in_upper));
             }
         }
@@ -446,13 +452,13 @@ impl Stubs {
     }
 
     /// Finds the parents that creating the stubs copied up into the upper dir.
-    fn note_copied_up(&mut self, upper: &Path) {
+    fn note_copied_up(&mut self, upper: &Dir) {
         for (parent, was_in_upper) in &self.ancestors {
             let created = self.created.iter().any(|(path, _)| path == parent);
             if *was_in_upper || created {
                 continue;
             }
-            if let Ok(meta) = upper.join(parent).symlink_metadata() {
+            if let Ok(meta) = entry_metadata(upper, parent) {
                 let owner_and_mode = (meta.mode(), meta.uid(), meta.gid());
                 self.copied_up.push((parent.clone(), owner_and_mode));
             }
@@ -461,42 +467,68 @@ impl Stubs {
 
     /// Removes the stubs from the upper dir (after the overlay is unmounted). A stub dir the
     /// command put files in is a change of the command and stays, and so does a copied-up
-    /// dir the command changed.
+    /// dir the command changed. A stub the command removed, replaced, or moved out of reach
+    /// (a directory on its way now a symlink or a file) is left alone.
     fn remove(&self, upper: &Path) -> Result<(), String> {
+        let upper_dir =
+            Dir::open(upper).map_err(|err| format!("opening {}: {err}", upper.display()))?;
         for (path, kind) in self.created.iter().rev() {
-            let full = upper.join(path);
-            let removed = match kind {
-                MountPointKind::Dir => std::fs::remove_dir(&full),
-                MountPointKind::File => std::fs::remove_file(&full),
-            };
+            let removed = in_upper_parent(&upper_dir, path).and_then(|(dir, name)| match kind {
+                MountPointKind::Dir => dir.remove_dir(name),
+                MountPointKind::File => dir.remove_file(name),
+            });
             match removed {
-                Err(err)
-                    if !matches!(
-                        err.kind(),
-                        ErrorKind::NotFound | ErrorKind::DirectoryNotEmpty
-                    ) =>
-                {
+                Err(err) if !replaced_or_gone(&err) => {
                     return Err(format!(
                         "removing mount point stub {}: {err}",
-                        full.display()
+                        upper.join(path).display()
                     ));
                 }
                 _ => {}
             }
         }
         for (parent, owner_and_mode) in self.copied_up.iter().rev() {
-            let dir = upper.join(parent);
-            let unchanged = dir
-                .symlink_metadata()
-                .is_ok_and(|meta| (meta.mode(), meta.uid(), meta.gid()) == *owner_and_mode);
-            let empty = std::fs::read_dir(&dir).is_ok_and(|mut entries| entries.next().is_none());
-            if unchanged && empty {
-                std::fs::remove_dir(&dir)
-                    .map_err(|err| format!("removing copied-up {}: {err}", dir.display()))?;
+            let Ok((dir, name)) = in_upper_parent(&upper_dir, parent) else {
+                continue;
+            };
+            let unchanged = dir.metadata(name).is_ok_and(|meta| {
+                meta.is_dir() && (meta.mode(), meta.uid(), meta.gid()) == *owner_and_mode
+            });
+            let empty = unchanged
+                && dir
+                    .open_dir(Path::new(name))
+                    .and_then(|copied| copied.names())
+                    .is_ok_and(|names| names.is_empty());
+            if empty {
+                dir.remove_dir(name).map_err(|err| {
+                    format!("removing copied-up {}: {err}", upper.join(parent).display())
+                })?;
             }
         }
         Ok(())
     }
+}
+
+/// The directory holding `path` (relative to the upper dir), opened without following a
+/// symlink, and `path`'s name in it.
+fn in_upper_parent<'p>(upper: &Dir, path: &'p Path) -> std::io::Result<(Dir, &'p OsStr)> {
+    let name = path.file_name().ok_or(ErrorKind::InvalidInput)?;
+    let parent = path.parent().unwrap_or(Path::new(""));
+    Ok((upper.open_dir(parent)?, name))
+}
+
+fn entry_metadata(upper: &Dir, path: &Path) -> std::io::Result<kiln_fs::Metadata> {
+    let (dir, name) = in_upper_parent(upper, path)?;
+    dir.metadata(name)
+}
+
+/// Whether removing a stub failed because the command removed, filled or replaced it (or a
+/// directory on its way), so that it is no longer the sandbox's to remove.
+fn replaced_or_gone(err: &std::io::Error) -> bool {
+    matches!(
+        err.raw_os_error(),
+        Some(libc::ENOENT | libc::ENOTEMPTY | libc::ELOOP | libc::ENOTDIR | libc::EISDIR)
+    )
 }
 
 /// Writes /etc/hosts, /etc/hostname and a copy of the host's /etc/resolv.conf into the work

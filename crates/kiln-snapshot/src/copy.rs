@@ -2,15 +2,18 @@
 
 use std::collections::HashMap;
 use std::ffi::OsString;
-use std::fs::{self, Metadata, OpenOptions};
-use std::io;
+use std::fs::{self, File, Metadata, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom};
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Component, Path, PathBuf};
 
-use nix::sys::stat::SFlag;
+use kiln_fs::{Dir, NodeKind};
+use nix::errno::Errno;
+use nix::unistd::{Whence, lseek};
 
 use crate::Chmod;
-use crate::fsmeta::{self, EntryMeta, is_whiteout};
+use crate::fsmeta::{self, EntryMeta, in_parent, is_whiteout};
 use crate::stack::{LayerStack, Node, Walk};
 use crate::{SnapshotError, at};
 
@@ -72,7 +75,9 @@ pub fn copy_into_layer(
         let parents = make_parents(layer, &parent, below, target, (0, 0))?;
         let dest = layer_path(layer, &parent).join(name);
         clear(&dest)?;
-        let copied = copy_nondir(src, &src_md, &dest, &meta_for(src, &src_md)?, &mut links)?;
+        let (dir, _) = in_parent(&dest).map_err(at(&dest))?;
+        let meta = meta_for(src, &src_md)?;
+        let copied = copy_nondir(src, &src_md, &dir, &dest, &meta, &mut links)?;
         parents.restore_times()?;
         return Ok(u64::from(copied));
     }
@@ -84,6 +89,7 @@ pub fn copy_into_layer(
     };
     let parents = make_parents(layer, parent, below, target, (0, 0))?;
     let dest = layer_path(layer, &dir);
+    let (dest_parent, dest_name) = in_parent(&dest).map_err(at(&dest))?;
     let mut copied = 0;
     let dest_meta = match fs::symlink_metadata(&dest) {
         // Made by an earlier source of this COPY: it keeps what it got then.
@@ -101,12 +107,15 @@ pub fn copy_into_layer(
                     meta_for(src, &src_md)?
                 }
             };
-            meta.apply_except_time(&dest, false).map_err(at(&dest))?;
+            meta.apply_except_time(&dest_parent, dest_name, false)
+                .map_err(at(&dest))?;
             meta
         }
     };
     copied += copy_tree(src, &dest, Path::new(""), opts, &meta_for, &mut links)?;
-    dest_meta.apply_time(&dest).map_err(at(&dest))?;
+    dest_meta
+        .apply_time(&dest_parent, dest_name)
+        .map_err(at(&dest))?;
     parents.restore_times()?;
     Ok(copied)
 }
@@ -187,7 +196,9 @@ struct Parents(Vec<(PathBuf, i64, i64)>);
 impl Parents {
     fn restore_times(&self) -> Result<(), SnapshotError> {
         for (path, sec, nsec) in &self.0 {
-            fsmeta::set_mtime(path, *sec, *nsec).map_err(at(path))?;
+            in_parent(path)
+                .and_then(|(dir, name)| fsmeta::set_mtime(&dir, name, *sec, *nsec))
+                .map_err(at(path))?;
         }
         Ok(())
     }
@@ -242,7 +253,9 @@ fn make_parents(
                     xattrs: Vec::new(),
                 });
                 fs::create_dir(&host).map_err(at(&host))?;
-                meta.apply_except_time(&host, false).map_err(at(&host))?;
+                in_parent(&host)
+                    .and_then(|(dir, name)| meta.apply_except_time(&dir, name, false))
+                    .map_err(at(&host))?;
                 parents.push((host.clone(), meta.mtime, meta.mtime_nsec));
             }
             Err(e) => return Err(at(&host)(e)),
@@ -278,6 +291,7 @@ fn copy_tree(
         .map_err(at(src))?;
     // Sorted, so the same tree always gives the same hard link "first copies".
     names.sort();
+    let dest_dir = Dir::open(dest).map_err(at(dest))?;
     let mut copied = 0;
     for name in names {
         let rel = rel.join(&name);
@@ -296,26 +310,32 @@ fn copy_tree(
                     fs::create_dir(&to).map_err(at(&to))?;
                 }
             }
-            meta.apply_except_time(&to, false).map_err(at(&to))?;
+            meta.apply_except_time(&dest_dir, &name, false)
+                .map_err(at(&to))?;
             copied += 1 + copy_tree(&from, &to, &rel, opts, meta_for, links)?;
-            meta.apply_time(&to).map_err(at(&to))?;
+            meta.apply_time(&dest_dir, &name).map_err(at(&to))?;
         } else {
             clear(&to)?;
-            copied += u64::from(copy_nondir(&from, &md, &to, &meta, links)?);
+            copied += u64::from(copy_nondir(&from, &md, &dest_dir, &to, &meta, links)?);
         }
     }
     Ok(copied)
 }
 
-/// Copy one non-directory to the new path `dest` with `meta`. Sockets, whiteouts and (where
-/// mknod is not permitted) device nodes are skipped: returns whether something was written.
+/// Copy one non-directory to the new path `dest`, in the open directory `dir`, with `meta`.
+/// Sockets, whiteouts and (where mknod is not permitted) device nodes are skipped: returns
+/// whether something was written.
 pub(crate) fn copy_nondir(
     src: &Path,
     md: &Metadata,
+    dir: &Dir,
     dest: &Path,
     meta: &EntryMeta,
     links: &mut HardLinks,
 ) -> Result<bool, SnapshotError> {
+    let name = dest
+        .file_name()
+        .ok_or_else(|| at(dest)(io::Error::new(io::ErrorKind::InvalidInput, "no file name")))?;
     let ft = md.file_type();
     if ft.is_socket() || is_whiteout(md) {
         return Ok(false);
@@ -324,7 +344,9 @@ pub(crate) fn copy_nondir(
     if md.nlink() > 1
         && let Some(first) = links.get(&inode)
     {
-        fs::hard_link(first, dest).map_err(at(dest))?;
+        in_parent(first)
+            .and_then(|(from, from_name)| dir.hard_link(name, &from, from_name))
+            .map_err(at(dest))?;
         return Ok(true);
     }
     if ft.is_file() {
@@ -333,34 +355,50 @@ pub(crate) fn copy_nondir(
             .custom_flags(libc::O_NOFOLLOW)
             .open(src)
             .map_err(at(src))?;
-        let mut to = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(dest)
-            .map_err(at(dest))?;
-        io::copy(&mut from, &mut to).map_err(at(dest))?;
-        meta.apply(dest, false).map_err(at(dest))?;
+        let mut to = dir.create_file(name, 0o600).map_err(at(dest))?;
+        copy_keeping_holes(&mut from, &mut to, md.len()).map_err(at(dest))?;
+        meta.apply(dir, name, false).map_err(at(dest))?;
     } else if ft.is_symlink() {
         let target = fs::read_link(src).map_err(at(src))?;
-        std::os::unix::fs::symlink(&target, dest).map_err(at(dest))?;
-        meta.apply(dest, true).map_err(at(dest))?;
+        dir.symlink(target.as_os_str(), name).map_err(at(dest))?;
+        meta.apply(dir, name, true).map_err(at(dest))?;
     } else {
         let kind = if ft.is_fifo() {
-            SFlag::S_IFIFO
+            NodeKind::Fifo
         } else if ft.is_char_device() {
-            SFlag::S_IFCHR
+            NodeKind::CharDevice
         } else {
-            SFlag::S_IFBLK
+            NodeKind::BlockDevice
         };
-        let (major, minor) = (libc::major(md.rdev()), libc::minor(md.rdev()));
-        if !fsmeta::make_node(dest, kind, meta.mode, major, minor).map_err(at(dest))? {
+        let device = (libc::major(md.rdev()), libc::minor(md.rdev()));
+        if !fsmeta::make_node(dir, name, kind, meta.mode, device).map_err(at(dest))? {
             return Ok(false);
         }
-        meta.apply(dest, false).map_err(at(dest))?;
+        meta.apply(dir, name, false).map_err(at(dest))?;
     }
     if md.nlink() > 1 {
         links.insert(inode, dest.to_path_buf());
     }
     Ok(true)
+}
+
+/// Copies the `len` bytes of `from` to the empty file `to`, data regions only: the holes of a
+/// sparse file (extraction keeps them) stay holes instead of becoming written zeros.
+fn copy_keeping_holes(from: &mut File, to: &mut File, len: u64) -> io::Result<()> {
+    let mut pos = 0;
+    while pos < len {
+        let offset = |pos: u64| i64::try_from(pos).map_err(|_| io::ErrorKind::InvalidInput);
+        let start = match lseek(from.as_raw_fd(), offset(pos)?, Whence::SeekData) {
+            Ok(start) => start as u64,
+            // Only a hole is left.
+            Err(Errno::ENXIO) => break,
+            Err(e) => return Err(e.into()),
+        };
+        let end = lseek(from.as_raw_fd(), offset(start)?, Whence::SeekHole)? as u64;
+        from.seek(SeekFrom::Start(start))?;
+        to.seek(SeekFrom::Start(start))?;
+        io::copy(&mut from.by_ref().take(end - start), to)?;
+        pos = end;
+    }
+    to.set_len(len)
 }

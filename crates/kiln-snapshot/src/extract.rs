@@ -1,23 +1,23 @@
 //! OCI layer tar -> overlay-format layer dir, refusing anything that would land outside it.
 
-use std::collections::HashSet;
 use std::ffi::OsStr;
-use std::fs::{self, DirBuilder, OpenOptions};
-use std::io::{self, Read};
+use std::fs::File;
+use std::io::{self, Read, Seek, SeekFrom};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use flate2::read::MultiGzDecoder;
-use nix::sys::stat::SFlag;
+use kiln_fs::{Dir, NodeKind};
 use tar::EntryType;
 
-use crate::SnapshotError;
-use crate::fsmeta::{self, EntryMeta};
+use crate::fsmeta;
+use crate::tar_reader::{SparseMap, TarEntry, TarReader};
+use crate::{SnapshotError, shown};
 
 const WHITEOUT_PREFIX: &[u8] = b".wh.";
 const OPAQUE_MARKER: &[u8] = b".wh..wh..opq";
 
+#[derive(Debug)]
 pub struct ExtractStats {
     /// Tar entries applied (files, dirs, links, whiteouts...).
     pub entries: u64,
@@ -58,38 +58,30 @@ pub(crate) fn extract_plain<R: Read>(
     extract(tar_stream, dest, false)
 }
 
+/// Every change goes through a descriptor of `dest` (see `kiln_fs`), so an entry can never
+/// reach outside it, whatever symlinks earlier entries planted. Memory stays bounded: the tar
+/// is streamed (see `tar_reader`), and nothing is remembered per entry, not even directory
+/// times, which are kept right as entries go in.
 fn extract<R: Read>(
     tar_stream: R,
     dest: &Path,
     whiteouts: bool,
 ) -> Result<ExtractStats, SnapshotError> {
-    let mut archive = tar::Archive::new(tar_stream);
-    let mut extractor = Extractor {
-        dest,
-        whiteouts,
-        earlier_files: HashSet::new(),
-        dir_times: Vec::new(),
-    };
+    let root = Dir::open(dest).map_err(crate::at(dest))?;
+    let extractor = Extractor { root, whiteouts };
+    let mut tar = TarReader::new(tar_stream);
     let mut entries = 0;
-    for entry in archive.entries().map_err(SnapshotError::TarStream)? {
-        let mut entry = entry.map_err(SnapshotError::TarStream)?;
-        extractor.apply(&mut entry)?;
+    while let Some(entry) = tar.next()? {
+        extractor.apply(&entry, &mut tar.data())?;
         entries += 1;
-    }
-    // Writing a child bumps its directory's mtime, so directory times go on last.
-    for (path, meta) in &extractor.dir_times {
-        meta.apply_time(path).map_err(crate::at(path))?;
     }
     Ok(ExtractStats { entries })
 }
 
-struct Extractor<'d> {
-    dest: &'d Path,
+struct Extractor {
+    root: Dir,
     /// Whether `.wh.` entries are deletions (layers) or plain names (archives).
     whiteouts: bool,
-    /// Normalised paths of the non-directories extracted so far: the only valid hard link targets.
-    earlier_files: HashSet<Vec<u8>>,
-    dir_times: Vec<(PathBuf, EntryMeta)>,
 }
 
 /// The components of an entry path relative to the layer root. A leading `/` and `.`
@@ -106,19 +98,24 @@ fn components(raw: &[u8]) -> Option<Vec<&[u8]>> {
     Some(out)
 }
 
-fn display(components: &[&[u8]]) -> String {
-    String::from_utf8_lossy(&components.join(&b'/')).into_owned()
+fn joined(components: &[&[u8]]) -> PathBuf {
+    PathBuf::from(OsStr::from_bytes(&components.join(&b'/')))
 }
 
-impl Extractor<'_> {
-    fn apply<R: Read>(&mut self, entry: &mut tar::Entry<R>) -> Result<(), SnapshotError> {
-        let raw = entry.path_bytes().into_owned();
-        let name = String::from_utf8_lossy(&raw).into_owned();
-        let kind = entry.header().entry_type();
-        if kind == EntryType::XGlobalHeader {
-            return Ok(());
-        }
-        let comps = components(&raw).ok_or_else(|| SnapshotError::EntryEscapes {
+/// Runs `op`, which adds or removes entries of `dir`, and puts `dir`'s times back: a
+/// directory keeps the times of its own tar entry (or of its creation) whatever follows it.
+fn keeping_times<T>(dir: &Dir, op: impl FnOnce() -> io::Result<T>) -> io::Result<T> {
+    let this = OsStr::new("");
+    let before = dir.metadata(this)?;
+    let out = op()?;
+    dir.set_times(this, before.accessed(), before.modified())?;
+    Ok(out)
+}
+
+impl Extractor {
+    fn apply(&self, entry: &TarEntry, data: &mut impl Read) -> Result<(), SnapshotError> {
+        let name = shown(&entry.path);
+        let comps = components(&entry.path).ok_or_else(|| SnapshotError::EntryEscapes {
             entry: name.clone(),
         })?;
         let entry_err = |source: io::Error| SnapshotError::Entry {
@@ -129,10 +126,13 @@ impl Extractor<'_> {
         let Some((last, parents)) = comps.split_last() else {
             return Ok(());
         };
-        let parent = self.make_parents(&name, parents)?;
+        let parent = self.open_parents(&name, parents, true)?;
 
         if self.whiteouts && *last == OPAQUE_MARKER {
-            return fsmeta::set_xattr(&parent, fsmeta::OPAQUE_XATTRS[0], b"y").map_err(entry_err);
+            let opaque = fsmeta::OPAQUE_XATTRS[0];
+            return parent
+                .set_xattr(OsStr::new(""), opaque, b"y")
+                .map_err(entry_err);
         }
         if let Some(deleted) = last
             .strip_prefix(WHITEOUT_PREFIX)
@@ -145,62 +145,66 @@ impl Extractor<'_> {
             if matches!(deleted, b"" | b"." | b"..") {
                 return Err(SnapshotError::EntryEscapes { entry: name });
             }
-            let path = parent.join(OsStr::from_bytes(deleted));
-            clear(&path, false).map_err(entry_err)?;
-            return fsmeta::make_whiteout(&path).map_err(entry_err);
+            let deleted = OsStr::from_bytes(deleted);
+            return keeping_times(&parent, || {
+                clear(&parent, deleted, false)?;
+                fsmeta::make_whiteout(&parent, deleted)
+            })
+            .map_err(entry_err);
         }
 
-        let path = parent.join(OsStr::from_bytes(last));
-        let meta = entry_meta(entry).map_err(entry_err)?;
-        let key = comps.join(&b'/');
-        match kind {
+        let last = OsStr::from_bytes(last);
+        let meta = &entry.meta;
+        match entry.kind {
             EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => {
-                clear(&path, false).map_err(entry_err)?;
-                let mut file = OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .mode(0o600)
-                    .custom_flags(libc::O_NOFOLLOW)
-                    .open(&path)
-                    .map_err(entry_err)?;
-                io::copy(entry, &mut file).map_err(entry_err)?;
-                drop(file);
-                meta.apply(&path, false).map_err(entry_err)?;
+                keeping_times(&parent, || {
+                    clear(&parent, last, false)?;
+                    let mut file = parent.create_file(last, 0o600)?;
+                    write_contents(&mut file, data, entry.sparse.as_ref())?;
+                    drop(file);
+                    meta.apply(&parent, last, false)
+                })
+                .map_err(entry_err)?;
             }
             EntryType::Directory => {
-                if !clear(&path, true).map_err(entry_err)? {
-                    fs::create_dir(&path).map_err(entry_err)?;
-                }
-                meta.apply_except_time(&path, false).map_err(entry_err)?;
-                self.dir_times.push((path, meta));
-                return Ok(());
+                keeping_times(&parent, || {
+                    if !clear(&parent, last, true)? {
+                        parent.create_dir(last, 0o700)?;
+                    }
+                    meta.apply(&parent, last, false)
+                })
+                .map_err(entry_err)?;
             }
             EntryType::Symlink => {
-                let target = entry.link_name_bytes().unwrap_or_default().into_owned();
-                clear(&path, false).map_err(entry_err)?;
-                std::os::unix::fs::symlink(OsStr::from_bytes(&target), &path).map_err(entry_err)?;
-                meta.apply(&path, true).map_err(entry_err)?;
+                keeping_times(&parent, || {
+                    clear(&parent, last, false)?;
+                    parent.symlink(OsStr::from_bytes(&entry.link_name), last)?;
+                    meta.apply(&parent, last, true)
+                })
+                .map_err(entry_err)?;
             }
             EntryType::Link => {
-                let target = entry.link_name_bytes().unwrap_or_default().into_owned();
-                let target_path = self.hard_link_target(&name, &target, &key)?;
-                clear(&path, false).map_err(entry_err)?;
-                fs::hard_link(&target_path, &path).map_err(entry_err)?;
+                let (from, from_name) = self.hard_link_target(&name, &entry.link_name, &comps)?;
+                keeping_times(&parent, || {
+                    clear(&parent, last, false)?;
+                    parent.hard_link(last, &from, from_name)
+                })
+                .map_err(entry_err)?;
             }
             EntryType::Char | EntryType::Block | EntryType::Fifo => {
-                let node = match kind {
-                    EntryType::Char => SFlag::S_IFCHR,
-                    EntryType::Block => SFlag::S_IFBLK,
-                    _ => SFlag::S_IFIFO,
+                let kind = match entry.kind {
+                    EntryType::Char => NodeKind::CharDevice,
+                    EntryType::Block => NodeKind::BlockDevice,
+                    _ => NodeKind::Fifo,
                 };
-                let header = entry.header();
-                let major = header.device_major().ok().flatten().unwrap_or(0);
-                let minor = header.device_minor().ok().flatten().unwrap_or(0);
-                clear(&path, false).map_err(entry_err)?;
-                if !fsmeta::make_node(&path, node, meta.mode, major, minor).map_err(entry_err)? {
-                    return Ok(());
-                }
-                meta.apply(&path, false).map_err(entry_err)?;
+                keeping_times(&parent, || {
+                    clear(&parent, last, false)?;
+                    if fsmeta::make_node(&parent, last, kind, meta.mode, entry.device)? {
+                        meta.apply(&parent, last, false)?;
+                    }
+                    Ok(())
+                })
+                .map_err(entry_err)?;
             }
             other => {
                 return Err(SnapshotError::UnsupportedEntryType {
@@ -209,141 +213,125 @@ impl Extractor<'_> {
                 });
             }
         }
-        self.earlier_files.insert(key);
         Ok(())
     }
 
-    /// Walk (and create) the parent directories of an entry, refusing to pass through symlinks.
-    fn make_parents(&self, entry: &str, parents: &[&[u8]]) -> Result<PathBuf, SnapshotError> {
-        let mut path = self.dest.to_path_buf();
-        for (i, c) in parents.iter().enumerate() {
-            path.push(OsStr::from_bytes(c));
-            match fs::symlink_metadata(&path) {
+    /// Opens the directory `comps` of the layer, never through a symlink; with `create`, the
+    /// missing ones are made (0755).
+    fn open_parents(
+        &self,
+        entry: &str,
+        comps: &[&[u8]],
+        create: bool,
+    ) -> Result<Dir, SnapshotError> {
+        let entry_err = |source| SnapshotError::Entry {
+            entry: entry.to_string(),
+            source,
+        };
+        match self.root.open_dir(&joined(comps)) {
+            Ok(dir) => return Ok(dir),
+            // Something on the way is missing, a symlink or no directory: find out which.
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::ENOENT | libc::ELOOP | libc::ENOTDIR | libc::ENAMETOOLONG)
+                ) => {}
+            Err(e) => return Err(entry_err(e)),
+        }
+        let mut dir = self.root.open_dir(Path::new("")).map_err(entry_err)?;
+        for (i, c) in comps.iter().enumerate() {
+            let c = OsStr::from_bytes(c);
+            match dir.metadata(c) {
                 Ok(md) if md.is_dir() => {}
                 Ok(md) if md.is_symlink() => {
                     return Err(SnapshotError::EntryThroughSymlink {
                         entry: entry.to_string(),
-                        symlink: display(&parents[..=i]),
+                        symlink: shown(&comps[..=i].join(&b'/')),
                     });
                 }
                 Ok(_) => {
                     return Err(SnapshotError::EntryParentNotDir {
                         entry: entry.to_string(),
-                        parent: display(&parents[..=i]),
+                        parent: shown(&comps[..=i].join(&b'/')),
                     });
                 }
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                    DirBuilder::new()
-                        .mode(0o755)
-                        .create(&path)
-                        .map_err(|source| SnapshotError::Entry {
-                            entry: entry.to_string(),
-                            source,
-                        })?;
+                Err(e) if create && e.kind() == io::ErrorKind::NotFound => {
+                    keeping_times(&dir, || dir.create_dir(c, 0o755)).map_err(entry_err)?;
                 }
-                Err(source) => {
-                    return Err(SnapshotError::Entry {
-                        entry: entry.to_string(),
-                        source,
-                    });
-                }
+                Err(e) => return Err(entry_err(e)),
             }
+            dir = dir.open_dir(Path::new(c)).map_err(entry_err)?;
         }
-        Ok(path)
+        Ok(dir)
     }
 
-    /// The host path of a hard link's target: an earlier non-directory of this layer, reached
-    /// without passing through a symlink (a later entry may have replaced a parent by one).
-    fn hard_link_target(
+    /// The directory and name of a hard link's target: an earlier non-directory of this
+    /// layer (the only things in `dest`), reached without passing through a symlink.
+    fn hard_link_target<'t>(
         &self,
         entry: &str,
-        target: &[u8],
-        key: &[u8],
-    ) -> Result<PathBuf, SnapshotError> {
-        let target_name = String::from_utf8_lossy(target).into_owned();
-        let comps = components(target).ok_or_else(|| SnapshotError::HardLinkEscapes {
-            entry: entry.to_string(),
-            target: target_name.clone(),
-        })?;
+        target: &'t [u8],
+        comps: &[&[u8]],
+    ) -> Result<(Dir, &'t OsStr), SnapshotError> {
         let missing = || SnapshotError::HardLinkTargetMissing {
             entry: entry.to_string(),
-            target: target_name.clone(),
+            target: shown(target),
         };
-        let target_key = comps.join(&b'/');
-        if target_key == key || !self.earlier_files.contains(&target_key) {
+        let target_comps = components(target).ok_or_else(|| SnapshotError::HardLinkEscapes {
+            entry: entry.to_string(),
+            target: shown(target),
+        })?;
+        let Some((name, parents)) = target_comps.split_last() else {
+            return Err(missing());
+        };
+        if target_comps == comps {
             return Err(missing());
         }
-        let mut path = self.dest.to_path_buf();
-        for (i, c) in comps.iter().enumerate() {
-            path.push(OsStr::from_bytes(c));
-            let md = fs::symlink_metadata(&path).map_err(|_| missing())?;
-            let is_last = i + 1 == comps.len();
-            if !is_last && md.is_symlink() {
-                return Err(SnapshotError::EntryThroughSymlink {
-                    entry: entry.to_string(),
-                    symlink: display(&comps[..=i]),
-                });
-            }
-            if is_last == md.is_dir() {
+        let dir = match self.open_parents(entry, parents, false) {
+            Err(SnapshotError::Entry { .. } | SnapshotError::EntryParentNotDir { .. }) => {
                 return Err(missing());
             }
+            other => other?,
+        };
+        let name = OsStr::from_bytes(name);
+        match dir.metadata(name) {
+            Ok(md) if !md.is_dir() && !fsmeta::is_whiteout_at(&md) => Ok((dir, name)),
+            _ => Err(missing()),
         }
-        Ok(path)
     }
 }
 
-/// Make room for a new entry at `path`. An existing directory is kept when `keep_dir` (a dir
-/// entry over an implicitly created dir); returns whether it was kept.
-fn clear(path: &Path, keep_dir: bool) -> io::Result<bool> {
-    match fs::symlink_metadata(path) {
+/// Writes an entry's data to a new file. A sparse file's holes are skipped, not written:
+/// they read as zeros and take no disk.
+fn write_contents(
+    file: &mut File,
+    data: &mut impl Read,
+    sparse: Option<&SparseMap>,
+) -> io::Result<()> {
+    let Some(sparse) = sparse else {
+        io::copy(data, file)?;
+        return Ok(());
+    };
+    for &(offset, len) in &sparse.regions {
+        file.seek(SeekFrom::Start(offset))?;
+        let written = io::copy(&mut data.take(len), file)?;
+        if written < len {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the archive ends inside a sparse region",
+            ));
+        }
+    }
+    file.set_len(sparse.size)
+}
+
+/// Make room for a new entry `name` in `dir`. An existing directory is kept when `keep_dir` (a
+/// dir entry over an implicitly created dir); returns whether it was kept.
+fn clear(dir: &Dir, name: &OsStr, keep_dir: bool) -> io::Result<bool> {
+    match dir.metadata(name) {
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
         Err(e) => Err(e),
         Ok(md) if md.is_dir() && keep_dir => Ok(true),
-        Ok(md) if md.is_dir() => fs::remove_dir_all(path).map(|()| false),
-        Ok(_) => fs::remove_file(path).map(|()| false),
+        Ok(_) => dir.remove_all(name).map(|()| false),
     }
-}
-
-/// Mode, owner, mtime and xattrs of a tar entry; PAX records override the ustar fields.
-fn entry_meta<R: Read>(entry: &mut tar::Entry<R>) -> io::Result<EntryMeta> {
-    let header = entry.header();
-    let mut meta = EntryMeta {
-        mode: header.mode()? & 0o7777,
-        uid: header.uid()? as u32,
-        gid: header.gid()? as u32,
-        mtime: header.mtime()? as i64,
-        mtime_nsec: 0,
-        xattrs: Vec::new(),
-    };
-    if let Some(pax) = entry.pax_extensions()? {
-        for record in pax {
-            let record = record?;
-            let key = record.key_bytes();
-            let value = record.value_bytes();
-            let number = || {
-                std::str::from_utf8(value)
-                    .ok()
-                    .and_then(|v| v.parse::<u32>().ok())
-            };
-            match key {
-                b"uid" => meta.uid = number().unwrap_or(meta.uid),
-                b"gid" => meta.gid = number().unwrap_or(meta.gid),
-                b"mtime" => {
-                    let secs = std::str::from_utf8(value)
-                        .ok()
-                        .and_then(|v| v.split('.').next()?.parse::<i64>().ok());
-                    meta.mtime = secs.unwrap_or(meta.mtime);
-                }
-                _ => {
-                    if let Some(name) = key.strip_prefix(b"SCHILY.xattr.") {
-                        // An image must not smuggle overlayfs' own markers into a layer dir.
-                        if !fsmeta::is_overlay_xattr(name) {
-                            meta.xattrs.push((name.to_vec(), value.to_vec()));
-                        }
-                    }
-                }
-            }
-        }
-    }
-    Ok(meta)
 }

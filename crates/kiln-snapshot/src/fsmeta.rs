@@ -1,16 +1,16 @@
-//! Metadata syscalls shared by extraction, export and COPY: ownership, modes, times, xattrs,
-//! whiteouts. Nothing here follows a symlink at the final component.
+//! Metadata shared by extraction, export and COPY: ownership, modes, times, xattrs,
+//! whiteouts. Reads go by path, of trees nothing else changes meanwhile, and never follow a
+//! final symlink; writes go through a [`Dir`] and its name of the entry.
 
-use std::ffi::CString;
+use std::ffi::{CString, OsStr};
 use std::fs::Metadata;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::Path;
 
+use kiln_fs::{Dir, NodeKind, Timestamp};
 use nix::errno::Errno;
-use nix::sys::stat::{Mode, SFlag, UtimensatFlags, mknod, utimensat};
-use nix::sys::time::TimeSpec;
 
 pub(crate) const OPAQUE_XATTRS: [&[u8]; 2] = [b"user.overlay.opaque", b"trusted.overlay.opaque"];
 
@@ -19,8 +19,13 @@ pub(crate) fn is_whiteout(md: &Metadata) -> bool {
     md.file_type().is_char_device() && md.rdev() == 0
 }
 
-pub(crate) fn make_whiteout(path: &Path) -> io::Result<()> {
-    mknod(path, SFlag::S_IFCHR, Mode::empty(), 0).map_err(io::Error::from)
+/// The same test on metadata read through a [`Dir`].
+pub(crate) fn is_whiteout_at(md: &kiln_fs::Metadata) -> bool {
+    md.is_char_device() && md.rdev() == 0
+}
+
+pub(crate) fn make_whiteout(dir: &Dir, name: &OsStr) -> io::Result<()> {
+    dir.make_node(name, NodeKind::CharDevice, 0, 0, 0)
 }
 
 /// Whether a directory is marked opaque (hides everything below it in lower layers).
@@ -95,27 +100,6 @@ pub(crate) fn get_xattr(path: &Path, name: &[u8]) -> io::Result<Option<Vec<u8>>>
     }
 }
 
-pub(crate) fn set_xattr(path: &Path, name: &[u8], value: &[u8]) -> io::Result<()> {
-    let c = cpath(path)?;
-    let cname = CString::new(name)
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "xattr name contains NUL"))?;
-    // SAFETY: both strings are NUL-terminated; `value` is readable for its length.
-    let r = unsafe {
-        libc::lsetxattr(
-            c.as_ptr(),
-            cname.as_ptr(),
-            value.as_ptr().cast(),
-            value.len(),
-            0,
-        )
-    };
-    if r == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
-}
-
 /// The metadata kiln carries for every entry it writes.
 #[derive(Debug, Clone)]
 pub(crate) struct EntryMeta {
@@ -142,15 +126,20 @@ impl EntryMeta {
         })
     }
 
-    /// Apply everything but the mtime. Order matters: chown clears setuid bits and
-    /// `security.capability`, so mode and xattrs come after it.
-    pub(crate) fn apply_except_time(&self, path: &Path, is_symlink: bool) -> io::Result<()> {
-        set_owner(path, self.uid, self.gid)?;
+    /// Apply everything but the mtime to `name` in `dir`. Order matters: chown clears setuid
+    /// bits and `security.capability`, so mode and xattrs come after it.
+    pub(crate) fn apply_except_time(
+        &self,
+        dir: &Dir,
+        name: &OsStr,
+        is_symlink: bool,
+    ) -> io::Result<()> {
+        set_owner(dir, name, self.uid, self.gid)?;
         if !is_symlink {
-            std::fs::set_permissions(path, std::fs::Permissions::from_mode(self.mode))?;
+            dir.set_mode(name, self.mode)?;
         }
-        for (name, value) in &self.xattrs {
-            match set_xattr(path, name, value) {
+        for (key, value) in &self.xattrs {
+            match dir.set_xattr(name, key, value) {
                 // Unprivileged namespaces cannot set trusted.*/some security.* names, and
                 // symlinks take no user.* xattrs: those are dropped, as other builders do.
                 Err(e)
@@ -164,43 +153,51 @@ impl EntryMeta {
         Ok(())
     }
 
-    pub(crate) fn apply_time(&self, path: &Path) -> io::Result<()> {
-        set_mtime(path, self.mtime, self.mtime_nsec)
+    pub(crate) fn apply_time(&self, dir: &Dir, name: &OsStr) -> io::Result<()> {
+        set_mtime(dir, name, self.mtime, self.mtime_nsec)
     }
 
-    pub(crate) fn apply(&self, path: &Path, is_symlink: bool) -> io::Result<()> {
-        self.apply_except_time(path, is_symlink)?;
-        self.apply_time(path)
+    pub(crate) fn apply(&self, dir: &Dir, name: &OsStr, is_symlink: bool) -> io::Result<()> {
+        self.apply_except_time(dir, name, is_symlink)?;
+        self.apply_time(dir, name)
     }
 }
 
+/// The directory that holds `path`, opened, and `path`'s name in it. Only for paths kiln made
+/// itself (a fresh layer or export dir), whose every directory it created.
+pub(crate) fn in_parent(path: &Path) -> io::Result<(Dir, &OsStr)> {
+    let invalid = || io::Error::new(io::ErrorKind::InvalidInput, "a path without a file name");
+    let name = path.file_name().ok_or_else(invalid)?;
+    let parent = path.parent().ok_or_else(invalid)?;
+    Ok((Dir::open(parent)?, name))
+}
+
 /// lchown; an id that is not mapped in our user namespace (EINVAL) leaves the entry owned by us.
-pub(crate) fn set_owner(path: &Path, uid: u32, gid: u32) -> io::Result<()> {
-    match std::os::unix::fs::lchown(path, Some(uid), Some(gid)) {
+pub(crate) fn set_owner(dir: &Dir, name: &OsStr, uid: u32, gid: u32) -> io::Result<()> {
+    match dir.set_owner(name, uid, gid) {
         Err(e) if e.raw_os_error() == Some(libc::EINVAL) => Ok(()),
         other => other,
     }
 }
 
 /// Set atime and mtime (atime = mtime, so the result does not depend on when it was made).
-pub(crate) fn set_mtime(path: &Path, sec: i64, nsec: i64) -> io::Result<()> {
-    let t = TimeSpec::new(sec, nsec);
-    utimensat(None, path, &t, &t, UtimensatFlags::NoFollowSymlink).map_err(io::Error::from)
+pub(crate) fn set_mtime(dir: &Dir, name: &OsStr, sec: i64, nsec: i64) -> io::Result<()> {
+    let t = Timestamp { sec, nsec };
+    dir.set_times(name, t, t)
 }
 
 /// mknod for devices and fifos. Returns Ok(false) when device nodes are not permitted here
 /// (unprivileged user namespace): such entries are skipped.
 pub(crate) fn make_node(
-    path: &Path,
-    kind: SFlag,
+    dir: &Dir,
+    name: &OsStr,
+    kind: NodeKind,
     mode: u32,
-    major: u32,
-    minor: u32,
+    (major, minor): (u32, u32),
 ) -> io::Result<bool> {
-    let dev = libc::makedev(major, minor);
-    match mknod(path, kind, Mode::from_bits_truncate(mode & 0o7777), dev) {
+    match dir.make_node(name, kind, mode & 0o7777, major, minor) {
         Ok(()) => Ok(true),
-        Err(Errno::EPERM) if kind != SFlag::S_IFIFO => Ok(false),
-        Err(e) => Err(e.into()),
+        Err(e) if e.raw_os_error() == Some(libc::EPERM) && kind != NodeKind::Fifo => Ok(false),
+        Err(e) => Err(e),
     }
 }

@@ -13,6 +13,7 @@ mod extract;
 mod fsmeta;
 mod pargz;
 mod stack;
+mod tar_reader;
 mod write;
 
 #[cfg(test)]
@@ -48,6 +49,16 @@ pub enum SnapshotError {
     HardLinkEscapes { entry: String, target: String },
     #[error("hard link `{entry}` points to `{target}`, which is not an earlier file of this layer")]
     HardLinkTargetMissing { entry: String, target: String },
+    #[error(
+        "layer entry `{entry}` (at byte {offset} of the tar): its {what} is {size} bytes, over kiln's limit of {limit}"
+    )]
+    TooLarge {
+        entry: String,
+        offset: u64,
+        what: &'static str,
+        size: u64,
+        limit: u64,
+    },
     #[error("layer entry `{entry}` has unsupported tar entry type {kind:?}")]
     UnsupportedEntryType { entry: String, kind: u8 },
     #[error("zstd layers not supported yet")]
@@ -69,6 +80,21 @@ pub enum SnapshotError {
     #[error("cannot copy the non-directory `{}` onto the image root", src.display())]
     FileOntoRoot { src: PathBuf },
 }
+
+/// How an entry name or link target from a tar appears in messages: at most
+/// [`SHOWN_BYTES`] of it, so that no error repeats megabytes of an attacker's bytes.
+pub(crate) fn shown(name: &[u8]) -> String {
+    if name.len() <= SHOWN_BYTES {
+        return String::from_utf8_lossy(name).into_owned();
+    }
+    format!(
+        "{}... ({} bytes)",
+        String::from_utf8_lossy(&name[..SHOWN_BYTES]),
+        name.len()
+    )
+}
+
+const SHOWN_BYTES: usize = 200;
 
 /// Attach a host path to an I/O error.
 pub(crate) fn at(path: &std::path::Path) -> impl FnOnce(io::Error) -> SnapshotError + '_ {

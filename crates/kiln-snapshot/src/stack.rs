@@ -7,7 +7,7 @@ use std::io;
 use std::path::{Component, Path, PathBuf};
 
 use crate::copy::copy_nondir;
-use crate::fsmeta::{EntryMeta, is_opaque, is_whiteout};
+use crate::fsmeta::{EntryMeta, in_parent, is_opaque, is_whiteout};
 use crate::{SnapshotError, at};
 
 /// Symlinks followed while resolving one path before giving up (the kernel's limit).
@@ -235,17 +235,20 @@ fn export_node(
             let md = fs::symlink_metadata(top).map_err(at(top))?;
             let meta = EntryMeta::of(top, &md).map_err(at(top))?;
             fs::create_dir(dest).map_err(at(dest))?;
-            meta.apply_except_time(dest, false).map_err(at(dest))?;
+            let (parent, name) = in_parent(dest).map_err(at(dest))?;
+            meta.apply_except_time(&parent, name, false)
+                .map_err(at(dest))?;
             for name in merged_names(hosts).map_err(at(top))? {
                 if let Some(child) = child(hosts, &name) {
                     export_node(&child, &dest.join(&name), links)?;
                 }
             }
-            meta.apply_time(dest).map_err(at(dest))
+            meta.apply_time(&parent, name).map_err(at(dest))
         }
         Node::Other(host, md) => {
             let meta = EntryMeta::of(host, md).map_err(at(host))?;
-            copy_nondir(host, md, dest, &meta, links).map(drop)
+            let (parent, _) = in_parent(dest).map_err(at(dest))?;
+            copy_nondir(host, md, &parent, dest, &meta, links).map(drop)
         }
     }
 }

@@ -7,12 +7,40 @@ use std::io::Read;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt, lchown, symlink};
 use std::path::{Path, PathBuf};
 
-use nix::sys::stat::SFlag;
+use kiln_fs::NodeKind;
 use sha2::{Digest as _, Sha256};
 use tar::{EntryType, Header};
 
-use crate::fsmeta::{get_xattr, list_xattrs, make_node, make_whiteout, set_mtime, set_xattr};
+use crate::fsmeta::{self, get_xattr, in_parent, list_xattrs};
 use crate::*;
+
+// The `Dir`-based metadata calls, by path: test trees are made by the tests themselves.
+
+fn set_mtime(path: &Path, sec: i64, nsec: i64) -> std::io::Result<()> {
+    let (dir, name) = in_parent(path)?;
+    fsmeta::set_mtime(&dir, name, sec, nsec)
+}
+
+fn set_xattr(path: &Path, key: &[u8], value: &[u8]) -> std::io::Result<()> {
+    let (dir, name) = in_parent(path)?;
+    dir.set_xattr(name, key, value)
+}
+
+fn make_node(
+    path: &Path,
+    kind: NodeKind,
+    mode: u32,
+    major: u32,
+    minor: u32,
+) -> std::io::Result<bool> {
+    let (dir, name) = in_parent(path)?;
+    fsmeta::make_node(&dir, name, kind, mode, (major, minor))
+}
+
+fn make_whiteout(path: &Path) -> std::io::Result<()> {
+    let (dir, name) = in_parent(path)?;
+    fsmeta::make_whiteout(&dir, name)
+}
 
 /// A v2 file capability granting cap_net_raw (bit 13) permitted + effective.
 const CAP_NET_RAW: [u8; 20] = [
@@ -161,9 +189,9 @@ fn rich_tree(root: &Path) {
     symlink("tool", root.join("bin/sh")).unwrap();
     symlink("/etc/../bin/tool", root.join("bin/abs")).unwrap();
     mkdir(&root.join("tmp"), 0o1777, (0, 0));
-    make_node(&root.join("tmp/fifo"), SFlag::S_IFIFO, 0o600, 0, 0).unwrap();
+    make_node(&root.join("tmp/fifo"), NodeKind::Fifo, 0o600, 0, 0).unwrap();
     mkdir(&root.join("dev"), 0o755, (0, 0));
-    make_node(&root.join("dev/null"), SFlag::S_IFCHR, 0o666, 1, 3).unwrap();
+    make_node(&root.join("dev/null"), NodeKind::CharDevice, 0o666, 1, 3).unwrap();
     let long_dir = root.join("d".repeat(120));
     mkdir(&long_dir, 0o700, (7, 8));
     write_file(
@@ -842,4 +870,375 @@ fn parallel_gzip_is_one_standard_member_that_keeps_matches_across_blocks() {
         "{} bytes: repeats across blocks were not found",
         bytes.len()
     );
+}
+
+/// A directory on the "host" that the hostile files' absolute symlinks point at: a file
+/// `canary`, an empty dir `b`, everything with old times. Nothing may change it.
+struct Canary {
+    _tmp: tempfile::TempDir,
+    dir: PathBuf,
+    before: BTreeMap<String, String>,
+}
+
+impl Canary {
+    fn new() -> Canary {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("canary");
+        fs::create_dir(&dir).unwrap();
+        write_file(&dir.join("canary"), b"canary\n", 0o644, (0, 0), 1_111_111);
+        fs::create_dir(dir.join("b")).unwrap();
+        set_mtime(&dir.join("b"), 1_222_222, 0).unwrap();
+        set_mtime(&dir, 1_333_333, 0).unwrap();
+        let before = Canary::describe(&dir);
+        Canary {
+            _tmp: tmp,
+            dir,
+            before,
+        }
+    }
+
+    /// `describe` of the tree, and of the directory itself.
+    fn describe(dir: &Path) -> BTreeMap<String, String> {
+        let mut all = describe(dir);
+        let md = fs::symlink_metadata(dir).unwrap();
+        let this = format!("mode={:o} mtime={}", md.mode(), md.mtime());
+        all.insert(".".into(), this);
+        all
+    }
+
+    fn assert_untouched(&self, what: &str) {
+        assert_eq!(
+            Canary::describe(&self.dir),
+            self.before,
+            "{what} changed the canary"
+        );
+    }
+}
+
+/// The uncompressed tar of a hostile corpus file aimed at `canary`.
+fn hostile_tar(name: &str, canary: &Path) -> Vec<u8> {
+    let bytes = kiln_testkit::hostile_file(name, canary);
+    match name.ends_with(".gz") {
+        true => gunzip(&bytes),
+        false => bytes,
+    }
+}
+
+/// What extracting each hostile file must do; `sparse-1tib` is only built end to end, under
+/// a file size limit (a reader without a limit would write 1 TiB).
+fn check_hostile_outcome(name: &str, dest: &Path, result: Result<ExtractStats, SnapshotError>) {
+    let message = result.as_ref().err().map(ToString::to_string);
+    if let Some(message) = &message {
+        assert!(
+            message.len() < 600,
+            "{name}: an error of {} bytes",
+            message.len()
+        );
+    }
+    match name {
+        "long-name-bomb.tar.gz" => assert!(
+            matches!(&result, Err(SnapshotError::TooLarge { what: "GNU long name", size: 134217729, limit: 4097, entry, .. }) if entry.starts_with("aaaa")),
+            "{name}: {message:?}"
+        ),
+        "long-link-bomb.tar.gz" => assert!(
+            matches!(
+                &result,
+                Err(SnapshotError::TooLarge {
+                    what: "GNU long link target",
+                    ..
+                })
+            ),
+            "{name}: {message:?}"
+        ),
+        "pax-bomb.tar.gz" => assert!(
+            matches!(&result, Err(SnapshotError::TooLarge { what: "PAX header", entry, offset: 0, .. }) if entry == "PaxHeaders/file"),
+            "{name}: {message:?}"
+        ),
+        "sparse-1gib.tar.gz" => {
+            result.unwrap();
+            let md = fs::metadata(dest.join("sparse")).unwrap();
+            assert_eq!(md.len(), 1 << 30);
+            assert!(
+                md.blocks() * 512 < 1 << 20,
+                "{} blocks written",
+                md.blocks()
+            );
+            let mut tail = Vec::new();
+            let mut file = fs::File::open(dest.join("sparse")).unwrap();
+            std::io::Seek::seek(&mut file, std::io::SeekFrom::End(-513)).unwrap();
+            file.read_to_end(&mut tail).unwrap();
+            assert_eq!(tail[0], 0);
+            assert!(tail[1..].iter().all(|b| *b == b'x'));
+        }
+        "dir-times-through-symlink.tar" => {
+            result.unwrap();
+            assert!(fs::symlink_metadata(dest.join("a")).unwrap().is_symlink());
+            assert_eq!(fs::read(dest.join("c/file")).unwrap(), b"after\n");
+        }
+        "file-through-parent-symlink.tar"
+        | "whiteout-through-parent-symlink.tar"
+        | "opaque-through-parent-symlink.tar" => assert!(
+            matches!(&result, Err(SnapshotError::EntryThroughSymlink { symlink, .. }) if symlink == "a"),
+            "{name}: {message:?}"
+        ),
+        "hardlink-through-symlink.tar" => assert!(
+            matches!(&result, Err(SnapshotError::EntryThroughSymlink { symlink, .. }) if symlink == "l"),
+            "{name}: {message:?}"
+        ),
+        "hardlink-dotdot.tar" => assert!(
+            matches!(&result, Err(SnapshotError::HardLinkEscapes { .. })),
+            "{name}: {message:?}"
+        ),
+        other => panic!("no expected outcome for {other}"),
+    }
+}
+
+#[test]
+fn hostile_layers_fail_cleanly_or_extract_safely() {
+    for file in kiln_testkit::HOSTILE_FILES {
+        if file.name == "sparse-1tib.tar.gz" {
+            continue;
+        }
+        let canary = Canary::new();
+        let tar = hostile_tar(file.name, &canary.dir);
+        let dest = tempfile::tempdir().unwrap();
+        let result = extract_layer(&tar[..], dest.path());
+        check_hostile_outcome(file.name, dest.path(), result);
+        canary.assert_untouched(file.name);
+    }
+}
+
+#[test]
+fn hostile_archives_fail_cleanly_or_extract_safely() {
+    for file in kiln_testkit::HOSTILE_FILES {
+        if file.name == "sparse-1tib.tar.gz" {
+            continue;
+        }
+        let canary = Canary::new();
+        let tmp = tempfile::tempdir().unwrap();
+        let archive = tmp.path().join(file.name);
+        fs::write(&archive, kiln_testkit::hostile_file(file.name, &canary.dir)).unwrap();
+        let dest = tmp.path().join("out");
+        fs::create_dir(&dest).unwrap();
+        let result = extract_archive(&archive, &dest).map(|stats| stats.expect("an archive"));
+        check_hostile_outcome(file.name, &dest, result);
+        canary.assert_untouched(file.name);
+    }
+}
+
+/// A tar whose one file carries `records` in a PAX header.
+fn pax_tar(records: &[(&str, &[u8])], data: &[u8]) -> Vec<u8> {
+    let mut builder = tar::Builder::new(Vec::new());
+    builder
+        .append_pax_extensions(records.iter().copied())
+        .unwrap();
+    let mut header = Header::new_ustar();
+    header.set_path("f").unwrap();
+    header.set_size(data.len() as u64);
+    header.set_mode(0o644);
+    header.set_uid(0);
+    header.set_gid(0);
+    header.set_mtime(7);
+    header.set_cksum();
+    builder.append(&header, data).unwrap();
+    builder.into_inner().unwrap()
+}
+
+#[test]
+fn pax_records_are_split_by_length_and_capped() {
+    // A value may hold newlines (a binary xattr such as a file capability can).
+    let tmp = tempfile::tempdir().unwrap();
+    let tar = pax_tar(
+        &[("SCHILY.xattr.user.nl", b"a\nb\n"), ("mtime", b"9.5")],
+        b"x",
+    );
+    extract_layer(&tar[..], tmp.path()).unwrap();
+    let f = tmp.path().join("f");
+    assert_eq!(get_xattr(&f, b"user.nl").unwrap().unwrap(), b"a\nb\n");
+    assert_eq!(fs::metadata(&f).unwrap().mtime(), 9);
+
+    let big = vec![b'v'; (64 << 10) + 1];
+    let tar = pax_tar(&[("SCHILY.xattr.user.big", &big)], b"x");
+    let err = extract_layer(&tar[..], tempfile::tempdir().unwrap().path()).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            SnapshotError::TooLarge {
+                what: "xattr value",
+                limit: 65536,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    let long = vec![b'p'; 4097];
+    let tar = pax_tar(&[("path", &long)], b"x");
+    let err = extract_layer(&tar[..], tempfile::tempdir().unwrap().path()).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            SnapshotError::TooLarge {
+                what: "PAX path",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(err.to_string().contains("ppp... (4097 bytes)"), "{err}");
+
+    // A PAX size overrides the header's (Go writes 0 there for files over 8 GiB).
+    let mut tar = pax_tar(&[("size", b"3")], b"");
+    let header_at = tar.len() - 1024 - 512;
+    let mut header = Header::from_byte_slice(&tar[header_at..header_at + 512]).clone();
+    header.set_size(0);
+    header.set_cksum();
+    tar.truncate(header_at);
+    tar.extend_from_slice(header.as_bytes());
+    tar.extend_from_slice(b"abc");
+    tar.resize(tar.len() + 509 + 1024, 0);
+    let dest = tempfile::tempdir().unwrap();
+    extract_layer(&tar[..], dest.path()).unwrap();
+    assert_eq!(fs::read(dest.path().join("f")).unwrap(), b"abc");
+}
+
+/// A GNU sparse entry of `size` bytes whose last 512 are data, the rest a hole.
+fn sparse_entry(name: &str, size: u64) -> Vec<u8> {
+    let mut header = Header::new_gnu();
+    header.set_path(name).unwrap();
+    header.set_entry_type(EntryType::GNUSparse);
+    header.set_size(512);
+    header.set_mode(0o644);
+    header.set_uid(0);
+    header.set_gid(0);
+    header.set_mtime(0);
+    let gnu = header.as_gnu_mut().unwrap();
+    gnu.set_real_size(size);
+    gnu.sparse[0].set_offset(size - 512);
+    gnu.sparse[0].set_length(512);
+    header.set_cksum();
+    let mut entry = header.as_bytes().to_vec();
+    entry.extend_from_slice(&[b'x'; 512]);
+    entry
+}
+
+#[test]
+fn sparse_files_of_a_layer_are_capped_together() {
+    let dest = tempfile::tempdir().unwrap();
+    let mut tar = sparse_entry("a", 5 << 30);
+    tar.extend(sparse_entry("b", 3 << 30));
+    tar.extend(sparse_entry("c", 1 << 30));
+    tar.resize(tar.len() + 1024, 0);
+    let err = extract_layer(&tar[..], dest.path()).unwrap_err();
+    assert!(
+        matches!(&err, SnapshotError::TooLarge { entry, size, limit: 8589934592, .. } if entry == "c" && *size == 9 << 30),
+        "{err}"
+    );
+    for (name, size) in [("a", 5u64 << 30), ("b", 3 << 30)] {
+        let md = fs::metadata(dest.path().join(name)).unwrap();
+        assert_eq!(md.len(), size);
+        assert!(md.blocks() < 64, "{name}: {} blocks", md.blocks());
+    }
+}
+
+#[test]
+fn sparse_maps_are_capped() {
+    // 65537 one-byte regions: 4 in the header, the rest in extension blocks of 21.
+    let regions = (1u64 << 16) + 1;
+    let mut header = Header::new_gnu();
+    header.set_path("s").unwrap();
+    header.set_entry_type(EntryType::GNUSparse);
+    header.set_size(regions);
+    header.set_mode(0o644);
+    header.set_uid(0);
+    header.set_gid(0);
+    header.set_mtime(0);
+    let gnu = header.as_gnu_mut().unwrap();
+    gnu.set_real_size(regions * 2);
+    let mut next = 0..regions;
+    for slot in gnu.sparse.iter_mut() {
+        let i = next.next().unwrap();
+        slot.set_offset(i * 2);
+        slot.set_length(1);
+    }
+    gnu.set_is_extended(true);
+    header.set_cksum();
+    let mut tar = header.as_bytes().to_vec();
+    while next.start < regions {
+        let mut ext = tar::GnuExtSparseHeader::new();
+        for slot in ext.sparse.iter_mut() {
+            if let Some(i) = next.next() {
+                slot.set_offset(i * 2);
+                slot.set_length(1);
+            }
+        }
+        ext.set_is_extended(next.start < regions);
+        tar.extend_from_slice(ext.as_bytes());
+    }
+    tar.resize(
+        tar.len() + regions.next_multiple_of(512) as usize + 1024,
+        b'x',
+    );
+    let err = extract_layer(&tar[..], tempfile::tempdir().unwrap().path()).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            SnapshotError::TooLarge {
+                what: "sparse map (regions)",
+                ..
+            }
+        ),
+        "{err}"
+    );
+}
+
+#[test]
+fn directories_keep_their_entry_times_when_children_follow() {
+    let tmp = tempfile::tempdir().unwrap();
+    let tar = raw_tar(&[
+        ("d/", EntryType::Directory, "", b""),
+        ("d/f", EntryType::Regular, "", b"1"),
+        ("d/g/", EntryType::Directory, "", b""),
+        ("d/g/h", EntryType::Regular, "", b"2"),
+        ("d/f", EntryType::Regular, "", b"replaced"),
+    ]);
+    extract_layer(&tar[..], tmp.path()).unwrap();
+    for dir in ["d", "d/g"] {
+        let mtime = fs::metadata(tmp.path().join(dir)).unwrap().mtime();
+        assert_eq!(mtime, 1_000_000, "{dir}");
+    }
+}
+
+#[test]
+fn copies_keep_the_holes_of_sparse_files() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("sparse");
+    let mut file = fs::File::create(&src).unwrap();
+    std::io::Write::write_all(&mut file, b"head").unwrap();
+    std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(1 << 30)).unwrap();
+    std::io::Write::write_all(&mut file, b"tail").unwrap();
+    file.set_len((1 << 31) + 1).unwrap();
+    drop(file);
+    let layer = tmp.path().join("layer");
+    fs::create_dir(&layer).unwrap();
+    let below = LayerStack::new(Vec::new());
+    copy_into_layer(
+        &src,
+        &layer,
+        Path::new("/copy"),
+        &below,
+        &CopyOptions::default(),
+    )
+    .unwrap();
+    let copy = layer.join("copy");
+    let md = fs::metadata(&copy).unwrap();
+    assert_eq!(md.len(), (1 << 31) + 1);
+    assert!(md.blocks() < 256, "{} blocks written", md.blocks());
+    let mut bytes = fs::File::open(&copy).unwrap();
+    let mut head = [0; 8];
+    bytes.read_exact(&mut head).unwrap();
+    assert_eq!(&head, b"head\0\0\0\0");
+    std::io::Seek::seek(&mut bytes, std::io::SeekFrom::Start((1 << 30) - 2)).unwrap();
+    let mut tail = [0; 8];
+    bytes.read_exact(&mut tail).unwrap();
+    assert_eq!(&tail, b"\0\0tail\0\0");
 }

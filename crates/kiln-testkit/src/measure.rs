@@ -19,6 +19,12 @@ pub struct Measured {
     pub peak_rss_kib: u64,
 }
 
+impl Measured {
+    pub fn peak_rss_mib(&self) -> f64 {
+        self.peak_rss_kib as f64 / 1024.0
+    }
+}
+
 /// Runs `cmd` (its program, arguments, environment changes and working directory) to its
 /// end with stdin closed and stdout and stderr captured, and measures its peak RSS. The exit
 /// status is the command's (128 + N when signal N ended it).

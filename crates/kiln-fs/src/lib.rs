@@ -1,0 +1,377 @@
+//! Path operations confined beneath a directory.
+//!
+//! A [`Dir`] is an open directory. Nothing done through it leaves it or follows a symlink:
+//! [`Dir::open_dir`] resolves a relative path with `openat2(RESOLVE_BENEATH |
+//! RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS)`, and every other method takes a single file
+//! name and acts on that entry itself, with an `*at` call that does not follow it. A symlink
+//! that a layer or a RUN step planted (`etc -> /host/dir`) therefore makes an operation fail
+//! (`ELOOP`, `ENOTDIR`) or act on the link itself; it never reaches what the link points to.
+//!
+//! A name is one path component: no `/`, not `.` or `..`. Where a method says so, the empty
+//! name stands for the directory itself.
+
+#![forbid(unsafe_code)]
+
+use std::ffi::{OsStr, OsString};
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Component, Path};
+
+use rustix::fs::{
+    AtFlags, FileType, Gid, Mode, OFlags, ResolveFlags, Timespec, Timestamps, Uid, XattrFlags,
+};
+use rustix::io::Errno;
+
+/// How directories are opened: read-only, never through a symlink.
+const DIR_FLAGS: OFlags = OFlags::RDONLY
+    .union(OFlags::DIRECTORY)
+    .union(OFlags::NOFOLLOW)
+    .union(OFlags::CLOEXEC);
+
+/// How `open_dir` resolves: beneath the directory, no symlinks, no `/proc` magic links.
+const BENEATH: ResolveFlags = ResolveFlags::BENEATH
+    .union(ResolveFlags::NO_SYMLINKS)
+    .union(ResolveFlags::NO_MAGICLINKS);
+
+/// An open directory; see the crate docs.
+#[derive(Debug)]
+pub struct Dir {
+    fd: OwnedFd,
+}
+
+/// A point in time as the filesystem stores it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Timestamp {
+    pub sec: i64,
+    pub nsec: i64,
+}
+
+/// What [`Dir::make_node`] creates.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NodeKind {
+    CharDevice,
+    BlockDevice,
+    Fifo,
+}
+
+/// The `lstat` of an entry (or `fstat` of the directory itself).
+#[derive(Clone, Copy, Debug)]
+pub struct Metadata(rustix::fs::Stat);
+
+// The field types of `struct stat` differ between architectures, hence the casts.
+#[allow(clippy::unnecessary_cast)]
+impl Metadata {
+    fn file_type(&self) -> FileType {
+        FileType::from_raw_mode(self.0.st_mode as _)
+    }
+
+    pub fn is_dir(&self) -> bool {
+        self.file_type() == FileType::Directory
+    }
+
+    pub fn is_symlink(&self) -> bool {
+        self.file_type() == FileType::Symlink
+    }
+
+    pub fn is_char_device(&self) -> bool {
+        self.file_type() == FileType::CharacterDevice
+    }
+
+    /// `st_mode`: the file type and permission bits.
+    pub fn mode(&self) -> u32 {
+        self.0.st_mode as u32
+    }
+
+    pub fn uid(&self) -> u32 {
+        self.0.st_uid as u32
+    }
+
+    pub fn gid(&self) -> u32 {
+        self.0.st_gid as u32
+    }
+
+    pub fn rdev(&self) -> u64 {
+        self.0.st_rdev as u64
+    }
+
+    pub fn accessed(&self) -> Timestamp {
+        Timestamp {
+            sec: self.0.st_atime as i64,
+            nsec: self.0.st_atime_nsec as i64,
+        }
+    }
+
+    pub fn modified(&self) -> Timestamp {
+        Timestamp {
+            sec: self.0.st_mtime as i64,
+            nsec: self.0.st_mtime_nsec as i64,
+        }
+    }
+}
+
+impl Dir {
+    /// Opens the directory at `path`. `path` is kiln's own (a layer or upper dir it made), so
+    /// symlinks in it are followed; this is the boundary later calls stay beneath.
+    pub fn open(path: &Path) -> io::Result<Dir> {
+        let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
+        let fd = rustix::fs::open(path, flags, Mode::empty())?;
+        Ok(Dir { fd })
+    }
+
+    /// Opens the directory `rel` beneath this one; an empty `rel` opens this one again. A
+    /// component that is a symlink fails with `ELOOP`, one that is not a directory with
+    /// `ENOTDIR`; `..` and absolute paths are refused with `EXDEV`.
+    pub fn open_dir(&self, rel: &Path) -> io::Result<Dir> {
+        if rel
+            .components()
+            .any(|c| !matches!(c, Component::Normal(_) | Component::CurDir))
+        {
+            return Err(Errno::XDEV.into());
+        }
+        if rel.as_os_str().is_empty() {
+            return self.open_dir_stepwise(rel);
+        }
+        // Without O_NOFOLLOW, RESOLVE_NO_SYMLINKS turns a final symlink into ELOOP too.
+        let flags = DIR_FLAGS.difference(OFlags::NOFOLLOW);
+        match rustix::fs::openat2(&self.fd, rel, flags, Mode::empty(), BENEATH) {
+            // Before Linux 5.6, or under a seccomp filter that predates openat2.
+            Err(Errno::NOSYS) => self.open_dir_stepwise(rel),
+            opened => Ok(Dir { fd: opened? }),
+        }
+    }
+
+    /// `open_dir` one component at a time, each opened with `O_NOFOLLOW`: the same result as
+    /// `openat2` with `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS` for paths without `..`.
+    fn open_dir_stepwise(&self, rel: &Path) -> io::Result<Dir> {
+        let mut fd = rustix::fs::openat(&self.fd, ".", DIR_FLAGS, Mode::empty())?;
+        for component in rel.components() {
+            match component {
+                Component::Normal(name) => {
+                    let parent = Dir { fd };
+                    fd = match rustix::fs::openat(&parent.fd, name, DIR_FLAGS, Mode::empty()) {
+                        // O_NOFOLLOW with O_DIRECTORY answers ENOTDIR for a symlink.
+                        Err(Errno::NOTDIR)
+                            if parent.metadata(name).is_ok_and(|m| m.is_symlink()) =>
+                        {
+                            return Err(Errno::LOOP.into());
+                        }
+                        opened => opened?,
+                    };
+                }
+                Component::CurDir => {}
+                _ => return Err(Errno::XDEV.into()),
+            }
+        }
+        Ok(Dir { fd })
+    }
+
+    /// The entry `name` itself (a symlink is not followed); the empty name: this directory.
+    pub fn metadata(&self, name: &OsStr) -> io::Result<Metadata> {
+        let stat = match entry(name)? {
+            None => rustix::fs::fstat(&self.fd)?,
+            Some(name) => rustix::fs::statat(&self.fd, name, AtFlags::SYMLINK_NOFOLLOW)?,
+        };
+        Ok(Metadata(stat))
+    }
+
+    /// The names in this directory, without `.` and `..`, in no particular order.
+    pub fn names(&self) -> io::Result<Vec<OsString>> {
+        let mut reader = rustix::fs::Dir::read_from(&self.fd)?;
+        let mut names = Vec::new();
+        while let Some(entry) = reader.read() {
+            let name = entry?.file_name().to_bytes().to_vec();
+            if name != b"." && name != b".." {
+                names.push(OsString::from(OsStr::from_bytes(&name)));
+            }
+        }
+        Ok(names)
+    }
+
+    /// `mkdirat`; the process umask applies to `mode`.
+    pub fn create_dir(&self, name: &OsStr, mode: u32) -> io::Result<()> {
+        let name = named(name)?;
+        Ok(rustix::fs::mkdirat(
+            &self.fd,
+            name,
+            Mode::from_raw_mode(mode),
+        )?)
+    }
+
+    /// Creates the regular file `name` for writing; fails if anything is there already.
+    pub fn create_file(&self, name: &OsStr, mode: u32) -> io::Result<File> {
+        let name = named(name)?;
+        let flags =
+            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        let fd = rustix::fs::openat(&self.fd, name, flags, Mode::from_raw_mode(mode))?;
+        Ok(File::from(fd))
+    }
+
+    /// Creates the symlink `name` pointing to `target` (which is only stored, never resolved).
+    pub fn symlink(&self, target: &OsStr, name: &OsStr) -> io::Result<()> {
+        let name = named(name)?;
+        Ok(rustix::fs::symlinkat(target, &self.fd, name)?)
+    }
+
+    /// Creates `name` as a hard link to `from_name` in `from` (a symlink there is linked, not
+    /// followed).
+    pub fn hard_link(&self, name: &OsStr, from: &Dir, from_name: &OsStr) -> io::Result<()> {
+        let (name, from_name) = (named(name)?, named(from_name)?);
+        Ok(rustix::fs::linkat(
+            &from.fd,
+            from_name,
+            &self.fd,
+            name,
+            AtFlags::empty(),
+        )?)
+    }
+
+    /// `mknodat`; the process umask applies to `mode`.
+    pub fn make_node(
+        &self,
+        name: &OsStr,
+        kind: NodeKind,
+        mode: u32,
+        major: u32,
+        minor: u32,
+    ) -> io::Result<()> {
+        let name = named(name)?;
+        let file_type = match kind {
+            NodeKind::CharDevice => FileType::CharacterDevice,
+            NodeKind::BlockDevice => FileType::BlockDevice,
+            NodeKind::Fifo => FileType::Fifo,
+        };
+        let dev = rustix::fs::makedev(major, minor);
+        Ok(rustix::fs::mknodat(
+            &self.fd,
+            name,
+            file_type,
+            Mode::from_raw_mode(mode),
+            dev,
+        )?)
+    }
+
+    /// Removes the non-directory `name` (a symlink itself, not its target).
+    pub fn remove_file(&self, name: &OsStr) -> io::Result<()> {
+        let name = named(name)?;
+        Ok(rustix::fs::unlinkat(&self.fd, name, AtFlags::empty())?)
+    }
+
+    /// Removes the empty directory `name`.
+    pub fn remove_dir(&self, name: &OsStr) -> io::Result<()> {
+        let name = named(name)?;
+        Ok(rustix::fs::unlinkat(&self.fd, name, AtFlags::REMOVEDIR)?)
+    }
+
+    /// Removes `name` and, if it is a directory, everything in it. Symlinks inside are
+    /// removed, never followed. Recurses once per directory level.
+    pub fn remove_all(&self, name: &OsStr) -> io::Result<()> {
+        let name = named(name)?;
+        if !self.metadata(name)?.is_dir() {
+            return self.remove_file(name);
+        }
+        let dir = self.open_dir(Path::new(name))?;
+        for child in dir.names()? {
+            dir.remove_all(&child)?;
+        }
+        self.remove_dir(name)
+    }
+
+    /// `lchown` of `name` (the empty name: this directory). `u32::MAX` leaves an id as it is.
+    pub fn set_owner(&self, name: &OsStr, uid: u32, gid: u32) -> io::Result<()> {
+        let uid = Some(Uid::from_raw_unchecked(uid));
+        let gid = Some(Gid::from_raw_unchecked(gid));
+        match entry(name)? {
+            None => rustix::fs::fchown(&self.fd, uid, gid)?,
+            Some(name) => {
+                rustix::fs::chownat(&self.fd, name, uid, gid, AtFlags::SYMLINK_NOFOLLOW)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// chmod of `name` itself (the empty name: this directory). A symlink is refused with
+    /// `ELOOP`: chmod would change what it points to.
+    pub fn set_mode(&self, name: &OsStr, mode: u32) -> io::Result<()> {
+        let mode = Mode::from_raw_mode(mode);
+        let Some(name) = entry(name)? else {
+            return Ok(rustix::fs::fchmod(&self.fd, mode)?);
+        };
+        // An O_PATH descriptor opens no device and takes no fchmod, but its /proc/self/fd
+        // link resolves to exactly the inode it holds.
+        let flags = OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        let node = rustix::fs::openat(&self.fd, name, flags, Mode::empty())?;
+        let stat = rustix::fs::fstat(&node)?;
+        if FileType::from_raw_mode(stat.st_mode as _) == FileType::Symlink {
+            return Err(Errno::LOOP.into());
+        }
+        let path = format!("/proc/self/fd/{}", node.as_raw_fd());
+        Ok(rustix::fs::chmod(path.as_str(), mode)?)
+    }
+
+    /// Sets the access and modification times of `name` itself (the empty name: this
+    /// directory).
+    pub fn set_times(
+        &self,
+        name: &OsStr,
+        accessed: Timestamp,
+        modified: Timestamp,
+    ) -> io::Result<()> {
+        let spec = |t: Timestamp| Timespec {
+            tv_sec: t.sec,
+            tv_nsec: t.nsec as _,
+        };
+        let times = Timestamps {
+            last_access: spec(accessed),
+            last_modification: spec(modified),
+        };
+        match entry(name)? {
+            None => rustix::fs::futimens(&self.fd, &times)?,
+            Some(name) => {
+                rustix::fs::utimensat(&self.fd, name, &times, AtFlags::SYMLINK_NOFOLLOW)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Sets the extended attribute `key` of `name` itself (the empty name: this directory).
+    pub fn set_xattr(&self, name: &OsStr, key: &[u8], value: &[u8]) -> io::Result<()> {
+        let flags = XattrFlags::empty();
+        match entry(name)? {
+            None => rustix::fs::fsetxattr(&self.fd, key, value, flags)?,
+            Some(name) => {
+                // There is no `lsetxattrat` before Linux 6.13. Through our own descriptor's
+                // /proc/self/fd link the path has one component left, which `l*` does not
+                // follow.
+                let mut path = OsString::from(format!("/proc/self/fd/{}/", self.fd.as_raw_fd()));
+                path.push(name);
+                rustix::fs::lsetxattr(path, key, value, flags)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `None` for the empty name (the directory itself), else the checked name.
+fn entry(name: &OsStr) -> io::Result<Option<&OsStr>> {
+    match name.is_empty() {
+        true => Ok(None),
+        false => named(name).map(Some),
+    }
+}
+
+/// A name of one entry: not empty, no `/`, not `.` or `..`.
+fn named(name: &OsStr) -> io::Result<&OsStr> {
+    let bytes = name.as_bytes();
+    if bytes.is_empty() || bytes == b"." || bytes == b".." || bytes.contains(&b'/') {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not the name of one directory entry",
+        ));
+    }
+    Ok(name)
+}
+
+#[cfg(test)]
+mod tests;
