@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the Debian packages kiln's tests run against: a real registry, skopeo and umoci to
 # check kiln's output, qemu-user-static and busybox-static for multi-arch builds, uidmap for
-# rootless user namespaces. Idempotent: installed packages are left alone, and apt's indexes
+# rootless user namespaces, and the compressors (xz, bzip2, zstd) that write the tests' archives
+# and hostile corpus. Idempotent: installed packages are left alone, and apt's indexes
 # are only refreshed when something is missing.
 #
 # It never registers binfmt_misc handlers: kiln registers qemu inside its own user namespace,
@@ -17,6 +18,9 @@ packages=(
 	uidmap
 	dpkg-dev
 	ca-certificates
+	xz-utils
+	bzip2
+	zstd
 )
 
 as_root=()
@@ -69,7 +73,7 @@ if [[ -n $added ]]; then
 		"kiln's foreign-arch tests do not need (and should not rely on) host handlers" >&2
 fi
 
-for tool in docker-registry skopeo umoci qemu-aarch64-static busybox newuidmap dpkg-deb; do
+for tool in docker-registry skopeo umoci qemu-aarch64-static busybox newuidmap dpkg-deb xz bzip2 zstd; do
 	command -v "$tool" >/dev/null 2>&1 || {
 		echo "install-deps.sh: $tool still missing after install" >&2
 		exit 1

@@ -9,17 +9,22 @@
 
 mod fault_proxy;
 mod fixtures;
+mod hostile_archives;
 mod http;
+mod measure;
 mod noise;
 mod registry;
 mod tls;
 mod token_server;
 mod tools;
+mod zstd_layout;
 
 pub use fault_proxy::{Fault, FaultProxy, FaultRule, SeenRequest};
 pub use fixtures::{
     FIXTURE_ARCHES, Fixtures, GO_ARCHES, GoFixtures, busybox_fixtures, go_fixtures,
 };
+pub use hostile_archives::{DECOMPRESSION_BOMBS, DecompressionBomb, write_decompression_bombs};
+pub use measure::{Measured, run_measured};
 pub use noise::{Noise, noise};
 pub use registry::{Registry, RegistryOptions};
 pub use tls::{IssuedCert, TestCa};
@@ -28,3 +33,4 @@ pub use tools::{
     executable_by_anyone, push_busybox, push_busybox_to, push_go, skopeo_inspect, skopeo_raw,
     skopeo_to_oci, umoci_unpack,
 };
+pub use zstd_layout::{OCI_LAYER_ZSTD, busybox_zstd_layout};
