@@ -11,19 +11,20 @@ mod fault_proxy;
 mod fixtures;
 mod hostile_archives;
 mod http;
+mod image_layout;
 mod measure;
 mod noise;
 mod registry;
 mod tls;
 mod token_server;
 mod tools;
-mod zstd_layout;
 
 pub use fault_proxy::{Fault, FaultProxy, FaultRule, SeenRequest};
 pub use fixtures::{
     FIXTURE_ARCHES, Fixtures, GO_ARCHES, GoFixtures, busybox_fixtures, go_fixtures,
 };
 pub use hostile_archives::{DECOMPRESSION_BOMBS, DecompressionBomb, write_decompression_bombs};
+pub use image_layout::{OCI_LAYER_ZSTD, busybox_zstd_layout, write_image_layout};
 pub use measure::{Measured, run_measured};
 pub use noise::{Noise, noise};
 pub use registry::{Registry, RegistryOptions};
@@ -33,4 +34,3 @@ pub use tools::{
     executable_by_anyone, push_busybox, push_busybox_to, push_go, skopeo_inspect, skopeo_raw,
     skopeo_to_oci, umoci_unpack,
 };
-pub use zstd_layout::{OCI_LAYER_ZSTD, busybox_zstd_layout};

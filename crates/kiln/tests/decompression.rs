@@ -14,6 +14,7 @@ use std::process::Command;
 use common::*;
 use kiln_testkit::{
     DECOMPRESSION_BOMBS, OCI_LAYER_ZSTD, busybox_fixtures, busybox_zstd_layout, run_measured,
+    write_image_layout,
 };
 use sha2::{Digest, Sha256};
 
@@ -90,6 +91,55 @@ fn add_of_a_decompression_bomb_fails_at_the_limit_or_extracts_under_100_mib() {
     }
     // The figures docs/security.md records.
     eprintln!("{}", figures.join("\n"));
+}
+
+#[test]
+fn a_base_layer_over_the_limit_fails_naming_the_layer_and_the_limit() {
+    let work = tempfile::tempdir().unwrap();
+    let platform = json!({ "architecture": host_arch(), "os": "linux" });
+    // The xz bomb labelled as gzip: the bytes decide, as for every layer.
+    for (bomb, media_type) in [
+        ("bomb-zstd-window-128mib.tar.zst", OCI_LAYER_ZSTD),
+        (
+            "bomb-xz-dict-3gib.tar.xz",
+            "application/vnd.oci.image.layer.v1.tar+gzip",
+        ),
+    ] {
+        let bomb = DECOMPRESSION_BOMBS.iter().find(|b| b.name == bomb).unwrap();
+        let layer = std::fs::read(bomb.testdata()).unwrap();
+        let layer_digest = format!("sha256:{:x}", Sha256::digest(&layer));
+        // Never reached: kiln refuses the layer before it could check what it uncompresses to.
+        let diff_id = format!("sha256:{}", "0".repeat(64));
+        let config = json!({
+            "architecture": host_arch(),
+            "os": "linux",
+            "rootfs": { "type": "layers", "diff_ids": [diff_id] },
+        });
+        let layout = work.path().join(bomb.name);
+        write_image_layout(
+            &layout,
+            &platform,
+            (
+                "application/vnd.oci.image.config.v1+json",
+                &serde_json::to_vec(&config).unwrap(),
+            ),
+            &[(media_type, layer)],
+        );
+        let ctx = work.path().join(format!("{}-ctx", bomb.name));
+        std::fs::create_dir_all(&ctx).unwrap();
+        std::fs::write(
+            ctx.join("Dockerfile"),
+            format!("FROM oci-layout://{}:latest\n", layout.display()),
+        )
+        .unwrap();
+        let measured = run_measured(&mut kiln_command(
+            &work.path().join("store"),
+            &["build", ctx.to_str().unwrap()],
+        ));
+        let err = assert_failed(&measured.output);
+        assert_contains_all(&err, &[&layer_digest, "kiln allows", "64 MiB"]);
+        assert!(measured.peak_rss_kib / 1024 < PEAK_RSS_LIMIT_MIB);
+    }
 }
 
 /// Every entry under `root`: (kind and mode, owner, content digest or link target).

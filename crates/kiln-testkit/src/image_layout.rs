@@ -1,5 +1,6 @@
-//! A base image with zstd layers, as BuildKit and containerd push with `compression=zstd`:
-//! the busybox fixture with its layers recompressed by the Debian `gzip` and `zstd` tools.
+//! Single-image OCI layouts for `FROM oci-layout://`: the busybox fixture with its layers
+//! recompressed by the Debian `gzip` and `zstd` tools (a base image as BuildKit and
+//! containerd push with `compression=zstd`), or any config and layer bytes at all.
 
 use std::io::Write;
 use std::path::Path;
@@ -11,6 +12,7 @@ use crate::fixtures::{busybox_fixtures, to_json_bytes, write_blob};
 
 /// The OCI media type of a zstd layer.
 pub const OCI_LAYER_ZSTD: &str = "application/vnd.oci.image.layer.v1.tar+zstd";
+const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 
 /// Writes at `dest` an OCI layout tagged `latest` holding the busybox fixture image for the
 /// OCI architecture `arch`, each layer recompressed with `zstd` and given `layer_media_type`
@@ -32,41 +34,50 @@ pub fn busybox_zstd_layout(dest: &Path, arch: &str, layer_media_type: &str) {
         .unwrap_or_else(|| panic!("the busybox fixture has no {arch} image"));
     let manifest = json(blob(&entry["digest"]));
 
-    std::fs::create_dir_all(dest.join("blobs/sha256")).unwrap();
     let config = &manifest["config"];
-    let config = write_blob(
-        dest,
-        config["mediaType"].as_str().unwrap(),
-        &blob(&config["digest"]),
-    );
-    let layers: Vec<Value> = manifest["layers"]
+    let layers: Vec<(&str, Vec<u8>)> = manifest["layers"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|layer| {
-            write_blob(
-                dest,
-                layer_media_type,
-                &gzip_to_zstd(&blob(&layer["digest"])),
-            )
-        })
+        .map(|layer| (layer_media_type, gzip_to_zstd(&blob(&layer["digest"]))))
+        .collect();
+    write_image_layout(
+        dest,
+        &entry["platform"],
+        (
+            config["mediaType"].as_str().unwrap(),
+            &blob(&config["digest"]),
+        ),
+        &layers,
+    );
+}
+
+/// Writes at `dest` an OCI layout tagged `latest` holding one image for `platform`: its
+/// config and its layers, each (media type, bytes) as they are.
+pub fn write_image_layout(
+    dest: &Path,
+    platform: &Value,
+    config: (&str, &[u8]),
+    layers: &[(&str, Vec<u8>)],
+) {
+    std::fs::create_dir_all(dest.join("blobs/sha256")).unwrap();
+    let config = write_blob(dest, config.0, config.1);
+    let layers: Vec<Value> = layers
+        .iter()
+        .map(|(media_type, bytes)| write_blob(dest, media_type, bytes))
         .collect();
     let manifest = json!({
         "schemaVersion": 2,
-        "mediaType": manifest["mediaType"],
+        "mediaType": OCI_MANIFEST,
         "config": config,
         "layers": layers,
     });
-    let mut descriptor = write_blob(
-        dest,
-        manifest["mediaType"].as_str().unwrap(),
-        &to_json_bytes(&manifest),
-    );
-    descriptor["platform"] = entry["platform"].clone();
+    let mut descriptor = write_blob(dest, OCI_MANIFEST, &to_json_bytes(&manifest));
+    descriptor["platform"] = platform.clone();
     descriptor["annotations"] = json!({ "org.opencontainers.image.ref.name": "latest" });
     let layout_index = json!({
         "schemaVersion": 2,
-        "mediaType": index["mediaType"],
+        "mediaType": "application/vnd.oci.image.index.v1+json",
         "manifests": [descriptor],
     });
     std::fs::write(dest.join("index.json"), to_json_bytes(&layout_index)).unwrap();
