@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the Debian packages kiln's tests run against: a real registry, skopeo and umoci to
 # check kiln's output, qemu-user-static and busybox-static for multi-arch builds, uidmap for
-# rootless user namespaces, GNU time to measure a kiln process's peak memory. kiln links
+# rootless user namespaces, GNU time to measure a kiln process's peak memory, and the
+# compressors (xz, bzip2, zstd) that write the tests' archives and hostile corpus. kiln links
 # libseccomp (libseccomp-dev) for the seccomp filter of RUN steps, and the sandbox tests build
 # their attacker program with gcc -static (libc6-dev). Idempotent: installed packages are left
 # alone, and apt's indexes are only refreshed when something is missing.
@@ -23,6 +24,9 @@ packages=(
 	libseccomp-dev
 	gcc
 	libc6-dev
+	xz-utils
+	bzip2
+	zstd
 )
 
 as_root=()
@@ -75,7 +79,7 @@ if [[ -n $added ]]; then
 		"kiln's foreign-arch tests do not need (and should not rely on) host handlers" >&2
 fi
 
-for tool in docker-registry skopeo umoci qemu-aarch64-static busybox newuidmap dpkg-deb gcc; do
+for tool in docker-registry skopeo umoci qemu-aarch64-static busybox newuidmap dpkg-deb gcc xz bzip2 zstd; do
 	command -v "$tool" >/dev/null 2>&1 || {
 		echo "install-deps.sh: $tool still missing after install" >&2
 		exit 1

@@ -6,7 +6,6 @@ use std::io::{self, Read, Seek, SeekFrom};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
-use flate2::read::MultiGzDecoder;
 use kiln_fs::{Dir, NodeKind};
 use tar::EntryType;
 
@@ -21,27 +20,6 @@ const OPAQUE_MARKER: &[u8] = b".wh..wh..opq";
 pub struct ExtractStats {
     /// Tar entries applied (files, dirs, links, whiteouts...).
     pub entries: u64,
-}
-
-/// Wrap a layer blob so that reading it yields the uncompressed tar. The format is sniffed
-/// from the first bytes, not taken from the media type, because registries mislabel.
-pub fn decompress<'a, R: Read + 'a>(mut blob: R) -> Result<Box<dyn Read + 'a>, SnapshotError> {
-    let mut magic = [0u8; 4];
-    let mut got = 0;
-    while got < magic.len() {
-        match blob.read(&mut magic[got..]) {
-            Ok(0) => break,
-            Ok(n) => got += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(SnapshotError::TarStream(e)),
-        }
-    }
-    let whole = io::Cursor::new(magic[..got].to_vec()).chain(blob);
-    match &magic[..got] {
-        [0x1f, 0x8b, ..] => Ok(Box::new(MultiGzDecoder::new(whole))),
-        [0x28, 0xb5, 0x2f, 0xfd] => Err(SnapshotError::ZstdUnsupported),
-        _ => Ok(Box::new(whole)),
-    }
 }
 
 /// Extract an uncompressed OCI layer tar into the empty directory `dest`, in overlay format.

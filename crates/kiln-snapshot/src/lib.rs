@@ -9,6 +9,7 @@
 mod archive;
 mod chmod;
 mod copy;
+mod decompress;
 mod extract;
 mod fsmeta;
 mod pargz;
@@ -25,7 +26,8 @@ use std::path::PathBuf;
 pub use archive::extract_archive;
 pub use chmod::{Chmod, ChmodError};
 pub use copy::{CopyOptions, copy_into_layer, mkdir_in_layer};
-pub use extract::{ExtractStats, decompress, extract_layer};
+pub use decompress::{Compression, DecompressError, MAX_HISTORY_MIB, decompress};
+pub use extract::{ExtractStats, extract_layer};
 pub use stack::LayerStack;
 pub use write::{LayerBlob, LayerOptions, write_layer};
 
@@ -61,8 +63,6 @@ pub enum SnapshotError {
     },
     #[error("layer entry `{entry}` has unsupported tar entry type {kind:?}")]
     UnsupportedEntryType { entry: String, kind: u8 },
-    #[error("zstd layers not supported yet")]
-    ZstdUnsupported,
     #[error("`{}`: {source}", path.display())]
     Io {
         path: PathBuf,

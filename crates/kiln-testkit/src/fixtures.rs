@@ -580,7 +580,7 @@ fn sha256_digest(bytes: &[u8]) -> String {
 }
 
 /// Writes `bytes` as a content-addressed blob and returns its descriptor.
-fn write_blob(layout: &Path, media_type: &str, bytes: &[u8]) -> Value {
+pub(crate) fn write_blob(layout: &Path, media_type: &str, bytes: &[u8]) -> Value {
     let digest = sha256_digest(bytes);
     let hex = digest.trim_start_matches("sha256:");
     fs::write(layout.join("blobs/sha256").join(hex), bytes)
@@ -631,6 +631,6 @@ fn write_layout(layout: &Path, flavor: &Flavor, images: &[ArchImage]) {
     .unwrap_or_else(|e| panic!("writing oci-layout in {}: {e}", layout.display()));
 }
 
-fn to_json_bytes(value: &Value) -> Vec<u8> {
+pub(crate) fn to_json_bytes(value: &Value) -> Vec<u8> {
     serde_json::to_vec(value).expect("serialising JSON")
 }

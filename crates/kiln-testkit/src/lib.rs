@@ -11,7 +11,9 @@
 mod fault_proxy;
 mod fixtures;
 mod hostile;
+mod hostile_archives;
 mod http;
+mod image_layout;
 mod measure;
 mod noise;
 mod registry;
@@ -24,6 +26,8 @@ pub use fixtures::{
     FIXTURE_ARCHES, Fixtures, GO_ARCHES, GoFixtures, busybox_fixtures, go_fixtures,
 };
 pub use hostile::{COMMITTED_CANARY, HOSTILE_FILES, HostileFile, hostile_dir, hostile_file};
+pub use hostile_archives::{DECOMPRESSION_BOMBS, DecompressionBomb, write_decompression_bombs};
+pub use image_layout::{OCI_LAYER_ZSTD, busybox_zstd_layout, write_image_layout};
 pub use measure::{Measured, run_measured};
 pub use noise::{Noise, noise};
 pub use registry::{Registry, RegistryOptions};

@@ -222,14 +222,13 @@ impl DockerArchiveDestination {
     ) -> Result<PathBuf, TransportError> {
         let stored = self.staging.path().join(blob.digest.hex());
         let context = || format!("uncompressing layer {}", blob.digest);
+        let file = File::open(&stored).map_err(TransportError::io(context()))?;
         let reader: Box<dyn Read> = match media::layer_compression(&blob.media_type) {
-            Some(media::LayerCompression::None) => {
-                Box::new(File::open(&stored).map_err(TransportError::io(context()))?)
-            }
-            Some(media::LayerCompression::Gzip) => Box::new(flate2::read::MultiGzDecoder::new(
-                BufReader::new(File::open(&stored).map_err(TransportError::io(context()))?),
-            )),
-            _ => {
+            Some(media::LayerCompression::None) => Box::new(file),
+            // The format comes from the bytes, as for every layer kiln reads.
+            Some(_) => kiln_snapshot::decompress(BufReader::new(file))
+                .map_err(TransportError::io(context()))?,
+            None => {
                 return Err(TransportError::invalid(
                     self.describe(),
                     format!(
