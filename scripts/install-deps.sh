@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the Debian packages kiln's tests run against: a real registry, skopeo and umoci to
 # check kiln's output, qemu-user-static and busybox-static for multi-arch builds, uidmap for
-# rootless user namespaces. Idempotent: installed packages are left alone, and apt's indexes
+# rootless user namespaces, GNU time to measure kiln's peak memory. Idempotent: installed packages are left alone, and apt's indexes
 # are only refreshed when something is missing.
 #
 # It never registers binfmt_misc handlers: kiln registers qemu inside its own user namespace,
@@ -17,6 +17,7 @@ packages=(
 	uidmap
 	dpkg-dev
 	ca-certificates
+	time
 )
 
 as_root=()

@@ -1,7 +1,8 @@
 //! Test support for kiln: a real CNCF distribution registry on loopback (plain, TLS, htpasswd
 //! or token auth, with a test CA and token server), multi-arch busybox and Go toolchain base
 //! images built from Debian packages, and wrappers around the independent tools (skopeo,
-//! umoci) that tests use to check kiln's output.
+//! umoci) that tests use to check kiln's output, and `run_measured`, which runs a command
+//! and reports its peak memory.
 //!
 //! This crate deliberately depends on none of kiln's own crates, so a bug in kiln cannot hide
 //! in the fixtures it is tested against. Everything here panics with a readable message on
@@ -10,6 +11,7 @@
 mod fault_proxy;
 mod fixtures;
 mod http;
+mod measure;
 mod noise;
 mod registry;
 mod tls;
@@ -20,6 +22,7 @@ pub use fault_proxy::{Fault, FaultProxy, FaultRule, SeenRequest};
 pub use fixtures::{
     FIXTURE_ARCHES, Fixtures, GO_ARCHES, GoFixtures, busybox_fixtures, go_fixtures,
 };
+pub use measure::{Measured, run_measured};
 pub use noise::{Noise, noise};
 pub use registry::{Registry, RegistryOptions};
 pub use tls::{IssuedCert, TestCa};
