@@ -5,8 +5,8 @@
 //!
 //! Words come from untrusted Dockerfiles, so expansion is bounded. The lexer keeps its own
 //! stack of what it is inside (no recursion: nesting costs heap, not call stack), and
-//! `${...}` nests at most [`MAX_NESTING`] deep; a word and everything it holds while it is
-//! expanded stays under [`MAX_WORD_BYTES`]; one pattern operation takes at most
+//! `${...}` nests at most [`MAX_NESTING`] deep; what a word holds while it is expanded
+//! exceeds its own length by at most [`MAX_WORD_BYTES`]; one pattern operation takes at most
 //! [`MAX_MATCH_WORK`] steps. BuildKit has none of these limits; they are far above what a
 //! real Dockerfile needs.
 
@@ -17,9 +17,10 @@ use crate::glob::Glob;
 /// level costs about a hundred bytes of the lexer's own stack.
 pub const MAX_NESTING: usize = 1000;
 
-/// How large a word may grow while it is expanded: its text so far plus what every open
-/// `${...}` holds. 1 MiB is eight times what Linux lets one environment string be
-/// (`MAX_ARG_STRLEN`, 128 KiB), so no value a RUN step could receive is refused.
+/// How much a word may grow while it is expanded: its text so far plus what every open
+/// `${...}` holds may exceed the word as written by this much (a COPY heredoc, expanded as
+/// one word, may itself be large). 1 MiB is eight times what Linux lets one environment
+/// string be (`MAX_ARG_STRLEN`, 128 KiB), so no value a RUN step could receive is refused.
 pub const MAX_WORD_BYTES: usize = 1 << 20;
 
 /// The most steps one `${v#pat}`, `${v%pat}` or `${v/pat/rep}` may take: a step is one
@@ -81,8 +82,10 @@ struct Lexer<'a> {
     /// How many `${...}` are open.
     depth: usize,
     /// Bytes of every string the lexer holds now: the text of each open frame and the
-    /// words its `${...}` have read. Kept under [`MAX_WORD_BYTES`].
+    /// words its `${...}` have read. Kept under `limit`.
     held: usize,
+    /// The word's length plus [`MAX_WORD_BYTES`].
+    limit: usize,
 }
 
 /// What the lexer is inside, innermost last.
@@ -191,6 +194,7 @@ impl<'a> Lexer<'a> {
             keep_unset: false,
             depth: 0,
             held: 0,
+            limit: text.len().saturating_add(MAX_WORD_BYTES),
         }
     }
 
@@ -348,7 +352,7 @@ impl<'a> Lexer<'a> {
     /// much.
     fn hold(&mut self, bytes: usize, at: usize) -> Result<(), ExpandError> {
         self.held += bytes;
-        if self.held > MAX_WORD_BYTES {
+        if self.held > self.limit {
             return Err(word_too_large(at));
         }
         Ok(())
@@ -706,7 +710,7 @@ impl<'a> Lexer<'a> {
                 let chars: Vec<char> = value.chars().collect();
                 check_work(&pattern, chars.len(), at)?;
                 self.discard(&[&value, &word, &replacement]);
-                let room = MAX_WORD_BYTES - self.held;
+                let room = self.limit - self.held;
                 let replaced = replace(&chars, &pattern, &replacement, all, room)
                     .ok_or_else(|| word_too_large(at))?;
                 self.hold_new(replaced, at)
@@ -719,7 +723,7 @@ fn word_too_large(at: usize) -> ExpandError {
     ExpandError::limit(
         at,
         format!(
-            "the word grows past {} MiB while it is expanded (the limit for one word)",
+            "the word grows by more than {} MiB while it is expanded (the limit for one word)",
             MAX_WORD_BYTES >> 20
         ),
     )
@@ -1080,7 +1084,7 @@ mod tests {
 
     #[test]
     fn word_size_is_limited_including_what_open_levels_hold() {
-        let big = "v".repeat(MAX_WORD_BYTES / 2 + 1);
+        let big = "v".repeat(MAX_WORD_BYTES / 2 + 100);
         let vars = [("BIG", big.as_str()), ("W", "0123456789")];
         assert_eq!(ok("$BIG", &vars).len(), big.len());
         let err = limit_error("a$BIG$BIG", &vars);
@@ -1090,6 +1094,9 @@ mod tests {
         limit_error("${U:-${BIG}${U:-${BIG}x}}", &vars);
         // A replacement that multiplies the value stops at the limit, not at 10 x 1 MiB.
         assert_eq!(limit_error("${BIG//?/$W}", &vars).offset, Some(0));
+        // What the word itself holds does not count against the growth.
+        let written = format!("{big}{big}$W");
+        assert_eq!(ok(&written, &vars).len(), written.len() - 2 + 10);
     }
 
     #[test]

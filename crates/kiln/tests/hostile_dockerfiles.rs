@@ -321,7 +321,7 @@ fn a_word_growing_past_one_mib_is_refused_where_it_crosses() {
         &build.failed(),
         &[
             "word-growth.Dockerfile:4:71:",
-            "the word grows past 1 MiB while it is expanded",
+            "the word grows by more than 1 MiB while it is expanded",
         ],
     );
 }
