@@ -7,10 +7,12 @@ use kiln_registry::RegistryError;
 pub enum BuildError {
     #[error(transparent)]
     Parse(#[from] kiln_dockerfile::ParseError),
-    #[error("{path}:{line}: {message}")]
+    /// A mistake at `line` (and `column`, when known) of the Dockerfile.
+    #[error("{path}:{line}{}: {message}", column.map(|c| format!(":{c}")).unwrap_or_default())]
     Dockerfile {
         path: String,
         line: usize,
+        column: Option<usize>,
         message: String,
     },
     #[error("target stage `{0}` is not defined in the Dockerfile")]

@@ -1,10 +1,12 @@
+use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use kiln_dockerfile::{Command, Dockerfile, Instruction, ShellOrExec, Stage};
+use kiln_dockerfile::{Command, Dockerfile, ExpandError, Instruction, ShellOrExec, Stage};
 use kiln_oci::{
     Descriptor, HistoryEntry, ImageConfig, ImageManifest, Platform, media, to_json_bytes,
 };
@@ -122,8 +124,39 @@ struct Executor<'s, 'a> {
     global_args: BTreeMap<String, Option<String>>,
     /// Stages this platform is building right now, innermost last: a stage that needs one
     /// of them depends on itself.
-    building: std::cell::RefCell<Vec<usize>>,
+    building: RefCell<Vec<usize>>,
+    /// Per stage, once read: what its result depends on.
+    inputs: RefCell<Vec<Option<Rc<StageInputs<'a>>>>>,
+    /// Per stage, once its inputs are keyed: its key in `Shared::stages_done`.
+    keys: RefCell<Vec<Option<String>>>,
 }
+
+/// What a stage's result depends on.
+struct StageInputs<'a> {
+    /// The stages it reads, in the order the Dockerfile names them: its FROM stage, then
+    /// those of COPY/ADD --from and RUN --mount from=.
+    reads: Vec<StageRead<'a>>,
+    /// The rest of its key: its platform, the image it starts from unless that is a stage,
+    /// the values of its ARGs and the images it copies or mounts from.
+    own_key: String,
+}
+
+/// A stage another one reads, and where the Dockerfile says so.
+struct StageRead<'a> {
+    stage: usize,
+    ins: &'a Instruction,
+    /// The (line, column) of the name, when it can be found as written.
+    at: Option<(usize, usize)>,
+}
+
+/// How many stages may wait for another built on demand: a stage whose name a `--from`
+/// gives only after expansion (or an ONBUILD trigger) is not in the stage graph, so it is
+/// built from inside the step that needs it, on the same call stack. Each such level costs
+/// tens of KiB of stack in unoptimised builds; 8 stays far below a build thread's 2 MiB.
+const MAX_STAGES_BUILT_ON_DEMAND: usize = 8;
+
+/// A cycle's path is named in errors up to this many stages.
+const CYCLE_STAGES_SHOWN: usize = 8;
 
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
@@ -149,6 +182,7 @@ pub fn build(
         return Err(BuildError::Dockerfile {
             path: opts.dockerfile_path.clone(),
             line: 1,
+            column: None,
             message: "the Dockerfile has no FROM instruction".into(),
         });
     }
@@ -163,6 +197,7 @@ pub fn build(
             return Err(BuildError::Dockerfile {
                 path: opts.dockerfile_path.clone(),
                 line: stage.from.span.start_line,
+                column: None,
                 message: format!(
                     "stage name `{name}` is already used by the stage at line {}",
                     first.from.span.start_line
@@ -555,7 +590,9 @@ impl<'s, 'a> Executor<'s, 'a> {
             shared,
             target,
             global_args: BTreeMap::new(),
-            building: std::cell::RefCell::new(Vec::new()),
+            building: RefCell::new(Vec::new()),
+            inputs: RefCell::new(vec![None; shared.stages.len()]),
+            keys: RefCell::new(vec![None; shared.stages.len()]),
         };
         // The automatic platform ARGs are defined in global scope.
         for (k, v) in platform_args(&ex.target, &shared.build_platform) {
@@ -575,11 +612,32 @@ impl<'s, 'a> Executor<'s, 'a> {
     }
 
     fn err(&self, ins: &Instruction, message: impl Into<String>) -> BuildError {
+        self.err_at(ins, None, message)
+    }
+
+    /// An error at `at` (line, column) in the Dockerfile when known, else at `ins`'s line.
+    fn err_at(
+        &self,
+        ins: &Instruction,
+        at: Option<(usize, usize)>,
+        message: impl Into<String>,
+    ) -> BuildError {
         BuildError::Dockerfile {
             path: self.opts().dockerfile_path.clone(),
-            line: ins.span.start_line,
+            line: at.map_or(ins.span.start_line, |(line, _)| line),
+            column: at.map(|(_, column)| column),
             message: message.into(),
         }
+    }
+
+    /// An expansion error in `word` of `ins`: at the `$` at fault (or the word) when the
+    /// word can be found in the instruction as written.
+    fn expand_err(&self, ins: &Instruction, word: &str, e: ExpandError) -> BuildError {
+        self.err_at(
+            ins,
+            ins.word_position(word, e.offset.unwrap_or(0)),
+            e.message,
+        )
     }
 
     fn expand(
@@ -589,7 +647,7 @@ impl<'s, 'a> Executor<'s, 'a> {
         lookup: &dyn Fn(&str) -> Option<String>,
     ) -> Result<String, BuildError> {
         kiln_dockerfile::expand(word, lookup, self.shared.df.directives.escape)
-            .map_err(|e| self.err(ins, e.message))
+            .map_err(|e| self.expand_err(ins, word, e))
     }
 
     fn declare_global_args(&mut self) -> Result<(), BuildError> {
@@ -648,23 +706,34 @@ impl<'s, 'a> Executor<'s, 'a> {
         }
     }
 
-    /// What a stage's result depends on, as a string: its platform, the values of the ARGs it
-    /// declares, its base and the keys of the stages it copies from. Platforms that produce
-    /// the same key share one build of the stage.
-    fn stage_key(&self, idx: usize, depth: usize) -> Result<String, BuildError> {
+    /// The stage `FROM <image>` of stage `idx` starts from: an earlier stage with that name.
+    fn parent_stage(&self, idx: usize, image: &str) -> Option<usize> {
+        self.stage_index(image)
+            .filter(|i| *i < idx && self.shared.stages[*i].name.is_some())
+    }
+
+    /// What stage `idx`'s result depends on (read once): the stages it reads, by name as
+    /// written (a `--from` whose value needs expansion is not seen here), and the rest.
+    fn stage_inputs(&self, idx: usize) -> Result<Rc<StageInputs<'a>>, BuildError> {
+        if let Some(inputs) = &self.inputs.borrow()[idx] {
+            return Ok(inputs.clone());
+        }
         let stage = &self.shared.stages[idx];
-        let mut key = format!("stage {idx}\nplatform {}\n", self.stage_platform(idx)?);
+        let mut own_key = format!("stage {idx}\nplatform {}\n", self.stage_platform(idx)?);
+        let mut reads = Vec::new();
         let globals = self.global_values();
-        if let Command::From { image, .. } = &stage.from.command {
-            let image = self.expand(stage.from, image, &|n| globals.get(n).cloned())?;
-            match self.stage_index(&image).filter(|i| *i < idx && depth < 64) {
-                Some(parent) => {
-                    key.push_str(&format!("from {}\n", self.stage_key(parent, depth + 1)?))
-                }
-                None => key.push_str(&format!("from image {image}\n")),
+        if let Command::From { image: written, .. } = &stage.from.command {
+            let image = self.expand(stage.from, written, &|n| globals.get(n).cloned())?;
+            match self.parent_stage(idx, &image) {
+                Some(parent) => reads.push(StageRead {
+                    stage: parent,
+                    ins: stage.from,
+                    at: stage.from.word_position(written, 0),
+                }),
+                None => own_key.push_str(&format!("from image {image}\n")),
             }
         }
-        for ins in &stage.instructions {
+        for &ins in &stage.instructions {
             if let Command::Arg(decls) = &ins.command {
                 for (name, default) in decls {
                     let value = self
@@ -674,7 +743,7 @@ impl<'s, 'a> Executor<'s, 'a> {
                         .cloned()
                         .or_else(|| default.clone())
                         .or_else(|| globals.get(name).cloned());
-                    key.push_str(&format!("arg {name}={value:?}\n"));
+                    own_key.push_str(&format!("arg {name}={value:?}\n"));
                 }
             }
             // Stages read by COPY --from or RUN --mount=from=... are inputs too.
@@ -684,21 +753,124 @@ impl<'s, 'a> Executor<'s, 'a> {
                 .filter(|f| f.name == "mount")
                 .filter_map(|f| f.value.as_deref())
                 .filter_map(|v| v.split(',').find_map(|kv| kv.strip_prefix("from=")))
-                .map(str::to_string);
+                .map(|from| (from.to_string(), "mount"));
             let copy_source = match &ins.command {
-                Command::Copy { .. } | Command::Add { .. } => {
-                    ins.flag("from").and_then(|f| f.value.clone())
-                }
+                Command::Copy { .. } | Command::Add { .. } => ins
+                    .flag("from")
+                    .and_then(|f| f.value.clone())
+                    .map(|from| (from, "from")),
                 _ => None,
             };
-            for from in copy_source.into_iter().chain(mount_sources) {
-                match self.stage_index(&from).filter(|i| *i != idx && depth < 64) {
-                    Some(i) => key.push_str(&format!("reads {}\n", self.stage_key(i, depth + 1)?)),
-                    None => key.push_str(&format!("reads image {from}\n")),
+            for (from, flag) in copy_source.into_iter().chain(mount_sources) {
+                match self.stage_index(&from) {
+                    Some(stage) => reads.push(StageRead {
+                        stage,
+                        ins,
+                        at: ins.flag_position(flag),
+                    }),
+                    None => own_key.push_str(&format!("reads image {from}\n")),
                 }
             }
         }
-        Ok(hex::encode(Sha256::digest(key.as_bytes())))
+        let inputs = Rc::new(StageInputs { reads, own_key });
+        self.inputs.borrow_mut()[idx] = Some(inputs.clone());
+        Ok(inputs)
+    }
+
+    /// Keys stage `idx` and returns the stages it needs that have no key yet, each after
+    /// the stages it reads. The graph is walked with an explicit stack, so a long chain of
+    /// stages costs no call stack; a cycle is an error naming its path.
+    fn build_order(&self, idx: usize) -> Result<Vec<usize>, BuildError> {
+        let keyed = |stage: usize| self.keys.borrow()[stage].is_some();
+        let mut order = Vec::new();
+        if keyed(idx) {
+            return Ok(order);
+        }
+        let mut on_path = vec![false; self.shared.stages.len()];
+        let mut done = vec![false; self.shared.stages.len()];
+        // The stages being visited, each with the index of the next stage it reads.
+        let mut path = vec![(idx, 0)];
+        on_path[idx] = true;
+        while let Some(&mut (stage, ref mut next)) = path.last_mut() {
+            let inputs = self.stage_inputs(stage)?;
+            let Some(read) = inputs.reads.get(*next) else {
+                path.pop();
+                on_path[stage] = false;
+                done[stage] = true;
+                self.key_stage(stage, &inputs);
+                if stage != idx {
+                    order.push(stage);
+                }
+                continue;
+            };
+            *next += 1;
+            if on_path[read.stage] {
+                return Err(self.cycle_error(&path, read));
+            }
+            if !done[read.stage] && !keyed(read.stage) {
+                on_path[read.stage] = true;
+                path.push((read.stage, 0));
+            }
+        }
+        Ok(order)
+    }
+
+    /// Computes stage `idx`'s key from its inputs and the keys of the stages it reads (which
+    /// [`Executor::build_order`] computed first).
+    fn key_stage(&self, idx: usize, inputs: &StageInputs) {
+        let mut keys = self.keys.borrow_mut();
+        let mut key = inputs.own_key.clone();
+        for read in &inputs.reads {
+            let read_key = keys[read.stage]
+                .as_deref()
+                .expect("the stages a stage reads are keyed before it");
+            key.push_str(&format!("reads {read_key}\n"));
+        }
+        keys[idx] = Some(hex::encode(Sha256::digest(key.as_bytes())));
+    }
+
+    /// The error for a stage that reads itself: `path` holds the stages being visited and
+    /// `closing` is the read that leads back into it.
+    fn cycle_error(&self, path: &[(usize, usize)], closing: &StageRead) -> BuildError {
+        let start = path
+            .iter()
+            .position(|(stage, _)| *stage == closing.stage)
+            .unwrap_or(0);
+        let stage_name = |idx: usize| {
+            let stage = &self.shared.stages[idx];
+            stage.name.clone().unwrap_or_else(|| idx.to_string())
+        };
+        // Each step of the cycle: which stage reads which, and on what line.
+        let mut steps = Vec::new();
+        for &(stage, next) in &path[start..] {
+            let inputs = self.inputs.borrow()[stage].clone();
+            // `next` is one past the read that led on from this stage.
+            let read = next
+                .checked_sub(1)
+                .and_then(|n| inputs.as_ref()?.reads.get(n));
+            if let Some(read) = read {
+                let line = read.at.map_or(read.ins.span.start_line, |(line, _)| line);
+                steps.push(format!(
+                    "{} reads {} (line {line})",
+                    stage_name(stage),
+                    stage_name(read.stage)
+                ));
+            }
+        }
+        let shown = steps.len().min(CYCLE_STAGES_SHOWN);
+        let mut cycle = steps[..shown].join(", ");
+        if steps.len() > shown {
+            cycle.push_str(&format!(", ... ({} more)", steps.len() - shown));
+        }
+        let from = self.shared.stages[closing.stage].from;
+        self.err_at(
+            from,
+            from.position(0),
+            format!(
+                "stage `{}` depends on itself: {cycle}",
+                stage_name(closing.stage)
+            ),
+        )
     }
 
     fn label(&self, platform: &Platform, stage: &str, n: usize, total: usize) -> String {
@@ -718,17 +890,45 @@ impl<'s, 'a> Executor<'s, 'a> {
         Ok(())
     }
 
-    /// Builds stage `idx` (and what it depends on) once per distinct key.
+    /// Stage `idx`, built once per distinct key: first the stages it reads (in dependency
+    /// order, so building a stage finds what it reads built already), then itself.
     fn stage(&self, idx: usize) -> Result<StageState, BuildError> {
+        for stage in self.build_order(idx)? {
+            self.build_once(stage)?;
+        }
+        self.build_once(idx)
+    }
+
+    /// Builds a keyed stage, or waits for (or reuses) the build of an equal key.
+    fn build_once(&self, idx: usize) -> Result<StageState, BuildError> {
+        let from = self.shared.stages[idx].from;
         if self.building.borrow().contains(&idx) {
-            let stage = &self.shared.stages[idx];
-            let name = stage.name.clone().unwrap_or_else(|| idx.to_string());
-            return Err(self.err(
-                stage.from,
-                format!("stage `{name}` depends on itself (a --from names the stage it is in, directly or through others)"),
+            let name = self.shared.stages[idx].name.clone();
+            return Err(self.err_at(
+                from,
+                from.position(0),
+                format!(
+                    "stage `{}` depends on itself (a --from names the stage it is in, directly \
+                     or through others)",
+                    name.unwrap_or_else(|| idx.to_string())
+                ),
             ));
         }
-        let key = self.stage_key(idx, 0)?;
+        if self.building.borrow().len() > MAX_STAGES_BUILT_ON_DEMAND {
+            return Err(self.err_at(
+                from,
+                from.position(0),
+                format!(
+                    "more than {MAX_STAGES_BUILT_ON_DEMAND} stages wait for this one: a stage \
+                     that a --from names only after variable expansion (or that an ONBUILD \
+                     trigger names) is built while the step waits, at most \
+                     {MAX_STAGES_BUILT_ON_DEMAND} deep; name the stage as written"
+                ),
+            ));
+        }
+        let key = self.keys.borrow()[idx]
+            .clone()
+            .expect("a stage is keyed before it is built");
         let cell = Shared::memo(&self.shared.stages_done, &key);
         self.building.borrow_mut().push(idx);
         let result = once(&cell, &self.target, || self.build_stage(idx));
@@ -752,10 +952,7 @@ impl<'s, 'a> Executor<'s, 'a> {
         self.check_cancelled()?;
         progress.step_start(&format!("[{step_label}]"), &format!("FROM {image}"));
         let started = Instant::now();
-        let mut state = match self
-            .stage_index(&image)
-            .filter(|i| *i < idx && self.shared.stages[*i].name.is_some())
-        {
+        let mut state = match self.parent_stage(idx, &image) {
             Some(parent) => {
                 let mut s = self.stage(parent)?;
                 s.args.clear();
@@ -897,7 +1094,7 @@ impl<'s, 'a> Executor<'s, 'a> {
         let escape = self.shared.df.directives.escape;
         let expand = |word: &str, state: &StageState| -> Result<String, BuildError> {
             kiln_dockerfile::expand(word, &Self::lookup_fn(state), escape)
-                .map_err(|e| self.err(ins, e.message))
+                .map_err(|e| self.expand_err(ins, word, e))
         };
         let mut note = String::new();
         let mut layer_added = false;
@@ -959,7 +1156,7 @@ impl<'s, 'a> Executor<'s, 'a> {
                 for p in ports {
                     words.extend(
                         kiln_dockerfile::expand_words(p, &Self::lookup_fn(state), escape)
-                            .map_err(|e| self.err(ins, e.message))?,
+                            .map_err(|e| self.expand_err(ins, p, e))?,
                     );
                 }
                 for word in words {
@@ -1215,8 +1412,10 @@ impl<'s, 'a> Executor<'s, 'a> {
             .filter(|flag| flag.name == name)
             .map(|flag| {
                 let raw = flag.value.as_deref().unwrap_or("");
-                kiln_dockerfile::expand(raw, &lookup, escape)
-                    .map_err(|e| self.err(ins, format!("--{name}={raw}: {}", e.message)))
+                kiln_dockerfile::expand(raw, &lookup, escape).map_err(|e| {
+                    let message = format!("--{name}: {}", e.message);
+                    self.err_at(ins, ins.flag_position(name), message)
+                })
             })
             .collect()
     }
@@ -1303,12 +1502,18 @@ impl<'s, 'a> Executor<'s, 'a> {
         let escape = self.shared.df.directives.escape;
         let lookup = Self::lookup_fn(state);
         let ex = |w: &str| {
-            kiln_dockerfile::expand(w, &lookup, escape).map_err(|e| self.err(ins, e.message))
+            kiln_dockerfile::expand(w, &lookup, escape).map_err(|e| self.expand_err(ins, w, e))
+        };
+        let ex_flag = |name: &str, value: &str| {
+            kiln_dockerfile::expand(value, &lookup, escape).map_err(|e| {
+                let message = format!("--{name}: {}", e.message);
+                self.err_at(ins, ins.flag_position(name), message)
+            })
         };
         let flag = |name: &str| -> Result<Option<String>, BuildError> {
             ins.flag(name)
                 .and_then(|f| f.value.clone())
-                .map(|v| ex(&v))
+                .map(|v| ex_flag(name, &v))
                 .transpose()
         };
         let bool_flag = |name: &str| {
@@ -1355,7 +1560,7 @@ impl<'s, 'a> Executor<'s, 'a> {
         let checksum = flag("checksum")?;
         let mut excludes = Vec::new();
         for f in ins.flags.iter().filter(|f| f.name == "exclude") {
-            excludes.push(ex(f.value.as_deref().unwrap_or(""))?);
+            excludes.push(ex_flag("exclude", f.value.as_deref().unwrap_or(""))?);
         }
         let link = bool_flag("link").unwrap_or(false);
         let parents = bool_flag("parents").unwrap_or(false);

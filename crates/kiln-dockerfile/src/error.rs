@@ -39,18 +39,39 @@ impl ParseError {
     }
 }
 
-/// A word could not be expanded (bad substitution syntax, or `${v:?msg}` with `v` unset).
+/// A word could not be expanded (bad substitution syntax, `${v:?msg}` with `v` unset, or a
+/// limit on nesting, size or matching work reached).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{message}")]
 pub struct ExpandError {
     pub message: String,
+    /// The character offset in the word of the `$` whose expansion failed, when known.
+    pub offset: Option<usize>,
+    /// A limit was reached (as opposed to a syntax or unset-variable error).
+    limit: bool,
 }
 
 impl ExpandError {
     pub(crate) fn new(message: impl Into<String>) -> Self {
         ExpandError {
             message: message.into(),
+            offset: None,
+            limit: false,
         }
+    }
+
+    /// A limit was reached at character `offset` of the word.
+    pub(crate) fn limit(offset: usize, message: impl Into<String>) -> Self {
+        ExpandError {
+            message: message.into(),
+            offset: Some(offset),
+            limit: true,
+        }
+    }
+
+    /// Whether a limit (nesting, size, matching work) was reached.
+    pub fn is_limit(&self) -> bool {
+        self.limit
     }
 }
 

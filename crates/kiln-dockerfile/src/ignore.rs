@@ -85,20 +85,19 @@ impl IgnoreMatcher {
     /// Whether the path (relative to the context root, `/`-separated) is excluded from the
     /// context, either itself or because a parent directory is.
     pub fn is_excluded(&self, rel_path: &str) -> bool {
-        let path = normalize(rel_path);
-        let parents: Vec<&str> = path
-            .match_indices('/')
-            .map(|(slash, _)| &path[..slash])
-            .collect();
+        let path: Vec<char> = normalize(rel_path).chars().collect();
+        // Whether a prefix matches does not depend on what follows it, so one run over the
+        // path answers for the path and for every parent directory (the prefixes ending
+        // before a `/`): the work is linear in the path's length, not in its depth times that.
+        let parent_ends: Vec<usize> = (0..path.len()).filter(|&i| path[i] == '/').collect();
         let mut excluded = false;
         for pattern in &self.patterns {
             // Only a pattern that could change the outcome needs testing.
             if pattern.exception != excluded {
                 continue;
             }
-            let matches = pattern.glob.matches(&path)
-                || parents.iter().any(|parent| pattern.glob.matches(parent));
-            if matches {
+            let ends = pattern.glob.prefix_matches(&path);
+            if ends[path.len()] || parent_ends.iter().any(|&end| ends[end]) {
                 excluded = !pattern.exception;
             }
         }
@@ -204,6 +203,23 @@ mod tests {
         let err = IgnoreMatcher::parse("ok\n!\n").unwrap_err();
         assert_eq!(err.line, 2);
         assert!(IgnoreMatcher::parse("[abc\n").is_err());
+    }
+
+    /// A context nested thousands of directories deep is untrusted input too: each pattern
+    /// runs once over a path, not once per parent directory.
+    #[test]
+    fn deep_paths_are_matched_in_one_run_per_pattern() {
+        let m = matcher("**/x*y*z\n!**/keep\n*/*/q\n");
+        let deep = "d/".repeat(2000);
+        let started = std::time::Instant::now();
+        for i in 0..50 {
+            assert!(!m.is_excluded(&format!("{deep}file{i}")));
+            assert!(m.is_excluded(&format!("{deep}x_y_z/file{i}")));
+        }
+        assert!(!m.is_excluded(&format!("{deep}x_y_z/keep")));
+        assert!(m.is_excluded("a/b/q/deeper"));
+        // The quadratic code took minutes here; the bound leaves room for a loaded machine.
+        assert!(started.elapsed() < std::time::Duration::from_secs(20));
     }
 
     #[test]

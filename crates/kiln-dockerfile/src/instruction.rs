@@ -1,5 +1,7 @@
 //! The syntax tree: one [`Instruction`] per Dockerfile instruction.
 
+use crate::lines::Layout;
+
 /// Where an instruction is in the file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Span {
@@ -87,6 +89,11 @@ pub struct Instruction {
     pub span: Span,
     /// The instruction as written, continuation lines joined (for image history).
     pub text: String,
+    /// Where the parts of `text` are in the file.
+    pub(crate) layout: Layout,
+    /// `span` as parsed: positions in `text` mean nothing once `span` points elsewhere (an
+    /// ONBUILD trigger is reported at the FROM that ran it).
+    pub(crate) parsed_span: Span,
 }
 
 impl Command {
@@ -123,6 +130,29 @@ impl Instruction {
     /// The first flag with this name (without `--`).
     pub fn flag(&self, name: &str) -> Option<&Flag> {
         self.flags.iter().find(|f| f.name == name)
+    }
+
+    /// The (line, column) in the file of byte `offset` of [`Instruction::text`], unless the
+    /// instruction was moved (its `span` changed since parsing).
+    pub fn position(&self, offset: usize) -> Option<(usize, usize)> {
+        (self.span == self.parsed_span).then(|| self.layout.locate(&self.text, offset))
+    }
+
+    /// The (line, column) of character `chars_in` of `word`, the first place after the
+    /// keyword where [`Instruction::text`] holds `word` as written.
+    pub fn word_position(&self, word: &str, chars_in: usize) -> Option<(usize, usize)> {
+        let after_keyword = self.raw_keyword().len();
+        let start = after_keyword + self.text[after_keyword..].find(word)?;
+        let within = word
+            .char_indices()
+            .nth(chars_in)
+            .map_or(word.len(), |(i, _)| i);
+        self.position(start + within)
+    }
+
+    /// The (line, column) of the first `--name` flag.
+    pub fn flag_position(&self, name: &str) -> Option<(usize, usize)> {
+        self.word_position(&format!("--{name}"), 0)
     }
 
     /// The keyword as written (`from`, `Run`, ...): [`Instruction::text`] starts with it.

@@ -25,7 +25,7 @@ mod words;
 pub use check::{Finding, Level, check};
 pub use directives::Directives;
 pub use error::{ExpandError, IgnoreError, ParseError};
-pub use expand::{expand, expand_words};
+pub use expand::{MAX_MATCH_WORK, MAX_NESTING, MAX_WORD_BYTES, expand, expand_words};
 pub use glob::glob_match;
 pub use ignore::IgnoreMatcher;
 pub use instruction::{Command, Flag, Heredoc, Instruction, ShellOrExec, Span};

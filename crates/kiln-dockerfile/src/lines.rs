@@ -2,6 +2,7 @@
 //! joined, positions kept so errors can point into the original text.
 
 /// Where a part of a logical line came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
 struct Piece {
     /// Byte offset in the logical line where this part starts.
     offset: usize,
@@ -11,26 +12,65 @@ struct Piece {
     column: usize,
 }
 
+/// Where the parts of a joined line came from: maps offsets in it back to lines and columns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Layout {
+    pieces: Vec<Piece>,
+}
+
+impl Layout {
+    /// The (line, column) of byte `offset` of `text` (the joined line), both 1-based.
+    pub(crate) fn locate(&self, text: &str, offset: usize) -> (usize, usize) {
+        let Some(piece) = self
+            .pieces
+            .iter()
+            .rev()
+            .find(|p| p.offset <= offset)
+            .or(self.pieces.first())
+        else {
+            return (1, 1);
+        };
+        let offset = offset.min(text.len()).max(piece.offset);
+        let column = piece.column
+            + text
+                .get(piece.offset..offset)
+                .map_or(0, |s| s.chars().count());
+        (piece.line, column)
+    }
+
+    /// The layout of `text[start..]`.
+    pub(crate) fn from(&self, text: &str, start: usize) -> Layout {
+        let (line, column) = self.locate(text, start);
+        let mut pieces = vec![Piece {
+            offset: 0,
+            line,
+            column,
+        }];
+        pieces.extend(
+            self.pieces
+                .iter()
+                .filter(|p| p.offset > start)
+                .map(|p| Piece {
+                    offset: p.offset - start,
+                    ..p.clone()
+                }),
+        );
+        Layout { pieces }
+    }
+}
+
 /// One instruction's text with its continuation lines joined.
 pub(crate) struct LogicalLine {
     pub text: String,
     pub start_line: usize,
     pub end_line: usize,
-    pieces: Vec<Piece>,
+    pub layout: Layout,
 }
 
 impl LogicalLine {
     /// The (line, column) of a byte offset in `text`, both 1-based.
     pub(crate) fn locate(&self, offset: usize) -> (usize, usize) {
-        let piece = self
-            .pieces
-            .iter()
-            .rev()
-            .find(|p| p.offset <= offset)
-            .unwrap_or(&self.pieces[0]);
-        let offset = offset.min(self.text.len()).max(piece.offset);
-        let column = piece.column + self.text[piece.offset..offset].chars().count();
-        (piece.line, column)
+        self.layout.locate(&self.text, offset)
     }
 }
 
@@ -111,11 +151,13 @@ impl<'s> Source<'s> {
                 text: body.to_string(),
                 start_line: number,
                 end_line: number,
-                pieces: vec![Piece {
-                    offset: 0,
-                    line: number,
-                    column: indent + 1,
-                }],
+                layout: Layout {
+                    pieces: vec![Piece {
+                        offset: 0,
+                        line: number,
+                        column: indent + 1,
+                    }],
+                },
             };
             while continues {
                 let Some((number, line)) = self.next_line() else {
@@ -126,7 +168,7 @@ impl<'s> Source<'s> {
                     continue;
                 }
                 let (body, more) = self.strip_continuation(line);
-                logical.pieces.push(Piece {
+                logical.layout.pieces.push(Piece {
                     offset: logical.text.len(),
                     line: number,
                     column: 1,
@@ -172,6 +214,9 @@ mod tests {
         assert_eq!(line.locate(0), (1, 3));
         assert_eq!(line.locate(4), (1, 7));
         assert_eq!(line.locate(7), (2, 2));
+        let args = line.layout.from(&line.text, 4);
+        assert_eq!(args.locate("a bb", 0), (1, 7));
+        assert_eq!(args.locate("a bb", 3), (2, 2));
     }
 
     #[test]

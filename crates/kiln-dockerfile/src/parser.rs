@@ -140,6 +140,7 @@ impl Parser<'_> {
                     ));
                 };
                 instruction.span.end_line = last_line;
+                instruction.parsed_span = instruction.span;
                 instruction.heredocs.push(Heredoc {
                     name: marker.name,
                     content,
@@ -217,16 +218,19 @@ impl Parser<'_> {
         let args = line.text[at.args..].trim_end();
         let command = self.command(keyword, args, &at)?;
         let (_, column) = line.locate(keyword_offset);
+        let span = Span {
+            start_line: line.start_line,
+            end_line: line.end_line,
+            column,
+        };
         let instruction = Instruction {
             command,
             flags,
             heredocs: Vec::new(),
-            span: Span {
-                start_line: line.start_line,
-                end_line: line.end_line,
-                column,
-            },
+            span,
             text: line.text[keyword_offset..].trim_end().to_string(),
+            layout: line.layout.from(&line.text, keyword_offset),
+            parsed_span: span,
         };
         Ok((instruction, at.args))
     }

@@ -578,3 +578,22 @@ fn crlf_line_endings() {
     assert_eq!(df.instructions[1].command, Command::Run(shell("a   b")));
     assert_eq!(df.instructions[2].heredocs[0].content, "hi\r\n");
 }
+
+#[test]
+fn words_and_flags_are_located_in_the_file() {
+    let df = parse_ok(
+        "FROM scratch\n  ENV A=1 \\\n    B=${X:-y}\nCOPY --chmod=644 \\\n  --from=a f /\n",
+    );
+    let env = &df.instructions[1];
+    assert_eq!(env.word_position("A=1", 0), Some((2, 7)));
+    assert_eq!(env.word_position("${X:-y}", 0), Some((3, 7)));
+    assert_eq!(env.word_position("${X:-y}", 2), Some((3, 9)));
+    assert_eq!(env.word_position("nowhere", 0), None);
+    let copy = &df.instructions[2];
+    assert_eq!(copy.flag_position("chmod"), Some((4, 6)));
+    assert_eq!(copy.flag_position("from"), Some((5, 3)));
+    // An instruction reported elsewhere (an ONBUILD trigger at its FROM) has no positions.
+    let mut moved = env.clone();
+    moved.span = df.instructions[0].span;
+    assert_eq!(moved.word_position("A=1", 0), None);
+}

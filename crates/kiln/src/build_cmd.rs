@@ -330,6 +330,13 @@ pub fn run(args: BuildArgs) -> Result<(), Report> {
         BuildError::Dockerfile {
             path,
             line,
+            column: Some(column),
+            message,
+        } => report::position_error(&path, line, column, &message, None, &text),
+        BuildError::Dockerfile {
+            path,
+            line,
+            column: None,
             message,
         } => report::line_error(&path, line, &message, &text),
         BuildError::MissingSource { ref path, line, .. }

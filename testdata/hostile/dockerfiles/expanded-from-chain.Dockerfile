@@ -1,0 +1,599 @@
+FROM scratch AS s0
+COPY f /f
+FROM scratch AS s1
+ARG FROM_STAGE=s0
+COPY --from=$FROM_STAGE /f /f
+FROM scratch AS s2
+ARG FROM_STAGE=s1
+COPY --from=$FROM_STAGE /f /f
+FROM scratch AS s3
+ARG FROM_STAGE=s2
+COPY --from=$FROM_STAGE /f /f
+FROM scratch AS s4
+ARG FROM_STAGE=s3
+COPY --from=$FROM_STAGE /f /f
+FROM scratch AS s5
+ARG FROM_STAGE=s4
+COPY --from=$FROM_STAGE /f /f
+FROM scratch AS s6
+ARG FROM_STAGE=s5
+COPY --from=$FROM_STAGE /f /f
+FROM scratch AS s7
+ARG FROM_STAGE=s6
+COPY --from=$FROM_STAGE /f /f
+FROM scratch AS s8
+ARG FROM_STAGE=s7
+COPY --from=$FROM_STAGE /f /f
+FROM scratch AS s9
+ARG FROM_STAGE=s8
+COPY --from=$FROM_STAGE /f /f
+FROM scratch AS s10
+ARG FROM_STAGE=s9
+COPY --from=$FROM_STAGE /f /f
+FROM scratch AS s11
+ARG FROM_STAGE=s10
+COPY --from=$FROM_STAGE /f /f
+FROM scratch AS s12
+ARG FROM_STAGE=s11
+COPY --from=$FROM_STAGE /f /f
+FROM scratch AS s13
+ARG FROM_STAGE=s12
+COPY --from=$FROM_STAGE /f /f
+FROM scratch AS s14
+ARG FROM_STAGE=s13
+COPY --from=$FROM_STAGE /f /f
+FROM scratch AS s15
+ARG FROM_STAGE=s14
+COPY --from=$FROM_STAGE /f /f
+FROM scratch AS s16
+ARG FROM_STAGE=s15
+COPY --from=$FROM_STAGE /f /f
+FROM scratch AS s17
+ARG FROM_STAGE=s16
+COPY --from=$FROM_STAGE /f /f
+FROM scratch AS s18
+ARG FROM_STAGE=s17
+COPY --from=$FROM_STAGE /f /f
+FROM scratch AS s19
+ARG FROM_STAGE=s18
+COPY --from=$FROM_STAGE /f /f
+FROM scratch AS s20
+ARG FROM_STAGE=s19
+COPY --from=$FROM_STAGE /f /f
+FROM scratch AS s21
+ARG FROM_STAGE=s20
+COPY --from=$FROM_STAGE /f /f
+FROM scratch AS s22
+ARG FROM_STAGE=s21
+COPY --from=$FROM_STAGE /f /f
+FROM scratch AS s23
+ARG FROM_STAGE=s22
+COPY --from=$FROM_STAGE /f /f
+FROM scratch AS s24
+ARG FROM_STAGE=s23
+COPY --from=$FROM_STAGE /f /f
+FROM scratch AS s25
+ARG FROM_STAGE=s24
+COPY --from=$FROM_STAGE /f /f
+FROM scratch AS s26
+ARG FROM_STAGE=s25
+COPY --from=$FROM_STAGE /f /f
+FROM scratch AS s27
+ARG FROM_STAGE=s26
+COPY --from=$FROM_STAGE /f /f
+FROM scratch AS s28
+ARG FROM_STAGE=s27
+COPY --from=$FROM_STAGE /f /f
+FROM scratch AS s29
+ARG FROM_STAGE=s28
+COPY --from=$FROM_STAGE /f /f
+FROM scratch AS s30
+ARG FROM_STAGE=s29
+COPY --from=$FROM_STAGE /f /f
+FROM scratch AS s31
+ARG FROM_STAGE=s30
+COPY --from=$FROM_STAGE /f /f
+FROM scratch AS s32
+ARG FROM_STAGE=s31
+COPY --from=$FROM_STAGE /f /f
+FROM scratch AS s33
+ARG FROM_STAGE=s32
+COPY --from=$FROM_STAGE /f /f
+FROM scratch AS s34
+ARG FROM_STAGE=s33
+COPY --from=$FROM_STAGE /f /f
+FROM scratch AS s35
+ARG FROM_STAGE=s34
+COPY --from=$FROM_STAGE /f /f
+FROM scratch AS s36
+ARG FROM_STAGE=s35
+COPY --from=$FROM_STAGE /f /f
+FROM scratch AS s37
+ARG FROM_STAGE=s36
+COPY --from=$FROM_STAGE /f /f
+FROM scratch AS s38
+ARG FROM_STAGE=s37
+COPY --from=$FROM_STAGE /f /f
+FROM scratch AS s39
+ARG FROM_STAGE=s38
+COPY --from=$FROM_STAGE /f /f
+FROM scratch AS s40
+ARG FROM_STAGE=s39
+COPY --from=$FROM_STAGE /f /f
+FROM scratch AS s41
+ARG FROM_STAGE=s40
+COPY --from=$FROM_STAGE /f /f
+FROM scratch AS s42
+ARG FROM_STAGE=s41
+COPY --from=$FROM_STAGE /f /f
+FROM scratch AS s43
+ARG FROM_STAGE=s42
+COPY --from=$FROM_STAGE /f /f
+FROM scratch AS s44
+ARG FROM_STAGE=s43
+COPY --from=$FROM_STAGE /f /f
+FROM scratch AS s45
+ARG FROM_STAGE=s44
+COPY --from=$FROM_STAGE /f /f
+FROM scratch AS s46
+ARG FROM_STAGE=s45
+COPY --from=$FROM_STAGE /f /f
+FROM scratch AS s47
+ARG FROM_STAGE=s46
+COPY --from=$FROM_STAGE /f /f
+FROM scratch AS s48
+ARG FROM_STAGE=s47
+COPY --from=$FROM_STAGE /f /f
+FROM scratch AS s49
+ARG FROM_STAGE=s48
+COPY --from=$FROM_STAGE /f /f
+FROM scratch AS s50
+ARG FROM_STAGE=s49
+COPY --from=$FROM_STAGE /f /f
+FROM scratch AS s51
+ARG FROM_STAGE=s50
+COPY --from=$FROM_STAGE /f /f
+FROM scratch AS s52
+ARG FROM_STAGE=s51
+COPY --from=$FROM_STAGE /f /f
+FROM scratch AS s53
+ARG FROM_STAGE=s52
+COPY --from=$FROM_STAGE /f /f
+FROM scratch AS s54
+ARG FROM_STAGE=s53
+COPY --from=$FROM_STAGE /f /f
+FROM scratch AS s55
+ARG FROM_STAGE=s54
+COPY --from=$FROM_STAGE /f /f
+FROM scratch AS s56
+ARG FROM_STAGE=s55
+COPY --from=$FROM_STAGE /f /f
+FROM scratch AS s57
+ARG FROM_STAGE=s56
+COPY --from=$FROM_STAGE /f /f
+FROM scratch AS s58
+ARG FROM_STAGE=s57
+COPY --from=$FROM_STAGE /f /f
+FROM scratch AS s59
+ARG FROM_STAGE=s58
+COPY --from=$FROM_STAGE /f /f
+FROM scratch AS s60
+ARG FROM_STAGE=s59
+COPY --from=$FROM_STAGE /f /f
+FROM scratch AS s61
+ARG FROM_STAGE=s60
+COPY --from=$FROM_STAGE /f /f
+FROM scratch AS s62
+ARG FROM_STAGE=s61
+COPY --from=$FROM_STAGE /f /f
+FROM scratch AS s63
+ARG FROM_STAGE=s62
+COPY --from=$FROM_STAGE /f /f
+FROM scratch AS s64
+ARG FROM_STAGE=s63
+COPY --from=$FROM_STAGE /f /f
+FROM scratch AS s65
+ARG FROM_STAGE=s64
+COPY --from=$FROM_STAGE /f /f
+FROM scratch AS s66
+ARG FROM_STAGE=s65
+COPY --from=$FROM_STAGE /f /f
+FROM scratch AS s67
+ARG FROM_STAGE=s66
+COPY --from=$FROM_STAGE /f /f
+FROM scratch AS s68
+ARG FROM_STAGE=s67
+COPY --from=$FROM_STAGE /f /f
+FROM scratch AS s69
+ARG FROM_STAGE=s68
+COPY --from=$FROM_STAGE /f /f
+FROM scratch AS s70
+ARG FROM_STAGE=s69
+COPY --from=$FROM_STAGE /f /f
+FROM scratch AS s71
+ARG FROM_STAGE=s70
+COPY --from=$FROM_STAGE /f /f
+FROM scratch AS s72
+ARG FROM_STAGE=s71
+COPY --from=$FROM_STAGE /f /f
+FROM scratch AS s73
+ARG FROM_STAGE=s72
+COPY --from=$FROM_STAGE /f /f
+FROM scratch AS s74
+ARG FROM_STAGE=s73
+COPY --from=$FROM_STAGE /f /f
+FROM scratch AS s75
+ARG FROM_STAGE=s74
+COPY --from=$FROM_STAGE /f /f
+FROM scratch AS s76
+ARG FROM_STAGE=s75
+COPY --from=$FROM_STAGE /f /f
+FROM scratch AS s77
+ARG FROM_STAGE=s76
+COPY --from=$FROM_STAGE /f /f
+FROM scratch AS s78
+ARG FROM_STAGE=s77
+COPY --from=$FROM_STAGE /f /f
+FROM scratch AS s79
+ARG FROM_STAGE=s78
+COPY --from=$FROM_STAGE /f /f
+FROM scratch AS s80
+ARG FROM_STAGE=s79
+COPY --from=$FROM_STAGE /f /f
+FROM scratch AS s81
+ARG FROM_STAGE=s80
+COPY --from=$FROM_STAGE /f /f
+FROM scratch AS s82
+ARG FROM_STAGE=s81
+COPY --from=$FROM_STAGE /f /f
+FROM scratch AS s83
+ARG FROM_STAGE=s82
+COPY --from=$FROM_STAGE /f /f
+FROM scratch AS s84
+ARG FROM_STAGE=s83
+COPY --from=$FROM_STAGE /f /f
+FROM scratch AS s85
+ARG FROM_STAGE=s84
+COPY --from=$FROM_STAGE /f /f
+FROM scratch AS s86
+ARG FROM_STAGE=s85
+COPY --from=$FROM_STAGE /f /f
+FROM scratch AS s87
+ARG FROM_STAGE=s86
+COPY --from=$FROM_STAGE /f /f
+FROM scratch AS s88
+ARG FROM_STAGE=s87
+COPY --from=$FROM_STAGE /f /f
+FROM scratch AS s89
+ARG FROM_STAGE=s88
+COPY --from=$FROM_STAGE /f /f
+FROM scratch AS s90
+ARG FROM_STAGE=s89
+COPY --from=$FROM_STAGE /f /f
+FROM scratch AS s91
+ARG FROM_STAGE=s90
+COPY --from=$FROM_STAGE /f /f
+FROM scratch AS s92
+ARG FROM_STAGE=s91
+COPY --from=$FROM_STAGE /f /f
+FROM scratch AS s93
+ARG FROM_STAGE=s92
+COPY --from=$FROM_STAGE /f /f
+FROM scratch AS s94
+ARG FROM_STAGE=s93
+COPY --from=$FROM_STAGE /f /f
+FROM scratch AS s95
+ARG FROM_STAGE=s94
+COPY --from=$FROM_STAGE /f /f
+FROM scratch AS s96
+ARG FROM_STAGE=s95
+COPY --from=$FROM_STAGE /f /f
+FROM scratch AS s97
+ARG FROM_STAGE=s96
+COPY --from=$FROM_STAGE /f /f
+FROM scratch AS s98
+ARG FROM_STAGE=s97
+COPY --from=$FROM_STAGE /f /f
+FROM scratch AS s99
+ARG FROM_STAGE=s98
+COPY --from=$FROM_STAGE /f /f
+FROM scratch AS s100
+ARG FROM_STAGE=s99
+COPY --from=$FROM_STAGE /f /f
+FROM scratch AS s101
+ARG FROM_STAGE=s100
+COPY --from=$FROM_STAGE /f /f
+FROM scratch AS s102
+ARG FROM_STAGE=s101
+COPY --from=$FROM_STAGE /f /f
+FROM scratch AS s103
+ARG FROM_STAGE=s102
+COPY --from=$FROM_STAGE /f /f
+FROM scratch AS s104
+ARG FROM_STAGE=s103
+COPY --from=$FROM_STAGE /f /f
+FROM scratch AS s105
+ARG FROM_STAGE=s104
+COPY --from=$FROM_STAGE /f /f
+FROM scratch AS s106
+ARG FROM_STAGE=s105
+COPY --from=$FROM_STAGE /f /f
+FROM scratch AS s107
+ARG FROM_STAGE=s106
+COPY --from=$FROM_STAGE /f /f
+FROM scratch AS s108
+ARG FROM_STAGE=s107
+COPY --from=$FROM_STAGE /f /f
+FROM scratch AS s109
+ARG FROM_STAGE=s108
+COPY --from=$FROM_STAGE /f /f
+FROM scratch AS s110
+ARG FROM_STAGE=s109
+COPY --from=$FROM_STAGE /f /f
+FROM scratch AS s111
+ARG FROM_STAGE=s110
+COPY --from=$FROM_STAGE /f /f
+FROM scratch AS s112
+ARG FROM_STAGE=s111
+COPY --from=$FROM_STAGE /f /f
+FROM scratch AS s113
+ARG FROM_STAGE=s112
+COPY --from=$FROM_STAGE /f /f
+FROM scratch AS s114
+ARG FROM_STAGE=s113
+COPY --from=$FROM_STAGE /f /f
+FROM scratch AS s115
+ARG FROM_STAGE=s114
+COPY --from=$FROM_STAGE /f /f
+FROM scratch AS s116
+ARG FROM_STAGE=s115
+COPY --from=$FROM_STAGE /f /f
+FROM scratch AS s117
+ARG FROM_STAGE=s116
+COPY --from=$FROM_STAGE /f /f
+FROM scratch AS s118
+ARG FROM_STAGE=s117
+COPY --from=$FROM_STAGE /f /f
+FROM scratch AS s119
+ARG FROM_STAGE=s118
+COPY --from=$FROM_STAGE /f /f
+FROM scratch AS s120
+ARG FROM_STAGE=s119
+COPY --from=$FROM_STAGE /f /f
+FROM scratch AS s121
+ARG FROM_STAGE=s120
+COPY --from=$FROM_STAGE /f /f
+FROM scratch AS s122
+ARG FROM_STAGE=s121
+COPY --from=$FROM_STAGE /f /f
+FROM scratch AS s123
+ARG FROM_STAGE=s122
+COPY --from=$FROM_STAGE /f /f
+FROM scratch AS s124
+ARG FROM_STAGE=s123
+COPY --from=$FROM_STAGE /f /f
+FROM scratch AS s125
+ARG FROM_STAGE=s124
+COPY --from=$FROM_STAGE /f /f
+FROM scratch AS s126
+ARG FROM_STAGE=s125
+COPY --from=$FROM_STAGE /f /f
+FROM scratch AS s127
+ARG FROM_STAGE=s126
+COPY --from=$FROM_STAGE /f /f
+FROM scratch AS s128
+ARG FROM_STAGE=s127
+COPY --from=$FROM_STAGE /f /f
+FROM scratch AS s129
+ARG FROM_STAGE=s128
+COPY --from=$FROM_STAGE /f /f
+FROM scratch AS s130
+ARG FROM_STAGE=s129
+COPY --from=$FROM_STAGE /f /f
+FROM scratch AS s131
+ARG FROM_STAGE=s130
+COPY --from=$FROM_STAGE /f /f
+FROM scratch AS s132
+ARG FROM_STAGE=s131
+COPY --from=$FROM_STAGE /f /f
+FROM scratch AS s133
+ARG FROM_STAGE=s132
+COPY --from=$FROM_STAGE /f /f
+FROM scratch AS s134
+ARG FROM_STAGE=s133
+COPY --from=$FROM_STAGE /f /f
+FROM scratch AS s135
+ARG FROM_STAGE=s134
+COPY --from=$FROM_STAGE /f /f
+FROM scratch AS s136
+ARG FROM_STAGE=s135
+COPY --from=$FROM_STAGE /f /f
+FROM scratch AS s137
+ARG FROM_STAGE=s136
+COPY --from=$FROM_STAGE /f /f
+FROM scratch AS s138
+ARG FROM_STAGE=s137
+COPY --from=$FROM_STAGE /f /f
+FROM scratch AS s139
+ARG FROM_STAGE=s138
+COPY --from=$FROM_STAGE /f /f
+FROM scratch AS s140
+ARG FROM_STAGE=s139
+COPY --from=$FROM_STAGE /f /f
+FROM scratch AS s141
+ARG FROM_STAGE=s140
+COPY --from=$FROM_STAGE /f /f
+FROM scratch AS s142
+ARG FROM_STAGE=s141
+COPY --from=$FROM_STAGE /f /f
+FROM scratch AS s143
+ARG FROM_STAGE=s142
+COPY --from=$FROM_STAGE /f /f
+FROM scratch AS s144
+ARG FROM_STAGE=s143
+COPY --from=$FROM_STAGE /f /f
+FROM scratch AS s145
+ARG FROM_STAGE=s144
+COPY --from=$FROM_STAGE /f /f
+FROM scratch AS s146
+ARG FROM_STAGE=s145
+COPY --from=$FROM_STAGE /f /f
+FROM scratch AS s147
+ARG FROM_STAGE=s146
+COPY --from=$FROM_STAGE /f /f
+FROM scratch AS s148
+ARG FROM_STAGE=s147
+COPY --from=$FROM_STAGE /f /f
+FROM scratch AS s149
+ARG FROM_STAGE=s148
+COPY --from=$FROM_STAGE /f /f
+FROM scratch AS s150
+ARG FROM_STAGE=s149
+COPY --from=$FROM_STAGE /f /f
+FROM scratch AS s151
+ARG FROM_STAGE=s150
+COPY --from=$FROM_STAGE /f /f
+FROM scratch AS s152
+ARG FROM_STAGE=s151
+COPY --from=$FROM_STAGE /f /f
+FROM scratch AS s153
+ARG FROM_STAGE=s152
+COPY --from=$FROM_STAGE /f /f
+FROM scratch AS s154
+ARG FROM_STAGE=s153
+COPY --from=$FROM_STAGE /f /f
+FROM scratch AS s155
+ARG FROM_STAGE=s154
+COPY --from=$FROM_STAGE /f /f
+FROM scratch AS s156
+ARG FROM_STAGE=s155
+COPY --from=$FROM_STAGE /f /f
+FROM scratch AS s157
+ARG FROM_STAGE=s156
+COPY --from=$FROM_STAGE /f /f
+FROM scratch AS s158
+ARG FROM_STAGE=s157
+COPY --from=$FROM_STAGE /f /f
+FROM scratch AS s159
+ARG FROM_STAGE=s158
+COPY --from=$FROM_STAGE /f /f
+FROM scratch AS s160
+ARG FROM_STAGE=s159
+COPY --from=$FROM_STAGE /f /f
+FROM scratch AS s161
+ARG FROM_STAGE=s160
+COPY --from=$FROM_STAGE /f /f
+FROM scratch AS s162
+ARG FROM_STAGE=s161
+COPY --from=$FROM_STAGE /f /f
+FROM scratch AS s163
+ARG FROM_STAGE=s162
+COPY --from=$FROM_STAGE /f /f
+FROM scratch AS s164
+ARG FROM_STAGE=s163
+COPY --from=$FROM_STAGE /f /f
+FROM scratch AS s165
+ARG FROM_STAGE=s164
+COPY --from=$FROM_STAGE /f /f
+FROM scratch AS s166
+ARG FROM_STAGE=s165
+COPY --from=$FROM_STAGE /f /f
+FROM scratch AS s167
+ARG FROM_STAGE=s166
+COPY --from=$FROM_STAGE /f /f
+FROM scratch AS s168
+ARG FROM_STAGE=s167
+COPY --from=$FROM_STAGE /f /f
+FROM scratch AS s169
+ARG FROM_STAGE=s168
+COPY --from=$FROM_STAGE /f /f
+FROM scratch AS s170
+ARG FROM_STAGE=s169
+COPY --from=$FROM_STAGE /f /f
+FROM scratch AS s171
+ARG FROM_STAGE=s170
+COPY --from=$FROM_STAGE /f /f
+FROM scratch AS s172
+ARG FROM_STAGE=s171
+COPY --from=$FROM_STAGE /f /f
+FROM scratch AS s173
+ARG FROM_STAGE=s172
+COPY --from=$FROM_STAGE /f /f
+FROM scratch AS s174
+ARG FROM_STAGE=s173
+COPY --from=$FROM_STAGE /f /f
+FROM scratch AS s175
+ARG FROM_STAGE=s174
+COPY --from=$FROM_STAGE /f /f
+FROM scratch AS s176
+ARG FROM_STAGE=s175
+COPY --from=$FROM_STAGE /f /f
+FROM scratch AS s177
+ARG FROM_STAGE=s176
+COPY --from=$FROM_STAGE /f /f
+FROM scratch AS s178
+ARG FROM_STAGE=s177
+COPY --from=$FROM_STAGE /f /f
+FROM scratch AS s179
+ARG FROM_STAGE=s178
+COPY --from=$FROM_STAGE /f /f
+FROM scratch AS s180
+ARG FROM_STAGE=s179
+COPY --from=$FROM_STAGE /f /f
+FROM scratch AS s181
+ARG FROM_STAGE=s180
+COPY --from=$FROM_STAGE /f /f
+FROM scratch AS s182
+ARG FROM_STAGE=s181
+COPY --from=$FROM_STAGE /f /f
+FROM scratch AS s183
+ARG FROM_STAGE=s182
+COPY --from=$FROM_STAGE /f /f
+FROM scratch AS s184
+ARG FROM_STAGE=s183
+COPY --from=$FROM_STAGE /f /f
+FROM scratch AS s185
+ARG FROM_STAGE=s184
+COPY --from=$FROM_STAGE /f /f
+FROM scratch AS s186
+ARG FROM_STAGE=s185
+COPY --from=$FROM_STAGE /f /f
+FROM scratch AS s187
+ARG FROM_STAGE=s186
+COPY --from=$FROM_STAGE /f /f
+FROM scratch AS s188
+ARG FROM_STAGE=s187
+COPY --from=$FROM_STAGE /f /f
+FROM scratch AS s189
+ARG FROM_STAGE=s188
+COPY --from=$FROM_STAGE /f /f
+FROM scratch AS s190
+ARG FROM_STAGE=s189
+COPY --from=$FROM_STAGE /f /f
+FROM scratch AS s191
+ARG FROM_STAGE=s190
+COPY --from=$FROM_STAGE /f /f
+FROM scratch AS s192
+ARG FROM_STAGE=s191
+COPY --from=$FROM_STAGE /f /f
+FROM scratch AS s193
+ARG FROM_STAGE=s192
+COPY --from=$FROM_STAGE /f /f
+FROM scratch AS s194
+ARG FROM_STAGE=s193
+COPY --from=$FROM_STAGE /f /f
+FROM scratch AS s195
+ARG FROM_STAGE=s194
+COPY --from=$FROM_STAGE /f /f
+FROM scratch AS s196
+ARG FROM_STAGE=s195
+COPY --from=$FROM_STAGE /f /f
+FROM scratch AS s197
+ARG FROM_STAGE=s196
+COPY --from=$FROM_STAGE /f /f
+FROM scratch AS s198
+ARG FROM_STAGE=s197
+COPY --from=$FROM_STAGE /f /f
+FROM scratch AS s199
+ARG FROM_STAGE=s198
+COPY --from=$FROM_STAGE /f /f

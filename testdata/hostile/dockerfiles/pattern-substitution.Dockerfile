@@ -1,0 +1,10 @@
+FROM scratch
+ARG v=aaaaaaaaaa
+ARG v=$v$v$v$v$v$v$v$v$v$v
+ARG v=$v$v$v$v$v$v$v$v$v$v
+ARG v=$v$v$v$v$v$v$v$v$v$v
+ARG v=$v$v$v$v$v$v$v$v$v$v
+ENV replaced=${v//*z/r}
+ENV all_replaced=${v//a/b}
+ENV suffix_kept=${v%*z}
+ENV prefix_removed=${v##*a}
