@@ -10,7 +10,7 @@ use kiln_dockerfile::{Command, Dockerfile, ExpandError, Instruction, ShellOrExec
 use kiln_oci::{
     Descriptor, HistoryEntry, ImageConfig, ImageManifest, Platform, media, to_json_bytes,
 };
-use kiln_registry::RegistryClient;
+use kiln_registry::{MAX_CONFIG_BYTES, RegistryClient};
 use kiln_sandbox::{EmulationMode, Network, RunSpec, Sandbox};
 use kiln_snapshot::{Chmod, CopyOptions, LayerOptions, LayerStack};
 use sha2::{Digest as _, Sha256};
@@ -973,6 +973,7 @@ impl<'s, 'a> Executor<'s, 'a> {
             progress.step_start(&format!("[{step_label}]"), &ins.text);
             let started = Instant::now();
             let (note, emulated) = self.step(&mut state, ins, &step_label)?;
+            self.check_config_size(&state, ins)?;
             let elapsed = started.elapsed();
             progress.step_done(&format!("[{step_label}]"), elapsed, &note);
             self.shared.steps.lock().unwrap().push(StepRecord {
@@ -984,6 +985,23 @@ impl<'s, 'a> Executor<'s, 'a> {
             });
         }
         Ok(state)
+    }
+
+    /// Refuses an image config that has grown past what registry clients (kiln among them)
+    /// pull: each word's expansion is bounded, but many instructions add up.
+    fn check_config_size(&self, state: &StageState, ins: &Instruction) -> Result<(), BuildError> {
+        let size = to_json_bytes(&state.config).len() as u64;
+        if size <= MAX_CONFIG_BYTES {
+            return Ok(());
+        }
+        Err(self.err(
+            ins,
+            format!(
+                "the image config grows to {size} bytes here, over the {} MiB an image config \
+                 may have (kiln and other registry clients refuse to pull a larger one)",
+                MAX_CONFIG_BYTES >> 20
+            ),
+        ))
     }
 
     /// Runs the ONBUILD triggers of a base image or stage right after its FROM, as Docker
@@ -1972,8 +1990,12 @@ fn download(url: &str, checksum: Option<&str>, dir: &Path) -> Result<PathBuf, St
         },
     };
     let fail = |m: String| format!("ADD {url}: {m}");
+    // A server that stalls is given up on as a registry is: the blocking client applies its
+    // timeout to the answer's head and to each read of the body, not to the whole download.
+    let timeouts = kiln_registry::Timeouts::default();
     let response = reqwest::blocking::Client::builder()
-        .timeout(None)
+        .connect_timeout(timeouts.connect)
+        .timeout(timeouts.read)
         .build()
         .and_then(|client| client.get(url).send())
         .map_err(|e| fail(e.to_string()))?;

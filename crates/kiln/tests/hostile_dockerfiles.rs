@@ -85,6 +85,19 @@ fn word_growth() -> String {
     )
 }
 
+/// An image config that grows past 8 MiB in 1 MiB steps, each within the word limit: a value
+/// doubled up to 1 MiB (`a17`, about 2 MiB with the values before it), then copied.
+fn config_growth() -> String {
+    let mut text = String::from("FROM scratch\nENV a0=xxxxxxxx\n");
+    for i in 1..=17 {
+        text.push_str(&format!("ENV a{i}=$a{0}$a{0}\n", i - 1));
+    }
+    for i in 1..=8 {
+        text.push_str(&format!("ENV b{i}=$a17\n"));
+    }
+    text
+}
+
 /// Three stages that copy from each other in a circle, one flag on a continuation line.
 fn stage_cycle() -> String {
     concat!(
@@ -121,6 +134,7 @@ fn generated() -> Vec<(&'static str, String)> {
         ("word-growth.Dockerfile", word_growth()),
         ("stage-cycle.Dockerfile", stage_cycle()),
         ("expanded-from-chain.Dockerfile", expanded_from_chain()),
+        ("config-growth.Dockerfile", config_growth()),
     ]
 }
 
@@ -348,6 +362,19 @@ fn stages_named_only_after_expansion_are_built_on_demand_to_a_bounded_depth() {
         &[
             "expanded-from-chain.Dockerfile:570:1:",
             "more than 8 stages wait for this one",
+        ],
+    );
+}
+
+#[test]
+fn an_image_config_growing_past_8_mib_is_refused_where_it_crosses() {
+    let build = Build::run("config-growth.Dockerfile");
+    // a0..a17 hold about 2 MiB; the sixth 1 MiB copy, `ENV b6` on line 25, crosses 8 MiB.
+    assert_contains_all(
+        &build.failed(),
+        &[
+            "config-growth.Dockerfile:25:",
+            "over the 8 MiB an image config may have",
         ],
     );
 }
