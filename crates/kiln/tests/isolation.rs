@@ -380,15 +380,13 @@ fn processes_running(argv: &[&str]) -> Vec<String> {
 #[test]
 fn a_killed_build_leaves_no_process_behind() {
     let env = Env::new();
-    // A duration no other test uses, to find this step's process among the host's.
-    let sleep = ["sleep", "3141"];
-    let ctx = env.context(
-        "ctx",
-        &[(
-            "Dockerfile",
-            "FROM $REG/busybox\nRUN touch /kiln-step-started && sleep 3141\n",
-        )],
-    );
+    // A duration no other process uses (this test may run twice at once on one machine), to
+    // find this step's process among the host's.
+    let seconds = (1_000_000 + std::process::id()).to_string();
+    let sleep = ["sleep", seconds.as_str()];
+    let dockerfile =
+        format!("FROM $REG/busybox\nRUN touch /kiln-step-started && sleep {seconds}\n");
+    let ctx = env.context("ctx", &[("Dockerfile", dockerfile.as_str())]);
     let mut build = kiln_command(&env.store(), &["build", ctx.to_str().unwrap()])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
