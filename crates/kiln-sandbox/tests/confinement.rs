@@ -612,3 +612,71 @@ fn fifo_as_etc_passwd_is_refused_without_hanging() {
          regular file\n"
     );
 }
+
+/// Mode, owner and change time of a host file, as `stat` shows them from outside.
+fn host_metadata(path: &Path) -> (u32, u32, u32, i64, i64) {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(path).unwrap();
+    (
+        meta.mode(),
+        meta.uid(),
+        meta.gid(),
+        meta.ctime(),
+        meta.ctime_nsec(),
+    )
+}
+
+/// Runs `script` and returns the `name: result` lines of what it printed.
+fn probes(spec: &RunSpec) -> (String, BTreeMap<String, String>) {
+    let stdout = stdout_of(&run_helper_binary(spec, Caller::Root, || Ok(())));
+    let results = results(&stdout);
+    (stdout, results)
+}
+
+/// The step's /dev holds the host's device nodes, and kiln opened the host's /dev/null as its
+/// stdin. As real root the step's uid 0 owns those inodes: it changed the host's /dev/null,
+/// /dev/tty, ... (`chmod 600 /dev/null` breaks every other user of the host). Each attempt
+/// now fails, and the host's nodes keep their mode, owner and change time.
+#[test]
+fn host_device_nodes_keep_their_metadata() {
+    let devices = ["null", "zero", "full", "random", "urandom", "tty"];
+    let host = |device: &str| Path::new("/dev").join(device);
+    let before: Vec<_> = devices.iter().map(|d| host_metadata(&host(d))).collect();
+    let mut script = String::from(
+        "probe() { name=$1; shift; if out=$(\"$@\" 2>&1); then echo \"$name: ok\"; \
+         else echo \"$name: refused: $out\"; fi; }\n",
+    );
+    for (device, (mode, uid, ..)) in devices.iter().zip(&before) {
+        // The mode and owner the node has already: harmless if the step gets through.
+        let mode = format!("{:o}", mode & 0o7777);
+        script.push_str(&format!(
+            "probe chmod_{device} busybox chmod {mode} /dev/{device}\n\
+             probe chown_{device} busybox chown {uid} /dev/{device}\n"
+        ));
+    }
+    let null_mode = format!("{:o}", before[0].0 & 0o7777);
+    script.push_str(&format!(
+        "probe chmod_stdin busybox chmod {null_mode} /proc/self/fd/0\n\
+         probe write_null sh -c 'echo data > /dev/null'\n\
+         probe read_zero sh -c 'busybox head -c 4 /dev/zero | busybox wc -c'\n"
+    ));
+    let dirs = Dirs::new();
+    let (stdout, results) = probes(&dirs.spec(&["sh", "-c", &script]));
+
+    for (device, before) in devices.iter().zip(&before) {
+        assert_eq!(
+            host_metadata(&host(device)),
+            *before,
+            "the step changed the host's /dev/{device}:\n{stdout}"
+        );
+        for attempt in ["chmod", "chown"] {
+            let outcome = result(&results, &format!("{attempt}_{device}"), &stdout);
+            assert!(outcome.contains("Read-only file system"), "{stdout}");
+        }
+    }
+    let outcome = result(&results, "chmod_stdin", &stdout);
+    assert!(outcome.contains("Read-only file system"), "{stdout}");
+    // The devices still work.
+    assert_eq!(result(&results, "write_null", &stdout), "ok", "{stdout}");
+    assert_eq!(result(&results, "read_zero", &stdout), "ok", "{stdout}");
+}
