@@ -15,7 +15,7 @@ use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use common::*;
-use kiln_sandbox::RunSpec;
+use kiln_sandbox::{RunSpec, find_emulator};
 
 /// Docker's default capabilities (CHOWN, DAC_OVERRIDE, FSETID, FOWNER, MKNOD, NET_RAW, SETGID,
 /// SETUID, SETFCAP, SETPCAP, NET_BIND_SERVICE, SYS_CHROOT, KILL, AUDIT_WRITE), as
@@ -679,4 +679,54 @@ fn host_device_nodes_keep_their_metadata() {
     // The devices still work.
     assert_eq!(result(&results, "write_null", &stdout), "ok", "{stdout}");
     assert_eq!(result(&results, "read_zero", &stdout), "ok", "{stdout}");
+}
+
+/// Every emulated process of a step is the emulator, and `/proc/<pid>/exe` of another one
+/// leads to the emulator's file on the host (QEMU hides only its own `/proc/self/exe`). As real
+/// root the step's uid 0 owns that file: `chmod 4755` made the host's qemu-aarch64-static
+/// setuid root, a root shell for every local user. Now it fails, and the file is unchanged.
+/// (A copy of the emulator stands in for the host's.)
+#[test]
+fn emulator_file_keeps_its_metadata() {
+    let qemu_dir = tempfile::tempdir().unwrap();
+    let emulator = find_emulator("arm64", None).unwrap();
+    let copy = qemu_dir
+        .path()
+        .join(emulator.interpreter.file_name().unwrap());
+    std::fs::copy(&emulator.interpreter, &copy).unwrap();
+    let before = host_metadata(&copy);
+    let dirs = Dirs::foreign("arm64", None);
+    let spec = RunSpec {
+        emulator: Some(find_emulator("arm64", Some(qemu_dir.path())).unwrap()),
+        ..dirs.spec(&[
+            "sh",
+            "-c",
+            "probe() { name=$1; shift; if out=$(\"$@\" 2>&1); then echo \"$name: ok\"; \
+             else echo \"$name: refused: $out\"; fi; }\n\
+             sleep 5 & emulated=$!\n\
+             sleep 1\n\
+             echo \"exe size: $(stat -L -c %s /proc/$emulated/exe)\"\n\
+             probe setuid chmod 4755 /proc/$emulated/exe\n\
+             probe chown chown 65534 /proc/$emulated/exe\n\
+             probe times touch -d @0 /proc/$emulated/exe\n\
+             kill $emulated\n",
+        ])
+    };
+    let (stdout, results) = probes(&spec);
+
+    assert_eq!(
+        host_metadata(&copy),
+        before,
+        "the step changed the emulator's file:\n{stdout}"
+    );
+    let size = std::fs::metadata(&copy).unwrap().len().to_string();
+    assert_eq!(
+        result(&results, "exe size", &stdout),
+        size,
+        "the step reached the emulator's file: {stdout}"
+    );
+    for attempt in ["setuid", "chown", "times"] {
+        let outcome = result(&results, attempt, &stdout);
+        assert!(outcome.contains("Read-only file system"), "{stdout}");
+    }
 }
