@@ -6,8 +6,9 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::io::Read;
+use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::net::UnixListener;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -15,7 +16,7 @@ use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use common::*;
-use kiln_sandbox::{RunSpec, find_emulator};
+use kiln_sandbox::{MountKind, RunMount, RunSpec, find_emulator};
 
 /// Docker's default capabilities (CHOWN, DAC_OVERRIDE, FSETID, FOWNER, MKNOD, NET_RAW, SETGID,
 /// SETUID, SETFCAP, SETPCAP, NET_BIND_SERVICE, SYS_CHROOT, KILL, AUDIT_WRITE), as
@@ -729,4 +730,46 @@ fn emulator_file_keeps_its_metadata() {
         let outcome = result(&results, attempt, &stdout);
         assert!(outcome.contains("Read-only file system"), "{stdout}");
     }
+}
+
+/// kiln mounts an ssh agent's socket read-only (a writable bind let the step chmod the host's
+/// socket, as real root). A socket on a read-only mount still takes connections: the step
+/// reaches the agent, and the socket's mode, owner and change time stay as they were.
+#[test]
+fn read_only_socket_mount_takes_connections() {
+    let agent_dir = tempfile::tempdir().unwrap();
+    let socket = agent_dir.path().join("agent.sock");
+    let listener = UnixListener::bind(&socket).unwrap();
+    std::thread::spawn(move || {
+        for mut stream in listener.incoming().map_while(Result::ok) {
+            let _ = stream.write_all(b"agent here\n");
+        }
+    });
+    let before = host_metadata(&socket);
+    let dirs = Dirs::new();
+    std::fs::copy(attacker(), dirs.lower.join("attacker")).unwrap();
+    let spec = RunSpec {
+        mounts: vec![RunMount {
+            target: "/run/agent.sock".to_string(),
+            kind: MountKind::Bind {
+                source: socket.clone(),
+                readonly: true,
+            },
+        }],
+        ..dirs.spec(&[
+            "sh",
+            "-c",
+            "/attacker connect /run/agent.sock\n\
+             if out=$(chmod 777 /run/agent.sock 2>&1); then echo 'chmod: ok'\n\
+             else echo \"chmod: refused: $out\"; fi\n",
+        ])
+    };
+    let (stdout, results) = probes(&spec);
+
+    assert_eq!(result(&results, "connect", &stdout), "ok agent here");
+    assert!(
+        result(&results, "chmod", &stdout).contains("Read-only file system"),
+        "{stdout}"
+    );
+    assert_eq!(host_metadata(&socket), before);
 }
