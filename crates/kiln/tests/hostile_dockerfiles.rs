@@ -428,3 +428,47 @@ fn endless_output_line_is_cut() {
         measured.peak_rss_kib
     );
 }
+
+/// A RUN step nests 1,900 directories (a second's work; the path stays under PATH_MAX), and
+/// later steps copy the tree (`COPY --from`) and mount it (`RUN --mount=from=`). Writing the
+/// step's layer, exporting the stage and copying into a layer each recursed once per level,
+/// and overflowed the build thread's stack (SIGABRT).
+#[test]
+fn deep_directories_from_a_run_step() {
+    let layout = &kiln_testkit::busybox_fixtures().oci_layout;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("Dockerfile"),
+        format!(
+            "FROM oci-layout://{layout}:latest AS deep\n\
+             RUN cd /tmp && i=0 && while [ $i -lt 1900 ]; do mkdir d && cd d || exit 1; \
+             i=$((i+1)); done && echo bottom > f\n\
+             FROM oci-layout://{layout}:latest\n\
+             COPY --from=deep /tmp /copied\n\
+             RUN --mount=type=bind,from=deep,source=/tmp,target=/m \
+             find /m -name f | xargs cat\n",
+            layout = layout.display()
+        ),
+    )
+    .unwrap();
+    let root = dir.path().join("root");
+    let context = dir.path().to_str().unwrap();
+    let measured = run_measured(&mut kiln_command(
+        &root,
+        &["build", "--progress", "plain", context],
+    ));
+    let stderr = stderr(&measured.output);
+    eprintln!(
+        "exit {:?}, peak RSS {} KiB",
+        measured.output.status.code(),
+        measured.peak_rss_kib
+    );
+    assert_eq!(measured.output.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("(1902 entries)"), "{stderr}");
+    assert!(stderr.contains("| bottom"), "{stderr}");
+    assert!(
+        measured.peak_rss_kib < PEAK_RSS_LIMIT_KIB,
+        "peak RSS {} KiB",
+        measured.peak_rss_kib
+    );
+}
