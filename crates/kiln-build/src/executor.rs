@@ -1402,7 +1402,7 @@ impl<'s, 'a> Executor<'s, 'a> {
                 step: step.to_string(),
                 instruction: ins.text.clone(),
                 code,
-                tail: redactor.redact(&output.tail.join("\n")).into_owned(),
+                tail: shown_tail(&redactor.redact(&output.tail.join("\n"))),
             });
         }
         let changed = std::fs::read_dir(&upper)
@@ -2119,6 +2119,24 @@ fn exposed_ports(word: &str) -> Result<Vec<String>, String> {
     Ok((first..=last)
         .map(|port| format!("{port}/{protocol}"))
         .collect())
+}
+
+/// Characters of each output line that a failed RUN's error shows: a step's line may be
+/// hundreds of KiB. Cut after redaction, so that a cut cannot split a secret.
+const SHOWN_TAIL_LINE_CHARS: usize = 1000;
+
+/// The failed RUN's last output lines for its error, each cut to [`SHOWN_TAIL_LINE_CHARS`].
+fn shown_tail(tail: &str) -> String {
+    let shown: Vec<String> = tail
+        .split('\n')
+        .map(
+            |line| match line.char_indices().nth(SHOWN_TAIL_LINE_CHARS) {
+                Some((cut, _)) => format!("{}… ({} bytes)", &line[..cut], line.len()),
+                None => line.to_string(),
+            },
+        )
+        .collect();
+    shown.join("\n")
 }
 
 #[cfg(test)]

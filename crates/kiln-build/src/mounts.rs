@@ -337,8 +337,9 @@ pub(crate) fn prepare(
                 if !prepared.env.iter().any(|v| v.starts_with("SSH_AUTH_SOCK=")) {
                     prepared.env.push(format!("SSH_AUTH_SOCK={target}"));
                 }
-                // Writable: connecting to a socket is a write to it.
-                prepared.mounts.push(mount(target, socket.clone(), false));
+                // Read-only: connecting to a socket on a read-only mount works, and as real
+                // root the step's uid 0 could otherwise chmod or chown the host's socket.
+                prepared.mounts.push(mount(target, socket.clone(), true));
             }
         }
     }

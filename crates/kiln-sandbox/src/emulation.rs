@@ -14,6 +14,7 @@ use nix::unistd::{ForkResult, chdir, chroot, execve, fork};
 
 use crate::arch::{ForeignArch, escaped, foreign_arch};
 use crate::helper::wait_for;
+use crate::mounts::remount_readonly;
 use crate::protocol::HelperRequest;
 use crate::{Emulator, ExitStatus, Sandbox, SandboxError};
 
@@ -157,10 +158,17 @@ impl Sandbox {
     }
 }
 
-/// Mounts the binfmt_misc instance of the helper's user namespace on `mount_point` and
-/// registers `emulator` there. The registration lasts while a mount of that instance does: the
-/// caller keeps it mounted until the command is done (or lets the namespace end).
-pub(crate) fn register_private(emulator: &Emulator, mount_point: &Path) -> Result<(), String> {
+/// Mounts the binfmt_misc instance of the helper's user namespace on `work/binfmt_misc` and
+/// registers `emulator` there, through a read-only bind of it at `work/emulator`. The
+/// registration lasts while a mount of that instance does: the caller keeps it mounted until
+/// the command is done (or lets the namespace end).
+///
+/// Every emulated process of the step can name the emulator's file as `/proc/<pid>/exe`, and
+/// as real root the step's uid 0 owns the host's file: through a writable mount it could chmod
+/// it setuid (a root shell for every local user), chown it or change its times. The kernel
+/// opens the file at registration (the `F` flag) through the read-only bind, so that is the
+/// mount `/proc/<pid>/exe` leads to, and every such change fails with EROFS.
+pub(crate) fn register_private(emulator: &Emulator, work: &Path) -> Result<(), String> {
     let fail = |why: String| {
         format!(
             "cannot set up emulation of {} binaries with {}: {why}",
@@ -168,7 +176,29 @@ pub(crate) fn register_private(emulator: &Emulator, mount_point: &Path) -> Resul
             emulator.interpreter.display()
         )
     };
-    let rule = registration(emulator).map_err(fail)?;
+    let read_only = work.join("emulator");
+    let rule = registration(&Emulator {
+        interpreter: read_only.clone(),
+        ..emulator.clone()
+    })
+    .map_err(fail)?;
+    std::fs::File::create(&read_only)
+        .map_err(|err| fail(format!("creating {}: {err}", read_only.display())))?;
+    mount(
+        Some(&emulator.interpreter),
+        &read_only,
+        None::<&str>,
+        MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .and_then(|()| remount_readonly(&read_only))
+    .map_err(|err| {
+        fail(format!(
+            "bind-mounting it read-only on {}: {err}",
+            read_only.display()
+        ))
+    })?;
+    let mount_point = &work.join("binfmt_misc");
     std::fs::create_dir_all(mount_point)
         .map_err(|err| fail(format!("creating {}: {err}", mount_point.display())))?;
     mount(
@@ -255,7 +285,7 @@ pub(crate) fn probe_in_helper(
     )
     .map_err(|err| format!("mounting a tmpfs on {}: {err}", scratch.display()))?;
     if let Some(emulator) = emulator {
-        register_private(emulator, &scratch.join("binfmt_misc"))?;
+        register_private(emulator, scratch)?;
     }
     let root = scratch.join("root");
     let program = root.join("probe");

@@ -154,7 +154,7 @@ fn run_step(spec: &RunSpec, report: &mut File) -> Result<ExitStatus, String> {
         // lasts only while a binfmt_misc mount of the user namespace does, and the command's
         // mount namespace drops every host path, this mount point included, with its old root.
         let work = canonical(&spec.work, "work dir")?;
-        emulation::register_private(emulator, &work.join("binfmt_misc"))?;
+        emulation::register_private(emulator, &work)?;
     }
     let rootfs = Rootfs::mount(spec)?;
     let (stubs, etc_binds) = match Stubs::create(

@@ -5,6 +5,7 @@
 use std::convert::Infallible;
 use std::ffi::CString;
 use std::fs::File;
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
@@ -21,8 +22,8 @@ use crate::{Network, RunSpec, caps, mounts, network, run, seccomp};
 /// PATH used for the lookup of the command when its environment has none (Docker's default).
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
-/// Host devices bind-mounted into the sandbox's /dev. /dev/tty is the controlling terminal of
-/// whoever opens it; the command has none (see [`confine`]), so opening it fails.
+/// Host devices bind-mounted (read-only) into the sandbox's /dev. /dev/tty is the controlling
+/// terminal of whoever opens it; the command has none (see [`confine`]), so opening it fails.
 const DEVICES: [&str; 6] = ["null", "zero", "full", "random", "urandom", "tty"];
 
 /// runc's read-only paths: kernel knobs in /proc whose permission checks compare the caller's
@@ -84,6 +85,7 @@ pub(crate) fn run(
     mounts::mount_all(merged, &spec.mounts)?;
     enter_root(merged)?;
     restrict_proc()?;
+    stdin_from_rootfs()?;
     sethostname(hostname_of(&spec.hostname))
         .map_err(|err| format!("setting the hostname {:?}: {err}", spec.hostname))?;
 
@@ -222,6 +224,11 @@ fn mount_dev(dev: &Path) -> Result<(), String> {
         let target = dev.join(device);
         File::create(&target).map_err(|err| format!("creating /dev/{device}: {err}"))?;
         bind_mount(&host, &target)?;
+        // These are the host's device inodes, and as real root the command's uid 0 owns
+        // them: through a writable mount it could chmod, chown or retime the host's
+        // /dev/null. Reads and writes of a device do not need a writable mount.
+        mounts::remount_readonly(&target)
+            .map_err(|err| format!("making /dev/{device} read-only: {err}"))?;
     }
     for (link, points_to) in [
         ("fd", "/proc/self/fd"),
@@ -269,6 +276,15 @@ fn enter_root(merged: &Path) -> Result<(), String> {
     pivot_root(".", ".").map_err(|err| format!("pivot_root: {err}"))?;
     umount2(".", MntFlags::MNT_DETACH).map_err(|err| format!("detaching the old root: {err}"))?;
     chdir("/").map_err(|err| format!("chdir /: {err}"))
+}
+
+/// Replaces stdin, which kiln opened as the host's /dev/null, by the rootfs's read-only
+/// /dev/null: through `/proc/self/fd/0` the command could otherwise chmod or chown the host's.
+fn stdin_from_rootfs() -> Result<(), String> {
+    let null = File::open("/dev/null").map_err(|err| format!("opening /dev/null: {err}"))?;
+    nix::unistd::dup2(null.as_raw_fd(), libc::STDIN_FILENO)
+        .map(drop)
+        .map_err(|err| format!("making /dev/null stdin: {err}"))
 }
 
 /// A missing passwd or group file is empty: root and numeric ids still work. Symlinks are

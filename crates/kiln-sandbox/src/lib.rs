@@ -161,6 +161,12 @@ pub struct RunOutput {
 /// How many output lines [`RunOutput::tail`] keeps.
 pub const TAIL_LINES: usize = 20;
 
+/// Longer output lines are cut here (the line says how many bytes were dropped), so that
+/// kiln's memory stays bounded whatever a step prints. Above kiln-build's 500 KiB limit for
+/// a secret, so that a secret printed within the first 512 KiB of a line reaches the
+/// redactor whole.
+pub const MAX_LINE_BYTES: usize = 512 << 10;
+
 /// Runs commands through a helper executable (kiln passes `std::env::current_exe()`).
 #[derive(Debug, Clone)]
 pub struct Sandbox {

@@ -12,7 +12,7 @@ use nix::fcntl::OFlag;
 use nix::unistd::pipe2;
 
 use crate::protocol::{HelperReport, HelperRequest};
-use crate::{HELPER_ARG, RunOutput, RunSpec, Sandbox, SandboxError, TAIL_LINES};
+use crate::{HELPER_ARG, MAX_LINE_BYTES, RunOutput, RunSpec, Sandbox, SandboxError, TAIL_LINES};
 
 impl Sandbox {
     /// Runs `spec.argv` in the sandbox. Each line of the command's combined stdout and stderr
@@ -188,7 +188,8 @@ fn identity_map(own_map: &str) -> Option<String> {
 }
 
 /// Passes every line to `on_line` and keeps the last [`TAIL_LINES`]. Output that is not UTF-8
-/// is converted lossily; a last line without a newline counts too.
+/// is converted lossily; a last line without a newline counts too. A line longer than
+/// [`MAX_LINE_BYTES`] is cut there and says how much of it was dropped.
 fn read_lines(
     output: File,
     on_line: &mut dyn FnMut(&str),
@@ -198,13 +199,15 @@ fn read_lines(
     let mut raw = Vec::new();
     loop {
         raw.clear();
-        if reader.read_until(b'\n', &mut raw)? == 0 {
+        let Some(dropped) = read_line_at_most(&mut reader, &mut raw, MAX_LINE_BYTES)? else {
             return Ok(tail);
+        };
+        let mut line = String::from_utf8_lossy(&raw).into_owned();
+        if dropped > 0 {
+            line.push_str(&format!(
+                " [kiln: {dropped} more bytes of this line not shown]"
+            ));
         }
-        if raw.last() == Some(&b'\n') {
-            raw.pop();
-        }
-        let line = String::from_utf8_lossy(&raw).into_owned();
         on_line(&line);
         if tail.len() == TAIL_LINES {
             tail.pop_front();
@@ -213,9 +216,62 @@ fn read_lines(
     }
 }
 
+/// Reads one line into `raw`, without its newline, keeping at most `limit` bytes of it: the
+/// rest of a longer line is read and dropped, so that a step printing without newlines
+/// cannot make kiln's memory grow without end. Returns how many bytes were dropped, or
+/// `None` at the end of the output.
+fn read_line_at_most(
+    reader: &mut impl BufRead,
+    raw: &mut Vec<u8>,
+    limit: usize,
+) -> std::io::Result<Option<u64>> {
+    let mut dropped = 0;
+    let mut read_any = false;
+    loop {
+        let available = match reader.fill_buf() {
+            Ok(available) => available,
+            Err(err) if err.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(err) => return Err(err),
+        };
+        if available.is_empty() {
+            return Ok(read_any.then_some(dropped));
+        }
+        read_any = true;
+        let newline = available.iter().position(|&byte| byte == b'\n');
+        let line_part = &available[..newline.unwrap_or(available.len())];
+        let kept = line_part.len().min(limit.saturating_sub(raw.len()));
+        raw.extend_from_slice(&line_part[..kept]);
+        dropped += (line_part.len() - kept) as u64;
+        let consumed = newline.map_or(available.len(), |at| at + 1);
+        reader.consume(consumed);
+        if newline.is_some() {
+            return Ok(Some(dropped));
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::identity_map;
+    use super::{identity_map, read_line_at_most};
+
+    #[test]
+    fn lines_are_cut_at_the_limit_and_the_rest_is_counted() {
+        let mut output = std::io::BufReader::with_capacity(3, &b"short\nmuch too long\n\nend"[..]);
+        let mut raw = Vec::new();
+        let mut lines = Vec::new();
+        while let Some(dropped) = read_line_at_most(&mut output, &mut raw, 8).unwrap() {
+            lines.push((
+                String::from_utf8(std::mem::take(&mut raw)).unwrap(),
+                dropped,
+            ));
+        }
+        let expected = [("short", 0), ("much too", 5), ("", 0), ("end", 0)];
+        let expected: Vec<(String, u64)> = expected
+            .iter()
+            .map(|(line, dropped)| (line.to_string(), *dropped))
+            .collect();
+        assert_eq!(lines, expected);
+    }
 
     #[test]
     fn identity_map_keeps_inside_ids_of_every_range() {

@@ -17,7 +17,9 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/ptrace.h>
+#include <sys/socket.h>
 #include <sys/syscall.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -107,6 +109,19 @@ int main(int argc, char **argv)
 		if (ring >= 0)
 			close((int)ring);
 		return report(probe, ring);
+	}
+	if (!strcmp(probe, "connect")) {
+		/* Not an attack: what an ssh client does with a mounted agent socket. */
+		struct sockaddr_un addr = {.sun_family = AF_UNIX};
+		strncpy(addr.sun_path, arg, sizeof addr.sun_path - 1);
+		int sock = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+		if (sock < 0 || connect(sock, (struct sockaddr *)&addr, sizeof addr) < 0)
+			return report(probe, -1);
+		char line[64] = {0};
+		long got = read(sock, line, sizeof line - 1);
+		if (got > 0)
+			printf("%s: ok %s", probe, line);
+		return got > 0 ? 0 : report(probe, -1);
 	}
 	if (!strcmp(probe, "fork"))
 		return report(probe, reap(fork()));

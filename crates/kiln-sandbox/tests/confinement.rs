@@ -6,8 +6,9 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::io::Read;
+use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::net::UnixListener;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -15,7 +16,7 @@ use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use common::*;
-use kiln_sandbox::RunSpec;
+use kiln_sandbox::{MountKind, RunMount, RunSpec, find_emulator};
 
 /// Docker's default capabilities (CHOWN, DAC_OVERRIDE, FSETID, FOWNER, MKNOD, NET_RAW, SETGID,
 /// SETUID, SETFCAP, SETPCAP, NET_BIND_SERVICE, SYS_CHROOT, KILL, AUDIT_WRITE), as
@@ -611,4 +612,164 @@ fn fifo_as_etc_passwd_is_refused_without_hanging() {
         "kiln-sandbox-helper: sandbox setup failed: /etc/passwd in the rootfs is a FIFO, not a \
          regular file\n"
     );
+}
+
+/// Mode, owner and change time of a host file, as `stat` shows them from outside.
+fn host_metadata(path: &Path) -> (u32, u32, u32, i64, i64) {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(path).unwrap();
+    (
+        meta.mode(),
+        meta.uid(),
+        meta.gid(),
+        meta.ctime(),
+        meta.ctime_nsec(),
+    )
+}
+
+/// Runs `script` and returns the `name: result` lines of what it printed.
+fn probes(spec: &RunSpec) -> (String, BTreeMap<String, String>) {
+    let stdout = stdout_of(&run_helper_binary(spec, Caller::Root, || Ok(())));
+    let results = results(&stdout);
+    (stdout, results)
+}
+
+/// The step's /dev holds the host's device nodes, and kiln opened the host's /dev/null as its
+/// stdin. As real root the step's uid 0 owns those inodes: it changed the host's /dev/null,
+/// /dev/tty, ... (`chmod 600 /dev/null` breaks every other user of the host). Each attempt
+/// now fails, and the host's nodes keep their mode, owner and change time.
+#[test]
+fn host_device_nodes_keep_their_metadata() {
+    let devices = ["null", "zero", "full", "random", "urandom", "tty"];
+    let host = |device: &str| Path::new("/dev").join(device);
+    let before: Vec<_> = devices.iter().map(|d| host_metadata(&host(d))).collect();
+    let mut script = String::from(
+        "probe() { name=$1; shift; if out=$(\"$@\" 2>&1); then echo \"$name: ok\"; \
+         else echo \"$name: refused: $out\"; fi; }\n",
+    );
+    for (device, (mode, uid, ..)) in devices.iter().zip(&before) {
+        // The mode and owner the node has already: harmless if the step gets through.
+        let mode = format!("{:o}", mode & 0o7777);
+        script.push_str(&format!(
+            "probe chmod_{device} busybox chmod {mode} /dev/{device}\n\
+             probe chown_{device} busybox chown {uid} /dev/{device}\n"
+        ));
+    }
+    let null_mode = format!("{:o}", before[0].0 & 0o7777);
+    script.push_str(&format!(
+        "probe chmod_stdin busybox chmod {null_mode} /proc/self/fd/0\n\
+         probe write_null sh -c 'echo data > /dev/null'\n\
+         probe read_zero sh -c 'busybox head -c 4 /dev/zero | busybox wc -c'\n"
+    ));
+    let dirs = Dirs::new();
+    let (stdout, results) = probes(&dirs.spec(&["sh", "-c", &script]));
+
+    for (device, before) in devices.iter().zip(&before) {
+        assert_eq!(
+            host_metadata(&host(device)),
+            *before,
+            "the step changed the host's /dev/{device}:\n{stdout}"
+        );
+        for attempt in ["chmod", "chown"] {
+            let outcome = result(&results, &format!("{attempt}_{device}"), &stdout);
+            assert!(outcome.contains("Read-only file system"), "{stdout}");
+        }
+    }
+    let outcome = result(&results, "chmod_stdin", &stdout);
+    assert!(outcome.contains("Read-only file system"), "{stdout}");
+    // The devices still work.
+    assert_eq!(result(&results, "write_null", &stdout), "ok", "{stdout}");
+    assert_eq!(result(&results, "read_zero", &stdout), "ok", "{stdout}");
+}
+
+/// Every emulated process of a step is the emulator, and `/proc/<pid>/exe` of another one
+/// leads to the emulator's file on the host (QEMU hides only its own `/proc/self/exe`). As real
+/// root the step's uid 0 owns that file: `chmod 4755` made the host's qemu-aarch64-static
+/// setuid root, a root shell for every local user. Now it fails, and the file is unchanged.
+/// (A copy of the emulator stands in for the host's.)
+#[test]
+fn emulator_file_keeps_its_metadata() {
+    let qemu_dir = tempfile::tempdir().unwrap();
+    let emulator = find_emulator("arm64", None).unwrap();
+    let copy = qemu_dir
+        .path()
+        .join(emulator.interpreter.file_name().unwrap());
+    std::fs::copy(&emulator.interpreter, &copy).unwrap();
+    let before = host_metadata(&copy);
+    let dirs = Dirs::foreign("arm64", None);
+    let spec = RunSpec {
+        emulator: Some(find_emulator("arm64", Some(qemu_dir.path())).unwrap()),
+        ..dirs.spec(&[
+            "sh",
+            "-c",
+            "probe() { name=$1; shift; if out=$(\"$@\" 2>&1); then echo \"$name: ok\"; \
+             else echo \"$name: refused: $out\"; fi; }\n\
+             sleep 5 & emulated=$!\n\
+             sleep 1\n\
+             echo \"exe size: $(stat -L -c %s /proc/$emulated/exe)\"\n\
+             probe setuid chmod 4755 /proc/$emulated/exe\n\
+             probe chown chown 65534 /proc/$emulated/exe\n\
+             probe times touch -d @0 /proc/$emulated/exe\n\
+             kill $emulated\n",
+        ])
+    };
+    let (stdout, results) = probes(&spec);
+
+    assert_eq!(
+        host_metadata(&copy),
+        before,
+        "the step changed the emulator's file:\n{stdout}"
+    );
+    let size = std::fs::metadata(&copy).unwrap().len().to_string();
+    assert_eq!(
+        result(&results, "exe size", &stdout),
+        size,
+        "the step reached the emulator's file: {stdout}"
+    );
+    for attempt in ["setuid", "chown", "times"] {
+        let outcome = result(&results, attempt, &stdout);
+        assert!(outcome.contains("Read-only file system"), "{stdout}");
+    }
+}
+
+/// kiln mounts an ssh agent's socket read-only (a writable bind let the step chmod the host's
+/// socket, as real root). A socket on a read-only mount still takes connections: the step
+/// reaches the agent, and the socket's mode, owner and change time stay as they were.
+#[test]
+fn read_only_socket_mount_takes_connections() {
+    let agent_dir = tempfile::tempdir().unwrap();
+    let socket = agent_dir.path().join("agent.sock");
+    let listener = UnixListener::bind(&socket).unwrap();
+    std::thread::spawn(move || {
+        for mut stream in listener.incoming().map_while(Result::ok) {
+            let _ = stream.write_all(b"agent here\n");
+        }
+    });
+    let before = host_metadata(&socket);
+    let dirs = Dirs::new();
+    std::fs::copy(attacker(), dirs.lower.join("attacker")).unwrap();
+    let spec = RunSpec {
+        mounts: vec![RunMount {
+            target: "/run/agent.sock".to_string(),
+            kind: MountKind::Bind {
+                source: socket.clone(),
+                readonly: true,
+            },
+        }],
+        ..dirs.spec(&[
+            "sh",
+            "-c",
+            "/attacker connect /run/agent.sock\n\
+             if out=$(chmod 777 /run/agent.sock 2>&1); then echo 'chmod: ok'\n\
+             else echo \"chmod: refused: $out\"; fi\n",
+        ])
+    };
+    let (stdout, results) = probes(&spec);
+
+    assert_eq!(result(&results, "connect", &stdout), "ok agent here");
+    assert!(
+        result(&results, "chmod", &stdout).contains("Read-only file system"),
+        "{stdout}"
+    );
+    assert_eq!(host_metadata(&socket), before);
 }

@@ -275,7 +275,9 @@ fn clear(path: &Path) -> Result<(), SnapshotError> {
     result.map_err(at(path))
 }
 
-/// Copy the contents of the directory `src` into the existing directory `dest`.
+/// Copy the contents of the directory `src` into the existing directory `dest`. Iterative:
+/// a tree can nest as deep as PATH_MAX allows (a RUN step makes one in a second), and a call
+/// per level overflowed a build thread's stack at about 1,900 levels.
 fn copy_tree(
     src: &Path,
     dest: &Path,
@@ -284,24 +286,27 @@ fn copy_tree(
     meta_for: &dyn Fn(&Path, &Metadata) -> Result<EntryMeta, SnapshotError>,
     links: &mut HardLinks,
 ) -> Result<u64, SnapshotError> {
-    let mut names = fs::read_dir(src)
-        .map_err(at(src))?
-        .map(|e| e.map(|e| e.file_name()))
-        .collect::<io::Result<Vec<_>>>()
-        .map_err(at(src))?;
-    // Sorted, so the same tree always gives the same hard link "first copies".
-    names.sort();
-    let dest_dir = Dir::open(dest).map_err(at(dest))?;
+    let mut levels = vec![TreeLevel::read(src, dest, rel, None)?];
     let mut copied = 0;
-    for name in names {
-        let rel = rel.join(&name);
+    while let Some(level) = levels.last_mut() {
+        let Some(name) = level.names.next() else {
+            let done = levels.pop().expect("a level was there");
+            if let (Some(meta), Some(parent)) = (done.times, levels.last_mut()) {
+                let name = done.dest.file_name().expect("a child dir has a name");
+                meta.apply_time(parent.dest_dir()?, name)
+                    .map_err(at(&done.dest))?;
+            }
+            continue;
+        };
+        let rel = level.rel.join(&name);
         if opts.filter.is_some_and(|keep| !keep(&rel)) {
             continue;
         }
-        let from = src.join(&name);
-        let to = dest.join(&name);
+        let from = level.src.join(&name);
+        let to = level.dest.join(&name);
         let md = fs::symlink_metadata(&from).map_err(at(&from))?;
         let meta = meta_for(&from, &md)?;
+        let dest_dir = level.dest_dir()?;
         if md.is_dir() {
             match fs::symlink_metadata(&to) {
                 Ok(existing) if existing.is_dir() => {}
@@ -310,16 +315,63 @@ fn copy_tree(
                     fs::create_dir(&to).map_err(at(&to))?;
                 }
             }
-            meta.apply_except_time(&dest_dir, &name, false)
+            meta.apply_except_time(dest_dir, &name, false)
                 .map_err(at(&to))?;
-            copied += 1 + copy_tree(&from, &to, &rel, opts, meta_for, links)?;
-            meta.apply_time(&dest_dir, &name).map_err(at(&to))?;
+            copied += 1;
+            // Closed while below: one descriptor at a time, however deep the tree.
+            level.dest_dir = None;
+            let below = TreeLevel::read(&from, &to, &rel, Some(meta))?;
+            levels.push(below);
         } else {
             clear(&to)?;
-            copied += u64::from(copy_nondir(&from, &md, &dest_dir, &to, &meta, links)?);
+            copied += u64::from(copy_nondir(&from, &md, dest_dir, &to, &meta, links)?);
         }
     }
     Ok(copied)
+}
+
+/// A directory [`copy_tree`] is copying: the names still to copy, sorted so that the same
+/// tree always gives the same hard link "first copies".
+struct TreeLevel {
+    src: PathBuf,
+    dest: PathBuf,
+    rel: PathBuf,
+    names: std::vec::IntoIter<OsString>,
+    /// `dest`, opened when needed.
+    dest_dir: Option<Dir>,
+    /// The times of `dest`, set in its parent once everything below is copied.
+    times: Option<EntryMeta>,
+}
+
+impl TreeLevel {
+    fn read(
+        src: &Path,
+        dest: &Path,
+        rel: &Path,
+        times: Option<EntryMeta>,
+    ) -> Result<TreeLevel, SnapshotError> {
+        let mut names = fs::read_dir(src)
+            .map_err(at(src))?
+            .map(|e| e.map(|e| e.file_name()))
+            .collect::<io::Result<Vec<_>>>()
+            .map_err(at(src))?;
+        names.sort();
+        Ok(TreeLevel {
+            src: src.to_path_buf(),
+            dest: dest.to_path_buf(),
+            rel: rel.to_path_buf(),
+            names: names.into_iter(),
+            dest_dir: None,
+            times,
+        })
+    }
+
+    fn dest_dir(&mut self) -> Result<&Dir, SnapshotError> {
+        if self.dest_dir.is_none() {
+            self.dest_dir = Some(Dir::open(&self.dest).map_err(at(&self.dest))?);
+        }
+        Ok(self.dest_dir.as_ref().expect("just opened"))
+    }
 }
 
 /// Copy one non-directory to the new path `dest`, in the open directory `dir`, with `meta`.

@@ -93,7 +93,7 @@ impl LayerStack {
             });
         }
         match self.walk(image_path, true) {
-            Walk::Found { node, .. } => export_node(&node, dest, &mut HashMap::new()),
+            Walk::Found { node, .. } => export_node(node, dest, &mut HashMap::new()),
             _ => Err(SnapshotError::NotInImage {
                 path: image_path.to_path_buf(),
             }),
@@ -224,31 +224,50 @@ fn merged_names(hosts: &[PathBuf]) -> io::Result<Vec<OsString>> {
         .collect())
 }
 
+/// Work left while exporting: a node to copy, or a directory whose times are set once
+/// everything inside it is written.
+enum Export {
+    Node(Node, PathBuf),
+    Times(EntryMeta, PathBuf),
+}
+
+/// Iterative: a stage's tree can nest as deep as PATH_MAX allows, and a call per level
+/// overflowed a build thread's stack at about 1,900 levels.
 fn export_node(
-    node: &Node,
+    node: Node,
     dest: &Path,
     links: &mut HashMap<(u64, u64), PathBuf>,
 ) -> Result<(), SnapshotError> {
-    match node {
-        Node::Dir(hosts) => {
-            let top = &hosts[0];
-            let md = fs::symlink_metadata(top).map_err(at(top))?;
-            let meta = EntryMeta::of(top, &md).map_err(at(top))?;
-            fs::create_dir(dest).map_err(at(dest))?;
-            let (parent, name) = in_parent(dest).map_err(at(dest))?;
-            meta.apply_except_time(&parent, name, false)
-                .map_err(at(dest))?;
-            for name in merged_names(hosts).map_err(at(top))? {
-                if let Some(child) = child(hosts, &name) {
-                    export_node(&child, &dest.join(&name), links)?;
+    let mut work = vec![Export::Node(node, dest.to_path_buf())];
+    while let Some(next) = work.pop() {
+        match next {
+            Export::Node(Node::Dir(hosts), dest) => {
+                let top = &hosts[0];
+                let md = fs::symlink_metadata(top).map_err(at(top))?;
+                let meta = EntryMeta::of(top, &md).map_err(at(top))?;
+                fs::create_dir(&dest).map_err(at(&dest))?;
+                let (parent, name) = in_parent(&dest).map_err(at(&dest))?;
+                meta.apply_except_time(&parent, name, false)
+                    .map_err(at(&dest))?;
+                let names = merged_names(&hosts).map_err(at(top))?;
+                work.push(Export::Times(meta, dest.clone()));
+                // Reversed, so that the names are exported in order.
+                for name in names.into_iter().rev() {
+                    if let Some(child) = child(&hosts, &name) {
+                        work.push(Export::Node(child, dest.join(&name)));
+                    }
                 }
             }
-            meta.apply_time(&parent, name).map_err(at(dest))
-        }
-        Node::Other(host, md) => {
-            let meta = EntryMeta::of(host, md).map_err(at(host))?;
-            let (parent, _) = in_parent(dest).map_err(at(dest))?;
-            copy_nondir(host, md, &parent, dest, &meta, links).map(drop)
+            Export::Node(Node::Other(host, md), dest) => {
+                let meta = EntryMeta::of(&host, &md).map_err(at(&host))?;
+                let (parent, _) = in_parent(&dest).map_err(at(&dest))?;
+                copy_nondir(&host, &md, &parent, &dest, &meta, links)?;
+            }
+            Export::Times(meta, dest) => {
+                let (parent, name) = in_parent(&dest).map_err(at(&dest))?;
+                meta.apply_time(&parent, name).map_err(at(&dest))?;
+            }
         }
     }
+    Ok(())
 }

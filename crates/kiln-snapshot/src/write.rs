@@ -67,7 +67,7 @@ pub(crate) fn write_layer_on_threads<W: Write>(
     threads: usize,
 ) -> Result<LayerBlob, SnapshotError> {
     let mut items = Vec::new();
-    collect(dir, &[], &mut items)?;
+    collect(dir, &mut items)?;
     items.sort_unstable_by(|a, b| a.name.cmp(&b.name));
 
     std::thread::scope(|scope| {
@@ -91,39 +91,44 @@ pub(crate) fn write_layer_on_threads<W: Write>(
 }
 
 /// List every entry under `dir` (not `dir` itself), translating overlay markers to OCI names.
-fn collect(dir: &Path, prefix: &[u8], items: &mut Vec<Item>) -> Result<(), SnapshotError> {
-    for entry in fs::read_dir(dir).map_err(at(dir))? {
-        let entry = entry.map_err(at(dir))?;
-        let path = entry.path();
-        let md = fs::symlink_metadata(&path).map_err(at(&path))?;
-        let file_name = entry.file_name();
-        let mut name = prefix.to_vec();
-        if is_whiteout(&md) {
-            name.extend_from_slice(b".wh.");
-            name.extend_from_slice(file_name.as_bytes());
-            items.push(Item { name, source: None });
-            continue;
-        }
-        if md.file_type().is_socket() {
-            continue;
-        }
-        name.extend_from_slice(file_name.as_bytes());
-        if md.is_dir() {
-            name.push(b'/');
-            if fsmeta::is_opaque(&path) {
-                let mut marker = name.clone();
-                marker.extend_from_slice(OPAQUE_MARKER);
-                items.push(Item {
-                    name: marker,
-                    source: None,
-                });
+/// Iterative (the caller sorts): a RUN step can nest directories as deep as PATH_MAX allows,
+/// and a call per level overflowed a build thread's stack at about 1,900 levels.
+fn collect(dir: &Path, items: &mut Vec<Item>) -> Result<(), SnapshotError> {
+    let mut dirs: Vec<(PathBuf, Vec<u8>)> = vec![(dir.to_path_buf(), Vec::new())];
+    while let Some((dir, prefix)) = dirs.pop() {
+        for entry in fs::read_dir(&dir).map_err(at(&dir))? {
+            let entry = entry.map_err(at(&dir))?;
+            let path = entry.path();
+            let md = fs::symlink_metadata(&path).map_err(at(&path))?;
+            let file_name = entry.file_name();
+            let mut name = prefix.clone();
+            if is_whiteout(&md) {
+                name.extend_from_slice(b".wh.");
+                name.extend_from_slice(file_name.as_bytes());
+                items.push(Item { name, source: None });
+                continue;
             }
-            collect(&path, &name, items)?;
+            if md.file_type().is_socket() {
+                continue;
+            }
+            name.extend_from_slice(file_name.as_bytes());
+            if md.is_dir() {
+                name.push(b'/');
+                if fsmeta::is_opaque(&path) {
+                    let mut marker = name.clone();
+                    marker.extend_from_slice(OPAQUE_MARKER);
+                    items.push(Item {
+                        name: marker,
+                        source: None,
+                    });
+                }
+                dirs.push((path.clone(), name.clone()));
+            }
+            items.push(Item {
+                name,
+                source: Some((path, md)),
+            });
         }
-        items.push(Item {
-            name,
-            source: Some((path, md)),
-        });
     }
     Ok(())
 }

@@ -378,3 +378,97 @@ fn an_image_config_growing_past_8_mib_is_refused_where_it_crosses() {
         ],
     );
 }
+
+/// A RUN step that prints 200 MB without a newline and fails. kiln kept whole lines (and the
+/// last 20 of them for the error): 894 MiB peak RSS for a 300 MB line, which it then printed
+/// twice, in the log and in the error. Now a line is cut at 512 KiB, and the error shows
+/// 1,000 characters of each line.
+#[test]
+fn endless_output_line_is_cut() {
+    let layout = &kiln_testkit::busybox_fixtures().oci_layout;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("Dockerfile"),
+        format!(
+            "FROM oci-layout://{}:latest\n\
+             RUN head -c 200000000 /dev/zero | tr '\\0' a; echo; exit 3\n",
+            layout.display()
+        ),
+    )
+    .unwrap();
+    let root = dir.path().join("root");
+    let context = dir.path().to_str().unwrap();
+    let measured = run_measured(&mut kiln_command(
+        &root,
+        &["build", "--progress", "plain", context],
+    ));
+    let stderr = stderr(&measured.output);
+    eprintln!(
+        "exit {:?}, peak RSS {} KiB, stderr {} bytes",
+        measured.output.status.code(),
+        measured.peak_rss_kib,
+        stderr.len()
+    );
+    assert_eq!(
+        measured.output.status.code(),
+        Some(1),
+        "{}",
+        &stderr[..2000.min(stderr.len())]
+    );
+    assert!(stderr.contains("failed with exit code 3"));
+    assert!(stderr.contains("more bytes of this line not shown"));
+    assert!(
+        stderr.len() < 1 << 20,
+        "kiln printed {} bytes for one line",
+        stderr.len()
+    );
+    assert!(
+        measured.peak_rss_kib < PEAK_RSS_LIMIT_KIB,
+        "peak RSS {} KiB",
+        measured.peak_rss_kib
+    );
+}
+
+/// A RUN step nests 1,900 directories (a second's work; the path stays under PATH_MAX), and
+/// later steps copy the tree (`COPY --from`) and mount it (`RUN --mount=from=`). Writing the
+/// step's layer, exporting the stage and copying into a layer each recursed once per level,
+/// and overflowed the build thread's stack (SIGABRT).
+#[test]
+fn deep_directories_from_a_run_step() {
+    let layout = &kiln_testkit::busybox_fixtures().oci_layout;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("Dockerfile"),
+        format!(
+            "FROM oci-layout://{layout}:latest AS deep\n\
+             RUN cd /tmp && i=0 && while [ $i -lt 1900 ]; do mkdir d && cd d || exit 1; \
+             i=$((i+1)); done && echo bottom > f\n\
+             FROM oci-layout://{layout}:latest\n\
+             COPY --from=deep /tmp /copied\n\
+             RUN --mount=type=bind,from=deep,source=/tmp,target=/m \
+             find /m -name f | xargs cat\n",
+            layout = layout.display()
+        ),
+    )
+    .unwrap();
+    let root = dir.path().join("root");
+    let context = dir.path().to_str().unwrap();
+    let measured = run_measured(&mut kiln_command(
+        &root,
+        &["build", "--progress", "plain", context],
+    ));
+    let stderr = stderr(&measured.output);
+    eprintln!(
+        "exit {:?}, peak RSS {} KiB",
+        measured.output.status.code(),
+        measured.peak_rss_kib
+    );
+    assert_eq!(measured.output.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("(1902 entries)"), "{stderr}");
+    assert!(stderr.contains("| bottom"), "{stderr}");
+    assert!(
+        measured.peak_rss_kib < PEAK_RSS_LIMIT_KIB,
+        "peak RSS {} KiB",
+        measured.peak_rss_kib
+    );
+}

@@ -294,6 +294,40 @@ fn ssh_agent_socket_is_mounted_and_announced() {
     assert_contains_all(&stderr, &["deploy", "required", "--ssh"]);
 }
 
+/// The agent's socket is the user's, on the host. Mounted writable, a step of kiln running as
+/// root (uid 0 of the step is the host's) could chmod it for every local user, or chown it.
+#[test]
+fn ssh_agent_socket_on_the_host_cannot_be_changed() {
+    use std::os::unix::fs::MetadataExt;
+    let env = Env::new();
+    let socket = env.path("agent.sock");
+    let _agent = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+    let metadata = || {
+        let meta = std::fs::metadata(&socket).unwrap();
+        (meta.mode(), meta.uid(), meta.ctime(), meta.ctime_nsec())
+    };
+    let before = metadata();
+    let ctx = env.context(
+        "ctx",
+        &[(
+            "Dockerfile",
+            "FROM $REG/busybox
+             RUN --mount=type=ssh test -S \"$SSH_AUTH_SOCK\" \
+             && ! chmod 777 \"$SSH_AUTH_SOCK\" && ! chown 65534 \"$SSH_AUTH_SOCK\" \
+             && ! touch -d @0 \"$SSH_AUTH_SOCK\"\n",
+        )],
+    );
+    let ssh = format!("default={}", socket.display());
+    let output = build(&env, &ctx, "ssh:meta", &["--ssh", &ssh]);
+    assert_eq!(
+        metadata(),
+        before,
+        "the step changed the host's agent socket"
+    );
+    assert_ok(&output);
+    assert_contains_all(&stderr(&output), &["Read-only file system"]);
+}
+
 #[test]
 fn network_none_isolates_the_step_and_default_reaches_the_registry() {
     let env = Env::new();
