@@ -1380,10 +1380,11 @@ impl<'s, 'a> Executor<'s, 'a> {
         // The output is printed through `progress`, which redacts secrets; what the errors
         // below quote of it is redacted here.
         let redactor = self.opts().secrets.redactor();
+        let mut step_log = progress.step_log(&label);
         let output = self
             .shared
             .sandbox
-            .run(&spec, &mut |line| progress.output(&label, line))
+            .run(&spec, &mut |line| step_log.line(line))
             .map_err(|e| BuildError::Step {
                 path: self.opts().dockerfile_path.clone(),
                 line: ins.span.start_line,

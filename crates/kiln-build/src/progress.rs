@@ -3,6 +3,11 @@ use std::time::Duration;
 
 use crate::Redactor;
 
+/// How much of one step's output is printed, as BuildKit clips a step's log by default
+/// (`BUILDKIT_STEP_LOG_MAX_SIZE`): a step must not flood the CI log. What the error of a
+/// failing step quotes is its last lines, whatever was clipped.
+pub const STEP_LOG_LIMIT: usize = 2 << 20;
+
 /// How much the build prints, on stderr.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ProgressMode {
@@ -59,9 +64,13 @@ impl Progress {
         self.line(&format!("{label} DONE {:.2}s{note}", elapsed.as_secs_f64()));
     }
 
-    /// A line printed by a RUN step.
-    pub fn output(&self, label: &str, text: &str) {
-        self.line(&format!("{label}   | {text}"));
+    /// Where a RUN step's output lines go, up to [`STEP_LOG_LIMIT`].
+    pub(crate) fn step_log<'p>(&'p self, label: &'p str) -> StepLog<'p> {
+        StepLog {
+            progress: self,
+            label,
+            printed: 0,
+        }
     }
 
     /// A sub-task of the current step (pulling, extracting, pushing).
@@ -76,5 +85,31 @@ impl Progress {
     /// Something the user should act on; printed in every mode, `--progress=quiet` too.
     pub fn warning(&self, text: &str) {
         self.print(&format!("[warning] {text}"));
+    }
+}
+
+/// The printed output of one RUN step.
+pub(crate) struct StepLog<'p> {
+    progress: &'p Progress,
+    label: &'p str,
+    /// Bytes of output printed so far; past the limit, nothing more is.
+    printed: usize,
+}
+
+impl StepLog<'_> {
+    pub fn line(&mut self, text: &str) {
+        if self.printed > STEP_LOG_LIMIT {
+            return;
+        }
+        self.printed += text.len() + 1;
+        if self.printed > STEP_LOG_LIMIT {
+            self.progress.line(&format!(
+                "{}   | [output clipped, log limit {} MiB reached]",
+                self.label,
+                STEP_LOG_LIMIT >> 20
+            ));
+            return;
+        }
+        self.progress.line(&format!("{}   | {text}", self.label));
     }
 }

@@ -18,6 +18,16 @@ pub enum DigestError {
     Malformed(String),
 }
 
+/// At most [`SHOWN_CHARS`] characters of a string from outside, for an error message: a digest
+/// field of a hostile manifest may be megabytes long.
+fn shown(s: &str) -> String {
+    const SHOWN_CHARS: usize = 100;
+    match s.char_indices().nth(SHOWN_CHARS) {
+        Some((cut, _)) => format!("{}… ({} bytes)", &s[..cut], s.len()),
+        None => s.to_string(),
+    }
+}
+
 impl Digest {
     /// The digest of a byte string.
     pub fn of(bytes: &[u8]) -> Digest {
@@ -46,7 +56,7 @@ impl FromStr for Digest {
         let hex = s
             .strip_prefix("sha256:")
             .filter(|h| h.len() == 64 && h.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
-            .ok_or_else(|| DigestError::Malformed(s.to_string()))?;
+            .ok_or_else(|| DigestError::Malformed(shown(s)))?;
         Ok(Digest {
             hex: hex.to_string(),
         })
@@ -159,6 +169,14 @@ impl<R: Read> Read for DigestReader<R> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_malformed_digest_is_shown_cut_short() {
+        let long = format!("sha256:{}", "z".repeat(1 << 20));
+        let message = long.parse::<Digest>().unwrap_err().to_string();
+        assert!(message.len() < 300, "{} bytes", message.len());
+        assert!(message.contains("(1048583 bytes)"), "{message}");
+    }
 
     #[test]
     fn known_digest_of_empty_input() {

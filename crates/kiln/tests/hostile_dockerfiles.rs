@@ -429,6 +429,51 @@ fn endless_output_line_is_cut() {
     );
 }
 
+/// A step that prints 16 MiB in short lines: the log shows the first 2 MiB and says it was
+/// clipped, as BuildKit does, and the error still quotes the step's last lines.
+#[test]
+fn a_flood_of_output_lines_is_clipped_at_2_mib() {
+    let layout = &kiln_testkit::busybox_fixtures().oci_layout;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("Dockerfile"),
+        format!(
+            "FROM oci-layout://{}:latest\n\
+             RUN yes 0123456789abcdef0123456789abcdef | head -c 16777216; echo last-line; exit 3\n",
+            layout.display()
+        ),
+    )
+    .unwrap();
+    let output = kiln_command(
+        &dir.path().join("root"),
+        &["build", "--progress", "plain", dir.path().to_str().unwrap()],
+    )
+    .output()
+    .unwrap();
+    let stderr = stderr(&output);
+    assert_eq!(
+        output.status.code(),
+        Some(1),
+        "{}",
+        &stderr[stderr.len().saturating_sub(2000)..]
+    );
+    assert!(stderr.contains("[output clipped, log limit 2 MiB reached]"));
+    assert!(stderr.contains("failed with exit code 3"));
+    assert!(
+        stderr.contains("last-line"),
+        "the error quotes the last lines"
+    );
+    // 33 bytes a line with its newline: 2 MiB of them, and nothing after the clip.
+    let printed = stderr
+        .lines()
+        .filter(|line| line.ends_with("| 0123456789abcdef0123456789abcdef"))
+        .count();
+    assert!(
+        printed <= (2 << 20) / 33 && printed > (2 << 20) / 33 - 2,
+        "kiln printed {printed} of the step's 508,400 lines"
+    );
+}
+
 /// A RUN step nests 1,900 directories (a second's work; the path stays under PATH_MAX), and
 /// later steps copy the tree (`COPY --from`) and mount it (`RUN --mount=from=`). Writing the
 /// step's layer, exporting the stage and copying into a layer each recursed once per level,
