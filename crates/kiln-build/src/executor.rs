@@ -17,7 +17,7 @@ use sha2::{Digest as _, Sha256};
 
 use crate::base::{self, LayerRef};
 use crate::context::BuildContext;
-use crate::mounts::{self, MountInputs, PreparedMounts, parse_mount};
+use crate::mounts::{self, MountInputs, PreparedMounts};
 use crate::platform_args::platform_args;
 use crate::progress::Progress;
 use crate::secrets::{MIN_REDACTED_CHARS, SecretFiles, Secrets};
@@ -694,14 +694,14 @@ impl<'s, 'a> Executor<'s, 'a> {
     /// else the target.
     fn stage_platform(&self, idx: usize) -> Result<Platform, BuildError> {
         let from = self.shared.stages[idx].from;
-        match from.flag("platform").and_then(|f| f.value.clone()) {
+        match from.from_flags().and_then(|f| f.platform.as_ref()) {
             None => Ok(self.target.clone()),
-            Some(raw) => {
+            Some(flag) => {
                 let globals = self.global_values();
-                let value = self.expand(from, &raw, &|n| globals.get(n).cloned())?;
+                let value = self.expand(from, &flag.value, &|n| globals.get(n).cloned())?;
                 value
                     .parse::<Platform>()
-                    .map_err(|e| self.err(from, format!("FROM --platform={raw}: {e}")))
+                    .map_err(|e| self.err(from, format!("FROM --platform={}: {e}", flag.value)))
             }
         }
     }
@@ -747,26 +747,21 @@ impl<'s, 'a> Executor<'s, 'a> {
                 }
             }
             // Stages read by COPY --from or RUN --mount=from=... are inputs too.
-            let mount_sources = ins
-                .flags
-                .iter()
-                .filter(|f| f.name == "mount")
-                .filter_map(|f| f.value.as_deref())
-                .filter_map(|v| v.split(',').find_map(|kv| kv.strip_prefix("from=")))
-                .map(|from| (from.to_string(), "mount"));
-            let copy_source = match &ins.command {
-                Command::Copy { .. } | Command::Add { .. } => ins
-                    .flag("from")
-                    .and_then(|f| f.value.clone())
-                    .map(|from| (from, "from")),
-                _ => None,
-            };
-            for (from, flag) in copy_source.into_iter().chain(mount_sources) {
-                match self.stage_index(&from) {
+            let mount_sources = ins.run_flags().into_iter().flat_map(|f| {
+                f.mounts
+                    .iter()
+                    .filter_map(|m| m.spec.from.as_deref().map(|from| (from, m.written.offset)))
+            });
+            let copy_source = ins
+                .copy_flags()
+                .and_then(|f| f.from.as_ref())
+                .map(|from| (from.value.as_str(), from.offset));
+            for (from, offset) in copy_source.into_iter().chain(mount_sources) {
+                match self.stage_index(from) {
                     Some(stage) => reads.push(StageRead {
                         stage,
                         ins,
-                        at: ins.flag_position(flag),
+                        at: ins.position(offset),
                     }),
                     None => own_key.push_str(&format!("reads image {from}\n")),
                 }
@@ -1417,32 +1412,31 @@ impl<'s, 'a> Executor<'s, 'a> {
         Ok((changed, emulated))
     }
 
-    /// A RUN flag's value, expanded with the stage's ARGs and ENV.
-    fn run_flag_values(
+    /// A flag's value, expanded with the stage's ARGs and ENV; an error points at the flag.
+    fn flag_value(
         &self,
         state: &StageState,
         ins: &Instruction,
         name: &str,
-    ) -> Result<Vec<String>, BuildError> {
+        flag: &kiln_dockerfile::FlagValue,
+    ) -> Result<String, BuildError> {
         let escape = self.shared.df.directives.escape;
-        let lookup = Self::lookup_fn(state);
-        ins.flags
-            .iter()
-            .filter(|flag| flag.name == name)
-            .map(|flag| {
-                let raw = flag.value.as_deref().unwrap_or("");
-                kiln_dockerfile::expand(raw, &lookup, escape).map_err(|e| {
-                    let message = format!("--{name}: {}", e.message);
-                    self.err_at(ins, ins.flag_position(name), message)
-                })
-            })
-            .collect()
+        kiln_dockerfile::expand(&flag.value, &Self::lookup_fn(state), escape).map_err(|e| {
+            self.err_at(
+                ins,
+                ins.position(flag.offset),
+                format!("--{name}: {}", e.message),
+            )
+        })
     }
 
     /// `RUN --network` (and `--security`, which only allows the default sandbox).
     fn run_network(&self, state: &StageState, ins: &Instruction) -> Result<Network, BuildError> {
-        if let Some(security) = self.run_flag_values(state, ins, "security")?.last() {
-            match security.as_str() {
+        let Some(flags) = ins.run_flags() else {
+            return Ok(Network::Default);
+        };
+        if let Some(security) = &flags.security {
+            match self.flag_value(state, ins, "security", security)?.as_str() {
                 "sandbox" => {}
                 "insecure" => {
                     return Err(self.err(
@@ -1459,15 +1453,14 @@ impl<'s, 'a> Executor<'s, 'a> {
                 }
             }
         }
-        match self
-            .run_flag_values(state, ins, "network")?
-            .last()
-            .map(String::as_str)
-        {
-            None | Some("default") => Ok(Network::Default),
-            Some("none") => Ok(Network::None),
-            Some("host") => Ok(Network::Host),
-            Some(other) => Err(self.err(
+        let Some(network) = &flags.network else {
+            return Ok(Network::Default);
+        };
+        match self.flag_value(state, ins, "network", network)?.as_str() {
+            "default" => Ok(Network::Default),
+            "none" => Ok(Network::None),
+            "host" => Ok(Network::Host),
+            other => Err(self.err(
                 ins,
                 format!("--network={other}: expected default, none or host"),
             )),
@@ -1483,9 +1476,21 @@ impl<'s, 'a> Executor<'s, 'a> {
         scratch: &Path,
     ) -> Result<PreparedMounts, BuildError> {
         let mut requests = Vec::new();
-        for value in self.run_flag_values(state, ins, "mount")? {
-            let mut request =
-                parse_mount(&value).map_err(|m| self.err(ins, format!("--mount={value}: {m}")))?;
+        let escape = self.shared.df.directives.escape;
+        for flag in ins.run_flags().map_or(&[][..], |f| &f.mounts) {
+            let expanded = flag
+                .spec
+                .expand(|word| kiln_dockerfile::expand(word, &Self::lookup_fn(state), escape))
+                .map_err(|e| {
+                    self.err_at(
+                        ins,
+                        ins.position(flag.written.offset),
+                        format!("--mount: {}", e.message),
+                    )
+                })?;
+            let mut request = expanded
+                .resolve()
+                .map_err(|m| self.err(ins, format!("--mount={}: {m}", flag.written.value)))?;
             request.target = request.target.map(|t| join_image_path(cwd, &t));
             let from = match &request.from {
                 None => None,
@@ -1523,24 +1528,12 @@ impl<'s, 'a> Executor<'s, 'a> {
         let ex = |w: &str| {
             kiln_dockerfile::expand(w, &lookup, escape).map_err(|e| self.expand_err(ins, w, e))
         };
-        let ex_flag = |name: &str, value: &str| {
-            kiln_dockerfile::expand(value, &lookup, escape).map_err(|e| {
-                let message = format!("--{name}: {}", e.message);
-                self.err_at(ins, ins.flag_position(name), message)
-            })
-        };
-        let flag = |name: &str| -> Result<Option<String>, BuildError> {
-            ins.flag(name)
-                .and_then(|f| f.value.clone())
-                .map(|v| ex_flag(name, &v))
+        let flags = ins.copy_flags().cloned().unwrap_or_default();
+        let flag = |name: &str, value: &Option<kiln_dockerfile::FlagValue>| {
+            value
+                .as_ref()
+                .map(|v| self.flag_value(state, ins, name, v))
                 .transpose()
-        };
-        let bool_flag = |name: &str| {
-            ins.flag(name).map(|f| {
-                f.value
-                    .as_deref()
-                    .is_none_or(|v| v.eq_ignore_ascii_case("true"))
-            })
         };
         let dest_raw = ex(dest)?;
         let mut srcs = Vec::new();
@@ -1571,19 +1564,19 @@ impl<'s, 'a> Executor<'s, 'a> {
                 }
             });
         }
-        let from = flag("from")?;
-        let chown = flag("chown")?;
-        let chmod = flag("chmod")?
+        let from = flag("from", &flags.from)?;
+        let chown = flag("chown", &flags.chown)?;
+        let chmod = flag("chmod", &flags.chmod)?
             .map(|v| Chmod::parse(&v).map_err(|e| self.err(ins, format!("--chmod: {e}"))))
             .transpose()?;
-        let checksum = flag("checksum")?;
+        let checksum = flag("checksum", &flags.checksum)?;
         let mut excludes = Vec::new();
-        for f in ins.flags.iter().filter(|f| f.name == "exclude") {
-            excludes.push(ex_flag("exclude", f.value.as_deref().unwrap_or(""))?);
+        for f in &flags.exclude {
+            excludes.push(self.flag_value(state, ins, "exclude", f)?);
         }
-        let link = bool_flag("link").unwrap_or(false);
-        let parents = bool_flag("parents").unwrap_or(false);
-        let unpack = bool_flag("unpack");
+        let link = flags.link;
+        let parents = flags.parents;
+        let unpack = flags.unpack;
         drop(lookup);
         if checksum.is_some() && !matches!(srcs.as_slice(), [CopySource::Url(_)]) {
             return Err(self.err(ins, "--checksum needs exactly one source, a URL"));
