@@ -279,12 +279,14 @@ fn hostile_base_layers_are_refused_or_extracted_safely_in_bounded_memory() {
         let canary = Canary::new(env.dir.path());
         let layout = env.path("layout");
         layout_with_layer(&layout, file.name, &hostile_file(file.name, &canary.dir));
+        // WORKDIR looks the directory up in the base, so the base must be unpacked (a FROM
+        // followed by config-only steps never unpacks it, as in BuildKit).
         let ctx = env.context(
             "ctx",
             &[(
                 "Dockerfile",
                 &format!(
-                    "FROM oci-layout://{}:hostile\nLABEL hostile=1\n",
+                    "FROM oci-layout://{}:hostile\nWORKDIR /kiln-probe\n",
                     layout.display()
                 ),
             )],
