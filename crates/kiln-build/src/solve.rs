@@ -372,7 +372,8 @@ impl Solving<'_, '_> {
         );
         let mut _lock = None;
         if self.looks_up(op) {
-            if let Some(done) = self.hit(op, &key, inputs, started) {
+            let mut warned = false;
+            if let Some(done) = self.hit(op, &key, inputs, started, &mut warned) {
                 return Ok(done);
             }
             // Another build may be running this op: wait for it, then look again.
@@ -382,7 +383,7 @@ impl Solving<'_, '_> {
                     op.origin.label
                 ))
             })?);
-            if let Some(done) = self.hit(op, &key, inputs, started) {
+            if let Some(done) = self.hit(op, &key, inputs, started, &mut warned) {
                 return Ok(done);
             }
         }
@@ -439,12 +440,22 @@ impl Solving<'_, '_> {
         Ok(self.done_with(parent, layer, record.created, &key))
     }
 
-    /// The op's result from the cache, if its record is usable (and shown as CACHED).
-    fn hit(&self, op: &Op, key: &CacheKey, inputs: &[Arc<Done>], started: Instant) -> Option<Done> {
+    /// The op's result from the cache, if its record is usable (and shown as CACHED). An
+    /// unusable record is warned about once per op (`warned`).
+    fn hit(
+        &self,
+        op: &Op,
+        key: &CacheKey,
+        inputs: &[Arc<Done>],
+        started: Instant,
+        warned: &mut bool,
+    ) -> Option<Done> {
         let mut record = match self.s.cache.load(key) {
             Lookup::Hit(record) => record,
             Lookup::Miss => return None,
+            Lookup::Unusable(_) if *warned => return None,
             Lookup::Unusable(why) => {
+                *warned = true;
                 self.progress().warning(&format!(
                     "[{}] {why}; running the step again",
                     op.origin.label
