@@ -423,11 +423,10 @@ fn emulator_missing_from_the_qemu_dir_is_an_error_naming_the_arch() {
         other => panic!("expected NoEmulator, got {other:?}"),
     }
     // Only the given dir counts, although /usr/bin has one.
-    std::fs::copy(
-        "/usr/bin/qemu-aarch64-static",
-        qemu_dir.path().join("qemu-aarch64-static"),
-    )
-    .unwrap();
+    kiln_testkit::copy_executable(
+        Path::new("/usr/bin/qemu-aarch64-static"),
+        &qemu_dir.path().join("qemu-aarch64-static"),
+    );
     let found = find_emulator("arm64", Some(qemu_dir.path())).unwrap();
     assert_eq!(
         found.interpreter,
