@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use kiln_oci::{Descriptor, Digest, ImageManifest, Platform, media, to_json_bytes};
+use kiln_sandbox::RunSpec;
 use kiln_snapshot::{LayerOptions, LayerStack};
 use serde::Serialize;
 
@@ -716,16 +717,19 @@ impl Solving<'_, '_> {
         env.extend(prepared.env.iter().cloned());
         let job = ExecJob {
             platform,
-            lowers: self.lowers(&parent.layers),
-            upper: upper.clone(),
-            work,
-            argv: exec.argv.clone(),
-            env,
-            cwd: exec.cwd.clone(),
-            user: exec.user.clone(),
-            hostname: exec.hostname.clone(),
-            network: exec.network,
-            mounts: prepared.mounts.clone(),
+            spec: RunSpec {
+                lowers: self.lowers(&parent.layers),
+                upper: upper.clone(),
+                work,
+                argv: exec.argv.clone(),
+                env,
+                cwd: exec.cwd.clone(),
+                user: exec.user.clone(),
+                hostname: exec.hostname.clone(),
+                emulator: None,
+                mounts: prepared.mounts.clone(),
+                network: exec.network,
+            },
         };
         // The output is printed through `progress`, which redacts secrets; what the errors
         // below quote of it is redacted here.

@@ -9,26 +9,16 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 
 use kiln_oci::Platform;
-use kiln_sandbox::{EmulationMode, ExitStatus, Network, RunMount, RunSpec, Sandbox};
+use kiln_sandbox::{EmulationMode, ExitStatus, RunSpec, Sandbox};
 
 use crate::BuildError;
 
-/// One command to run.
+/// One command to run: the sandbox's spec (layer dirs bottom first, each at most once; an
+/// empty upper and work dir; the command, its environment, user, cwd, network and mounts),
+/// whose `emulator` the worker fills in for the platform.
 pub struct ExecJob<'a> {
     pub platform: &'a Platform,
-    /// Layer dirs, bottom first; each at most once.
-    pub lowers: Vec<PathBuf>,
-    /// An empty dir that receives the changes.
-    pub upper: PathBuf,
-    /// An empty scratch dir on the same filesystem as `upper`.
-    pub work: PathBuf,
-    pub argv: Vec<String>,
-    pub env: Vec<String>,
-    pub cwd: String,
-    pub user: String,
-    pub hostname: String,
-    pub network: Network,
-    pub mounts: Vec<RunMount>,
+    pub spec: RunSpec,
 }
 
 /// How a command ended.
@@ -102,17 +92,8 @@ impl Worker for NamespaceWorker {
             EmulationMode::Native | EmulationMode::HostBinfmt => None,
         };
         let spec = RunSpec {
-            lowers: job.lowers,
-            upper: job.upper,
-            work: job.work,
-            argv: job.argv,
-            env: job.env,
-            cwd: job.cwd,
-            user: job.user,
-            hostname: job.hostname,
             emulator,
-            mounts: job.mounts,
-            network: job.network,
+            ..job.spec
         };
         let ran = self.sandbox.run(&spec, output).map_err(|e| e.to_string())?;
         Ok(ExecOutcome {

@@ -6,7 +6,7 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -47,12 +47,30 @@ fn ctx(env: &Env) -> PathBuf {
     )
 }
 
-fn build_in(root: &Path, ctx: &Path, dest: &Path, extra: &[&str]) -> Build {
+/// `kiln build -t app:1 -o type=oci,dest=DEST,tar=false [extra] CTX` on the kiln root `root`.
+impl Build {
+    /// Checks how many steps ran and how many were cached, showing the build's output if not.
+    fn assert_counts(&self, ran: usize, cached: usize) {
+        assert_eq!(
+            (self.ran, self.cached),
+            (ran, cached),
+            "steps (ran, cached):\n{}",
+            stderr(&self.output)
+        );
+    }
+}
+
+/// `kiln build -t app:1 -o type=oci,dest=DEST,tar=false [extra] CTX` on the kiln root `root`.
+fn build_command(root: &Path, ctx: &Path, dest: &Path, extra: &[&str]) -> Command {
     let dest_spec = format!("type=oci,dest={},tar=false", dest.display());
     let mut args = vec!["build", "-t", "app:1", "-o", &dest_spec];
     args.extend_from_slice(extra);
     args.push(ctx.to_str().unwrap());
-    let output = kiln_with_root(root, &args);
+    kiln_command(root, &args)
+}
+
+fn build_in(root: &Path, ctx: &Path, dest: &Path, extra: &[&str]) -> Build {
+    let output = build_command(root, ctx, dest, extra).output().unwrap();
     assert_ok(&output);
     summarize(output, dest)
 }
@@ -101,19 +119,9 @@ fn a_rebuild_with_nothing_changed_runs_nothing_and_gives_the_same_digests() {
     let env = Env::new();
     let ctx = ctx(&env);
     let first = build_in(&env.store(), &ctx, &env.path("out-1"), &[]);
-    assert_eq!(
-        (first.ran, first.cached),
-        (6, 0),
-        "{}",
-        stderr(&first.output)
-    );
+    first.assert_counts(6, 0);
     let second = build_in(&env.store(), &ctx, &env.path("out-2"), &[]);
-    assert_eq!(
-        (second.ran, second.cached),
-        (0, 6),
-        "{}",
-        stderr(&second.output)
-    );
+    second.assert_counts(0, 6);
     assert_eq!(
         second.cached_steps,
         [
@@ -154,7 +162,7 @@ fn a_changed_context_file_reruns_its_copy_and_what_follows() {
         "{}",
         stderr(&second.output)
     );
-    assert_eq!((second.ran, second.cached), (3, 3));
+    second.assert_counts(3, 3);
     assert_ne!(first.index, second.index);
     let work = env.path("unpacked");
     assert_eq!(
@@ -185,12 +193,7 @@ fn an_ignored_file_or_a_touched_file_changes_nothing() {
     a.set_modified(std::time::SystemTime::now() + Duration::from_secs(60))
         .unwrap();
     let second = build_in(&env.store(), &ctx, &env.path("out-2"), &[]);
-    assert_eq!(
-        (second.ran, second.cached),
-        (0, 6),
-        "{}",
-        stderr(&second.output)
-    );
+    second.assert_counts(0, 6);
     assert_eq!(first.index, second.index);
 }
 
@@ -206,7 +209,7 @@ fn a_changed_build_arg_reruns_from_its_first_use() {
         &["--build-arg", "FLAVOUR=spicy"],
     );
     assert_eq!(second.cached_steps.len(), 5, "{}", stderr(&second.output));
-    assert_eq!((second.ran, second.cached), (1, 5));
+    second.assert_counts(1, 5);
     let work = env.path("unpacked");
     assert_eq!(
         file_in(&env.path("out-2"), &work, "/app/flavour"),
@@ -242,17 +245,12 @@ fn a_base_tag_moved_to_another_digest_reruns_from_from() {
     );
     let root = env.path("app-root");
     let first = build_in(&root, &ctx, &env.path("out-1"), &[]);
-    assert_eq!((first.ran, first.cached), (2, 0));
+    first.assert_counts(2, 0);
     let again = build_in(&root, &ctx, &env.path("out-2"), &[]);
-    assert_eq!((again.ran, again.cached), (0, 2));
+    again.assert_counts(0, 2);
     make_base("two");
     let moved = build_in(&root, &ctx, &env.path("out-3"), &[]);
-    assert_eq!(
-        (moved.ran, moved.cached),
-        (2, 0),
-        "{}",
-        stderr(&moved.output)
-    );
+    moved.assert_counts(2, 0);
     let work = env.path("unpacked");
     assert_eq!(file_in(&env.path("out-3"), &work, "/seen"), "two\n");
 }
@@ -272,9 +270,9 @@ fn no_cache_runs_everything_and_no_cache_filter_only_its_stage() {
         )],
     );
     let first = build_in(&env.store(), &ctx, &env.path("out-1"), &[]);
-    assert_eq!((first.ran, first.cached), (3, 0));
+    first.assert_counts(3, 0);
     let all = build_in(&env.store(), &ctx, &env.path("out-2"), &["--no-cache"]);
-    assert_eq!((all.ran, all.cached), (3, 0), "{}", stderr(&all.output));
+    all.assert_counts(3, 0);
     let filtered = build_in(
         &env.store(),
         &ctx,
@@ -282,10 +280,10 @@ fn no_cache_runs_everything_and_no_cache_filter_only_its_stage() {
         &["--no-cache-filter", "app"],
     );
     assert_eq!(filtered.cached_steps, ["RUN echo tools > /tools"]);
-    assert_eq!((filtered.ran, filtered.cached), (2, 1));
+    filtered.assert_counts(2, 1);
     // What --no-cache ran was recorded: the next build hits everything.
     let after = build_in(&env.store(), &ctx, &env.path("out-4"), &[]);
-    assert_eq!((after.ran, after.cached), (0, 3));
+    after.assert_counts(0, 3);
 
     let unknown = env.kiln(&["build", "--no-cache-filter", "tols", ctx.to_str().unwrap()]);
     let err = assert_failed(&unknown);
@@ -306,22 +304,11 @@ fn two_builds_on_one_root_at_once_both_succeed_and_share_the_work() {
         ],
     );
     let spawn = |dest: &str| {
-        let dest_spec = format!("type=oci,dest={},tar=false", env.path(dest).display());
-        kiln_command(
-            &env.store(),
-            &[
-                "build",
-                "-t",
-                "app:1",
-                "-o",
-                &dest_spec,
-                ctx.to_str().unwrap(),
-            ],
-        )
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap()
+        build_command(&env.store(), &ctx, &env.path(dest), &[])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
     };
     let one = spawn("out-1");
     let two = spawn("out-2");
@@ -351,23 +338,11 @@ fn a_build_killed_during_a_run_leaves_a_root_the_next_build_uses() {
             "FROM $REG/busybox\nCOPY f /f\nRUN touch /started && sleep 30 && echo done > /done\n",
         ), ("f", "f\n")],
     );
-    let dest = env.path("out-1");
-    let dest_spec = format!("type=oci,dest={},tar=false", dest.display());
-    let mut child = kiln_command(
-        &env.store(),
-        &[
-            "build",
-            "-t",
-            "app:1",
-            "-o",
-            &dest_spec,
-            ctx.to_str().unwrap(),
-        ],
-    )
-    .stdout(Stdio::null())
-    .stderr(Stdio::null())
-    .spawn()
-    .unwrap();
+    let mut child = build_command(&env.store(), &ctx, &env.path("out-1"), &[])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
     // Wait until the RUN's command has started (its `touch` is in some upper dir), then kill.
     let deadline = Instant::now() + Duration::from_secs(60);
     while !has_file_named(&env.store(), "started") {
@@ -405,11 +380,13 @@ fn a_record_whose_layer_is_gone_or_corrupt_is_a_warning_and_a_rerun() {
             "FROM $REG/busybox\nRUN echo one > /one\nRUN echo two > /two\n",
         )],
     );
-    build_in(&env.store(), &ctx, &env.path("out-1"), &[]);
-    // Remove the first RUN's layer dir, and garble the second RUN's record.
+    // Layer times clamped, so a rerun of a step makes the same layer whatever the clock says.
+    let epoch = ["--build-arg", "SOURCE_DATE_EPOCH=1700000000"];
+    build_in(&env.store(), &ctx, &env.path("out-1"), &epoch);
+    // Remove the first RUN's layer dir: a warning, and that step runs again.
     let one = layer_dir_holding(&env.store(), "one");
     std::fs::remove_dir_all(&one).unwrap();
-    let second = build_in(&env.store(), &ctx, &env.path("out-2"), &[]);
+    let second = build_in(&env.store(), &ctx, &env.path("out-2"), &epoch);
     let err = stderr(&second.output);
     assert!(
         err.contains("[warning]") && err.contains("is missing"),
@@ -417,7 +394,7 @@ fn a_record_whose_layer_is_gone_or_corrupt_is_a_warning_and_a_rerun() {
     );
     assert_eq!(err.matches("is missing").count(), 1, "one warning: {err}");
     // The rerun made the same layer again, so the step on top of it still hits.
-    assert_eq!((second.ran, second.cached), (1, 1), "{err}");
+    second.assert_counts(1, 1);
     let records: Vec<PathBuf> = std::fs::read_dir(env.store().join("cache/records"))
         .unwrap()
         .map(|e| e.unwrap().path())
@@ -426,10 +403,10 @@ fn a_record_whose_layer_is_gone_or_corrupt_is_a_warning_and_a_rerun() {
     for record in &records {
         std::fs::write(record, b"{not json").unwrap();
     }
-    let third = build_in(&env.store(), &ctx, &env.path("out-3"), &[]);
+    let third = build_in(&env.store(), &ctx, &env.path("out-3"), &epoch);
     let err = stderr(&third.output);
     assert!(err.contains("is not a record"), "{err}");
-    assert_eq!((third.ran, third.cached), (2, 0), "{err}");
+    third.assert_counts(2, 0);
     let work = env.path("unpacked");
     assert_eq!(file_in(&env.path("out-3"), &work, "/two"), "two\n");
 }
