@@ -3,7 +3,7 @@
 //! stitches per-platform builds straight into a registry.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
 use kiln_oci::{Descriptor, ImageManifest, Platform, media};
@@ -406,34 +406,12 @@ pub fn run(command: ManifestCommand) -> Result<(), Report> {
     }
 }
 
-/// The `repo@digest` a `kiln build --metadata-file` output names.
-fn source_from_metadata(path: &Path) -> Result<String, Report> {
-    let text = std::fs::read_to_string(path)
-        .into_diagnostic()
-        .wrap_err_with(|| format!("cannot read {}", path.display()))?;
-    let v: serde_json::Value = serde_json::from_str(&text)
-        .into_diagnostic()
-        .wrap_err_with(|| format!("{} is not JSON", path.display()))?;
-    let digest = v["containerimage.digest"]
-        .as_str()
-        .ok_or_else(|| miette!("{}: no containerimage.digest", path.display()))?;
-    let name = v["image.name"]
-        .as_str()
-        .and_then(|n| n.split(',').next())
-        .filter(|n| !n.is_empty())
-        .ok_or_else(|| miette!("{}: no image.name", path.display()))?;
-    let r: Reference = name
-        .parse()
-        .map_err(|e| miette!("{}: {e}", path.display()))?;
-    Ok(format!("{}/{}@{digest}", r.registry, r.repository))
-}
-
 /// `create -t TAG SOURCE...`: the index made at once, printed or pushed.
 fn create_and_stitch(args: CreateArgs) -> Result<(), Report> {
     let target = parse_ref(args.tag.as_deref().unwrap_or_default())?;
     let mut sources = args.names.clone();
     for m in &args.from_metadata {
-        sources.push(source_from_metadata(m)?);
+        sources.push(kiln_build::pushed_image(m).map_err(|e| miette!("{e}"))?);
     }
     if sources.is_empty() {
         return Err(miette!(
@@ -885,6 +863,7 @@ fn push_spec(args: PushSpecArgs) -> Result<(), Report> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
 
     #[test]
     fn reindent_keeps_order_and_strings() {
