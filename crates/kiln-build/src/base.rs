@@ -1,3 +1,7 @@
+//! Base images: how FROM (and `--from`) references are read, the [`ImageResolver`] seam the
+//! plan resolves them through, its registry and OCI layout implementation, and the extraction
+//! of a stored layer blob into a layer dir.
+
 use std::fmt;
 use std::fs::File;
 use std::io::{self, BufReader};
@@ -14,25 +18,44 @@ use kiln_transport::{
 use crate::progress::Progress;
 use crate::{BuildError, Store};
 
-/// One layer of an image under construction: its extracted dir and its stored blob.
-#[derive(Clone, Debug)]
-pub(crate) struct LayerRef {
-    pub dir: PathBuf,
-    pub blob: Descriptor,
+/// A base image resolved for one platform: what a plan needs to know of it. Its layers are
+/// not fetched here: the solver fetches and extracts a layer only when a step must run on top
+/// of it or an output needs its blob.
+#[derive(Debug)]
+pub struct ResolvedImage {
+    /// Where it was found.
+    pub source: BaseRef,
+    pub platform: Platform,
+    /// The digest of its manifest (for an index, of the manifest chosen for `platform`).
+    pub manifest: Digest,
+    pub config: ImageConfig,
+    /// Its layer blobs, bottom first, each with the diff_id the config gives it.
+    pub layers: Vec<(Descriptor, Digest)>,
 }
 
-/// A base image resolved for one platform, with every layer extracted.
-pub(crate) struct BaseImage {
-    pub config: ImageConfig,
-    pub layers: Vec<LayerRef>,
+/// Finds base images: the plan calls [`ImageResolver::resolve`] for every FROM, `COPY
+/// --from` and `RUN --mount=from=` image; the solver calls [`ImageResolver::fetch_blob`] for
+/// the layers it needs. [`RegistryResolver`] reads registries and OCI layouts; tests may
+/// answer from a map.
+pub trait ImageResolver: Sync {
+    /// Resolves `image` for `platform`, reading its index, manifest and config but no layer.
+    fn resolve(&self, image: &BaseRef, platform: &Platform) -> Result<ResolvedImage, BuildError>;
+
+    /// Stores the blob `blob` of `image` in `store`, verified on the way in.
+    fn fetch_blob(
+        &self,
+        image: &ResolvedImage,
+        blob: &Descriptor,
+        store: &Store,
+    ) -> Result<(), BuildError>;
 }
 
 /// BuildKit's scheme for an image in a local OCI layout.
 const OCI_LAYOUT_SCHEME: &str = "oci-layout://";
 
 /// Where a FROM image comes from.
-#[derive(Clone, Debug)]
-pub(crate) enum BaseRef {
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BaseRef {
     /// A registry reference, as written and normalised.
     Registry {
         written: String,
@@ -43,7 +66,7 @@ pub(crate) enum BaseRef {
 }
 
 impl BaseRef {
-    pub(crate) fn parse(image: &str) -> Result<BaseRef, String> {
+    pub fn parse(image: &str) -> Result<BaseRef, String> {
         let Some(rest) = image.strip_prefix(OCI_LAYOUT_SCHEME) else {
             return Ok(BaseRef::Registry {
                 written: image.to_string(),
@@ -109,7 +132,7 @@ fn layout_names(written: &str, reference: &Reference) -> Vec<String> {
     names
 }
 
-fn bad(reference: &BaseRef, message: impl Into<String>) -> BuildError {
+fn bad(reference: &(impl fmt::Display + ?Sized), message: impl Into<String>) -> BuildError {
     BuildError::BadImage {
         reference: reference.to_string(),
         message: message.into(),
@@ -153,69 +176,80 @@ fn open_source<'c>(
     }
 }
 
-pub(crate) fn pull(
-    client: &RegistryClient,
-    store: &Store,
-    reference: &BaseRef,
-    base_dir: Option<&Path>,
-    platform: &Platform,
-    progress: &Progress,
-) -> Result<BaseImage, BuildError> {
-    let source = open_source(client, reference, base_dir, progress)?;
-    let source = source.as_ref();
-    let mut fetched = source.top().map_err(base_err(reference))?;
-    if media::is_index(&fetched.media_type) {
-        let index: ImageIndex = serde_json::from_slice(&fetched.bytes)
-            .map_err(|e| bad(reference, format!("unreadable index: {e}")))?;
-        let chosen =
-            select_platform(&index, platform).map_err(|m| BuildError::PlatformMissing {
+/// Resolves images from registries and OCI layouts, storing their configs (and, when asked,
+/// their blobs) in the store.
+pub struct RegistryResolver<'a> {
+    pub client: &'a RegistryClient,
+    pub store: &'a Store,
+    /// `--base-dir`: a layout consulted before any registry.
+    pub base_dir: Option<&'a Path>,
+    pub progress: &'a Progress,
+}
+
+impl ImageResolver for RegistryResolver<'_> {
+    fn resolve(
+        &self,
+        reference: &BaseRef,
+        platform: &Platform,
+    ) -> Result<ResolvedImage, BuildError> {
+        self.progress
+            .detail(&format!("resolving {reference} for {platform}"));
+        let source = open_source(self.client, reference, self.base_dir, self.progress)?;
+        let source = source.as_ref();
+        let mut fetched = source.top().map_err(base_err(reference))?;
+        if media::is_index(&fetched.media_type) {
+            let index: ImageIndex = serde_json::from_slice(&fetched.bytes)
+                .map_err(|e| bad(reference, format!("unreadable index: {e}")))?;
+            let chosen =
+                select_platform(&index, platform).map_err(|m| BuildError::PlatformMissing {
+                    reference: reference.to_string(),
+                    wanted: m.wanted,
+                    available: m.available,
+                })?;
+            fetched = source.manifest(chosen).map_err(base_err(reference))?;
+        }
+        let manifest: ImageManifest = serde_json::from_slice(&fetched.bytes)
+            .map_err(|e| bad(reference, format!("unreadable manifest: {e}")))?;
+
+        // The config is read into memory whole: as large as a registry client reads, no larger.
+        if manifest.config.size > MAX_CONFIG_BYTES {
+            return Err(bad(
+                reference,
+                format!(
+                    "the image config is larger than {} MiB ({} bytes)",
+                    MAX_CONFIG_BYTES >> 20,
+                    manifest.config.size
+                ),
+            ));
+        }
+        ensure_blob(source, self.store, reference, &manifest.config)?;
+        let config: ImageConfig = serde_json::from_slice(
+            &std::fs::read(self.store.blob_path(&manifest.config.digest))
+                .map_err(BuildError::io("reading a base image config"))?,
+        )
+        .map_err(|e| bad(reference, format!("unreadable image config: {e}")))?;
+        if !platform
+            .compatible()
+            .iter()
+            .any(|p| p.matches(&config.platform()))
+        {
+            return Err(BuildError::PlatformMissing {
                 reference: reference.to_string(),
-                wanted: m.wanted,
-                available: m.available,
-            })?;
-        fetched = source.manifest(chosen).map_err(base_err(reference))?;
-    }
-    let manifest: ImageManifest = serde_json::from_slice(&fetched.bytes)
-        .map_err(|e| bad(reference, format!("unreadable manifest: {e}")))?;
-
-    // The config is read into memory whole: as large as a registry client reads, no larger.
-    if manifest.config.size > MAX_CONFIG_BYTES {
-        return Err(bad(
-            reference,
-            format!(
-                "the image config is larger than {} MiB ({} bytes)",
-                MAX_CONFIG_BYTES >> 20,
-                manifest.config.size
-            ),
-        ));
-    }
-    ensure_blob(source, store, reference, &manifest.config)?;
-    let config: ImageConfig = serde_json::from_slice(
-        &std::fs::read(store.blob_path(&manifest.config.digest))
-            .map_err(BuildError::io("reading a base image config"))?,
-    )
-    .map_err(|e| bad(reference, format!("unreadable image config: {e}")))?;
-    if !platform
-        .compatible()
-        .iter()
-        .any(|p| p.matches(&config.platform()))
-    {
-        return Err(BuildError::PlatformMissing {
-            reference: reference.to_string(),
-            wanted: platform.to_string(),
-            available: config.platform().normalized().to_string(),
-        });
-    }
-    if config.rootfs.diff_ids.len() != manifest.layers.len() {
-        return Err(bad(
-            reference,
-            "config lists a different number of layers than the manifest",
-        ));
-    }
-
-    let mut layers = Vec::new();
-    for (blob, diff_id) in manifest.layers.iter().zip(&config.rootfs.diff_ids) {
-        if media::layer_compression(&blob.media_type).is_none() {
+                wanted: platform.to_string(),
+                available: config.platform().normalized().to_string(),
+            });
+        }
+        if config.rootfs.diff_ids.len() != manifest.layers.len() {
+            return Err(bad(
+                reference,
+                "config lists a different number of layers than the manifest",
+            ));
+        }
+        if let Some(blob) = manifest
+            .layers
+            .iter()
+            .find(|blob| media::layer_compression(&blob.media_type).is_none())
+        {
             return Err(bad(
                 reference,
                 format!(
@@ -224,18 +258,29 @@ pub(crate) fn pull(
                 ),
             ));
         }
-        ensure_blob(source, store, reference, blob)?;
-        let dir = store.layer_dir(diff_id);
-        if !dir.exists() {
-            progress.detail(&format!("extracting {}", blob.digest));
-            extract(store, blob, diff_id, reference)?;
-        }
-        layers.push(LayerRef {
-            dir,
-            blob: blob.clone(),
-        });
+        let layers = manifest
+            .layers
+            .into_iter()
+            .zip(config.rootfs.diff_ids.iter().cloned())
+            .collect();
+        Ok(ResolvedImage {
+            source: reference.clone(),
+            platform: platform.clone(),
+            manifest: Digest::of(&fetched.bytes),
+            config,
+            layers,
+        })
     }
-    Ok(BaseImage { config, layers })
+
+    fn fetch_blob(
+        &self,
+        image: &ResolvedImage,
+        blob: &Descriptor,
+        store: &Store,
+    ) -> Result<(), BuildError> {
+        let source = open_source(self.client, &image.source, self.base_dir, self.progress)?;
+        ensure_blob(source.as_ref(), store, &image.source, blob)
+    }
 }
 
 /// Stores a blob of the base image unless the store has it; it is verified on the way in,
@@ -255,12 +300,12 @@ fn ensure_blob(
 }
 
 /// Extracts a stored layer blob into its layer dir, checking the uncompressed stream hashes to
-/// the diff_id the config promised.
-fn extract(
+/// the diff_id the config promised. `reference` names the image the layer is from in errors.
+pub(crate) fn extract(
     store: &Store,
     blob: &Descriptor,
     diff_id: &Digest,
-    reference: &BaseRef,
+    reference: &str,
 ) -> Result<(), BuildError> {
     let file = File::open(store.blob_path(&blob.digest))
         .map_err(BuildError::io("opening a layer blob"))?;

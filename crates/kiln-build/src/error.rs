@@ -17,6 +17,13 @@ pub enum BuildError {
     },
     #[error("target stage `{0}` is not defined in the Dockerfile")]
     UnknownTarget(String),
+    /// A flag names a stage the Dockerfile does not have.
+    #[error("{flag} {name}: the Dockerfile has no stage named `{name}` ({stages})")]
+    NoSuchStage {
+        flag: String,
+        name: String,
+        stages: String,
+    },
     #[error("{path}:{line}: COPY --from={name}: no stage or image named `{name}`")]
     UnknownStage {
         path: String,

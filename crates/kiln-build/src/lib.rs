@@ -1,27 +1,143 @@
-//! Turns a parsed Dockerfile into images: resolves base images, runs each stage's steps
-//! (RUN in the sandbox, COPY into fresh layer dirs), writes layers and configs into a content
-//! store, and delivers the result to its outputs (registry push, OCI layout) through
-//! `kiln_transport`, with the store as the source.
+//! Turns a parsed Dockerfile into images, in two steps: [`lower`] makes a [`Plan`] of fully
+//! expanded operations with their cache keys (nothing runs), and [`solve`] does each op once,
+//! reusing what the cache recorded and running the rest (RUN through a [`Worker`], COPY and
+//! WORKDIR through kiln-snapshot), writing layers and configs into a content [`Store`].
+//! [`deliver`] copies the images from there to each output (registry push, OCI layouts)
+//! through `kiln_transport`, with the store as the source.
 
 mod base;
+mod cache;
 mod context;
+mod context_digest;
 mod error;
-mod executor;
 mod export;
+mod fileops;
+mod key;
+mod lower;
 mod metadata;
 mod mounts;
 mod output;
+mod plan;
 mod platform_args;
 mod progress;
+mod rules;
 mod secrets;
+mod solve;
 mod store;
 mod timefmt;
+mod worker;
 
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use kiln_dockerfile::Dockerfile;
+use kiln_oci::Platform;
+use kiln_registry::RegistryClient;
+
+pub use base::{BaseRef, ImageResolver, RegistryResolver, ResolvedImage};
+pub use cache::{CacheBackend, KeyLock, LocalCache, Lookup, Record, RecordLayer};
+pub use context::BuildContext;
 pub use error::BuildError;
-pub use executor::{BuildOptions, BuildResult, BuiltImage, StepRecord, build};
 pub use export::{StoreSource, deliver};
+pub use key::CacheKey;
+pub use lower::{lower, stages_named};
 pub use metadata::{BuildMetadata, MetadataError, pushed_image};
 pub use output::{Output, OutputSpecError};
+pub use plan::{
+    ConfigStep, Copy, CopySource, Exec, ExecMount, HistoryStep, ImagePlan, Mkdir, Op, OpId, OpKind,
+    Origin, Plan, Source,
+};
 pub use progress::{Progress, ProgressMode};
 pub use secrets::{Redactor, SecretSource, Secrets};
+pub use solve::{BuildResult, BuiltImage, CachePolicy, Solver, StepKind, StepRecord, solve};
 pub use store::Store;
+pub use worker::{ExecJob, ExecOutcome, NamespaceWorker, Worker};
+
+use secrets::MIN_REDACTED_CHARS;
+
+/// What to build and how.
+pub struct BuildOptions {
+    /// The Dockerfile's path as the user named it (used in messages).
+    pub dockerfile_path: String,
+    pub context_dir: PathBuf,
+    /// The `.dockerignore` to apply (`<Dockerfile>.dockerignore` beside the Dockerfile wins
+    /// over the context's, as BuildKit does); resolved by the caller.
+    pub ignore_file: Option<PathBuf>,
+    pub build_args: BTreeMap<String, String>,
+    pub target: Option<String>,
+    /// The platforms to build the target stage for; one image each.
+    pub platforms: Vec<Platform>,
+    /// How many platforms build at once.
+    pub jobs: usize,
+    /// Where `qemu-<arch>-static` lives, if not on PATH or in /usr/bin.
+    pub qemu_dir: Option<PathBuf>,
+    /// The executable that acts as the sandbox helper (kiln itself).
+    pub sandbox_helper: PathBuf,
+    /// Clamp for timestamps (`SOURCE_DATE_EPOCH`).
+    pub source_date_epoch: Option<i64>,
+    /// Secrets for `RUN --mount=type=secret` (`kiln build --secret`); their values are
+    /// redacted from everything the build prints and from its errors.
+    pub secrets: Secrets,
+    /// SSH agent sockets for `RUN --mount=type=ssh`, by id (`kiln build --ssh`).
+    pub ssh: BTreeMap<String, PathBuf>,
+    /// An OCI layout (directory or archive) whose images FROM uses before any registry,
+    /// matched by their `org.opencontainers.image.ref.name` (`kiln build --base-dir`).
+    pub base_dir: Option<PathBuf>,
+    /// `--no-cache`: run every step, looking nothing up (what runs is still recorded).
+    pub no_cache: bool,
+    /// `--no-cache-filter`: the stages whose steps are run without looking them up.
+    pub no_cache_filter: Vec<String>,
+}
+
+/// Builds the target stage of `df` for every platform in `opts.platforms` and stores the
+/// images: lowers it to a plan (resolving base images through `client`), then solves the
+/// plan with the sandbox as worker and the local cache in `store`'s root. Platforms build
+/// concurrently (up to `opts.jobs`); equal steps run once. If one platform fails, the others
+/// stop at their next step.
+pub fn build(
+    df: &Dockerfile,
+    opts: &BuildOptions,
+    store: &Store,
+    client: &RegistryClient,
+    progress: &Progress,
+) -> Result<BuildResult, BuildError> {
+    let progress = &progress.redacting(opts.secrets.redactor().clone());
+    for id in opts.secrets.unredactable() {
+        progress.warning(&format!(
+            "secret `{id}` is shorter than {MIN_REDACTED_CHARS} characters, so kiln does not \
+             redact it from the build's output"
+        ));
+    }
+    let no_cache_stages = stages_named(df, &opts.no_cache_filter, "--no-cache-filter")?;
+    // Every target platform must be runnable before anything else happens.
+    let worker = NamespaceWorker::new(opts.sandbox_helper.clone(), opts.qemu_dir.clone());
+    for platform in &opts.platforms {
+        worker.check(platform)?;
+    }
+    let resolver = RegistryResolver {
+        client,
+        store,
+        base_dir: opts.base_dir.as_deref(),
+        progress,
+    };
+    let plan = lower(df, opts, &resolver)?;
+    for warning in &plan.warnings {
+        progress.info(warning);
+    }
+    let context = BuildContext::open(&opts.context_dir, opts.ignore_file.as_deref())?;
+    let cache = LocalCache::open(store)?;
+    let solver = Solver {
+        opts,
+        store,
+        worker: &worker,
+        cache: &cache,
+        resolver: &resolver,
+        context: &context,
+        progress,
+        policy: CachePolicy {
+            disabled: opts.no_cache,
+            stages: no_cache_stages,
+        },
+    };
+    solve(&plan, &solver)
+}

@@ -1,12 +1,13 @@
-//! `RUN --mount`: parsing the flag as BuildKit does, and preparing what each mount shows on
-//! the host (copies of the context or a stage, cache dirs, secret files, agent sockets) for
-//! the sandbox to mount. Nothing prepared here becomes part of a layer.
+//! `RUN --mount` (parsed by kiln-dockerfile, expanded by the plan): preparing what each mount
+//! shows on the host (copies of the context or a stage, cache dirs, secret files, agent
+//! sockets) for the sandbox to mount. Nothing prepared here becomes part of a layer.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
+use kiln_dockerfile::{Mount, MountType, Sharing};
 use kiln_sandbox::{MountKind, RunMount};
 use kiln_snapshot::{CopyOptions, LayerStack};
 use sha2::{Digest as _, Sha256};
@@ -14,210 +15,6 @@ use sha2::{Digest as _, Sha256};
 use crate::Store;
 use crate::context::BuildContext;
 use crate::secrets::{SecretFiles, Secrets};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum MountType {
-    Bind,
-    Cache,
-    Tmpfs,
-    Secret,
-    Ssh,
-}
-
-/// Who may use a cache mount at the same time.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub(crate) enum Sharing {
-    /// Every step at once.
-    #[default]
-    Shared,
-    /// A step that finds the cache in use gets a fresh, empty one of its own.
-    Private,
-    /// One step at a time; the others wait.
-    Locked,
-}
-
-/// One `--mount` flag, parsed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct MountRequest {
-    pub kind: MountType,
-    /// As written (made absolute against the working dir by the caller).
-    pub target: Option<String>,
-    pub source: Option<String>,
-    pub from: Option<String>,
-    /// `None` means the type's default: read-only for bind, writable for the rest.
-    pub readonly: Option<bool>,
-    pub id: Option<String>,
-    pub sharing: Sharing,
-    pub mode: Option<u32>,
-    pub uid: Option<u32>,
-    pub gid: Option<u32>,
-    pub size: Option<u64>,
-    pub required: bool,
-    pub env: Option<String>,
-}
-
-impl MountType {
-    fn name(self) -> &'static str {
-        match self {
-            MountType::Bind => "bind",
-            MountType::Cache => "cache",
-            MountType::Tmpfs => "tmpfs",
-            MountType::Secret => "secret",
-            MountType::Ssh => "ssh",
-        }
-    }
-}
-
-/// Splits on commas outside double quotes, removing the quotes (CSV, as BuildKit reads it).
-fn csv_fields(value: &str) -> Vec<String> {
-    let mut fields = vec![String::new()];
-    let mut quoted = false;
-    for c in value.chars() {
-        match c {
-            '"' => quoted = !quoted,
-            ',' if !quoted => fields.push(String::new()),
-            _ => fields.last_mut().expect("starts with one").push(c),
-        }
-    }
-    fields
-}
-
-fn parse_bool(key: &str, value: Option<&str>) -> Result<bool, String> {
-    match value.map(str::to_ascii_lowercase).as_deref() {
-        None | Some("true") | Some("1") => Ok(true),
-        Some("false") | Some("0") => Ok(false),
-        Some(other) => Err(format!("{key}={other}: expected true or false")),
-    }
-}
-
-/// `64m`, `1g`, `4096`: bytes, with binary unit suffixes as Docker's `size=` takes them.
-fn parse_size(text: &str) -> Result<u64, String> {
-    let lower = text.trim().to_ascii_lowercase();
-    let unitless = lower.trim_end_matches("ib").trim_end_matches('b');
-    let (digits, factor) = match unitless.char_indices().last() {
-        Some((at, 'k')) => (&unitless[..at], 1u64 << 10),
-        Some((at, 'm')) => (&unitless[..at], 1 << 20),
-        Some((at, 'g')) => (&unitless[..at], 1 << 30),
-        Some((at, 't')) => (&unitless[..at], 1 << 40),
-        _ => (unitless, 1),
-    };
-    digits
-        .trim()
-        .parse::<u64>()
-        .ok()
-        .and_then(|n| n.checked_mul(factor))
-        .ok_or_else(|| format!("size={text}: expected a size like 64m or 1048576"))
-}
-
-/// Parses the value of one `--mount` flag (already expanded).
-pub(crate) fn parse_mount(value: &str) -> Result<MountRequest, String> {
-    let mut request = MountRequest {
-        kind: MountType::Bind,
-        target: None,
-        source: None,
-        from: None,
-        readonly: None,
-        id: None,
-        sharing: Sharing::Shared,
-        mode: None,
-        uid: None,
-        gid: None,
-        size: None,
-        required: false,
-        env: None,
-    };
-    let mut sharing_given = false;
-    for field in csv_fields(value) {
-        let field = field.trim();
-        if field.is_empty() {
-            continue;
-        }
-        let (key, value) = match field.split_once('=') {
-            Some((key, value)) => (key.trim().to_ascii_lowercase(), Some(value.trim())),
-            None => (field.to_ascii_lowercase(), None),
-        };
-        let needs_value = |key: &str| value.ok_or_else(|| format!("{key} needs a value"));
-        let number = |key: &str, radix: u32| -> Result<u32, String> {
-            let text = needs_value(key)?;
-            u32::from_str_radix(text, radix).map_err(|_| format!("{key}={text}: not a number"))
-        };
-        match key.as_str() {
-            "type" => {
-                request.kind = match needs_value("type")? {
-                    "bind" => MountType::Bind,
-                    "cache" => MountType::Cache,
-                    "tmpfs" => MountType::Tmpfs,
-                    "secret" => MountType::Secret,
-                    "ssh" => MountType::Ssh,
-                    other => {
-                        return Err(format!(
-                            "unknown mount type `{other}` (expected bind, cache, tmpfs, secret \
-                             or ssh)"
-                        ));
-                    }
-                }
-            }
-            "target" | "dst" | "destination" => {
-                request.target = Some(needs_value(&key)?.to_string())
-            }
-            "source" | "src" => request.source = Some(needs_value(&key)?.to_string()),
-            "from" => request.from = Some(needs_value("from")?.to_string()),
-            "ro" | "readonly" => request.readonly = Some(parse_bool(&key, value)?),
-            "rw" | "readwrite" => request.readonly = Some(!parse_bool(&key, value)?),
-            "id" => request.id = Some(needs_value("id")?.to_string()),
-            "sharing" => {
-                sharing_given = true;
-                request.sharing = match needs_value("sharing")? {
-                    "shared" => Sharing::Shared,
-                    "private" => Sharing::Private,
-                    "locked" => Sharing::Locked,
-                    other => {
-                        return Err(format!(
-                            "sharing={other}: expected shared, private or locked"
-                        ));
-                    }
-                }
-            }
-            "mode" => request.mode = Some(number("mode", 8)?),
-            "uid" => request.uid = Some(number("uid", 10)?),
-            "gid" => request.gid = Some(number("gid", 10)?),
-            "size" => request.size = Some(parse_size(needs_value("size")?)?),
-            "required" => request.required = parse_bool("required", value)?,
-            "env" => request.env = Some(needs_value("env")?.to_string()),
-            _ => return Err(format!("unknown mount option `{key}` in `{field}`")),
-        }
-    }
-    let kind = request.kind;
-    let misplaced = [
-        (sharing_given, "sharing", kind == MountType::Cache),
-        (request.size.is_some(), "size", kind == MountType::Tmpfs),
-        (request.env.is_some(), "env", kind == MountType::Secret),
-        (
-            request.from.is_some(),
-            "from",
-            matches!(kind, MountType::Bind | MountType::Cache),
-        ),
-    ];
-    if let Some((_, key, _)) = misplaced.iter().find(|(given, _, fits)| *given && !fits) {
-        return Err(format!(
-            "mount option `{key}` does not apply to type={}",
-            kind.name()
-        ));
-    }
-    let needs_target = matches!(kind, MountType::Bind | MountType::Cache | MountType::Tmpfs);
-    if needs_target && request.target.is_none() {
-        return Err(format!("a type={} mount needs target=PATH", kind.name()));
-    }
-    if kind == MountType::Secret && request.id.is_none() {
-        let from_target = request.target.as_deref().and_then(|target| {
-            Path::new(target)
-                .file_name()
-                .map(|name| name.to_string_lossy().into_owned())
-        });
-        request.id = Some(from_target.ok_or("a type=secret mount needs id= or target=")?);
-    }
-    Ok(request)
-}
 
 /// What the mounts of one RUN step draw from.
 pub(crate) struct MountInputs<'a> {
@@ -249,7 +46,7 @@ fn ssh_target(n: usize) -> String {
 /// Prepares `requests` (targets absolute), with the filesystem of each `from=` stage or
 /// image alongside. Errors name the mount and are meant for the user.
 pub(crate) fn prepare(
-    requests: &[(MountRequest, Option<LayerStack>)],
+    requests: &[(Mount, Option<LayerStack>)],
     inputs: &MountInputs,
 ) -> Result<PreparedMounts, String> {
     let mut prepared = PreparedMounts {
@@ -399,7 +196,7 @@ fn copy_from_context(context: &BuildContext, source: &str, dest: &Path) -> Resul
 /// the lock its sharing mode takes. A `private` cache in use gives way to a fresh dir.
 fn cache_dir(
     inputs: &MountInputs,
-    request: &MountRequest,
+    request: &Mount,
     id: &str,
     from: Option<&LayerStack>,
     scratch: &Path,
@@ -443,11 +240,7 @@ fn cache_dir(
 
 /// Creates an empty cache dir at `dir` (or a copy of `source` of the `from` stage) with the
 /// requested mode (default 0755) and owner (default 0:0).
-fn make_cache_dir(
-    dir: &Path,
-    request: &MountRequest,
-    from: Option<&LayerStack>,
-) -> Result<(), String> {
+fn make_cache_dir(dir: &Path, request: &Mount, from: Option<&LayerStack>) -> Result<(), String> {
     match from {
         Some(stack) => {
             export_from(stack, request.source.as_deref().unwrap_or("/"), dir)?;
@@ -462,56 +255,4 @@ fn make_cache_dir(
         std::os::unix::fs::chown(dir, Some(request.uid.unwrap_or(0)), request.gid.or(Some(0)))
     });
     set_up.map_err(|e| format!("setting up cache dir {}: {e}", dir.display()))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn cache_mount_parses_buildkit_spellings() {
-        let parsed =
-            parse_mount("type=cache,dst=/root/.cache,id=go,sharing=locked,mode=0700,uid=1000,ro")
-                .unwrap();
-        assert_eq!(parsed.kind, MountType::Cache);
-        assert_eq!(parsed.target.as_deref(), Some("/root/.cache"));
-        assert_eq!(parsed.id.as_deref(), Some("go"));
-        assert_eq!(parsed.sharing, Sharing::Locked);
-        assert_eq!(parsed.mode, Some(0o700));
-        assert_eq!(parsed.uid, Some(1000));
-        assert_eq!(parsed.readonly, Some(true));
-    }
-
-    #[test]
-    fn type_defaults_to_bind_and_rw_makes_it_writable() {
-        let parsed = parse_mount("target=/src,rw").unwrap();
-        assert_eq!(parsed.kind, MountType::Bind);
-        assert_eq!(parsed.readonly, Some(false));
-    }
-
-    #[test]
-    fn secret_id_defaults_to_the_target_name() {
-        let parsed = parse_mount("type=secret,target=/run/secrets/npmrc,required").unwrap();
-        assert_eq!(parsed.id.as_deref(), Some("npmrc"));
-        assert!(parsed.required);
-    }
-
-    #[test]
-    fn tmpfs_size_takes_units() {
-        let parsed = parse_mount("type=tmpfs,target=/t,size=64m").unwrap();
-        assert_eq!(parsed.size, Some(64 << 20));
-        assert!(parse_mount("type=tmpfs,target=/t,size=lots").is_err());
-    }
-
-    #[test]
-    fn bad_options_are_errors_naming_them() {
-        let unknown = parse_mount("type=bind,target=/x,colour=red").unwrap_err();
-        assert!(unknown.contains("colour"), "{unknown}");
-        let misplaced = parse_mount("type=bind,target=/x,sharing=locked").unwrap_err();
-        assert!(misplaced.contains("sharing"), "{misplaced}");
-        let no_target = parse_mount("type=cache").unwrap_err();
-        assert!(no_target.contains("target"), "{no_target}");
-        let bad_type = parse_mount("type=volume,target=/x").unwrap_err();
-        assert!(bad_type.contains("volume"), "{bad_type}");
-    }
 }

@@ -55,6 +55,11 @@ impl Progress {
         self.line(&format!("{label} {instruction}"));
     }
 
+    /// A step whose result came from the cache, as buildx shows one.
+    pub fn step_cached(&self, label: &str, instruction: &str) {
+        self.line(&format!("CACHED {label} {instruction}"));
+    }
+
     pub fn step_done(&self, label: &str, elapsed: Duration, note: &str) {
         let note = if note.is_empty() {
             String::new()

@@ -3,6 +3,7 @@
 //! BuildKit accepts `--name=value` and bare `--name` (booleans only); `--name value` is not a
 //! flag with a value, the value would be taken as an argument.
 
+use crate::mount::MountSpec;
 use crate::suggest;
 
 /// A flag as written, quotes removed, with its byte offset in the logical line.
@@ -166,6 +167,123 @@ pub(crate) fn validate(keyword: &str, flags: &[RawFlag]) -> Result<(), Problem> 
         }
     }
     Ok(())
+}
+
+/// A flag's value as written: quotes removed, variables not expanded yet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FlagValue {
+    pub value: String,
+    /// Byte offset of the flag's `--` in [`Instruction::text`](crate::Instruction::text);
+    /// [`Instruction::position`](crate::Instruction::position) gives its line and column.
+    pub offset: usize,
+}
+
+/// The flags of COPY and ADD, typed.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct CopyFlags {
+    pub from: Option<FlagValue>,
+    pub chown: Option<FlagValue>,
+    pub chmod: Option<FlagValue>,
+    pub link: bool,
+    pub parents: bool,
+    pub exclude: Vec<FlagValue>,
+    /// ADD only.
+    pub checksum: Option<FlagValue>,
+    /// ADD only; `None` when not given (local archives are unpacked, remote ones are not).
+    pub unpack: Option<bool>,
+    /// ADD only.
+    pub keep_git_dir: bool,
+}
+
+/// One `RUN --mount`: its options, and the flag as written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MountFlag {
+    pub spec: MountSpec,
+    pub written: FlagValue,
+}
+
+/// The flags of RUN, typed.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RunFlags {
+    pub mounts: Vec<MountFlag>,
+    pub network: Option<FlagValue>,
+    pub security: Option<FlagValue>,
+}
+
+/// The flags of FROM, typed.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct FromFlags {
+    pub platform: Option<FlagValue>,
+}
+
+/// The typed flags of an instruction (HEALTHCHECK's stay in `Instruction::flags`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum TypedFlags {
+    #[default]
+    None,
+    From(FromFlags),
+    Run(RunFlags),
+    Copy(CopyFlags),
+}
+
+/// Types the flags of `keyword` (already [`validate`]d). `offset` is added to each flag's
+/// offset, to make it an offset in the instruction's text.
+pub(crate) fn typed(
+    keyword: &str,
+    flags: &[RawFlag],
+    offset: usize,
+) -> Result<TypedFlags, Problem> {
+    let word = |flag: &RawFlag| FlagValue {
+        value: flag.value.clone().unwrap_or_default(),
+        offset: offset + flag.offset,
+    };
+    let boolean = |flag: &RawFlag| {
+        flag.value
+            .as_deref()
+            .is_none_or(|v| v.eq_ignore_ascii_case("true"))
+    };
+    Ok(match keyword {
+        "FROM" => TypedFlags::From(FromFlags {
+            platform: flags.iter().find(|f| f.name == "platform").map(word),
+        }),
+        "RUN" => {
+            let mut run = RunFlags::default();
+            for (index, flag) in flags.iter().enumerate() {
+                match flag.name.as_str() {
+                    "mount" => {
+                        let written = word(flag);
+                        let spec = MountSpec::parse(&written.value).map_err(|m| Problem {
+                            index,
+                            message: format!("--mount={}: {m}", written.value),
+                            hint: None,
+                        })?;
+                        run.mounts.push(MountFlag { spec, written });
+                    }
+                    "network" => run.network = Some(word(flag)),
+                    _ => run.security = Some(word(flag)),
+                }
+            }
+            TypedFlags::Run(run)
+        }
+        "COPY" | "ADD" => {
+            let mut copy = CopyFlags::default();
+            for flag in flags {
+                match flag.name.as_str() {
+                    "from" => copy.from = Some(word(flag)),
+                    "chown" => copy.chown = Some(word(flag)),
+                    "chmod" => copy.chmod = Some(word(flag)),
+                    "link" => copy.link = boolean(flag),
+                    "parents" => copy.parents = boolean(flag),
+                    "exclude" => copy.exclude.push(word(flag)),
+                    "checksum" => copy.checksum = Some(word(flag)),
+                    "unpack" => copy.unpack = Some(boolean(flag)),
+                    _ => copy.keep_git_dir = boolean(flag),
+                }
+            }
+            TypedFlags::Copy(copy)
+        }
+        _ => TypedFlags::None,
+    })
 }
 
 #[cfg(test)]

@@ -1,5 +1,6 @@
 //! The syntax tree: one [`Instruction`] per Dockerfile instruction.
 
+use crate::flags::{CopyFlags, FromFlags, RunFlags, TypedFlags};
 use crate::lines::Layout;
 
 /// Where an instruction is in the file.
@@ -84,7 +85,10 @@ pub enum Command {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Instruction {
     pub command: Command,
+    /// The flags as written, in order (for tools: the JSON form, the lint rules).
     pub flags: Vec<Flag>,
+    /// The flags of FROM, RUN, COPY and ADD, typed when parsed (see the accessors).
+    pub typed_flags: TypedFlags,
     pub heredocs: Vec<Heredoc>,
     pub span: Span,
     /// The instruction as written, continuation lines joined (for image history).
@@ -125,6 +129,30 @@ impl Instruction {
     /// The uppercase keyword, e.g. `"RUN"`.
     pub fn keyword(&self) -> &'static str {
         self.command.keyword()
+    }
+
+    /// FROM's flags; `None` for another instruction.
+    pub fn from_flags(&self) -> Option<&FromFlags> {
+        match &self.typed_flags {
+            TypedFlags::From(flags) => Some(flags),
+            _ => None,
+        }
+    }
+
+    /// RUN's flags; `None` for another instruction.
+    pub fn run_flags(&self) -> Option<&RunFlags> {
+        match &self.typed_flags {
+            TypedFlags::Run(flags) => Some(flags),
+            _ => None,
+        }
+    }
+
+    /// COPY's or ADD's flags; `None` for another instruction.
+    pub fn copy_flags(&self) -> Option<&CopyFlags> {
+        match &self.typed_flags {
+            TypedFlags::Copy(flags) => Some(flags),
+            _ => None,
+        }
     }
 
     /// The first flag with this name (without `--`).

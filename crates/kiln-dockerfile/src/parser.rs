@@ -198,10 +198,12 @@ impl Parser<'_> {
         };
         let flags_offset = keyword_offset + word.len();
         let (raw_flags, args_relative) = flags::extract(&line.text[flags_offset..]);
-        if let Err(problem) = flags::validate(keyword, &raw_flags) {
-            let offset = flags_offset + raw_flags[problem.index].offset;
-            return Err(self.error_at_offset(line, offset, problem.message, problem.hint));
-        }
+        let typed_flags = flags::validate(keyword, &raw_flags)
+            .and_then(|()| flags::typed(keyword, &raw_flags, flags_offset - keyword_offset))
+            .map_err(|problem| {
+                let offset = flags_offset + raw_flags[problem.index].offset;
+                self.error_at_offset(line, offset, problem.message, problem.hint)
+            })?;
         let flags = raw_flags
             .into_iter()
             .map(|f| Flag {
@@ -226,6 +228,7 @@ impl Parser<'_> {
         let instruction = Instruction {
             command,
             flags,
+            typed_flags,
             heredocs: Vec::new(),
             span,
             text: line.text[keyword_offset..].trim_end().to_string(),

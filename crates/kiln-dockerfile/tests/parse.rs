@@ -597,3 +597,48 @@ fn words_and_flags_are_located_in_the_file() {
     moved.span = df.instructions[0].span;
     assert_eq!(moved.word_position("A=1", 0), None);
 }
+
+#[test]
+fn copy_and_run_flags_are_typed_with_their_positions() {
+    let df = parse_ok(
+        "FROM a\nCOPY --from=build --chown=$U:1 --link \\\n  --exclude=*.md --exclude=x . /app\n\
+         RUN --mount=type=cache,target=$HOME/.cache,sharing=locked --network=none make\n\
+         ADD --unpack=false --checksum=sha256:00 --keep-git-dir x /y\n",
+    );
+    let copy = df.instructions[1].copy_flags().unwrap();
+    assert_eq!(copy.from.as_ref().unwrap().value, "build");
+    assert_eq!(copy.chown.as_ref().unwrap().value, "$U:1");
+    assert!(copy.link && !copy.parents && copy.unpack.is_none());
+    let excludes: Vec<&str> = copy.exclude.iter().map(|e| e.value.as_str()).collect();
+    assert_eq!(excludes, ["*.md", "x"]);
+    // Positions in the file, the second flag line included.
+    let at = |offset| df.instructions[1].position(offset);
+    assert_eq!(at(copy.from.as_ref().unwrap().offset), Some((2, 6)));
+    assert_eq!(at(copy.exclude[1].offset), Some((3, 18)));
+
+    let run = df.instructions[2].run_flags().unwrap();
+    let mount = &run.mounts[0];
+    assert_eq!(mount.spec.kind, kiln_dockerfile::MountType::Cache);
+    assert_eq!(mount.spec.target.as_deref(), Some("$HOME/.cache"));
+    assert_eq!(mount.spec.sharing.as_deref(), Some("locked"));
+    assert_eq!(run.network.as_ref().unwrap().value, "none");
+    assert!(df.instructions[2].copy_flags().is_none());
+
+    let add = df.instructions[3].copy_flags().unwrap();
+    assert_eq!(add.unpack, Some(false));
+    assert!(add.keep_git_dir);
+    assert_eq!(add.checksum.as_ref().unwrap().value, "sha256:00");
+}
+
+#[test]
+fn mount_flags_are_checked_where_they_are_written() {
+    let e = parse_err("FROM a\nRUN --network=none --mount=type=floppy,target=/f true\n");
+    assert_eq!((e.line, e.column), (2, 20));
+    assert!(e.message.contains("unknown mount type `floppy`"), "{e}");
+    let e = parse_err("FROM a\nRUN --mount=type=bind,target=/x,colour=red true\n");
+    assert!(e.message.contains("unknown mount option `colour`"), "{e}");
+    let e = parse_err("FROM a\nRUN --mount=type=cache true\n");
+    assert!(e.message.contains("needs target=PATH"), "{e}");
+    // A value is a word: checked once the build knows its variables.
+    parse_ok("FROM a\nRUN --mount=type=cache,target=/c,uid=$UID,sharing=$MODE true\n");
+}

@@ -9,15 +9,18 @@
 //!
 //! A name is one path component: no `/`, not `.` or `..`. Where a method says so, the empty
 //! name stands for the directory itself.
+//!
+//! [`Dir::open_in_root`] and [`Dir::make_in_root`] are the exception: they follow symlinks, but
+//! as if the directory were `/` (a container's rootfs), so that none leads out of it.
 
 #![forbid(unsafe_code)]
 
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::path::{Component, Path};
+use std::path::{Component, Path, PathBuf};
 
 use rustix::fs::{
     AtFlags, FileType, Gid, Mode, OFlags, ResolveFlags, Timespec, Timestamps, Uid, XattrFlags,
@@ -34,6 +37,17 @@ const DIR_FLAGS: OFlags = OFlags::RDONLY
 const BENEATH: ResolveFlags = ResolveFlags::BENEATH
     .union(ResolveFlags::NO_SYMLINKS)
     .union(ResolveFlags::NO_MAGICLINKS);
+
+/// How `open_in_root` resolves: symlinks and `..` as if the directory were `/`, no `/proc`
+/// magic links (`/proc/self/root`, `/proc/<pid>/fd/<n>`), which jump wherever they point.
+const IN_ROOT: ResolveFlags = ResolveFlags::IN_ROOT.union(ResolveFlags::NO_MAGICLINKS);
+
+/// Symlinks followed while resolving one path, as the kernel allows (`MAXSYMLINKS`).
+const MAX_SYMLINKS: usize = 40;
+
+/// Times `make_in_root` looks again at an entry that appeared, or vanished, between its
+/// lookup and its creation, before it gives up with `EAGAIN`.
+const MAX_RACES: usize = 8;
 
 /// An open directory; see the crate docs.
 #[derive(Debug)]
@@ -56,6 +70,42 @@ pub enum NodeKind {
     Fifo,
 }
 
+/// What [`Dir::make_in_root`] creates where nothing is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EntryKind {
+    Dir,
+    File,
+}
+
+/// What [`Dir::make_in_root`] calls with each path it is about to create.
+pub type BeforeCreate<'a> = dyn FnMut(&Path, EntryKind) + 'a;
+
+/// An entry held by an `O_PATH` descriptor: it stays the inode that was looked up, whatever
+/// later happens to the path that led to it.
+#[derive(Debug)]
+pub struct Entry {
+    fd: OwnedFd,
+}
+
+impl Entry {
+    /// The `fstat` of the entry (a symlink only if one was opened as such).
+    pub fn metadata(&self) -> io::Result<Metadata> {
+        Ok(Metadata(rustix::fs::fstat(&self.fd)?))
+    }
+
+    /// `/proc/self/fd/<n>` of the descriptor: for calls that take only a path (`mount(2)`),
+    /// it leads to exactly this inode, as the kernel follows it without a lookup by name.
+    pub fn proc_path(&self) -> String {
+        format!("/proc/self/fd/{}", self.fd.as_raw_fd())
+    }
+}
+
+impl AsFd for Entry {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
 /// The `lstat` of an entry (or `fstat` of the directory itself).
 #[derive(Clone, Copy, Debug)]
 pub struct Metadata(rustix::fs::Stat);
@@ -73,6 +123,10 @@ impl Metadata {
 
     pub fn is_symlink(&self) -> bool {
         self.file_type() == FileType::Symlink
+    }
+
+    pub fn is_file(&self) -> bool {
+        self.file_type() == FileType::RegularFile
     }
 
     pub fn is_char_device(&self) -> bool {
@@ -165,6 +219,151 @@ impl Dir {
             }
         }
         Ok(Dir { fd })
+    }
+
+    /// Opens `path` as if this directory were `/`, with `openat2(RESOLVE_IN_ROOT |
+    /// RESOLVE_NO_MAGICLINKS)`: absolute and relative symlinks (a final one too) and `..`
+    /// resolve inside it and never lead out; a `/proc` magic link fails with `ELOOP`.
+    pub fn open_in_root(&self, path: &Path) -> io::Result<Entry> {
+        let flags = OFlags::PATH | OFlags::CLOEXEC;
+        let mut races = 0;
+        loop {
+            match rustix::fs::openat2(&self.fd, path, flags, Mode::empty(), IN_ROOT) {
+                // Before Linux 5.6, or under a seccomp filter that predates openat2.
+                Err(Errno::NOSYS) => return self.walk_in_root(path, None),
+                // A rename or mount elsewhere raced with a `..`: the kernel asks to try again.
+                Err(Errno::AGAIN) if races < MAX_RACES => races += 1,
+                opened => return Ok(Entry { fd: opened? }),
+            }
+        }
+    }
+
+    /// [`Dir::open_in_root`], creating what is missing: directories on the way and a `last`
+    /// at the end (where a final symlink leads, if it leads nowhere yet). An existing final
+    /// entry of the other kind fails with `ENOTDIR` (a directory was wanted) or `EISDIR`.
+    ///
+    /// `before_create` gets each entry's path relative to this directory, with symlinks
+    /// resolved, just before it is created. Each component is looked up with `O_NOFOLLOW` and
+    /// created (`mkdirat`, `O_CREAT | O_EXCL`) relative to the descriptor of the directory
+    /// just looked at, so nothing lands anywhere but where the check was made, whatever
+    /// happens to paths meanwhile.
+    pub fn make_in_root(
+        &self,
+        path: &Path,
+        last: EntryKind,
+        before_create: &mut BeforeCreate,
+    ) -> io::Result<Entry> {
+        // The usual case: nothing to create, and the kernel resolves.
+        let entry = match self.open_in_root(path) {
+            Err(err) if err.raw_os_error() == Some(Errno::NOENT.raw_os_error()) => {
+                self.walk_in_root(path, Some((last, before_create)))?
+            }
+            opened => opened?,
+        };
+        let is_dir = entry.metadata()?.is_dir();
+        match (last, is_dir) {
+            (EntryKind::Dir, false) => Err(Errno::NOTDIR.into()),
+            (EntryKind::File, true) => Err(Errno::ISDIR.into()),
+            _ => Ok(entry),
+        }
+    }
+
+    /// Resolves `path` in root one component at a time, relative to the descriptor of the
+    /// directory reached so far, expanding symlinks itself (an absolute one starts over at
+    /// this directory, `..` goes back to the directory it came from and stays here at the
+    /// top). With `create`, missing entries are made as [`Dir::make_in_root`] says. Symlinks
+    /// on procfs are refused (`ELOOP`) like magic links: the walk cannot tell them apart, and
+    /// nothing can be created in procfs anyway.
+    fn walk_in_root(
+        &self,
+        path: &Path,
+        mut create: Option<(EntryKind, &mut BeforeCreate)>,
+    ) -> io::Result<Entry> {
+        let lookup = OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        // The directories below this one that the walk is in, with their names.
+        let mut dirs: Vec<(OwnedFd, OsString)> = Vec::new();
+        let mut pending = components_reversed(path.as_os_str());
+        let (mut symlinks, mut races) = (0, 0);
+        // Whether the last lookup's entry was just created here: if it is gone again, a race.
+        let mut just_created = false;
+        loop {
+            let parent = dirs.last().map_or(&self.fd, |(fd, _)| fd);
+            let Some(part) = pending.pop() else {
+                // The path ended at a directory (`/`, `..`, or a symlink to a directory).
+                let fd = rustix::fs::openat(parent, ".", lookup, Mode::empty())?;
+                return Ok(Entry { fd });
+            };
+            if part == ".." {
+                dirs.pop();
+                continue;
+            }
+            let is_last = pending.is_empty();
+            let fd = match rustix::fs::openat(parent, &part, lookup, Mode::empty()) {
+                Ok(fd) => fd,
+                Err(Errno::NOENT) if create.is_some() => {
+                    let (last, before_create) = create.as_mut().expect("checked");
+                    let kind = if is_last { *last } else { EntryKind::Dir };
+                    let mut relative: PathBuf =
+                        dirs.iter().map(|(_, name)| name.as_os_str()).collect();
+                    relative.push(&part);
+                    if just_created {
+                        races += 1;
+                    }
+                    if races > MAX_RACES {
+                        return Err(Errno::AGAIN.into());
+                    }
+                    before_create(&relative, kind);
+                    let created = match kind {
+                        EntryKind::Dir => {
+                            rustix::fs::mkdirat(parent, &part, Mode::from_raw_mode(0o755))
+                        }
+                        EntryKind::File => {
+                            let flags = OFlags::WRONLY
+                                | OFlags::CREATE
+                                | OFlags::EXCL
+                                | OFlags::NOFOLLOW
+                                | OFlags::CLOEXEC;
+                            let mode = Mode::from_raw_mode(0o644);
+                            rustix::fs::openat(parent, &part, flags, mode).map(drop)
+                        }
+                    };
+                    just_created = match created {
+                        Ok(()) => true,
+                        // Something appeared there since the lookup: look at that instead.
+                        Err(Errno::EXIST) => {
+                            races += 1;
+                            false
+                        }
+                        Err(err) => return Err(err.into()),
+                    };
+                    // Looked up again, with O_NOFOLLOW like any other entry: a race may
+                    // already have replaced what was just made.
+                    pending.push(part);
+                    continue;
+                }
+                Err(err) => return Err(err.into()),
+            };
+            just_created = false;
+            match Metadata(rustix::fs::fstat(&fd)?).file_type() {
+                FileType::Symlink => {
+                    symlinks += 1;
+                    if symlinks > MAX_SYMLINKS
+                        || rustix::fs::fstatfs(&fd)?.f_type == rustix::fs::PROC_SUPER_MAGIC
+                    {
+                        return Err(Errno::LOOP.into());
+                    }
+                    let target = rustix::fs::readlinkat(&fd, "", Vec::new())?;
+                    let target = OsStr::from_bytes(target.as_bytes());
+                    if target.as_bytes().starts_with(b"/") {
+                        dirs.clear();
+                    }
+                    pending.extend(components_reversed(target));
+                }
+                FileType::Directory if !is_last => dirs.push((fd, part)),
+                _ if is_last => return Ok(Entry { fd }),
+                _ => return Err(Errno::NOTDIR.into()),
+            }
+        }
     }
 
     /// The entry `name` itself (a symlink is not followed); the empty name: this directory.
@@ -351,6 +550,16 @@ impl Dir {
         }
         Ok(())
     }
+}
+
+/// The names and `..` of `path`, last first (a stack to pop from); `/` and `.` are dropped.
+fn components_reversed(path: &OsStr) -> Vec<OsString> {
+    path.as_bytes()
+        .split(|&byte| byte == b'/')
+        .filter(|part| !part.is_empty() && *part != b".")
+        .rev()
+        .map(|part| OsStr::from_bytes(part).to_os_string())
+        .collect()
 }
 
 /// `None` for the empty name (the directory itself), else the checked name.

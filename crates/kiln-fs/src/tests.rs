@@ -202,3 +202,224 @@ fn files_nodes_and_links_are_made_in_the_directory() {
     assert!(root.metadata(name("h2")).unwrap().is_symlink());
     s.assert_outside_untouched();
 }
+
+/// Creates nothing, records nothing.
+fn no_creation(path: &Path, kind: EntryKind) {
+    panic!("{} ({kind:?}) was to be created", path.display());
+}
+
+/// `make_in_root`, returning the entries it created, in order.
+fn make(root: &Dir, path: &str, last: EntryKind) -> io::Result<(Entry, Vec<(PathBuf, EntryKind)>)> {
+    let mut created = Vec::new();
+    let entry = root.make_in_root(Path::new(path), last, &mut |path, kind| {
+        created.push((path.to_path_buf(), kind))
+    })?;
+    Ok((entry, created))
+}
+
+/// The inode number of what `entry` holds.
+fn ino(entry: &Entry) -> u64 {
+    rustix::fs::fstat(entry).unwrap().st_ino
+}
+
+#[test]
+fn symlinks_resolve_in_root_and_never_lead_out() {
+    let s = setup();
+    let root = s.dir();
+    let outside = s.outside.to_str().unwrap();
+    // Absolute, `..` past the top, and relative links that climb out.
+    symlink(format!("/tmp/../../..{outside}"), s.root.join("dotdot")).unwrap();
+    symlink("../../../../..", s.root.join("dir/up")).unwrap();
+    fs::create_dir_all(s.root.join("dir/inside")).unwrap();
+    let inside = ino(&Entry {
+        fd: rustix::fs::open(
+            s.root.join("dir/inside").as_path(),
+            OFlags::PATH,
+            Mode::empty(),
+        )
+        .unwrap(),
+    });
+    let lookups: [fn(&Dir, &Path) -> io::Result<Entry>; 2] =
+        [Dir::open_in_root, |dir, path| dir.walk_in_root(path, None)];
+    for open in lookups {
+        for path in [
+            "/dir/inside",
+            "../../dir/./inside",
+            "dir/up/dir/inside",
+            "dir/up/../dir/inside",
+        ] {
+            assert_eq!(
+                ino(&open(&root, Path::new(path)).unwrap()),
+                inside,
+                "{path}"
+            );
+        }
+        for path in [
+            "link/canary",
+            "dotdot/canary",
+            "dir/link/canary",
+            "dir/up/tmp",
+        ] {
+            let err = open(&root, Path::new(path)).unwrap_err();
+            assert_eq!(errno(err), Errno::NOENT, "{path}");
+        }
+    }
+
+    // What is missing is made inside, where the link would lead if the root were `/`: each
+    // component of the outside dir's path, then `new` and `file`.
+    let in_root = Path::new(outside.trim_start_matches('/'));
+    let (file, created) = make(&root, "/link/new/file", EntryKind::File).unwrap();
+    assert!(file.metadata().unwrap().is_file());
+    let mut expected: Vec<(PathBuf, EntryKind)> = in_root
+        .ancestors()
+        .map(|dir| (dir.to_path_buf(), EntryKind::Dir))
+        .filter(|(dir, _)| !dir.as_os_str().is_empty())
+        .collect();
+    expected.reverse();
+    expected.push((in_root.join("new"), EntryKind::Dir));
+    expected.push((in_root.join("new/file"), EntryKind::File));
+    assert_eq!(created, expected);
+    assert!(s.root.join(in_root).join("new/file").is_file());
+    // Through `..` and the second link, the same places: nothing new is made.
+    let (again, created) = make(&root, "dotdot/new/file", EntryKind::File).unwrap();
+    assert_eq!((ino(&again), created), (ino(&file), Vec::new()));
+    let (dir, _) = make(&root, "dir/up/dir/link/made", EntryKind::Dir).unwrap();
+    assert!(dir.metadata().unwrap().is_dir());
+    assert!(
+        s.root
+            .join(outside.trim_start_matches('/'))
+            .join("made")
+            .is_dir()
+    );
+    s.assert_outside_untouched();
+}
+
+#[test]
+fn a_dangling_final_symlink_is_made_where_it_leads_inside() {
+    let s = setup();
+    let root = s.dir();
+    let target = s.outside.join("new");
+    symlink(&target, s.root.join("hosts")).unwrap();
+    let (entry, created) = make(&root, "hosts", EntryKind::File).unwrap();
+    let relative = target.strip_prefix("/").unwrap();
+    assert_eq!(
+        created.last().unwrap(),
+        &(relative.to_path_buf(), EntryKind::File)
+    );
+    assert_eq!(
+        ino(&entry),
+        fs::metadata(s.root.join(relative)).unwrap().ino()
+    );
+    assert!(
+        fs::symlink_metadata(s.root.join("hosts"))
+            .unwrap()
+            .is_symlink()
+    );
+    s.assert_outside_untouched();
+}
+
+#[test]
+fn symlink_loops_wrong_kinds_and_files_on_the_way_fail() {
+    let s = setup();
+    let root = s.dir();
+    symlink("b", s.root.join("a")).unwrap();
+    symlink("/a", s.root.join("b")).unwrap();
+    symlink("self", s.root.join("self")).unwrap();
+    fs::write(s.root.join("file"), "").unwrap();
+    for path in ["a", "a/x", "self/x"] {
+        assert_eq!(
+            errno(root.open_in_root(Path::new(path)).unwrap_err()),
+            Errno::LOOP
+        );
+        assert_eq!(
+            errno(root.walk_in_root(Path::new(path), None).unwrap_err()),
+            Errno::LOOP
+        );
+        assert_eq!(
+            errno(make(&root, path, EntryKind::Dir).unwrap_err()),
+            Errno::LOOP
+        );
+    }
+    let wrong = |path, kind| errno(make(&root, path, kind).unwrap_err());
+    assert_eq!(wrong("file", EntryKind::Dir), Errno::NOTDIR);
+    assert_eq!(wrong("file/x", EntryKind::File), Errno::NOTDIR);
+    assert_eq!(wrong("dir", EntryKind::File), Errno::ISDIR);
+    assert_eq!(wrong("/", EntryKind::File), Errno::ISDIR);
+    // The root itself, and a final `..`.
+    let (top, created) = make(&root, "dir/..", EntryKind::Dir).unwrap();
+    assert_eq!(
+        (ino(&top), created.len()),
+        (fs::metadata(&s.root).unwrap().ino(), 0)
+    );
+    assert_eq!(
+        ino(&root.walk_in_root(Path::new("/dir/../.."), None).unwrap()),
+        fs::metadata(&s.root).unwrap().ino()
+    );
+    s.assert_outside_untouched();
+}
+
+#[test]
+fn magic_links_are_refused() {
+    // procfs as the root: /proc/self/root and /proc/self/cwd lead to the host's `/`.
+    let proc = Dir::open(Path::new("/proc")).unwrap();
+    for path in ["self/root/etc", "self/cwd", "thread-self/root"] {
+        assert_eq!(
+            errno(proc.open_in_root(Path::new(path)).unwrap_err()),
+            Errno::LOOP,
+            "{path}"
+        );
+        assert_eq!(
+            errno(proc.walk_in_root(Path::new(path), None).unwrap_err()),
+            Errno::LOOP,
+            "{path}"
+        );
+        let made = proc.make_in_root(Path::new(path), EntryKind::Dir, &mut no_creation);
+        assert_eq!(errno(made.unwrap_err()), Errno::LOOP, "{path}");
+    }
+    // A plain symlink in a root that names a magic link is only a path inside the root.
+    let s = setup();
+    symlink("/proc/self/root", s.root.join("magic")).unwrap();
+    let made = make(&s.dir(), "magic/x", EntryKind::Dir).unwrap();
+    assert!(made.0.metadata().unwrap().is_dir());
+    assert!(s.root.join("proc/self/root/x").is_dir());
+}
+
+#[test]
+fn entries_are_made_beneath_the_checked_directory_while_it_is_swapped_for_a_link() {
+    let s = setup();
+    let root = s.dir();
+    // `a` changes between a directory and a symlink to the outside dir as fast as it can.
+    fs::create_dir(s.root.join("a")).unwrap();
+    symlink(&s.outside, s.root.join("swap")).unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let swapper = {
+        let (stop, dir) = (stop.clone(), Dir::open(&s.root).unwrap());
+        std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                rustix::fs::renameat_with(
+                    &dir.fd,
+                    "a",
+                    &dir.fd,
+                    "swap",
+                    rustix::fs::RenameFlags::EXCHANGE,
+                )
+                .unwrap();
+            }
+        })
+    };
+    for _ in 0..2000 {
+        for kind in [EntryKind::File, EntryKind::Dir] {
+            // Failing is fine (the entry changed under the walk); landing outside is not.
+            if let Ok((entry, _)) = make(&root, "a/b/c", kind) {
+                drop(entry);
+            }
+            let _ = root
+                .open_dir(Path::new("a"))
+                .and_then(|a| a.remove_all(OsStr::new("b")));
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    swapper.join().unwrap();
+    s.assert_outside_untouched();
+    assert!(fs::symlink_metadata(s.outside.join("b")).is_err());
+}

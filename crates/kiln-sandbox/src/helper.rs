@@ -12,14 +12,14 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use kiln_fs::Dir;
+use kiln_fs::{Dir, EntryKind};
 use nix::errno::Errno;
 use nix::fcntl::{FcntlArg, FdFlag, fcntl};
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
 use nix::sys::wait::{WaitStatus, waitpid};
 use nix::unistd::{ForkResult, Pid, chdir, fork, getuid};
 
-use crate::mounts::{self, MountPointKind};
+use crate::mounts;
 use crate::protocol::{HelperReport, HelperRequest, SETUP_FAILED_EXIT, shell_exit_code};
 use crate::{ExitStatus, HELPER_ARG, RunMount, RunSpec, emulation, init};
 
@@ -319,15 +319,13 @@ fn common_ancestor<'a>(paths: impl Iterator<Item = &'a PathBuf>) -> PathBuf {
     common.unwrap_or_else(|| PathBuf::from("/"))
 }
 
-/// Mount points the sandbox needs in the rootfs, in creation order (parents first).
-const MOUNT_POINTS: [(&str, MountPointKind); 6] = [
-    ("proc", MountPointKind::Dir),
-    ("dev", MountPointKind::Dir),
-    ("etc", MountPointKind::Dir),
-    ("etc/hosts", MountPointKind::File),
-    ("etc/resolv.conf", MountPointKind::File),
-    ("etc/hostname", MountPointKind::File),
-];
+/// Directories the sandbox mounts over (proc, a tmpfs). They must be directories themselves,
+/// not symlinks: /dev is filled by path once its tmpfs is on it.
+const SANDBOX_DIRS: [&str; 2] = ["proc", "dev"];
+
+/// Files the sandbox generates and bind-mounts. Like runc, a symlink there is followed
+/// inside the rootfs, and a missing file (or what a symlink names) is created.
+const ETC_FILES: [&str; 3] = ["etc/hosts", "etc/resolv.conf", "etc/hostname"];
 
 /// Owner and mode bits of a dir: `(mode, uid, gid)`.
 type OwnerAndMode = (u32, u32, u32);
@@ -341,7 +339,7 @@ type OwnerAndMode = (u32, u32, u32);
 /// path, which must not be followed.
 struct Stubs {
     /// Relative to the rootfs, in creation order.
-    created: Vec<(PathBuf, MountPointKind)>,
+    created: Vec<(PathBuf, EntryKind)>,
     /// Dirs above a stub, parents first, with whether the upper dir had them before.
     ancestors: Vec<(PathBuf, bool)>,
     /// Dirs of a lower layer that creating stubs in them copied up, with their owner and
@@ -351,8 +349,8 @@ struct Stubs {
 
 impl Stubs {
     /// Creates the missing mount points in `merged`; returns them with the generated /etc files
-    /// to bind-mount. An /etc entry that exists but is not a regular file (e.g. a symlink
-    /// to a resolver's file) is left as the image has it.
+    /// to bind-mount. An /etc entry that cannot take a file (a directory, a device, a symlink
+    /// loop) is left as the image has it.
     fn create(
         merged: &Path,
         upper: &Path,
@@ -364,10 +362,11 @@ impl Stubs {
             ancestors: Vec::new(),
             copied_up: Vec::new(),
         };
-        let upper_dir =
-            Dir::open(upper).map_err(|err| format!("opening {}: {err}", upper.display()))?;
+        let open =
+            |dir: &Path| Dir::open(dir).map_err(|err| format!("opening {}: {err}", dir.display()));
+        let (root, upper_dir) = (open(merged)?, open(upper)?);
         let created = stubs
-            .create_missing(merged, &upper_dir, mounts)
+            .create_missing(&root, &upper_dir, mounts)
             .and_then(|etc_targets| {
                 stubs.note_copied_up(&upper_dir);
                 generate_etc_files(merged, &etc_targets, hostname)
@@ -381,51 +380,47 @@ impl Stubs {
         }
     }
 
-    /// Returns the /etc files that can be bind-mounted.
+    /// Returns the /etc files that can be bind-mounted. Everything is looked up and created
+    /// through descriptors of the rootfs `root` (see [`kiln_fs::Dir::make_in_root`]).
     fn create_missing(
         &mut self,
-        merged: &Path,
+        root: &Dir,
         upper: &Dir,
         mounts: &[RunMount],
     ) -> Result<Vec<&'static str>, String> {
-        let mut etc_usable = true;
-        let mut etc_targets = Vec::new();
-        for (path, kind) in MOUNT_POINTS {
-            let in_etc = path.starts_with("etc/");
-            if in_etc && !etc_usable {
-                continue;
+        for name in SANDBOX_DIRS {
+            match root.metadata(OsStr::new(name)) {
+                Ok(meta) if meta.is_dir() => {}
+                Ok(_) => return Err(format!("/{name} in the rootfs is not a directory")),
+                Err(err) if err.kind() == ErrorKind::NotFound => {
+                    self.record(upper, Path::new(name), EntryKind::Dir);
+                    root.create_dir(OsStr::new(name), 0o755)
+                        .map_err(|err| format!("creating mount point /{name}: {err}"))?;
+                }
+                Err(err) => return Err(format!("/{name} in the rootfs: {err}")),
             }
-            let full = merged.join(path);
-            match (full.symlink_metadata(), kind) {
-                (Ok(meta), MountPointKind::Dir) if meta.is_dir() => {}
-                (Ok(_), MountPointKind::Dir) if path == "etc" => etc_usable = false,
-                (Ok(_), MountPointKind::Dir) => {
-                    return Err(format!("/{path} in the rootfs is not a directory"));
-                }
-                (Ok(meta), MountPointKind::File) => {
-                    if meta.is_file() {
-                        etc_targets.push(path);
-                    }
-                }
-                (Err(err), _) if err.kind() == ErrorKind::NotFound => {
-                    self.record(upper, Path::new(path), kind);
-                    let created = match kind {
-                        MountPointKind::Dir => std::fs::create_dir(&full),
-                        MountPointKind::File => File::create(&full).map(drop),
-                    };
-                    created.map_err(|err| format!("creating mount point /{path}: {err}"))?;
-                    if kind == MountPointKind::File {
-                        etc_targets.push(path);
-                    }
-                }
-                (Err(err), _) => return Err(format!("/{path} in the rootfs: {err}")),
+        }
+        let mut etc_targets = Vec::new();
+        for path in ETC_FILES {
+            let found = root.make_in_root(Path::new(path), EntryKind::File, &mut |path, kind| {
+                self.record(upper, path, kind)
+            });
+            match found.and_then(|entry| entry.metadata()) {
+                Ok(meta) if meta.is_file() => etc_targets.push(path),
+                Ok(_) => {}
+                Err(err)
+                    if matches!(
+                        err.raw_os_error(),
+                        Some(libc::EISDIR | libc::ENOTDIR | libc::ELOOP)
+                    ) => {}
+                Err(err) => return Err(format!("creating mount point /{path}: {err}")),
             }
         }
         // A nested mount's point lies inside another mount; the command's process makes it.
         for (index, mount) in mounts.iter().enumerate() {
             if !mounts::is_nested(mounts, index) {
                 let kind = mounts::mount_point_kind(mount)?;
-                mounts::mount_point(merged, &mount.target, kind, &mut |path, kind| {
+                mounts::mount_point(root, &mount.target, kind, &mut |path, kind| {
                     self.record(upper, path, kind)
                 })?;
             }
@@ -435,7 +430,7 @@ impl Stubs {
 
     /// Notes a stub about to be created at `path` (relative), and whether its parents were
     /// in the upper dir before.
-    fn record(&mut self, upper: &Dir, path: &Path, kind: MountPointKind) {
+    fn record(&mut self, upper: &Dir, path: &Path, kind: EntryKind) {
         let mut parents: Vec<&Path> = path
             .ancestors()
             .skip(1)
@@ -474,8 +469,8 @@ impl Stubs {
             Dir::open(upper).map_err(|err| format!("opening {}: {err}", upper.display()))?;
         for (path, kind) in self.created.iter().rev() {
             let removed = in_upper_parent(&upper_dir, path).and_then(|(dir, name)| match kind {
-                MountPointKind::Dir => dir.remove_dir(name),
-                MountPointKind::File => dir.remove_file(name),
+                EntryKind::Dir => dir.remove_dir(name),
+                EntryKind::File => dir.remove_file(name),
             });
             match removed {
                 Err(err) if !replaced_or_gone(&err) => {

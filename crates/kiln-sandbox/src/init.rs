@@ -15,6 +15,8 @@ use nix::sys::signal::{SigHandler, SigSet, SigmaskHow, Signal, signal, sigprocma
 use nix::unistd::{AccessFlags, Gid, Uid, access, chdir, execve, pivot_root, sethostname};
 use nix::unistd::{setgid, setgroups, setsid, setuid};
 
+use kiln_fs::{Dir, Entry};
+
 use crate::helper::EtcBind;
 use crate::users::{self, Identity};
 use crate::{Network, RunSpec, caps, mounts, network, run, seccomp};
@@ -77,12 +79,26 @@ pub(crate) fn run(
     if spec.network == Network::None {
         network::isolate()?;
     }
-    mount_proc(&merged.join("proc"))?;
-    mount_dev(&merged.join("dev"))?;
+    // Opened in this mount namespace: a mount point must be in the namespace mounted in.
+    let root = Dir::open(merged).map_err(|err| format!("opening {}: {err}", merged.display()))?;
+    let mount_point = |path: &str| {
+        root.open_in_root(Path::new(path))
+            .map_err(|err| format!("mount point /{path} in the rootfs: {err}"))
+    };
+    // The /etc files first: if the image's /etc/hosts is a symlink into /proc or /dev, the
+    // file lands in the rootfs there and is covered, rather than over a kernel file.
     for bind in etc_binds {
-        bind_mount(&bind.source, &merged.join(bind.target))?;
+        mounts::bind_onto(&bind.source, &mount_point(bind.target)?).map_err(|err| {
+            format!(
+                "bind-mounting {} on /{}: {err}",
+                bind.source.display(),
+                bind.target
+            )
+        })?;
     }
-    mounts::mount_all(merged, &spec.mounts)?;
+    mount_proc(&mount_point("proc")?)?;
+    mount_dev(&mount_point("dev")?, &merged.join("dev"))?;
+    mounts::mount_all(&root, &spec.mounts)?;
     enter_root(merged)?;
     restrict_proc()?;
     stdin_from_rootfs()?;
@@ -190,27 +206,25 @@ fn with_home(env: &[String], home: &str) -> Vec<String> {
         .collect()
 }
 
-fn mount_proc(target: &Path) -> Result<(), String> {
+fn mount_proc(target: &Entry) -> Result<(), String> {
     let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
-    match mount(Some("proc"), target, Some("proc"), flags, None::<&str>) {
+    let at = target.proc_path();
+    match mount(Some("proc"), at.as_str(), Some("proc"), flags, None::<&str>) {
         Ok(()) => Ok(()),
         // A fresh proc is refused where the host's /proc is partly masked; the host's /proc
         // then still works, though it shows the host's processes.
-        Err(fresh) => mount(
-            Some("/proc"),
-            target,
-            None::<&str>,
-            MsFlags::MS_BIND | MsFlags::MS_REC,
-            None::<&str>,
-        )
-        .map_err(|bind| format!("mounting /proc: {fresh}; bind-mounting the host's: {bind}")),
+        Err(fresh) => mounts::bind_onto(Path::new("/proc"), target)
+            .map(drop)
+            .map_err(|bind| format!("mounting /proc: {fresh}; bind-mounting the host's: {bind}")),
     }
 }
 
-fn mount_dev(dev: &Path) -> Result<(), String> {
+/// Mounts a tmpfs on `target` and fills it by path, through `dev`: the rootfs's /dev, a
+/// directory (not a symlink) that only this process can reach now.
+fn mount_dev(target: &Entry, dev: &Path) -> Result<(), String> {
     mount(
         Some("tmpfs"),
-        dev,
+        target.proc_path().as_str(),
         Some("tmpfs"),
         MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
         Some("mode=755,size=65536k"),

@@ -1,35 +1,27 @@
 //! `RUN --mount`: placing mount points in the rootfs without leaving them in a layer, and
 //! mounting binds and tmpfs over the rootfs in the command's mount namespace.
 
-use std::fs::File;
-use std::io::ErrorKind;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Component, Path, PathBuf};
 
+use kiln_fs::{Dir, Entry, EntryKind};
 use nix::mount::{MsFlags, mount};
 use nix::sys::statvfs::{FsFlags, statvfs};
+use rustix::mount::{MoveMountFlags, OpenTreeFlags};
 
 use crate::{MountKind, RunMount};
-
-/// Symlinks followed while resolving one mount target, as the kernel allows for one path.
-const MAX_SYMLINK_HOPS: usize = 40;
 
 /// Mount points the sandbox mounts over before the command's own mounts; a target under
 /// one of these is created inside that mount, not in the overlay.
 const SANDBOX_MOUNTS: [&str; 2] = ["/proc", "/dev"];
 
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub(crate) enum MountPointKind {
-    Dir,
-    File,
-}
-
 /// What the mount point of `mount` must be: a dir for a tmpfs or a dir source, else a file.
-pub(crate) fn mount_point_kind(mount: &RunMount) -> Result<MountPointKind, String> {
+pub(crate) fn mount_point_kind(mount: &RunMount) -> Result<EntryKind, String> {
     match &mount.kind {
-        MountKind::Tmpfs { .. } => Ok(MountPointKind::Dir),
+        MountKind::Tmpfs { .. } => Ok(EntryKind::Dir),
         MountKind::Bind { source, .. } => match std::fs::metadata(source) {
-            Ok(meta) if meta.is_dir() => Ok(MountPointKind::Dir),
-            Ok(_) => Ok(MountPointKind::File),
+            Ok(meta) if meta.is_dir() => Ok(EntryKind::Dir),
+            Ok(_) => Ok(EntryKind::File),
             Err(err) => Err(format!(
                 "mount source {} for {}: {err}",
                 source.display(),
@@ -66,110 +58,52 @@ fn lexical(path: &str) -> PathBuf {
     out
 }
 
-/// Resolves `target` inside `root` (symlinks are followed as if `root` were `/`, so none
-/// leads out of it), creating what is missing: dirs on the way, and a `kind` entry at the
-/// end. `before_create` gets each path (relative to `root`) just before it is created.
-/// Returns the mount point's host path.
+/// Finds the mount point of `target` in `root`, creating what is missing (dirs on the way,
+/// a `kind` entry at the end) through [`Dir::make_in_root`]: symlinks resolve as if `root`
+/// were `/`, and everything is looked up and created relative to a parent's descriptor, so
+/// nothing outside `root` is reached, even if a step sharing a cache changes it meanwhile.
+/// `before_create` gets each path (relative to `root`) just before it is created.
 pub(crate) fn mount_point(
-    root: &Path,
+    root: &Dir,
     target: &str,
-    kind: MountPointKind,
-    before_create: &mut dyn FnMut(&Path, MountPointKind),
-) -> Result<PathBuf, String> {
-    let mut resolved = PathBuf::new();
-    let mut pending: Vec<PathBuf> = components_reversed(Path::new(target));
-    let mut hops = 0;
-    while let Some(part) = pending.pop() {
-        if part == Path::new("..") {
-            resolved.pop();
-            continue;
-        }
-        let last = pending.is_empty();
-        let candidate = resolved.join(&part);
-        let full = root.join(&candidate);
-        match full.symlink_metadata() {
-            Ok(meta) if meta.file_type().is_symlink() => {
-                hops += 1;
-                if hops > MAX_SYMLINK_HOPS {
-                    return Err(format!(
-                        "mount target {target}: too many levels of symlinks"
-                    ));
-                }
-                let link = std::fs::read_link(&full)
-                    .map_err(|err| format!("mount target {target}: {err}"))?;
-                if link.is_absolute() {
-                    resolved = PathBuf::new();
-                }
-                pending.extend(components_reversed(&link));
-                continue;
+    kind: EntryKind,
+    before_create: &mut dyn FnMut(&Path, EntryKind),
+) -> Result<Entry, String> {
+    root.make_in_root(Path::new(target), kind, before_create)
+        .map_err(|err| match err.raw_os_error() {
+            Some(libc::EISDIR) => {
+                format!("mount target {target} is a directory, but the mount source is not")
             }
-            Ok(meta) => {
-                let wanted_dir = !last || kind == MountPointKind::Dir;
-                if wanted_dir && !meta.is_dir() {
-                    return Err(format!(
-                        "mount target {target}: /{} is not a directory",
-                        candidate.display()
-                    ));
-                }
-                if !wanted_dir && meta.is_dir() {
-                    return Err(format!(
-                        "mount target {target} is a directory, but the mount source is not"
-                    ));
-                }
-            }
-            Err(err) if err.kind() == ErrorKind::NotFound => {
-                let entry_kind = match last {
-                    true => kind,
-                    false => MountPointKind::Dir,
-                };
-                before_create(&candidate, entry_kind);
-                let created = match entry_kind {
-                    MountPointKind::Dir => std::fs::create_dir(&full),
-                    MountPointKind::File => File::create(&full).map(drop),
-                };
-                created.map_err(|err| {
-                    format!("creating mount point /{}: {err}", candidate.display())
-                })?;
-            }
-            Err(err) => return Err(format!("mount target {target}: {err}")),
-        }
-        resolved = candidate;
-    }
-    Ok(root.join(resolved))
-}
-
-/// Normal and `..` components, last first (a stack to pop from).
-fn components_reversed(path: &Path) -> Vec<PathBuf> {
-    path.components()
-        .filter_map(|component| match component {
-            Component::Normal(name) => Some(PathBuf::from(name)),
-            Component::ParentDir => Some(PathBuf::from("..")),
-            _ => None,
+            _ => format!("mount target {target}: {err}"),
         })
-        .rev()
-        .collect()
 }
 
-/// Mounts every mount of the spec over `merged`, in order, in the command's mount namespace.
-/// Mount points still missing lie inside earlier mounts and are created there.
-pub(crate) fn mount_all(merged: &Path, mounts: &[RunMount]) -> Result<(), String> {
+/// Bind-mounts `source` (a host path of kiln's, with the mounts below it) onto exactly the
+/// inode `target` holds: the tree is cloned detached (`open_tree`) and attached to the
+/// target's descriptor (`move_mount`), not to a path. Returns the new mount's descriptor.
+pub(crate) fn bind_onto(source: &Path, target: &Entry) -> rustix::io::Result<OwnedFd> {
+    let clone = OpenTreeFlags::OPEN_TREE_CLONE
+        | OpenTreeFlags::OPEN_TREE_CLOEXEC
+        | OpenTreeFlags::AT_RECURSIVE;
+    let tree = rustix::mount::open_tree(rustix::fs::CWD, source, clone)?;
+    let by_fds = MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH | MoveMountFlags::MOVE_MOUNT_T_EMPTY_PATH;
+    rustix::mount::move_mount(&tree, "", target, "", by_fds)?;
+    Ok(tree)
+}
+
+/// Mounts every mount of the spec over the rootfs `root`, in order, in the command's mount
+/// namespace. Mount points still missing lie inside earlier mounts and are created there.
+pub(crate) fn mount_all(root: &Dir, mounts: &[RunMount]) -> Result<(), String> {
     let mut readonly = Vec::new();
     for mount in mounts {
         let kind = mount_point_kind(mount)?;
-        let at = mount_point(merged, &mount.target, kind, &mut |_, _| {})?;
+        let at = mount_point(root, &mount.target, kind, &mut |_, _| {})?;
         match &mount.kind {
             MountKind::Bind {
                 source,
                 readonly: ro,
             } => {
-                nix::mount::mount(
-                    Some(source),
-                    &at,
-                    None::<&str>,
-                    MsFlags::MS_BIND | MsFlags::MS_REC,
-                    None::<&str>,
-                )
-                .map_err(|err| {
+                let bound = bind_onto(source, &at).map_err(|err| {
                     format!(
                         "bind-mounting {} on {}: {err}",
                         source.display(),
@@ -177,7 +111,7 @@ pub(crate) fn mount_all(merged: &Path, mounts: &[RunMount]) -> Result<(), String
                     )
                 })?;
                 if *ro {
-                    readonly.push((at, &mount.target));
+                    readonly.push((bound, &mount.target));
                 }
             }
             MountKind::Tmpfs { size } => {
@@ -187,7 +121,7 @@ pub(crate) fn mount_all(merged: &Path, mounts: &[RunMount]) -> Result<(), String
                 };
                 nix::mount::mount(
                     Some("tmpfs"),
-                    &at,
+                    at.proc_path().as_str(),
                     Some("tmpfs"),
                     MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
                     Some(options.as_str()),
@@ -196,8 +130,10 @@ pub(crate) fn mount_all(merged: &Path, mounts: &[RunMount]) -> Result<(), String
             }
         }
     }
-    // Read-only last, so that mount points of later mounts could still be made inside.
-    for (at, target) in readonly {
+    // Read-only last, so that mount points of later mounts could still be made inside. The
+    // mount's own descriptor leads to it, whatever was mounted or changed above it since.
+    for (bound, target) in readonly {
+        let at = PathBuf::from(format!("/proc/self/fd/{}", bound.as_raw_fd()));
         remount_readonly(&at).map_err(|err| format!("making {target} read-only: {err}"))?;
     }
     Ok(())

@@ -437,7 +437,7 @@ fn stdout_of(output: &Output) -> String {
 
 fn native_attack(caller: Caller) {
     let dirs = Dirs::new();
-    std::fs::copy(attacker(), dirs.lower.join("attacker")).unwrap();
+    kiln_testkit::copy_executable(attacker(), &dirs.lower.join("attacker"));
     if caller == Caller::Nobody {
         dirs.give_to_nobody();
     }
@@ -694,7 +694,7 @@ fn emulator_file_keeps_its_metadata() {
     let copy = qemu_dir
         .path()
         .join(emulator.interpreter.file_name().unwrap());
-    std::fs::copy(&emulator.interpreter, &copy).unwrap();
+    kiln_testkit::copy_executable(&emulator.interpreter, &copy);
     let before = host_metadata(&copy);
     let dirs = Dirs::foreign("arm64", None);
     let spec = RunSpec {
@@ -747,7 +747,7 @@ fn read_only_socket_mount_takes_connections() {
     });
     let before = host_metadata(&socket);
     let dirs = Dirs::new();
-    std::fs::copy(attacker(), dirs.lower.join("attacker")).unwrap();
+    kiln_testkit::copy_executable(attacker(), &dirs.lower.join("attacker"));
     let spec = RunSpec {
         mounts: vec![RunMount {
             target: "/run/agent.sock".to_string(),

@@ -423,11 +423,10 @@ fn emulator_missing_from_the_qemu_dir_is_an_error_naming_the_arch() {
         other => panic!("expected NoEmulator, got {other:?}"),
     }
     // Only the given dir counts, although /usr/bin has one.
-    std::fs::copy(
-        "/usr/bin/qemu-aarch64-static",
-        qemu_dir.path().join("qemu-aarch64-static"),
-    )
-    .unwrap();
+    kiln_testkit::copy_executable(
+        Path::new("/usr/bin/qemu-aarch64-static"),
+        &qemu_dir.path().join("qemu-aarch64-static"),
+    );
     let found = find_emulator("arm64", Some(qemu_dir.path())).unwrap();
     assert_eq!(
         found.interpreter,
@@ -714,6 +713,169 @@ fn mount_target_through_a_symlink_stays_inside_the_rootfs() {
     assert_eq!(lines, ["x"]);
     assert!(!outside.exists(), "a mount point was created on the host");
     assert!(tree(&dirs.upper).is_empty(), "{:?}", tree(&dirs.upper));
+}
+
+/// A dir outside the rootfs standing for the host: a `canary` file in it, both with an old
+/// mtime.
+struct HostCanary {
+    dir: PathBuf,
+}
+
+const CANARY_MTIME: std::time::Duration = std::time::Duration::from_secs(1_000_000_000);
+
+impl HostCanary {
+    fn new(dirs: &Dirs) -> HostCanary {
+        let dir = dirs.root.path().join("host");
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::write(dir.join("canary"), "canary\n").unwrap();
+        let old = std::time::UNIX_EPOCH + CANARY_MTIME;
+        for path in [dir.join("canary"), dir.clone()] {
+            std::fs::File::open(&path)
+                .unwrap()
+                .set_modified(old)
+                .unwrap();
+        }
+        HostCanary { dir }
+    }
+
+    /// Nothing was written, created, truncated or mounted over in the dir.
+    fn assert_untouched(&self) {
+        assert_eq!(tree(&self.dir), expected(&[("canary", "file:canary\n")]));
+        for path in [self.dir.join("canary"), self.dir.clone()] {
+            let modified = path.symlink_metadata().unwrap().modified().unwrap();
+            let since_epoch = modified.duration_since(std::time::UNIX_EPOCH).unwrap();
+            assert_eq!(since_epoch, CANARY_MTIME, "{} changed", path.display());
+        }
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        let dir = self.dir.display().to_string();
+        assert!(!mountinfo.contains(&dir), "mounted over: {mountinfo}");
+    }
+}
+
+#[test]
+fn symlinked_etc_files_are_generated_inside_the_rootfs_and_the_host_is_untouched() {
+    let dirs = Dirs::new();
+    let host = HostCanary::new(&dirs);
+    let etc = dirs.lower.join("etc");
+    let canary = host.dir.join("canary");
+    // Absolute, absolute with `..` past the top, and relative climbing out.
+    std::os::unix::fs::symlink(&canary, etc.join("hosts")).unwrap();
+    let dotdot = format!("/tmp/../..{}", host.dir.join("resolv.conf").display());
+    std::os::unix::fs::symlink(dotdot, etc.join("resolv.conf")).unwrap();
+    let climb = format!(
+        "{}{}",
+        "../".repeat(12),
+        host.dir.join("hostname").display()
+    );
+    std::os::unix::fs::symlink(climb, etc.join("hostname")).unwrap();
+
+    let lines = run_ok(&dirs.spec(&[
+        "sh",
+        "-c",
+        "cat /etc/hosts /etc/hostname; echo evil | tee -a /etc/hosts /etc/resolv.conf \
+         /etc/hostname >/dev/null",
+    ]));
+    // As runc does, the link is followed inside the rootfs and the generated file bound there.
+    assert!(
+        lines.contains(&"127.0.0.1\tlocalhost".to_string()),
+        "{lines:?}"
+    );
+    assert_eq!(lines.last().unwrap(), "sandbox-test");
+    host.assert_untouched();
+    // The files made for the mounts were removed; the links are the image's.
+    assert!(tree(&dirs.upper).is_empty(), "{:?}", tree(&dirs.upper));
+}
+
+#[test]
+fn mount_targets_through_links_out_of_the_rootfs_land_inside() {
+    let dirs = Dirs::new();
+    let host = HostCanary::new(&dirs);
+    let dotdot = format!("/tmp/../..{}", host.dir.display());
+    std::os::unix::fs::symlink(dotdot, dirs.lower.join("a")).unwrap();
+    std::os::unix::fs::symlink(&host.dir, dirs.lower.join("b")).unwrap();
+    let source = dirs.root.path().join("source");
+    std::fs::create_dir(&source).unwrap();
+    std::fs::write(source.join("in"), "bound\n").unwrap();
+    let file = dirs.root.path().join("file");
+    std::fs::write(&file, "file\n").unwrap();
+    let lines = run_ok(&RunSpec {
+        mounts: vec![
+            bind(&source, "/a/x", true),
+            tmpfs("/b/y", None),
+            bind(&file, "/a/canary", true),
+        ],
+        ..dirs.spec(&[
+            "sh",
+            "-c",
+            "cat /a/x/in /a/canary && echo t > /b/y/t && cat /b/y/t",
+        ])
+    });
+    assert_eq!(lines, ["bound", "file", "t"]);
+    host.assert_untouched();
+    assert!(tree(&dirs.upper).is_empty(), "{:?}", tree(&dirs.upper));
+}
+
+/// A step sharing a cache with this one (two platforms with --jobs, two builds on one store)
+/// changes it while this step makes its nested mount points there: a dir is swapped for a
+/// symlink to a host dir, and a missing file appears as a symlink to a host file. A race, so
+/// the test makes many attempts; what must never happen is a mount point created, a file
+/// truncated or a mount made on the host.
+#[test]
+fn nested_mount_points_in_a_cache_changed_meanwhile_stay_inside_the_rootfs() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    let dirs = Dirs::new();
+    let host = HostCanary::new(&dirs);
+    let cache = dirs.root.path().join("cache");
+    std::fs::create_dir_all(cache.join("a")).unwrap();
+    std::fs::create_dir_all(cache.join("d")).unwrap();
+    std::os::unix::fs::symlink(&host.dir, cache.join("swap")).unwrap();
+    let file = dirs.root.path().join("file");
+    std::fs::write(&file, "file\n").unwrap();
+
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let attempt_now = std::sync::Arc::new(AtomicUsize::new(0));
+    let changer = {
+        let (stop, cache, canary) = (stop.clone(), cache.clone(), host.dir.join("canary"));
+        let attempt_now = attempt_now.clone();
+        std::thread::spawn(move || {
+            let cache = rustix::fs::open(&cache, rustix::fs::OFlags::PATH, 0.into()).unwrap();
+            let mut plant = true;
+            while !stop.load(Ordering::Relaxed) {
+                let exchange = rustix::fs::RenameFlags::EXCHANGE;
+                rustix::fs::renameat_with(&cache, "a", &cache, "swap", exchange).unwrap();
+                let name = format!("d/f{}", attempt_now.load(Ordering::Relaxed));
+                if plant {
+                    let _ = rustix::fs::symlinkat(&canary, &cache, name.as_str());
+                } else {
+                    let _ =
+                        rustix::fs::unlinkat(&cache, name.as_str(), rustix::fs::AtFlags::empty());
+                }
+                plant = !plant;
+            }
+        })
+    };
+    let mut outcomes = BTreeMap::new();
+    for attempt in 0..40 {
+        attempt_now.store(attempt, Ordering::Relaxed);
+        let spec = RunSpec {
+            mounts: vec![
+                bind(&cache, "/cache", false),
+                tmpfs(&format!("/cache/a/b{attempt}"), None),
+                bind(&file, &format!("/cache/d/f{attempt}"), true),
+            ],
+            ..dirs.spec(&["sh", "-c", ":"])
+        };
+        let outcome = match run(&spec).0 {
+            Ok(_) => "ran".to_string(),
+            Err(SandboxError::Setup(message)) => message.split(':').next().unwrap().to_string(),
+            Err(err) => panic!("{err}"),
+        };
+        *outcomes.entry(outcome).or_insert(0) += 1;
+    }
+    stop.store(true, Ordering::Relaxed);
+    changer.join().unwrap();
+    eprintln!("outcomes: {outcomes:?}");
+    host.assert_untouched();
 }
 
 /// A TCP listener on the host's loopback that records whether anything connected.

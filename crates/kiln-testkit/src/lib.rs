@@ -34,6 +34,6 @@ pub use registry::{Registry, RegistryOptions};
 pub use tls::{IssuedCert, TestCa};
 pub use token_server::{TokenRequest, TokenServer};
 pub use tools::{
-    executable_by_anyone, push_busybox, push_busybox_as, push_busybox_to, push_go, skopeo_inspect,
-    skopeo_raw, skopeo_to_oci, umoci_unpack,
+    copy_executable, executable_by_anyone, push_busybox, push_busybox_as, push_busybox_to, push_go,
+    skopeo_inspect, skopeo_raw, skopeo_to_oci, umoci_unpack,
 };

@@ -193,6 +193,23 @@ fn run_checked(command: &mut Command) -> Output {
     output
 }
 
+/// Copies a program that a test will run. The copy is written by a child process: a write
+/// descriptor opened in the (multi-threaded) test process would be inherited by any other
+/// thread's fork until that child's exec, and running the copy meanwhile fails with ETXTBSY.
+pub fn copy_executable(from: &Path, to: &Path) {
+    let status = std::process::Command::new("cp")
+        .arg(from)
+        .arg(to)
+        .status()
+        .unwrap_or_else(|e| panic!("running cp: {e}"));
+    assert!(
+        status.success(),
+        "cp {} {} failed: {status}",
+        from.display(),
+        to.display()
+    );
+}
+
 /// A copy of `binary` that any user can execute, in a temp dir of its own. Tests that drop to
 /// an unprivileged uid cannot exec a binary inside a checkout only root may enter (as one
 /// cloned under `mktemp -d` is). Keep the returned dir alive while the copy is in use.
@@ -205,7 +222,7 @@ pub fn executable_by_anyone(binary: &Path) -> (tempfile::TempDir, PathBuf) {
     let copy = dir
         .path()
         .join(binary.file_name().expect("a binary file name"));
-    std::fs::copy(binary, &copy).unwrap_or_else(|e| panic!("copying {}: {e}", binary.display()));
+    copy_executable(binary, &copy);
     for (path, mode) in [(dir.path(), 0o755), (copy.as_path(), 0o755)] {
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
             .unwrap_or_else(|e| panic!("chmod {}: {e}", path.display()));

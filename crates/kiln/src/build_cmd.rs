@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use clap::Args;
 use kiln_build::{
     BuildError, BuildMetadata, BuildOptions, Output, Progress, ProgressMode, SecretSource, Secrets,
+    StepKind,
     Store,
 };
 use kiln_oci::Platform;
@@ -92,6 +93,12 @@ pub struct BuildArgs {
     /// registry, by their ref name (e.g. written by `kiln copy ... oci:DIR:NAME`).
     #[arg(long = "base-dir", value_name = "DIR")]
     base_dir: Option<PathBuf>,
+    /// Run every step, using nothing from the cache (what runs is still recorded).
+    #[arg(long)]
+    no_cache: bool,
+    /// Run the steps of this stage without the cache (repeatable, or a comma list).
+    #[arg(long = "no-cache-filter", value_name = "STAGE", value_delimiter = ',')]
+    no_cache_filter: Vec<String>,
 }
 
 /// `--secret id=ID,src=FILE`, `id=ID,env=VAR` (buildx's form; `source=` and `type=` too). With
@@ -272,6 +279,8 @@ pub fn run(args: BuildArgs) -> Result<(), Report> {
             .map(|spec| parse_ssh(spec))
             .collect::<Result<_, _>>()?,
         base_dir: args.base_dir.clone(),
+        no_cache: args.no_cache,
+        no_cache_filter: args.no_cache_filter.clone(),
     };
     let to_report = |e: BuildError| match e {
         BuildError::Parse(p) => report::parse_error(&p, &text),
@@ -334,14 +343,24 @@ pub fn run(args: BuildArgs) -> Result<(), Report> {
     Ok(())
 }
 
-/// Each step with its platform, whether it ran under emulation, and its time.
+/// How many steps ran and how many came from the cache; then each step with its platform,
+/// whether it ran under emulation (or came from the cache), and its time.
 fn print_summary(progress: &Progress, result: &kiln_build::BuildResult) {
     if result.steps.is_empty() {
         return;
     }
-    progress.info("build summary:");
+    let count = |kind| result.steps.iter().filter(|s| s.kind == kind).count();
+    progress.info(&format!(
+        "build summary: {} steps ran, {} cached",
+        count(StepKind::Ran),
+        count(StepKind::Cached)
+    ));
     for step in &result.steps {
-        let how = if step.emulated { "emulated" } else { "native" };
+        let how = match step.kind {
+            StepKind::Cached => "cached",
+            _ if step.emulated => "emulated",
+            _ => "native",
+        };
         progress.info(&format!(
             "  {:<16} {:<8} {:>8.2}s  [{}] {}",
             step.platform.to_string(),

@@ -129,7 +129,11 @@ fn a_base_layer_over_the_limit_fails_naming_the_layer_and_the_limit() {
         std::fs::create_dir_all(&ctx).unwrap();
         std::fs::write(
             ctx.join("Dockerfile"),
-            format!("FROM oci-layout://{}:latest\n", layout.display()),
+            // WORKDIR looks the directory up in the base, so the base must be unpacked.
+            format!(
+                "FROM oci-layout://{}:latest\nWORKDIR /kiln-probe\n",
+                layout.display()
+            ),
         )
         .unwrap();
         let measured = run_measured(&mut kiln_command(

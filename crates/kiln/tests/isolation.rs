@@ -361,6 +361,109 @@ fn run_step_reaches_no_inherited_descriptor_and_is_confined() {
     );
 }
 
+/// A base image whose /etc/hosts and /etc/resolv.conf are symlinks to files of the host, and
+/// whose /a is a symlink to a host dir (`/tmp/../..` style): the RUN step's generated /etc
+/// files and its bind mount's point resolve inside the rootfs, as runc resolves them, and
+/// nothing is written, created or mounted on the host. Checked from outside: the canary's
+/// content and times, the canary dir's listing and times, and what the pushed image holds.
+#[test]
+fn symlinks_in_the_base_image_lead_mount_points_into_the_rootfs_not_the_host() {
+    let env = Env::new();
+    let host = env.path("host");
+    std::fs::create_dir(&host).unwrap();
+    let canary = host.join("canary");
+    std::fs::write(&canary, "host file\n").unwrap();
+    let old = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000_000);
+    for path in [&canary, &host] {
+        std::fs::File::open(path)
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+    }
+    let mut layer = tar::Builder::new(Vec::new());
+    let mut add = |path: &str, kind: tar::EntryType, mode: u32, link: &str, data: &[u8]| {
+        let mut header = tar::Header::new_gnu();
+        header.set_entry_type(kind);
+        header.set_mode(mode);
+        header.set_size(data.len() as u64);
+        header.set_mtime(1_700_000_000);
+        if !link.is_empty() {
+            header.set_link_name(link).unwrap();
+        }
+        layer.append_data(&mut header, path, data).unwrap();
+    };
+    let busybox = std::fs::read("/bin/busybox").unwrap();
+    add("bin/", tar::EntryType::Directory, 0o755, "", b"");
+    add("bin/busybox", tar::EntryType::Regular, 0o755, "", &busybox);
+    for applet in ["sh", "cat", "ls"] {
+        add(
+            &format!("bin/{applet}"),
+            tar::EntryType::Symlink,
+            0o777,
+            "busybox",
+            b"",
+        );
+    }
+    add("etc/", tar::EntryType::Directory, 0o755, "", b"");
+    let canary_path = canary.to_str().unwrap();
+    add(
+        "etc/hosts",
+        tar::EntryType::Symlink,
+        0o777,
+        canary_path,
+        b"",
+    );
+    let resolv = format!("/tmp/../..{}", host.join("resolv.conf").display());
+    add(
+        "etc/resolv.conf",
+        tar::EntryType::Symlink,
+        0o777,
+        &resolv,
+        b"",
+    );
+    let dir = format!("/tmp/../..{}", host.display());
+    add("a", tar::EntryType::Symlink, 0o777, &dir, b"");
+    let layer = layer.into_inner().unwrap();
+    let layout = env.path("layout");
+    write_oci_layout(&layout, "links", &layer);
+    push_layout(&layout, "links", &env.tag("links:base"));
+
+    let ctx = env.context(
+        "ctx",
+        &[
+            (
+                "Dockerfile",
+                "FROM $REG/links:base\n\
+                 RUN --mount=type=bind,source=data,target=/a/b \
+                 cat /a/b/in.txt /etc/hosts > /seen.txt; echo evil >> /etc/hosts; \
+                 echo evil >> /etc/resolv.conf; ls /a >> /seen.txt\n",
+            ),
+            ("data/in.txt", "from the context\n"),
+        ],
+    );
+    assert_ok(&env.build_and_push(&ctx, "links:built", &[]));
+
+    assert_eq!(read(&canary), "host file\n");
+    assert_eq!(list_dir(&host), vec!["canary"]);
+    for path in [&canary, &host] {
+        let modified = std::fs::metadata(path).unwrap().modified().unwrap();
+        assert_eq!(modified, old, "{} changed", path.display());
+    }
+    let rootfs = unpack_pushed(&env.tag("links:built"), &env.path("unpack"));
+    let seen = read(&rootfs.join("seen.txt"));
+    // The step saw the bound dir at /a/b and the generated /etc/hosts, through the links;
+    // in the host dir's place inside the rootfs, the three mount points.
+    assert!(
+        seen.starts_with("from the context\n127.0.0.1\tlocalhost\n"),
+        "{seen}"
+    );
+    assert!(seen.ends_with("\nb\ncanary\nresolv.conf\n"), "{seen}");
+    // No mount point stub (`b`, or the dirs on the links' way) is left in the image.
+    let in_rootfs = rootfs.join(host.strip_prefix("/").unwrap());
+    assert!(!in_rootfs.join("b").exists() && !in_rootfs.join("canary").exists());
+    assert!(!rootfs.join("tmp").exists(), "{:?}", list_dir(&rootfs));
+}
+
 /// Processes whose command line is exactly `argv`.
 fn processes_running(argv: &[&str]) -> Vec<String> {
     let wanted: Vec<u8> = argv

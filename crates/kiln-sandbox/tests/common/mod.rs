@@ -54,7 +54,7 @@ impl Dirs {
         for dir in [lower.join("bin"), lower.join("etc")] {
             std::fs::create_dir_all(dir).unwrap();
         }
-        std::fs::copy("/bin/busybox", lower.join("bin/busybox")).unwrap();
+        kiln_testkit::copy_executable(Path::new("/bin/busybox"), &lower.join("bin/busybox"));
         for applet in APPLETS {
             std::os::unix::fs::symlink("busybox", lower.join("bin").join(applet)).unwrap();
         }

@@ -1,0 +1,560 @@
+//! The file ops the solver runs itself, through kiln-snapshot: COPY and ADD into a fresh layer
+//! dir, and WORKDIR's directory. Owners are resolved through the image's /etc/passwd and
+//! /etc/group as BuildKit's file operations resolve them.
+
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use kiln_snapshot::{Chmod, CopyOptions, LayerStack};
+use sha2::{Digest as _, Sha256};
+
+use crate::BuildError;
+use crate::context::BuildContext;
+use crate::plan::{Copy, CopySource};
+use crate::rules::{join_image_path, kept_by_parents};
+
+/// How errors of one op are reported: at its Dockerfile line.
+pub(crate) trait OpErrors {
+    /// A mistake the user can fix in the Dockerfile or the context.
+    fn err(&self, message: String) -> BuildError;
+    /// A path source that matches nothing in the context.
+    fn missing(&self, source: &str, context: &Path) -> BuildError;
+}
+
+/// How a name that the image's /etc/passwd or /etc/group does not list is taken.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum UnknownName {
+    /// An error naming it (`COPY --chown`, as Docker's builders report it), unless the image
+    /// has no such file at all, where only root exists and is taken as 0.
+    Refused,
+    /// uid 0 / the user's gid (WORKDIR under a `USER` the image lacks, as BuildKit's file
+    /// operations do).
+    Root,
+}
+
+/// Resolves `user[:group]` (names or numbers) through the image's /etc/passwd and /etc/group,
+/// read and parsed as the sandbox reads them for RUN (regular files of bounded size only). A
+/// numeric uid gets the gid passwd gives it or else its own number; a name the image does not
+/// list is taken as `unknown` says.
+pub(crate) fn resolve_owner(
+    spec: &str,
+    stack: &LayerStack,
+    unknown: UnknownName,
+) -> Result<(u32, u32), String> {
+    // None: the image has no such file.
+    let read = |file: &str| -> Result<Option<String>, String> {
+        match stack.lookup(Path::new(file), true) {
+            Some(host) => kiln_sandbox::read_account_file(&host)
+                .map_err(|err| format!("the image's {file} {err}")),
+            None => Ok(None),
+        }
+    };
+    let (user, group) = match spec.split_once(':') {
+        Some((u, g)) => (u, Some(g)),
+        None => (spec, None),
+    };
+    let passwd = read("/etc/passwd")?;
+    let mut entries = kiln_sandbox::passwd_entries(passwd.as_deref().unwrap_or_default());
+    let (uid, user_gid) = match user.parse::<u32>() {
+        Ok(uid) => (uid, entries.find(|e| e.uid == uid).map_or(uid, |e| e.gid)),
+        Err(_) => match entries.find(|e| e.name == user) {
+            Some(e) => (e.uid, e.gid),
+            None if unknown == UnknownName::Refused && passwd.is_some() => {
+                return Err(format!("no user `{user}` in the image's /etc/passwd"));
+            }
+            None => (0, 0),
+        },
+    };
+    let gid = match group {
+        None => user_gid,
+        Some(g) => match g.parse::<u32>() {
+            Ok(gid) => gid,
+            Err(_) => {
+                let groups = read("/etc/group")?;
+                match kiln_sandbox::group_entries(groups.as_deref().unwrap_or_default())
+                    .find(|e| e.name == g)
+                {
+                    Some(e) => e.gid,
+                    None if unknown == UnknownName::Refused && groups.is_some() => {
+                        return Err(format!("no group `{g}` in the image's /etc/group"));
+                    }
+                    None => user_gid,
+                }
+            }
+        },
+    };
+    Ok((uid, gid))
+}
+
+/// Downloads `url` into the empty dir `dir` as Docker's ADD does: named after the last
+/// component of the URL path, mode 0600, mtime from `Last-Modified`. Returns the file and the
+/// digest of its content. With `checksum` (`sha256:<hex>`, checked when the plan was made), a
+/// body with another digest is an error and nothing is kept.
+pub(crate) fn download(
+    url: &str,
+    checksum: Option<&str>,
+    dir: &Path,
+) -> Result<(PathBuf, String), String> {
+    let fail = |m: String| format!("ADD {url}: {m}");
+    // A server that stalls is given up on as a registry is: the blocking client applies its
+    // timeout to the answer's head and to each read of the body, not to the whole download.
+    let timeouts = kiln_registry::Timeouts::default();
+    let response = reqwest::blocking::Client::builder()
+        .connect_timeout(timeouts.connect)
+        .timeout(timeouts.read)
+        .build()
+        .and_then(|client| client.get(url).send())
+        .map_err(|e| fail(e.to_string()))?;
+    let status = response.status();
+    if !status.is_success() {
+        return Err(fail(format!("the server answered {status}")));
+    }
+    let modified = response
+        .headers()
+        .get(reqwest::header::LAST_MODIFIED)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| httpdate::parse_http_date(v).ok());
+    let name = url
+        .split(['?', '#'])
+        .next()
+        .and_then(|u| u.split_once("://"))
+        .and_then(|(_, rest)| rest.split_once('/'))
+        .and_then(|(_, path)| path.rsplit('/').find(|c| !c.is_empty()))
+        .unwrap_or("__unnamed__")
+        .to_string();
+    let path = dir.join(&name);
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .map_err(|e| fail(e.to_string()))?;
+    let mut hashing = HashingWriter {
+        inner: &mut file,
+        hasher: Sha256::new(),
+    };
+    let mut response = response;
+    std::io::copy(&mut response, &mut hashing).map_err(|e| fail(e.to_string()))?;
+    let digest = format!("sha256:{}", hex::encode(hashing.hasher.finalize()));
+    if let Some(expected) = checksum
+        && expected != digest
+    {
+        let _ = std::fs::remove_file(&path);
+        return Err(fail(format!(
+            "checksum mismatch: expected {expected}, got {digest}"
+        )));
+    }
+    if let Some(time) = modified {
+        file.set_modified(time).map_err(|e| fail(e.to_string()))?;
+    }
+    Ok((path, digest))
+}
+
+/// A writer that hashes what passes through it.
+struct HashingWriter<'w> {
+    inner: &'w mut std::fs::File,
+    hasher: Sha256,
+}
+
+impl std::io::Write for HashingWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// What one COPY/ADD reads besides the plan.
+pub(crate) struct CopyInputs<'a> {
+    pub context: &'a BuildContext,
+    /// The image below the destination.
+    pub below: &'a LayerStack,
+    /// The `--from` stage's or image's filesystem.
+    pub from: Option<&'a LayerStack>,
+    /// The URL sources already downloaded (before the cache lookup), by URL.
+    pub downloaded: &'a [(String, PathBuf)],
+    /// An empty scratch dir, removed after the op.
+    pub scratch: &'a Path,
+}
+
+/// A COPY/ADD source ready on the host.
+struct Resolved {
+    host: PathBuf,
+    /// Its name in a destination directory.
+    name: String,
+    /// Its context-relative path, for `.dockerignore` (context sources only).
+    context_rel: Option<String>,
+    /// What `--parents` keeps of its path under the destination.
+    kept_path: String,
+    /// Whether ADD extracts it, if it turns out to be an archive.
+    unpack: bool,
+}
+
+impl Resolved {
+    fn new(host: PathBuf, name: String, unpack: bool) -> Resolved {
+        Resolved {
+            host,
+            kept_path: name.clone(),
+            name,
+            context_rel: None,
+            unpack,
+        }
+    }
+}
+
+/// The paths in `stack` (relative to its root) that `pattern` matches and that exist: the
+/// path itself, or for a pattern with `*`, `?` or `[...]` in a component, every match (in
+/// name order).
+fn stack_matches(stack: &LayerStack, pattern: &str) -> Vec<String> {
+    let mut found: Vec<String> = vec![String::new()];
+    for part in pattern.split('/').filter(|c| !c.is_empty() && *c != ".") {
+        let mut next = Vec::new();
+        for prefix in found {
+            if part == ".." {
+                next.push(prefix.rsplit_once('/').map_or("", |(p, _)| p).to_string());
+            } else if part.contains(['*', '?', '[']) {
+                let dir = format!("/{prefix}");
+                let mut names: Vec<String> = stack
+                    .read_dir(Path::new(&dir))
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .filter(|n| kiln_dockerfile::glob_match(part, n))
+                    .collect();
+                names.sort();
+                next.extend(names.into_iter().map(|n| join_rel(&prefix, &n)));
+            } else {
+                next.push(join_rel(&prefix, part));
+            }
+        }
+        found = next;
+    }
+    found.retain(|m| stack.lookup(Path::new(&format!("/{m}")), true).is_some());
+    found
+}
+
+fn join_rel(prefix: &str, name: &str) -> String {
+    match prefix.is_empty() {
+        true => name.to_string(),
+        false => format!("{prefix}/{name}"),
+    }
+}
+
+/// Builds the layer of one COPY/ADD in `layer` (an empty dir). Returns the number of entries
+/// copied.
+pub(crate) fn copy(
+    copy: &Copy,
+    inputs: &CopyInputs,
+    layer: &Path,
+    errors: &dyn OpErrors,
+) -> Result<u64, BuildError> {
+    let exclude = match copy.excludes.is_empty() {
+        true => None,
+        false => Some(
+            kiln_dockerfile::IgnoreMatcher::parse(&copy.excludes.join("\n"))
+                .map_err(|e| errors.err(format!("--exclude: {e}")))?,
+        ),
+    };
+    let chmod = copy
+        .chmod
+        .as_deref()
+        .map(|v| Chmod::parse(v).map_err(|e| errors.err(format!("--chmod: {e}"))))
+        .transpose()?;
+    let owner = match &copy.chown {
+        Some(spec) => Some(
+            resolve_owner(spec, inputs.below, UnknownName::Refused)
+                .map_err(|m| errors.err(format!("--chown={spec}: {m}")))?,
+        ),
+        None => None,
+    };
+    // A --link layer does not depend on what is below: parents get fixed metadata and the
+    // destination is not looked up in the base.
+    let empty = LayerStack::new(Vec::new());
+    let copy_below = if copy.link { &empty } else { inputs.below };
+    let from_name = copy.from.as_ref().map(|(_, name)| name.as_str());
+    let scratch = inputs.scratch;
+
+    let mut resolved: Vec<Resolved> = Vec::new();
+    for (i, src) in copy.sources.iter().enumerate() {
+        let own_dir = scratch.join(format!("src-{i}"));
+        std::fs::create_dir(&own_dir).map_err(BuildError::io("creating a COPY scratch dir"))?;
+        match src {
+            CopySource::Inline { name, content } => {
+                let host = own_dir.join(name);
+                std::fs::write(&host, content)
+                    .and_then(|()| {
+                        std::fs::set_permissions(
+                            &host,
+                            std::os::unix::fs::PermissionsExt::from_mode(0o644),
+                        )
+                    })
+                    .map_err(BuildError::io("writing a heredoc for COPY"))?;
+                resolved.push(Resolved::new(host, name.clone(), false));
+            }
+            CopySource::Url(url) => {
+                let host = match inputs.downloaded.iter().find(|(u, _)| u == url) {
+                    Some((_, host)) => host.clone(),
+                    None => {
+                        download(url, copy.checksum.as_deref(), &own_dir)
+                            .map_err(|m| errors.err(m))?
+                            .0
+                    }
+                };
+                let name = host.file_name().unwrap().to_string_lossy().into_owned();
+                // Remote archives stay packed unless --unpack=true says otherwise.
+                resolved.push(Resolved::new(host, name, copy.unpack == Some(true)));
+            }
+            CopySource::Path(src) => match inputs.from {
+                None => {
+                    let found = inputs.context.sources(src);
+                    if found.is_empty() {
+                        return Err(errors.missing(src, inputs.context.root()));
+                    }
+                    for f in found {
+                        let name = f.rel.rsplit('/').next().unwrap_or("").to_string();
+                        let mut r = Resolved::new(
+                            f.host_path,
+                            name,
+                            copy.add && copy.unpack != Some(false),
+                        );
+                        r.kept_path = kept_by_parents(src, &f.rel);
+                        r.context_rel = Some(f.rel);
+                        resolved.push(r);
+                    }
+                }
+                // .dockerignore is the context's: a stage or an image shows everything.
+                Some(stack) => {
+                    let present = stack_matches(stack, src);
+                    if present.is_empty() {
+                        return Err(errors.err(format!(
+                            "{src}: not found in stage or image `{}`",
+                            from_name.unwrap_or_default()
+                        )));
+                    }
+                    for (n, rel) in present.into_iter().enumerate() {
+                        let image_path = format!("/{rel}");
+                        let host = own_dir.join(format!("export-{n}"));
+                        stack
+                            .export(Path::new(&image_path), &host)
+                            .map_err(|e| errors.err(format!("{src}: {e}")))?;
+                        let name = rel.rsplit('/').next().unwrap_or("").to_string();
+                        let mut r =
+                            Resolved::new(host, name, copy.add && copy.unpack != Some(false));
+                        r.kept_path = kept_by_parents(src, &rel);
+                        resolved.push(r);
+                    }
+                }
+            },
+        }
+    }
+
+    // Several matches of a wildcard onto a destination that is not a directory go to that one
+    // path in turn, as in BuildKit: the last one wins.
+    let dest_path = &copy.dest_path;
+    let dest_is_dir = copy.parents
+        || copy.dest.ends_with('/')
+        || copy_below
+            .lookup(Path::new(dest_path), true)
+            .is_some_and(|p| p.is_dir());
+    let mut entries = 0;
+    for (i, r) in resolved.iter().enumerate() {
+        let is_dir = std::fs::metadata(&r.host)
+            .map(|m| m.is_dir())
+            .unwrap_or(false);
+        let (target, dir_target) = if copy.parents {
+            let kept = join_image_path(dest_path, &r.kept_path);
+            let parent = kept.rsplit_once('/').map_or("/", |(p, _)| p).to_string();
+            (
+                kept,
+                if parent.is_empty() {
+                    "/".into()
+                } else {
+                    parent
+                },
+            )
+        } else if is_dir || !dest_is_dir {
+            (dest_path.clone(), dest_path.clone())
+        } else {
+            (join_image_path(dest_path, &r.name), dest_path.clone())
+        };
+        if r.unpack && !is_dir {
+            let unpacked = scratch.join(format!("unpacked-{i}"));
+            std::fs::create_dir(&unpacked)
+                .map_err(BuildError::io("creating an ADD scratch dir"))?;
+            let extracted = kiln_snapshot::extract_archive(&r.host, &unpacked)
+                .map_err(|e| errors.err(format!("extracting {}: {e}", r.name)))?;
+            if extracted.is_some() {
+                // An archive's entries keep their owners and modes, unless --chown.
+                let opts = CopyOptions {
+                    chown: owner,
+                    keep_owner: true,
+                    ..Default::default()
+                };
+                entries += kiln_snapshot::copy_into_layer(
+                    &unpacked,
+                    layer,
+                    Path::new(&dir_target),
+                    copy_below,
+                    &opts,
+                )
+                .map_err(|e| errors.err(e.to_string()))?;
+                continue;
+            }
+        }
+        if !is_dir && exclude.as_ref().is_some_and(|m| m.is_excluded(&r.name)) {
+            continue;
+        }
+        let filter_fn = |p: &Path| -> bool {
+            let inner = p.to_string_lossy();
+            if exclude.as_ref().is_some_and(|m| m.is_excluded(&inner)) {
+                return false;
+            }
+            match &r.context_rel {
+                Some(rel) => inputs.context.shows_inside(rel, &r.host, p),
+                None => true,
+            }
+        };
+        let opts = CopyOptions {
+            chown: owner,
+            // Files from a stage or an image keep their owners; the context's are root's.
+            keep_owner: inputs.from.is_some(),
+            chmod: chmod.clone(),
+            filter: Some(&filter_fn),
+        };
+        entries +=
+            kiln_snapshot::copy_into_layer(&r.host, layer, Path::new(&target), copy_below, &opts)
+                .map_err(|e| errors.err(e.to_string()))?;
+    }
+    Ok(entries)
+}
+
+/// Makes WORKDIR `dir` in `layer` (an empty dir) unless the image below has it, owned by
+/// `user` as BuildKit resolves it. Returns whether it made anything.
+pub(crate) fn mkdir(
+    dir: &str,
+    user: &str,
+    below: &LayerStack,
+    layer: &Path,
+    errors: &dyn OpErrors,
+) -> Result<bool, BuildError> {
+    if below
+        .lookup(Path::new(dir), true)
+        .is_some_and(|p| p.is_dir())
+    {
+        return Ok(false);
+    }
+    let owner = if user.is_empty() {
+        (0, 0)
+    } else {
+        resolve_owner(user, below, UnknownName::Root)
+            .map_err(|m| errors.err(format!("creating WORKDIR {dir} for USER {user}: {m}")))?
+    };
+    kiln_snapshot::mkdir_in_layer(layer, Path::new(dir), below, owner)
+        .map_err(|e| errors.err(e.to_string()))?;
+    Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn owners_resolve_through_the_image() {
+        let t = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(t.path().join("etc")).unwrap();
+        std::fs::write(
+            t.path().join("etc/passwd"),
+            "root:x:0:0::/root:/bin/sh\nbuilder:x:1000:1001::/home/b:/bin/sh\n",
+        )
+        .unwrap();
+        std::fs::write(t.path().join("etc/group"), "root:x:0:\nstaff:x:50:\n").unwrap();
+        let stack = LayerStack::new(vec![t.path().to_path_buf()]);
+        let owner = |spec| resolve_owner(spec, &stack, UnknownName::Refused);
+        assert_eq!(owner("builder").unwrap(), (1000, 1001));
+        assert_eq!(owner("builder:staff").unwrap(), (1000, 50));
+        assert_eq!(owner("42:43").unwrap(), (42, 43));
+        assert_eq!(owner("42").unwrap(), (42, 42));
+        // --chown: a name the image lacks is an error naming it.
+        assert!(owner("ghost").unwrap_err().contains("no user `ghost`"));
+        assert!(
+            owner("builder:ghosts")
+                .unwrap_err()
+                .contains("no group `ghosts`")
+        );
+        // WORKDIR under USER (BuildKit's file operations): a name the image lacks is root; a
+        // group name it lacks leaves the user's group.
+        let workdir = |spec| resolve_owner(spec, &stack, UnknownName::Root);
+        assert_eq!(workdir("ghost").unwrap(), (0, 0));
+        assert_eq!(workdir("builder:ghosts").unwrap(), (1000, 1001));
+        // No /etc/passwd at all (FROM scratch): only root exists, for both.
+        let empty = LayerStack::new(Vec::new());
+        assert_eq!(
+            resolve_owner("root", &empty, UnknownName::Refused).unwrap(),
+            (0, 0)
+        );
+        assert_eq!(
+            resolve_owner("ghost", &empty, UnknownName::Root).unwrap(),
+            (0, 0)
+        );
+    }
+
+    /// A FIFO at /etc/passwd used to hang `COPY --chown` (and WORKDIR under USER) on the open.
+    #[test]
+    fn owner_files_that_are_not_regular_are_refused() {
+        let fifo = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(fifo.path().join("etc")).unwrap();
+        let made = std::process::Command::new("mkfifo")
+            .arg(fifo.path().join("etc/passwd"))
+            .status()
+            .unwrap();
+        assert!(made.success());
+        let stack = LayerStack::new(vec![fifo.path().to_path_buf()]);
+        let (sender, receiver) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = sender.send(resolve_owner("builder", &stack, UnknownName::Root));
+        });
+        let outcome = receiver.recv_timeout(std::time::Duration::from_secs(30));
+        assert_eq!(
+            outcome.expect("resolving the owner still hangs on the FIFO"),
+            Err("the image's /etc/passwd is a FIFO, not a regular file".to_string())
+        );
+
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("etc/group")).unwrap();
+        std::fs::write(dir.path().join("etc/passwd"), "root:x:0:0::/root:/bin/sh\n").unwrap();
+        let stack = LayerStack::new(vec![dir.path().to_path_buf()]);
+        assert_eq!(
+            resolve_owner("root:0", &stack, UnknownName::Refused),
+            Ok((0, 0))
+        );
+        assert_eq!(
+            resolve_owner("root:staff", &stack, UnknownName::Refused),
+            Err("the image's /etc/group is a directory, not a regular file".to_string())
+        );
+    }
+
+    #[test]
+    fn wildcards_match_in_a_stage() {
+        let t = tempfile::tempdir().unwrap();
+        for f in ["out/a.txt", "out/b.txt", "out/c.md", "other/d.txt"] {
+            let p = t.path().join(f);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, f).unwrap();
+        }
+        let stack = LayerStack::new(vec![t.path().to_path_buf()]);
+        assert_eq!(
+            stack_matches(&stack, "/out/*.txt"),
+            ["out/a.txt", "out/b.txt"]
+        );
+        assert_eq!(stack_matches(&stack, "*/d.txt"), ["other/d.txt"]);
+        assert_eq!(stack_matches(&stack, "/out/c.md"), ["out/c.md"]);
+        assert_eq!(
+            stack_matches(&stack, "../../out/../other/*"),
+            ["other/d.txt"]
+        );
+    }
+}

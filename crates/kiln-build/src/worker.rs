@@ -1,0 +1,123 @@
+//! The seam where an exec op (a RUN step) runs: a [`Worker`] runs one command over a stack
+//! of layer dirs and leaves what it changed in an upper dir, in overlay format.
+//! [`NamespaceWorker`] is kiln-sandbox's user namespaces and overlayfs; the choice of how a
+//! foreign architecture runs (natively, a private binfmt_misc with QEMU, the host's) is made
+//! behind it, once per architecture.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Mutex;
+
+use kiln_oci::Platform;
+use kiln_sandbox::{EmulationMode, ExitStatus, Network, RunMount, RunSpec, Sandbox};
+
+use crate::BuildError;
+
+/// One command to run.
+pub struct ExecJob<'a> {
+    pub platform: &'a Platform,
+    /// Layer dirs, bottom first; each at most once.
+    pub lowers: Vec<PathBuf>,
+    /// An empty dir that receives the changes.
+    pub upper: PathBuf,
+    /// An empty scratch dir on the same filesystem as `upper`.
+    pub work: PathBuf,
+    pub argv: Vec<String>,
+    pub env: Vec<String>,
+    pub cwd: String,
+    pub user: String,
+    pub hostname: String,
+    pub network: Network,
+    pub mounts: Vec<RunMount>,
+}
+
+/// How a command ended.
+pub struct ExecOutcome {
+    pub status: ExitStatus,
+    /// Its last output lines.
+    pub tail: Vec<String>,
+}
+
+/// Runs exec ops.
+pub trait Worker: Sync {
+    /// Checks, before the build starts, that commands for `platform` can run; says whether
+    /// they run emulated.
+    fn check(&self, platform: &Platform) -> Result<bool, BuildError>;
+
+    /// Runs `job`, passing each output line to `output`. An error means the command could
+    /// not be run at all; a command that ran and failed is an outcome.
+    fn run(&self, job: ExecJob, output: &mut dyn FnMut(&str)) -> Result<ExecOutcome, String>;
+}
+
+/// Runs commands with kiln-sandbox: user namespaces and overlayfs, on this machine.
+pub struct NamespaceWorker {
+    sandbox: Sandbox,
+    qemu_dir: Option<PathBuf>,
+    /// How each architecture runs, probed once.
+    emulation: Mutex<HashMap<String, EmulationMode>>,
+}
+
+impl NamespaceWorker {
+    /// `helper` is the executable that acts as the sandbox helper (kiln itself); `qemu_dir`
+    /// where `qemu-<arch>-static` lives, if not on PATH or in /usr/bin.
+    pub fn new(helper: PathBuf, qemu_dir: Option<PathBuf>) -> NamespaceWorker {
+        NamespaceWorker {
+            sandbox: Sandbox::new(helper),
+            qemu_dir,
+            emulation: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn emulation_for(&self, platform: &Platform) -> Result<EmulationMode, BuildError> {
+        let arch = platform.normalized().architecture;
+        if let Some(mode) = self.emulation.lock().unwrap().get(&arch) {
+            return Ok(mode.clone());
+        }
+        let mode = self
+            .sandbox
+            .emulation_for(&arch, self.qemu_dir.as_deref())
+            .map_err(|e| BuildError::Emulation {
+                platform: platform.to_string(),
+                message: e.to_string(),
+            })?;
+        self.emulation.lock().unwrap().insert(arch, mode.clone());
+        Ok(mode)
+    }
+}
+
+impl Worker for NamespaceWorker {
+    fn check(&self, platform: &Platform) -> Result<bool, BuildError> {
+        Ok(!matches!(
+            self.emulation_for(platform)?,
+            EmulationMode::Native
+        ))
+    }
+
+    fn run(&self, job: ExecJob, output: &mut dyn FnMut(&str)) -> Result<ExecOutcome, String> {
+        let emulator = match self
+            .emulation_for(job.platform)
+            .map_err(|e| e.to_string())?
+        {
+            EmulationMode::PrivateBinfmt(emulator) => Some(emulator),
+            EmulationMode::Native | EmulationMode::HostBinfmt => None,
+        };
+        let spec = RunSpec {
+            lowers: job.lowers,
+            upper: job.upper,
+            work: job.work,
+            argv: job.argv,
+            env: job.env,
+            cwd: job.cwd,
+            user: job.user,
+            hostname: job.hostname,
+            emulator,
+            mounts: job.mounts,
+            network: job.network,
+        };
+        let ran = self.sandbox.run(&spec, output).map_err(|e| e.to_string())?;
+        Ok(ExecOutcome {
+            status: ran.status,
+            tail: ran.tail,
+        })
+    }
+}
