@@ -6,8 +6,7 @@ use std::path::{Path, PathBuf};
 use clap::Args;
 use kiln_build::{
     BuildError, BuildMetadata, BuildOptions, Output, Progress, ProgressMode, SecretSource, Secrets,
-    StepKind,
-    Store,
+    StepKind, Store,
 };
 use kiln_oci::Platform;
 use kiln_registry::Reference;
