@@ -42,7 +42,7 @@ pub use export::{StoreSource, deliver};
 pub use key::CacheKey;
 pub use lower::{lower, stages_named};
 pub use metadata::{BuildMetadata, MetadataError, pushed_image};
-pub use output::{Output, OutputSpecError};
+pub use output::{Output, OutputFlags, OutputSpecError};
 pub use plan::{
     ConfigStep, Copy, CopySource, Exec, ExecMount, HistoryStep, ImagePlan, Mkdir, Op, OpId, OpKind,
     Origin, Plan, Source,

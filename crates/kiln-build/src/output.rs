@@ -2,7 +2,7 @@
 //! outputs. [`crate::deliver`] writes them.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use kiln_registry::{Reference, ReferenceError};
 
@@ -40,6 +40,23 @@ pub enum OutputSpecError {
         "output type `{0}` is not supported by this version of kiln (supported: registry, image, oci)"
     )]
     Unsupported(String),
+    #[error("--push needs at least one -t NAME:TAG to push to")]
+    PushWithoutName,
+    #[error("pushing needs a name: pass -t NAME:TAG or -o type=registry,name=NAME:TAG")]
+    RegistryWithoutName,
+}
+
+/// What a build's output flags ask for.
+#[derive(Clone, Debug, Default)]
+pub struct OutputFlags<'a> {
+    /// `-o` specs, in order.
+    pub specs: &'a [String],
+    /// Push to the image's names (`--push`, or kaniko's `--destination`).
+    pub push: bool,
+    /// With `push`: push by digest only (`--push-by-digest`).
+    pub push_by_digest: bool,
+    /// An OCI layout directory to write (kaniko's `--oci-layout-path`).
+    pub oci_layout_path: Option<&'a Path>,
 }
 
 impl Output {
@@ -94,6 +111,38 @@ impl Output {
             }
             other => Err(OutputSpecError::Unsupported(other.to_string())),
         }
+    }
+
+    /// Every output `flags` ask for, for a build named `names` (the `-t` names) that makes
+    /// `platforms` platforms: each `-o` spec, then the push, then the layout directory. Every
+    /// registry output must have a name to push to.
+    pub fn from_flags(
+        flags: &OutputFlags<'_>,
+        names: &[Reference],
+        platforms: usize,
+    ) -> Result<Vec<Output>, OutputSpecError> {
+        let mut outputs = Vec::new();
+        for spec in flags.specs {
+            outputs.extend(Output::parse(spec, names, platforms)?);
+        }
+        if flags.push {
+            if names.is_empty() {
+                return Err(OutputSpecError::PushWithoutName);
+            }
+            outputs.push(Output::Registry {
+                names: names.to_vec(),
+                oci_mediatypes: true,
+                push_by_digest: flags.push_by_digest,
+            });
+        }
+        if let Some(dir) = flags.oci_layout_path {
+            outputs.push(Output::OciDir(dir.to_path_buf()));
+        }
+        let unnamed = |o: &Output| matches!(o, Output::Registry { names, .. } if names.is_empty());
+        if outputs.iter().any(unnamed) {
+            return Err(OutputSpecError::RegistryWithoutName);
+        }
+        Ok(outputs)
     }
 
     /// Whether the images are written in OCI media types: everywhere but a registry output
@@ -201,6 +250,48 @@ mod tests {
             err("type=registry,name=UPPER", 1).starts_with("invalid image reference `UPPER`"),
             "{}",
             err("type=registry,name=UPPER", 1)
+        );
+    }
+
+    #[test]
+    fn flags_add_a_push_and_a_layout_after_the_specs_and_every_push_needs_a_name() {
+        let specs = ["type=oci,dest=a.tar".to_string()];
+        let flags = OutputFlags {
+            specs: &specs,
+            push: true,
+            push_by_digest: true,
+            oci_layout_path: Some(Path::new("dir")),
+        };
+        assert_eq!(
+            Output::from_flags(&flags, &names(), 2).unwrap(),
+            [
+                Output::OciArchive("a.tar".into()),
+                Output::Registry {
+                    names: names(),
+                    oci_mediatypes: true,
+                    push_by_digest: true,
+                },
+                Output::OciDir("dir".into()),
+            ]
+        );
+        let err =
+            |flags: &OutputFlags<'_>| Output::from_flags(flags, &[], 1).unwrap_err().to_string();
+        assert_eq!(
+            err(&flags),
+            "--push needs at least one -t NAME:TAG to push to"
+        );
+        let specs = ["type=registry".to_string()];
+        let unnamed = OutputFlags {
+            specs: &specs,
+            ..OutputFlags::default()
+        };
+        assert_eq!(
+            err(&unnamed),
+            "pushing needs a name: pass -t NAME:TAG or -o type=registry,name=NAME:TAG"
+        );
+        assert_eq!(
+            Output::from_flags(&OutputFlags::default(), &[], 1).unwrap(),
+            []
         );
     }
 

@@ -7,6 +7,9 @@
 //! them and makes the image visible only when [`ImageDestination::commit`] succeeds, so a
 //! failed copy never leaves a half-written layout or archive. [`copy`] is the one path images
 //! take out of kiln: `kiln copy`, and every output of `kiln build` (whose store is a source).
+//!
+//! [`manifest_list`] and [`manifest_spec`] assemble indexes over images already in
+//! registries: `kiln manifest`'s local lists, `kiln imagetools create` and manifest-tool specs.
 
 mod copy;
 mod docker_archive;
@@ -14,6 +17,8 @@ mod error;
 mod files;
 mod layout;
 mod location;
+pub mod manifest_list;
+pub mod manifest_spec;
 mod platform;
 mod registry;
 

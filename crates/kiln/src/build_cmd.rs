@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 
 use clap::Args;
 use kiln_build::{
-    BuildError, BuildMetadata, BuildOptions, Output, Progress, ProgressMode, SecretSource, Secrets,
-    StepKind, Store,
+    BuildError, BuildMetadata, BuildOptions, Output, OutputFlags, Progress, ProgressMode,
+    SecretSource, Secrets, StepKind, Store,
 };
 use kiln_oci::Platform;
 use kiln_registry::Reference;
@@ -200,32 +200,15 @@ pub fn run(args: BuildArgs) -> Result<(), Report> {
     if platforms.is_empty() {
         platforms.push(Platform::host());
     }
-    let mut outputs = Vec::new();
-    for spec in &args.outputs {
-        outputs.extend(Output::parse(spec, &names, platforms.len()).map_err(|e| miette!("{e}"))?);
-    }
-    let push_requested = args.push || (!args.destinations.is_empty() && !args.no_push);
-    if push_requested && !args.no_push {
-        if names.is_empty() {
-            return Err(miette!("--push needs at least one -t NAME:TAG to push to"));
-        }
-        outputs.push(Output::Registry {
-            names: names.clone(),
-            oci_mediatypes: true,
-            push_by_digest: args.push_by_digest,
-        });
-    }
-    if let Some(dir) = &args.oci_layout_path {
-        outputs.push(Output::OciDir(dir.clone()));
-    }
-    if outputs
-        .iter()
-        .any(|o| matches!(o, Output::Registry { names, .. } if names.is_empty()))
-    {
-        return Err(miette!(
-            "pushing needs a name: pass -t NAME:TAG or -o type=registry,name=NAME:TAG"
-        ));
-    }
+    let output_flags = OutputFlags {
+        specs: &args.outputs,
+        // kaniko pushes to its --destination names unless told --no-push.
+        push: (args.push || !args.destinations.is_empty()) && !args.no_push,
+        push_by_digest: args.push_by_digest,
+        oci_layout_path: args.oci_layout_path.as_deref(),
+    };
+    let outputs =
+        Output::from_flags(&output_flags, &names, platforms.len()).map_err(|e| miette!("{e}"))?;
 
     let mut build_args = BTreeMap::new();
     for a in &args.build_args {
