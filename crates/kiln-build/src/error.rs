@@ -79,6 +79,14 @@ pub enum BuildError {
     Cancelled { platform: String },
     #[error(transparent)]
     Registry(Box<RegistryError>),
+    /// An output could not be written; `action` says which (`writing the OCI layout x`).
+    #[error("{action}: {source}")]
+    Export {
+        action: String,
+        #[source]
+        source: Box<kiln_transport::TransportError>,
+    },
+
     #[error("{context}: {source}")]
     Io {
         context: String,

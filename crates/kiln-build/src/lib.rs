@@ -2,16 +2,19 @@
 //! expanded operations with their cache keys (nothing runs), and [`solve`] does each op once,
 //! reusing what the cache recorded and running the rest (RUN through a [`Worker`], COPY and
 //! WORKDIR through kiln-snapshot), writing layers and configs into a content [`Store`].
-//! Outputs (registry push, OCI layouts) take the images from there.
+//! [`deliver`] copies the images from there to each output (registry push, OCI layouts)
+//! through `kiln_transport`, with the store as the source.
 
 mod base;
 mod cache;
 mod context;
 mod context_digest;
 mod error;
+mod export;
 mod fileops;
 mod key;
 mod lower;
+mod metadata;
 mod mounts;
 mod output;
 mod plan;
@@ -35,9 +38,11 @@ pub use base::{BaseRef, ImageResolver, RegistryResolver, ResolvedImage};
 pub use cache::{CacheBackend, KeyLock, LocalCache, Lookup, Record, RecordLayer};
 pub use context::BuildContext;
 pub use error::BuildError;
+pub use export::{StoreSource, deliver};
 pub use key::CacheKey;
 pub use lower::{lower, stages_named};
-pub use output::{Output, deliver};
+pub use metadata::{BuildMetadata, MetadataError, pushed_image};
+pub use output::{Output, OutputFlags, OutputSpecError};
 pub use plan::{
     ConfigStep, Copy, CopySource, Exec, ExecMount, HistoryStep, ImagePlan, Mkdir, Op, OpId, OpKind,
     Origin, Plan, Source,

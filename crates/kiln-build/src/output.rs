@@ -1,14 +1,10 @@
-use std::path::PathBuf;
+//! Where built images go: buildx's `-o` specs (and kiln's flags that mean the same) as typed
+//! outputs. [`crate::deliver`] writes them.
 
-use kiln_oci::layout::{self, LayoutBlob};
-use kiln_oci::{Descriptor, ImageIndex, ImageManifest, media, to_json_bytes};
-use kiln_registry::{BlobTransfer, Reference, RegistryClient, each_in_parallel};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 
-use crate::progress::Progress;
-use crate::{BuildError, BuiltImage, Store};
-
-/// How many blobs are pushed at once.
-const BLOBS_IN_FLIGHT: usize = 4;
+use kiln_registry::{Reference, ReferenceError};
 
 /// Where built images go.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -28,193 +24,284 @@ pub enum Output {
     OciDir(PathBuf),
 }
 
-/// The images of a build as one artifact: a single manifest, or an index of one manifest per
-/// platform, in OCI or Docker media types.
-struct Rendered {
-    top: Descriptor,
-    /// Every JSON document below `top` (the manifests of an index), with its bytes.
-    manifests: Vec<(Descriptor, Vec<u8>)>,
-    /// Every blob the manifests point to: layers and configs.
-    blobs: Vec<Descriptor>,
+/// A `-o` spec kiln cannot honour.
+#[derive(Debug, thiserror::Error)]
+pub enum OutputSpecError {
+    #[error(transparent)]
+    Name(#[from] ReferenceError),
+    #[error(
+        "-o type=docker holds a single platform, but {platforms} were requested: \
+         use -o type=oci (an index of all platforms) or type=registry, or build one --platform"
+    )]
+    DockerSinglePlatform { platforms: usize },
+    #[error("-o type=oci needs dest=PATH")]
+    OciNeedsDest,
+    #[error(
+        "output type `{0}` is not supported by this version of kiln (supported: registry, image, oci)"
+    )]
+    Unsupported(String),
+    #[error("--push needs at least one -t NAME:TAG to push to")]
+    PushWithoutName,
+    #[error("pushing needs a name: pass -t NAME:TAG or -o type=registry,name=NAME:TAG")]
+    RegistryWithoutName,
 }
 
-fn render(store: &Store, images: &[BuiltImage], oci: bool) -> Result<Rendered, BuildError> {
-    let mut manifests = Vec::new();
-    let mut blobs: Vec<Descriptor> = Vec::new();
-    for image in images {
-        let bytes = std::fs::read(store.blob_path(&image.manifest.digest))
-            .map_err(BuildError::io("reading a built manifest"))?;
-        let mut desc = image.manifest.clone();
-        let bytes = if oci {
-            bytes
-        } else {
-            let manifest: ImageManifest = serde_json::from_slice(&bytes).map_err(|e| {
-                BuildError::io("reading a built manifest")(std::io::Error::other(e))
-            })?;
-            let docker = manifest.to_docker().map_err(|mt| BuildError::Io {
-                context: "converting to Docker media types".into(),
-                source: std::io::Error::other(format!("{mt} has no Docker media type")),
-            })?;
-            let bytes = to_json_bytes(&docker);
-            let stored = store.put_json(media::DOCKER_MANIFEST, &bytes)?;
-            desc = Descriptor {
-                platform: desc.platform,
-                ..stored
+/// What a build's output flags ask for.
+#[derive(Clone, Debug, Default)]
+pub struct OutputFlags<'a> {
+    /// `-o` specs, in order.
+    pub specs: &'a [String],
+    /// Push to the image's names (`--push`, or kaniko's `--destination`).
+    pub push: bool,
+    /// With `push`: push by digest only (`--push-by-digest`).
+    pub push_by_digest: bool,
+    /// An OCI layout directory to write (kaniko's `--oci-layout-path`).
+    pub oci_layout_path: Option<&'a Path>,
+}
+
+impl Output {
+    /// Parses one `-o` spec, buildx's comma-separated `key=value` list: `type=registry`,
+    /// `type=image[,push=true]`, `type=oci,dest=PATH[,tar=false]`, with `name=`,
+    /// `oci-mediatypes=` and `push-by-digest=` for the pushing ones. A registry output
+    /// without `name=` pushes to `names` (the `-t` names); `platforms` is how many platforms
+    /// the build makes. `None` is an output that keeps the image in kiln's store only
+    /// (`type=image` without `push=true`).
+    pub fn parse(
+        spec: &str,
+        names: &[Reference],
+        platforms: usize,
+    ) -> Result<Option<Output>, OutputSpecError> {
+        let mut kv = BTreeMap::new();
+        for part in spec.split(',') {
+            let (k, v) = part.split_once('=').unwrap_or((part, ""));
+            kv.insert(k.trim().to_string(), v.trim().to_string());
+        }
+        // A bare key, or `key=true`, switches an attribute on.
+        let flag =
+            |k: &str, default: bool| kv.get(k).map_or(default, |v| v == "true" || v.is_empty());
+        let registry = || -> Result<Option<Output>, OutputSpecError> {
+            let names = match kv.get("name") {
+                Some(n) => n
+                    .split(',')
+                    .map(str::parse)
+                    .collect::<Result<Vec<Reference>, _>>()?,
+                None => names.to_vec(),
             };
-            bytes
+            Ok(Some(Output::Registry {
+                names,
+                oci_mediatypes: flag("oci-mediatypes", true),
+                push_by_digest: flag("push-by-digest", false),
+            }))
         };
-        for b in image.layers.iter().chain([&image.config]) {
-            if !blobs.iter().any(|x| x.digest == b.digest) {
-                blobs.push(b.clone());
-            }
-        }
-        manifests.push((desc, bytes));
-    }
-    if manifests.len() == 1 {
-        let (mut top, _) = manifests.remove(0);
-        top.platform = None;
-        return Ok(Rendered {
-            top,
-            manifests: Vec::new(),
-            blobs,
-        });
-    }
-    let index_type = if oci {
-        media::OCI_INDEX
-    } else {
-        media::DOCKER_MANIFEST_LIST
-    };
-    let index = ImageIndex::new(
-        index_type,
-        manifests.iter().map(|(d, _)| d.clone()).collect(),
-    );
-    let top = store.put_json(index_type, &to_json_bytes(&index))?;
-    Ok(Rendered {
-        top,
-        manifests,
-        blobs,
-    })
-}
-
-/// Delivers the images of a build to every output and returns what the first output knows
-/// them by (the manifest, or the index of several platforms). A registry gets every blob,
-/// then every platform's manifest, and the tag last, so a failure never leaves a tag
-/// pointing at missing content.
-pub fn deliver(
-    store: &Store,
-    client: &RegistryClient,
-    images: &[BuiltImage],
-    names: &[Reference],
-    outputs: &[Output],
-    progress: &Progress,
-) -> Result<Option<Descriptor>, BuildError> {
-    let mut first = None;
-    for output in outputs {
-        let oci = match output {
-            Output::Registry { oci_mediatypes, .. } => *oci_mediatypes,
-            _ => true,
-        };
-        let r = render(store, images, oci)?;
-        match output {
-            Output::Registry {
-                names: targets,
-                push_by_digest,
-                ..
-            } => {
-                for (i, target) in targets.iter().enumerate() {
-                    // Names after the first can mount what the first received.
-                    let from = (i > 0).then(|| &targets[0]);
-                    each_in_parallel(&r.blobs, BLOBS_IN_FLIGHT, |blob| {
-                        let done = client.mount_or_push_blob(
-                            target,
-                            blob,
-                            &store.blob_path(&blob.digest),
-                            from,
-                        )?;
-                        let how = match done {
-                            BlobTransfer::Uploaded => "pushed",
-                            BlobTransfer::Mounted => "mounted",
-                            BlobTransfer::AlreadyPresent => "already there",
-                        };
-                        progress.detail(&format!("{} {} ({how})", target.repository, blob.digest));
-                        Ok::<(), BuildError>(())
-                    })?;
-                    for (desc, bytes) in &r.manifests {
-                        client.push_manifest(
-                            &target.with_digest(desc.digest.clone()),
-                            &desc.media_type,
-                            bytes,
-                        )?;
-                    }
-                }
-                let top_bytes = std::fs::read(store.blob_path(&r.top.digest))
-                    .map_err(BuildError::io("reading the built manifest"))?;
-                for target in targets {
-                    let at = if *push_by_digest {
-                        target.with_digest(r.top.digest.clone())
-                    } else {
-                        target.clone()
-                    };
-                    client.push_manifest(&at, &r.top.media_type, &top_bytes)?;
-                    let shown = if *push_by_digest {
-                        format!("{}/{}@{}", at.registry, at.repository, r.top.digest)
-                    } else {
-                        format!("{at}@{}", r.top.digest)
-                    };
-                    progress.info(&format!("pushed {shown}"));
-                }
-            }
-            Output::OciArchive(path) | Output::OciDir(path) => {
-                let index = layout_index(&r.top, names);
-                let mut paths = Vec::new();
-                let docs = r.manifests.iter().map(|(d, _)| d);
-                for blob in r.blobs.iter().chain(docs).chain([&r.top]) {
-                    paths.push((blob.digest.clone(), store.blob_path(&blob.digest)));
-                }
-                let layout_blobs: Vec<LayoutBlob<'_>> = paths
-                    .iter()
-                    .map(|(d, p)| LayoutBlob { digest: d, path: p })
-                    .collect();
-                let written = if matches!(output, Output::OciArchive(_)) {
-                    layout::write_tar(path, &layout_blobs, &index)
+        match kv.get("type").map(String::as_str).unwrap_or("") {
+            "registry" => registry(),
+            "image" if flag("push", false) => registry(),
+            "image" => Ok(None),
+            "docker" if platforms > 1 => Err(OutputSpecError::DockerSinglePlatform { platforms }),
+            "oci" => {
+                let dest = kv
+                    .get("dest")
+                    .filter(|d| !d.is_empty())
+                    .ok_or(OutputSpecError::OciNeedsDest)?;
+                if kv.get("tar").is_some_and(|v| v == "false") {
+                    Ok(Some(Output::OciDir(PathBuf::from(dest))))
                 } else {
-                    layout::write_dir(path, &layout_blobs, &index)
-                };
-                written.map_err(BuildError::io(format!(
-                    "writing the OCI layout {}",
-                    path.display()
-                )))?;
-                progress.info(&format!(
-                    "wrote OCI layout {} ({})",
-                    path.display(),
-                    r.top.digest
-                ));
+                    Ok(Some(Output::OciArchive(PathBuf::from(dest))))
+                }
             }
+            other => Err(OutputSpecError::Unsupported(other.to_string())),
         }
-        first.get_or_insert(r.top);
     }
-    Ok(first)
+
+    /// Every output `flags` ask for, for a build named `names` (the `-t` names) that makes
+    /// `platforms` platforms: each `-o` spec, then the push, then the layout directory. Every
+    /// registry output must have a name to push to.
+    pub fn from_flags(
+        flags: &OutputFlags<'_>,
+        names: &[Reference],
+        platforms: usize,
+    ) -> Result<Vec<Output>, OutputSpecError> {
+        let mut outputs = Vec::new();
+        for spec in flags.specs {
+            outputs.extend(Output::parse(spec, names, platforms)?);
+        }
+        if flags.push {
+            if names.is_empty() {
+                return Err(OutputSpecError::PushWithoutName);
+            }
+            outputs.push(Output::Registry {
+                names: names.to_vec(),
+                oci_mediatypes: true,
+                push_by_digest: flags.push_by_digest,
+            });
+        }
+        if let Some(dir) = flags.oci_layout_path {
+            outputs.push(Output::OciDir(dir.to_path_buf()));
+        }
+        let unnamed = |o: &Output| matches!(o, Output::Registry { names, .. } if names.is_empty());
+        if outputs.iter().any(unnamed) {
+            return Err(OutputSpecError::RegistryWithoutName);
+        }
+        Ok(outputs)
+    }
+
+    /// Whether the images are written in OCI media types: everywhere but a registry output
+    /// with `oci-mediatypes=false`.
+    pub(crate) fn oci_mediatypes(&self) -> bool {
+        match self {
+            Output::Registry { oci_mediatypes, .. } => *oci_mediatypes,
+            Output::OciArchive(_) | Output::OciDir(_) => true,
+        }
+    }
 }
 
-/// index.json for an OCI layout: one entry per name, annotated the way containerd and umoci
-/// look names up (`org.opencontainers.image.ref.name` holds the tag).
-fn layout_index(top: &Descriptor, names: &[Reference]) -> ImageIndex {
-    let entry = |name: Option<&Reference>| {
-        let mut d = top.clone();
-        if let Some(n) = name {
-            d.annotations
-                .insert("io.containerd.image.name".to_string(), n.to_string());
-            d.annotations.insert(
-                "org.opencontainers.image.ref.name".to_string(),
-                n.tag.clone().unwrap_or_else(|| "latest".into()),
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names() -> Vec<Reference> {
+        vec!["localhost:5000/app:1".parse().unwrap()]
+    }
+
+    fn parse(spec: &str) -> Result<Option<Output>, OutputSpecError> {
+        Output::parse(spec, &names(), 1)
+    }
+
+    #[test]
+    fn registry_outputs_push_to_the_tags_or_their_own_name() {
+        let pushed = |oci_mediatypes, push_by_digest, names| {
+            Some(Output::Registry {
+                names,
+                oci_mediatypes,
+                push_by_digest,
+            })
+        };
+        assert_eq!(
+            parse("type=registry").unwrap(),
+            pushed(true, false, names())
+        );
+        assert_eq!(
+            parse("type=image,push=true").unwrap(),
+            pushed(true, false, names())
+        );
+        assert_eq!(
+            parse("type=image,push").unwrap(),
+            pushed(true, false, names())
+        );
+        assert_eq!(parse("type=image").unwrap(), None);
+        assert_eq!(parse("type=image,push=false").unwrap(), None);
+        assert_eq!(
+            parse(" type = registry , oci-mediatypes=false,push-by-digest=true").unwrap(),
+            pushed(false, true, names())
+        );
+        assert_eq!(
+            parse("type=registry,name=other:2").unwrap(),
+            pushed(true, false, vec!["other:2".parse().unwrap()])
+        );
+        assert_eq!(
+            Output::parse("type=registry", &[], 3).unwrap(),
+            pushed(true, false, Vec::new())
+        );
+    }
+
+    #[test]
+    fn oci_outputs_are_archives_unless_tar_is_false() {
+        assert_eq!(
+            parse("type=oci,dest=out.tar").unwrap(),
+            Some(Output::OciArchive("out.tar".into()))
+        );
+        assert_eq!(
+            parse("type=oci,dest=out,tar=false").unwrap(),
+            Some(Output::OciDir("out".into()))
+        );
+        assert_eq!(
+            parse("type=oci,dest=out,tar=true").unwrap(),
+            Some(Output::OciArchive("out".into()))
+        );
+    }
+
+    #[test]
+    fn unusable_specs_say_what_to_write_instead() {
+        let err = |spec: &str, platforms| {
+            Output::parse(spec, &names(), platforms)
+                .unwrap_err()
+                .to_string()
+        };
+        assert_eq!(err("type=oci", 1), "-o type=oci needs dest=PATH");
+        assert_eq!(err("type=oci,dest=", 1), "-o type=oci needs dest=PATH");
+        assert_eq!(
+            err("type=docker,dest=x.tar", 2),
+            "-o type=docker holds a single platform, but 2 were requested: use -o type=oci \
+             (an index of all platforms) or type=registry, or build one --platform"
+        );
+        for spec in ["type=docker,dest=x.tar", "type=local,dest=d", "dest=x"] {
+            let kind = spec
+                .strip_prefix("type=")
+                .map_or("", |s| s.split(',').next().unwrap());
+            assert_eq!(
+                err(spec, 1),
+                format!(
+                    "output type `{kind}` is not supported by this version of kiln \
+                     (supported: registry, image, oci)"
+                )
             );
         }
-        d
-    };
-    let manifests = if names.is_empty() {
-        vec![entry(None)]
-    } else {
-        names.iter().map(|n| entry(Some(n))).collect()
-    };
-    ImageIndex::new(media::OCI_INDEX, manifests)
+        assert!(
+            err("type=registry,name=UPPER", 1).starts_with("invalid image reference `UPPER`"),
+            "{}",
+            err("type=registry,name=UPPER", 1)
+        );
+    }
+
+    #[test]
+    fn flags_add_a_push_and_a_layout_after_the_specs_and_every_push_needs_a_name() {
+        let specs = ["type=oci,dest=a.tar".to_string()];
+        let flags = OutputFlags {
+            specs: &specs,
+            push: true,
+            push_by_digest: true,
+            oci_layout_path: Some(Path::new("dir")),
+        };
+        assert_eq!(
+            Output::from_flags(&flags, &names(), 2).unwrap(),
+            [
+                Output::OciArchive("a.tar".into()),
+                Output::Registry {
+                    names: names(),
+                    oci_mediatypes: true,
+                    push_by_digest: true,
+                },
+                Output::OciDir("dir".into()),
+            ]
+        );
+        let err =
+            |flags: &OutputFlags<'_>| Output::from_flags(flags, &[], 1).unwrap_err().to_string();
+        assert_eq!(
+            err(&flags),
+            "--push needs at least one -t NAME:TAG to push to"
+        );
+        let specs = ["type=registry".to_string()];
+        let unnamed = OutputFlags {
+            specs: &specs,
+            ..OutputFlags::default()
+        };
+        assert_eq!(
+            err(&unnamed),
+            "pushing needs a name: pass -t NAME:TAG or -o type=registry,name=NAME:TAG"
+        );
+        assert_eq!(
+            Output::from_flags(&OutputFlags::default(), &[], 1).unwrap(),
+            []
+        );
+    }
+
+    #[test]
+    fn only_registry_outputs_may_use_docker_media_types() {
+        let docker = parse("type=registry,oci-mediatypes=false")
+            .unwrap()
+            .unwrap();
+        assert!(!docker.oci_mediatypes());
+        assert!(Output::OciDir("d".into()).oci_mediatypes());
+        assert!(Output::OciArchive("a".into()).oci_mediatypes());
+    }
 }

@@ -6,7 +6,6 @@
 
 mod digest;
 mod image;
-pub mod layout;
 pub mod media;
 mod platform;
 

@@ -84,27 +84,44 @@ fn copy_platform(
     Ok(manifest)
 }
 
+/// How many bytes of manifests a copy holds back while their images' blobs go first.
+const HELD_MANIFEST_BYTES: usize = 16 << 20;
+
 /// Copies everything an index points to (nested indexes too); returns the number of images.
+/// The manifests of an index's images are held back (up to [`HELD_MANIFEST_BYTES`]) until
+/// the blobs of all of them are in, so that a registry receives the blobs of every platform
+/// in one batch, several at once.
 fn copy_index_children(
     source: &dyn ImageSource,
     dest: &mut dyn ImageDestination,
     index: &RawManifest,
 ) -> Result<usize, TransportError> {
     let mut images = 0;
+    let mut held: Vec<RawManifest> = Vec::new();
+    let put_held = |dest: &mut dyn ImageDestination, held: &mut Vec<RawManifest>| {
+        held.drain(..).try_for_each(|m| dest.put_manifest(&m))
+    };
     for child in parse_index(source, index)?.manifests {
         let manifest = source.manifest(&child)?;
         if media::is_index(&child.media_type) {
+            // Nothing stays held while a nested index is copied.
+            put_held(dest, &mut held)?;
             images += copy_index_children(source, dest, &manifest)?;
-        } else {
-            copy_image(source, dest, &manifest)?;
-            images += 1;
+            dest.put_manifest(&manifest)?;
+            continue;
         }
-        dest.put_manifest(&manifest)?;
+        copy_image(source, dest, &manifest)?;
+        images += 1;
+        held.push(manifest);
+        if held.iter().map(|m| m.bytes.len()).sum::<usize>() > HELD_MANIFEST_BYTES {
+            put_held(dest, &mut held)?;
+        }
     }
+    put_held(dest, &mut held)?;
     Ok(images)
 }
 
-/// Copies an image manifest's config and layers (not the manifest itself).
+/// Copies an image manifest's layers and config (not the manifest itself).
 fn copy_image(
     source: &dyn ImageSource,
     dest: &mut dyn ImageDestination,
@@ -116,9 +133,8 @@ fn copy_image(
             format!("unreadable manifest {}: {e}", manifest.digest),
         )
     })?;
-    dest.put_blob(source, &parsed.config)?;
-    for layer in &parsed.layers {
-        dest.put_blob(source, layer)?;
+    for blob in parsed.layers.iter().chain([&parsed.config]) {
+        dest.put_blob(source, blob)?;
     }
     Ok(())
 }

@@ -13,7 +13,7 @@ use kiln_oci::{
 use kiln_registry::{DOCKER_HUB, MAX_CONFIG_BYTES, Reference};
 use serde::{Deserialize, Serialize};
 
-use crate::files::{Files, TarIndex, temp_beside, write_verified};
+use crate::files::{Files, TarIndex, place_blob, temp_beside, write_verified};
 use crate::{ImageDestination, ImageSource, RawManifest, TransportError};
 
 /// The media type of an uncompressed Docker layer.
@@ -277,7 +277,7 @@ impl ImageDestination for DockerArchiveDestination {
         if path.is_file() {
             return Ok(());
         }
-        source.blob_to_file(desc, &path)
+        place_blob(source, desc, &path)
     }
 
     fn put_manifest(&mut self, _manifest: &RawManifest) -> Result<(), TransportError> {

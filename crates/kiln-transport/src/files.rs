@@ -2,13 +2,14 @@
 //! appear whole or not at all.
 
 use std::collections::HashMap;
-use std::fs::File;
+use std::fs::{self, File};
 use std::io::{self, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Component, Path, PathBuf};
 
 use kiln_oci::{Descriptor, DigestReader};
 
-use crate::TransportError;
+use crate::{ImageSource, TransportError};
 
 /// Manifests, indexes, `index.json` and `manifest.json` are read into memory: at most as much
 /// as kiln takes from a registry (4 MiB, distribution's limit for manifests).
@@ -186,11 +187,12 @@ pub(crate) fn create_parent(path: &Path) -> Result<&Path, TransportError> {
 }
 
 /// The temp file a write to `dest` goes through, in the same directory so the final rename
-/// is atomic.
+/// is atomic. Mode 0644 before the umask, as other tools write layouts and archives.
 pub(crate) fn temp_beside(dest: &Path) -> Result<tempfile::NamedTempFile, TransportError> {
     let parent = create_parent(dest)?;
     tempfile::Builder::new()
         .prefix(".kiln-part-")
+        .permissions(fs::Permissions::from_mode(0o644))
         .tempfile_in(parent)
         .map_err(TransportError::io(format!(
             "creating a file in {}",
@@ -198,9 +200,48 @@ pub(crate) fn temp_beside(dest: &Path) -> Result<tempfile::NamedTempFile, Transp
         )))
 }
 
+/// A temp dir beside `dest` that becomes it by a rename: mode 0755 before the umask, as the
+/// directory it becomes should be.
+pub(crate) fn temp_dir_beside(
+    dest: &Path,
+    prefix: &str,
+) -> Result<tempfile::TempDir, TransportError> {
+    let parent = create_parent(dest)?;
+    tempfile::Builder::new()
+        .prefix(prefix)
+        .permissions(fs::Permissions::from_mode(0o755))
+        .tempdir_in(parent)
+        .map_err(TransportError::io(format!(
+            "creating a directory in {}",
+            parent.display()
+        )))
+}
+
+/// Puts the blob `desc` of `source` at `dest`: a hard link to the source's own verified file
+/// when it has one (or a copy of it across filesystems), else a verified stream.
+pub(crate) fn place_blob(
+    source: &dyn ImageSource,
+    desc: &Descriptor,
+    dest: &Path,
+) -> Result<(), TransportError> {
+    let Some(local) = source.local_blob(desc) else {
+        return source.blob_to_file(desc, dest);
+    };
+    // A hard link costs nothing when both are on one filesystem.
+    if fs::hard_link(&local, dest).is_ok() {
+        return Ok(());
+    }
+    let tmp = temp_beside(dest)?;
+    let context = || format!("copying {} to {}", local.display(), dest.display());
+    fs::copy(&local, tmp.path()).map_err(TransportError::io(context()))?;
+    tmp.persist(dest)
+        .map_err(|e| TransportError::io(context())(e.error))?;
+    Ok(())
+}
+
 /// Streams `reader` into `dest`, checking it hashes to `desc`'s digest and size; `dest`
 /// appears only when it does. `location` and `what` name the content in the error.
-pub(crate) fn write_verified(
+pub fn write_verified(
     reader: impl Read,
     desc: &Descriptor,
     dest: &Path,
@@ -236,8 +277,8 @@ fn read_capped(reader: impl Read, cap: u64) -> io::Result<Vec<u8>> {
     Ok(bytes)
 }
 
-/// Reads small content (a manifest) fully, checking it against `desc`.
-pub(crate) fn read_verified(
+/// Reads small content (a manifest, at most 4 MiB) fully, checking it against `desc`.
+pub fn read_verified(
     reader: impl Read,
     desc: &Descriptor,
     location: &str,

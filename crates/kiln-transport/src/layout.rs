@@ -1,20 +1,72 @@
 //! OCI image layouts, as directories (`oci:`) and as tar archives (`oci-archive:`).
 
-use std::fs;
+use std::fs::{self, File};
+use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
 
-use kiln_oci::layout::{LayoutBlob, write_tar};
 use kiln_oci::{Descriptor, Digest, ImageIndex, media, to_json_bytes};
+use kiln_registry::Reference;
 
 use crate::files::{
-    Files, OpenFile, TarIndex, create_parent, read_verified, write_atomic, write_verified,
+    Files, OpenFile, TarIndex, place_blob, read_verified, temp_beside, temp_dir_beside,
+    write_atomic, write_verified,
 };
 use crate::{ImageDestination, ImageSource, RawManifest, TransportError};
 
 /// The index.json annotation that names an image in a layout.
 pub const REF_NAME: &str = "org.opencontainers.image.ref.name";
 
+/// The index.json annotation containerd and buildx put the full image name in.
+pub const IMAGE_NAME: &str = "io.containerd.image.name";
+
 const OCI_LAYOUT_FILE: &[u8] = br#"{"imageLayoutVersion":"1.0.0"}"#;
+
+/// A name an image gets in a layout's index.json.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LayoutName {
+    /// `org.opencontainers.image.ref.name`, which `oci:DIR:NAME` selects.
+    pub ref_name: String,
+    /// `io.containerd.image.name`: the full image name, as containerd and buildx record it.
+    pub image_name: Option<String>,
+}
+
+impl LayoutName {
+    /// A ref name alone, as skopeo writes one.
+    pub fn new(ref_name: String) -> LayoutName {
+        LayoutName {
+            ref_name,
+            image_name: None,
+        }
+    }
+
+    /// The name buildx gives the image of `-t NAME[:TAG]`: its tag (`latest` without one) as
+    /// the ref name, the whole reference as the image name.
+    pub fn of_reference(r: &Reference) -> LayoutName {
+        LayoutName {
+            ref_name: r.tag.clone().unwrap_or_else(|| "latest".into()),
+            image_name: Some(r.to_string()),
+        }
+    }
+
+    /// Whether the index entry `d` carries this name, so the name moves from it to a new
+    /// image, as a tag does. An entry of another image name keeps its ref name.
+    fn is_on(&self, d: &Descriptor) -> bool {
+        ref_name(d) == Some(&self.ref_name)
+            && match (&self.image_name, d.annotations.get(IMAGE_NAME)) {
+                (Some(mine), Some(theirs)) => mine == theirs,
+                _ => true,
+            }
+    }
+
+    /// `d` annotated with this name.
+    fn annotate(&self, mut d: Descriptor) -> Descriptor {
+        d.annotations.insert(REF_NAME.into(), self.ref_name.clone());
+        if let Some(image) = &self.image_name {
+            d.annotations.insert(IMAGE_NAME.into(), image.clone());
+        }
+        d
+    }
+}
 
 /// Which image of a layout to read.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -222,16 +274,20 @@ impl OciLayoutSource {
 /// A new layout is assembled in a temp directory beside the destination and renamed into
 /// place on commit. Into an existing layout, blobs are added in place (each through a temp
 /// name) and index.json is replaced last, so the layout stays consistent if the copy fails.
+/// A directory that holds anything but a layout is refused, never replaced.
 pub struct OciDirDestination {
     dest: PathBuf,
-    name: Option<String>,
+    /// The names the image gets in index.json; none gives one unnamed entry.
+    names: Vec<LayoutName>,
     /// Where blobs go: the destination itself, or the temp directory becoming it.
     work: PathBuf,
     staging: Option<tempfile::TempDir>,
+    /// The blobs and manifests this copy wrote, in the order it wrote them.
+    written: Vec<Digest>,
 }
 
 impl OciDirDestination {
-    pub fn create(dir: &Path, name: Option<String>) -> Result<OciDirDestination, TransportError> {
+    pub fn create(dir: &Path, names: Vec<LayoutName>) -> Result<OciDirDestination, TransportError> {
         let existing_layout = dir.join("oci-layout").is_file();
         let empty_dir = fs::read_dir(dir).is_ok_and(|mut d| d.next().is_none());
         if dir.exists() && !existing_layout && !empty_dir {
@@ -243,24 +299,19 @@ impl OciDirDestination {
         if existing_layout {
             return Ok(OciDirDestination {
                 dest: dir.to_path_buf(),
-                name,
+                names,
                 work: dir.to_path_buf(),
                 staging: None,
+                written: Vec::new(),
             });
         }
-        let parent = create_parent(dir)?;
-        let staging = tempfile::Builder::new()
-            .prefix(".kiln-layout-")
-            .tempdir_in(parent)
-            .map_err(TransportError::io(format!(
-                "creating a directory in {}",
-                parent.display()
-            )))?;
+        let staging = temp_dir_beside(dir, ".kiln-layout-")?;
         Ok(OciDirDestination {
             dest: dir.to_path_buf(),
-            name,
+            names,
             work: staging.path().to_path_buf(),
             staging: Some(staging),
+            written: Vec::new(),
         })
     }
 
@@ -274,14 +325,19 @@ impl OciDirDestination {
         }
         read_index(&Files::Dir(self.work.clone())).map(Some)
     }
+
+    /// `transport:path[:first name]`, for messages.
+    fn describe_as(&self, transport: &str, path: &Path) -> String {
+        match self.names.first() {
+            Some(n) => format!("{transport}:{}:{}", path.display(), n.ref_name),
+            None => format!("{transport}:{}", path.display()),
+        }
+    }
 }
 
 impl ImageDestination for OciDirDestination {
     fn describe(&self) -> String {
-        match &self.name {
-            Some(n) => format!("oci:{}:{n}", self.dest.display()),
-            None => format!("oci:{}", self.dest.display()),
-        }
+        self.describe_as("oci", &self.dest)
     }
 
     fn put_blob(
@@ -296,7 +352,9 @@ impl ImageDestination for OciDirDestination {
         fs::create_dir_all(path.parent().expect("blob paths have a parent")).map_err(
             TransportError::io(format!("creating {}", self.work.display())),
         )?;
-        source.blob_to_file(desc, &path)
+        place_blob(source, desc, &path)?;
+        self.written.push(desc.digest.clone());
+        Ok(())
     }
 
     fn put_manifest(&mut self, manifest: &RawManifest) -> Result<(), TransportError> {
@@ -304,7 +362,9 @@ impl ImageDestination for OciDirDestination {
         if path.is_file() {
             return Ok(());
         }
-        write_atomic(&path, &manifest.bytes)
+        write_atomic(&path, &manifest.bytes)?;
+        self.written.push(manifest.digest.clone());
+        Ok(())
     }
 
     fn commit(&mut self, top: &RawManifest) -> Result<(), TransportError> {
@@ -320,18 +380,16 @@ impl OciDirDestination {
         let mut index = self
             .existing_index()?
             .unwrap_or_else(|| ImageIndex::new(media::OCI_INDEX, Vec::new()));
-        let mut entry = top.descriptor();
-        match &self.name {
-            // The name moves to the new image, as a tag does.
-            Some(name) => {
-                index.manifests.retain(|d| ref_name(d) != Some(name));
-                entry.annotations.insert(REF_NAME.into(), name.clone());
-            }
-            None => index
+        if self.names.is_empty() {
+            index
                 .manifests
-                .retain(|d| d.digest != top.digest || ref_name(d).is_some()),
+                .retain(|d| d.digest != top.digest || ref_name(d).is_some());
+            index.manifests.push(top.descriptor());
         }
-        index.manifests.push(entry);
+        for name in &self.names {
+            index.manifests.retain(|d| !name.is_on(d));
+            index.manifests.push(name.annotate(top.descriptor()));
+        }
         write_atomic(&self.work.join("oci-layout"), OCI_LAYOUT_FILE)?;
         write_atomic(&self.work.join("index.json"), &to_json_bytes(&index))?;
         if let Some(staging) = self.staging.take() {
@@ -359,31 +417,69 @@ pub struct OciArchiveDestination {
 impl OciArchiveDestination {
     pub fn create(
         file: &Path,
-        name: Option<String>,
+        names: Vec<LayoutName>,
     ) -> Result<OciArchiveDestination, TransportError> {
-        let parent = create_parent(file)?;
-        let staging = tempfile::Builder::new()
-            .prefix(".kiln-archive-")
-            .tempdir_in(parent)
-            .map_err(TransportError::io(format!(
-                "creating a directory in {}",
-                parent.display()
-            )))?;
-        let layout = OciDirDestination::create(&staging.path().join("layout"), name)?;
+        let staging = temp_dir_beside(file, ".kiln-archive-")?;
+        let layout = OciDirDestination::create(&staging.path().join("layout"), names)?;
         Ok(OciArchiveDestination {
             file: file.to_path_buf(),
             layout,
             _staging: staging,
         })
     }
+
+    /// The layout as a tar: its directories, its blobs in the order the copy wrote them
+    /// (layers and configs, then manifests, the top one last), then `oci-layout` and
+    /// `index.json`, every entry owned by 0:0 with mtime 0, so equal copies give equal
+    /// archives.
+    fn write_tar(&self, index: &ImageIndex) -> Result<(), TransportError> {
+        let tmp = temp_beside(&self.file)?;
+        let context = || format!("writing {}", self.file.display());
+        let mut ar = tar::Builder::new(BufWriter::new(tmp.as_file()));
+        let header = |kind: Option<tar::EntryType>, mode: u32, size: u64| {
+            let mut h = tar::Header::new_ustar();
+            if let Some(kind) = kind {
+                h.set_entry_type(kind);
+            }
+            h.set_mode(mode);
+            h.set_mtime(0);
+            h.set_size(size);
+            h
+        };
+        for dir in ["blobs/", "blobs/sha256/"] {
+            let mut h = header(Some(tar::EntryType::Directory), 0o755, 0);
+            ar.append_data(&mut h, dir, io::empty())
+                .map_err(TransportError::io(context()))?;
+        }
+        for digest in &self.layout.written {
+            let f =
+                File::open(self.layout.blob_path(digest)).map_err(TransportError::io(context()))?;
+            let size = f.metadata().map_err(TransportError::io(context()))?.len();
+            let mut h = header(Some(tar::EntryType::Regular), 0o644, size);
+            ar.append_data(&mut h, blob_name(digest), f)
+                .map_err(TransportError::io(context()))?;
+        }
+        // These two keep the old-style type byte (0) that kiln's archives have always had.
+        for (name, data) in [
+            ("oci-layout", OCI_LAYOUT_FILE.to_vec()),
+            ("index.json", to_json_bytes(index)),
+        ] {
+            let mut h = header(None, 0o644, data.len() as u64);
+            ar.append_data(&mut h, name, &data[..])
+                .map_err(TransportError::io(context()))?;
+        }
+        ar.into_inner()
+            .and_then(|mut w| w.flush())
+            .map_err(TransportError::io(context()))?;
+        tmp.persist(&self.file)
+            .map_err(|e| TransportError::io(context())(e.error))?;
+        Ok(())
+    }
 }
 
 impl ImageDestination for OciArchiveDestination {
     fn describe(&self) -> String {
-        match &self.layout.name {
-            Some(n) => format!("oci-archive:{}:{n}", self.file.display()),
-            None => format!("oci-archive:{}", self.file.display()),
-        }
+        self.layout.describe_as("oci-archive", &self.file)
     }
 
     fn put_blob(
@@ -400,25 +496,7 @@ impl ImageDestination for OciArchiveDestination {
 
     fn commit(&mut self, top: &RawManifest) -> Result<(), TransportError> {
         let index = self.layout.commit_index(top)?;
-        let blob_dir = self.layout.work.join("blobs/sha256");
-        let context = || format!("reading {}", blob_dir.display());
-        let mut blobs: Vec<(Digest, PathBuf)> = Vec::new();
-        for entry in fs::read_dir(&blob_dir).map_err(TransportError::io(context()))? {
-            let entry = entry.map_err(TransportError::io(context()))?;
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if let Ok(digest) = format!("sha256:{name}").parse::<Digest>() {
-                blobs.push((digest, entry.path()));
-            }
-        }
-        blobs.sort();
-        let listed: Vec<LayoutBlob<'_>> = blobs
-            .iter()
-            .map(|(digest, path)| LayoutBlob { digest, path })
-            .collect();
-        write_tar(&self.file, &listed, &index).map_err(TransportError::io(format!(
-            "writing {}",
-            self.file.display()
-        )))
+        self.write_tar(&index)
     }
 }
 
@@ -426,7 +504,7 @@ impl ImageDestination for OciArchiveDestination {
 mod tests {
     use super::*;
     use crate::{Selection, copy};
-    use kiln_oci::{ImageManifest, layout::write_dir};
+    use kiln_oci::ImageManifest;
 
     /// A layout at `dir` holding one image (a config and one layer with `layer` as content)
     /// named `name`; returns the manifest's digest and the layer's.
@@ -464,11 +542,14 @@ mod tests {
             manifest_desc.size,
         );
         entry.annotations.insert(REF_NAME.into(), name.into());
-        let blobs: Vec<LayoutBlob<'_>> = files
-            .iter()
-            .map(|(digest, path)| LayoutBlob { digest, path })
-            .collect();
-        write_dir(dir, &blobs, &ImageIndex::new(media::OCI_INDEX, vec![entry])).unwrap();
+        // Written by hand, not by the code under test.
+        fs::create_dir_all(dir.join("blobs/sha256")).unwrap();
+        for (digest, path) in &files {
+            fs::copy(path, dir.join(blob_name(digest))).unwrap();
+        }
+        fs::write(dir.join("oci-layout"), OCI_LAYOUT_FILE).unwrap();
+        let index = ImageIndex::new(media::OCI_INDEX, vec![entry]);
+        fs::write(dir.join("index.json"), to_json_bytes(&index)).unwrap();
         (manifest_desc.digest, layer_desc.digest)
     }
 
@@ -486,14 +567,17 @@ mod tests {
         let src = OciLayoutSource::open_dir(&t.path().join("a"), LayoutRef::Name("app:1".into()))
             .unwrap();
         let archive = t.path().join("a.tar");
-        let mut dest = OciArchiveDestination::create(&archive, Some("carried".into())).unwrap();
+        let mut dest =
+            OciArchiveDestination::create(&archive, vec![LayoutName::new("carried".into())])
+                .unwrap();
         assert_eq!(copy_between(&src, &mut dest).unwrap(), manifest);
         drop(dest);
 
         let from_archive =
             OciLayoutSource::open(&archive, LayoutRef::Name("carried".into())).unwrap();
         let back = t.path().join("b");
-        let mut dest = OciDirDestination::create(&back, Some("app:1".into())).unwrap();
+        let mut dest =
+            OciDirDestination::create(&back, vec![LayoutName::new("app:1".into())]).unwrap();
         assert_eq!(copy_between(&from_archive, &mut dest).unwrap(), manifest);
         assert_eq!(OciLayoutSource::ref_names(&back).unwrap(), ["app:1"]);
         let top = OciLayoutSource::open_dir(&back, LayoutRef::Digest(manifest.clone()))
@@ -520,7 +604,7 @@ mod tests {
         let src = OciLayoutSource::open_dir(&t.path().join("src"), LayoutRef::Only).unwrap();
 
         let fresh = t.path().join("fresh");
-        let mut dest = OciDirDestination::create(&fresh, None).unwrap();
+        let mut dest = OciDirDestination::create(&fresh, Vec::new()).unwrap();
         let err = copy_between(&src, &mut dest).unwrap_err().to_string();
         drop(dest);
         assert!(err.contains(&layer.to_string()), "{err}");
@@ -529,7 +613,8 @@ mod tests {
         let old = t.path().join("old");
         make_layout(&old, "other", b"other layer");
         let before = fs::read(old.join("index.json")).unwrap();
-        let mut dest = OciDirDestination::create(&old, Some("app:1".into())).unwrap();
+        let mut dest =
+            OciDirDestination::create(&old, vec![LayoutName::new("app:1".into())]).unwrap();
         assert!(copy_between(&src, &mut dest).is_err());
         assert_eq!(fs::read(old.join("index.json")).unwrap(), before);
         assert!(!old.join(blob_name(&layer)).exists());
@@ -550,7 +635,8 @@ mod tests {
         let (second, _) = make_layout(&t.path().join("two"), "x", b"second");
         for (src, expected) in [("one", &first), ("two", &second)] {
             let from = OciLayoutSource::open_dir(&t.path().join(src), LayoutRef::Only).unwrap();
-            let mut dest = OciDirDestination::create(&dest_dir, Some("app".into())).unwrap();
+            let mut dest =
+                OciDirDestination::create(&dest_dir, vec![LayoutName::new("app".into())]).unwrap();
             assert_eq!(&copy_between(&from, &mut dest).unwrap(), expected);
         }
         let index = read_index(&Files::Dir(dest_dir.clone())).unwrap();
@@ -566,5 +652,124 @@ mod tests {
             .err()
             .unwrap();
         assert!(err.to_string().contains("keep, app"), "{err}");
+    }
+
+    #[test]
+    fn names_of_references_carry_the_image_name_and_move_like_tags() {
+        let t = tempfile::tempdir().unwrap();
+        let (first, _) = make_layout(&t.path().join("one"), "x", b"first");
+        let (second, _) = make_layout(&t.path().join("two"), "x", b"second");
+        let name = |r: &str| LayoutName::of_reference(&r.parse().unwrap());
+        let dest_dir = t.path().join("dest");
+        let copy_in = |src: &str, names: Vec<LayoutName>| {
+            let from = OciLayoutSource::open_dir(&t.path().join(src), LayoutRef::Only).unwrap();
+            let mut dest = OciDirDestination::create(&dest_dir, names).unwrap();
+            copy_between(&from, &mut dest).unwrap();
+        };
+        let listed = || {
+            read_index(&Files::Dir(dest_dir.clone()))
+                .unwrap()
+                .manifests
+                .iter()
+                .map(|d| {
+                    let image = d.annotations.get(IMAGE_NAME).cloned();
+                    (ref_name(d).map(str::to_string), image, d.digest.clone())
+                })
+                .collect::<Vec<_>>()
+        };
+        let some = |s: &str| Some(s.to_string());
+
+        copy_in("one", vec![name("a:1"), name("localhost:5000/b")]);
+        assert_eq!(
+            listed(),
+            [
+                (some("1"), some("docker.io/library/a:1"), first.clone()),
+                (
+                    some("latest"),
+                    some("localhost:5000/b:latest"),
+                    first.clone()
+                ),
+            ]
+        );
+        // Another image of the same tag keeps its entry; the same image name moves.
+        copy_in("two", vec![name("c:1"), name("localhost:5000/b:latest")]);
+        assert_eq!(
+            listed(),
+            [
+                (some("1"), some("docker.io/library/a:1"), first.clone()),
+                (some("1"), some("docker.io/library/c:1"), second.clone()),
+                (
+                    some("latest"),
+                    some("localhost:5000/b:latest"),
+                    second.clone()
+                ),
+            ]
+        );
+        // A bare ref name (kiln copy's) takes the name from every image that had it.
+        copy_in("one", vec![LayoutName::new("1".into())]);
+        assert_eq!(
+            listed(),
+            [
+                (
+                    some("latest"),
+                    some("localhost:5000/b:latest"),
+                    second.clone()
+                ),
+                (some("1"), None, first.clone()),
+            ]
+        );
+    }
+
+    #[test]
+    fn archives_are_reproducible_and_layouts_get_ordinary_modes() {
+        use std::os::unix::fs::PermissionsExt;
+        let t = tempfile::tempdir().unwrap();
+        make_layout(&t.path().join("src"), "app", b"layer");
+        let src = OciLayoutSource::open_dir(&t.path().join("src"), LayoutRef::Only).unwrap();
+        let archive = |name: &str| {
+            let path = t.path().join(name);
+            let mut dest =
+                OciArchiveDestination::create(&path, vec![LayoutName::new("app".into())]).unwrap();
+            copy_between(&src, &mut dest).unwrap();
+            drop(dest);
+            fs::read(path).unwrap()
+        };
+        assert_eq!(archive("a.tar"), archive("b.tar"));
+        let mut names: Vec<String> = tar::Archive::new(&archive("c.tar")[..])
+            .entries()
+            .unwrap()
+            .map(|e| e.unwrap().path().unwrap().display().to_string())
+            .collect();
+        assert_eq!(
+            names.split_off(names.len() - 2),
+            ["oci-layout", "index.json"]
+        );
+        assert_eq!(&names[..2], ["blobs/", "blobs/sha256/"]);
+        // The layer, the config, the manifest: as the copy wrote them.
+        let blobs: Vec<String> = names[2..]
+            .iter()
+            .map(|n| n.trim_start_matches("blobs/sha256/").to_string())
+            .collect();
+        let manifest = src.top().unwrap();
+        let parsed: ImageManifest = serde_json::from_slice(&manifest.bytes).unwrap();
+        let expected = [
+            &parsed.layers[0].digest,
+            &parsed.config.digest,
+            &manifest.digest,
+        ];
+        assert_eq!(blobs, expected.map(|d| d.hex().to_string()));
+
+        let dir = t.path().join("layout");
+        let mut dest = OciDirDestination::create(&dir, Vec::new()).unwrap();
+        copy_between(&src, &mut dest).unwrap();
+        let umask = fs::read_to_string("/proc/self/status")
+            .unwrap()
+            .lines()
+            .find_map(|l| l.strip_prefix("Umask:"))
+            .map(|m| u32::from_str_radix(m.trim(), 8).unwrap())
+            .unwrap();
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&dir), 0o755 & !umask);
+        assert_eq!(mode(&dir.join("index.json")), 0o644 & !umask);
     }
 }

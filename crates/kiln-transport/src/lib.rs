@@ -5,7 +5,11 @@
 //! A [`ImageSource`] hands out a top-level manifest or index and, by digest, the manifests and
 //! blobs under it, always verified against their digests. An [`ImageDestination`] receives
 //! them and makes the image visible only when [`ImageDestination::commit`] succeeds, so a
-//! failed copy never leaves a half-written layout or archive.
+//! failed copy never leaves a half-written layout or archive. [`copy`] is the one path images
+//! take out of kiln: `kiln copy`, and every output of `kiln build` (whose store is a source).
+//!
+//! [`manifest_list`] and [`manifest_spec`] assemble indexes over images already in
+//! registries: `kiln manifest`'s local lists, `kiln imagetools create` and manifest-tool specs.
 
 mod copy;
 mod docker_archive;
@@ -13,18 +17,24 @@ mod error;
 mod files;
 mod layout;
 mod location;
+pub mod manifest_list;
+pub mod manifest_spec;
 mod platform;
 mod registry;
 
 pub use copy::{CopyReport, Selection, copy};
 pub use docker_archive::{DockerArchiveDestination, DockerArchiveSource};
 pub use error::TransportError;
-pub use layout::{LayoutRef, OciArchiveDestination, OciDirDestination, OciLayoutSource, REF_NAME};
+pub use files::{read_verified, write_verified};
+pub use layout::{
+    IMAGE_NAME, LayoutName, LayoutRef, OciArchiveDestination, OciDirDestination, OciLayoutSource,
+    REF_NAME,
+};
 pub use location::ImageLocation;
 pub use platform::{PlatformMissing, select_platform};
 pub use registry::{RegistryDestination, RegistrySource};
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use kiln_oci::{Descriptor, Digest};
 use kiln_registry::RegistryClient;
@@ -62,6 +72,11 @@ pub trait ImageSource {
     /// The registry repository the blobs come from, when they come from one: a destination in
     /// the same registry can then mount them instead of copying their bytes.
     fn registry_reference(&self) -> Option<&kiln_registry::Reference> {
+        None
+    }
+    /// A local file that holds exactly this blob, already verified (kiln's own store): a
+    /// destination may upload it or hard-link it as it is, instead of having it copied.
+    fn local_blob(&self, _desc: &Descriptor) -> Option<PathBuf> {
         None
     }
 }
@@ -110,12 +125,14 @@ pub fn open_destination<'c>(
 ) -> Result<Box<dyn ImageDestination + 'c>, TransportError> {
     Ok(match location {
         ImageLocation::Registry(r) => Box::new(RegistryDestination::new(client, r.clone())),
-        ImageLocation::OciDir { dir, name } => {
-            Box::new(OciDirDestination::create(dir, name.clone())?)
-        }
-        ImageLocation::OciArchive { file, name } => {
-            Box::new(OciArchiveDestination::create(file, name.clone())?)
-        }
+        ImageLocation::OciDir { dir, name } => Box::new(OciDirDestination::create(
+            dir,
+            name.iter().cloned().map(LayoutName::new).collect(),
+        )?),
+        ImageLocation::OciArchive { file, name } => Box::new(OciArchiveDestination::create(
+            file,
+            name.iter().cloned().map(LayoutName::new).collect(),
+        )?),
         ImageLocation::DockerArchive { file, reference } => {
             Box::new(DockerArchiveDestination::create(file, reference.clone())?)
         }

@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 
 use clap::Args;
 use kiln_build::{
-    BuildError, BuildOptions, Output, Progress, ProgressMode, SecretSource, Secrets, StepKind,
-    Store,
+    BuildError, BuildMetadata, BuildOptions, Output, OutputFlags, Progress, ProgressMode,
+    SecretSource, Secrets, StepKind, Store,
 };
 use kiln_oci::Platform;
 use kiln_registry::Reference;
@@ -162,59 +162,6 @@ pub(crate) fn default_root() -> PathBuf {
     std::env::temp_dir().join("kiln")
 }
 
-fn parse_output(
-    spec: &str,
-    names: &[Reference],
-    platforms: usize,
-) -> Result<Option<Output>, Report> {
-    let mut kv = BTreeMap::new();
-    for part in spec.split(',') {
-        let (k, v) = part.split_once('=').unwrap_or((part, ""));
-        kv.insert(k.trim().to_string(), v.trim().to_string());
-    }
-    let kind = kv.get("type").map(String::as_str).unwrap_or("");
-    let named = |kv: &BTreeMap<String, String>| -> Result<Vec<Reference>, Report> {
-        match kv.get("name") {
-            Some(n) => n
-                .split(',')
-                .map(|s| s.parse::<Reference>().map_err(|e| miette!("{e}")))
-                .collect(),
-            None => Ok(names.to_vec()),
-        }
-    };
-    let flag = |k: &str, default: bool| kv.get(k).map_or(default, |v| v == "true" || v.is_empty());
-    let registry = |kv: &BTreeMap<String, String>| -> Result<Option<Output>, Report> {
-        Ok(Some(Output::Registry {
-            names: named(kv)?,
-            oci_mediatypes: flag("oci-mediatypes", true),
-            push_by_digest: flag("push-by-digest", false),
-        }))
-    };
-    match kind {
-        "registry" => registry(&kv),
-        "image" if flag("push", false) => registry(&kv),
-        "image" => Ok(None),
-        "docker" if platforms > 1 => Err(miette!(
-            "-o type=docker holds a single platform, but {platforms} were requested: \
-             use -o type=oci (an index of all platforms) or type=registry, or build one --platform"
-        )),
-        "oci" => {
-            let dest = kv
-                .get("dest")
-                .filter(|d| !d.is_empty())
-                .ok_or_else(|| miette!("-o type=oci needs dest=PATH"))?;
-            if kv.get("tar").is_some_and(|v| v == "false") {
-                Ok(Some(Output::OciDir(PathBuf::from(dest))))
-            } else {
-                Ok(Some(Output::OciArchive(PathBuf::from(dest))))
-            }
-        }
-        other => Err(miette!(
-            "output type `{other}` is not supported by this version of kiln (supported: registry, image, oci)"
-        )),
-    }
-}
-
 /// The `.dockerignore` BuildKit would use: `<Dockerfile>.dockerignore` beside the Dockerfile
 /// wins over the one at the context root.
 fn ignore_file(dockerfile: &Path, context: &Path) -> Option<PathBuf> {
@@ -253,32 +200,15 @@ pub fn run(args: BuildArgs) -> Result<(), Report> {
     if platforms.is_empty() {
         platforms.push(Platform::host());
     }
-    let mut outputs = Vec::new();
-    for spec in &args.outputs {
-        outputs.extend(parse_output(spec, &names, platforms.len())?);
-    }
-    let push_requested = args.push || (!args.destinations.is_empty() && !args.no_push);
-    if push_requested && !args.no_push {
-        if names.is_empty() {
-            return Err(miette!("--push needs at least one -t NAME:TAG to push to"));
-        }
-        outputs.push(Output::Registry {
-            names: names.clone(),
-            oci_mediatypes: true,
-            push_by_digest: args.push_by_digest,
-        });
-    }
-    if let Some(dir) = &args.oci_layout_path {
-        outputs.push(Output::OciDir(dir.clone()));
-    }
-    if outputs
-        .iter()
-        .any(|o| matches!(o, Output::Registry { names, .. } if names.is_empty()))
-    {
-        return Err(miette!(
-            "pushing needs a name: pass -t NAME:TAG or -o type=registry,name=NAME:TAG"
-        ));
-    }
+    let output_flags = OutputFlags {
+        specs: &args.outputs,
+        // kaniko pushes to its --destination names unless told --no-push.
+        push: (args.push || !args.destinations.is_empty()) && !args.no_push,
+        push_by_digest: args.push_by_digest,
+        oci_layout_path: args.oci_layout_path.as_deref(),
+    };
+    let outputs =
+        Output::from_flags(&output_flags, &names, platforms.len()).map_err(|e| miette!("{e}"))?;
 
     let mut build_args = BTreeMap::new();
     for a in &args.build_args {
@@ -385,27 +315,9 @@ pub fn run(args: BuildArgs) -> Result<(), Report> {
         std::fs::write(f, top.digest.to_string()).into_diagnostic()?;
     }
     if let Some(f) = &args.metadata_file {
-        let mut descriptor = serde_json::to_value(&top).into_diagnostic()?;
-        if let [only] = result.images.as_slice() {
-            descriptor["platform"] = serde_json::to_value(&only.platform).into_diagnostic()?;
-        }
-        let name: Vec<String> = names
-            .iter()
-            .map(|n| {
-                if args.push_by_digest {
-                    format!("{}/{}", n.registry, n.repository)
-                } else {
-                    n.to_string()
-                }
-            })
-            .collect();
-        let metadata = serde_json::json!({
-            "containerimage.descriptor": descriptor,
-            "containerimage.digest": top.digest.to_string(),
-            "image.name": name.join(","),
-        });
-        std::fs::write(f, serde_json::to_vec_pretty(&metadata).into_diagnostic()?)
-            .into_diagnostic()?;
+        BuildMetadata::new(&top, &result.images, &names, args.push_by_digest)
+            .write(f)
+            .map_err(|e| miette!("{e}"))?;
     }
     if args.progress == "quiet" {
         println!("{}", top.digest);

@@ -11,9 +11,9 @@ use kiln_registry::{FetchedManifest, Reference, RegistryClient, stitch};
 use miette::{IntoDiagnostic, Report, WrapErr, miette};
 use serde::Serialize;
 
-use crate::manifest_cmd::{
-    check_distinct_platforms, index_bytes, parse_ref, push_entries, reindent, resolve_sources,
-};
+use kiln_transport::manifest_list::{index_bytes, push_entries};
+
+use crate::manifest_cmd::{distinct_entries, parse_ref, reindent};
 use crate::registry_args::RegistryArgs;
 
 #[derive(Subcommand)]
@@ -70,14 +70,13 @@ fn create(args: CreateArgs) -> Result<(), Report> {
         .map(|t| parse_ref(t))
         .collect::<Result<Vec<_>, _>>()?;
     let client = args.registry.client()?;
-    let entries = resolve_sources(&client, &args.sources, args.keep_attestations)?;
-    check_distinct_platforms(&entries)?;
+    let entries = distinct_entries(&client, &args.sources, args.keep_attestations)?;
     if args.dry_run {
         let (_, bytes) = index_bytes(&entries);
         println!("{}", reindent(&bytes, "  "));
         return Ok(());
     }
-    let digest = push_entries(&client, &entries, &targets)?;
+    let digest = push_entries(&client, &entries, &targets).map_err(|e| miette!("{e}"))?;
     for t in &targets {
         eprintln!("pushed {t}@{digest} ({} manifests)", entries.len());
     }

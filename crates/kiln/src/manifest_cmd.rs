@@ -3,13 +3,18 @@
 //! stitches per-platform builds straight into a registry.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
-use kiln_oci::{Descriptor, ImageManifest, Platform, media};
-use kiln_registry::{FetchedManifest, Reference, RegistryClient, stitch};
+use kiln_oci::{Descriptor, ImageManifest, media};
+use kiln_registry::{FetchedManifest, Reference, RegistryClient};
+use kiln_transport::manifest_list::{
+    ListEntry, ListStore, PlatformEdit, check_distinct_platforms, index_bytes, push_entries,
+    resolve_sources,
+};
+use kiln_transport::manifest_spec::PushSpec;
 use miette::{IntoDiagnostic, Report, WrapErr, miette};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use crate::registry_args::RegistryArgs;
 
@@ -74,9 +79,7 @@ impl StoreArgs {
             .root
             .clone()
             .unwrap_or_else(crate::build_cmd::default_root);
-        ListStore {
-            dir: root.join("manifests"),
-        }
+        ListStore::in_root(&root)
     }
 }
 
@@ -180,161 +183,24 @@ pub struct PushSpecArgs {
     access: Access,
 }
 
-/// One image of a list: where it came from, where it is (pinned by digest), and the
-/// descriptor the index will hold.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub(crate) struct Entry {
-    /// The source as named on the command line, normalised.
-    pub source: String,
-    /// The image itself, `registry/repository@digest`.
-    pub image: String,
-    pub descriptor: Descriptor,
-}
-
-impl Entry {
-    pub fn image_ref(&self) -> Result<Reference, Report> {
-        parse_ref(&self.image)
-    }
-}
-
-/// A list as kept in the local store.
-#[derive(Debug, Serialize, Deserialize)]
-struct StoredList {
-    name: String,
-    entries: Vec<Entry>,
-}
-
-/// Unpushed lists, one directory per list, each holding `list.json`.
-struct ListStore {
-    dir: PathBuf,
-}
-
-impl ListStore {
-    /// The list's directory: its reference with `/`, `:` and `@` percent-escaped, so that
-    /// distinct references never share one.
-    fn list_dir(&self, list: &Reference) -> PathBuf {
-        let escaped = list
-            .to_string()
-            .replace('/', "%2F")
-            .replace(':', "%3A")
-            .replace('@', "%40");
-        self.dir.join(escaped)
-    }
-
-    fn load(&self, list: &Reference) -> Result<Option<StoredList>, Report> {
-        let path = self.list_dir(list).join("list.json");
-        let text = match std::fs::read_to_string(&path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(miette!("cannot read {}: {e}", path.display())),
-        };
-        serde_json::from_str(&text)
-            .into_diagnostic()
-            .wrap_err_with(|| format!("{} is damaged", path.display()))
-            .map(Some)
-    }
-
-    /// Writes the list through a temp file and a rename, so a reader never sees half a list.
-    fn save(&self, list: &Reference, stored: &StoredList) -> Result<(), Report> {
-        let dir = self.list_dir(list);
-        std::fs::create_dir_all(&dir)
-            .into_diagnostic()
-            .wrap_err_with(|| format!("cannot create {}", dir.display()))?;
-        let mut tmp = tempfile::NamedTempFile::new_in(&dir).into_diagnostic()?;
-        serde_json::to_writer_pretty(&mut tmp, stored).into_diagnostic()?;
-        tmp.flush().into_diagnostic()?;
-        tmp.persist(dir.join("list.json"))
-            .into_diagnostic()
-            .wrap_err_with(|| format!("cannot write the list into {}", dir.display()))?;
-        Ok(())
-    }
-
-    /// Deletes a list; false if there was none.
-    fn remove(&self, list: &Reference) -> Result<bool, Report> {
-        let dir = self.list_dir(list);
-        match std::fs::remove_dir_all(&dir) {
-            Ok(()) => Ok(true),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
-            Err(e) => Err(miette!("cannot delete {}: {e}", dir.display())),
-        }
-    }
-
-    fn load_existing(&self, list: &Reference) -> Result<StoredList, Report> {
-        self.load(list)?.ok_or_else(|| {
-            miette!("there is no local list {list}: make one with `kiln manifest create {list} SOURCE...`")
-        })
-    }
+/// Reports a library error as it reads.
+fn report(e: impl std::fmt::Display) -> Report {
+    miette!("{e}")
 }
 
 pub(crate) fn parse_ref(s: &str) -> Result<Reference, Report> {
-    s.parse().map_err(|e| miette!("{e}"))
+    s.parse().map_err(report)
 }
 
-/// The entries `sources` contribute, each source's failure naming it. Attestation manifests
-/// of index sources are dropped unless `keep_attestations`.
-pub(crate) fn resolve_sources(
+/// The entries `sources` contribute, checked for two sources of one platform.
+pub(crate) fn distinct_entries(
     client: &RegistryClient,
     sources: &[String],
     keep_attestations: bool,
-) -> Result<Vec<Entry>, Report> {
-    let mut entries = Vec::new();
-    for s in sources {
-        let r = parse_ref(s).wrap_err_with(|| format!("source {s}"))?;
-        let found = stitch::platform_manifests(client, &r, keep_attestations)
-            .map_err(|e| miette!("source {s}: {e}"))?;
-        for (at, descriptor) in found {
-            let image = Reference { tag: None, ..at };
-            entries.push(Entry {
-                source: r.to_string(),
-                image: image.to_string(),
-                descriptor,
-            });
-        }
-    }
+) -> Result<Vec<ListEntry>, Report> {
+    let entries = resolve_sources(client, sources, keep_attestations).map_err(report)?;
+    check_distinct_platforms(&entries).map_err(report)?;
     Ok(entries)
-}
-
-/// Refuses two runnable entries for one platform: a runtime would only ever pull the first.
-pub(crate) fn check_distinct_platforms(entries: &[Entry]) -> Result<(), Report> {
-    for (i, e) in entries.iter().enumerate() {
-        if stitch::is_attestation(&e.descriptor) {
-            continue;
-        }
-        let Some(platform) = &e.descriptor.platform else {
-            continue;
-        };
-        if let Some(dup) = entries[..i].iter().find(|d| {
-            !stitch::is_attestation(&d.descriptor)
-                && d.descriptor.platform.as_ref() == Some(platform)
-        }) {
-            return Err(miette!(
-                "two sources provide {platform}: {} and {}",
-                dup.source,
-                e.source
-            ));
-        }
-    }
-    Ok(())
-}
-
-/// Copies the entries into every target's repository and pushes the index to each target.
-pub(crate) fn push_entries(
-    client: &RegistryClient,
-    entries: &[Entry],
-    targets: &[Reference],
-) -> Result<kiln_oci::Digest, Report> {
-    let pinned = entries
-        .iter()
-        .map(|e| Ok((e.image_ref()?, e.descriptor.clone())))
-        .collect::<Result<Vec<_>, Report>>()?;
-    let scratch = tempfile::tempdir().into_diagnostic()?;
-    stitch::push_index(client, &pinned, targets, scratch.path()).map_err(|e| miette!("{e}"))
-}
-
-/// The index bytes (and media type) over `entries`.
-pub(crate) fn index_bytes(entries: &[Entry]) -> (String, Vec<u8>) {
-    let descriptors: Vec<Descriptor> = entries.iter().map(|e| e.descriptor.clone()).collect();
-    stitch::index_of(&descriptors)
 }
 
 /// JSON re-indented with `indent`, keys and values exactly as in `json` (no reordering).
@@ -406,34 +272,12 @@ pub fn run(command: ManifestCommand) -> Result<(), Report> {
     }
 }
 
-/// The `repo@digest` a `kiln build --metadata-file` output names.
-fn source_from_metadata(path: &Path) -> Result<String, Report> {
-    let text = std::fs::read_to_string(path)
-        .into_diagnostic()
-        .wrap_err_with(|| format!("cannot read {}", path.display()))?;
-    let v: serde_json::Value = serde_json::from_str(&text)
-        .into_diagnostic()
-        .wrap_err_with(|| format!("{} is not JSON", path.display()))?;
-    let digest = v["containerimage.digest"]
-        .as_str()
-        .ok_or_else(|| miette!("{}: no containerimage.digest", path.display()))?;
-    let name = v["image.name"]
-        .as_str()
-        .and_then(|n| n.split(',').next())
-        .filter(|n| !n.is_empty())
-        .ok_or_else(|| miette!("{}: no image.name", path.display()))?;
-    let r: Reference = name
-        .parse()
-        .map_err(|e| miette!("{}: {e}", path.display()))?;
-    Ok(format!("{}/{}@{digest}", r.registry, r.repository))
-}
-
 /// `create -t TAG SOURCE...`: the index made at once, printed or pushed.
 fn create_and_stitch(args: CreateArgs) -> Result<(), Report> {
     let target = parse_ref(args.tag.as_deref().unwrap_or_default())?;
     let mut sources = args.names.clone();
     for m in &args.from_metadata {
-        sources.push(source_from_metadata(m)?);
+        sources.push(kiln_build::pushed_image(m).map_err(report)?);
     }
     if sources.is_empty() {
         return Err(miette!(
@@ -442,14 +286,13 @@ fn create_and_stitch(args: CreateArgs) -> Result<(), Report> {
     }
     let parsed: Vec<Reference> = sources.iter().filter_map(|s| s.parse().ok()).collect();
     let client = args.access.client(parsed.iter().chain([&target]))?;
-    let entries = resolve_sources(&client, &sources, args.keep_attestations)?;
-    check_distinct_platforms(&entries)?;
+    let entries = distinct_entries(&client, &sources, args.keep_attestations)?;
     if !args.push {
         let (_, bytes) = index_bytes(&entries);
         println!("{}", String::from_utf8_lossy(&bytes));
         return Ok(());
     }
-    let digest = push_entries(&client, &entries, std::slice::from_ref(&target))?;
+    let digest = push_entries(&client, &entries, std::slice::from_ref(&target)).map_err(report)?;
     eprintln!("pushed {target}@{digest} ({} manifests)", entries.len());
     println!("{digest}");
     Ok(())
@@ -464,166 +307,32 @@ fn create_local(args: CreateArgs) -> Result<(), Report> {
         return Err(miette!("name at least one SOURCE image for {list_name}"));
     }
     let list = parse_ref(list_name)?;
-    if list.digest.is_some() {
-        return Err(miette!(
-            "{list_name}: a list is named by a tag, not a digest"
-        ));
-    }
     let store = args.store.open();
-    let existing = store.load(&list)?;
-    let mut entries = match existing {
-        Some(_) if !args.amend => {
-            return Err(miette!(
-                "a local list {list} exists already: add to it with `--amend`, or delete it with `kiln manifest rm {list}`"
-            ));
-        }
-        Some(stored) => stored.entries,
-        None => Vec::new(),
-    };
+    let mut kept = store.start(list_name, &list, args.amend).map_err(report)?;
     let parsed: Vec<Reference> = sources.iter().filter_map(|s| s.parse().ok()).collect();
     let client = args.access.client(parsed.iter().chain([&list]))?;
-    let added = resolve_sources(&client, sources, args.keep_attestations)?;
-    check_distinct_platforms(&added)?;
-    // An amended entry replaces the one for the same image or the same (runnable) platform.
-    entries.retain(|old| {
-        !added.iter().any(|new| {
-            new.descriptor.digest == old.descriptor.digest
-                || (!stitch::is_attestation(&new.descriptor)
-                    && new.descriptor.platform.is_some()
-                    && new.descriptor.platform == old.descriptor.platform)
-        })
-    });
-    entries.extend(added);
-    let count = entries.len();
-    store.save(
-        &list,
-        &StoredList {
-            name: list.to_string(),
-            entries,
-        },
-    )?;
-    eprintln!("created local list {list} ({count} manifests)");
-    Ok(())
-}
-
-/// The index of `entries` whose entry is `source`: the source as given to create, or the
-/// image by digest. Errors name the candidates.
-fn find_entry(list: &StoredList, source: &str) -> Result<usize, Report> {
-    let wanted = parse_ref(source)?;
-    let matches: Vec<usize> = list
-        .entries
-        .iter()
-        .enumerate()
-        .filter(|(_, e)| {
-            e.source == wanted.to_string()
-                || wanted.digest.as_ref().is_some_and(|d| {
-                    *d == e.descriptor.digest
-                        && e.image_ref().is_ok_and(|r| {
-                            r.registry == wanted.registry && r.repository == wanted.repository
-                        })
-                })
-        })
-        .map(|(i, _)| i)
-        .collect();
-    let images = || {
-        list.entries
-            .iter()
-            .map(|e| e.image.as_str())
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
-    match matches.as_slice() {
-        [one] => Ok(*one),
-        [] => Err(miette!(
-            "the list {} has no entry {source}; its images: {}",
-            list.name,
-            images()
-        )),
-        _ => Err(miette!(
-            "{source} is an index that gave {} entries of {}: name one by digest: {}",
-            matches.len(),
-            list.name,
-            matches
-                .iter()
-                .map(|i| list.entries[*i].image.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
-        )),
-    }
-}
-
-/// GOOS and GOARCH values: what docker accepts in a platform.
-const KNOWN_OS: &[&str] = &[
-    "aix",
-    "android",
-    "darwin",
-    "dragonfly",
-    "freebsd",
-    "illumos",
-    "ios",
-    "js",
-    "linux",
-    "netbsd",
-    "openbsd",
-    "plan9",
-    "solaris",
-    "wasip1",
-    "windows",
-];
-const KNOWN_ARCH: &[&str] = &[
-    "386", "amd64", "arm", "arm64", "loong64", "mips", "mips64", "mips64le", "mipsle", "ppc64",
-    "ppc64le", "riscv64", "s390x", "wasm",
-];
-
-/// Checks an entry's os and architecture are ones a runtime can match.
-pub(crate) fn validate_platform(p: &Platform) -> Result<(), Report> {
-    if !KNOWN_OS.contains(&p.os.as_str()) {
-        return Err(miette!(
-            "unknown os `{}`: expected one of {}",
-            p.os,
-            KNOWN_OS.join(", ")
-        ));
-    }
-    if !KNOWN_ARCH.contains(&p.architecture.as_str()) {
-        return Err(miette!(
-            "unknown architecture `{}`: expected one of {}",
-            p.architecture,
-            KNOWN_ARCH.join(", ")
-        ));
-    }
+    kept.amend(distinct_entries(&client, sources, args.keep_attestations)?);
+    store.save(&list, &kept).map_err(report)?;
+    eprintln!(
+        "created local list {list} ({} manifests)",
+        kept.entries.len()
+    );
     Ok(())
 }
 
 fn annotate(args: AnnotateArgs) -> Result<(), Report> {
     let list = parse_ref(&args.list)?;
     let store = args.store.open();
-    let mut stored = store.load_existing(&list)?;
-    let at = find_entry(&stored, &args.source)?;
-    let entry = &mut stored.entries[at];
-    let mut platform = entry
-        .descriptor
-        .platform
-        .clone()
-        .unwrap_or_else(|| Platform::new("", "", None));
-    let set = |field: &mut String, value: &Option<String>| {
-        if let Some(v) = value {
-            *field = v.clone();
-        }
+    let mut kept = store.load_existing(&list).map_err(report)?;
+    let edit = PlatformEdit {
+        os: args.os,
+        architecture: args.arch,
+        variant: args.variant,
+        os_version: args.os_version,
+        os_features: args.os_features,
     };
-    set(&mut platform.os, &args.os);
-    set(&mut platform.architecture, &args.arch);
-    if let Some(v) = &args.variant {
-        platform.variant = Some(v.clone()).filter(|v| !v.is_empty());
-    }
-    if let Some(v) = &args.os_version {
-        platform.os_version = Some(v.clone()).filter(|v| !v.is_empty());
-    }
-    if let Some(features) = &args.os_features {
-        platform.os_features = features.iter().filter(|f| !f.is_empty()).cloned().collect();
-    }
-    validate_platform(&platform).wrap_err_with(|| format!("annotating {}", entry.image))?;
-    entry.descriptor.platform = Some(platform);
-    store.save(&list, &stored)
+    kept.annotate(&args.source, &edit).map_err(report)?;
+    store.save(&list, &kept).map_err(report)
 }
 
 /// What `inspect --verbose` shows of one manifest, as docker does.
@@ -684,20 +393,23 @@ fn inspect(args: InspectArgs) -> Result<(), Report> {
         .collect::<Result<Vec<_>, _>>()?;
     let client = args.access.client(refs.iter())?;
     if let [list, _] = refs.as_slice() {
-        let stored = store.load_existing(list)?;
-        let entry = &stored.entries[find_entry(&stored, &args.names[1])?];
+        let kept = store.load_existing(list).map_err(report)?;
+        let entry = &kept.entries[kept.find_entry(&args.names[1]).map_err(report)?];
         return inspect_entry(&client, entry, &args);
     }
     let target = &refs[0];
-    if let Some(stored) = store.load(target)? {
-        let (_, bytes) = index_bytes(&stored.entries);
+    if let Some(stored) = store.load(target).map_err(report)? {
+        let (_, bytes) = stored.index_bytes();
         if args.raw {
             std::io::stdout().write_all(&bytes).into_diagnostic()?;
         } else if args.verbose {
             let all = stored
                 .entries
                 .iter()
-                .map(|e| verbose_manifest(&client, &e.image_ref()?, e.descriptor.clone()))
+                .map(|e| {
+                    let image = e.image_ref().map_err(report)?;
+                    verbose_manifest(&client, &image, e.descriptor.clone())
+                })
                 .collect::<Result<Vec<_>, _>>()?;
             print_verbose(&all)?;
         } else {
@@ -740,8 +452,12 @@ fn inspect(args: InspectArgs) -> Result<(), Report> {
 }
 
 /// `inspect LIST REF`: the image of one entry.
-fn inspect_entry(client: &RegistryClient, entry: &Entry, args: &InspectArgs) -> Result<(), Report> {
-    let image = entry.image_ref()?;
+fn inspect_entry(
+    client: &RegistryClient,
+    entry: &ListEntry,
+    args: &InspectArgs,
+) -> Result<(), Report> {
+    let image = entry.image_ref().map_err(report)?;
     if args.verbose {
         return print_verbose(&verbose_manifest(client, &image, entry.descriptor.clone())?);
     }
@@ -759,20 +475,18 @@ fn inspect_entry(client: &RegistryClient, entry: &Entry, args: &InspectArgs) -> 
 fn push(args: PushArgs) -> Result<(), Report> {
     let list = parse_ref(&args.list)?;
     let store = args.store.open();
-    let stored = store.load_existing(&list)?;
+    let kept = store.load_existing(&list).map_err(report)?;
     let mut names = vec![list.clone()];
-    for e in &stored.entries {
-        names.push(e.image_ref()?);
+    for e in &kept.entries {
+        names.push(e.image_ref().map_err(report)?);
     }
     let client = args.access.client(names.iter())?;
-    let digest = push_entries(&client, &stored.entries, std::slice::from_ref(&list))?;
-    eprintln!(
-        "pushed {list}@{digest} ({} manifests)",
-        stored.entries.len()
-    );
+    let digest =
+        push_entries(&client, &kept.entries, std::slice::from_ref(&list)).map_err(report)?;
+    eprintln!("pushed {list}@{digest} ({} manifests)", kept.entries.len());
     println!("{digest}");
     if args.purge {
-        store.remove(&list)?;
+        store.remove(&list).map_err(report)?;
     }
     Ok(())
 }
@@ -782,7 +496,7 @@ fn rm(args: RmArgs) -> Result<(), Report> {
     let mut missing = Vec::new();
     for name in &args.lists {
         let list = parse_ref(name)?;
-        if !store.remove(&list)? {
+        if !store.remove(&list).map_err(report)? {
             missing.push(name.as_str());
         }
     }
@@ -793,90 +507,15 @@ fn rm(args: RmArgs) -> Result<(), Report> {
     }
 }
 
-/// manifest-tool's `from-spec` YAML.
-#[derive(Deserialize)]
-struct Spec {
-    image: String,
-    #[serde(default)]
-    tags: Vec<String>,
-    manifests: Vec<SpecManifest>,
-}
-
-#[derive(Deserialize)]
-struct SpecManifest {
-    image: String,
-    platform: Option<SpecPlatform>,
-}
-
-#[derive(Deserialize)]
-struct SpecPlatform {
-    architecture: String,
-    os: String,
-    #[serde(default)]
-    variant: Option<String>,
-    /// manifest-tool has both `features` and `osfeatures`; both are OS features in OCI.
-    #[serde(default, alias = "osfeatures")]
-    features: Vec<String>,
-    #[serde(default)]
-    osversion: Option<String>,
-}
-
-impl SpecPlatform {
-    fn to_platform(&self) -> Result<Platform, Report> {
-        let mut p = Platform::new(&self.os, &self.architecture, self.variant.as_deref());
-        p.variant = p.variant.filter(|v| !v.is_empty());
-        p.os_version = self.osversion.clone().filter(|v| !v.is_empty());
-        p.os_features = self.features.clone();
-        validate_platform(&p)?;
-        Ok(p)
-    }
-}
-
 fn push_spec(args: PushSpecArgs) -> Result<(), Report> {
-    let text = std::fs::read_to_string(&args.spec)
-        .into_diagnostic()
-        .wrap_err_with(|| format!("cannot read {}", args.spec.display()))?;
-    let spec: Spec = serde_norway::from_str(&text)
-        .into_diagnostic()
-        .wrap_err_with(|| format!("{} is not a manifest-tool spec", args.spec.display()))?;
-    if spec.manifests.is_empty() {
-        return Err(miette!("{}: `manifests` is empty", args.spec.display()));
-    }
-    let image = parse_ref(&spec.image).wrap_err("the spec's `image`")?;
-    let mut targets = vec![image.clone()];
-    for tag in &spec.tags {
-        let tagged = parse_ref(&format!("{}/{}:{tag}", image.registry, image.repository))
-            .wrap_err("the spec's `tags`")?;
-        targets.push(tagged);
-    }
-    let sources: Vec<Reference> = spec
-        .manifests
-        .iter()
-        .map(|m| parse_ref(&m.image))
-        .collect::<Result<_, _>>()?;
-    let client = args.access.client(sources.iter().chain(&targets))?;
-    let mut entries = Vec::new();
-    for m in &spec.manifests {
-        let mut found = resolve_sources(
-            &client,
-            std::slice::from_ref(&m.image),
-            args.keep_attestations,
-        )?;
-        if let Some(platform) = &m.platform {
-            let [only] = found.as_mut_slice() else {
-                return Err(miette!(
-                    "{} is an index of {} images: a `platform` can only be given for a single image",
-                    m.image,
-                    found.len()
-                ));
-            };
-            only.descriptor.platform =
-                Some(platform.to_platform().wrap_err_with(|| m.image.clone())?);
-        }
-        entries.extend(found);
-    }
-    check_distinct_platforms(&entries)?;
-    let digest = push_entries(&client, &entries, &targets)?;
+    let spec = PushSpec::read(&args.spec).map_err(report)?;
+    let sources = spec.images.iter().map(|i| &i.reference);
+    let client = args.access.client(sources.chain(&spec.targets))?;
+    let entries = spec
+        .entries(&client, args.keep_attestations)
+        .map_err(report)?;
+    check_distinct_platforms(&entries).map_err(report)?;
+    let digest = push_entries(&client, &entries, &spec.targets).map_err(report)?;
     let (_, bytes) = index_bytes(&entries);
     println!("Digest: {digest} {}", bytes.len());
     Ok(())
@@ -899,16 +538,5 @@ mod tests {
             again,
             serde_json::from_slice::<serde_json::Value>(src).unwrap()
         );
-    }
-
-    #[test]
-    fn list_dirs_are_distinct_for_distinct_references() {
-        let store = ListStore {
-            dir: PathBuf::from("/x"),
-        };
-        let a = store.list_dir(&parse_ref("127.0.0.1:5000/a-b:1").unwrap());
-        let b = store.list_dir(&parse_ref("127.0.0.1:5000/a/b:1").unwrap());
-        assert_ne!(a, b);
-        assert_eq!(a.parent(), Some(Path::new("/x")));
     }
 }

@@ -1,0 +1,209 @@
+//! Delivering built images: the images of a build are rendered into one artifact in the
+//! store (a manifest, or an index of one manifest per platform, in OCI or Docker media
+//! types), and the store, as a `kiln_transport` image source, is copied to each output. So a
+//! build pushes and writes layouts through the same code as `kiln copy`.
+
+use std::path::{Path, PathBuf};
+
+use kiln_oci::{Descriptor, ImageIndex, ImageManifest, media, to_json_bytes};
+use kiln_registry::{BlobTransfer, Reference, RegistryClient};
+use kiln_transport::{
+    ImageDestination, ImageSource, LayoutName, OciArchiveDestination, OciDirDestination,
+    RawManifest, RegistryDestination, Selection, TransportError, copy, read_verified,
+    write_verified,
+};
+
+use crate::progress::Progress;
+use crate::{BuildError, BuiltImage, Output, Store};
+
+/// An image or index in kiln's store, as a source to copy from. The store's blobs were
+/// verified when they were stored, so destinations may use its files as they are.
+pub struct StoreSource<'s> {
+    store: &'s Store,
+    top: Descriptor,
+}
+
+impl<'s> StoreSource<'s> {
+    /// The image or index `top`, which the store holds with everything under it.
+    pub fn new(store: &'s Store, top: Descriptor) -> StoreSource<'s> {
+        StoreSource { store, top }
+    }
+
+    fn open(&self, desc: &Descriptor) -> Result<std::fs::File, TransportError> {
+        let path = self.store.blob_path(&desc.digest);
+        std::fs::File::open(&path).map_err(|source| TransportError::Io {
+            context: format!("reading {} from {}", desc.digest, self.describe()),
+            source,
+        })
+    }
+}
+
+impl ImageSource for StoreSource<'_> {
+    fn describe(&self) -> String {
+        format!("the kiln store {}", self.store.root().display())
+    }
+
+    fn top(&self) -> Result<RawManifest, TransportError> {
+        self.manifest(&self.top)
+    }
+
+    fn manifest(&self, desc: &Descriptor) -> Result<RawManifest, TransportError> {
+        let bytes = read_verified(self.open(desc)?, desc, &self.describe(), "manifest")?;
+        Ok(RawManifest {
+            media_type: desc.media_type.clone(),
+            digest: desc.digest.clone(),
+            bytes,
+        })
+    }
+
+    fn blob_to_file(&self, desc: &Descriptor, dest: &Path) -> Result<(), TransportError> {
+        write_verified(self.open(desc)?, desc, dest, &self.describe(), "blob")
+    }
+
+    fn local_blob(&self, desc: &Descriptor) -> Option<PathBuf> {
+        Some(self.store.blob_path(&desc.digest))
+    }
+}
+
+/// Stores the images of a build as one artifact and returns its descriptor: the manifest of
+/// a single image (without a platform), or an index of one manifest per platform. With
+/// `oci` false, Docker v2 schema 2 manifests and a manifest list.
+fn render(store: &Store, images: &[BuiltImage], oci: bool) -> Result<Descriptor, BuildError> {
+    let mut manifests = Vec::new();
+    for image in images {
+        let mut desc = image.manifest.clone();
+        if !oci {
+            let bytes = std::fs::read(store.blob_path(&image.manifest.digest))
+                .map_err(BuildError::io("reading a built manifest"))?;
+            let manifest: ImageManifest = serde_json::from_slice(&bytes).map_err(|e| {
+                BuildError::io("reading a built manifest")(std::io::Error::other(e))
+            })?;
+            let docker = manifest.to_docker().map_err(|mt| BuildError::Io {
+                context: "converting to Docker media types".into(),
+                source: std::io::Error::other(format!("{mt} has no Docker media type")),
+            })?;
+            let stored = store.put_json(media::DOCKER_MANIFEST, &to_json_bytes(&docker))?;
+            desc = Descriptor {
+                platform: desc.platform,
+                ..stored
+            };
+        }
+        manifests.push(desc);
+    }
+    if let [only] = manifests.as_mut_slice() {
+        only.platform = None;
+        return Ok(only.clone());
+    }
+    let index_type = if oci {
+        media::OCI_INDEX
+    } else {
+        media::DOCKER_MANIFEST_LIST
+    };
+    let index = ImageIndex::new(index_type, manifests);
+    store.put_json(index_type, &to_json_bytes(&index))
+}
+
+/// Delivers the images of a build to every output and returns what the first output knows
+/// them by (the manifest, or the index of several platforms). Each output is one copy out of
+/// the store: a registry gets every blob, then every platform's manifest, and the tags last
+/// (in every repository named), so a failure never leaves a tag pointing at missing content;
+/// a layout or archive appears only when it is complete. `names` name the image in layouts.
+pub fn deliver(
+    store: &Store,
+    client: &RegistryClient,
+    images: &[BuiltImage],
+    names: &[Reference],
+    outputs: &[Output],
+    progress: &Progress,
+) -> Result<Option<Descriptor>, BuildError> {
+    let mut first = None;
+    for output in outputs {
+        let top = render(store, images, output.oci_mediatypes())?;
+        let source = StoreSource::new(store, top.clone());
+        match output {
+            Output::Registry {
+                names: targets,
+                push_by_digest,
+                ..
+            } => {
+                // No name, nowhere to push (the CLI refuses that before building).
+                if let Some(dest) = RegistryDestination::to_all(client, targets.clone()) {
+                    push(&source, dest, *push_by_digest, progress)?;
+                }
+            }
+            Output::OciArchive(path) | Output::OciDir(path) => {
+                let layout_names = names.iter().map(LayoutName::of_reference).collect();
+                let opened = if matches!(output, Output::OciArchive(_)) {
+                    OciArchiveDestination::create(path, layout_names)
+                        .map(|d| Box::new(d) as Box<dyn ImageDestination>)
+                } else {
+                    OciDirDestination::create(path, layout_names)
+                        .map(|d| Box::new(d) as Box<dyn ImageDestination>)
+                };
+                let action = format!("writing the OCI layout {}", path.display());
+                let mut dest = opened.map_err(|e| export_error(&action, e))?;
+                copy_to(&source, dest.as_mut(), &action)?;
+                progress.info(&format!(
+                    "wrote OCI layout {} ({})",
+                    path.display(),
+                    top.digest
+                ));
+            }
+        }
+        first.get_or_insert(top);
+    }
+    Ok(first)
+}
+
+/// Pushes everything `source` holds to `dest`, saying how each blob got there and where
+/// the image is now.
+fn push(
+    source: &StoreSource<'_>,
+    dest: RegistryDestination<'_>,
+    by_digest: bool,
+    progress: &Progress,
+) -> Result<(), BuildError> {
+    let dest = if by_digest { dest.by_digest() } else { dest };
+    let mut dest = dest.on_blob(|target, blob, done| {
+        let how = match done {
+            BlobTransfer::Uploaded => "pushed",
+            BlobTransfer::Mounted => "mounted",
+            BlobTransfer::AlreadyPresent => "already there",
+        };
+        progress.detail(&format!("{} {} ({how})", target.repository, blob.digest));
+    });
+    let action = format!("pushing to {}", dest.describe());
+    copy_to(source, &mut dest, &action)?;
+    for at in dest.committed_at(&source.top.digest) {
+        let shown = if by_digest {
+            format!("{}/{}@{}", at.registry, at.repository, source.top.digest)
+        } else {
+            format!("{at}@{}", source.top.digest)
+        };
+        progress.info(&format!("pushed {shown}"));
+    }
+    Ok(())
+}
+
+/// Copies everything `source` holds to `dest`; `action` names the output in errors.
+fn copy_to(
+    source: &StoreSource<'_>,
+    dest: &mut dyn ImageDestination,
+    action: &str,
+) -> Result<(), BuildError> {
+    copy(source, dest, &Selection::All)
+        .map(drop)
+        .map_err(|e| export_error(action, e))
+}
+
+/// A registry's own error as it is (it names the registry and repository), anything else
+/// with what was being done.
+fn export_error(action: &str, e: TransportError) -> BuildError {
+    match e {
+        TransportError::Registry(e) => BuildError::from(e),
+        other => BuildError::Export {
+            action: action.to_string(),
+            source: Box::new(other),
+        },
+    }
+}

@@ -1,0 +1,300 @@
+//! Every output of a build is one copy out of kiln's store (the path `kiln copy` takes): the
+//! registry, the OCI archive and the OCI layout of one build hold the same bytes, as skopeo
+//! reads them; tags come last in every repository named; a layout is added to, never
+//! replaced.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::*;
+use kiln_testkit::{Fault, FaultProxy, FaultRule};
+use sha2::{Digest as _, Sha256};
+
+const INDEX: &str = "application/vnd.oci.image.index.v1+json";
+
+/// `skopeo inspect --raw` of a location in skopeo's syntax (`oci:DIR:NAME`, ...), for the
+/// image of `arch` out of an index when given.
+fn raw(location: &str, arch: Option<&str>) -> Vec<u8> {
+    let mut command = Command::new("skopeo");
+    if let Some(arch) = arch {
+        command.args(["--override-os=linux", &format!("--override-arch={arch}")]);
+    }
+    command.args(["inspect", "--raw", "--tls-verify=false", location]);
+    run_tool(&mut command).stdout
+}
+
+/// `skopeo inspect --config --raw`: the image config of `arch` at `location`.
+fn raw_config(location: &str, arch: &str) -> Vec<u8> {
+    run_tool(Command::new("skopeo").args([
+        "--override-os=linux",
+        &format!("--override-arch={arch}"),
+        "inspect",
+        "--config",
+        "--raw",
+        "--tls-verify=false",
+        location,
+    ]))
+    .stdout
+}
+
+fn sha256(bytes: &[u8]) -> String {
+    format!("sha256:{}", hex(&Sha256::digest(bytes)))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// kiln with the umask a CI shell has, so the modes it gives are the usual ones.
+fn kiln_umask_022(env: &Env, args: &[&str]) -> std::process::Output {
+    Command::new("sh")
+        .arg("-c")
+        .arg("umask 022 && exec \"$0\" \"$@\"")
+        .arg(env!("CARGO_BIN_EXE_kiln"))
+        .args(args)
+        .env("KILN_ROOT", env.store())
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn every_output_of_one_build_holds_the_same_bytes() {
+    let env = Env::new();
+    let ctx = env.context(
+        "ctx",
+        &[
+            (
+                "Dockerfile",
+                "FROM $REG/busybox:latest\nCOPY data.txt /data/\n",
+            ),
+            ("data.txt", "exported\n"),
+        ],
+    );
+    let (first, second) = (env.tag("exp:1"), env.tag("exp-copy:1"));
+    let archive = env.path("out/image.tar");
+    let layout = env.path("layout");
+    let (metadata, digest_file) = (env.path("meta.json"), env.path("digest"));
+    let o = kiln_umask_022(
+        &env,
+        &[
+            "build",
+            "--platform",
+            "linux/amd64,linux/arm64",
+            "--build-arg",
+            "SOURCE_DATE_EPOCH=1700000000",
+            "--push",
+            "-t",
+            &first,
+            "-t",
+            &second,
+            "-o",
+            &format!("type=oci,dest={}", archive.display()),
+            "--oci-layout-path",
+            layout.to_str().unwrap(),
+            "--metadata-file",
+            metadata.to_str().unwrap(),
+            "--digest-file",
+            digest_file.to_str().unwrap(),
+            ctx.to_str().unwrap(),
+        ],
+    );
+    assert_ok(&o);
+
+    let locations = [
+        format!("docker://{first}"),
+        format!("docker://{second}"),
+        format!("oci-archive:{}:1", archive.display()),
+        format!("oci:{}:1", layout.display()),
+    ];
+    let index = raw(&locations[0], None);
+    let digest = sha256(&index);
+    for at in &locations[1..] {
+        assert_eq!(raw(at, None), index, "{at} holds another index");
+    }
+    for arch in ["amd64", "arm64"] {
+        let manifest = raw(&locations[0], Some(arch));
+        let config = raw_config(&locations[0], arch);
+        for at in &locations[1..] {
+            assert_eq!(raw(at, Some(arch)), manifest, "{arch} manifest at {at}");
+            assert_eq!(raw_config(at, arch), config, "{arch} config at {at}");
+        }
+    }
+    // skopeo's own copy of the pushed index holds exactly the layout's blobs.
+    let copied = env.path("skopeo-copy");
+    run_tool(Command::new("skopeo").args([
+        "--insecure-policy",
+        "copy",
+        "--all",
+        "--preserve-digests",
+        "--src-tls-verify=false",
+        "-q",
+        &locations[0],
+        &format!("oci:{}:x", copied.display()),
+    ]));
+    assert_eq!(
+        list_dir(&copied.join("blobs/sha256")),
+        list_dir(&layout.join("blobs/sha256"))
+    );
+
+    assert_eq!(read(&digest_file), digest);
+    let meta: Value = serde_json::from_str(&read(&metadata)).unwrap();
+    assert_eq!(meta["containerimage.digest"], digest);
+    assert_eq!(meta["containerimage.descriptor"]["mediaType"], INDEX);
+    assert_eq!(meta["containerimage.descriptor"]["size"], index.len());
+    assert_eq!(meta["image.name"], format!("{first},{second}"));
+
+    // Both names are in the layout, as buildx writes them.
+    let listed: Value = serde_json::from_str(&read(&layout.join("index.json"))).unwrap();
+    let names: Vec<(&str, &str)> = listed["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| {
+            assert_eq!(d["digest"], digest);
+            let a = &d["annotations"];
+            (
+                a["io.containerd.image.name"].as_str().unwrap(),
+                a["org.opencontainers.image.ref.name"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(names, [(first.as_str(), "1"), (second.as_str(), "1")]);
+    // The second repository mounted what the first received.
+    assert!(
+        stderr(&o).contains("exp-copy sha256:") && stderr(&o).contains("(mounted)"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(mode(&layout), 0o755);
+    assert_eq!(
+        list_dir(&env.path("out")),
+        ["image.tar"],
+        "no temp files left"
+    );
+    assert_eq!(
+        list_dir(env.dir.path())
+            .iter()
+            .filter(|n| n.starts_with('.'))
+            .count(),
+        0,
+        "no temp dirs left"
+    );
+
+    // A second build of the same inputs and names writes the same archive, byte for byte.
+    let again = env.path("again.tar");
+    assert_ok(&env.kiln(&[
+        "build",
+        "--platform",
+        "linux/amd64,linux/arm64",
+        "--build-arg",
+        "SOURCE_DATE_EPOCH=1700000000",
+        "-t",
+        &first,
+        "-t",
+        &second,
+        "-o",
+        &format!("type=oci,dest={}", again.display()),
+        ctx.to_str().unwrap(),
+    ]));
+    assert_eq!(
+        sha256(&std::fs::read(&again).unwrap()),
+        sha256(&std::fs::read(&archive).unwrap())
+    );
+}
+
+fn build_into_layout(env: &Env, ctx: &Path, name: &str, layout: &Path) -> std::process::Output {
+    env.kiln(&[
+        "build",
+        "--build-arg",
+        "SOURCE_DATE_EPOCH=1700000000",
+        "-t",
+        name,
+        "-o",
+        &format!("type=oci,dest={},tar=false", layout.display()),
+        ctx.to_str().unwrap(),
+    ])
+}
+
+#[test]
+fn a_layout_is_added_to_and_a_directory_that_is_not_one_is_left_alone() {
+    let env = Env::new();
+    let ctx = |name: &str, content: &str| {
+        env.context(
+            name,
+            &[
+                ("Dockerfile", "FROM $REG/busybox:latest\nCOPY file.txt /\n"),
+                ("file.txt", content),
+            ],
+        )
+    };
+    let (one, two) = (ctx("one", "one\n"), ctx("two", "two\n"));
+    let layout = env.path("layout");
+    let at = |name: &str| format!("oci:{}:{name}", layout.display());
+
+    assert_ok(&build_into_layout(&env, &one, "app:1", &layout));
+    let first = sha256(&raw(&at("1"), None));
+    assert_ok(&build_into_layout(&env, &two, "app:2", &layout));
+    assert_eq!(sha256(&raw(&at("1"), None)), first, "app:1 is still there");
+    let second = sha256(&raw(&at("2"), None));
+    assert_ne!(first, second);
+    // A name given again moves to the new image, as a tag does.
+    assert_ok(&build_into_layout(&env, &two, "app:1", &layout));
+    assert_eq!(sha256(&raw(&at("1"), None)), second);
+    let rootfs = umoci_unpack(&layout, "1", &env.path("bundle"));
+    assert_eq!(read(&rootfs.join("file.txt")), "two\n");
+
+    let mine = env.path("mine");
+    std::fs::create_dir(&mine).unwrap();
+    std::fs::write(mine.join("notes.txt"), "keep me\n").unwrap();
+    let err = assert_failed(&build_into_layout(&env, &one, "app:1", &mine));
+    assert_contains_all(&err, &[mine.to_str().unwrap(), "is not an OCI layout"]);
+    assert_eq!(list_dir(&mine), ["notes.txt"]);
+    assert_eq!(read(&mine.join("notes.txt")), "keep me\n");
+}
+
+#[test]
+fn pushing_to_several_names_tags_none_when_one_repository_refuses() {
+    let env = Env::new();
+    // Uploads to the second repository are refused for good (403 is not retried).
+    let proxy = FaultProxy::start(
+        env.reg(),
+        vec![FaultRule::new(
+            Some("POST"),
+            "/refused/blobs/uploads/",
+            Fault::Status {
+                status: 403,
+                retry_after: None,
+            },
+            usize::MAX,
+        )],
+    );
+    let ctx = env.context(
+        "ctx",
+        &[
+            ("Dockerfile", "FROM $REG/busybox:latest\nCOPY data.txt /\n"),
+            ("data.txt", "data\n"),
+        ],
+    );
+    let accepted = env.tag("accepted:1");
+    let refused = format!("{}/refused:1", proxy.addr());
+    let o = env.kiln(&[
+        "build",
+        "--push",
+        "-t",
+        &accepted,
+        "-t",
+        &refused,
+        ctx.to_str().unwrap(),
+    ]);
+    let err = assert_failed(&o);
+    assert_contains_all(&err, &["refused"]);
+    assert!(
+        !image_exists(&accepted),
+        "the first name was tagged although the second could not get the image"
+    );
+    // The first repository did receive the blobs: only the tag was held back.
+    assert!(stderr(&o).contains("accepted sha256:"), "{}", stderr(&o));
+}
