@@ -45,7 +45,7 @@ pub use plan::{
 pub use progress::{Progress, ProgressMode};
 pub use secrets::{Redactor, SecretSource, Secrets};
 pub use solve::{BuildResult, BuiltImage, CachePolicy, Solver, StepKind, StepRecord, solve};
-pub use store::Store;
+pub use store::{Hold, Store};
 pub use worker::{ExecJob, ExecOutcome, NamespaceWorker, Worker};
 
 use secrets::MIN_REDACTED_CHARS;
