@@ -300,7 +300,9 @@ struct Reader {
 }
 
 impl Reader {
-    fn objects_in(&mut self, dir: &Path, layers: bool) -> Result<(), BuildError> {
+    /// Adds every child of `dir` as an object; returns them by name.
+    fn objects_in(&mut self, dir: &Path) -> Result<HashMap<String, usize>, BuildError> {
+        let mut by_name = HashMap::new();
         for (name, path) in children(dir)? {
             let size = self.sizer.size(&path);
             self.objects.push(Object {
@@ -308,13 +310,9 @@ impl Reader {
                 size,
                 holders: 0,
             });
-            let index = self.objects.len() - 1;
-            match layers {
-                true => self.layers.insert(name, index),
-                false => self.blobs.insert(name, index),
-            };
+            by_name.insert(name, self.objects.len() - 1);
         }
-        Ok(())
+        Ok(by_name)
     }
 
     /// The objects of a layer (those on disk).
@@ -459,8 +457,8 @@ impl Usage {
             layers: HashMap::new(),
             entries: Vec::new(),
         };
-        reader.objects_in(&root.join("blobs/sha256"), false)?;
-        reader.objects_in(&root.join("layers"), true)?;
+        reader.blobs = reader.objects_in(&root.join("blobs/sha256"))?;
+        reader.layers = reader.objects_in(&root.join("layers"))?;
         let mut garbage = Vec::new();
         reader.steps(root, &mut garbage)?;
         reader.images(root)?;
@@ -791,7 +789,7 @@ mod tests {
     use crate::cache::RecordLayer;
     use kiln_oci::media;
 
-    /// A root with `store` opened on it for writing fixtures.
+    /// A kiln root, and records, blobs and layer dirs written into it as builds write them.
     struct Fixture {
         dir: tempfile::TempDir,
     }
