@@ -139,7 +139,7 @@ impl<'s> LocalCache<'s> {
     }
 }
 
-fn read_record(path: &Path) -> std::io::Result<Option<Vec<u8>>> {
+pub(crate) fn read_record(path: &Path) -> std::io::Result<Option<Vec<u8>>> {
     let file = match File::open(path) {
         Ok(file) => file,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),

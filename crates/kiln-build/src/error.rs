@@ -1,4 +1,5 @@
 use std::path::PathBuf;
+use std::time::Duration;
 
 use kiln_registry::RegistryError;
 
@@ -86,7 +87,13 @@ pub enum BuildError {
         #[source]
         source: Box<kiln_transport::TransportError>,
     },
-
+    /// `kiln prune --timeout`: builds still held the root when the time was up.
+    #[error(
+        "builds are still using the kiln root {} after {}s; nothing was removed",
+        root.display(),
+        waited.as_secs_f64()
+    )]
+    RootBusy { root: PathBuf, waited: Duration },
     #[error("{context}: {source}")]
     Io {
         context: String,

@@ -25,6 +25,8 @@ mod secrets;
 mod solve;
 mod store;
 mod timefmt;
+mod units;
+mod usage;
 mod worker;
 
 use std::collections::BTreeMap;
@@ -50,7 +52,13 @@ pub use plan::{
 pub use progress::{Progress, ProgressMode};
 pub use secrets::{Redactor, SecretSource, Secrets};
 pub use solve::{BuildResult, BuiltImage, CachePolicy, Solver, StepKind, StepRecord, solve};
-pub use store::Store;
+pub use store::{Hold, Store};
+pub use timefmt::now_secs;
+pub use units::{UnitError, human_size, parse_duration, parse_size};
+pub use usage::{
+    Entry, EntryKind, FilterError, Filters, PruneOptions, Pruned, Summary, Usage, prune,
+    render_table, render_total, render_verbose,
+};
 pub use worker::{ExecJob, ExecOutcome, NamespaceWorker, Worker};
 
 use secrets::MIN_REDACTED_CHARS;
@@ -123,6 +131,10 @@ pub fn build(
     let plan = lower(df, opts, &resolver)?;
     for warning in &plan.warnings {
         progress.info(warning);
+    }
+    // For `kiln du` and `kiln prune`; a record that cannot be written only costs its use.
+    if let Err(e) = usage::note_base_images(store, &plan) {
+        progress.warning(&e.to_string());
     }
     let context = BuildContext::open(&opts.context_dir, opts.ignore_file.as_deref())?;
     let cache = LocalCache::open(store)?;

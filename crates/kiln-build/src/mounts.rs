@@ -235,6 +235,7 @@ fn cache_dir(
             let _ = fs::remove_dir_all(&fresh);
         }
     }
+    crate::usage::mark_used(&dir);
     Ok((dir, lock))
 }
 

@@ -2,6 +2,7 @@ use std::fs::{self, DirBuilder, File, OpenOptions};
 use std::io::{BufWriter, Write};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use kiln_oci::{Descriptor, Digest, DigestWriter};
 use kiln_snapshot::{LayerBlob, LayerOptions};
@@ -16,17 +17,125 @@ use crate::BuildError;
 /// (setuid programs, files with capabilities, device nodes), and only the owner may reach
 /// them. Each process's scratch space is a dir of its own under `tmp/`, removed when the
 /// store is dropped, or by the next process to open the store if this one was killed.
+///
+/// A store is held ([`Hold`]) while it is open: builds share the root, `kiln prune` has it
+/// alone, so that prune never removes what a running build uses.
 pub struct Store {
     root: PathBuf,
     scratch: LockedDir,
     warning: Option<String>,
+    _held: RootLock,
 }
 
 /// The prefix of a process's scratch dir under `<root>/tmp`.
 const SCRATCH_PREFIX: &str = "build-";
 
+/// How a process holds the root while its [`Store`] is open.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hold {
+    /// A build: any number of builds share the root.
+    Shared,
+    /// `kiln prune`: alone, once every build that holds the root has ended. New builds wait
+    /// from the moment prune asks, so a steady stream of builds cannot keep it out. With a
+    /// timeout, it gives up when builds still hold the root after that long.
+    Exclusive { timeout: Option<Duration> },
+}
+
+/// `<root>/lock`, held shared by builds and exclusively by prune, and `<root>/lock.gate`,
+/// held exclusively by prune from the moment it asks: a build takes the gate (shared) only
+/// for as long as it takes to get `lock`, so builds that arrive while prune waits queue
+/// behind it instead of starving it (`flock` favours nobody).
+struct RootLock {
+    _lock: File,
+    _gate: Option<File>,
+}
+
+/// How often prune looks again whether the builds holding the root have ended, when it waits
+/// with a timeout (`flock` itself cannot time out).
+const BUSY_POLL: Duration = Duration::from_millis(50);
+
+impl RootLock {
+    fn take(root: &Path, hold: Hold, waiting: &dyn Fn()) -> Result<RootLock, BuildError> {
+        let open = |name: &str| {
+            let path = root.join(name);
+            OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .mode(0o600)
+                .open(&path)
+                .map_err(BuildError::io(format!(
+                    "opening the lock {}",
+                    path.display()
+                )))
+        };
+        let failed = |name: &str| BuildError::io(format!("locking {}", root.join(name).display()));
+        let gate = open("lock.gate")?;
+        let lock = open("lock")?;
+        match hold {
+            Hold::Shared => {
+                match gate.try_lock_shared() {
+                    Ok(()) => {}
+                    Err(fs::TryLockError::WouldBlock) => {
+                        waiting();
+                        gate.lock_shared().map_err(failed("lock.gate"))?;
+                    }
+                    Err(fs::TryLockError::Error(e)) => return Err(failed("lock.gate")(e)),
+                }
+                lock.lock_shared().map_err(failed("lock"))?;
+                // Builds hold only `lock` from here on; the gate was a turnstile.
+                Ok(RootLock {
+                    _lock: lock,
+                    _gate: None,
+                })
+            }
+            Hold::Exclusive { timeout } => {
+                let deadline = timeout.map(|t| Instant::now() + t);
+                let mut warned = false;
+                for (file, name) in [(&gate, "lock.gate"), (&lock, "lock")] {
+                    loop {
+                        match file.try_lock() {
+                            Ok(()) => break,
+                            Err(fs::TryLockError::WouldBlock) => {}
+                            Err(fs::TryLockError::Error(e)) => return Err(failed(name)(e)),
+                        }
+                        if !std::mem::replace(&mut warned, true) {
+                            waiting();
+                        }
+                        match deadline {
+                            None => {
+                                file.lock().map_err(failed(name))?;
+                                break;
+                            }
+                            Some(deadline) if Instant::now() >= deadline => {
+                                return Err(BuildError::RootBusy {
+                                    root: root.to_path_buf(),
+                                    waited: timeout.unwrap_or_default(),
+                                });
+                            }
+                            Some(_) => std::thread::sleep(BUSY_POLL),
+                        }
+                    }
+                }
+                Ok(RootLock {
+                    _lock: lock,
+                    _gate: Some(gate),
+                })
+            }
+        }
+    }
+}
+
 impl Store {
+    /// Opens the store for a build (see [`Hold::Shared`]), waiting quietly while a prune
+    /// runs.
     pub fn open(root: &Path) -> Result<Store, BuildError> {
+        Store::open_holding(root, Hold::Shared, &|| {})
+    }
+
+    /// Opens the store holding the root as `hold` says; `waiting` is called once if another
+    /// process makes it wait.
+    pub fn open_holding(root: &Path, hold: Hold, waiting: &dyn Fn()) -> Result<Store, BuildError> {
         let mut private = DirBuilder::new();
         private.recursive(true).mode(0o700);
         for sub in ["", "blobs/sha256", "layers", "tmp", "cache"] {
@@ -51,6 +160,7 @@ impl Store {
                 mode = mode & 0o7777,
             )
         });
+        let held = RootLock::take(&root, hold, waiting)?;
         let tmp = root.join("tmp");
         LockedDir::remove_stale(&tmp, SCRATCH_PREFIX);
         let scratch = LockedDir::create(&tmp, SCRATCH_PREFIX).map_err(BuildError::io(format!(
@@ -61,6 +171,7 @@ impl Store {
             root,
             scratch,
             warning,
+            _held: held,
         })
     }
 
@@ -278,6 +389,87 @@ mod tests {
         );
         let mode = fs::metadata(root.path()).unwrap().mode() & 0o7777;
         assert_eq!(mode, 0o751);
+    }
+
+    #[test]
+    fn prune_waits_for_builds_or_gives_up_after_its_timeout() {
+        let root = tempfile::tempdir().unwrap();
+        let build = Store::open(root.path()).unwrap();
+        let waited = std::sync::atomic::AtomicBool::new(false);
+        let note = || waited.store(true, std::sync::atomic::Ordering::SeqCst);
+        let started = Instant::now();
+        let busy = Store::open_holding(
+            root.path(),
+            Hold::Exclusive {
+                timeout: Some(Duration::from_millis(300)),
+            },
+            &note,
+        );
+        match busy {
+            Err(BuildError::RootBusy { root: at, waited }) => {
+                assert_eq!(at, root.path().canonicalize().unwrap());
+                assert_eq!(waited, Duration::from_millis(300));
+            }
+            Err(e) => panic!("{e}"),
+            Ok(_) => panic!("prune got the root while a build held it"),
+        }
+        assert!(started.elapsed() >= Duration::from_millis(300));
+        assert!(waited.load(std::sync::atomic::Ordering::SeqCst));
+        // Without a timeout, prune waits for the build to end.
+        std::thread::scope(|scope| {
+            scope.spawn(|| {
+                std::thread::sleep(Duration::from_millis(200));
+                drop(build);
+            });
+            let prune = Store::open_holding(root.path(), Hold::Exclusive { timeout: None }, &|| {})
+                .unwrap();
+            assert!(started.elapsed() >= Duration::from_millis(500));
+            drop(prune);
+        });
+    }
+
+    #[test]
+    fn a_build_arriving_while_prune_waits_queues_behind_prune() {
+        use std::sync::Mutex;
+        let root = tempfile::tempdir().unwrap();
+        let first = Store::open(root.path()).unwrap();
+        let events = Mutex::new(Vec::new());
+        let event = |what: &str| events.lock().unwrap().push(what.to_string());
+        std::thread::scope(|scope| {
+            scope.spawn(|| {
+                let prune =
+                    Store::open_holding(root.path(), Hold::Exclusive { timeout: None }, &|| {
+                        event("prune waits")
+                    })
+                    .unwrap();
+                event("prune runs");
+                std::thread::sleep(Duration::from_millis(200));
+                event("prune ends");
+                drop(prune);
+            });
+            std::thread::sleep(Duration::from_millis(200));
+            scope.spawn(|| {
+                let second =
+                    Store::open_holding(root.path(), Hold::Shared, &|| event("build waits"))
+                        .unwrap();
+                event("build runs");
+                drop(second);
+            });
+            std::thread::sleep(Duration::from_millis(200));
+            event("first build ends");
+            drop(first);
+        });
+        assert_eq!(
+            events.into_inner().unwrap(),
+            [
+                "prune waits",
+                "build waits",
+                "first build ends",
+                "prune runs",
+                "prune ends",
+                "build runs"
+            ]
+        );
     }
 
     #[test]

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use clap::Args;
 use kiln_build::{
-    BuildError, BuildMetadata, BuildOptions, Output, OutputFlags, Progress, ProgressMode,
+    BuildError, BuildMetadata, BuildOptions, Hold, Output, OutputFlags, Progress, ProgressMode,
     SecretSource, Secrets, StepKind, Store,
 };
 use kiln_oci::Platform;
@@ -226,13 +226,15 @@ pub fn run(args: BuildArgs) -> Result<(), Report> {
         .and_then(|v| v.parse().ok());
 
     let root = args.root.clone().unwrap_or_else(default_root);
-    let store = Store::open(&root).map_err(|e| miette!("{e}"))?;
-    let client = args.registry.client()?;
     let progress = Progress::new(if args.progress == "quiet" {
         ProgressMode::Quiet
     } else {
         ProgressMode::Plain
     });
+    // Held until the outputs are written: `kiln prune` waits for it, and the build for prune.
+    let waiting = || progress.info(&format!("waiting for kiln prune on {}", root.display()));
+    let store = Store::open_holding(&root, Hold::Shared, &waiting).map_err(|e| miette!("{e}"))?;
+    let client = args.registry.client()?;
     if let Some(warning) = store.warning() {
         progress.warning(warning);
     }

@@ -1,6 +1,7 @@
 //! The `kiln` command line.
 
 mod build_cmd;
+mod cache_cmd;
 mod check_cmd;
 mod copy_cmd;
 mod dockerfile_cmd;
@@ -46,6 +47,10 @@ enum Commands {
     /// Inspect a Dockerfile the way kiln parses it.
     #[command(subcommand)]
     Dockerfile(dockerfile_cmd::DockerfileCommand),
+    /// Remove build cache: step records, cache mounts, base images with --all (buildx prune).
+    Prune(cache_cmd::PruneArgs),
+    /// Show what the build cache holds and what prune would free (buildx du).
+    Du(cache_cmd::DuArgs),
 }
 
 fn main() -> ExitCode {
@@ -70,6 +75,8 @@ fn main() -> ExitCode {
         Commands::Logout(args) => login_cmd::logout(args),
         Commands::Check(args) => check_cmd::run(args),
         Commands::Dockerfile(cmd) => dockerfile_cmd::run(cmd),
+        Commands::Prune(args) => cache_cmd::prune(args),
+        Commands::Du(args) => cache_cmd::du(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
