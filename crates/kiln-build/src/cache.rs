@@ -38,6 +38,9 @@ use crate::{BuildError, Store};
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Record {
     pub layer: Option<RecordLayer>,
+    /// The step as shown when it ran (`RUN make`), for `kiln du`; absent in older records.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
     /// When the op ran (RFC 3339).
     pub created: String,
     /// When a build last used this record (RFC 3339).
@@ -245,6 +248,7 @@ mod tests {
         assert!(matches!(cache.load(&key), Lookup::Miss));
         let record = Record {
             layer: Some(layer(&store, b"blob")),
+            description: Some("RUN make".into()),
             created: "2026-01-01T00:00:00Z".into(),
             last_used: "2026-01-02T00:00:00Z".into(),
         };

@@ -421,6 +421,7 @@ impl Solving<'_, '_> {
                 size: l.blob.size,
                 diff_id: l.diff_id.clone(),
             }),
+            description: Some(shown.to_string()),
             created: self.now.clone(),
             last_used: self.now.clone(),
         };

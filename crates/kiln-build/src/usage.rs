@@ -369,6 +369,7 @@ impl Reader {
             entry.objects = objects;
             match record {
                 Ok(record) => {
+                    entry.description = record.description;
                     entry.created = timefmt::parse_rfc3339(&record.created);
                     entry.last_used = timefmt::parse_rfc3339(&record.last_used);
                 }
@@ -831,6 +832,7 @@ mod tests {
             let key = Digest::of(key.as_bytes()).hex().to_string();
             let record = Record {
                 layer: layer.cloned(),
+                description: None,
                 created: timefmt::rfc3339(last_used - 10),
                 last_used: timefmt::rfc3339(last_used),
             };

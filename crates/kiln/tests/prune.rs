@@ -126,6 +126,19 @@ fn du_lists_every_record_with_sizes_that_add_up_to_what_is_on_disk() {
         assert_eq!(step["reclaimable"], true);
         assert!(step["last_used"].as_str().unwrap().ends_with('Z'));
     }
+    // Each step is described by its instruction.
+    let described: Vec<&str> = steps
+        .iter()
+        .map(|s| s["description"].as_str().unwrap_or_default())
+        .collect();
+    assert!(
+        described.iter().any(|d| d.starts_with("RUN ")),
+        "{described:?}"
+    );
+    assert!(
+        described.iter().any(|d| d.starts_with("COPY ")),
+        "{described:?}"
+    );
     // The RUN that wrote 300 kB of random bytes holds a blob and a layer dir of that size.
     assert!(
         steps.iter().any(|s| s["size"].as_u64().unwrap() > 600_000),
