@@ -11,7 +11,7 @@ use sha2::{Digest as _, Sha256};
 use crate::BuildError;
 use crate::context::BuildContext;
 use crate::plan::{Copy, CopySource};
-use crate::rules::{join_image_path, kept_by_parents};
+use crate::rules::{join_image_path, kept_by_parents, names_a_directory};
 
 /// How errors of one op are reported: at its Dockerfile line.
 pub(crate) trait OpErrors {
@@ -356,7 +356,7 @@ pub(crate) fn copy(
     // path in turn, as in BuildKit: the last one wins.
     let dest_path = &copy.dest_path;
     let dest_is_dir = copy.parents
-        || copy.dest.ends_with('/')
+        || names_a_directory(&copy.dest)
         || copy_below
             .lookup(Path::new(dest_path), true)
             .is_some_and(|p| p.is_dir());
