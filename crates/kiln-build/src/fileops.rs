@@ -11,7 +11,7 @@ use sha2::{Digest as _, Sha256};
 use crate::BuildError;
 use crate::context::BuildContext;
 use crate::plan::{Copy, CopySource};
-use crate::rules::{join_image_path, kept_by_parents};
+use crate::rules::{join_image_path, kept_by_parents, names_a_directory};
 
 /// How errors of one op are reported: at its Dockerfile line.
 pub(crate) trait OpErrors {
@@ -34,8 +34,9 @@ pub(crate) enum UnknownName {
 
 /// Resolves `user[:group]` (names or numbers) through the image's /etc/passwd and /etc/group,
 /// read and parsed as the sandbox reads them for RUN (regular files of bounded size only). A
-/// numeric uid gets the gid passwd gives it or else its own number; a name the image does not
-/// list is taken as `unknown` says.
+/// name gets the gid passwd gives it; a number without a group is also its own gid, whatever
+/// passwd says (BuildKit's file operations take a numeric user by id, unlike RUN); a name the
+/// image does not list is taken as `unknown` says.
 pub(crate) fn resolve_owner(
     spec: &str,
     stack: &LayerStack,
@@ -53,17 +54,20 @@ pub(crate) fn resolve_owner(
         Some((u, g)) => (u, Some(g)),
         None => (spec, None),
     };
-    let passwd = read("/etc/passwd")?;
-    let mut entries = kiln_sandbox::passwd_entries(passwd.as_deref().unwrap_or_default());
     let (uid, user_gid) = match user.parse::<u32>() {
-        Ok(uid) => (uid, entries.find(|e| e.uid == uid).map_or(uid, |e| e.gid)),
-        Err(_) => match entries.find(|e| e.name == user) {
-            Some(e) => (e.uid, e.gid),
-            None if unknown == UnknownName::Refused && passwd.is_some() => {
-                return Err(format!("no user `{user}` in the image's /etc/passwd"));
+        Ok(uid) => (uid, uid),
+        Err(_) => {
+            let passwd = read("/etc/passwd")?;
+            match kiln_sandbox::passwd_entries(passwd.as_deref().unwrap_or_default())
+                .find(|e| e.name == user)
+            {
+                Some(e) => (e.uid, e.gid),
+                None if unknown == UnknownName::Refused && passwd.is_some() => {
+                    return Err(format!("no user `{user}` in the image's /etc/passwd"));
+                }
+                None => (0, 0),
             }
-            None => (0, 0),
-        },
+        }
     };
     let gid = match group {
         None => user_gid,
@@ -356,7 +360,7 @@ pub(crate) fn copy(
     // path in turn, as in BuildKit: the last one wins.
     let dest_path = &copy.dest_path;
     let dest_is_dir = copy.parents
-        || copy.dest.ends_with('/')
+        || names_a_directory(&copy.dest)
         || copy_below
             .lookup(Path::new(dest_path), true)
             .is_some_and(|p| p.is_dir());
@@ -478,6 +482,8 @@ mod tests {
         assert_eq!(owner("builder:staff").unwrap(), (1000, 50));
         assert_eq!(owner("42:43").unwrap(), (42, 43));
         assert_eq!(owner("42").unwrap(), (42, 42));
+        // A number is its own gid even when passwd gives it another, as in BuildKit.
+        assert_eq!(owner("1000").unwrap(), (1000, 1000));
         // --chown: a name the image lacks is an error naming it.
         assert!(owner("ghost").unwrap_err().contains("no user `ghost`"));
         assert!(

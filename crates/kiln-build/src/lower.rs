@@ -26,8 +26,8 @@ use crate::plan::{
 use crate::platform_args::platform_args;
 use crate::rules::{
     compiles, expand_heredoc, exposed_ports, healthcheck_config, heredoc_named, heredoc_script,
-    history_text, is_valid_stop_signal, join_image_path, onbuild_triggers, proxy_env,
-    set_default_path, shell_argv, unconsumed_build_args,
+    history_text, is_valid_stop_signal, join_image_path, names_a_directory, onbuild_triggers,
+    proxy_env, set_default_path, shell_argv, unconsumed_build_args,
 };
 use crate::{BuildError, BuildOptions};
 
@@ -1139,7 +1139,7 @@ impl<'l, 'a, 'r> Lowerer<'l, 'a, 'r> {
             kiln_dockerfile::IgnoreMatcher::parse(&excludes.join("\n"))
                 .map_err(|e| self.err(ins, format!("--exclude: {e}")))?;
         }
-        if srcs.len() > 1 && !dest_raw.ends_with('/') && !flags.parents {
+        if srcs.len() > 1 && !names_a_directory(&dest_raw) && !flags.parents {
             return Err(self.err(
                 ins,
                 format!(

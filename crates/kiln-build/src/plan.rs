@@ -118,7 +118,7 @@ pub struct Copy {
     pub sources: Vec<CopySource>,
     /// With `--from`: the index in the op's inputs of the stage or image, and its name.
     pub from: Option<(usize, String)>,
-    /// The destination as expanded (a trailing `/` means a directory).
+    /// The destination as expanded (`rules::names_a_directory` says when it is a directory).
     pub dest: String,
     /// The destination made absolute against the working dir.
     pub dest_path: String,

@@ -263,6 +263,13 @@ pub(crate) fn join_image_path(base: &str, path: &str) -> String {
     format!("/{}", out.join("/"))
 }
 
+/// Whether a COPY/ADD destination as written names a directory, whatever the image holds
+/// there: it ends in `/`, or it is `.` or ends in `/.` (BuildKit turns `.` into the working
+/// dir with a trailing slash, and keeps a trailing `/.`).
+pub(crate) fn names_a_directory(dest: &str) -> bool {
+    dest.ends_with('/') || dest == "." || dest.ends_with("/.")
+}
+
 /// The heredoc a COPY/ADD source word (`<<EOF`, `<<-"EOF"`) stands for, if it is one.
 pub(crate) fn heredoc_named<'h>(
     word: &str,
@@ -369,6 +376,12 @@ mod tests {
         assert_eq!(join_image_path("/app", "src"), "/app/src");
         assert_eq!(join_image_path("/app", "/etc/x"), "/etc/x");
         assert_eq!(join_image_path("/", "../../x/./y/"), "/x/y");
+        for dir in ["/app/", "./", ".", "/app/.", "sub/."] {
+            assert!(names_a_directory(dir), "{dir}");
+        }
+        for path in ["/app", "..", "app", "/app/.."] {
+            assert!(!names_a_directory(path), "{path}");
+        }
     }
 
     fn doc(name: &str, content: &str) -> kiln_dockerfile::Heredoc {
