@@ -4,6 +4,8 @@
 
 mod base;
 mod context;
+mod context_hash;
+mod context_record;
 mod error;
 mod executor;
 mod mounts;
@@ -14,6 +16,8 @@ mod secrets;
 mod store;
 mod timefmt;
 
+pub use context::{BuildContext, ContextSource};
+pub use context_hash::HashStats;
 pub use error::BuildError;
 pub use executor::{BuildOptions, BuildResult, BuiltImage, StepRecord, build};
 pub use output::{Output, deliver};
