@@ -8,6 +8,8 @@ mod base;
 mod cache;
 mod context;
 mod context_digest;
+mod context_hash;
+mod context_record;
 mod error;
 mod fileops;
 mod key;
@@ -33,7 +35,8 @@ use kiln_registry::RegistryClient;
 
 pub use base::{BaseRef, ImageResolver, RegistryResolver, ResolvedImage};
 pub use cache::{CacheBackend, KeyLock, LocalCache, Lookup, Record, RecordLayer};
-pub use context::BuildContext;
+pub use context::{BuildContext, ContextSource};
+pub use context_hash::HashStats;
 pub use error::BuildError;
 pub use key::CacheKey;
 pub use lower::{lower, stages_named};
