@@ -9,7 +9,8 @@
 //! 4. the peers, which re-read everything each time: kiln without a record, and
 //!    `tar -c . | sha256sum`.
 //!
-//! Wall time and CPU time (user + system, all threads) for each.
+//! Wall time and CPU time (user + system, all threads) for each. `KILN_BENCH_NOOP_ONLY=<n>`
+//! runs n no-op rebuilds after the first build and stops, for `perf record` or `strace -c -f`.
 
 use std::fs;
 use std::path::Path;
@@ -117,6 +118,14 @@ fn main() {
 
     let ((first, files, bytes), t) = timed(UsageWho::RUSAGE_SELF, || digest(&root, Some(&records)));
     show("kiln, first build (empty record)", t, Some((files, bytes)));
+
+    // For profiling (`perf record`, `strace -c -f`): that many more no-op rebuilds, then stop.
+    if let Ok(n) = std::env::var("KILN_BENCH_NOOP_ONLY") {
+        for _ in 0..n.parse::<usize>().expect("KILN_BENCH_NOOP_ONLY=<runs>") {
+            digest(&root, Some(&records));
+        }
+        return;
+    }
 
     let mut runs = Vec::new();
     for _ in 0..5 {

@@ -141,6 +141,9 @@ impl BuildContext {
         exclude: Option<&IgnoreMatcher>,
         inner: &Path,
     ) -> bool {
+        if exclude.is_none() && self.ignore.is_none() {
+            return true;
+        }
         !exclude.is_some_and(|m| m.is_excluded(&inner.to_string_lossy()))
             && self.shows_inside(&source.rel, &source.host_path, inner)
     }

@@ -236,15 +236,23 @@ impl ContextHasher {
         let started_ns = now_ns();
         let entries = walk(context, sources, exclude)?;
         let keys: Vec<Vec<u8>> = entries.iter().map(|e| record::key_of(&e.rel)).collect();
-        let mut wanted: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
-        wanted.sort_unstable();
-        wanted.dedup();
-        let slot = |key: &[u8]| wanted.binary_search(&key).expect("every key is wanted");
+        // The record's keys in its order, each once; `slot[i]`: where entry i's key is. One
+        // source's walk is in that order already, which the sort notices.
+        let mut order: Vec<usize> = (0..entries.len()).collect();
+        order.sort_by(|&a, &b| keys[a].cmp(&keys[b]));
+        let mut wanted: Vec<&[u8]> = Vec::with_capacity(order.len());
+        let mut slot = vec![0; entries.len()];
+        for i in order {
+            if wanted.last() != Some(&keys[i].as_slice()) {
+                wanted.push(&keys[i]);
+            }
+            slot[i] = wanted.len() - 1;
+        }
         let (old, corrupt) = match &self.record {
             Some(path) => record::lookup(path, &wanted),
             None => (vec![None; wanted.len()], false),
         };
-        let known: Vec<Option<Recorded>> = keys.iter().map(|k| old[slot(k)]).collect();
+        let known: Vec<Option<Recorded>> = slot.iter().map(|&s| old[s]).collect();
         let examined = self.examine_all(context.root(), &entries, &known, started_ns)?;
         let digest = seal(sources, &entries, &examined);
         self.entries
@@ -255,8 +263,8 @@ impl ContextHasher {
         };
         let mut updates: Vec<(&[u8], Option<Recorded>)> =
             wanted.iter().map(|k| (*k, None)).collect();
-        for (key, ex) in keys.iter().zip(&examined) {
-            updates[slot(key)].1 = ex.recorded;
+        for (&s, ex) in slot.iter().zip(&examined) {
+            updates[s].1 = ex.recorded;
         }
         let changed = updates.iter().zip(&old).any(|((_, new), old)| new != old);
         if corrupt || changed {

@@ -77,7 +77,9 @@ pub(crate) fn key_of(rel: &[u8]) -> Vec<u8> {
 struct Lines<R> {
     reader: BufReader<R>,
     line: Vec<u8>,
-    last_key: Option<Vec<u8>>,
+    /// The key of the line before (valid once `line_count` > 0).
+    last_key: Vec<u8>,
+    line_count: u64,
     corrupt: bool,
     ended: bool,
 }
@@ -88,7 +90,8 @@ impl<R: Read> Lines<R> {
         let mut lines = Lines {
             reader: BufReader::with_capacity(64 * 1024, inner),
             line: Vec::new(),
-            last_key: None,
+            last_key: Vec::new(),
+            line_count: 0,
             corrupt: false,
             ended: false,
         };
@@ -132,8 +135,9 @@ impl<R: Read> Lines<R> {
                 parsed
             }
         };
+        let first = self.line_count == 0;
         let parsed = parsed.filter(|(key, _)| {
-            let in_order = self.last_key.as_ref().is_none_or(|last| last < key);
+            let in_order = first || self.last_key < *key;
             if !in_order {
                 self.corrupt = true;
             }
@@ -141,7 +145,9 @@ impl<R: Read> Lines<R> {
         });
         match parsed {
             Some((key, recorded)) => {
-                self.last_key = Some(key.clone());
+                self.line_count += 1;
+                self.last_key.clear();
+                self.last_key.extend_from_slice(&key);
                 Some((key, recorded))
             }
             None => {
