@@ -83,9 +83,13 @@ fn digest(root: &Path, records: Option<&Path>) -> (String, u64, u64) {
         context = context.with_records_in(records);
     }
     let sources = context.sources(".");
-    let digest = context.digest(&sources, None).expect("digest");
-    let stats = context.hash_stats();
-    (digest.to_string(), stats.files_read, stats.bytes_read)
+    let hashed = context.digest(&sources, None).expect("digest");
+    let stats = hashed.stats;
+    (
+        hashed.digest.to_string(),
+        stats.files_read,
+        stats.bytes_read,
+    )
 }
 
 fn show(what: &str, t: Timed, read: Option<(u64, u64)>) {

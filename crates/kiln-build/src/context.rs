@@ -2,10 +2,9 @@ use std::fs;
 use std::path::{Component, Path, PathBuf};
 
 use kiln_dockerfile::IgnoreMatcher;
-use kiln_oci::Digest;
 
 use crate::BuildError;
-use crate::context_hash::{ContextHasher, HashStats};
+use crate::context_hash::{ContextDigest, ContextHasher};
 use crate::context_record;
 
 /// The build context: a directory, seen through `.dockerignore`. Paths never leave it: `..`
@@ -88,18 +87,14 @@ impl BuildContext {
     /// [`BuildContext::sources`] for its patterns, in order), after `.dockerignore` and the
     /// `--exclude` matcher: the same as long as every entry that would be copied has the same
     /// path, type, mode, contents, link target and xattrs, whatever the order the OS lists
-    /// them in and whatever their mtimes and owners. See the `context_hash` module.
+    /// them in and whatever their mtimes and owners; with what it took to compute (entries
+    /// looked at, files read). See the `context_hash` module.
     pub fn digest(
         &self,
         sources: &[ContextSource],
         exclude: Option<&IgnoreMatcher>,
-    ) -> Result<Digest, BuildError> {
+    ) -> Result<ContextDigest, BuildError> {
         self.hasher.digest(self, sources, exclude)
-    }
-
-    /// What [`BuildContext::digest`] has looked at and read so far.
-    pub fn hash_stats(&self) -> HashStats {
-        self.hasher.stats()
     }
 
     /// Whether a COPY of `source` with the `--exclude` matcher `exclude` takes the entry at
@@ -129,8 +124,7 @@ impl BuildContext {
         exclude: Option<&IgnoreMatcher>,
         is_dir: bool,
     ) -> bool {
-        let name = source.rel.rsplit('/').next().unwrap_or("");
-        is_dir || !exclude.is_some_and(|m| m.is_excluded(name))
+        exclude_lets_source(exclude, source.rel.rsplit('/').next().unwrap_or(""), is_dir)
     }
 
     /// `--exclude` matches paths relative to the source; `.dockerignore` relative to the
@@ -144,13 +138,13 @@ impl BuildContext {
         if exclude.is_none() && self.ignore.is_none() {
             return true;
         }
-        !exclude.is_some_and(|m| m.is_excluded(&inner.to_string_lossy()))
+        exclude_lets_inside(exclude, inner)
             && self.shows_inside(&source.rel, &source.host_path, inner)
     }
 
     /// Whether `.dockerignore` lets the entry at `inner` (relative to a directory source
     /// found by [`BuildContext::sources`], with its `rel` and `host_path`) into the context.
-    pub fn shows_inside(&self, source_rel: &str, source_host: &Path, inner: &Path) -> bool {
+    fn shows_inside(&self, source_rel: &str, source_host: &Path, inner: &Path) -> bool {
         let inner_rel = inner.to_string_lossy();
         let rel = match source_rel.is_empty() {
             true => inner_rel.into_owned(),
@@ -255,6 +249,24 @@ impl BuildContext {
             .filter(|s| self.shows(&s.rel, &s.host_path))
             .collect()
     }
+}
+
+/// Whether the `--exclude` matcher `exclude` lets a COPY take a source named `name` (its last
+/// path component): a directory source always (what is inside is filtered), another source
+/// unless its name is excluded. For the context, [`BuildContext::copy_takes`] adds
+/// `.dockerignore`; a stage or image source has only this.
+pub(crate) fn exclude_lets_source(
+    exclude: Option<&IgnoreMatcher>,
+    name: &str,
+    is_dir: bool,
+) -> bool {
+    is_dir || !exclude.is_some_and(|m| m.is_excluded(name))
+}
+
+/// Whether the `--exclude` matcher lets a COPY take the entry at `inner` (relative to a
+/// directory source).
+pub(crate) fn exclude_lets_inside(exclude: Option<&IgnoreMatcher>, inner: &Path) -> bool {
+    !exclude.is_some_and(|m| m.is_excluded(&inner.to_string_lossy()))
 }
 
 /// Whether the excluded directory `rel_dir` (on the host at `host_dir`) holds an entry that an

@@ -11,7 +11,7 @@
 //!     sources.extend(context.sources(pattern)); // empty: "not found", as today
 //! }
 //! let exclude: Option<IgnoreMatcher> = /* the --exclude patterns, as the copy uses them */;
-//! let digest: kiln_oci::Digest = context.digest(&sources, exclude.as_ref())?;
+//! let hashed = context.digest(&sources, exclude.as_ref())?; // .digest, and .stats: what it read
 //! ```
 //!
 //! [`BuildContext::digest`] takes the sources in the order the copy applies them (a later one
@@ -60,7 +60,7 @@ use std::io::{self, Read};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -85,7 +85,15 @@ const RACY_WINDOW_NS: i128 = 2_000_000_000;
 /// a FIFO that replaced the file since its `lstat`.
 const NOFOLLOW_NONBLOCK: i32 = OFlag::O_NOFOLLOW.bits() | OFlag::O_NONBLOCK.bits();
 
-/// Counters since the context was opened, for progress output and tests.
+/// The digest of what a COPY takes from the context, and what computing it took.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ContextDigest {
+    pub digest: Digest,
+    pub stats: HashStats,
+}
+
+/// What one [`BuildContext::digest`] looked at and read: shown with the step, so a user sees
+/// that a rebuild read only what changed.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct HashStats {
     /// Entries looked at (one `lstat` each).
@@ -101,9 +109,6 @@ pub(crate) struct ContextHasher {
     record: Option<PathBuf>,
     /// Rewrites of the record from this process, one at a time, so none loses another's lines.
     rewriting: Mutex<()>,
-    entries: AtomicU64,
-    files_read: AtomicU64,
-    bytes_read: AtomicU64,
     pub(crate) racy_window_ns: i128,
 }
 
@@ -169,6 +174,8 @@ struct Examined {
     payload: [u8; 32],
     /// What the record says about the entry from now on.
     recorded: Option<Recorded>,
+    /// The bytes read from a regular file whose stamp the record did not have.
+    bytes_read: Option<u64>,
 }
 
 fn now_ns() -> i128 {
@@ -211,18 +218,7 @@ impl ContextHasher {
         ContextHasher {
             record,
             rewriting: Mutex::new(()),
-            entries: AtomicU64::new(0),
-            files_read: AtomicU64::new(0),
-            bytes_read: AtomicU64::new(0),
             racy_window_ns: RACY_WINDOW_NS,
-        }
-    }
-
-    pub(crate) fn stats(&self) -> HashStats {
-        HashStats {
-            entries: self.entries.load(Ordering::Relaxed),
-            files_read: self.files_read.load(Ordering::Relaxed),
-            bytes_read: self.bytes_read.load(Ordering::Relaxed),
         }
     }
 
@@ -232,7 +228,7 @@ impl ContextHasher {
         context: &BuildContext,
         sources: &[ContextSource],
         exclude: Option<&IgnoreMatcher>,
-    ) -> Result<Digest, BuildError> {
+    ) -> Result<ContextDigest, BuildError> {
         let started_ns = now_ns();
         let entries = walk(context, sources, exclude)?;
         let keys: Vec<Vec<u8>> = entries.iter().map(|e| record::key_of(&e.rel)).collect();
@@ -254,9 +250,18 @@ impl ContextHasher {
         };
         let known: Vec<Option<Recorded>> = slot.iter().map(|&s| old[s]).collect();
         let examined = self.examine_all(context.root(), &entries, &known, started_ns)?;
-        let digest = seal(sources, &entries, &examined);
-        self.entries
-            .fetch_add(entries.len() as u64, Ordering::Relaxed);
+        let mut stats = HashStats {
+            entries: entries.len() as u64,
+            ..HashStats::default()
+        };
+        for bytes in examined.iter().filter_map(|ex| ex.bytes_read) {
+            stats.files_read += 1;
+            stats.bytes_read += bytes;
+        }
+        let digest = ContextDigest {
+            digest: seal(sources, &entries, &examined),
+            stats,
+        };
 
         let Some(path) = &self.record else {
             return Ok(digest);
@@ -359,6 +364,7 @@ impl ContextHasher {
     ) -> io::Result<Examined> {
         let mut md = fs::symlink_metadata(host)?;
         let kind = Kind::of(md.file_type());
+        let mut bytes_read = None;
         let (payload, recorded) = match known {
             Some(known) if known.stamp == Stamp::of(&md) => (known.payload, Some(*known)),
             _ => {
@@ -366,10 +372,11 @@ impl ContextHasher {
                 h.update([kind.tag()]);
                 match kind {
                     Kind::File => {
-                        let (opened, content) = self.read_file(host, &md, buf)?;
+                        let (opened, content, read) = read_file(host, &md, buf)?;
                         // The stamp that goes with what was read is the open file's.
                         md = opened;
                         h.update(content);
+                        bytes_read = Some(read);
                     }
                     Kind::Symlink => field(&mut h, fs::read_link(host)?.as_os_str().as_bytes()),
                     _ => {}
@@ -394,39 +401,38 @@ impl ContextHasher {
             inode: (md.dev(), md.ino()),
             payload,
             recorded,
+            bytes_read,
         })
     }
+}
 
-    /// Reads a regular file through a descriptor that cannot be a symlink, a FIFO (which would
-    /// block) or another file than the one stat saw; returns its fstat and contents digest.
-    fn read_file(
-        &self,
-        host: &Path,
-        seen: &fs::Metadata,
-        buf: &mut [u8],
-    ) -> io::Result<(fs::Metadata, [u8; 32])> {
-        let mut file = OpenOptions::new()
-            .read(true)
-            .custom_flags(NOFOLLOW_NONBLOCK)
-            .open(host)?;
-        let md = file.metadata()?;
-        if !md.is_file() || (md.dev(), md.ino()) != (seen.dev(), seen.ino()) {
-            return Err(io::Error::other("it was replaced while kiln read it"));
-        }
-        let mut h = Sha256::new();
-        let mut total = 0u64;
-        loop {
-            let n = read_some(&mut file, buf)?;
-            if n == 0 {
-                break;
-            }
-            h.update(&buf[..n]);
-            total += n as u64;
-        }
-        self.files_read.fetch_add(1, Ordering::Relaxed);
-        self.bytes_read.fetch_add(total, Ordering::Relaxed);
-        Ok((md, h.finalize().into()))
+/// Reads a regular file through a descriptor that cannot be a symlink, a FIFO (which would
+/// block) or another file than the one stat saw; returns its fstat, the digest of its
+/// contents and how many bytes it had.
+fn read_file(
+    host: &Path,
+    seen: &fs::Metadata,
+    buf: &mut [u8],
+) -> io::Result<(fs::Metadata, [u8; 32], u64)> {
+    let mut file = OpenOptions::new()
+        .read(true)
+        .custom_flags(NOFOLLOW_NONBLOCK)
+        .open(host)?;
+    let md = file.metadata()?;
+    if !md.is_file() || (md.dev(), md.ino()) != (seen.dev(), seen.ino()) {
+        return Err(io::Error::other("it was replaced while kiln read it"));
     }
+    let mut h = Sha256::new();
+    let mut total = 0u64;
+    loop {
+        let n = read_some(&mut file, buf)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+        total += n as u64;
+    }
+    Ok((md, h.finalize().into(), total))
 }
 
 fn read_some(file: &mut File, buf: &mut [u8]) -> io::Result<usize> {
@@ -547,11 +553,15 @@ mod tests {
         context
     }
 
-    fn digest(context: &BuildContext, patterns: &[&str], exclude: Option<&str>) -> Digest {
+    fn hashed(context: &BuildContext, patterns: &[&str], exclude: Option<&str>) -> ContextDigest {
         let sources: Vec<ContextSource> =
             patterns.iter().flat_map(|p| context.sources(p)).collect();
         let exclude = exclude.map(|e| IgnoreMatcher::parse(e).unwrap());
         context.digest(&sources, exclude.as_ref()).unwrap()
+    }
+
+    fn digest(context: &BuildContext, patterns: &[&str], exclude: Option<&str>) -> Digest {
+        hashed(context, patterns, exclude).digest
     }
 
     fn put(dir: &Path, rel: &str, content: &str) {
@@ -700,9 +710,9 @@ mod tests {
             (before.len(), before.modified().unwrap()),
             (after.len(), after.modified().unwrap())
         );
-        let read_before = context.hash_stats().files_read;
-        assert_ne!(first, digest(&context, &["a.txt"], None));
-        assert_eq!(context.hash_stats().files_read, read_before + 1);
+        let again = hashed(&context, &["a.txt"], None);
+        assert_ne!(first, again.digest);
+        assert_eq!(again.stats.files_read, 1);
     }
 
     #[test]
@@ -714,21 +724,23 @@ mod tests {
         }
         let records = tempfile::tempdir().unwrap();
         let first_build = open(root, Some(records.path()));
-        let first = digest(&first_build, &["."], None);
-        assert_eq!(first_build.hash_stats().files_read, 600);
+        let first = hashed(&first_build, &["."], None);
+        assert_eq!(first.stats.files_read, 600);
+        let first = first.digest;
         // A later build, in a new process: all from the record.
         let second_build = open(root, Some(records.path()));
-        assert_eq!(digest(&second_build, &["."], None), first);
-        let stats = second_build.hash_stats();
+        let second = hashed(&second_build, &["."], None);
+        assert_eq!(second.digest, first);
+        let stats = second.stats;
         assert_eq!((stats.entries, stats.files_read), (608, 0));
         let written = fs::metadata(record::record_path(records.path(), first_build.root()));
         tick();
         put(root, "d3/f10", "changed");
         let third_build = open(root, Some(records.path()));
-        let third = digest(&third_build, &["."], None);
-        assert_ne!(third, first);
-        assert_eq!(third, digest(&open(root, None), &["."], None));
-        assert_eq!(third_build.hash_stats().files_read, 1);
+        let third = hashed(&third_build, &["."], None);
+        assert_ne!(third.digest, first);
+        assert_eq!(third.digest, digest(&open(root, None), &["."], None));
+        assert_eq!(third.stats.files_read, 1);
         let rewritten = fs::metadata(record::record_path(records.path(), first_build.root()));
         assert_ne!(
             written.unwrap().modified().unwrap(),
@@ -753,12 +765,18 @@ mod tests {
         ] {
             fs::write(&record_file, garbage).unwrap();
             let context = open(root, Some(records.path()));
-            assert_eq!(digest(&context, &["."], None), expected);
-            assert_eq!(context.hash_stats().files_read, 4);
+            let repaired = hashed(&context, &["."], None);
+            assert_eq!(
+                (repaired.digest, repaired.stats.files_read),
+                (expected.clone(), 4)
+            );
             // Rewritten whole: the next build reads nothing.
             let context = open(root, Some(records.path()));
-            assert_eq!(digest(&context, &["."], None), expected);
-            assert_eq!(context.hash_stats().files_read, 0);
+            let again = hashed(&context, &["."], None);
+            assert_eq!(
+                (again.digest, again.stats.files_read),
+                (expected.clone(), 0)
+            );
         }
     }
 
@@ -771,12 +789,13 @@ mod tests {
         symlink(outside.path().join("secret"), dir.path().join("app/escape")).unwrap();
         symlink(outside.path(), dir.path().join("app/escape-dir")).unwrap();
         let context = open(dir.path(), None);
-        let before = digest(&context, &["app"], None);
+        let before = hashed(&context, &["app"], None);
+        assert_eq!(before.stats.bytes_read, 12, "only main.rs was read");
         tick();
         put(outside.path(), "secret", "host secret 2");
         put(outside.path(), "new", "more");
-        assert_eq!(digest(&context, &["app"], None), before);
-        assert_eq!(context.hash_stats().bytes_read, 2 * 12);
+        let after = hashed(&context, &["app"], None);
+        assert_eq!((after.digest, after.stats.bytes_read), (before.digest, 12));
     }
 
     #[test]

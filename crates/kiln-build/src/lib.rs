@@ -7,7 +7,6 @@
 mod base;
 mod cache;
 mod context;
-mod context_digest;
 mod context_hash;
 mod context_record;
 mod error;
@@ -36,7 +35,7 @@ use kiln_registry::RegistryClient;
 pub use base::{BaseRef, ImageResolver, RegistryResolver, ResolvedImage};
 pub use cache::{CacheBackend, KeyLock, LocalCache, Lookup, Record, RecordLayer};
 pub use context::{BuildContext, ContextSource};
-pub use context_hash::HashStats;
+pub use context_hash::{ContextDigest, HashStats};
 pub use error::BuildError;
 pub use key::CacheKey;
 pub use lower::{lower, stages_named};
@@ -122,7 +121,9 @@ pub fn build(
     for warning in &plan.warnings {
         progress.info(warning);
     }
-    let context = BuildContext::open(&opts.context_dir, opts.ignore_file.as_deref())?;
+    // A record per context of what its files hashed to, so a rebuild reads only changes.
+    let context = BuildContext::open(&opts.context_dir, opts.ignore_file.as_deref())?
+        .with_records_in(&store.root().join("cache/context"));
     let cache = LocalCache::open(store)?;
     let solver = Solver {
         opts,
