@@ -564,8 +564,13 @@ fn a_rebuild_reads_only_the_context_files_whose_stat_changed() {
         "{}",
         stderr(&first.output)
     );
-    let records = std::fs::read_dir(env.store().join("cache/context")).unwrap();
-    assert_eq!(records.count(), 1, "one record for the one context");
+    let records = env.store().join("cache/context");
+    assert_eq!(mode(&records), 0o700, "private, as the rest of the root");
+    assert_eq!(
+        std::fs::read_dir(&records).unwrap().count(),
+        1,
+        "one record for the one context"
+    );
 
     // Nothing changed: nothing is read, everything hits.
     let second = build_in(&env.store(), &ctx, &env.path("out-2"), &[]);
