@@ -19,6 +19,10 @@
 //! - `<root>/cache/locks/<hex of the key>.lock`: held (`flock`) by the build that runs the op,
 //!   so that a second build needing the same op waits and then finds the record.
 //!
+//! Beside them, `<root>/cache/context/` holds one record per build context of what its files
+//! hashed to (see `context_record.rs`), so that computing a COPY's key reads only the files
+//! whose stat changed.
+//!
 //! A record is only a hit while its blob (of the recorded size) and its layer dir exist: one
 //! that is unreadable or whose layer went missing is reported as [`Lookup::Unusable`] (the
 //! build warns, runs the op again and writes the record anew).

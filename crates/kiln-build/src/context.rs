@@ -4,12 +4,15 @@ use std::path::{Component, Path, PathBuf};
 use kiln_dockerfile::IgnoreMatcher;
 
 use crate::BuildError;
+use crate::context_hash::{ContextDigest, ContextHasher};
+use crate::context_record;
 
 /// The build context: a directory, seen through `.dockerignore`. Paths never leave it: `..`
 /// stops at its root and symlinks are resolved as if the context were `/`.
 pub struct BuildContext {
     root: PathBuf,
     ignore: Option<IgnoreMatcher>,
+    pub(crate) hasher: ContextHasher,
 }
 
 /// A COPY source found in the context.
@@ -59,16 +62,89 @@ impl BuildContext {
             }
             _ => None,
         };
-        Ok(BuildContext { root, ignore })
+        Ok(BuildContext {
+            root,
+            ignore,
+            hasher: ContextHasher::new(None),
+        })
+    }
+
+    /// Keeps this context's record of file digests in `records` (for instance
+    /// `<kiln root>/cache/context`; created when first written), in a file named after the
+    /// context's canonical path, so that [`BuildContext::digest`] re-reads only the files whose
+    /// stat changed since an earlier build. Without it, every digest reads every file.
+    pub fn with_records_in(mut self, records: &Path) -> BuildContext {
+        let record = context_record::record_path(records, &self.root);
+        self.hasher = ContextHasher::new(Some(record));
+        self
     }
 
     pub fn root(&self) -> &Path {
         &self.root
     }
 
+    /// The content digest of what a COPY/ADD takes from `sources` (the results of
+    /// [`BuildContext::sources`] for its patterns, in order), after `.dockerignore` and the
+    /// `--exclude` matcher: the same as long as every entry that would be copied has the same
+    /// path, type, mode, contents, link target and xattrs, whatever the order the OS lists
+    /// them in and whatever their mtimes and owners; with what it took to compute (entries
+    /// looked at, files read). See the `context_hash` module.
+    pub fn digest(
+        &self,
+        sources: &[ContextSource],
+        exclude: Option<&IgnoreMatcher>,
+    ) -> Result<ContextDigest, BuildError> {
+        self.hasher.digest(self, sources, exclude)
+    }
+
+    /// Whether a COPY of `source` with the `--exclude` matcher `exclude` takes the entry at
+    /// `inner` (a path inside a directory source; empty for the source itself). The copy's
+    /// walk and [`BuildContext::digest`] both decide with this, so the digest covers exactly
+    /// what is copied.
+    pub fn copy_takes(
+        &self,
+        source: &ContextSource,
+        exclude: Option<&IgnoreMatcher>,
+        inner: &Path,
+    ) -> bool {
+        match inner.as_os_str().is_empty() {
+            true => {
+                let is_dir = fs::symlink_metadata(&source.host_path).is_ok_and(|m| m.is_dir());
+                self.takes_source(source, exclude, is_dir)
+            }
+            false => self.takes_inside(source, exclude, inner),
+        }
+    }
+
+    /// `--exclude` filters what is inside a directory source, and drops a non-directory source
+    /// whose name it matches.
+    pub(crate) fn takes_source(
+        &self,
+        source: &ContextSource,
+        exclude: Option<&IgnoreMatcher>,
+        is_dir: bool,
+    ) -> bool {
+        exclude_lets_source(exclude, source.rel.rsplit('/').next().unwrap_or(""), is_dir)
+    }
+
+    /// `--exclude` matches paths relative to the source; `.dockerignore` relative to the
+    /// context root.
+    pub(crate) fn takes_inside(
+        &self,
+        source: &ContextSource,
+        exclude: Option<&IgnoreMatcher>,
+        inner: &Path,
+    ) -> bool {
+        if exclude.is_none() && self.ignore.is_none() {
+            return true;
+        }
+        exclude_lets_inside(exclude, inner)
+            && self.shows_inside(&source.rel, &source.host_path, inner)
+    }
+
     /// Whether `.dockerignore` lets the entry at `inner` (relative to a directory source
     /// found by [`BuildContext::sources`], with its `rel` and `host_path`) into the context.
-    pub fn shows_inside(&self, source_rel: &str, source_host: &Path, inner: &Path) -> bool {
+    fn shows_inside(&self, source_rel: &str, source_host: &Path, inner: &Path) -> bool {
         let inner_rel = inner.to_string_lossy();
         let rel = match source_rel.is_empty() {
             true => inner_rel.into_owned(),
@@ -175,20 +251,46 @@ impl BuildContext {
     }
 }
 
+/// Whether the `--exclude` matcher `exclude` lets a COPY take a source named `name` (its last
+/// path component): a directory source always (what is inside is filtered), another source
+/// unless its name is excluded. For the context, [`BuildContext::copy_takes`] adds
+/// `.dockerignore`; a stage or image source has only this.
+pub(crate) fn exclude_lets_source(
+    exclude: Option<&IgnoreMatcher>,
+    name: &str,
+    is_dir: bool,
+) -> bool {
+    is_dir || !exclude.is_some_and(|m| m.is_excluded(name))
+}
+
+/// Whether the `--exclude` matcher lets a COPY take the entry at `inner` (relative to a
+/// directory source).
+pub(crate) fn exclude_lets_inside(exclude: Option<&IgnoreMatcher>, inner: &Path) -> bool {
+    !exclude.is_some_and(|m| m.is_excluded(&inner.to_string_lossy()))
+}
+
 /// Whether the excluded directory `rel_dir` (on the host at `host_dir`) holds an entry that an
-/// exception pattern re-includes, at any depth.
+/// exception pattern re-includes, at any depth. An explicit stack: the context is untrusted
+/// and may be deeper than the call stack.
 fn holds_reincluded(ignore: &IgnoreMatcher, rel_dir: &str, host_dir: &Path) -> bool {
-    let is_dir = fs::symlink_metadata(host_dir).is_ok_and(|m| m.is_dir());
-    if !is_dir || !ignore.may_reinclude_under(rel_dir) {
-        return false;
+    let mut pending = vec![(rel_dir.to_string(), host_dir.to_path_buf())];
+    while let Some((rel_dir, host_dir)) = pending.pop() {
+        let is_dir = fs::symlink_metadata(&host_dir).is_ok_and(|m| m.is_dir());
+        if !is_dir || !ignore.may_reinclude_under(&rel_dir) {
+            continue;
+        }
+        let Ok(entries) = fs::read_dir(&host_dir) else {
+            continue;
+        };
+        for entry in entries.filter_map(Result::ok) {
+            let rel = format!("{rel_dir}/{}", entry.file_name().to_string_lossy());
+            if !ignore.is_excluded(&rel) {
+                return true;
+            }
+            pending.push((rel, entry.path()));
+        }
     }
-    let Ok(entries) = fs::read_dir(host_dir) else {
-        return false;
-    };
-    entries.filter_map(Result::ok).any(|entry| {
-        let rel = format!("{rel_dir}/{}", entry.file_name().to_string_lossy());
-        !ignore.is_excluded(&rel) || holds_reincluded(ignore, &rel, &entry.path())
-    })
+    false
 }
 
 #[cfg(test)]

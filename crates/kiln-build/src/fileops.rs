@@ -5,11 +5,12 @@
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
+use kiln_dockerfile::IgnoreMatcher;
 use kiln_snapshot::{Chmod, CopyOptions, LayerStack};
 use sha2::{Digest as _, Sha256};
 
 use crate::BuildError;
-use crate::context::BuildContext;
+use crate::context::{self, BuildContext, ContextSource};
 use crate::plan::{Copy, CopySource};
 use crate::rules::{join_image_path, kept_by_parents, names_a_directory};
 
@@ -175,6 +176,9 @@ impl std::io::Write for HashingWriter<'_> {
 /// What one COPY/ADD reads besides the plan.
 pub(crate) struct CopyInputs<'a> {
     pub context: &'a BuildContext,
+    /// Per source of the COPY, what a context path source found in the context (as its cache
+    /// key's digest covered it); empty for other sources.
+    pub found: &'a [&'a [ContextSource]],
     /// The image below the destination.
     pub below: &'a LayerStack,
     /// The `--from` stage's or image's filesystem.
@@ -186,25 +190,25 @@ pub(crate) struct CopyInputs<'a> {
 }
 
 /// A COPY/ADD source ready on the host.
-struct Resolved {
+struct Resolved<'a> {
     host: PathBuf,
     /// Its name in a destination directory.
     name: String,
-    /// Its context-relative path, for `.dockerignore` (context sources only).
-    context_rel: Option<String>,
+    /// What it is in the context (context sources only), for what the copy takes of it.
+    context: Option<&'a ContextSource>,
     /// What `--parents` keeps of its path under the destination.
     kept_path: String,
     /// Whether ADD extracts it, if it turns out to be an archive.
     unpack: bool,
 }
 
-impl Resolved {
-    fn new(host: PathBuf, name: String, unpack: bool) -> Resolved {
+impl Resolved<'_> {
+    fn new<'a>(host: PathBuf, name: String, unpack: bool) -> Resolved<'a> {
         Resolved {
             host,
             kept_path: name.clone(),
             name,
-            context_rel: None,
+            context: None,
             unpack,
         }
     }
@@ -256,13 +260,7 @@ pub(crate) fn copy(
     layer: &Path,
     errors: &dyn OpErrors,
 ) -> Result<u64, BuildError> {
-    let exclude = match copy.excludes.is_empty() {
-        true => None,
-        false => Some(
-            kiln_dockerfile::IgnoreMatcher::parse(&copy.excludes.join("\n"))
-                .map_err(|e| errors.err(format!("--exclude: {e}")))?,
-        ),
-    };
+    let exclude = excludes(copy, errors)?;
     let chmod = copy
         .chmod
         .as_deref()
@@ -314,19 +312,15 @@ pub(crate) fn copy(
             }
             CopySource::Path(src) => match inputs.from {
                 None => {
-                    let found = inputs.context.sources(src);
-                    if found.is_empty() {
-                        return Err(errors.missing(src, inputs.context.root()));
-                    }
-                    for f in found {
+                    for f in inputs.found[i] {
                         let name = f.rel.rsplit('/').next().unwrap_or("").to_string();
                         let mut r = Resolved::new(
-                            f.host_path,
+                            f.host_path.clone(),
                             name,
                             copy.add && copy.unpack != Some(false),
                         );
                         r.kept_path = kept_by_parents(src, &f.rel);
-                        r.context_rel = Some(f.rel);
+                        r.context = Some(f);
                         resolved.push(r);
                     }
                 }
@@ -369,6 +363,18 @@ pub(crate) fn copy(
         let is_dir = std::fs::metadata(&r.host)
             .map(|m| m.is_dir())
             .unwrap_or(false);
+        // What --exclude (and for the context, .dockerignore) lets through; a dropped archive
+        // is not unpacked either. For the context this is the rule its digest followed.
+        let takes = |inner: &Path| match r.context {
+            Some(source) => inputs.context.copy_takes(source, exclude.as_ref(), inner),
+            None if inner.as_os_str().is_empty() => {
+                context::exclude_lets_source(exclude.as_ref(), &r.name, is_dir)
+            }
+            None => context::exclude_lets_inside(exclude.as_ref(), inner),
+        };
+        if !takes(Path::new("")) {
+            continue;
+        }
         let (target, dir_target) = if copy.parents {
             let kept = join_image_path(dest_path, &r.kept_path);
             let parent = kept.rsplit_once('/').map_or("/", |(p, _)| p).to_string();
@@ -409,31 +415,31 @@ pub(crate) fn copy(
                 continue;
             }
         }
-        if !is_dir && exclude.as_ref().is_some_and(|m| m.is_excluded(&r.name)) {
-            continue;
-        }
-        let filter_fn = |p: &Path| -> bool {
-            let inner = p.to_string_lossy();
-            if exclude.as_ref().is_some_and(|m| m.is_excluded(&inner)) {
-                return false;
-            }
-            match &r.context_rel {
-                Some(rel) => inputs.context.shows_inside(rel, &r.host, p),
-                None => true,
-            }
-        };
         let opts = CopyOptions {
             chown: owner,
             // Files from a stage or an image keep their owners; the context's are root's.
             keep_owner: inputs.from.is_some(),
             chmod: chmod.clone(),
-            filter: Some(&filter_fn),
+            filter: Some(&takes),
         };
         entries +=
             kiln_snapshot::copy_into_layer(&r.host, layer, Path::new(&target), copy_below, &opts)
                 .map_err(|e| errors.err(e.to_string()))?;
     }
     Ok(entries)
+}
+
+/// The `--exclude` patterns of `copy` as one matcher, if it has any.
+pub(crate) fn excludes(
+    copy: &Copy,
+    errors: &dyn OpErrors,
+) -> Result<Option<IgnoreMatcher>, BuildError> {
+    match copy.excludes.is_empty() {
+        true => Ok(None),
+        false => IgnoreMatcher::parse(&copy.excludes.join("\n"))
+            .map(Some)
+            .map_err(|e| errors.err(format!("--exclude: {e}"))),
+    }
 }
 
 /// Makes WORKDIR `dir` in `layer` (an empty dir) unless the image below has it, owned by
@@ -541,6 +547,115 @@ mod tests {
             resolve_owner("root:staff", &stack, UnknownName::Refused),
             Err("the image's /etc/group is a directory, not a regular file".to_string())
         );
+    }
+
+    struct Errors;
+
+    impl OpErrors for Errors {
+        fn err(&self, message: String) -> BuildError {
+            BuildError::Io {
+                context: message,
+                source: std::io::Error::other("in the test"),
+            }
+        }
+
+        fn missing(&self, source: &str, _: &Path) -> BuildError {
+            self.err(format!("{source} is missing"))
+        }
+    }
+
+    /// Everything below `dir`, relative, sorted.
+    fn tree(dir: &Path) -> Vec<String> {
+        let mut found = Vec::new();
+        let mut pending = vec![dir.to_path_buf()];
+        while let Some(d) = pending.pop() {
+            for entry in std::fs::read_dir(&d).unwrap() {
+                let path = entry.unwrap().path();
+                found.push(path.strip_prefix(dir).unwrap().display().to_string());
+                if path.is_dir() {
+                    pending.push(path);
+                }
+            }
+        }
+        found.sort();
+        found
+    }
+
+    /// What ADD takes of the context is what its cache key's digest covered: `.dockerignore`
+    /// and `--exclude` decide both, and an archive `--exclude` drops is not unpacked (it
+    /// used to be, while the digest left it out, so changing it kept the stale layer).
+    #[test]
+    fn add_takes_what_the_context_digest_covered() {
+        let ctx = tempfile::tempdir().unwrap();
+        let put = |rel: &str, content: &[u8]| {
+            let path = ctx.path().join(rel);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, content).unwrap();
+        };
+        put("app/main.rs", b"fn main() {}");
+        put("app/debug.log", b"log");
+        put("app/secret.env", b"TOKEN=1");
+        put(".dockerignore", b"**/*.env\n");
+        let archive = |content: &[u8]| {
+            let mut tar = tar::Builder::new(Vec::new());
+            let mut header = tar::Header::new_gnu();
+            header.set_size(content.len() as u64);
+            header.set_mode(0o644);
+            tar.append_data(&mut header, "unpacked.txt", content)
+                .unwrap();
+            tar.into_inner().unwrap()
+        };
+        put("pkg.tar", &archive(b"one"));
+        let context =
+            BuildContext::open(ctx.path(), Some(&ctx.path().join(".dockerignore"))).unwrap();
+        let add = Copy {
+            add: true,
+            sources: vec![
+                CopySource::Path("app".into()),
+                CopySource::Path("pkg.tar".into()),
+            ],
+            from: None,
+            dest: "/dst/".into(),
+            dest_path: "/dst".into(),
+            chown: None,
+            chmod: None,
+            link: false,
+            parents: false,
+            unpack: None,
+            excludes: vec!["*.log".into(), "*.tar".into()],
+            checksum: None,
+            source_date_epoch: None,
+        };
+        let found: Vec<Vec<ContextSource>> = ["app", "pkg.tar"].map(|p| context.sources(p)).into();
+        let exclude = excludes(&add, &Errors).unwrap();
+        let all: Vec<ContextSource> = ["app", "pkg.tar"]
+            .iter()
+            .flat_map(|p| context.sources(p))
+            .collect();
+        let digest = || context.digest(&all, exclude.as_ref()).unwrap().digest;
+        let before = digest();
+
+        let scratch = tempfile::tempdir().unwrap();
+        let layer = tempfile::tempdir().unwrap();
+        let below = LayerStack::new(Vec::new());
+        let inputs = CopyInputs {
+            context: &context,
+            found: &found.iter().map(Vec::as_slice).collect::<Vec<_>>(),
+            below: &below,
+            from: None,
+            downloaded: &[],
+            scratch: scratch.path(),
+        };
+        copy(&add, &inputs, layer.path(), &Errors).unwrap();
+        assert_eq!(tree(layer.path()), ["dst", "dst/main.rs"]);
+
+        // Neither the copy nor the digest looks at what they leave out.
+        put("pkg.tar", &archive(b"two"));
+        put("app/debug.log", b"more log");
+        put("app/secret.env", b"TOKEN=2");
+        assert_eq!(digest(), before);
+        put("app/main.rs", b"fn main() { }");
+        assert_ne!(digest(), before);
     }
 
     #[test]

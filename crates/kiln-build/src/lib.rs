@@ -8,7 +8,8 @@
 mod base;
 mod cache;
 mod context;
-mod context_digest;
+mod context_hash;
+mod context_record;
 mod error;
 mod export;
 mod fileops;
@@ -38,7 +39,8 @@ use kiln_registry::RegistryClient;
 
 pub use base::{BaseRef, ImageResolver, RegistryResolver, ResolvedImage};
 pub use cache::{CacheBackend, KeyLock, LocalCache, Lookup, Record, RecordLayer};
-pub use context::BuildContext;
+pub use context::{BuildContext, ContextSource};
+pub use context_hash::{ContextDigest, HashStats};
 pub use error::BuildError;
 pub use export::{StoreSource, deliver};
 pub use key::CacheKey;
@@ -136,7 +138,9 @@ pub fn build(
     if let Err(e) = usage::note_base_images(store, &plan) {
         progress.warning(&e.to_string());
     }
-    let context = BuildContext::open(&opts.context_dir, opts.ignore_file.as_deref())?;
+    // A record per context of what its files hashed to, so a rebuild reads only changes.
+    let context = BuildContext::open(&opts.context_dir, opts.ignore_file.as_deref())?
+        .with_records_in(&store.root().join("cache/context"));
     let cache = LocalCache::open(store)?;
     let solver = Solver {
         opts,

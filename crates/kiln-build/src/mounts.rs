@@ -176,7 +176,8 @@ fn copy_from_context(context: &BuildContext, source: &str, dest: &Path) -> Resul
             (Path::new("/").join(name), dest.join(name))
         }
     };
-    let filter = |path: &Path| context.shows_inside(&found.rel, &found.host_path, path);
+    // What COPY takes of it, as the step's cache key hashed it.
+    let filter = |path: &Path| context.copy_takes(found, None, path);
     let options = CopyOptions {
         filter: Some(&filter),
         ..Default::default()

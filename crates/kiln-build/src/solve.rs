@@ -9,6 +9,7 @@
 //! their next op, and the failure that caused it is reported rather than the cancellations.
 
 use std::collections::HashMap;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -21,8 +22,8 @@ use serde::Serialize;
 
 use crate::base::{self, ImageResolver, ResolvedImage};
 use crate::cache::{CacheBackend, Lookup, Record, RecordLayer};
-use crate::context::BuildContext;
-use crate::context_digest::context_digest;
+use crate::context::{BuildContext, ContextSource};
+use crate::context_hash::{ContextDigest, HashStats};
 use crate::fileops::{self, CopyInputs, OpErrors};
 use crate::key::CacheKey;
 use crate::mounts::{self, MountInputs};
@@ -117,9 +118,26 @@ struct Done {
 struct Reads {
     /// Content digests, in a fixed order: they are part of the cache key.
     digests: Vec<String>,
+    /// What the op's context paths found in the context, in order: what the digest covered,
+    /// and what the copy takes.
+    context_sources: Vec<ContextSource>,
+    /// Per COPY source, its part of `context_sources` (empty for other sources).
+    found: Vec<Range<usize>>,
+    /// What hashing the context took, shown with the step.
+    hashed: Option<HashStats>,
     /// ADD URLs fetched to learn their digest, for the op to use if it runs.
     downloaded: Vec<(String, PathBuf)>,
     scratch: Option<tempfile::TempDir>,
+}
+
+impl Reads {
+    fn add_context(&mut self, hashed: ContextDigest) {
+        self.digests.push(hashed.digest.to_string());
+        let total = self.hashed.get_or_insert_default();
+        total.entries += hashed.stats.entries;
+        total.files_read += hashed.stats.files_read;
+        total.bytes_read += hashed.stats.bytes_read;
+    }
 }
 
 /// The key of what `Exec`, `Copy` or `Mkdir` reads and is, for the cache.
@@ -375,6 +393,7 @@ impl Solving<'_, '_> {
         if self.looks_up(op) {
             let mut warned = false;
             if let Some(done) = self.hit(op, &key, inputs, started, &mut warned) {
+                self.show_hashed(&reads);
                 return Ok(done);
             }
             // Another build may be running this op: wait for it, then look again.
@@ -385,12 +404,14 @@ impl Solving<'_, '_> {
                 ))
             })?);
             if let Some(done) = self.hit(op, &key, inputs, started, &mut warned) {
+                self.show_hashed(&reads);
                 return Ok(done);
             }
         }
         let label = Self::label(op);
         let shown = op.origin.shown.as_deref().unwrap_or(&op.origin.text);
         self.progress().step_start(&label, shown);
+        self.show_hashed(&reads);
         let parent = &inputs[0];
         let (layer, note, emulated) = match &op.kind {
             OpKind::Exec(exec) => self.exec(op, exec, inputs, &label)?,
@@ -440,6 +461,25 @@ impl Solving<'_, '_> {
             StepKind::Ran,
         );
         Ok(self.done_with(parent, layer, record.created, &key))
+    }
+
+    /// Under the step's line: how much of the build context its key took reading (a rebuild
+    /// reads only the files whose stat changed).
+    fn show_hashed(&self, reads: &Reads) {
+        if let Some(stats) = reads.hashed {
+            let files = match stats.files_read {
+                1 => "1 file".to_string(),
+                n => format!("{n} files"),
+            };
+            let bytes = match stats.bytes_read {
+                0 => String::new(),
+                n => format!(" ({})", human_bytes(n)),
+            };
+            self.progress().detail(&format!(
+                "build context: {} entries checked, {files} read{bytes}",
+                stats.entries
+            ));
+        }
     }
 
     /// The op's result from the cache, if its record is usable (and shown as CACHED). An
@@ -510,43 +550,50 @@ impl Solving<'_, '_> {
     /// mounts, and the body of an ADD URL without a checksum (downloaded now).
     fn reads(&self, op: &Op) -> Result<Reads, BuildError> {
         let mut reads = Reads::default();
-        let context = |pattern: &str, excludes: &[String]| -> Result<String, BuildError> {
-            match context_digest(self.s.context, pattern, excludes) {
-                Ok(Some(digest)) => Ok(digest.to_string()),
-                Ok(None) => Err(self.at(op).missing(pattern, self.s.context.root())),
-                Err(e) => Err(BuildError::io(format!(
-                    "reading {pattern} in the build context {}",
-                    self.s.context.root().display()
-                ))(e)),
-            }
-        };
         match &op.kind {
             OpKind::Copy(copy) => {
                 for source in &copy.sources {
-                    match source {
-                        CopySource::Path(pattern) if copy.from.is_none() => {
-                            reads.digests.push(context(pattern, &copy.excludes)?);
+                    let start = reads.context_sources.len();
+                    if let CopySource::Path(pattern) = source
+                        && copy.from.is_none()
+                    {
+                        let found = self.s.context.sources(pattern);
+                        if found.is_empty() {
+                            return Err(self.at(op).missing(pattern, self.s.context.root()));
                         }
-                        CopySource::Url(url) if copy.checksum.is_none() => {
-                            let scratch = match &reads.scratch {
-                                Some(dir) => dir.path().to_path_buf(),
-                                None => {
-                                    let dir = self.s.store.temp_dir("download-")?;
-                                    let path = dir.path().to_path_buf();
-                                    reads.scratch = Some(dir);
-                                    path
-                                }
-                            };
-                            let own = scratch.join(reads.downloaded.len().to_string());
-                            std::fs::create_dir(&own)
-                                .map_err(BuildError::io("creating a download dir"))?;
-                            self.progress().detail(&format!("downloading {url}"));
-                            let (host, digest) = fileops::download(url, None, &own)
-                                .map_err(|m| self.at(op).err(m))?;
-                            reads.digests.push(digest);
-                            reads.downloaded.push((url.clone(), host));
-                        }
-                        _ => {}
+                        reads.context_sources.extend(found);
+                    }
+                    reads.found.push(start..reads.context_sources.len());
+                }
+                if !reads.context_sources.is_empty() {
+                    let exclude = fileops::excludes(copy, &self.at(op))?;
+                    let hashed = self
+                        .s
+                        .context
+                        .digest(&reads.context_sources, exclude.as_ref())?;
+                    reads.add_context(hashed);
+                }
+                for source in &copy.sources {
+                    if let CopySource::Url(url) = source
+                        && copy.checksum.is_none()
+                    {
+                        let scratch = match &reads.scratch {
+                            Some(dir) => dir.path().to_path_buf(),
+                            None => {
+                                let dir = self.s.store.temp_dir("download-")?;
+                                let path = dir.path().to_path_buf();
+                                reads.scratch = Some(dir);
+                                path
+                            }
+                        };
+                        let own = scratch.join(reads.downloaded.len().to_string());
+                        std::fs::create_dir(&own)
+                            .map_err(BuildError::io("creating a download dir"))?;
+                        self.progress().detail(&format!("downloading {url}"));
+                        let (host, digest) =
+                            fileops::download(url, None, &own).map_err(|m| self.at(op).err(m))?;
+                        reads.digests.push(digest);
+                        reads.downloaded.push((url.clone(), host));
                     }
                 }
             }
@@ -554,8 +601,14 @@ impl Solving<'_, '_> {
                 for mount in &exec.mounts {
                     if mount.mount.kind == kiln_dockerfile::MountType::Bind && mount.from.is_none()
                     {
+                        // The mount copies what COPY would take of its source (see mounts.rs).
                         let source = mount.mount.source.as_deref().unwrap_or(".");
-                        reads.digests.push(context(source, &[])?);
+                        let found = self.s.context.sources(source);
+                        if found.is_empty() {
+                            return Err(self.at(op).missing(source, self.s.context.root()));
+                        }
+                        let hashed = self.s.context.digest(&found, None)?;
+                        reads.add_context(hashed);
                     }
                 }
             }
@@ -801,8 +854,14 @@ impl Solving<'_, '_> {
         let scratch = self.s.store.temp_dir("copy-")?;
         let layer = scratch.path().join("layer");
         std::fs::create_dir(&layer).map_err(BuildError::io("creating a COPY layer dir"))?;
+        let found: Vec<&[ContextSource]> = reads
+            .found
+            .iter()
+            .map(|range| &reads.context_sources[range.clone()])
+            .collect();
         let copy_inputs = CopyInputs {
             context: self.s.context,
+            found: &found,
             below: &below,
             from: from.as_ref(),
             downloaded: &reads.downloaded,
@@ -884,6 +943,21 @@ impl Solving<'_, '_> {
             layers,
         })
     }
+}
+
+/// `n` bytes in binary units, for people.
+fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    if n < 1024 {
+        return format!("{n} B");
+    }
+    let mut value = n as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
 }
 
 /// Sets `KEY=value` in `env`: in place of an earlier `KEY=`, else at the end.

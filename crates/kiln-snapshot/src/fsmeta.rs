@@ -72,6 +72,14 @@ pub(crate) fn list_xattrs(path: &Path) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
     Ok(out)
 }
 
+/// The extended attributes a COPY carries from `path` (not following a final symlink) into a
+/// layer, sorted by name: all but overlayfs' own bookkeeping.
+pub fn copied_xattrs(path: &Path) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    let mut xattrs = list_xattrs(path)?;
+    xattrs.retain(|(name, _)| !is_overlay_xattr(name));
+    Ok(xattrs)
+}
+
 /// One extended attribute, `None` if absent.
 pub(crate) fn get_xattr(path: &Path, name: &[u8]) -> io::Result<Option<Vec<u8>>> {
     let c = cpath(path)?;
@@ -114,8 +122,7 @@ pub(crate) struct EntryMeta {
 impl EntryMeta {
     /// Mode, owner, mtime and non-overlay xattrs of an existing entry.
     pub(crate) fn of(path: &Path, md: &Metadata) -> io::Result<EntryMeta> {
-        let mut xattrs = list_xattrs(path)?;
-        xattrs.retain(|(name, _)| !is_overlay_xattr(name));
+        let xattrs = copied_xattrs(path)?;
         Ok(EntryMeta {
             mode: md.mode() & 0o7777,
             uid: md.uid(),

@@ -28,6 +28,7 @@ pub use chmod::{Chmod, ChmodError};
 pub use copy::{CopyOptions, copy_into_layer, mkdir_in_layer};
 pub use decompress::{Compression, DecompressError, MAX_HISTORY_MIB, decompress};
 pub use extract::{ExtractStats, extract_layer};
+pub use fsmeta::copied_xattrs;
 pub use stack::LayerStack;
 pub use write::{LayerBlob, LayerOptions, write_layer};
 

@@ -476,3 +476,111 @@ fn small_ctx(env: &Env) -> PathBuf {
         &[("Dockerfile", "FROM $REG/busybox\nRUN echo small > /small\n")],
     )
 }
+
+/// A COPY and a RUN's bind mount of the same 300 context files.
+const HASHED_CONTEXT: &str = "FROM $REG/busybox\n\
+     COPY src /src\n\
+     RUN --mount=type=bind,source=src,target=/m cat /m/f7 /m/f8 > /mounted\n";
+
+/// What each step said it read of the build context (`N entries checked, M files read`).
+fn context_reads(build: &Build) -> Vec<String> {
+    stderr(&build.output)
+        .lines()
+        .filter_map(|l| l.strip_prefix("  - build context: "))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Files changed within 2 s of being hashed are read again next time (their coarse
+/// timestamps could hide a second change); the test lets each change settle, as a checkout
+/// usually has long before its build.
+fn settle() {
+    std::thread::sleep(Duration::from_millis(2100));
+}
+
+/// Rewrites `path` with `content` of the same size and gives it back its old mtime.
+fn rewrite_keeping_size_and_mtime(path: &Path, content: &str, replace: bool) {
+    let before = std::fs::metadata(path).unwrap();
+    assert_eq!(before.len(), content.len() as u64);
+    let written = match replace {
+        // A new file (a new inode) renamed over the old one, as editors save.
+        true => path.with_extension("new"),
+        false => path.to_path_buf(),
+    };
+    std::fs::write(&written, content).unwrap();
+    let file = std::fs::File::options().write(true).open(&written).unwrap();
+    file.set_modified(before.modified().unwrap()).unwrap();
+    if replace {
+        std::fs::rename(&written, path).unwrap();
+    }
+    let after = std::fs::metadata(path).unwrap();
+    assert_eq!(
+        (after.len(), after.modified().unwrap()),
+        (before.len(), before.modified().unwrap())
+    );
+}
+
+#[test]
+fn a_rebuild_reads_only_the_context_files_whose_stat_changed() {
+    let env = Env::new();
+    let names: Vec<(String, String)> = (0..300)
+        .map(|i| (format!("src/f{i}"), format!("file {i:03}\n")))
+        .collect();
+    let mut files: Vec<(&str, &str)> = vec![("Dockerfile", HASHED_CONTEXT)];
+    files.extend(names.iter().map(|(n, c)| (n.as_str(), c.as_str())));
+    let ctx = env.context("ctx", &files);
+    settle();
+    let first = build_in(&env.store(), &ctx, &env.path("out-1"), &[]);
+    // The COPY reads every file; the RUN's mount of the same files finds them all recorded.
+    assert_eq!(
+        context_reads(&first),
+        [
+            "301 entries checked, 300 files read (2.6 KiB)",
+            "301 entries checked, 0 files read"
+        ],
+        "{}",
+        stderr(&first.output)
+    );
+    let records = env.store().join("cache/context");
+    assert_eq!(mode(&records), 0o700, "private, as the rest of the root");
+    assert_eq!(
+        std::fs::read_dir(&records).unwrap().count(),
+        1,
+        "one record for the one context"
+    );
+
+    // Nothing changed: nothing is read, everything hits.
+    let second = build_in(&env.store(), &ctx, &env.path("out-2"), &[]);
+    assert_eq!((second.ran, second.cached), (0, 2));
+    assert_eq!(
+        context_reads(&second),
+        ["301 entries checked, 0 files read"; 2]
+    );
+    assert_eq!(first.index, second.index);
+
+    // Same size, same mtime, new content: the ctime (in place) or the inode (replaced)
+    // gives it away, so the file is read and the COPY and the RUN run again.
+    let work = env.path("unpacked");
+    for (round, (name, content, replace)) in
+        [("f7", "FILE 007\n", false), ("f8", "FILE 008\n", true)]
+            .into_iter()
+            .enumerate()
+    {
+        rewrite_keeping_size_and_mtime(&ctx.join("src").join(name), content, replace);
+        settle();
+        let dest = env.path(&format!("out-changed-{round}"));
+        let changed = build_in(&env.store(), &ctx, &dest, &[]);
+        let err = stderr(&changed.output);
+        assert_eq!((changed.ran, changed.cached), (2, 0), "{name}: {err}");
+        assert_eq!(
+            context_reads(&changed),
+            [
+                "301 entries checked, 1 file read (9 B)",
+                "301 entries checked, 0 files read"
+            ],
+            "{name}: {err}"
+        );
+        assert_eq!(file_in(&dest, &work, &format!("/src/{name}")), content);
+        assert!(file_in(&dest, &work, "/mounted").contains(content));
+    }
+}
