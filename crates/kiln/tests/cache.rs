@@ -6,7 +6,7 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -60,32 +60,15 @@ impl Build {
     }
 }
 
-/// `kiln build -t app:1 -o type=oci,dest=DEST,tar=false [extra] CTX` on the kiln root `root`.
-fn build_command(root: &Path, ctx: &Path, dest: &Path, extra: &[&str]) -> Command {
-    let dest_spec = format!("type=oci,dest={},tar=false", dest.display());
-    let mut args = vec!["build", "-t", "app:1", "-o", &dest_spec];
-    args.extend_from_slice(extra);
-    args.push(ctx.to_str().unwrap());
-    kiln_command(root, &args)
-}
-
 fn build_in(root: &Path, ctx: &Path, dest: &Path, extra: &[&str]) -> Build {
-    let output = build_command(root, ctx, dest, extra).output().unwrap();
+    let output = oci_build_command(root, ctx, dest, extra).output().unwrap();
     assert_ok(&output);
     summarize(output, dest)
 }
 
 fn summarize(output: Output, dest: &Path) -> Build {
     let err = stderr(&output);
-    let summary = err
-        .lines()
-        .find_map(|l| l.strip_prefix("build summary: "))
-        .unwrap_or_else(|| panic!("no build summary:\n{err}"));
-    // "N steps ran, M cached"
-    let numbers: Vec<usize> = summary
-        .split([' ', ','])
-        .filter_map(|w| w.parse().ok())
-        .collect();
+    let (ran, cached) = ran_and_cached(&err);
     let cached_steps = err
         .lines()
         .filter_map(|l| l.strip_prefix("CACHED "))
@@ -94,8 +77,8 @@ fn summarize(output: Output, dest: &Path) -> Build {
     let index = std::fs::read(dest.join("index.json")).unwrap();
     Build {
         output,
-        ran: numbers[0],
-        cached: numbers[1],
+        ran,
+        cached,
         cached_steps,
         index: format!("sha256:{}", sha256_hex(&index)),
     }
@@ -304,7 +287,7 @@ fn two_builds_on_one_root_at_once_both_succeed_and_share_the_work() {
         ],
     );
     let spawn = |dest: &str| {
-        build_command(&env.store(), &ctx, &env.path(dest), &[])
+        oci_build_command(&env.store(), &ctx, &env.path(dest), &[])
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -338,7 +321,7 @@ fn a_build_killed_during_a_run_leaves_a_root_the_next_build_uses() {
             "FROM $REG/busybox\nCOPY f /f\nRUN touch /started && sleep 30 && echo done > /done\n",
         ), ("f", "f\n")],
     );
-    let mut child = build_command(&env.store(), &ctx, &env.path("out-1"), &[])
+    let mut child = oci_build_command(&env.store(), &ctx, &env.path("out-1"), &[])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()

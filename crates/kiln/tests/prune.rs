@@ -28,32 +28,13 @@ struct Build {
 }
 
 fn build(root: &Path, ctx: &Path, dest: &Path) -> Build {
-    let dest_spec = format!("type=oci,dest={},tar=false", dest.display());
-    let output = kiln_with_root(
-        root,
-        &[
-            "build",
-            "-t",
-            "app:1",
-            "-o",
-            &dest_spec,
-            ctx.to_str().unwrap(),
-        ],
-    );
+    let output = oci_build_command(root, ctx, dest, &[]).output().unwrap();
     assert_ok(&output);
-    let err = stderr(&output);
-    let summary = err
-        .lines()
-        .find_map(|l| l.strip_prefix("build summary: "))
-        .unwrap_or_else(|| panic!("no build summary:\n{err}"));
-    let numbers: Vec<usize> = summary
-        .split([' ', ','])
-        .filter_map(|w| w.parse().ok())
-        .collect();
+    let (ran, cached) = ran_and_cached(&stderr(&output));
     Build {
         output,
-        ran: numbers[0],
-        cached: numbers[1],
+        ran,
+        cached,
     }
 }
 
@@ -340,22 +321,11 @@ fn cache_mounts_are_entries_whose_last_use_is_their_last_mount() {
 
 /// Spawns `kiln build` of `ctx` into `dest`, its output captured.
 fn spawn_build(root: &Path, ctx: &Path, dest: &Path) -> std::process::Child {
-    let dest_spec = format!("type=oci,dest={},tar=false", dest.display());
-    kiln_command(
-        root,
-        &[
-            "build",
-            "-t",
-            "app:1",
-            "-o",
-            &dest_spec,
-            ctx.to_str().unwrap(),
-        ],
-    )
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped())
-    .spawn()
-    .unwrap()
+    oci_build_command(root, ctx, dest, &[])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
 }
 
 #[test]

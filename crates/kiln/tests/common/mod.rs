@@ -100,6 +100,29 @@ pub fn kiln_command_at(binary: &Path, root: &Path, args: &[&str]) -> Command {
     command
 }
 
+/// `kiln build -t app:1 -o type=oci,dest=DEST,tar=false [extra] CTX` on the kiln root `root`.
+pub fn oci_build_command(root: &Path, ctx: &Path, dest: &Path, extra: &[&str]) -> Command {
+    let dest_spec = format!("type=oci,dest={},tar=false", dest.display());
+    let mut args = vec!["build", "-t", "app:1", "-o", &dest_spec];
+    args.extend_from_slice(extra);
+    args.push(ctx.to_str().unwrap());
+    kiln_command(root, &args)
+}
+
+/// How many steps a build ran and how many came from the cache, from its summary line
+/// (`build summary: N steps ran, M cached`).
+pub fn ran_and_cached(stderr: &str) -> (usize, usize) {
+    let summary = stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("build summary: "))
+        .unwrap_or_else(|| panic!("no build summary:\n{stderr}"));
+    let numbers: Vec<usize> = summary
+        .split([' ', ','])
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    (numbers[0], numbers[1])
+}
+
 pub fn kiln_with_root(root: &Path, args: &[&str]) -> Output {
     kiln_command(root, args).output().unwrap()
 }
