@@ -4,7 +4,8 @@
 # rootless user namespaces, GNU time to measure a kiln process's peak memory, and the
 # compressors (xz, bzip2, zstd) that write the tests' archives and hostile corpus. kiln links
 # libseccomp (libseccomp-dev) for the seccomp filter of RUN steps, and the sandbox tests build
-# their attacker program with gcc -static (libc6-dev). Idempotent: installed packages are left
+# their attacker program with gcc -static (libc6-dev); strace counts the syscalls kiln makes
+# per extracted or copied file (tests/per_file_work.rs). Idempotent: installed packages are left
 # alone, and apt's indexes are only refreshed when something is missing.
 #
 # It never registers binfmt_misc handlers: kiln registers qemu inside its own user namespace,
@@ -27,6 +28,7 @@ packages=(
 	xz-utils
 	bzip2
 	zstd
+	strace
 )
 
 as_root=()

@@ -312,14 +312,32 @@ pub(crate) fn extract(
     let tmp = store.temp_dir("extract-")?;
     let target = tmp.path().join("layer");
     std::fs::create_dir(&target).map_err(BuildError::io("creating a layer dir"))?;
-    let stream = kiln_snapshot::decompress(BufReader::new(file))
-        .map_err(|e| bad(reference, format!("layer {}: {e}", blob.digest)))?;
-    let mut hashed = DigestReader::new(stream);
-    kiln_snapshot::extract_layer(&mut hashed, &target)
-        .map_err(|e| bad(reference, format!("layer {}: {e}", blob.digest)))?;
-    // Tar readers may stop at the end-of-archive marker; the digest covers the padding too.
-    io::copy(&mut hashed, &mut io::sink()).map_err(BuildError::io("reading a layer blob"))?;
-    let (actual, _) = hashed.finish();
+    // Decompression and hashing on a second thread, extraction on this one.
+    let (sender, mut reader) = kiln_snapshot::chunk_pipe();
+    let (decompressed, extracted) = std::thread::scope(|scope| {
+        let producer = scope.spawn(move || -> io::Result<Option<Digest>> {
+            let stream = kiln_snapshot::decompress(BufReader::new(file))?;
+            let mut hashed = DigestReader::new(stream);
+            Ok(sender.pump(&mut hashed).then(|| hashed.finish().0))
+        });
+        let extracted = kiln_snapshot::extract_layer(&mut reader, &target).and_then(|_| {
+            // Tar readers may stop at the end-of-archive marker; the digest covers the
+            // padding too.
+            io::copy(&mut reader, &mut io::sink())
+                .map(drop)
+                .map_err(kiln_snapshot::SnapshotError::TarStream)
+        });
+        // The producer stops at once if extraction stopped early.
+        drop(reader);
+        (producer.join(), extracted)
+    });
+    let layer_err = |e: &dyn fmt::Display| bad(reference, format!("layer {}: {e}", blob.digest));
+    let decompressed = match decompressed {
+        Ok(result) => result.map_err(|e| layer_err(&e))?,
+        Err(_) => return Err(layer_err(&"the decompressing thread panicked")),
+    };
+    extracted.map_err(|e| layer_err(&e))?;
+    let actual = decompressed.expect("read to its end, since extraction succeeded");
     if &actual != diff_id {
         return Err(bad(
             reference,

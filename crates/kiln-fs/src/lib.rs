@@ -517,14 +517,7 @@ impl Dir {
         accessed: Timestamp,
         modified: Timestamp,
     ) -> io::Result<()> {
-        let spec = |t: Timestamp| Timespec {
-            tv_sec: t.sec,
-            tv_nsec: t.nsec as _,
-        };
-        let times = Timestamps {
-            last_access: spec(accessed),
-            last_modification: spec(modified),
-        };
+        let times = timestamps(accessed, modified);
         match entry(name)? {
             None => rustix::fs::futimens(&self.fd, &times)?,
             Some(name) => {
@@ -549,6 +542,50 @@ impl Dir {
             }
         }
         Ok(())
+    }
+}
+
+/// Metadata changes through a descriptor of a file kiln just created and still holds open:
+/// one syscall each, with no name to look up again, and no way to reach another inode.
+pub mod open_file {
+    use super::*;
+
+    /// `fchown`. `u32::MAX` leaves an id as it is.
+    pub fn set_owner(file: &File, uid: u32, gid: u32) -> io::Result<()> {
+        let uid = Some(Uid::from_raw_unchecked(uid));
+        let gid = Some(Gid::from_raw_unchecked(gid));
+        Ok(rustix::fs::fchown(file, uid, gid)?)
+    }
+
+    /// `fchmod`.
+    pub fn set_mode(file: &File, mode: u32) -> io::Result<()> {
+        Ok(rustix::fs::fchmod(file, Mode::from_raw_mode(mode))?)
+    }
+
+    /// `futimens`: access and modification times.
+    pub fn set_times(file: &File, accessed: Timestamp, modified: Timestamp) -> io::Result<()> {
+        Ok(rustix::fs::futimens(file, &timestamps(accessed, modified))?)
+    }
+
+    /// `fsetxattr`.
+    pub fn set_xattr(file: &File, key: &[u8], value: &[u8]) -> io::Result<()> {
+        Ok(rustix::fs::fsetxattr(
+            file,
+            key,
+            value,
+            XattrFlags::empty(),
+        )?)
+    }
+}
+
+fn timestamps(accessed: Timestamp, modified: Timestamp) -> Timestamps {
+    let spec = |t: Timestamp| Timespec {
+        tv_sec: t.sec,
+        tv_nsec: t.nsec as _,
+    };
+    Timestamps {
+        last_access: spec(accessed),
+        last_modification: spec(modified),
     }
 }
 

@@ -408,8 +408,14 @@ pub(crate) fn copy_nondir(
             .open(src)
             .map_err(at(src))?;
         let mut to = dir.create_file(name, 0o600).map_err(at(dest))?;
-        copy_keeping_holes(&mut from, &mut to, md.len()).map_err(at(dest))?;
-        meta.apply(dir, name, false).map_err(at(dest))?;
+        let copied = match md.blocks() * 512 < md.len() {
+            true => copy_keeping_holes(&mut from, &mut to, md.len()),
+            // Not sparse: one copy, without looking for holes first.
+            false => io::copy(&mut from, &mut to).map(drop),
+        };
+        copied
+            .and_then(|()| meta.apply_to_file(&to))
+            .map_err(at(dest))?;
     } else if ft.is_symlink() {
         let target = fs::read_link(src).map_err(at(src))?;
         dir.symlink(target.as_os_str(), name).map_err(at(dest))?;

@@ -6,7 +6,7 @@ use std::io::{self, Read, Seek, SeekFrom};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
-use kiln_fs::{Dir, NodeKind};
+use kiln_fs::{Dir, NodeKind, Timestamp};
 use tar::EntryType;
 
 use crate::fsmeta;
@@ -38,21 +38,26 @@ pub(crate) fn extract_plain<R: Read>(
 
 /// Every change goes through a descriptor of `dest` (see `kiln_fs`), so an entry can never
 /// reach outside it, whatever symlinks earlier entries planted. Memory stays bounded: the tar
-/// is streamed (see `tar_reader`), and nothing is remembered per entry, not even directory
-/// times, which are kept right as entries go in.
+/// is streamed (see `tar_reader`), and nothing is remembered per entry; of directory times,
+/// only those of the directory entries are going into (see [`Extractor::current`]).
 fn extract<R: Read>(
     tar_stream: R,
     dest: &Path,
     whiteouts: bool,
 ) -> Result<ExtractStats, SnapshotError> {
     let root = Dir::open(dest).map_err(crate::at(dest))?;
-    let extractor = Extractor { root, whiteouts };
+    let mut extractor = Extractor {
+        root,
+        whiteouts,
+        current: None,
+    };
     let mut tar = TarReader::new(tar_stream);
     let mut entries = 0;
     while let Some(entry) = tar.next()? {
         extractor.apply(&entry, &mut tar.data())?;
         entries += 1;
     }
+    extractor.leave().map_err(crate::at(dest))?;
     Ok(ExtractStats { entries })
 }
 
@@ -60,6 +65,20 @@ struct Extractor {
     root: Dir,
     /// Whether `.wh.` entries are deletions (layers) or plain names (archives).
     whiteouts: bool,
+    /// The directory the last entry went into, kept open for the next ones (a tar lists a
+    /// directory's files together).
+    current: Option<Current>,
+}
+
+/// An open directory entries are going into, and the times it must end with: a directory
+/// keeps the times of its own tar entry (or of its creation) whatever goes into it after.
+/// They are put back when entries move elsewhere ([`Extractor::leave`]), once, not after
+/// every entry.
+struct Current {
+    comps: Vec<Vec<u8>>,
+    dir: Dir,
+    accessed: Timestamp,
+    modified: Timestamp,
 }
 
 /// The components of an entry path relative to the layer root. A leading `/` and `.`
@@ -91,7 +110,7 @@ fn keeping_times<T>(dir: &Dir, op: impl FnOnce() -> io::Result<T>) -> io::Result
 }
 
 impl Extractor {
-    fn apply(&self, entry: &TarEntry, data: &mut impl Read) -> Result<(), SnapshotError> {
+    fn apply(&mut self, entry: &TarEntry, data: &mut impl Read) -> Result<(), SnapshotError> {
         let name = shown(&entry.path);
         let comps = components(&entry.path).ok_or_else(|| SnapshotError::EntryEscapes {
             entry: name.clone(),
@@ -104,18 +123,20 @@ impl Extractor {
         let Some((last, parents)) = comps.split_last() else {
             return Ok(());
         };
-        let parent = self.open_parents(&name, parents, true)?;
+        let hard_link = match entry.kind {
+            EntryType::Link => Some(self.hard_link_target(&name, &entry.link_name, &comps)?),
+            _ => None,
+        };
+        let whiteouts = self.whiteouts;
+        let parent = self.enter(&name, parents)?;
 
-        if self.whiteouts && *last == OPAQUE_MARKER {
+        if whiteouts && *last == OPAQUE_MARKER {
             let opaque = fsmeta::OPAQUE_XATTRS[0];
             return parent
                 .set_xattr(OsStr::new(""), opaque, b"y")
                 .map_err(entry_err);
         }
-        if let Some(deleted) = last
-            .strip_prefix(WHITEOUT_PREFIX)
-            .filter(|_| self.whiteouts)
-        {
+        if let Some(deleted) = last.strip_prefix(WHITEOUT_PREFIX).filter(|_| whiteouts) {
             if deleted.starts_with(WHITEOUT_PREFIX) {
                 // aufs bookkeeping (`.wh..wh.plnk` etc.): means nothing to overlayfs.
                 return Ok(());
@@ -124,50 +145,41 @@ impl Extractor {
                 return Err(SnapshotError::EntryEscapes { entry: name });
             }
             let deleted = OsStr::from_bytes(deleted);
-            return keeping_times(&parent, || {
-                clear(&parent, deleted, false)?;
-                fsmeta::make_whiteout(&parent, deleted)
-            })
-            .map_err(entry_err);
+            return replacing(parent, deleted, || fsmeta::make_whiteout(parent, deleted))
+                .map_err(entry_err);
         }
 
         let last = OsStr::from_bytes(last);
         let meta = &entry.meta;
         match entry.kind {
             EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => {
-                keeping_times(&parent, || {
-                    clear(&parent, last, false)?;
-                    let mut file = parent.create_file(last, 0o600)?;
-                    write_contents(&mut file, data, entry.sparse.as_ref())?;
-                    drop(file);
-                    meta.apply(&parent, last, false)
-                })
-                .map_err(entry_err)?;
+                let mut file = replacing(parent, last, || parent.create_file(last, 0o600))
+                    .map_err(&entry_err)?;
+                write_contents(&mut file, data, entry.sparse.as_ref())
+                    .and_then(|()| meta.apply_to_file(&file))
+                    .map_err(entry_err)?;
             }
             EntryType::Directory => {
-                keeping_times(&parent, || {
-                    if !clear(&parent, last, true)? {
-                        parent.create_dir(last, 0o700)?;
+                match parent.create_dir(last, 0o700) {
+                    Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
+                        if !clear(parent, last, true).map_err(&entry_err)? {
+                            parent.create_dir(last, 0o700).map_err(&entry_err)?;
+                        }
                     }
-                    meta.apply(&parent, last, false)
-                })
-                .map_err(entry_err)?;
+                    other => other.map_err(&entry_err)?,
+                }
+                meta.apply(parent, last, false).map_err(entry_err)?;
             }
             EntryType::Symlink => {
-                keeping_times(&parent, || {
-                    clear(&parent, last, false)?;
-                    parent.symlink(OsStr::from_bytes(&entry.link_name), last)?;
-                    meta.apply(&parent, last, true)
-                })
-                .map_err(entry_err)?;
+                let target = OsStr::from_bytes(&entry.link_name);
+                replacing(parent, last, || parent.symlink(target, last))
+                    .and_then(|()| meta.apply(parent, last, true))
+                    .map_err(entry_err)?;
             }
             EntryType::Link => {
-                let (from, from_name) = self.hard_link_target(&name, &entry.link_name, &comps)?;
-                keeping_times(&parent, || {
-                    clear(&parent, last, false)?;
-                    parent.hard_link(last, &from, from_name)
-                })
-                .map_err(entry_err)?;
+                let (from, from_name) = hard_link.expect("looked up for links");
+                replacing(parent, last, || parent.hard_link(last, &from, from_name))
+                    .map_err(entry_err)?;
             }
             EntryType::Char | EntryType::Block | EntryType::Fifo => {
                 let kind = match entry.kind {
@@ -175,14 +187,13 @@ impl Extractor {
                     EntryType::Block => NodeKind::BlockDevice,
                     _ => NodeKind::Fifo,
                 };
-                keeping_times(&parent, || {
-                    clear(&parent, last, false)?;
-                    if fsmeta::make_node(&parent, last, kind, meta.mode, entry.device)? {
-                        meta.apply(&parent, last, false)?;
-                    }
-                    Ok(())
+                let made = replacing(parent, last, || {
+                    fsmeta::make_node(parent, last, kind, meta.mode, entry.device)
                 })
-                .map_err(entry_err)?;
+                .map_err(&entry_err)?;
+                if made {
+                    meta.apply(parent, last, false).map_err(entry_err)?;
+                }
             }
             other => {
                 return Err(SnapshotError::UnsupportedEntryType {
@@ -192,6 +203,37 @@ impl Extractor {
             }
         }
         Ok(())
+    }
+
+    /// The directory `comps` of the layer, made the current one: opened (and made where
+    /// missing) unless it is the current one already. An entry changes only its parent and
+    /// itself; an entry that is the current directory, or above it, has another parent, so
+    /// the current directory's times are back before it is applied.
+    fn enter(&mut self, entry: &str, comps: &[&[u8]]) -> Result<&Dir, SnapshotError> {
+        if self.current.as_ref().is_none_or(|c| c.comps != comps) {
+            let entry_err = |source| SnapshotError::Entry {
+                entry: entry.to_string(),
+                source,
+            };
+            self.leave().map_err(entry_err)?;
+            let dir = self.open_parents(entry, comps, true)?;
+            let md = dir.metadata(OsStr::new("")).map_err(entry_err)?;
+            self.current = Some(Current {
+                comps: comps.iter().map(|c| c.to_vec()).collect(),
+                dir,
+                accessed: md.accessed(),
+                modified: md.modified(),
+            });
+        }
+        Ok(&self.current.as_ref().expect("entered just now").dir)
+    }
+
+    /// Puts the current directory's times back, and forgets it.
+    fn leave(&mut self) -> io::Result<()> {
+        match self.current.take() {
+            Some(c) => c.dir.set_times(OsStr::new(""), c.accessed, c.modified),
+            None => Ok(()),
+        }
     }
 
     /// Opens the directory `comps` of the layer, never through a symlink; with `create`, the
@@ -301,6 +343,19 @@ fn write_contents(
         }
     }
     file.set_len(sparse.size)
+}
+
+/// Runs `make`, which creates `name` in `dir`; if something is there already, removes it
+/// (with everything below, if a directory) and runs `make` again. A fresh layer dir mostly has
+/// nothing there: one syscall, not a lookup first.
+fn replacing<T>(dir: &Dir, name: &OsStr, make: impl Fn() -> io::Result<T>) -> io::Result<T> {
+    match make() {
+        Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
+            clear(dir, name, false)?;
+            make()
+        }
+        other => other,
+    }
 }
 
 /// Make room for a new entry `name` in `dir`. An existing directory is kept when `keep_dir` (a

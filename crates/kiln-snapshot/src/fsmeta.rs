@@ -3,13 +3,13 @@
 //! final symlink; writes go through a [`Dir`] and its name of the entry.
 
 use std::ffi::{CString, OsStr};
-use std::fs::Metadata;
+use std::fs::{File, Metadata};
 use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::Path;
 
-use kiln_fs::{Dir, NodeKind, Timestamp};
+use kiln_fs::{Dir, NodeKind, Timestamp, open_file};
 use nix::errno::Errno;
 
 pub(crate) const OPAQUE_XATTRS: [&[u8]; 2] = [b"user.overlay.opaque", b"trusted.overlay.opaque"];
@@ -146,18 +146,27 @@ impl EntryMeta {
             dir.set_mode(name, self.mode)?;
         }
         for (key, value) in &self.xattrs {
-            match dir.set_xattr(name, key, value) {
-                // Unprivileged namespaces cannot set trusted.*/some security.* names, and
-                // symlinks take no user.* xattrs: those are dropped, as other builders do.
-                Err(e)
-                    if matches!(
-                        Errno::from_raw(e.raw_os_error().unwrap_or(0)),
-                        Errno::EPERM | Errno::ENOTSUP
-                    ) => {}
-                other => other?,
-            }
+            xattr_set(dir.set_xattr(name, key, value))?;
         }
         Ok(())
+    }
+
+    /// [`EntryMeta::apply`] through the descriptor of a regular file kiln created and still
+    /// holds open, in the same order.
+    pub(crate) fn apply_to_file(&self, file: &File) -> io::Result<()> {
+        match open_file::set_owner(file, self.uid, self.gid) {
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {}
+            other => other?,
+        }
+        open_file::set_mode(file, self.mode)?;
+        for (key, value) in &self.xattrs {
+            xattr_set(open_file::set_xattr(file, key, value))?;
+        }
+        let t = Timestamp {
+            sec: self.mtime,
+            nsec: self.mtime_nsec,
+        };
+        open_file::set_times(file, t, t)
     }
 
     pub(crate) fn apply_time(&self, dir: &Dir, name: &OsStr) -> io::Result<()> {
@@ -167,6 +176,22 @@ impl EntryMeta {
     pub(crate) fn apply(&self, dir: &Dir, name: &OsStr, is_symlink: bool) -> io::Result<()> {
         self.apply_except_time(dir, name, is_symlink)?;
         self.apply_time(dir, name)
+    }
+}
+
+/// Unprivileged namespaces cannot set trusted.*/some security.* names, and symlinks take no
+/// user.* xattrs: those are dropped, as other builders do.
+fn xattr_set(result: io::Result<()>) -> io::Result<()> {
+    match result {
+        Err(e)
+            if matches!(
+                Errno::from_raw(e.raw_os_error().unwrap_or(0)),
+                Errno::EPERM | Errno::ENOTSUP
+            ) =>
+        {
+            Ok(())
+        }
+        other => other,
     }
 }
 

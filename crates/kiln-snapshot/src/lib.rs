@@ -8,6 +8,7 @@
 
 mod archive;
 mod chmod;
+mod chunk_pipe;
 mod copy;
 mod decompress;
 mod extract;
@@ -25,6 +26,7 @@ use std::path::PathBuf;
 
 pub use archive::extract_archive;
 pub use chmod::{Chmod, ChmodError};
+pub use chunk_pipe::{ChunkReader, ChunkSender, chunk_pipe};
 pub use copy::{CopyOptions, copy_into_layer, mkdir_in_layer};
 pub use decompress::{Compression, DecompressError, MAX_HISTORY_MIB, decompress};
 pub use extract::{ExtractStats, extract_layer};

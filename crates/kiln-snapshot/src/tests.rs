@@ -1239,3 +1239,46 @@ fn copies_keep_the_holes_of_sparse_files() {
     bytes.read_exact(&mut tail).unwrap();
     assert_eq!(&tail, b"\0\0tail\0\0");
 }
+
+#[test]
+fn directory_times_survive_revisits_and_late_entries() {
+    // Each entry with its own mtime: the times a directory ends with are those of its last
+    // own entry, whatever went into it before or after, and the layer root keeps its own.
+    let mut b = tar::Builder::new(Vec::new());
+    for (name, kind, mtime) in [
+        ("d/", EntryType::Directory, 100),
+        ("d/f", EntryType::Regular, 1),
+        ("e/", EntryType::Directory, 200),
+        ("e/x", EntryType::Regular, 2),
+        ("d/g", EntryType::Regular, 3),
+        ("e/y", EntryType::Regular, 4),
+        ("e/", EntryType::Directory, 300),
+        ("e/z", EntryType::Regular, 5),
+        ("top", EntryType::Regular, 6),
+        ("n/m/deep", EntryType::Regular, 7),
+        ("n/", EntryType::Directory, 400),
+    ] {
+        let mut h = Header::new_ustar();
+        h.set_path(name).unwrap();
+        h.set_entry_type(kind);
+        h.set_mode(0o755);
+        h.set_size(0);
+        h.set_mtime(mtime);
+        h.set_cksum();
+        b.append(&h, &b""[..]).unwrap();
+    }
+    let tar = b.into_inner().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    set_mtime(tmp.path(), 50, 0).unwrap();
+    extract_layer(&tar[..], tmp.path()).unwrap();
+    let mtime = |p: &str| fs::metadata(tmp.path().join(p)).unwrap().mtime();
+    assert_eq!(mtime("d"), 100);
+    assert_eq!(mtime("e"), 300);
+    assert_eq!(mtime("n"), 400);
+    assert_eq!(mtime("e/z"), 5);
+    assert_eq!(
+        fs::metadata(tmp.path()).unwrap().mtime(),
+        50,
+        "the layer root"
+    );
+}

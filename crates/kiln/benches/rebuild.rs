@@ -21,62 +21,25 @@
 //!
 //! `KILN_BENCH_KEEP=1` keeps the work dir (for `strace -c -f` of a rebuild by hand).
 
+mod common;
+
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use kiln_testkit::{Noise, busybox_fixtures};
-use nix::sys::resource::{UsageWho, getrusage};
+use common::{
+    FILE_BYTES, Timed, WorkDir, busybox_base, header, load_average, median, row, table_head, timed,
+    write_file, write_tree,
+};
 
 const RUNS: usize = 3;
 const DIRS: usize = 200;
 const FILES_PER_DIR: usize = 100;
-/// 20,000 files of this size make 160 MiB.
-const FILE_BYTES: usize = 8389;
 
 const SMALL_DOCKERFILE: &str = "ARG BASE\nFROM $BASE\nCOPY a.txt /a.txt\nRUN cat /a.txt > /b\n";
 const LARGE_DOCKERFILE: &str =
     "ARG BASE\nFROM $BASE\nCOPY data /data\nRUN find /data -type f | wc -l > /count\n";
-
-#[derive(Clone, Copy)]
-struct Timed {
-    wall: Duration,
-    cpu: Duration,
-}
-
-fn children_cpu() -> Duration {
-    let usage = getrusage(UsageWho::RUSAGE_CHILDREN).expect("getrusage");
-    let time =
-        |t: nix::sys::time::TimeVal| Duration::new(t.tv_sec() as u64, t.tv_usec() as u32 * 1000);
-    time(usage.user_time()) + time(usage.system_time())
-}
-
-/// Runs `command` to its end; panics unless it succeeds. Returns its stdout + stderr.
-fn timed(command: &mut Command) -> (Timed, String) {
-    let cpu = children_cpu();
-    let started = Instant::now();
-    let out = command.output().expect("running a build");
-    let wall = started.elapsed();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "{command:?} failed:\n{text}");
-    let cpu = children_cpu() - cpu;
-    (Timed { wall, cpu }, text)
-}
-
-fn median(mut runs: Vec<Timed>) -> Timed {
-    runs.sort_by_key(|t| t.wall);
-    let wall = runs[runs.len() / 2].wall;
-    runs.sort_by_key(|t| t.cpu);
-    Timed {
-        wall,
-        cpu: runs[runs.len() / 2].cpu,
-    }
-}
 
 /// The two tools, each with its own store under `work`.
 struct Tools {
@@ -134,24 +97,9 @@ fn check_buildah(output: &str, ran: bool) {
     assert_eq!(cached, if ran { 0 } else { 2 }, "buildah:\n{output}");
 }
 
-fn write_file(path: &Path, seed: u64) {
-    let mut bytes = vec![0u8; FILE_BYTES];
-    Noise::new(seed).fill(&mut bytes);
-    fs::write(path, bytes).expect("writing a context file");
-}
-
 fn large_context(dir: &Path) -> PathBuf {
     let ctx = dir.join("large");
-    for d in 0..DIRS {
-        let sub = ctx.join(format!("data/dir{d:03}"));
-        fs::create_dir_all(&sub).expect("mkdir");
-        for f in 0..FILES_PER_DIR {
-            write_file(
-                &sub.join(format!("file{f:03}.bin")),
-                (d * FILES_PER_DIR + f) as u64,
-            );
-        }
-    }
+    write_tree(&ctx.join("data"), DIRS, FILES_PER_DIR, FILE_BYTES);
     fs::write(ctx.join("Dockerfile"), LARGE_DOCKERFILE).expect("Dockerfile");
     ctx
 }
@@ -162,22 +110,6 @@ fn small_context(dir: &Path) -> PathBuf {
     fs::write(ctx.join("a.txt"), "a\n").expect("a.txt");
     fs::write(ctx.join("Dockerfile"), SMALL_DOCKERFILE).expect("Dockerfile");
     ctx
-}
-
-fn secs(t: Duration) -> String {
-    format!("{:.3} s", t.as_secs_f64())
-}
-
-fn row(what: &str, kiln: Timed, buildah: Timed) {
-    println!(
-        "| {what} | {} | {} | {} | {} | {:.3} | {:.3} |",
-        secs(kiln.wall),
-        secs(kiln.cpu),
-        secs(buildah.wall),
-        secs(buildah.cpu),
-        kiln.wall.as_secs_f64() / buildah.wall.as_secs_f64(),
-        kiln.cpu.as_secs_f64() / buildah.cpu.as_secs_f64(),
-    );
 }
 
 /// Cold build, no-op rebuilds and one-file rebuilds of `ctx` with both tools; `change(i)`
@@ -211,10 +143,7 @@ fn scenario(name: &str, ctx: &Path, tools: &Tools, change: &dyn Fn(usize)) {
         buildah_one.push(t);
     }
     println!("\n{name}");
-    println!(
-        "| build | kiln wall | kiln CPU | buildah wall | buildah CPU | wall ratio | CPU ratio |"
-    );
-    println!("|---|---|---|---|---|---|---|");
+    table_head();
     row("cold (1 run)", kiln_cold, buildah_cold);
     for (i, (k, b)) in kiln_noop.iter().zip(&buildah_noop).enumerate() {
         row(&format!("nothing changed, run {}", i + 1), *k, *b);
@@ -234,58 +163,16 @@ fn scenario(name: &str, ctx: &Path, tools: &Tools, change: &dyn Fn(usize)) {
     );
 }
 
-fn load_average() -> String {
-    fs::read_to_string("/proc/loadavg")
-        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_default()
-}
-
-/// The work dir, removed at the end unless `KILN_BENCH_KEEP` is set.
-struct WorkDir(PathBuf);
-
-impl Drop for WorkDir {
-    fn drop(&mut self) {
-        match std::env::var_os("KILN_BENCH_KEEP") {
-            Some(_) => println!("kept {}", self.0.display()),
-            None => {
-                let _ = fs::remove_dir_all(&self.0);
-            }
-        }
-    }
-}
-
 fn main() {
-    // Lower case only: buildah names an `oci:` base after its path, and refuses capitals.
-    let scratch =
-        WorkDir(std::env::temp_dir().join(format!("kiln-bench-rebuild-{}", std::process::id())));
-    fs::create_dir(&scratch.0).expect("creating the work dir");
+    let scratch = WorkDir::new("rebuild");
     let work = scratch.0.clone();
     let base = work.join("base");
-    let fixture = &busybox_fixtures().oci_layout;
-    let copied = Command::new("skopeo")
-        .args(["copy", "--quiet"])
-        .arg(format!("oci:{}:latest", fixture.display()))
-        .arg(format!("oci:{}:latest", base.display()))
-        .status()
-        .expect("running skopeo");
-    assert!(
-        copied.success(),
-        "skopeo could not copy the busybox fixture"
-    );
+    busybox_base(&base);
     let tools = Tools {
         work: work.clone(),
         base,
     };
-    let buildah_version = Command::new("buildah")
-        .arg("--version")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_default();
-    println!(
-        "{buildah_version}; {} cores; load average before: {}",
-        std::thread::available_parallelism().map_or(1, |n| n.get()),
-        load_average()
-    );
+    println!("{}", header());
 
     let small = small_context(&work);
     scenario(
