@@ -213,7 +213,7 @@ struct Solving<'p, 's> {
     now: String,
     steps: Mutex<Vec<StepRecord>>,
     cancelled: AtomicBool,
-    /// One lock per layer being fetched or extracted, so two threads never do it twice.
+    /// One lock per layer being extracted, so two threads never do it twice.
     layer_locks: Mutex<HashMap<Digest, Arc<Mutex<()>>>>,
 }
 
@@ -668,28 +668,61 @@ impl Solving<'_, '_> {
         }
     }
 
-    /// Makes sure every layer of `layers` is extracted, fetching blobs as needed.
+    /// Makes sure every layer of `layers` is extracted. The blobs missing from the store are
+    /// fetched on a second thread, in layer order, ahead of extraction on this one: a layer
+    /// downloads while the one below it is being extracted.
     fn materialize(&self, layers: &[LayerRef]) -> Result<(), BuildError> {
-        for layer in layers {
-            let dir = self.s.store.layer_dir(&layer.diff_id);
-            if dir.is_dir() {
-                continue;
-            }
-            let lock = self.layer_lock(&layer.diff_id);
-            let _held = lock.lock().unwrap();
-            if dir.is_dir() {
-                continue;
-            }
-            self.fetch(layer)?;
-            self.progress()
-                .detail(&format!("extracting {}", layer.blob.digest));
-            let from = match &layer.image {
-                Some(image) => image.source.to_string(),
-                None => format!("layer {}", layer.blob.digest),
-            };
-            base::extract(self.s.store, &layer.blob, &layer.diff_id, &from)?;
+        let missing: Vec<&LayerRef> = layers
+            .iter()
+            .filter(|l| !self.s.store.layer_dir(&l.diff_id).is_dir())
+            .collect();
+        if missing.is_empty() {
+            return Ok(());
         }
-        Ok(())
+        let stop = AtomicBool::new(false);
+        let (fetched, fetched_rx) = std::sync::mpsc::channel();
+        std::thread::scope(|scope| {
+            let (missing, stop) = (&missing, &stop);
+            scope.spawn(move || {
+                for layer in missing {
+                    if stop.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    let result = self.fetch(layer);
+                    let failed = result.is_err();
+                    if fetched.send(result).is_err() || failed {
+                        break;
+                    }
+                }
+            });
+            let extracted = missing.iter().try_for_each(|layer| {
+                fetched_rx
+                    .recv()
+                    .expect("the fetching thread sends a result per layer until one fails")?;
+                self.extract_once(layer)
+            });
+            // An extraction failed: the fetching thread stops after the blob it is on.
+            stop.store(true, Ordering::SeqCst);
+            extracted
+        })
+    }
+
+    /// Extracts the stored blob of `layer` into its layer dir, unless it is there already
+    /// (another platform's thread may have just made it).
+    fn extract_once(&self, layer: &LayerRef) -> Result<(), BuildError> {
+        let dir = self.s.store.layer_dir(&layer.diff_id);
+        let lock = self.layer_lock(&layer.diff_id);
+        let _held = lock.lock().unwrap();
+        if dir.is_dir() {
+            return Ok(());
+        }
+        self.progress()
+            .detail(&format!("extracting {}", layer.blob.digest));
+        let from = match &layer.image {
+            Some(image) => image.source.to_string(),
+            None => format!("layer {}", layer.blob.digest),
+        };
+        base::extract(self.s.store, &layer.blob, &layer.diff_id, &from)
     }
 
     /// Stores the layer dir `dir` (blob and dir) and describes it.

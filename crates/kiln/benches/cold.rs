@@ -9,7 +9,10 @@
 //!
 //! Each build runs [`RUNS`] times per tool, alternating, each time with a new empty store
 //! (kiln's root; buildah's containers-storage) and a new output dir, after a `sync` so that
-//! one build's writeback does not land in the next one's time. Wall time and CPU time
+//! one build's writeback does not land in the next one's time. Nothing is deleted until the
+//! end: right after a mass deletion, ext4 spends most of a file creation scanning for
+//! recently deleted inodes (`recently_deleted` in `perf`), which doubled whichever build came
+//! next. Wall time and CPU time
 //! (user + system of the tool and everything it waited for) per build; medians; ratios
 //! kiln ÷ buildah. buildah's time includes `buildah push IMAGE oci:DIR` (its `bud` cannot
 //! write a layout itself); kiln writes it with `-o type=oci,dest=DIR,tar=false`.
@@ -21,6 +24,7 @@
 
 mod common;
 
+use std::cell::Cell;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -39,14 +43,16 @@ const BIG_BASE_DOCKERFILE: &str = "ARG BASE\nFROM $BASE\nRUN echo one > /one\n\
 
 struct Bench {
     work: PathBuf,
+    /// Dirs named so far by [`Bench::fresh`].
+    made: Cell<usize>,
 }
 
 impl Bench {
-    /// A fresh, empty dir under the work dir for one build's store or output.
+    /// A new dir name under the work dir, for one build's store or output.
     fn fresh(&self, name: &str) -> PathBuf {
-        let dir = self.work.join(name);
-        remove(&dir);
-        dir
+        let n = self.made.get() + 1;
+        self.made.set(n);
+        self.work.join(format!("{name}-{n}"))
     }
 
     fn kiln(&self, ctx: &Path, base: &Path) -> Timed {
@@ -65,7 +71,6 @@ impl Bench {
                 .env("NO_COLOR", "1"),
         );
         check_layout(&out);
-        remove(&root);
         timed
     }
 
@@ -85,34 +90,12 @@ impl Bench {
         );
         let (timed, _) = common::timed(Command::new("sh").arg("-c").arg(script));
         check_layout(&out);
-        self.drop_buildah_store(&root, &run);
         timed
     }
-
-    /// buildah's overlay driver leaves its home mounted: unmount, then remove.
-    fn drop_buildah_store(&self, root: &Path, run: &Path) {
-        let _ = Command::new("buildah")
-            .arg("--root")
-            .arg(root)
-            .arg("--runroot")
-            .arg(run)
-            .args(["rmi", "--all", "--force"])
-            .output();
-        unmount_under(&self.work);
-        remove(root);
-        remove(run);
-    }
 }
 
-fn remove(dir: &Path) {
-    match fs::remove_dir_all(dir) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => panic!("removing {}: {e}", dir.display()),
-    }
-}
-
-/// Unmounts whatever is mounted under `dir`, deepest first.
+/// Unmounts whatever is mounted under `dir`, deepest first (buildah's overlay driver leaves
+/// its home mounted), so that the work dir can go.
 fn unmount_under(dir: &Path) {
     let mounts = fs::read_to_string("/proc/self/mounts").unwrap_or_default();
     let mut points: Vec<&str> = mounts
@@ -165,8 +148,6 @@ fn big_base(bench: &Bench, busybox: &Path, dest: &Path) {
         dest = dest.display(),
     );
     common::timed(Command::new("sh").arg("-c").arg(script));
-    bench.drop_buildah_store(&root, &run);
-    remove(&ctx);
 }
 
 fn scenario(name: &str, bench: &Bench, ctx: &Path, base: &Path) {
@@ -187,6 +168,7 @@ fn main() {
     let scratch = WorkDir::new("cold");
     let bench = Bench {
         work: scratch.0.clone(),
+        made: Cell::new(0),
     };
     let busybox = bench.work.join("base");
     busybox_base(&busybox);
