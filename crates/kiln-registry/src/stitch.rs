@@ -1,5 +1,6 @@
-//! Assembling an image index from images already in registries: what `kiln manifest create`
-//! does for builds fanned out across machines.
+//! Reading the images an index is stitched from (what `kiln manifest create` does for builds
+//! fanned out across machines), and the index over them. kiln-transport's `manifest_list`
+//! pushes it, through the one push path.
 
 use kiln_oci::{Descriptor, ImageConfig, ImageIndex, ImageManifest, media, to_json_bytes};
 
@@ -55,60 +56,6 @@ pub fn platform_manifests(
     );
     desc.platform = Some(config.platform().normalized());
     Ok(vec![(source.with_digest(fetched.digest), desc)])
-}
-
-/// How many blobs are copied at once.
-const BLOBS_IN_FLIGHT: usize = 4;
-
-/// Makes sure `target`'s repository holds the image `source` (pinned by digest) with all its
-/// blobs: mounted when both are on one registry, else copied through a temp file, several at
-/// once. The manifest goes last, once every blob is there.
-pub fn copy_image(
-    client: &RegistryClient,
-    source: &Reference,
-    target: &Reference,
-    scratch: &std::path::Path,
-) -> Result<(), RegistryError> {
-    let fetched = client.fetch_manifest(source)?;
-    let same_repo = source.registry == target.registry && source.repository == target.repository;
-    if !same_repo {
-        let manifest: ImageManifest = serde_json::from_slice(&fetched.bytes)
-            .map_err(|e| bad(source, format!("unreadable manifest: {e}")))?;
-        let blobs: Vec<&Descriptor> = manifest.layers.iter().chain([&manifest.config]).collect();
-        crate::each_in_parallel(&blobs, BLOBS_IN_FLIGHT, |blob| {
-            let path = scratch.join(blob.digest.hex());
-            client.copy_blob(source, target, blob, &path).map(|_| ())
-        })?;
-    }
-    client.push_manifest(
-        &target.with_digest(fetched.digest),
-        &fetched.media_type,
-        &fetched.bytes,
-    )?;
-    Ok(())
-}
-
-/// Copies every entry (pinned by digest) into each target's repository, then pushes the index
-/// over them to every target, last, so no target tag ever names content that is missing.
-/// Returns the index's digest.
-pub fn push_index(
-    client: &RegistryClient,
-    entries: &[(Reference, Descriptor)],
-    targets: &[Reference],
-    scratch: &std::path::Path,
-) -> Result<kiln_oci::Digest, RegistryError> {
-    for target in targets {
-        for (at, _) in entries {
-            copy_image(client, at, target, scratch)?;
-        }
-    }
-    let descriptors: Vec<Descriptor> = entries.iter().map(|(_, d)| d.clone()).collect();
-    let (media_type, bytes) = index_of(&descriptors);
-    let mut digest = kiln_oci::Digest::of(&bytes);
-    for target in targets {
-        digest = client.push_manifest(target, &media_type, &bytes)?;
-    }
-    Ok(digest)
 }
 
 /// An index over `entries`, in OCI media types unless every entry is a Docker manifest.

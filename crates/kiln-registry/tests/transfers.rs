@@ -1,13 +1,14 @@
 //! Transfers against a real distribution registry with a fault-injecting proxy in front of
 //! it: dropped uploads resume, transient answers are retried (honouring `Retry-After`),
-//! blobs are mounted across repositories, and corrupt downloads are refused.
+//! blobs are mounted across repositories, and corrupt downloads are refused. (Stitching an
+//! index from images in a registry is tested in kiln-transport, which does it.)
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use kiln_oci::{Descriptor, Digest, media};
 use kiln_registry::{
-    BlobTransfer, ClientOptions, Reference, RegistryClient, RegistryError, RetryPolicy, stitch,
+    BlobTransfer, ClientOptions, Reference, RegistryClient, RegistryError, RetryPolicy,
 };
 use kiln_testkit::{Fault, FaultProxy, FaultRule, Registry, SeenRequest, noise};
 
@@ -448,46 +449,6 @@ fn a_download_cut_off_mid_blob_is_fetched_again_and_verified() {
     assert_eq!(proxy.injected().len(), 1, "{:?}", proxy.injected());
     let gets = requests_starting_with(&proxy, "GET");
     assert_eq!(gets, 2);
-}
-
-#[test]
-fn copying_an_image_within_a_registry_mounts_its_blobs() {
-    let registry = Registry::start();
-    let dir = tempfile::tempdir().unwrap();
-    let (blob, path) = blob_file(dir.path(), "layer", &noise(MIB, 9));
-    let direct = client_with(quick_retries());
-    push_image(
-        &direct,
-        &at(registry.addr(), "src/app:1"),
-        (&blob, &path),
-        dir.path(),
-    );
-    let proxy = FaultProxy::start(registry.addr(), vec![]);
-    let client = client_with(quick_retries());
-    let source = at(proxy.addr(), "src/app:1");
-    let pinned = source.with_digest(client.fetch_manifest(&source).unwrap().digest);
-    let scratch = dir.path().join("scratch");
-    std::fs::create_dir(&scratch).unwrap();
-
-    stitch::copy_image(&client, &pinned, &at(proxy.addr(), "dst/app:1"), &scratch).unwrap();
-
-    let requests = proxy.requests();
-    let mounts = requests.iter().filter(|r| r.contains("?mount=")).count();
-    assert_eq!(mounts, 2, "layer and config: {requests:?}");
-    assert!(
-        !requests.iter().any(|r| r.starts_with("PATCH")),
-        "{requests:?}"
-    );
-    assert!(
-        !requests
-            .iter()
-            .any(|r| r.starts_with("GET /v2/src/app/blobs/")),
-        "{requests:?}"
-    );
-    let copied = direct
-        .fetch_manifest(&at(registry.addr(), "dst/app").with_digest(pinned.digest.clone().unwrap()))
-        .unwrap();
-    assert_eq!(Some(copied.digest), pinned.digest);
 }
 
 /// How many requests the proxy saw whose line starts with `prefix` (a method, say).

@@ -53,6 +53,22 @@ pub fn copy(
     })
 }
 
+/// Copies the image or index `manifest` of `source` into `dest`: its blobs (and, for an
+/// index, its images), then the manifest itself by digest. Nothing is committed: this is one
+/// entry of an index stitched together from several sources, which the caller commits last.
+pub fn put_manifest_tree(
+    source: &dyn ImageSource,
+    dest: &mut dyn ImageDestination,
+    manifest: &RawManifest,
+) -> Result<(), TransportError> {
+    if media::is_index(&manifest.media_type) {
+        copy_index_children(source, dest, manifest)?;
+    } else {
+        copy_image(source, dest, manifest)?;
+    }
+    dest.put_manifest(manifest)
+}
+
 fn parse_index(
     source: &dyn ImageSource,
     index: &RawManifest,

@@ -22,7 +22,7 @@ pub mod manifest_spec;
 mod platform;
 mod registry;
 
-pub use copy::{CopyReport, Selection, copy};
+pub use copy::{CopyReport, Selection, copy, put_manifest_tree};
 pub use docker_archive::{DockerArchiveDestination, DockerArchiveSource};
 pub use error::TransportError;
 pub use files::{read_verified, write_verified};

@@ -9,6 +9,11 @@ use std::path::{Path, PathBuf};
 
 use kiln_oci::{Descriptor, Digest, Platform};
 use kiln_registry::{Reference, ReferenceError, RegistryClient, RegistryError, stitch};
+
+use crate::{
+    ImageDestination, ImageSource, RawManifest, RegistryDestination, RegistrySource,
+    TransportError, put_manifest_tree,
+};
 use serde::{Deserialize, Serialize};
 
 /// What went wrong making, keeping or pushing a list. Every variant names the list, the
@@ -32,6 +37,8 @@ pub enum ListError {
     },
     #[error(transparent)]
     Push(#[from] RegistryError),
+    #[error(transparent)]
+    Copy(#[from] TransportError),
     #[error("{context}: {source}")]
     Io {
         context: String,
@@ -207,23 +214,31 @@ pub fn check_distinct_platforms(entries: &[ListEntry]) -> Result<(), ListError> 
 }
 
 /// Copies the entries into every target's repository and pushes the index over them to each
-/// target, last; returns the index's digest.
+/// target, last; returns the index's digest. The one registry push path: blobs are mounted
+/// within a registry and streamed across registries, as every push and copy does.
 pub fn push_entries(
     client: &RegistryClient,
     entries: &[ListEntry],
     targets: &[Reference],
 ) -> Result<Digest, ListError> {
-    let pinned = entries
-        .iter()
-        .map(|e| Ok((e.image_ref()?, e.descriptor.clone())))
-        .collect::<Result<Vec<_>, ListError>>()?;
-    let scratch = tempfile::tempdir().map_err(ListError::io("creating a temp directory"))?;
-    Ok(stitch::push_index(
-        client,
-        &pinned,
-        targets,
-        scratch.path(),
-    )?)
+    let mut dest = RegistryDestination::to_all(client, targets.to_vec())
+        .expect("a list is pushed to at least one target");
+    for entry in entries {
+        let pinned = entry
+            .image_ref()?
+            .with_digest(entry.descriptor.digest.clone());
+        let source = RegistrySource::new(client, pinned);
+        let manifest = source.manifest(&entry.descriptor)?;
+        put_manifest_tree(&source, &mut dest, &manifest)?;
+    }
+    let (media_type, bytes) = index_bytes(entries);
+    let index = RawManifest {
+        digest: Digest::of(&bytes),
+        media_type,
+        bytes,
+    };
+    dest.commit(&index)?;
+    Ok(index.digest)
 }
 
 /// The index over `entries`: its media type and bytes.
