@@ -23,8 +23,8 @@
 //! hashed to (see `context_record.rs`), so that computing a COPY's key reads only the files
 //! whose stat changed.
 //!
-//! A record is only a hit while its blob (of the recorded size) and its layer dir exist: one
-//! that is unreadable or whose layer went missing is reported as [`Lookup::Unusable`] (the
+//! A record is only a hit while its blob exists and hashes to the recorded digest, and its
+//! layer dir exists: one that is unreadable or whose layer went missing or is damaged is reported as [`Lookup::Unusable`] (the
 //! build warns, runs the op again and writes the record anew).
 
 use std::fs::{self, DirBuilder, File};
@@ -32,7 +32,7 @@ use std::io::{Read, Write};
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
-use kiln_oci::{Descriptor, Digest};
+use kiln_oci::{Descriptor, Digest, DigestReader};
 use serde::{Deserialize, Serialize};
 
 use crate::key::CacheKey;
@@ -136,7 +136,17 @@ impl<'s> LocalCache<'s> {
                     layer.size
                 ));
             }
-            Ok(_) => {}
+            // A blob damaged in place keeps its size: only its bytes tell.
+            Ok(_) => match hash_file(&blob) {
+                Ok(digest) if digest == layer.digest => {}
+                Ok(digest) => {
+                    return Some(format!(
+                        "its blob {} is damaged: it hashes to {digest}",
+                        blob.display()
+                    ));
+                }
+                Err(e) => return Some(format!("its blob {} cannot be read ({e})", blob.display())),
+            },
         }
         let dir = self.store.layer_dir(&layer.diff_id);
         match fs::symlink_metadata(&dir) {
@@ -144,6 +154,12 @@ impl<'s> LocalCache<'s> {
             _ => Some(format!("its layer dir {} is missing", dir.display())),
         }
     }
+}
+
+fn hash_file(path: &Path) -> std::io::Result<Digest> {
+    let mut reader = DigestReader::new(File::open(path)?);
+    std::io::copy(&mut reader, &mut std::io::sink())?;
+    Ok(reader.finish().0)
 }
 
 pub(crate) fn read_record(path: &Path) -> std::io::Result<Option<Vec<u8>>> {

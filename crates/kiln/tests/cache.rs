@@ -378,6 +378,24 @@ fn a_record_whose_layer_is_gone_or_corrupt_is_a_warning_and_a_rerun() {
     assert_eq!(err.matches("is missing").count(), 1, "one warning: {err}");
     // The rerun made the same layer again, so the step on top of it still hits.
     second.assert_counts(1, 1);
+    // Damage the blob of the first RUN's layer in place, keeping its size: the same.
+    let blob = blob_of_step(&env.store(), "RUN echo one > /one");
+    let mut bytes = std::fs::read(&blob).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0xff;
+    std::fs::write(&blob, &bytes).unwrap();
+    let damaged = build_in(&env.store(), &ctx, &env.path("out-2b"), &epoch);
+    let err = stderr(&damaged.output);
+    assert!(
+        err.contains("[warning]") && err.contains("is damaged"),
+        "{err}"
+    );
+    damaged.assert_counts(1, 1);
+    assert_eq!(
+        file_in(&env.path("out-2b"), &env.path("unpacked-2b"), "/one"),
+        "one\n",
+        "the rerun stored a whole blob again"
+    );
     let records: Vec<PathBuf> = std::fs::read_dir(env.store().join("cache/records"))
         .unwrap()
         .map(|e| e.unwrap().path())
@@ -392,6 +410,25 @@ fn a_record_whose_layer_is_gone_or_corrupt_is_a_warning_and_a_rerun() {
     third.assert_counts(2, 0);
     let work = env.path("unpacked");
     assert_eq!(file_in(&env.path("out-3"), &work, "/two"), "two\n");
+}
+
+/// The blob in the store of the layer the record of `step` (as its progress line shows it)
+/// points to.
+fn blob_of_step(root: &Path, step: &str) -> PathBuf {
+    for entry in std::fs::read_dir(root.join("cache/records")).unwrap() {
+        let record: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(entry.unwrap().path()).unwrap()).unwrap();
+        if record["description"]
+            .as_str()
+            .is_some_and(|d| d.contains(step))
+        {
+            let digest = record["layer"]["digest"].as_str().unwrap();
+            return root
+                .join("blobs/sha256")
+                .join(digest.trim_start_matches("sha256:"));
+        }
+    }
+    panic!("no cache record for {step}");
 }
 
 /// The layer dir in the store that holds a file named `name` at its top.
