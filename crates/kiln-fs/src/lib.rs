@@ -163,6 +163,31 @@ impl Metadata {
             nsec: self.0.st_mtime_nsec as i64,
         }
     }
+
+    /// When the inode last changed: its contents, mode, owner, links or xattrs.
+    pub fn changed(&self) -> Timestamp {
+        Timestamp {
+            sec: self.0.st_ctime as i64,
+            nsec: self.0.st_ctime_nsec as i64,
+        }
+    }
+
+    pub fn dev(&self) -> u64 {
+        self.0.st_dev as u64
+    }
+
+    pub fn ino(&self) -> u64 {
+        self.0.st_ino as u64
+    }
+
+    pub fn nlink(&self) -> u64 {
+        self.0.st_nlink as u64
+    }
+
+    /// `st_size`: bytes of a file, of a symlink's target path.
+    pub fn size(&self) -> u64 {
+        self.0.st_size as u64
+    }
 }
 
 impl Dir {

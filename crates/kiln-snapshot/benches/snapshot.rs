@@ -1,7 +1,11 @@
 //! Snapshot benchmarks (plain main, `cargo bench -p kiln-snapshot`):
 //! 1. snapshot of a RUN that changed one file over a 50,000-file rootfs: kiln's overlay upper
 //!    dir -> `write_layer`, against a kaniko-style walk + lstat + compare of the whole rootfs;
-//! 2. peak memory (ru_maxrss of a child process) and wall time of building a 1 GiB COPY layer.
+//! 2. peak memory (ru_maxrss of a child process) and wall time of building a 1 GiB COPY layer;
+//! 3. the in-place snapshot (part 7) of a RUN that changed one file over a 100,000-file rootfs:
+//!    kiln's [`Inventory`] (a stat walk on every core, compared with the record taken before
+//!    the step) against a kaniko-style serial walk that hashes every file, as kaniko's default
+//!    `--snapshot-mode=full` does.
 
 use std::collections::HashMap;
 use std::fs::{self, File};
@@ -11,7 +15,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use kiln_snapshot::{CopyOptions, LayerOptions, LayerStack, copy_into_layer, write_layer};
+use kiln_snapshot::{
+    CopyOptions, Inventory, LayerOptions, LayerStack, copy_into_layer, write_layer,
+};
+use sha2::{Digest, Sha256};
 
 const DIRS: usize = 500;
 const FILES_PER_DIR: usize = 100;
@@ -27,6 +34,7 @@ fn main() {
     let scratch = tempfile::tempdir().expect("temp dir");
     one_changed_file(scratch.path());
     copy_layer_memory(scratch.path());
+    in_place_snapshot(scratch.path());
 }
 
 fn median(mut times: Vec<Duration>) -> Duration {
@@ -80,11 +88,10 @@ fn record(root: &Path, map: &mut HashMap<PathBuf, StatKey>) {
     }
 }
 
-fn one_changed_file(scratch: &Path) {
-    let rootfs = scratch.join("rootfs");
-    let upper = scratch.join("upper");
+/// `dirs` directories of [`FILES_PER_DIR`] small files under `rootfs/usr/lib`.
+fn make_rootfs(rootfs: &Path, dirs: usize) {
     let t = Instant::now();
-    for d in 0..DIRS {
+    for d in 0..dirs {
         let dir = rootfs.join(format!("usr/lib/d{d:03}"));
         fs::create_dir_all(&dir).expect("mkdir");
         for f in 0..FILES_PER_DIR {
@@ -92,10 +99,16 @@ fn one_changed_file(scratch: &Path) {
         }
     }
     println!(
-        "rootfs: {} files in {DIRS} dirs, built in {:.1?}",
-        DIRS * FILES_PER_DIR,
+        "rootfs: {} files in {dirs} dirs, built in {:.1?}",
+        dirs * FILES_PER_DIR,
         t.elapsed()
     );
+}
+
+fn one_changed_file(scratch: &Path) {
+    let rootfs = scratch.join("rootfs");
+    let upper = scratch.join("upper");
+    make_rootfs(&rootfs, DIRS);
     let mut recorded = HashMap::new();
     record(&rootfs, &mut recorded);
 
@@ -201,5 +214,85 @@ fn copy_layer_memory(scratch: &Path) {
     println!(
         "  peak RSS of the child: {:.1} MiB; wall time {wall:.2?}",
         usage.ru_maxrss as f64 / 1024.0
+    );
+}
+
+/// A file's hash as a content-hashing snapshotter keeps it: mode, owner, mtime and contents.
+fn hash_entry(path: &Path, md: &fs::Metadata) -> [u8; 32] {
+    let mut hasher = Sha256::new();
+    hasher.update(md.mode().to_le_bytes());
+    hasher.update(md.uid().to_le_bytes());
+    hasher.update(md.gid().to_le_bytes());
+    hasher.update(md.mtime().to_le_bytes());
+    if md.is_file() {
+        hasher.update(fs::read(path).expect("read"));
+    }
+    hasher.finalize().into()
+}
+
+/// kaniko's full snapshot: one thread walks the tree and hashes every entry.
+fn hash_walk(root: &Path) -> HashMap<PathBuf, [u8; 32]> {
+    let mut hashes = HashMap::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in fs::read_dir(&dir).expect("read_dir") {
+            let path = entry.expect("dir entry").path();
+            let md = fs::symlink_metadata(&path).expect("lstat");
+            if md.is_dir() {
+                stack.push(path.clone());
+            }
+            hashes.insert(path.clone(), hash_entry(&path, &md));
+        }
+    }
+    hashes
+}
+
+fn in_place_snapshot(scratch: &Path) {
+    const IN_PLACE_DIRS: usize = 1000;
+    let rootfs = scratch.join("in-place");
+    make_rootfs(&rootfs, IN_PLACE_DIRS);
+    let changed_rel = Path::new("usr/lib/d500/f050");
+    let mut record = Vec::new();
+    let mut kiln = Vec::new();
+    let mut hashed = Vec::new();
+    for run in 0..5 {
+        // Before the step: each tool's record.
+        let t = Instant::now();
+        let before = Inventory::take(&rootfs, &[]).expect("inventory");
+        record.push(t.elapsed());
+        assert_eq!(before.len(), IN_PLACE_DIRS * (FILES_PER_DIR + 1) + 2);
+        let recorded = hash_walk(&rootfs);
+        // The step rewrites one file.
+        fs::write(rootfs.join(changed_rel), format!("changed by RUN {run}\n")).expect("write");
+        // The snapshot: what changed.
+        let t = Instant::now();
+        let (changes, _) = before.changes(&rootfs, &[]).expect("changes");
+        kiln.push(t.elapsed());
+        assert_eq!(changes.changed, [changed_rel], "kiln found the change");
+        let t = Instant::now();
+        let now = hash_walk(&rootfs);
+        let differ: Vec<&PathBuf> = now
+            .iter()
+            .filter(|(p, h)| recorded.get(*p) != Some(*h))
+            .map(|(p, _)| p)
+            .collect();
+        hashed.push(t.elapsed());
+        assert!(
+            differ.contains(&&rootfs.join(changed_rel)),
+            "the hashing walk found the change"
+        );
+    }
+    let (record, kiln, hashed) = (median(record), median(kiln), median(hashed));
+    println!(
+        "in-place snapshot of a RUN that changed 1 file (rootfs of {} files), median of 5, {} threads:",
+        IN_PLACE_DIRS * FILES_PER_DIR,
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    );
+    println!("  kiln Inventory, record before the step: {record:.3?}");
+    println!("  kiln Inventory, changes after the step: {kiln:.3?}");
+    println!("  serial walk hashing every file (kaniko-style): {hashed:.3?}");
+    println!(
+        "  ratio: the hashing walk takes {:.1}x as long as kiln's snapshot",
+        hashed.as_secs_f64() / kiln.as_secs_f64()
     );
 }

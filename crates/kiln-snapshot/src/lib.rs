@@ -13,6 +13,7 @@ mod copy;
 mod decompress;
 mod extract;
 mod fsmeta;
+mod inventory;
 mod pargz;
 mod stack;
 mod tar_reader;
@@ -31,6 +32,7 @@ pub use copy::{CopyOptions, copy_into_layer, mkdir_in_layer};
 pub use decompress::{Compression, DecompressError, MAX_HISTORY_MIB, decompress};
 pub use extract::{ExtractStats, extract_layer};
 pub use fsmeta::copied_xattrs;
+pub use inventory::{Changes, Inventory};
 pub use stack::LayerStack;
 pub use write::{LayerBlob, LayerOptions, write_layer};
 
