@@ -57,10 +57,8 @@ fn stat_key(md: &fs::Metadata) -> StatKey {
     )
 }
 
-/// Walk the whole rootfs, lstat everything and compare with the recorded map: the work a
-/// full-filesystem snapshotter does before it writes anything.
-fn walk_and_compare(root: &Path, recorded: &HashMap<PathBuf, StatKey>) -> Vec<PathBuf> {
-    let mut changed = Vec::new();
+/// One thread walks the whole tree, as kaniko's snapshotter does, and lstats each entry.
+fn serial_walk(root: &Path, mut visit: impl FnMut(PathBuf, &fs::Metadata)) {
     let mut stack = vec![root.to_path_buf()];
     while let Some(dir) = stack.pop() {
         for entry in fs::read_dir(&dir).expect("read_dir") {
@@ -69,23 +67,27 @@ fn walk_and_compare(root: &Path, recorded: &HashMap<PathBuf, StatKey>) -> Vec<Pa
             if md.is_dir() {
                 stack.push(path.clone());
             }
-            if recorded.get(&path) != Some(&stat_key(&md)) {
-                changed.push(path);
-            }
+            visit(path, &md);
         }
     }
+}
+
+/// Walk the whole rootfs, lstat everything and compare with the recorded map: the work a
+/// full-filesystem snapshotter does before it writes anything.
+fn walk_and_compare(root: &Path, recorded: &HashMap<PathBuf, StatKey>) -> Vec<PathBuf> {
+    let mut changed = Vec::new();
+    serial_walk(root, |path, md| {
+        if recorded.get(&path) != Some(&stat_key(md)) {
+            changed.push(path);
+        }
+    });
     changed
 }
 
 fn record(root: &Path, map: &mut HashMap<PathBuf, StatKey>) {
-    for entry in fs::read_dir(root).expect("read_dir") {
-        let path = entry.expect("dir entry").path();
-        let md = fs::symlink_metadata(&path).expect("lstat");
-        if md.is_dir() {
-            record(&path, map);
-        }
-        map.insert(path, stat_key(&md));
-    }
+    serial_walk(root, |path, md| {
+        map.insert(path, stat_key(md));
+    });
 }
 
 /// `dirs` directories of [`FILES_PER_DIR`] small files under `rootfs/usr/lib`.
@@ -233,17 +235,10 @@ fn hash_entry(path: &Path, md: &fs::Metadata) -> [u8; 32] {
 /// kaniko's full snapshot: one thread walks the tree and hashes every entry.
 fn hash_walk(root: &Path) -> HashMap<PathBuf, [u8; 32]> {
     let mut hashes = HashMap::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        for entry in fs::read_dir(&dir).expect("read_dir") {
-            let path = entry.expect("dir entry").path();
-            let md = fs::symlink_metadata(&path).expect("lstat");
-            if md.is_dir() {
-                stack.push(path.clone());
-            }
-            hashes.insert(path.clone(), hash_entry(&path, &md));
-        }
-    }
+    serial_walk(root, |path, md| {
+        let hash = hash_entry(&path, md);
+        hashes.insert(path, hash);
+    });
     hashes
 }
 

@@ -28,7 +28,7 @@ pub use fixtures::{
 pub use hostile::{COMMITTED_CANARY, HOSTILE_FILES, HostileFile, hostile_dir, hostile_file};
 pub use hostile_archives::{DECOMPRESSION_BOMBS, DecompressionBomb, write_decompression_bombs};
 pub use image_layout::{OCI_LAYER_ZSTD, busybox_zstd_layout, write_image_layout};
-pub use measure::{Measured, run_measured};
+pub use measure::{Measured, run_measured, wrapped};
 pub use noise::{Noise, noise};
 pub use registry::{Registry, RegistryOptions};
 pub use tls::{IssuedCert, TestCa};

@@ -7,6 +7,7 @@
 //! program's `ru_maxrss`, so a test holding a large hostile input in memory would be
 //! measured instead of kiln.
 
+use std::ffi::OsStr;
 use std::process::{Command, Output, Stdio};
 
 const GNU_TIME: &str = "/usr/bin/time";
@@ -34,21 +35,16 @@ pub fn run_measured(cmd: &mut Command) -> Measured {
         "{GNU_TIME} is missing: run scripts/install-deps.sh (Debian package time)"
     );
     let report = tempfile::NamedTempFile::new().expect("creating a file for GNU time's report");
-    let mut timed = Command::new(GNU_TIME);
-    timed
-        .args(["--quiet", "--format=%M", "--output"])
-        .arg(report.path())
-        .arg(cmd.get_program())
-        .args(cmd.get_args());
-    for (name, value) in cmd.get_envs() {
-        match value {
-            Some(value) => timed.env(name, value),
-            None => timed.env_remove(name),
-        };
-    }
-    if let Some(dir) = cmd.get_current_dir() {
-        timed.current_dir(dir);
-    }
+    let mut timed = wrapped(
+        GNU_TIME,
+        &[
+            "--quiet".as_ref(),
+            "--format=%M".as_ref(),
+            "--output".as_ref(),
+            report.path().as_os_str(),
+        ],
+        cmd,
+    );
     let output = timed
         .stdin(Stdio::null())
         .output()
@@ -63,6 +59,23 @@ pub fn run_measured(cmd: &mut Command) -> Measured {
         output,
         peak_rss_kib,
     }
+}
+
+/// `cmd` run by `program ARGS...` (a tool that takes a command line: GNU time, strace), with
+/// `cmd`'s environment changes and working directory.
+pub fn wrapped(program: &str, args: &[&OsStr], cmd: &Command) -> Command {
+    let mut outer = Command::new(program);
+    outer.args(args).arg(cmd.get_program()).args(cmd.get_args());
+    for (name, value) in cmd.get_envs() {
+        match value {
+            Some(value) => outer.env(name, value),
+            None => outer.env_remove(name),
+        };
+    }
+    if let Some(dir) = cmd.get_current_dir() {
+        outer.current_dir(dir);
+    }
+    outer
 }
 
 #[cfg(test)]

@@ -11,7 +11,7 @@ use std::path::Path;
 use std::process::Command;
 
 use common::*;
-use kiln_testkit::{busybox_fixtures, umoci_unpack};
+use kiln_testkit::{busybox_fixtures, umoci_unpack, wrapped};
 
 const DIRS: usize = 20;
 const FILES_PER_DIR: usize = 100;
@@ -21,18 +21,16 @@ const FILES: usize = DIRS * FILES_PER_DIR;
 /// syscall name.
 fn syscall_counts(command: Command, work: &Path, name: &str) -> BTreeMap<String, usize> {
     let report = work.join(format!("{name}.strace"));
-    let mut traced = Command::new("strace");
-    traced
-        .args(["-f", "-c", "-o"])
-        .arg(&report)
-        .arg(command.get_program())
-        .args(command.get_args());
-    for (key, value) in command.get_envs() {
-        match value {
-            Some(value) => traced.env(key, value),
-            None => traced.env_remove(key),
-        };
-    }
+    let mut traced = wrapped(
+        "strace",
+        &[
+            "-f".as_ref(),
+            "-c".as_ref(),
+            "-o".as_ref(),
+            report.as_os_str(),
+        ],
+        &command,
+    );
     let out = traced
         .output()
         .expect("running strace (scripts/install-deps.sh installs it)");
