@@ -5,7 +5,7 @@
 //! behind it, once per architecture.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use kiln_oci::Platform;
@@ -33,6 +33,11 @@ pub trait Worker: Sync {
     /// Checks, before the build starts, that commands for `platform` can run; says whether
     /// they run emulated.
     fn check(&self, platform: &Platform) -> Result<bool, BuildError>;
+
+    /// Checks, once before the first step of a build with RUN steps, that a command can run
+    /// here at all, with a trial step in `scratch` (an empty dir where steps' scratch dirs
+    /// are made).
+    fn trial(&self, scratch: &Path) -> Result<(), BuildError>;
 
     /// Runs `job`, passing each output line to `output`. An error means the command could
     /// not be run at all; a command that ran and failed is an outcome.
@@ -81,6 +86,14 @@ impl Worker for NamespaceWorker {
             self.emulation_for(platform)?,
             EmulationMode::Native
         ))
+    }
+
+    fn trial(&self, scratch: &Path) -> Result<(), BuildError> {
+        self.sandbox
+            .trial(scratch)
+            .map_err(|e| BuildError::Namespaces {
+                message: e.to_string(),
+            })
     }
 
     fn run(&self, job: ExecJob, output: &mut dyn FnMut(&str)) -> Result<ExecOutcome, String> {
