@@ -74,7 +74,7 @@ pub enum BuildError {
         instruction: String,
         message: String,
     },
-    /// The trial step failed: no RUN step can run here.
+    /// The trial step before the first RUN that runs failed: no RUN step can run here.
     #[error(
         "RUN steps cannot run here: kiln runs each one in new user and mount namespaces, and a \
          trial step failed ({message}). In a container, this usually means that its seccomp \
@@ -83,7 +83,7 @@ pub enum BuildError {
          out: run the container with podman's default seccomp profile or an unconfined one \
          (`--security-opt seccomp=unconfined`; in Kubernetes, \
          `securityContext.seccompProfile.type: Unconfined`), or build a Dockerfile without \
-         RUN steps. Nothing was built or pushed"
+         RUN steps. No image was written or pushed"
     )]
     Namespaces { message: String },
     #[error("cannot run RUN steps for {platform}: {message}")]

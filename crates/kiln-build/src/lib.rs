@@ -131,10 +131,6 @@ pub fn build(
         progress,
     };
     let plan = lower(df, opts, &resolver)?;
-    // Before any step: a runtime that refuses namespaces gives one error, not a failed step.
-    if plan.ops.iter().any(|op| matches!(op.kind, OpKind::Exec(_))) {
-        worker.trial(store.temp_dir("trial-")?.path())?;
-    }
     for warning in &plan.warnings {
         progress.info(warning);
     }

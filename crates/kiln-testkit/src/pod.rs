@@ -67,7 +67,7 @@ pub struct Pod {
     dir: tempfile::TempDir,
     program: String,
     profile: Profile,
-    /// Host dir, read-only.
+    /// (host dir, bound read-only), each at its own path.
     binds: Vec<(PathBuf, bool)>,
     env: Vec<String>,
     /// Capabilities added to the profile's.
