@@ -5,7 +5,9 @@
 # compressors (xz, bzip2, zstd) that write the tests' archives and hostile corpus. kiln links
 # libseccomp (libseccomp-dev) for the seccomp filter of RUN steps, and the sandbox tests build
 # their attacker program with gcc -static (libc6-dev); strace counts the syscalls kiln makes
-# per extracted or copied file (tests/per_file_work.rs). Idempotent: installed packages are left
+# per extracted or copied file (tests/per_file_work.rs). podman with runc, and podman's seccomp
+# profile (golang-github-containers-common), run kiln inside a real container the way a
+# Kubernetes pod runs it (tests/pods.rs). Idempotent: installed packages are left
 # alone, and apt's indexes are only refreshed when something is missing.
 #
 # It never registers binfmt_misc handlers: kiln registers qemu inside its own user namespace,
@@ -29,6 +31,9 @@ packages=(
 	bzip2
 	zstd
 	strace
+	podman
+	runc
+	golang-github-containers-common
 )
 
 as_root=()
@@ -81,7 +86,7 @@ if [[ -n $added ]]; then
 		"kiln's foreign-arch tests do not need (and should not rely on) host handlers" >&2
 fi
 
-for tool in docker-registry skopeo umoci qemu-aarch64-static busybox newuidmap dpkg-deb gcc xz bzip2 zstd; do
+for tool in docker-registry skopeo umoci qemu-aarch64-static busybox newuidmap dpkg-deb gcc xz bzip2 zstd podman runc; do
 	command -v "$tool" >/dev/null 2>&1 || {
 		echo "install-deps.sh: $tool still missing after install" >&2
 		exit 1

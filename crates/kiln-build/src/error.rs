@@ -74,6 +74,18 @@ pub enum BuildError {
         instruction: String,
         message: String,
     },
+    /// The trial step before the first RUN that runs failed: no RUN step can run here.
+    #[error(
+        "RUN steps cannot run here: kiln runs each one in new user and mount namespaces, and a \
+         trial step failed ({message}). In a container, this usually means that its seccomp \
+         profile refuses them: Docker's default and Kubernetes' RuntimeDefault refuse unshare \
+         and mount to a container without CAP_SYS_ADMIN, and pivot_root even with it. Ways \
+         out: run the container with podman's default seccomp profile or an unconfined one \
+         (`--security-opt seccomp=unconfined`; in Kubernetes, \
+         `securityContext.seccompProfile.type: Unconfined`), or build a Dockerfile without \
+         RUN steps. No image was written or pushed"
+    )]
+    Namespaces { message: String },
     #[error("cannot run RUN steps for {platform}: {message}")]
     Emulation { platform: String, message: String },
     #[error("the build for {platform} was cancelled because another platform failed")]

@@ -768,6 +768,10 @@ impl Solving<'_, '_> {
                  then COPY --from=build the result into the {platform} stage.",
             ));
         }
+        let scratch = self.s.store.temp_dir("run-")?;
+        // Before anything is extracted for it: a runtime that refuses namespaces gives one
+        // error that says so, not a failed step.
+        self.s.worker.trial(scratch.path())?;
         self.materialize(&parent.layers)?;
         let mut requests = Vec::new();
         for mount in &exec.mounts {
@@ -781,7 +785,6 @@ impl Solving<'_, '_> {
             };
             requests.push((mount.mount.clone(), from));
         }
-        let scratch = self.s.store.temp_dir("run-")?;
         let upper = scratch.path().join("upper");
         let work = scratch.path().join("work");
         for d in [&upper, &work] {

@@ -5,8 +5,8 @@
 //! behind it, once per architecture.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
-use std::sync::Mutex;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, OnceLock};
 
 use kiln_oci::Platform;
 use kiln_sandbox::{EmulationMode, ExitStatus, RunSpec, Sandbox};
@@ -34,6 +34,11 @@ pub trait Worker: Sync {
     /// they run emulated.
     fn check(&self, platform: &Platform) -> Result<bool, BuildError>;
 
+    /// Checks that a command can run here at all; called before each RUN that runs (not for
+    /// cache hits, which need nothing to run). The first call runs a trial step in a new dir
+    /// under `scratch` (the step's scratch dir), later calls give its outcome.
+    fn trial(&self, scratch: &Path) -> Result<(), BuildError>;
+
     /// Runs `job`, passing each output line to `output`. An error means the command could
     /// not be run at all; a command that ran and failed is an outcome.
     fn run(&self, job: ExecJob, output: &mut dyn FnMut(&str)) -> Result<ExecOutcome, String>;
@@ -45,6 +50,8 @@ pub struct NamespaceWorker {
     qemu_dir: Option<PathBuf>,
     /// How each architecture runs, probed once.
     emulation: Mutex<HashMap<String, EmulationMode>>,
+    /// The trial step's outcome, once it ran (see [`Worker::trial`]).
+    trial: OnceLock<Result<(), String>>,
 }
 
 impl NamespaceWorker {
@@ -55,6 +62,7 @@ impl NamespaceWorker {
             sandbox: Sandbox::new(helper),
             qemu_dir,
             emulation: Mutex::new(HashMap::new()),
+            trial: OnceLock::new(),
         }
     }
 
@@ -81,6 +89,18 @@ impl Worker for NamespaceWorker {
             self.emulation_for(platform)?,
             EmulationMode::Native
         ))
+    }
+
+    fn trial(&self, scratch: &Path) -> Result<(), BuildError> {
+        let outcome = self.trial.get_or_init(|| {
+            let dir = scratch.join("trial");
+            std::fs::create_dir(&dir)
+                .map_err(|e| format!("creating {}: {e}", dir.display()))
+                .and_then(|()| self.sandbox.trial(&dir).map_err(|e| e.to_string()))
+        });
+        outcome
+            .clone()
+            .map_err(|message| BuildError::Namespaces { message })
     }
 
     fn run(&self, job: ExecJob, output: &mut dyn FnMut(&str)) -> Result<ExecOutcome, String> {

@@ -1,6 +1,7 @@
 //! What kiln knows about each architecture it can emulate: the QEMU user-mode emulator's name,
 //! the ELF header pattern binfmt_misc matches for it, and a tiny program that only exits 0,
-//! used to probe whether binaries of the architecture run.
+//! used to probe whether binaries of the architecture run (and, for the machine's own
+//! architecture, as the command of `Sandbox::trial`).
 
 /// The QEMU binfmt_misc pattern: the first 20 bytes of an ELF header (ident, e_type and
 /// e_machine), masked so that ET_EXEC and ET_DYN, and any OS ABI, match.
@@ -142,6 +143,19 @@ pub(crate) fn foreign_arch(arch: &str) -> Option<&'static ForeignArch> {
     FOREIGN_ARCHES.iter().find(|known| known.oci == base)
 }
 
+/// The entry for the architecture this program was built for, whose probe runs natively.
+pub(crate) fn native() -> Option<&'static ForeignArch> {
+    let oci = match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "x86" => "386",
+        "aarch64" => "arm64",
+        "powerpc64" if cfg!(target_endian = "little") => "ppc64le",
+        "arm" | "s390x" | "riscv64" => std::env::consts::ARCH,
+        _ => return None,
+    };
+    foreign_arch(oci)
+}
+
 /// Load address of the probe: page-aligned for every page size up to 64 KiB.
 const PROBE_BASE: u64 = 0x40_0000;
 
@@ -275,6 +289,23 @@ mod tests {
                 String::from_utf8_lossy(&output.stderr)
             );
         }
+    }
+
+    /// The trial step's program is this machine's own, and runs without an emulator.
+    #[test]
+    fn the_native_probe_runs_directly() {
+        let native = super::native().expect("a probe program for this machine");
+        assert!(crate::runs_natively(native.oci), "{}", native.oci);
+        let dir = tempfile::tempdir().unwrap();
+        let written = dir.path().join("written");
+        std::fs::write(&written, native.probe_program()).unwrap();
+        std::fs::set_permissions(&written, std::fs::Permissions::from_mode(0o755)).unwrap();
+        // Run a copy written by another process: a write descriptor of this multi-threaded
+        // test process could be inherited by another test's fork and fail the exec (ETXTBSY).
+        let path = dir.path().join("probe");
+        kiln_testkit::copy_executable(&written, &path);
+        let status = Command::new(&path).status().unwrap();
+        assert!(status.success(), "{}: {status}", path.display());
     }
 
     /// The emulator would not even be asked to run a probe that its pattern does not match.

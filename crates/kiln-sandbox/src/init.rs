@@ -102,8 +102,15 @@ pub(crate) fn run(
     enter_root(merged)?;
     restrict_proc()?;
     stdin_from_rootfs()?;
-    sethostname(hostname_of(&spec.hostname))
-        .map_err(|err| format!("setting the hostname {:?}: {err}", spec.hostname))?;
+    // The hostname is cosmetic. A container runtime whose seccomp profile allows sethostname
+    // only with CAP_SYS_ADMIN in its own user namespace (podman's default) refuses it with
+    // EPERM even in this UTS namespace of our own; the step then sees the UTS name it
+    // inherited (the container's hostname) rather than failing. /etc/hostname still says
+    // `spec.hostname`.
+    match sethostname(hostname_of(&spec.hostname)) {
+        Ok(()) | Err(Errno::EPERM) => {}
+        Err(err) => return Err(format!("setting the hostname {:?}: {err}", spec.hostname)),
+    }
 
     let identity = users::resolve(
         &spec.user,

@@ -11,6 +11,10 @@
 //! capabilities and seccomp profile, runc's read-only and masked /proc paths, stdin, stdout
 //! and stderr as its only descriptors, and no controlling terminal (see `init::confine`).
 //!
+//! [`Sandbox::trial`] runs the whole setup once with a program that only exits 0, so that a
+//! build can tell a runtime that refuses the namespaces, or pieces of the setup, from a step
+//! that failed.
+//!
 //! Steps of a foreign architecture run under QEMU user-mode emulation, registered in a
 //! binfmt_misc instance private to the helper's user namespace (Linux 6.7+), so the host's
 //! binfmt_misc stays untouched: see [`Sandbox::emulation_for`] and [`RunSpec::emulator`].

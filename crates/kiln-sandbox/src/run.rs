@@ -5,14 +5,18 @@ use std::collections::VecDeque;
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
 use nix::fcntl::OFlag;
 use nix::unistd::pipe2;
 
 use crate::protocol::{HelperReport, HelperRequest};
-use crate::{HELPER_ARG, MAX_LINE_BYTES, RunOutput, RunSpec, Sandbox, SandboxError, TAIL_LINES};
+use crate::{
+    HELPER_ARG, MAX_LINE_BYTES, RunOutput, RunSpec, Sandbox, SandboxError, TAIL_LINES, arch,
+};
 
 impl Sandbox {
     /// Runs `spec.argv` in the sandbox. Each line of the command's combined stdout and stderr
@@ -25,6 +29,41 @@ impl Sandbox {
         on_line: &mut dyn FnMut(&str),
     ) -> Result<RunOutput, SandboxError> {
         self.run_request(&HelperRequest::Run(spec.clone()), on_line)
+    }
+
+    /// Runs a program that only exits 0 as a step would run it: the helper in new namespaces,
+    /// overlayfs, /proc, /dev, pivot_root, the hostname, seccomp, capabilities, the exec. A
+    /// container runtime may allow some of this and refuse the rest, so only a whole trial
+    /// tells whether steps can run. `scratch` must be an empty dir on the filesystem where
+    /// the steps' upper dirs will be; the trial leaves its files there.
+    pub fn trial(&self, scratch: &Path) -> Result<(), SandboxError> {
+        let Some(native) = arch::native() else {
+            // No trial program for this machine: the first step finds out instead.
+            return Ok(());
+        };
+        let [lower, upper, work] = ["lower", "upper", "work"].map(|dir| scratch.join(dir));
+        for dir in [&lower, &upper, &work] {
+            std::fs::create_dir(dir)?;
+        }
+        let program = lower.join("trial");
+        std::fs::write(&program, native.probe_program())?;
+        std::fs::set_permissions(&program, std::fs::Permissions::from_mode(0o755))?;
+        let spec = RunSpec {
+            lowers: vec![lower],
+            upper,
+            work,
+            argv: vec!["/trial".to_string()],
+            cwd: "/".to_string(),
+            ..RunSpec::default()
+        };
+        let output = self.run(&spec, &mut |_| {})?;
+        match output.status.success() {
+            true => Ok(()),
+            false => Err(SandboxError::Setup(format!(
+                "a program that only exits 0 ended with {}",
+                output.status
+            ))),
+        }
     }
 
     /// Starts the helper in new namespaces and has it carry out `request`.

@@ -2,7 +2,8 @@
 //! or token auth, with a test CA and token server), multi-arch busybox and Go toolchain base
 //! images built from Debian packages, and wrappers around the independent tools (skopeo,
 //! umoci) that tests use to check kiln's output; the hostile-input corpus of `testdata/hostile/`;
-//! and `run_measured`, which runs a command and reports its peak RSS.
+//! `run_measured`, which runs a command and reports its peak RSS; and `Pod`, a real container
+//! runtime (podman with runc) under podman's or Docker's default seccomp profile.
 //!
 //! This crate deliberately depends on none of kiln's own crates, so a bug in kiln cannot hide
 //! in the fixtures it is tested against. Everything here panics with a readable message on
@@ -16,6 +17,7 @@ mod http;
 mod image_layout;
 mod measure;
 mod noise;
+mod pod;
 mod registry;
 mod tls;
 mod token_server;
@@ -30,6 +32,7 @@ pub use hostile_archives::{DECOMPRESSION_BOMBS, DecompressionBomb, write_decompr
 pub use image_layout::{OCI_LAYER_ZSTD, busybox_zstd_layout, write_image_layout};
 pub use measure::{Measured, run_measured, wrapped};
 pub use noise::{Noise, noise};
+pub use pod::{Pod, Profile};
 pub use registry::{Registry, RegistryOptions};
 pub use tls::{IssuedCert, TestCa};
 pub use token_server::{TokenRequest, TokenServer};

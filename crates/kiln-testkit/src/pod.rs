@@ -1,0 +1,240 @@
+//! A real container runtime for tests: Debian's podman with runc runs one program (kiln) as
+//! root in a container, under the seccomp profile and capabilities of a chosen runtime, as a
+//! Kubernetes pod or a GitLab runner's job would run it.
+//!
+//! No image is needed: the rootfs is a temp dir holding only the program, and the host's
+//! library dirs are bound read-only, so a dynamically linked program finds its libraries
+//! where `ldd` found them. Test dirs are bound at their own paths, so the same paths work
+//! inside and outside.
+//!
+//! The podman flags are what this machine needs: `--runtime runc` (crun fails on its hybrid
+//! cgroup layout), limits no higher than they are (there is no CAP_SYS_RESOURCE to raise
+//! them) and the host's network, to reach a registry on loopback.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde_json::{Value, json};
+
+use crate::tools::copy_executable;
+
+/// podman's default seccomp profile, from Debian's golang-github-containers-common.
+const PODMAN_SECCOMP: &str = "/usr/share/containers/seccomp.json";
+
+/// What Docker's default profile allows only with CAP_SYS_ADMIN and podman's allows to all.
+const SYS_ADMIN_ONLY: [&str; 14] = [
+    "unshare",
+    "mount",
+    "umount",
+    "umount2",
+    "setns",
+    "sethostname",
+    "fsopen",
+    "fsconfig",
+    "fsmount",
+    "move_mount",
+    "open_tree",
+    "mount_setattr",
+    "clone",
+    "clone3",
+];
+
+/// The namespace flags of clone(2) (CLONE_NEWNS, NEWCGROUP, NEWUTS, NEWIPC, NEWUSER, NEWPID,
+/// NEWNET): Docker allows clone without CAP_SYS_ADMIN only when none is set.
+const CLONE_NAMESPACE_FLAGS: u64 = 0x7E02_0000;
+
+const EPERM: u64 = 1;
+const ENOSYS: u64 = 38;
+
+/// Docker's capabilities that podman does not grant by default.
+const DOCKER_EXTRA_CAPS: &str = "CAP_MKNOD,CAP_NET_RAW,CAP_AUDIT_WRITE";
+
+/// The seccomp profile and capabilities of the container.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Profile {
+    /// podman's default: its own seccomp profile (which allows `unshare` and `mount` but
+    /// refuses `sethostname` without CAP_SYS_ADMIN) and its default capabilities.
+    Podman,
+    /// Docker's default, which Kubernetes calls RuntimeDefault: the namespace and mount
+    /// system calls only with CAP_SYS_ADMIN, no `pivot_root`, and Docker's default
+    /// capabilities (without CAP_SYS_ADMIN).
+    DockerDefault,
+}
+
+/// A container that runs one program, with dirs of the host bound in.
+pub struct Pod {
+    /// Holds `rootfs/` and the seccomp profile.
+    dir: tempfile::TempDir,
+    program: String,
+    profile: Profile,
+    /// (host dir, bound read-only), each at its own path.
+    binds: Vec<(PathBuf, bool)>,
+    env: Vec<String>,
+    /// Capabilities added to the profile's.
+    caps: Vec<String>,
+}
+
+impl Pod {
+    /// A container whose rootfs holds only a copy of `program`, at `/bin/<its name>`.
+    pub fn new(program: &Path, profile: Profile) -> Pod {
+        let dir = tempfile::Builder::new()
+            .prefix("kiln-pod-")
+            .tempdir()
+            .expect("create a temp dir for the pod");
+        let bin = dir.path().join("rootfs/bin");
+        std::fs::create_dir_all(&bin).unwrap_or_else(|e| panic!("creating {}: {e}", bin.display()));
+        let name = program
+            .file_name()
+            .expect("a program file name")
+            .to_str()
+            .expect("a UTF-8 program name");
+        copy_executable(program, &bin.join(name));
+        let mut binds = Vec::new();
+        for libs in ["/lib", "/lib64", "/usr/lib"] {
+            if Path::new(libs).exists() {
+                binds.push((PathBuf::from(libs), true));
+            }
+        }
+        Pod {
+            dir,
+            program: format!("/bin/{name}"),
+            profile,
+            binds,
+            env: Vec::new(),
+            caps: Vec::new(),
+        }
+    }
+
+    /// Binds the host's `dir` at the same path, writable.
+    pub fn bind(mut self, dir: &Path) -> Pod {
+        self.binds.push((dir.to_path_buf(), false));
+        self
+    }
+
+    /// Binds the host's `dir` at the same path, read-only.
+    pub fn bind_ro(mut self, dir: &Path) -> Pod {
+        self.binds.push((dir.to_path_buf(), true));
+        self
+    }
+
+    /// Sets an environment variable of the program.
+    pub fn env(mut self, key: &str, value: &str) -> Pod {
+        self.env.push(format!("{key}={value}"));
+        self
+    }
+
+    /// Adds a capability (`CAP_SYS_ADMIN`) to the profile's.
+    pub fn cap_add(mut self, cap: &str) -> Pod {
+        self.caps.push(cap.to_string());
+        self
+    }
+
+    /// `podman run` of the program with `args`; run it with `.output()`.
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new("podman");
+        command.args([
+            "run",
+            "--rm",
+            "--runtime",
+            "runc",
+            "--ulimit",
+            "nofile=1024:1024",
+            "--ulimit",
+            "nproc=1000:1000",
+            "--network",
+            "host",
+        ]);
+        let seccomp = match self.profile {
+            Profile::Podman => PathBuf::from(PODMAN_SECCOMP),
+            Profile::DockerDefault => {
+                command.args(["--cap-add", DOCKER_EXTRA_CAPS]);
+                self.docker_default_seccomp()
+            }
+        };
+        command
+            .arg("--security-opt")
+            .arg(format!("seccomp={}", seccomp.display()));
+        for (dir, readonly) in &self.binds {
+            let suffix = if *readonly { ":ro" } else { "" };
+            command
+                .arg("--volume")
+                .arg(format!("{0}:{0}{suffix}", dir.display()));
+        }
+        for cap in &self.caps {
+            command.arg("--cap-add").arg(cap);
+        }
+        for var in &self.env {
+            command.arg("--env").arg(var);
+        }
+        command
+            .arg("--rootfs")
+            .arg(self.dir.path().join("rootfs"))
+            .arg(&self.program)
+            .args(args);
+        command
+    }
+
+    /// Writes Docker's default profile, derived from podman's, and returns its path.
+    fn docker_default_seccomp(&self) -> PathBuf {
+        let text = std::fs::read_to_string(PODMAN_SECCOMP).unwrap_or_else(|e| {
+            panic!("reading {PODMAN_SECCOMP} (install golang-github-containers-common): {e}")
+        });
+        let podman: Value =
+            serde_json::from_str(&text).unwrap_or_else(|e| panic!("parsing {PODMAN_SECCOMP}: {e}"));
+        let path = self.dir.path().join("docker-default-seccomp.json");
+        std::fs::write(&path, docker_default(podman).to_string())
+            .unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
+        path
+    }
+}
+
+/// podman's profile with Docker's rules for the namespace and mount system calls, answered
+/// as Docker answers them (EPERM; ENOSYS for clone3, so that libc falls back to clone).
+fn docker_default(mut profile: Value) -> Value {
+    let rules = profile["syscalls"]
+        .as_array_mut()
+        .unwrap_or_else(|| panic!("{PODMAN_SECCOMP} has no syscalls list"));
+    for rule in rules.iter_mut() {
+        if let Some(names) = rule["names"].as_array_mut() {
+            names.retain(|name| {
+                let name = name.as_str().unwrap_or_default();
+                !SYS_ADMIN_ONLY.contains(&name) && name != "pivot_root"
+            });
+        }
+    }
+    rules.retain(|rule| rule["names"].as_array().is_some_and(|n| !n.is_empty()));
+    let sys_admin = json!({ "caps": ["CAP_SYS_ADMIN"] });
+    let refused: Vec<&str> = SYS_ADMIN_ONLY
+        .iter()
+        .copied()
+        .filter(|name| !name.starts_with("clone"))
+        .collect();
+    rules.extend([
+        json!({ "names": SYS_ADMIN_ONLY, "action": "SCMP_ACT_ALLOW", "includes": sys_admin }),
+        json!({
+            "names": ["clone"],
+            "action": "SCMP_ACT_ALLOW",
+            "args": [{
+                "index": 0,
+                "value": CLONE_NAMESPACE_FLAGS,
+                "valueTwo": 0,
+                "op": "SCMP_CMP_MASKED_EQ"
+            }],
+            "excludes": sys_admin,
+        }),
+        json!({
+            "names": ["clone3"],
+            "action": "SCMP_ACT_ERRNO",
+            "errnoRet": ENOSYS,
+            "excludes": sys_admin,
+        }),
+        json!({
+            "names": refused,
+            "action": "SCMP_ACT_ERRNO",
+            "errnoRet": EPERM,
+            "excludes": sys_admin,
+        }),
+        json!({ "names": ["pivot_root"], "action": "SCMP_ACT_ERRNO", "errnoRet": EPERM }),
+    ]);
+    profile
+}

@@ -1,0 +1,164 @@
+//! kiln inside a real container (podman with runc, as root), as a Kubernetes pod or a GitLab
+//! runner's job runs it: under podman's default seccomp profile RUN steps run in kiln's
+//! namespaces; under Docker's default (Kubernetes' RuntimeDefault) they cannot, and kiln says
+//! so once, before the first RUN that would run, while COPY-only Dockerfiles and cached RUN
+//! steps still build. The results are read
+//! from outside the container with umoci.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+use common::*;
+use kiln_testkit::{Pod, Profile, busybox_fixtures};
+
+/// A temp dir bound into the pod, holding the build context, kiln's root and the output.
+struct PodBuild {
+    dir: tempfile::TempDir,
+}
+
+impl PodBuild {
+    fn new(dockerfile_after_from: &str) -> PodBuild {
+        let dir = tempfile::Builder::new()
+            .prefix("kiln-pods-")
+            .tempdir()
+            .unwrap();
+        let ctx = dir.path().join("ctx");
+        std::fs::create_dir(&ctx).unwrap();
+        let dockerfile = format!(
+            "FROM oci-layout://{}:latest\n{dockerfile_after_from}",
+            busybox_fixtures().oci_layout.display()
+        );
+        std::fs::write(ctx.join("Dockerfile"), dockerfile).unwrap();
+        std::fs::write(ctx.join("greeting"), "copied into the image\n").unwrap();
+        PodBuild { dir }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// `kiln build -o type=oci,dest=DIR/out,tar=false DIR/ctx` in a pod with `profile`.
+    fn run(&self, profile: Profile) -> Output {
+        self.run_in(Pod::new(Path::new(env!("CARGO_BIN_EXE_kiln")), profile))
+    }
+
+    fn run_in(&self, pod: Pod) -> Output {
+        let pod = pod
+            .bind(self.dir.path())
+            .bind_ro(&busybox_fixtures().oci_layout)
+            .env("NO_COLOR", "1");
+        let output = format!("type=oci,dest={},tar=false", self.path("out").display());
+        let root = self.path("root");
+        let ctx = self.path("ctx");
+        let args = [
+            "build",
+            "--progress",
+            "plain",
+            "--root",
+            root.to_str().unwrap(),
+            "-t",
+            "app:1",
+            "-o",
+            &output,
+            ctx.to_str().unwrap(),
+        ];
+        pod.command(&args).output().expect("running podman")
+    }
+
+    /// The built image's rootfs, unpacked by umoci.
+    fn unpacked(&self) -> PathBuf {
+        umoci_unpack(&self.path("out"), "1", &self.path("bundle"))
+    }
+}
+
+#[test]
+fn run_steps_build_under_podmans_default_profile() {
+    // podman's profile refuses sethostname without CAP_SYS_ADMIN: a step must not fail on it.
+    let build = PodBuild::new(
+        "RUN echo ran in a pod > /ran && cat /ran\n\
+         COPY greeting /greeting\n\
+         RUN cat /greeting >> /ran\n",
+    );
+    let output = build.run(Profile::Podman);
+    assert_ok(&output);
+    let rootfs = build.unpacked();
+    assert_eq!(
+        read(&rootfs.join("ran")),
+        "ran in a pod\ncopied into the image\n"
+    );
+}
+
+#[test]
+fn docker_default_profile_stops_at_the_first_run_with_one_error() {
+    let build = PodBuild::new("COPY greeting /greeting\nRUN echo $((6 * 7))\n");
+    let output = build.run(Profile::DockerDefault);
+    let message = assert_failed(&output);
+    assert_contains_all(
+        &message,
+        &[
+            "RUN steps cannot run here",
+            "user and mount namespaces",
+            "Operation not permitted",
+            "seccomp profile",
+            "CAP_SYS_ADMIN",
+            "--security-opt seccomp=unconfined",
+            "seccompProfile.type: Unconfined",
+            "No image was written or pushed",
+        ],
+    );
+    // One error about the runtime, not a failed step; the command never ran.
+    assert_eq!(message.matches("RUN steps cannot run here").count(), 1);
+    assert!(!message.contains("step [stage-0"), "{message}");
+    assert!(!stderr(&output).contains("| 42"), "the RUN ran:\n{message}");
+    assert!(!build.path("out").exists(), "the output was written");
+}
+
+#[test]
+fn cached_run_steps_need_no_namespaces_under_docker_default_profile() {
+    // Built once where steps can run; the same store then serves every step from the cache
+    // in a pod that refuses namespaces, and the trial (which only a step that runs needs)
+    // does not stop it.
+    let build = PodBuild::new("RUN echo ran in a pod > /ran\n");
+    assert_ok(&build.run(Profile::Podman));
+    std::fs::remove_dir_all(build.path("out")).unwrap();
+    let output = build.run(Profile::DockerDefault);
+    assert_ok(&output);
+    assert_eq!(ran_and_cached(&stderr(&output)), (0, 1));
+    assert_eq!(read(&build.unpacked().join("ran")), "ran in a pod\n");
+}
+
+#[test]
+fn cap_sys_admin_is_not_enough_under_docker_default_profile() {
+    // Docker's profile refuses pivot_root to every container: the trial finds that too, and
+    // the error does not offer CAP_SYS_ADMIN as a way out.
+    let build = PodBuild::new("RUN echo never > /ran\n");
+    let pod = Pod::new(
+        Path::new(env!("CARGO_BIN_EXE_kiln")),
+        Profile::DockerDefault,
+    )
+    .cap_add("CAP_SYS_ADMIN");
+    let output = build.run_in(pod);
+    let message = assert_failed(&output);
+    assert_contains_all(
+        &message,
+        &[
+            "RUN steps cannot run here",
+            "pivot_root: EPERM",
+            "pivot_root even with it",
+            "--security-opt seccomp=unconfined",
+        ],
+    );
+    assert!(!message.contains("or with CAP_SYS_ADMIN"), "{message}");
+    assert!(!build.path("out").exists(), "the output was written");
+}
+
+#[test]
+fn copy_only_dockerfile_builds_under_docker_default_profile() {
+    let build = PodBuild::new("COPY greeting /greeting\n");
+    let output = build.run(Profile::DockerDefault);
+    assert_ok(&output);
+    let rootfs = build.unpacked();
+    assert_eq!(read(&rootfs.join("greeting")), "copied into the image\n");
+}
