@@ -39,7 +39,7 @@ use kiln_registry::RegistryClient;
 
 pub use base::{BaseRef, ImageResolver, RegistryResolver, ResolvedImage};
 pub use cache::{CacheBackend, KeyLock, LocalCache, Lookup, Record, RecordLayer};
-pub use context::{BuildContext, ContextSource};
+pub use context::{BuildContext, ContextSource, unpack_context};
 pub use context_hash::{ContextDigest, HashStats};
 pub use error::BuildError;
 pub use export::{StoreSource, deliver};

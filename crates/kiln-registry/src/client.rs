@@ -435,8 +435,11 @@ impl RegistryClient {
             Some(false) => return Ok("https"),
             None => {}
         }
-        let has_tls_settings = self.config.skips_tls_verify(&r.registry)
-            || settings.is_some_and(|h| !h.ca.is_empty() || !h.keypair.is_empty());
+        // A CA or a client certificate says the registry speaks TLS. Skipping verification
+        // does not: `--skip-tls-verify` is often passed for every registry of a job, and a
+        // plain-HTTP loopback registry must stay reachable (the probe below skips verifying
+        // too, so a self-signed one is still found to speak TLS).
+        let has_tls_settings = settings.is_some_and(|h| !h.ca.is_empty() || !h.keypair.is_empty());
         if !is_loopback(host) || has_tls_settings {
             return Ok("https");
         }

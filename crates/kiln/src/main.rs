@@ -5,6 +5,7 @@ mod cache_cmd;
 mod check_cmd;
 mod copy_cmd;
 mod dockerfile_cmd;
+mod executor_cmd;
 mod imagetools_cmd;
 mod login_cmd;
 mod manifest_cmd;
@@ -30,6 +31,8 @@ struct Cli {
 enum Commands {
     /// Build an image from a Dockerfile (buildx and kaniko flags).
     Build(Box<build_cmd::BuildArgs>),
+    /// Build with kaniko's executor flags and defaults (a drop-in for /kaniko/executor).
+    Executor(Box<executor_cmd::ExecutorArgs>),
     /// Work with image indexes in registries.
     #[command(subcommand)]
     Manifest(manifest_cmd::ManifestCommand),
@@ -68,6 +71,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Commands::Build(args) => build_cmd::run(*args),
+        Commands::Executor(args) => executor_cmd::run(*args),
         Commands::Manifest(cmd) => manifest_cmd::run(cmd),
         Commands::Imagetools(cmd) => imagetools_cmd::run(cmd),
         Commands::Copy(args) => copy_cmd::run(args),

@@ -118,15 +118,19 @@ impl RegistryArgs {
         Ok(config)
     }
 
-    /// A client configured from these flags, the registry config and the user's credentials.
-    pub fn client(&self) -> Result<RegistryClient, Report> {
-        RegistryClient::new(&ClientOptions {
+    /// A client's options from these flags, the registry config and the user's credentials.
+    pub fn client_options(&self) -> Result<ClientOptions, Report> {
+        Ok(ClientOptions {
             insecure_registries: self.insecure_registries.clone(),
             config: self.registry_config()?,
             credentials: CredentialStore::from_env(),
             ..ClientOptions::default()
         })
-        .map_err(|e| miette!("{e}"))
+    }
+
+    /// A client configured from these flags, the registry config and the user's credentials.
+    pub fn client(&self) -> Result<RegistryClient, Report> {
+        RegistryClient::new(&self.client_options()?).map_err(|e| miette!("{e}"))
     }
 }
 
