@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 
 use common::*;
-use kiln_testkit::{RegistryOptions, hostile_file};
+use kiln_testkit::{Fault, FaultProxy, FaultRule, RegistryOptions, hostile_file};
 
 /// `kiln executor ARGS` with a store private to this test and no docker config of the host's.
 fn executor(env: &Env, args: &[&str]) -> Output {
@@ -442,4 +442,187 @@ fn skip_tls_verify_keeps_plain_http_registries_on_http() {
         &env,
         &["-c", ctx_flag, "-d", &secure_name, &ca_flag],
     ));
+}
+
+/// A context whose image is `from` plus one file.
+fn one_file_context(env: &Env, name: &str, from: &str) -> PathBuf {
+    env.context(
+        name,
+        &[
+            ("Dockerfile", &format!("FROM {from}\nCOPY f /f\n")),
+            ("f", "one file\n"),
+        ],
+    )
+}
+
+#[test]
+fn mirrors_maps_platforms_and_verbosity() {
+    let env = Env::new();
+    // Docker Hub through --registry-mirror, quay.io through --registry-map: there is no
+    // internet here, so the build can only succeed through them.
+    let mirror = Registry::start();
+    push_busybox(&mirror, "library/busybox");
+    push_busybox(&env.registry, "team/busybox");
+    let ctx = env.context(
+        "ctx",
+        &[
+            (
+                "Dockerfile",
+                "FROM busybox AS hub\nCOPY f /from-hub\n\
+                 FROM quay.io/team/busybox\nCOPY --from=hub /from-hub /f\n",
+            ),
+            ("f", "mirrored\n"),
+        ],
+    );
+    let name = env.tag("mirrored:arm64");
+    let mirror_flag = format!("--registry-mirror={}", mirror.addr());
+    let map_flag = format!("--registry-map=quay.io={}", env.reg());
+    let args = [
+        "-c",
+        ctx.to_str().unwrap(),
+        "-d",
+        &name,
+        &mirror_flag,
+        &map_flag,
+        "--custom-platform",
+        "linux/arm64",
+    ];
+    let o = executor(&env, &args);
+    assert_ok(&o);
+    // --verbosity=info (the default) shows each step.
+    assert!(stderr(&o).contains("DONE"), "{}", stderr(&o));
+    let inspected = skopeo_inspect(&name, Some("arm64"));
+    assert_eq!(inspected["Architecture"], json!("arm64"), "{inspected}");
+    let rootfs = unpack_platform(&name, "arm64", &env.path("unpacked"));
+    assert_eq!(
+        std::fs::read_to_string(rootfs.join("f")).unwrap(),
+        "mirrored\n"
+    );
+
+    // --verbosity=warn: a successful build prints nothing.
+    let o = executor(&env, &[&args[..], &["--verbosity=warn"]].concat());
+    assert_ok(&o);
+    assert_eq!(stderr(&o), "");
+}
+
+/// A registry in front of `upstream` that answers 503 (retry at once) to the first six
+/// `method` requests for manifests.
+fn flaky(upstream: &str, method: &str) -> FaultProxy {
+    let fault = Fault::Status {
+        status: 503,
+        retry_after: Some(0),
+    };
+    FaultProxy::start(
+        upstream,
+        vec![FaultRule::new(Some(method), "/manifests/", fault, 6)],
+    )
+}
+
+#[test]
+fn push_and_download_retries_outlast_a_flaky_registry() {
+    let env = Env::new();
+    let ctx = one_file_context(&env, "ctx", &format!("{}/busybox", env.reg()));
+    let ctx_flag = ctx.to_str().unwrap();
+    // Six failed manifest uploads in a row are more than kiln's own five tries...
+    let proxy = flaky(env.reg(), "PUT");
+    let name = format!("{}/retried:1", proxy.addr());
+    let err = assert_failed(&executor(&env, &["-c", ctx_flag, "-d", &name]));
+    assert_contains_all(&err, &["503"]);
+    // ...and fewer than --push-retry=6 allows.
+    let proxy = flaky(env.reg(), "PUT");
+    let name = format!("{}/retried:1", proxy.addr());
+    assert_ok(&executor(
+        &env,
+        &["-c", ctx_flag, "-d", &name, "--push-retry=6"],
+    ));
+    assert_eq!(proxy.injected().len(), 6);
+    skopeo_raw(&name);
+
+    // The same for the base image's manifest and --image-download-retry.
+    let proxy = flaky(env.reg(), "GET");
+    let from = format!("{}/busybox", proxy.addr());
+    let ctx = one_file_context(&env, "ctx-flaky-base", &from);
+    let ctx_flag = ctx.to_str().unwrap();
+    let err = assert_failed(&executor(&env, &["-c", ctx_flag, "--no-push"]));
+    assert_contains_all(&err, &["503"]);
+    let proxy = flaky(env.reg(), "GET");
+    let from = format!("{}/busybox", proxy.addr());
+    let ctx = one_file_context(&env, "ctx-flaky-base-2", &from);
+    assert_ok(&executor(
+        &env,
+        &[
+            "-c",
+            ctx.to_str().unwrap(),
+            "--no-push",
+            "--image-download-retry",
+            "6",
+        ],
+    ));
+}
+
+#[test]
+fn credentials_come_from_the_kiln_dir_as_from_kanikos() {
+    let env = Env::new();
+    let secure = Registry::start_with(RegistryOptions {
+        tls: true,
+        htpasswd: Some(("ci".into(), "ci-pw-7".into())),
+        ..RegistryOptions::default()
+    });
+    let kiln_dir = env.path("kiln");
+    std::fs::create_dir_all(kiln_dir.join(".docker")).unwrap();
+    std::fs::write(
+        kiln_dir.join(".docker/config.json"),
+        json!({"auths": {secure.addr(): {"username": "ci", "password": "ci-pw-7"}}}).to_string(),
+    )
+    .unwrap();
+    let ctx = one_file_context(&env, "ctx", &format!("{}/busybox", env.reg()));
+    let name = format!("{}/app:1", secure.addr());
+    let ca_flag = format!(
+        "--registry-certificate={}={}",
+        secure.addr(),
+        secure.ca_path().unwrap().display()
+    );
+    let args = ["-c", ctx.to_str().unwrap(), "-d", &name, &ca_flag];
+    // Without kiln's directory (and no /kiln/.docker on this host): no credentials.
+    let err = assert_failed(&executor(&env, &args));
+    assert_contains_all(&err, &[secure.addr()]);
+    for dir_flag in ["--kiln-dir", "--kaniko-dir"] {
+        assert_ok(&executor(
+            &env,
+            &[&args[..], &[dir_flag, kiln_dir.to_str().unwrap()]].concat(),
+        ));
+    }
+    // DOCKER_CONFIG, as kaniko's and kiln's images set it, works as well.
+    let mut command = kiln_command(&env.store(), &[&["executor"], &args[..]].concat());
+    command.env("DOCKER_CONFIG", kiln_dir.join(".docker"));
+    assert_ok(&command.output().unwrap());
+}
+
+/// An address of this machine that is not loopback (the source address of the default
+/// route): kiln speaks plain HTTP to loopback registries without being told.
+fn non_loopback_ip() -> std::net::IpAddr {
+    let socket = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+    // No packet is sent: connecting a UDP socket only picks the route.
+    socket
+        .connect("203.0.113.1:9")
+        .expect("this test needs a default route");
+    let ip = socket.local_addr().unwrap().ip();
+    assert!(!ip.is_loopback(), "no address besides loopback: {ip}");
+    ip
+}
+
+#[test]
+fn insecure_pushes_to_a_plain_http_registry_elsewhere() {
+    let env = Env::new();
+    let remote = FaultProxy::start_on(&format!("{}:0", non_loopback_ip()), env.reg(), vec![]);
+    let ctx = one_file_context(&env, "ctx", &format!("{}/busybox", env.reg()));
+    let name = format!("{}/app:1", remote.addr());
+    let args = ["-c", ctx.to_str().unwrap(), "-d", &name];
+    // kiln asks a registry that is not on this machine over TLS, unless told otherwise.
+    let err = assert_failed(&executor(&env, &args));
+    assert_contains_all(&err, &[remote.addr()]);
+    assert_ok(&executor(&env, &[&args[..], &["--insecure"]].concat()));
+    let registry_flag = format!("--insecure-registry={}", remote.addr());
+    assert_ok(&executor(&env, &[&args[..], &[&registry_flag]].concat()));
+    skopeo_raw(&name);
 }
