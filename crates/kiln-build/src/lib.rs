@@ -97,6 +97,8 @@ pub struct BuildOptions {
     pub no_cache: bool,
     /// `--no-cache-filter`: the stages whose steps are run without looking them up.
     pub no_cache_filter: Vec<String>,
+    /// Labels set on the image after the Dockerfile's own (kaniko's `--label`).
+    pub labels: BTreeMap<String, String>,
 }
 
 /// Builds the target stage of `df` for every platform in `opts.platforms` and stores the

@@ -378,6 +378,7 @@ pub fn run(args: BuildArgs) -> Result<(), Report> {
         base_dir: args.base_dir.clone(),
         no_cache: args.no_cache,
         no_cache_filter: args.no_cache_filter.clone(),
+        labels: BTreeMap::new(),
     };
     let clients = Clients {
         pull: &client,

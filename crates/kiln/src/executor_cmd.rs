@@ -1,6 +1,7 @@
 //! `kiln executor`: kaniko's executor command line, with kaniko's defaults, mapped onto the
 //! same build as `kiln build`. A job that ran `/kaniko/executor ...` runs `/kiln/executor ...`.
 
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Component, Path, PathBuf};
 
@@ -59,6 +60,9 @@ pub struct ExecutorArgs {
     /// A build-time variable (repeatable); a bare KEY takes its value from the environment.
     #[arg(long = "build-arg", value_name = "KEY[=VALUE]")]
     build_args: Vec<String>,
+    /// A label for the image (repeatable); it wins over the Dockerfile's LABEL.
+    #[arg(long = "label", value_name = "KEY=VALUE")]
+    labels: Vec<String>,
     /// The stage to build (default: the last).
     #[arg(long)]
     target: Option<String>,
@@ -196,6 +200,17 @@ fn resolve_dockerfile(given: &Path, context: &Path) -> Result<PathBuf, Report> {
         given.display(),
         in_context.display()
     ))
+}
+
+/// `--label KEY=VALUE`s.
+fn parse_labels(given: &[String]) -> Result<BTreeMap<String, String>, Report> {
+    given
+        .iter()
+        .map(|l| match l.split_once('=') {
+            Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+            _ => Err(miette!("--label {l}: expected KEY=VALUE")),
+        })
+        .collect()
 }
 
 /// kaniko's `--image-name-with-digest-file` (`NAME@DIGEST`) and, with `with_tag`,
@@ -413,6 +428,7 @@ pub fn run(args: ExecutorArgs) -> Result<(), Report> {
         base_dir: None,
         no_cache: false,
         no_cache_filter: Vec::new(),
+        labels: parse_labels(&args.labels)?,
     };
     let clients = Clients {
         pull: &client,

@@ -95,6 +95,9 @@ fn a_kaniko_job_builds_pushes_and_writes_its_files() {
             "--target",
             "final",
             "--skip-unused-stages",
+            "--label",
+            "org.example.team=ci",
+            "--label=version=1.0",
             "--digest-file",
             digest_file.to_str().unwrap(),
             "--image-name-with-digest-file",
@@ -178,6 +181,11 @@ fn a_kaniko_job_builds_pushes_and_writes_its_files() {
             .as_array()
             .unwrap()
             .contains(&json!("GREETING=hello")),
+        "{inspected}"
+    );
+    assert_eq!(
+        inspected["Labels"],
+        json!({"org.example.team": "ci", "version": "1.0"}),
         "{inspected}"
     );
     let rootfs = unpack_pushed(&first, &env.path("unpacked"));
