@@ -317,6 +317,25 @@ fn tar_contexts_no_push_and_reproducible_images() {
     assert_ok(&build("store-2", &second));
     let digest = std::fs::read_to_string(&first).unwrap();
     assert_eq!(std::fs::read_to_string(&second).unwrap(), digest);
+    // The same archive on standard input (tar://stdin), as `kubectl exec -i` feeds it.
+    let from_stdin = env.path("digest-3");
+    let o = kiln_command(
+        &env.path("store-3"),
+        &[
+            "executor",
+            "--context=tar://stdin",
+            "--context-sub-path=app",
+            "--no-push",
+            "--reproducible",
+            "--digest-file",
+            from_stdin.to_str().unwrap(),
+        ],
+    )
+    .stdin(std::fs::File::open(&archive).unwrap())
+    .output()
+    .unwrap();
+    assert_ok(&o);
+    assert_eq!(std::fs::read_to_string(&from_stdin).unwrap(), digest);
     // Nothing was pushed.
     let o = std::process::Command::new("skopeo")
         .args(["inspect", "--raw", "--tls-verify=false"])
