@@ -51,7 +51,7 @@ pub use plan::{
     ConfigStep, Copy, CopySource, Exec, ExecMount, HistoryStep, ImagePlan, Mkdir, Op, OpId, OpKind,
     Origin, Plan, Source,
 };
-pub use progress::{Progress, ProgressMode};
+pub use progress::{LogStyle, Progress, ProgressMode};
 pub use secrets::{Redactor, SecretSource, Secrets};
 pub use solve::{BuildResult, BuiltImage, CachePolicy, Solver, StepKind, StepRecord, solve};
 pub use store::{Hold, Store};

@@ -7,7 +7,7 @@ use std::path::{Component, Path, PathBuf};
 
 use clap::Args;
 use clap::builder::BoolishValueParser;
-use kiln_build::{BuildOptions, Output, OutputFlags, Progress, ProgressMode, Secrets};
+use kiln_build::{BuildOptions, LogStyle, Output, OutputFlags, Progress, ProgressMode, Secrets};
 use kiln_registry::{Reference, RegistryClient, RetryPolicy};
 use miette::{IntoDiagnostic, Report, WrapErr, miette};
 
@@ -98,6 +98,12 @@ pub struct ExecutorArgs {
     /// print every step.
     #[arg(short = 'v', long, default_value = "info", value_parser = ["panic", "fatal", "error", "warn", "info", "debug", "trace"])]
     verbosity: String,
+    /// text and color: kiln's own lines; json: one JSON object per line (level, msg, time).
+    #[arg(long, default_value = "color", value_parser = ["text", "color", "json"])]
+    log_format: String,
+    /// Put the time in front of every line.
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", value_parser = BoolishValueParser::new())]
+    log_timestamp: Option<bool>,
     /// kiln's directory (kaniko's --kaniko-dir): DOCKER_CONFIG becomes DIR/.docker.
     #[arg(long, alias = "kaniko-dir", env = "KILN_DIR", value_name = "DIR")]
     kiln_dir: Option<PathBuf>,
@@ -112,7 +118,7 @@ pub struct ExecutorArgs {
     #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", value_parser = BoolishValueParser::new())]
     cleanup: Option<bool>,
 
-    // kaniko's snapshot and logging options, which have no meaning for kiln: one notice.
+    // kaniko's snapshot options, which have no meaning for kiln: one notice.
     #[arg(long, hide = true, alias = "snapshotMode")]
     snapshot_mode: Option<String>,
     #[arg(long, hide = true, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
@@ -131,10 +137,6 @@ pub struct ExecutorArgs {
     ignore_path: Vec<String>,
     #[arg(long, hide = true)]
     image_fs_extract_retry: Option<String>,
-    #[arg(long, hide = true)]
-    log_format: Option<String>,
-    #[arg(long, hide = true, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
-    log_timestamp: Option<String>,
 
     // kaniko's registry cache: accepted now, used once kiln has a registry cache.
     #[arg(long, hide = true, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
@@ -246,8 +248,6 @@ impl ExecutorArgs {
                 "image-fs-extract-retry",
                 self.image_fs_extract_retry.is_some(),
             ),
-            given("log-format", self.log_format.is_some()),
-            given("log-timestamp", self.log_timestamp.is_some()),
         ]
         .into_iter()
         .flatten()
@@ -266,7 +266,7 @@ impl ExecutorArgs {
         if !meaningless.is_empty() {
             notices.push(format!(
                 "notice: ignoring {}: kiln runs each step in its own rootfs and takes the \
-                 step's changes from it, so kaniko's snapshot and log options have no meaning here",
+                 step's changes from it, so kaniko's snapshot options have no meaning here",
                 meaningless.join(", ")
             ));
         }
@@ -354,6 +354,10 @@ pub fn run(args: ExecutorArgs) -> Result<(), Report> {
         ProgressMode::Quiet
     } else {
         ProgressMode::Plain
+    })
+    .styled(LogStyle {
+        json: args.log_format == "json",
+        timestamps: args.log_timestamp == Some(true),
     });
     for notice in args.notices() {
         progress.info(&notice);

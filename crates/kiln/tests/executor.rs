@@ -530,6 +530,31 @@ fn mirrors_maps_platforms_and_verbosity() {
     let o = executor(&env, &[&args[..], &["--verbosity=warn"]].concat());
     assert_ok(&o);
     assert_eq!(stderr(&o), "");
+
+    // --log-format=json: one object per line, for log collectors.
+    let o = executor(&env, &[&args[..], &["--log-format=json"]].concat());
+    assert_ok(&o);
+    let lines: Vec<Value> = stderr(&o)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}")))
+        .collect();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["msg"].as_str().unwrap().contains("DONE"))
+    );
+    for line in &lines {
+        assert_eq!(line["level"], json!("info"), "{line}");
+        assert!(line["time"].as_str().unwrap().ends_with('Z'), "{line}");
+    }
+    // --log-timestamp: the time in front of every line.
+    let o = executor(
+        &env,
+        &[&args[..], &["--log-timestamp", "--log-format", "text"]].concat(),
+    );
+    assert_ok(&o);
+    let year = |l: &str| l.len() > 20 && l.as_bytes()[4] == b'-' && l.as_bytes()[10] == b'T';
+    assert!(stderr(&o).lines().all(year), "{}", stderr(&o));
 }
 
 /// A registry in front of `upstream` that answers 503 (retry at once) to the first six
