@@ -81,11 +81,10 @@ pub struct ExecutorArgs {
     /// Do not verify TLS certificates of the registries base images come from.
     #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", value_parser = BoolishValueParser::new())]
     skip_tls_verify_pull: Option<bool>,
-    /// Push to the destinations' registries over plain HTTP.
+    /// Push to registries that speak plain HTTP (TLS is tried first).
     #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", value_parser = BoolishValueParser::new())]
     insecure: Option<bool>,
-    /// Pull over plain HTTP: name those registries with --insecure-registry (loopback
-    /// registries need nothing).
+    /// Pull from registries that speak plain HTTP (TLS is tried first).
     #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", value_parser = BoolishValueParser::new())]
     insecure_pull: Option<bool>,
     /// Retries of a failed push request (kiln retries 4 times at least).
@@ -149,6 +148,13 @@ pub struct ExecutorArgs {
     cache_ttl: Option<String>,
     #[arg(long, hide = true, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
     no_push_cache: Option<String>,
+}
+
+/// kaniko keeps separate TLS and plain-HTTP settings for pulling base images and pushing.
+#[derive(Clone, Copy)]
+enum Direction {
+    Pull,
+    Push,
 }
 
 /// Where the build context comes from.
@@ -277,27 +283,31 @@ impl ExecutorArgs {
                 cache.join(", ")
             ));
         }
-        if self.insecure_pull == Some(true) {
-            notices.push(
-                "notice: --insecure-pull: kiln pulls over plain HTTP from loopback registries \
-                 and those named with --insecure-registry"
-                    .to_string(),
-            );
-        }
         notices
     }
 
-    /// The registry client: the flags kaniko shares with `kiln build`, plus kaniko's pull
-    /// and push variants, credentials from kiln's directory, and the retries asked for.
-    fn client(&self, names: &[Reference]) -> Result<RegistryClient, Report> {
-        let mut registry = self.registry.clone();
-        registry.skip_tls_verify |= self.skip_tls_verify_pull == Some(true);
-        if self.insecure == Some(true) {
-            registry
-                .insecure_registries
-                .extend(names.iter().map(|r| r.registry.clone()));
-        }
+    /// A registry client for pulls or for pushes: the flags kaniko shares with `kiln build`,
+    /// kaniko's TLS and plain-HTTP flags for that direction, credentials from kiln's
+    /// directory, and the retries asked for.
+    fn client(&self, direction: Direction) -> Result<RegistryClient, Report> {
+        let (skip_verify, http_fallback, retries) = match direction {
+            Direction::Pull => (
+                self.skip_tls_verify_pull == Some(true),
+                self.insecure_pull,
+                self.image_download_retry,
+            ),
+            Direction::Push => (
+                self.registry.skip_tls_verify,
+                self.insecure,
+                self.push_retry,
+            ),
+        };
+        let registry = RegistryArgs {
+            skip_tls_verify: skip_verify,
+            ..self.registry.clone()
+        };
         let mut options = registry.client_options()?;
+        options.config.http_fallback = http_fallback == Some(true);
         // kaniko's image sets DOCKER_CONFIG=/kaniko/.docker, and --kaniko-dir moves it to
         // DIR/.docker; kiln's directory plays that part.
         let docker_dir = match (&self.kiln_dir, std::env::var_os("DOCKER_CONFIG")) {
@@ -306,7 +316,6 @@ impl ExecutorArgs {
             (None, _) => Path::new(DEFAULT_KILN_DIR).join(".docker"),
         };
         options.credentials.docker_config = docker_dir.join("config.json");
-        let retries = self.push_retry.max(self.image_download_retry);
         options.retry = RetryPolicy {
             attempts: options.retry.attempts.max(retries.saturating_add(1)),
             ..options.retry
@@ -415,7 +424,7 @@ pub fn run(args: ExecutorArgs) -> Result<(), Report> {
     let build_args = build_cmd::parse_build_args(&args.build_args);
     let reproducible = args.reproducible == Some(true);
     let source_date_epoch = build_cmd::source_date_epoch(&build_args).or(reproducible.then_some(0));
-    let client = args.client(&names)?;
+    let (pull, push) = (args.client(Direction::Pull)?, args.client(Direction::Push)?);
     let options = BuildOptions {
         dockerfile_path: dockerfile.name.clone(),
         ignore_file: build_cmd::ignore_file(&dockerfile_path, &context),
@@ -435,8 +444,8 @@ pub fn run(args: ExecutorArgs) -> Result<(), Report> {
         labels: parse_labels(&args.labels)?,
     };
     let clients = Clients {
-        pull: &client,
-        push: &client,
+        pull: &pull,
+        push: &push,
     };
     let (top, _) = build_cmd::build_and_deliver(
         &dockerfile,

@@ -4,7 +4,8 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use clap::Args;
+use clap::builder::BoolishValueParser;
+use clap::{ArgAction, Args};
 use kiln_registry::{
     ClientOptions, CredentialStore, KeyPair, RegistryClient, RegistryConfig, registry_name,
 };
@@ -22,8 +23,8 @@ pub struct RegistryArgs {
     /// $XDG_CONFIG_HOME) and /etc/buildkit/buildkitd.toml.
     #[arg(long = "registry-config", value_name = "FILE")]
     pub registry_config: Option<PathBuf>,
-    /// Do not verify any registry's TLS certificate.
-    #[arg(long = "skip-tls-verify")]
+    /// Do not verify any registry's TLS certificate (`=false` too, as kaniko jobs write it).
+    #[arg(long = "skip-tls-verify", action = ArgAction::Set, num_args = 0..=1, require_equals = true, default_value_t = false, default_missing_value = "true", value_parser = BoolishValueParser::new())]
     pub skip_tls_verify: bool,
     /// Do not verify this registry's TLS certificate (repeatable).
     #[arg(long = "skip-tls-verify-registry", value_name = "HOST[:PORT]")]
@@ -41,7 +42,7 @@ pub struct RegistryArgs {
     #[arg(long = "registry-map", value_name = "A=B")]
     pub registry_maps: Vec<String>,
     /// When every mirror fails, fail instead of pulling from the registry itself.
-    #[arg(long = "skip-default-registry-fallback")]
+    #[arg(long = "skip-default-registry-fallback", action = ArgAction::Set, num_args = 0..=1, require_equals = true, default_value_t = false, default_missing_value = "true", value_parser = BoolishValueParser::new())]
     pub skip_default_registry_fallback: bool,
 }
 

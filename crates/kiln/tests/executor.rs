@@ -469,6 +469,21 @@ fn skip_tls_verify_keeps_plain_http_registries_on_http() {
         &env,
         &["-c", ctx_flag, "-d", &secure_name, &ca_flag],
     ));
+
+    // kaniko's --skip-tls-verify is for pushes; pulls from such a registry need
+    // --skip-tls-verify-pull (or the per-registry flag, or its CA).
+    push_busybox(&secure, "busybox");
+    let from_secure = one_file_context(&env, "from-secure", &format!("{}/busybox", secure.addr()));
+    let from_flag = from_secure.to_str().unwrap();
+    let err = assert_failed(&executor(
+        &env,
+        &["-c", from_flag, "--no-push", "--skip-tls-verify=true"],
+    ));
+    assert_contains_all(&err, &[secure.addr(), "certificate"]);
+    assert_ok(&executor(
+        &env,
+        &["-c", from_flag, "--no-push", "--skip-tls-verify-pull"],
+    ));
 }
 
 /// A context whose image is `from` plus one file.
@@ -677,4 +692,11 @@ fn insecure_pushes_to_a_plain_http_registry_elsewhere() {
     let registry_flag = format!("--insecure-registry={}", remote.addr());
     assert_ok(&executor(&env, &[&args[..], &[&registry_flag]].concat()));
     skopeo_raw(&name);
+
+    // Pulling a base image from there: --insecure-pull (--insecure is for pushes).
+    let from_remote = one_file_context(&env, "from-remote", &format!("{}/busybox", remote.addr()));
+    let args = ["-c", from_remote.to_str().unwrap(), "--no-push"];
+    let err = assert_failed(&executor(&env, &[&args[..], &["--insecure"]].concat()));
+    assert_contains_all(&err, &[remote.addr()]);
+    assert_ok(&executor(&env, &[&args[..], &["--insecure-pull"]].concat()));
 }
