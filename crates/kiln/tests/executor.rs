@@ -33,6 +33,7 @@ fn multi_stage_context(env: &Env, name: &str) -> PathBuf {
                  FROM $REG/busybox AS unused\nRUN false\n\
                  FROM $REG/busybox AS final\nARG GREETING=none\nENV GREETING=$GREETING\n\
                  COPY --from=build /out/app.txt /app.txt\n\
+                 RUN echo \"$GREETING from RUN\" > /greeting.txt\n\
                  FROM final AS extra\nCOPY extra.txt /extra.txt\n",
             ),
             ("app.txt", "built by kiln executor\n"),
@@ -192,6 +193,10 @@ fn a_kaniko_job_builds_pushes_and_writes_its_files() {
     assert_eq!(
         std::fs::read_to_string(rootfs.join("app.txt")).unwrap(),
         "built by kiln executor\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(rootfs.join("greeting.txt")).unwrap(),
+        "hello from RUN\n"
     );
     assert!(!rootfs.join("extra.txt").exists());
 
@@ -699,4 +704,54 @@ fn insecure_pushes_to_a_plain_http_registry_elsewhere() {
     let err = assert_failed(&executor(&env, &[&args[..], &["--insecure"]].concat()));
     assert_contains_all(&err, &[remote.addr()]);
     assert_ok(&executor(&env, &[&args[..], &["--insecure-pull"]].concat()));
+}
+
+#[test]
+fn the_binary_called_executor_is_kiln_executor() {
+    let env = Env::new();
+    // The image's /kiln/executor, as kaniko's /kaniko/executor.
+    let dir = env.path("kiln");
+    std::fs::create_dir_all(&dir).unwrap();
+    let executor_path = dir.join("executor");
+    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_kiln"), &executor_path).unwrap();
+    let ctx = one_file_context(&env, "ctx", &format!("{}/busybox", env.reg()));
+    let name = env.tag("called-executor:1");
+    let o = kiln_command_at(
+        &executor_path,
+        &env.store(),
+        &["--context", ctx.to_str().unwrap(), "--destination", &name],
+    )
+    .output()
+    .unwrap();
+    assert_ok(&o);
+    skopeo_raw(&name);
+}
+
+#[test]
+fn registry_client_certificates_reach_a_mutual_tls_registry() {
+    let env = Env::new();
+    let mtls = Registry::start_with(RegistryOptions {
+        tls: true,
+        client_certs: true,
+        ..RegistryOptions::default()
+    });
+    let (cert, key) = mtls.client_cert().unwrap();
+    let ctx = one_file_context(&env, "ctx", &format!("{}/busybox", env.reg()));
+    let name = format!("{}/app:1", mtls.addr());
+    let ca_flag = format!(
+        "--registry-certificate={}={}",
+        mtls.addr(),
+        mtls.ca_path().unwrap().display()
+    );
+    let args = ["-c", ctx.to_str().unwrap(), "-d", &name, &ca_flag];
+    // The registry wants a client certificate.
+    let err = assert_failed(&executor(&env, &args));
+    assert_contains_all(&err, &[mtls.addr()]);
+    let cert_flag = format!(
+        "--registry-client-cert={}={},{}",
+        mtls.addr(),
+        cert.display(),
+        key.display()
+    );
+    assert_ok(&executor(&env, &[&args[..], &[&cert_flag]].concat()));
 }
