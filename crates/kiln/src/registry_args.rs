@@ -23,7 +23,8 @@ pub struct RegistryArgs {
     /// $XDG_CONFIG_HOME) and /etc/buildkit/buildkitd.toml.
     #[arg(long = "registry-config", value_name = "FILE")]
     pub registry_config: Option<PathBuf>,
-    /// Do not verify any registry's TLS certificate (`=false` too, as kaniko jobs write it).
+    /// Do not verify any registry's TLS certificate; `kiln executor`: when pushing, as kaniko
+    /// (`=true` and `=false` work too, as kaniko jobs write them).
     #[arg(long = "skip-tls-verify", action = ArgAction::Set, num_args = 0..=1, require_equals = true, default_value_t = false, default_missing_value = "true", value_parser = BoolishValueParser::new())]
     pub skip_tls_verify: bool,
     /// Do not verify this registry's TLS certificate (repeatable).
