@@ -293,6 +293,25 @@ fn holds_reincluded(ignore: &IgnoreMatcher, rel_dir: &str, host_dir: &Path) -> b
     false
 }
 
+/// Unpacks a build context that came as a tar archive (kaniko's `tar://`; plain, gzip, bzip2,
+/// xz or zstd, told apart by their bytes) into the empty directory `dest`. The archive is
+/// untrusted: it is extracted as ADD extracts a local archive, so no entry is written outside
+/// `dest` or through a symlink.
+pub fn unpack_context(archive: &Path, dest: &Path) -> Result<(), BuildError> {
+    let context = format!("unpacking the build context {}", archive.display());
+    match kiln_snapshot::extract_archive(archive, dest) {
+        Ok(Some(_)) => Ok(()),
+        Ok(None) => Err(BuildError::Io {
+            context,
+            source: std::io::Error::other("it is not a tar archive (plain or compressed)"),
+        }),
+        Err(e) => Err(BuildError::Io {
+            context,
+            source: std::io::Error::other(e),
+        }),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -8,9 +8,9 @@ use std::path::{Path, PathBuf};
 use kiln_oci::{Descriptor, ImageIndex, ImageManifest, media, to_json_bytes};
 use kiln_registry::{BlobTransfer, Reference, RegistryClient};
 use kiln_transport::{
-    ImageDestination, ImageSource, LayoutName, OciArchiveDestination, OciDirDestination,
-    RawManifest, RegistryDestination, Selection, TransportError, copy, read_verified,
-    write_verified,
+    DockerArchiveDestination, ImageDestination, ImageSource, LayoutName, OciArchiveDestination,
+    OciDirDestination, RawManifest, RegistryDestination, Selection, TransportError, copy,
+    read_verified, write_verified,
 };
 
 use crate::progress::Progress;
@@ -145,6 +145,17 @@ pub fn deliver(
                 copy_to(&source, dest.as_mut(), &action)?;
                 progress.info(&format!(
                     "wrote OCI layout {} ({})",
+                    path.display(),
+                    top.digest
+                ));
+            }
+            Output::DockerArchive(path) => {
+                let action = format!("writing the docker archive {}", path.display());
+                let mut dest = DockerArchiveDestination::create(path, names.to_vec())
+                    .map_err(|e| export_error(&action, e))?;
+                copy_to(&source, &mut dest, &action)?;
+                progress.info(&format!(
+                    "wrote docker archive {} ({})",
                     path.display(),
                     top.digest
                 ));

@@ -39,7 +39,7 @@ use kiln_registry::RegistryClient;
 
 pub use base::{BaseRef, ImageResolver, RegistryResolver, ResolvedImage};
 pub use cache::{CacheBackend, KeyLock, LocalCache, Lookup, Record, RecordLayer};
-pub use context::{BuildContext, ContextSource};
+pub use context::{BuildContext, ContextSource, unpack_context};
 pub use context_hash::{ContextDigest, HashStats};
 pub use error::BuildError;
 pub use export::{StoreSource, deliver};
@@ -51,7 +51,7 @@ pub use plan::{
     ConfigStep, Copy, CopySource, Exec, ExecMount, HistoryStep, ImagePlan, Mkdir, Op, OpId, OpKind,
     Origin, Plan, Source,
 };
-pub use progress::{Progress, ProgressMode};
+pub use progress::{LogStyle, Progress, ProgressMode};
 pub use secrets::{Redactor, SecretSource, Secrets};
 pub use solve::{BuildResult, BuiltImage, CachePolicy, Solver, StepKind, StepRecord, solve};
 pub use store::{Hold, Store};
@@ -97,6 +97,8 @@ pub struct BuildOptions {
     pub no_cache: bool,
     /// `--no-cache-filter`: the stages whose steps are run without looking them up.
     pub no_cache_filter: Vec<String>,
+    /// Labels set on the image after the Dockerfile's own (kaniko's `--label`).
+    pub labels: BTreeMap<String, String>,
 }
 
 /// Builds the target stage of `df` for every platform in `opts.platforms` and stores the

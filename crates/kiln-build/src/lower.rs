@@ -1183,6 +1183,7 @@ impl<'l, 'a, 'r> Lowerer<'l, 'a, 'r> {
     /// The plan of the image of the target stage.
     fn image(&self, state: &StageState) -> ImagePlan {
         let mut config = state.config.clone();
+        config.config.labels.extend(self.opts.labels.clone());
         let p = &state.platform;
         config.architecture = p.architecture.clone();
         config.os = p.os.clone();

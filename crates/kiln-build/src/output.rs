@@ -22,6 +22,9 @@ pub enum Output {
     OciArchive(PathBuf),
     /// An OCI layout directory (`type=oci,dest=x,tar=false`).
     OciDir(PathBuf),
+    /// A `docker save` archive of a single image, tagged with the build's names (kaniko's
+    /// `--tar-path`).
+    DockerArchive(PathBuf),
 }
 
 /// A `-o` spec kiln cannot honour.
@@ -30,7 +33,7 @@ pub enum OutputSpecError {
     #[error(transparent)]
     Name(#[from] ReferenceError),
     #[error(
-        "-o type=docker holds a single platform, but {platforms} were requested: \
+        "a docker archive (-o type=docker, --tar-path) holds a single platform, but {platforms} were requested: \
          use -o type=oci (an index of all platforms) or type=registry, or build one --platform"
     )]
     DockerSinglePlatform { platforms: usize },
@@ -57,6 +60,8 @@ pub struct OutputFlags<'a> {
     pub push_by_digest: bool,
     /// An OCI layout directory to write (kaniko's `--oci-layout-path`).
     pub oci_layout_path: Option<&'a Path>,
+    /// A `docker save` archive to write (kaniko's `--tar-path`).
+    pub docker_archive_path: Option<&'a Path>,
 }
 
 impl Output {
@@ -138,6 +143,12 @@ impl Output {
         if let Some(dir) = flags.oci_layout_path {
             outputs.push(Output::OciDir(dir.to_path_buf()));
         }
+        if let Some(file) = flags.docker_archive_path {
+            if platforms > 1 {
+                return Err(OutputSpecError::DockerSinglePlatform { platforms });
+            }
+            outputs.push(Output::DockerArchive(file.to_path_buf()));
+        }
         let unnamed = |o: &Output| matches!(o, Output::Registry { names, .. } if names.is_empty());
         if outputs.iter().any(unnamed) {
             return Err(OutputSpecError::RegistryWithoutName);
@@ -150,7 +161,7 @@ impl Output {
     pub(crate) fn oci_mediatypes(&self) -> bool {
         match self {
             Output::Registry { oci_mediatypes, .. } => *oci_mediatypes,
-            Output::OciArchive(_) | Output::OciDir(_) => true,
+            Output::OciArchive(_) | Output::OciDir(_) | Output::DockerArchive(_) => true,
         }
     }
 }
@@ -231,7 +242,7 @@ mod tests {
         assert_eq!(err("type=oci,dest=", 1), "-o type=oci needs dest=PATH");
         assert_eq!(
             err("type=docker,dest=x.tar", 2),
-            "-o type=docker holds a single platform, but 2 were requested: use -o type=oci \
+            "a docker archive (-o type=docker, --tar-path) holds a single platform, but 2 were requested: use -o type=oci \
              (an index of all platforms) or type=registry, or build one --platform"
         );
         for spec in ["type=docker,dest=x.tar", "type=local,dest=d", "dest=x"] {
@@ -261,9 +272,10 @@ mod tests {
             push: true,
             push_by_digest: true,
             oci_layout_path: Some(Path::new("dir")),
+            docker_archive_path: Some(Path::new("img.tar")),
         };
         assert_eq!(
-            Output::from_flags(&flags, &names(), 2).unwrap(),
+            Output::from_flags(&flags, &names(), 1).unwrap(),
             [
                 Output::OciArchive("a.tar".into()),
                 Output::Registry {
@@ -272,6 +284,7 @@ mod tests {
                     push_by_digest: true,
                 },
                 Output::OciDir("dir".into()),
+                Output::DockerArchive("img.tar".into()),
             ]
         );
         let err =

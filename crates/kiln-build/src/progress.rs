@@ -17,11 +17,21 @@ pub enum ProgressMode {
     Quiet,
 }
 
+/// How each printed line looks: kiln's own text, with a timestamp in front, or one JSON object
+/// (`level`, `msg`, `time`) per line, as kaniko's `--log-timestamp` and `--log-format=json`
+/// print them for log collectors.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LogStyle {
+    pub json: bool,
+    pub timestamps: bool,
+}
+
 /// Prints build steps as `[stage n/m] INSTRUCTION` with their times. Everything it prints,
 /// in every mode, passes through its [`Redactor`].
 pub struct Progress {
     mode: ProgressMode,
     redactor: Redactor,
+    style: LogStyle,
 }
 
 impl Progress {
@@ -29,7 +39,13 @@ impl Progress {
         Progress {
             mode,
             redactor: Redactor::default(),
+            style: LogStyle::default(),
         }
+    }
+
+    /// The same progress, printing its lines in `style`.
+    pub fn styled(self, style: LogStyle) -> Progress {
+        Progress { style, ..self }
     }
 
     /// The same progress, hiding what `redactor` hides.
@@ -37,18 +53,30 @@ impl Progress {
         Progress {
             mode: self.mode,
             redactor,
+            style: self.style,
         }
     }
 
     fn line(&self, text: &str) {
         if self.mode != ProgressMode::Quiet {
-            self.print(text);
+            self.print("info", text);
         }
     }
 
-    fn print(&self, text: &str) {
+    fn print(&self, level: &str, text: &str) {
+        let text = self.redactor.redact(text);
+        let time = || crate::timefmt::rfc3339(crate::timefmt::now_secs());
+        let line = match self.style {
+            LogStyle { json: true, .. } => {
+                serde_json::json!({"level": level, "msg": text, "time": time()}).to_string()
+            }
+            LogStyle {
+                timestamps: true, ..
+            } => format!("{} {text}", time()),
+            LogStyle { .. } => text.into_owned(),
+        };
         let mut err = std::io::stderr().lock();
-        let _ = writeln!(err, "{}", self.redactor.redact(text));
+        let _ = writeln!(err, "{line}");
     }
 
     pub fn step_start(&self, label: &str, instruction: &str) {
@@ -89,7 +117,11 @@ impl Progress {
 
     /// Something the user should act on; printed in every mode, `--progress=quiet` too.
     pub fn warning(&self, text: &str) {
-        self.print(&format!("[warning] {text}"));
+        if self.style.json {
+            self.print("warning", text);
+        } else {
+            self.print("warning", &format!("[warning] {text}"));
+        }
     }
 }
 

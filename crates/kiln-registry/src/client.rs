@@ -435,9 +435,12 @@ impl RegistryClient {
             Some(false) => return Ok("https"),
             None => {}
         }
-        let has_tls_settings = self.config.skips_tls_verify(&r.registry)
-            || settings.is_some_and(|h| !h.ca.is_empty() || !h.keypair.is_empty());
-        if !is_loopback(host) || has_tls_settings {
+        // A CA or a client certificate says the registry speaks TLS. Skipping verification
+        // does not: `--skip-tls-verify` is often passed for every registry of a job, and a
+        // plain-HTTP loopback registry must stay reachable (the probe below skips verifying
+        // too, so a self-signed one is still found to speak TLS).
+        let has_tls_settings = settings.is_some_and(|h| !h.ca.is_empty() || !h.keypair.is_empty());
+        if !(is_loopback(host) || self.config.http_fallback) || has_tls_settings {
             return Ok("https");
         }
         if let Some(scheme) = self.schemes.lock().unwrap().get(host) {
@@ -477,14 +480,20 @@ impl RegistryClient {
         })
     }
 
-    /// Whether the user lets kiln speak plain HTTP to the host of `url`: loopback, or marked
-    /// insecure (`--insecure-registry`, or `http = true` in the registry config).
+    /// Whether the user lets kiln speak plain HTTP to the host of `url`: loopback, marked
+    /// insecure (`--insecure-registry`, or `http = true` in the registry config), or found
+    /// not to speak TLS where `http_fallback` allowed that.
     fn plain_http_allowed(&self, url: &Url) -> bool {
         let (host, named) = (url.host_str().unwrap_or_default(), authority(url));
+        let fell_back = || {
+            self.config.http_fallback
+                && self.schemes.lock().unwrap().get(named.as_str()) == Some(&"http")
+        };
         is_loopback(&named)
             || [host, named.as_str()].iter().any(|h| {
                 self.insecure.contains(*h) || self.config.host(h).and_then(|c| c.http) == Some(true)
             })
+            || fell_back()
     }
 
     /// Whether credentials may travel to `url`: over HTTPS, or plain HTTP where allowed.

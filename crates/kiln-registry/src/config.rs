@@ -43,6 +43,10 @@ pub struct RegistryConfig {
     pub skip_tls_verify: bool,
     /// When every mirror fails, fail instead of pulling from the registry itself.
     pub no_origin_fallback: bool,
+    /// Any registry may speak plain HTTP: each is asked over TLS first and spoken to over
+    /// HTTP when it does not speak TLS, as loopback registries always are (kaniko's
+    /// `--insecure` and `--insecure-pull`).
+    pub http_fallback: bool,
 }
 
 #[derive(Debug, thiserror::Error)]

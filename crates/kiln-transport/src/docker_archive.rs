@@ -187,14 +187,16 @@ impl ImageSource for DockerArchiveSource {
 /// layers uncompressed as `<diff_id>.tar`, which is what `docker load` and skopeo expect.
 pub struct DockerArchiveDestination {
     file: PathBuf,
-    reference: Option<Reference>,
+    /// The image's RepoTags: one per name, as kaniko's `--tar-path` lists every destination.
+    references: Vec<Reference>,
     staging: tempfile::TempDir,
 }
 
 impl DockerArchiveDestination {
+    /// A `docker save` archive at `file`, its image tagged with each of `references`.
     pub fn create(
         file: &Path,
-        reference: Option<Reference>,
+        references: Vec<Reference>,
     ) -> Result<DockerArchiveDestination, TransportError> {
         let staging = tempfile::Builder::new()
             .prefix("kiln-docker-archive-")
@@ -202,7 +204,7 @@ impl DockerArchiveDestination {
             .map_err(TransportError::io("creating a temp directory"))?;
         Ok(DockerArchiveDestination {
             file: file.to_path_buf(),
-            reference,
+            references,
             staging,
         })
     }
@@ -262,7 +264,7 @@ impl DockerArchiveDestination {
 
 impl ImageDestination for DockerArchiveDestination {
     fn describe(&self) -> String {
-        match &self.reference {
+        match self.references.first() {
             Some(r) => format!("docker-archive:{}:{r}", self.file.display()),
             None => format!("docker-archive:{}", self.file.display()),
         }
@@ -325,7 +327,7 @@ impl ImageDestination for DockerArchiveDestination {
         }
         let listing = to_json_bytes(&[ArchiveEntry {
             config: config_name,
-            repo_tags: self.reference.iter().filter_map(familiar).collect(),
+            repo_tags: self.references.iter().filter_map(familiar).collect(),
             layers: layer_names,
         }]);
 

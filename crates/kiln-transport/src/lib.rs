@@ -133,8 +133,8 @@ pub fn open_destination<'c>(
             file,
             name.iter().cloned().map(LayoutName::new).collect(),
         )?),
-        ImageLocation::DockerArchive { file, reference } => {
-            Box::new(DockerArchiveDestination::create(file, reference.clone())?)
-        }
+        ImageLocation::DockerArchive { file, reference } => Box::new(
+            DockerArchiveDestination::create(file, reference.iter().cloned().collect())?,
+        ),
     })
 }

@@ -8,8 +8,8 @@ use kiln_build::{
     BuildError, BuildMetadata, BuildOptions, Hold, Output, OutputFlags, Progress, ProgressMode,
     SecretSource, Secrets, StepKind, Store,
 };
-use kiln_oci::Platform;
-use kiln_registry::Reference;
+use kiln_oci::{Descriptor, Platform};
+use kiln_registry::{Reference, RegistryClient};
 use miette::{IntoDiagnostic, Report, WrapErr, miette};
 
 use crate::registry_args::RegistryArgs;
@@ -164,54 +164,18 @@ pub(crate) fn default_root() -> PathBuf {
 
 /// The `.dockerignore` BuildKit would use: `<Dockerfile>.dockerignore` beside the Dockerfile
 /// wins over the one at the context root.
-fn ignore_file(dockerfile: &Path, context: &Path) -> Option<PathBuf> {
+pub(crate) fn ignore_file(dockerfile: &Path, context: &Path) -> Option<PathBuf> {
     let beside = PathBuf::from(format!("{}.dockerignore", dockerfile.display()));
     [beside, context.join(".dockerignore")]
         .into_iter()
         .find(|p| p.is_file())
 }
 
-pub fn run(args: BuildArgs) -> Result<(), Report> {
-    let context = args.context_flag.clone().unwrap_or(args.context.clone());
-    let dockerfile = args
-        .file
-        .clone()
-        .unwrap_or_else(|| context.join("Dockerfile"));
-    let text = std::fs::read_to_string(&dockerfile)
-        .into_diagnostic()
-        .wrap_err_with(|| format!("cannot read the Dockerfile {}", dockerfile.display()))?;
-    let df_name = dockerfile.display().to_string();
-    let df = kiln_dockerfile::parse(&df_name, &text).map_err(|e| report::parse_error(&e, &text))?;
-
-    let mut names = Vec::new();
-    for t in args.tags.iter().chain(&args.destinations) {
-        names.push(t.parse::<Reference>().map_err(|e| miette!("{e}"))?);
-    }
-    let mut platforms = Vec::new();
-    for p in args.platform.iter().flat_map(|p| p.split(',')) {
-        let p = p
-            .trim()
-            .parse::<Platform>()
-            .map_err(|e| miette!("--platform: {e}"))?;
-        if !platforms.contains(&p) {
-            platforms.push(p);
-        }
-    }
-    if platforms.is_empty() {
-        platforms.push(Platform::host());
-    }
-    let output_flags = OutputFlags {
-        specs: &args.outputs,
-        // kaniko pushes to its --destination names unless told --no-push.
-        push: (args.push || !args.destinations.is_empty()) && !args.no_push,
-        push_by_digest: args.push_by_digest,
-        oci_layout_path: args.oci_layout_path.as_deref(),
-    };
-    let outputs =
-        Output::from_flags(&output_flags, &names, platforms.len()).map_err(|e| miette!("{e}"))?;
-
+/// `--build-arg KEY[=VALUE]`s; a bare KEY takes its value from the environment, and is left
+/// out when the environment has none.
+pub(crate) fn parse_build_args(given: &[String]) -> BTreeMap<String, String> {
     let mut build_args = BTreeMap::new();
-    for a in &args.build_args {
+    for a in given {
         match a.split_once('=') {
             Some((k, v)) => build_args.insert(k.to_string(), v.to_string()),
             None => std::env::var(a)
@@ -219,67 +183,98 @@ pub fn run(args: BuildArgs) -> Result<(), Report> {
                 .and_then(|v| build_args.insert(a.clone(), v)),
         };
     }
-    let source_date_epoch = build_args
+    build_args
+}
+
+/// `SOURCE_DATE_EPOCH` as a build arg, else from the environment.
+pub(crate) fn source_date_epoch(build_args: &BTreeMap<String, String>) -> Option<i64> {
+    build_args
         .get("SOURCE_DATE_EPOCH")
         .cloned()
         .or_else(|| std::env::var("SOURCE_DATE_EPOCH").ok())
-        .and_then(|v| v.parse().ok());
+        .and_then(|v| v.parse().ok())
+}
 
-    let root = args.root.clone().unwrap_or_else(default_root);
-    let progress = Progress::new(if args.progress == "quiet" {
-        ProgressMode::Quiet
-    } else {
-        ProgressMode::Plain
-    });
-    // Held until the outputs are written: `kiln prune` waits for it, and the build for prune.
+/// Comma lists of platforms, without repeats; the host's when none is given.
+pub(crate) fn parse_platforms(given: &[String], flag: &str) -> Result<Vec<Platform>, Report> {
+    let mut platforms = Vec::new();
+    for p in given.iter().flat_map(|p| p.split(',')) {
+        let p = p
+            .trim()
+            .parse::<Platform>()
+            .map_err(|e| miette!("{flag}: {e}"))?;
+        if !platforms.contains(&p) {
+            platforms.push(p);
+        }
+    }
+    if platforms.is_empty() {
+        platforms.push(Platform::host());
+    }
+    Ok(platforms)
+}
+
+/// A Dockerfile as read and parsed; its text stays for error reports with source carets.
+pub(crate) struct DockerfileSource {
+    pub name: String,
+    pub text: String,
+    pub parsed: kiln_dockerfile::Dockerfile,
+}
+
+pub(crate) fn read_dockerfile(path: &Path) -> Result<DockerfileSource, Report> {
+    let text = std::fs::read_to_string(path)
+        .into_diagnostic()
+        .wrap_err_with(|| format!("cannot read the Dockerfile {}", path.display()))?;
+    let name = path.display().to_string();
+    let parsed =
+        kiln_dockerfile::parse(&name, &text).map_err(|e| report::parse_error(&e, &text))?;
+    Ok(DockerfileSource { name, text, parsed })
+}
+
+/// kiln's store at `root`, held until the outputs are written: `kiln prune` waits for it, and
+/// the build for prune.
+pub(crate) fn open_store(root: &Path, progress: &Progress) -> Result<Store, Report> {
     let waiting = || progress.info(&format!("waiting for kiln prune on {}", root.display()));
-    let store = Store::open_holding(&root, Hold::Shared, &waiting).map_err(|e| miette!("{e}"))?;
-    let client = args.registry.client()?;
+    let store = Store::open_holding(root, Hold::Shared, &waiting).map_err(|e| miette!("{e}"))?;
     if let Some(warning) = store.warning() {
         progress.warning(warning);
     }
-    let secret_sources = args
-        .secrets
-        .iter()
-        .map(|spec| parse_secret(spec))
-        .collect::<Result<_, _>>()?;
-    let options = BuildOptions {
-        dockerfile_path: df_name.clone(),
-        ignore_file: ignore_file(&dockerfile, &context),
-        context_dir: context,
-        build_args,
-        target: args.target.clone(),
-        platforms,
-        jobs: args
-            .jobs
-            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
-        qemu_dir: args.qemu_dir.clone(),
-        sandbox_helper: std::env::current_exe().into_diagnostic()?,
-        source_date_epoch,
-        secrets: Secrets::load(&secret_sources).map_err(|e| miette!("{e}"))?,
-        ssh: args
-            .ssh
-            .iter()
-            .map(|spec| parse_ssh(spec))
-            .collect::<Result<_, _>>()?,
-        base_dir: args.base_dir.clone(),
-        no_cache: args.no_cache,
-        no_cache_filter: args.no_cache_filter.clone(),
-    };
+    Ok(store)
+}
+
+/// Where a build reads base images from and pushes to: kaniko keeps separate TLS and
+/// plain-HTTP settings for pulls and pushes, `kiln build` uses one client for both.
+pub(crate) struct Clients<'c> {
+    pub pull: &'c RegistryClient,
+    pub push: &'c RegistryClient,
+}
+
+/// Builds `dockerfile` and delivers it to `outputs`: what `kiln build` and `kiln executor`
+/// share once their flags are mapped. Prints the summary; returns what the first output knows
+/// the image by (the stored manifest when there is no output) and the build's result.
+pub(crate) fn build_and_deliver(
+    dockerfile: &DockerfileSource,
+    options: &BuildOptions,
+    store: &Store,
+    clients: Clients<'_>,
+    names: &[Reference],
+    outputs: &[Output],
+    progress: &Progress,
+) -> Result<(Descriptor, kiln_build::BuildResult), Report> {
+    let text = &dockerfile.text;
     let to_report = |e: BuildError| match e {
-        BuildError::Parse(p) => report::parse_error(&p, &text),
+        BuildError::Parse(p) => report::parse_error(&p, text),
         BuildError::Dockerfile {
             path,
             line,
             column: Some(column),
             message,
-        } => report::position_error(&path, line, column, &message, None, &text),
+        } => report::position_error(&path, line, column, &message, None, text),
         BuildError::Dockerfile {
             path,
             line,
             column: None,
             message,
-        } => report::line_error(&path, line, &message, &text),
+        } => report::line_error(&path, line, &message, text),
         BuildError::MissingSource { ref path, line, .. }
         | BuildError::UnknownStage { ref path, line, .. } => {
             // The report shows `path:line` itself; keep everything after it (the source name).
@@ -287,16 +282,23 @@ pub fn run(args: BuildArgs) -> Result<(), Report> {
             let message = message
                 .strip_prefix(&format!("{path}:{line}: "))
                 .unwrap_or(&message);
-            report::line_error(path, line, message, &text)
+            report::line_error(path, line, message, text)
         }
         other => miette!("{other}"),
     };
     let started = std::time::Instant::now();
-    let result = kiln_build::build(&df, &options, &store, &client, &progress).map_err(to_report)?;
-    let delivered =
-        kiln_build::deliver(&store, &client, &result.images, &names, &outputs, &progress)
-            .map_err(to_report)?;
-    print_summary(&progress, &result);
+    let result = kiln_build::build(&dockerfile.parsed, options, store, clients.pull, progress)
+        .map_err(to_report)?;
+    let delivered = kiln_build::deliver(
+        store,
+        clients.push,
+        &result.images,
+        names,
+        outputs,
+        progress,
+    )
+    .map_err(to_report)?;
+    print_summary(progress, &result);
     let top = match delivered {
         Some(d) => d,
         // No output asked for: the image stays in kiln's store, known by its manifest.
@@ -313,6 +315,84 @@ pub fn run(args: BuildArgs) -> Result<(), Report> {
         platforms.join(", "),
         started.elapsed().as_secs_f64()
     ));
+    Ok((top, result))
+}
+
+pub fn run(args: BuildArgs) -> Result<(), Report> {
+    let context = args.context_flag.clone().unwrap_or(args.context.clone());
+    let dockerfile_path = args
+        .file
+        .clone()
+        .unwrap_or_else(|| context.join("Dockerfile"));
+    let dockerfile = read_dockerfile(&dockerfile_path)?;
+
+    let mut names = Vec::new();
+    for t in args.tags.iter().chain(&args.destinations) {
+        names.push(t.parse::<Reference>().map_err(|e| miette!("{e}"))?);
+    }
+    let platforms = parse_platforms(&args.platform, "--platform")?;
+    let output_flags = OutputFlags {
+        specs: &args.outputs,
+        // kaniko pushes to its --destination names unless told --no-push.
+        push: (args.push || !args.destinations.is_empty()) && !args.no_push,
+        push_by_digest: args.push_by_digest,
+        oci_layout_path: args.oci_layout_path.as_deref(),
+        docker_archive_path: None,
+    };
+    let outputs =
+        Output::from_flags(&output_flags, &names, platforms.len()).map_err(|e| miette!("{e}"))?;
+
+    let build_args = parse_build_args(&args.build_args);
+    let source_date_epoch = source_date_epoch(&build_args);
+
+    let root = args.root.clone().unwrap_or_else(default_root);
+    let progress = Progress::new(if args.progress == "quiet" {
+        ProgressMode::Quiet
+    } else {
+        ProgressMode::Plain
+    });
+    let store = open_store(&root, &progress)?;
+    let client = args.registry.client()?;
+    let secret_sources = args
+        .secrets
+        .iter()
+        .map(|spec| parse_secret(spec))
+        .collect::<Result<_, _>>()?;
+    let options = BuildOptions {
+        dockerfile_path: dockerfile.name.clone(),
+        ignore_file: ignore_file(&dockerfile_path, &context),
+        context_dir: context,
+        build_args,
+        target: args.target.clone(),
+        platforms,
+        jobs: args.jobs.unwrap_or_else(default_jobs),
+        qemu_dir: args.qemu_dir.clone(),
+        sandbox_helper: std::env::current_exe().into_diagnostic()?,
+        source_date_epoch,
+        secrets: Secrets::load(&secret_sources).map_err(|e| miette!("{e}"))?,
+        ssh: args
+            .ssh
+            .iter()
+            .map(|spec| parse_ssh(spec))
+            .collect::<Result<_, _>>()?,
+        base_dir: args.base_dir.clone(),
+        no_cache: args.no_cache,
+        no_cache_filter: args.no_cache_filter.clone(),
+        labels: BTreeMap::new(),
+    };
+    let clients = Clients {
+        pull: &client,
+        push: &client,
+    };
+    let (top, result) = build_and_deliver(
+        &dockerfile,
+        &options,
+        &store,
+        clients,
+        &names,
+        &outputs,
+        &progress,
+    )?;
     if let Some(f) = &args.digest_file {
         std::fs::write(f, top.digest.to_string()).into_diagnostic()?;
     }
@@ -325,6 +405,11 @@ pub fn run(args: BuildArgs) -> Result<(), Report> {
         println!("{}", top.digest);
     }
     Ok(())
+}
+
+/// As many platforms at once as there are cores.
+pub(crate) fn default_jobs() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 /// How many steps ran and how many came from the cache; then each step with its platform,

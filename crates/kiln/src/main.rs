@@ -5,6 +5,7 @@ mod cache_cmd;
 mod check_cmd;
 mod copy_cmd;
 mod dockerfile_cmd;
+mod executor_cmd;
 mod imagetools_cmd;
 mod login_cmd;
 mod manifest_cmd;
@@ -30,6 +31,8 @@ struct Cli {
 enum Commands {
     /// Build an image from a Dockerfile (buildx and kaniko flags).
     Build(Box<build_cmd::BuildArgs>),
+    /// Build with kaniko's executor flags and defaults (a drop-in for /kaniko/executor).
+    Executor(Box<executor_cmd::ExecutorArgs>),
     /// Work with image indexes in registries.
     #[command(subcommand)]
     Manifest(manifest_cmd::ManifestCommand),
@@ -53,6 +56,20 @@ enum Commands {
     Du(cache_cmd::DuArgs),
 }
 
+/// The command line; called `executor` (the image's `/kiln/executor`, in kaniko's place at
+/// `/kaniko/executor`), kiln is `kiln executor`.
+fn arguments() -> Vec<std::ffi::OsString> {
+    let mut args: Vec<_> = std::env::args_os().collect();
+    let name = args
+        .first()
+        .and_then(|a| std::path::Path::new(a).file_name())
+        .map(|n| n.to_os_string());
+    if name.is_some_and(|n| n == "executor") {
+        args.insert(1, "executor".into());
+    }
+    args
+}
+
 fn main() -> ExitCode {
     // Both must run before any thread exists: the helper re-enters namespaces.
     if let Err(e) = kiln_sandbox::enter_rootless_if_needed() {
@@ -65,9 +82,10 @@ fn main() -> ExitCode {
     let _ = miette::set_hook(Box::new(|_| {
         Box::new(miette::MietteHandlerOpts::new().wrap_lines(false).build())
     }));
-    let cli = Cli::parse();
+    let cli = Cli::parse_from(arguments());
     let result = match cli.command {
         Commands::Build(args) => build_cmd::run(*args),
+        Commands::Executor(args) => executor_cmd::run(*args),
         Commands::Manifest(cmd) => manifest_cmd::run(cmd),
         Commands::Imagetools(cmd) => imagetools_cmd::run(cmd),
         Commands::Copy(args) => copy_cmd::run(args),

@@ -4,7 +4,8 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use clap::Args;
+use clap::builder::BoolishValueParser;
+use clap::{ArgAction, Args};
 use kiln_registry::{
     ClientOptions, CredentialStore, KeyPair, RegistryClient, RegistryConfig, registry_name,
 };
@@ -22,8 +23,9 @@ pub struct RegistryArgs {
     /// $XDG_CONFIG_HOME) and /etc/buildkit/buildkitd.toml.
     #[arg(long = "registry-config", value_name = "FILE")]
     pub registry_config: Option<PathBuf>,
-    /// Do not verify any registry's TLS certificate.
-    #[arg(long = "skip-tls-verify")]
+    /// Do not verify any registry's TLS certificate; `kiln executor`: when pushing, as kaniko
+    /// (`=true` and `=false` work too, as kaniko jobs write them).
+    #[arg(long = "skip-tls-verify", action = ArgAction::Set, num_args = 0..=1, require_equals = true, default_value_t = false, default_missing_value = "true", value_parser = BoolishValueParser::new())]
     pub skip_tls_verify: bool,
     /// Do not verify this registry's TLS certificate (repeatable).
     #[arg(long = "skip-tls-verify-registry", value_name = "HOST[:PORT]")]
@@ -41,7 +43,7 @@ pub struct RegistryArgs {
     #[arg(long = "registry-map", value_name = "A=B")]
     pub registry_maps: Vec<String>,
     /// When every mirror fails, fail instead of pulling from the registry itself.
-    #[arg(long = "skip-default-registry-fallback")]
+    #[arg(long = "skip-default-registry-fallback", action = ArgAction::Set, num_args = 0..=1, require_equals = true, default_value_t = false, default_missing_value = "true", value_parser = BoolishValueParser::new())]
     pub skip_default_registry_fallback: bool,
 }
 
@@ -118,15 +120,19 @@ impl RegistryArgs {
         Ok(config)
     }
 
-    /// A client configured from these flags, the registry config and the user's credentials.
-    pub fn client(&self) -> Result<RegistryClient, Report> {
-        RegistryClient::new(&ClientOptions {
+    /// A client's options from these flags, the registry config and the user's credentials.
+    pub fn client_options(&self) -> Result<ClientOptions, Report> {
+        Ok(ClientOptions {
             insecure_registries: self.insecure_registries.clone(),
             config: self.registry_config()?,
             credentials: CredentialStore::from_env(),
             ..ClientOptions::default()
         })
-        .map_err(|e| miette!("{e}"))
+    }
+
+    /// A client configured from these flags, the registry config and the user's credentials.
+    pub fn client(&self) -> Result<RegistryClient, Report> {
+        RegistryClient::new(&self.client_options()?).map_err(|e| miette!("{e}"))
     }
 }
 

@@ -230,6 +230,7 @@ impl Suite {
             base_dir: None,
             no_cache: false,
             no_cache_filter: Vec::new(),
+            labels: BTreeMap::new(),
         };
         let text =
             std::fs::read_to_string(&dockerfile).map_err(|_| "its Dockerfile is unreadable")?;

@@ -1,0 +1,475 @@
+//! `kiln executor`: kaniko's executor command line, with kaniko's defaults, mapped onto the
+//! same build as `kiln build`. A job that ran `/kaniko/executor ...` runs `/kiln/executor ...`.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Component, Path, PathBuf};
+
+use clap::Args;
+use clap::builder::BoolishValueParser;
+use kiln_build::{BuildOptions, LogStyle, Output, OutputFlags, Progress, ProgressMode, Secrets};
+use kiln_registry::{Reference, RegistryClient, RetryPolicy};
+use miette::{IntoDiagnostic, Report, WrapErr, miette};
+
+use crate::build_cmd::{self, Clients};
+use crate::registry_args::RegistryArgs;
+
+/// kiln's own directory, as `/kaniko` is kaniko's: its docker config lives in `.docker`.
+const DEFAULT_KILN_DIR: &str = "/kiln";
+
+/// kaniko's booleans are Go flags: `--flag`, `--flag=true` or `--flag=false`, hence
+/// `require_equals` and `Option<bool>` (`None`: not given).
+#[derive(Args)]
+pub struct ExecutorArgs {
+    /// The build context: a directory (or dir://DIR), or a tar archive, plain or compressed
+    /// (tar://FILE; tar://stdin reads it from standard input).
+    #[arg(
+        short = 'c',
+        long,
+        default_value = "/workspace/",
+        value_name = "DIR|dir://DIR|tar://FILE"
+    )]
+    context: String,
+    /// A directory inside the context to use as the context.
+    #[arg(long, value_name = "PATH")]
+    context_sub_path: Option<PathBuf>,
+    /// The Dockerfile: a path as given, else relative to the context.
+    #[arg(short = 'f', long, default_value = "Dockerfile", value_name = "PATH")]
+    dockerfile: PathBuf,
+    /// Push the image here (repeatable).
+    #[arg(short = 'd', long = "destination", value_name = "NAME[:TAG]")]
+    destinations: Vec<String>,
+    /// Build (and write files) without pushing.
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", value_parser = BoolishValueParser::new())]
+    no_push: Option<bool>,
+    /// Write the image as a `docker save` archive here, tagged with every destination.
+    #[arg(long, alias = "tarPath", value_name = "FILE")]
+    tar_path: Option<PathBuf>,
+    /// Write the image as an OCI layout directory here.
+    #[arg(long, value_name = "DIR")]
+    oci_layout_path: Option<PathBuf>,
+    /// Write the image's digest here.
+    #[arg(long, value_name = "FILE")]
+    digest_file: Option<PathBuf>,
+    /// Write `NAME@DIGEST` here, one line per destination.
+    #[arg(long, value_name = "FILE")]
+    image_name_with_digest_file: Option<PathBuf>,
+    /// Write `NAME:TAG@DIGEST` here, one line per destination.
+    #[arg(long, value_name = "FILE")]
+    image_name_tag_with_digest_file: Option<PathBuf>,
+    /// A build-time variable (repeatable); a bare KEY takes its value from the environment.
+    #[arg(long = "build-arg", value_name = "KEY[=VALUE]")]
+    build_args: Vec<String>,
+    /// A label for the image (repeatable); it wins over the Dockerfile's LABEL.
+    #[arg(long = "label", value_name = "KEY=VALUE")]
+    labels: Vec<String>,
+    /// The stage to build (default: the last).
+    #[arg(long)]
+    target: Option<String>,
+    /// Build only the stages the target needs; kiln always does.
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", value_parser = BoolishValueParser::new())]
+    skip_unused_stages: Option<bool>,
+    /// The platform to build for (default: the host's).
+    #[arg(long, alias = "customPlatform", value_name = "OS/ARCH[/VARIANT]")]
+    custom_platform: Option<String>,
+    /// Timestamps of 1970 in the image and its files, so rebuilds give the same digest
+    /// (a SOURCE_DATE_EPOCH build arg wins).
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", value_parser = BoolishValueParser::new())]
+    reproducible: Option<bool>,
+    #[command(flatten)]
+    registry: RegistryArgs,
+    /// Do not verify TLS certificates of the registries base images come from.
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", value_parser = BoolishValueParser::new())]
+    skip_tls_verify_pull: Option<bool>,
+    /// Push to registries that speak plain HTTP (TLS is tried first).
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", value_parser = BoolishValueParser::new())]
+    insecure: Option<bool>,
+    /// Pull from registries that speak plain HTTP (TLS is tried first).
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", value_parser = BoolishValueParser::new())]
+    insecure_pull: Option<bool>,
+    /// Retries of a failed push request (kiln retries 4 times at least).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    push_retry: u32,
+    /// Retries of a failed download request (kiln retries 4 times at least).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    image_download_retry: u32,
+    /// panic, fatal, error and warn print only warnings and errors; info, debug and trace
+    /// print every step.
+    #[arg(short = 'v', long, default_value = "info", value_parser = ["panic", "fatal", "error", "warn", "info", "debug", "trace"])]
+    verbosity: String,
+    /// text and color: kiln's own lines; json: one JSON object per line (level, msg, time).
+    #[arg(long, default_value = "color", value_parser = ["text", "color", "json"])]
+    log_format: String,
+    /// Put the time in front of every line.
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", value_parser = BoolishValueParser::new())]
+    log_timestamp: Option<bool>,
+    /// kiln's directory (kaniko's --kaniko-dir): DOCKER_CONFIG becomes DIR/.docker.
+    #[arg(long, alias = "kaniko-dir", env = "KILN_DIR", value_name = "DIR")]
+    kiln_dir: Option<PathBuf>,
+    /// kiln's cache and work directory.
+    #[arg(long, env = "KILN_ROOT", value_name = "DIR")]
+    root: Option<PathBuf>,
+    /// Accepted: kiln never changes the filesystem it runs in, so it needs no --force to
+    /// run outside a container.
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", value_parser = BoolishValueParser::new())]
+    force: Option<bool>,
+    /// Accepted: kiln leaves nothing in the filesystem it runs in to clean up.
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", value_parser = BoolishValueParser::new())]
+    cleanup: Option<bool>,
+
+    // kaniko's snapshot options, which have no meaning for kiln: one notice.
+    #[arg(long, hide = true, alias = "snapshotMode")]
+    snapshot_mode: Option<String>,
+    #[arg(long, hide = true, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    use_new_run: Option<String>,
+    #[arg(long, hide = true, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    single_snapshot: Option<String>,
+    #[arg(long, hide = true, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    compressed_caching: Option<String>,
+    #[arg(long, hide = true, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    cache_run_layers: Option<String>,
+    #[arg(long, hide = true, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    cache_copy_layers: Option<String>,
+    #[arg(long, hide = true, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    ignore_var_run: Option<String>,
+    #[arg(long, hide = true)]
+    ignore_path: Vec<String>,
+    #[arg(long, hide = true)]
+    image_fs_extract_retry: Option<String>,
+
+    // kaniko's registry cache: accepted now, used once kiln has a registry cache.
+    #[arg(long, hide = true, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    cache: Option<String>,
+    #[arg(long, hide = true)]
+    cache_repo: Option<String>,
+    #[arg(long, hide = true)]
+    cache_dir: Option<String>,
+    #[arg(long, hide = true)]
+    cache_ttl: Option<String>,
+    #[arg(long, hide = true, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    no_push_cache: Option<String>,
+}
+
+/// kaniko keeps separate TLS and plain-HTTP settings for pulling base images and pushing.
+#[derive(Clone, Copy)]
+enum Direction {
+    Pull,
+    Push,
+}
+
+/// Where the build context comes from.
+enum ContextSource {
+    Dir(PathBuf),
+    Tar(PathBuf),
+    TarStdin,
+}
+
+fn parse_context(given: &str) -> Result<ContextSource, Report> {
+    if let Some(dir) = given.strip_prefix("dir://") {
+        return Ok(ContextSource::Dir(PathBuf::from(dir)));
+    }
+    if let Some(file) = given.strip_prefix("tar://") {
+        return Ok(if file == "stdin" {
+            ContextSource::TarStdin
+        } else {
+            ContextSource::Tar(PathBuf::from(file))
+        });
+    }
+    if let Some((scheme, _)) = given.split_once("://") {
+        return Err(miette!(
+            "--context {given}: kiln reads dir:// and tar:// contexts, not {scheme}://; \
+             fetch it first (git clone, or download the archive) and pass the directory or \
+             tar://FILE"
+        ));
+    }
+    Ok(ContextSource::Dir(PathBuf::from(given)))
+}
+
+/// `sub` inside `context`, as kaniko joins them: a leading `/` does not leave the context.
+fn sub_path(context: &Path, sub: &Path) -> PathBuf {
+    let rel: PathBuf = sub
+        .components()
+        .filter(|c| !matches!(c, Component::RootDir | Component::Prefix(_)))
+        .collect();
+    context.join(rel)
+}
+
+/// kaniko's Dockerfile lookup: the path as given if it exists, else relative to the context.
+fn resolve_dockerfile(given: &Path, context: &Path) -> Result<PathBuf, Report> {
+    if given.is_absolute() || given.exists() {
+        return Ok(given.to_path_buf());
+    }
+    let in_context = context.join(given);
+    if in_context.exists() {
+        return Ok(in_context);
+    }
+    Err(miette!(
+        "no Dockerfile at {} or {}: pass --dockerfile PATH (absolute, or relative to the context)",
+        given.display(),
+        in_context.display()
+    ))
+}
+
+/// `--label KEY=VALUE`s.
+fn parse_labels(given: &[String]) -> Result<BTreeMap<String, String>, Report> {
+    given
+        .iter()
+        .map(|l| match l.split_once('=') {
+            Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+            _ => Err(miette!("--label {l}: expected KEY=VALUE")),
+        })
+        .collect()
+}
+
+/// kaniko's `--image-name-with-digest-file` (`NAME@DIGEST`) and, with `with_tag`,
+/// `--image-name-tag-with-digest-file` (`NAME:TAG@DIGEST`): one line per destination.
+fn names_with_digest(names: &[Reference], digest: &str, with_tag: bool) -> String {
+    names
+        .iter()
+        .map(|r| {
+            let tag = match (&r.tag, with_tag) {
+                (Some(tag), true) => format!(":{tag}"),
+                _ => String::new(),
+            };
+            format!("{}/{}{tag}@{digest}\n", r.registry, r.repository)
+        })
+        .collect()
+}
+
+impl ExecutorArgs {
+    /// One line naming the given kaniko flags kiln has no use for, and one for the cache
+    /// flags kiln accepts before it has a registry cache.
+    fn notices(&self) -> Vec<String> {
+        let given = |name: &str, set: bool| set.then(|| format!("--{name}"));
+        let meaningless: Vec<String> = [
+            given("snapshot-mode", self.snapshot_mode.is_some()),
+            given("use-new-run", self.use_new_run.is_some()),
+            given("single-snapshot", self.single_snapshot.is_some()),
+            given("compressed-caching", self.compressed_caching.is_some()),
+            given("cache-run-layers", self.cache_run_layers.is_some()),
+            given("cache-copy-layers", self.cache_copy_layers.is_some()),
+            given("ignore-var-run", self.ignore_var_run.is_some()),
+            given("ignore-path", !self.ignore_path.is_empty()),
+            given(
+                "image-fs-extract-retry",
+                self.image_fs_extract_retry.is_some(),
+            ),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        let cache: Vec<String> = [
+            given("cache", self.cache.is_some()),
+            given("cache-repo", self.cache_repo.is_some()),
+            given("cache-dir", self.cache_dir.is_some()),
+            given("cache-ttl", self.cache_ttl.is_some()),
+            given("no-push-cache", self.no_push_cache.is_some()),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        let mut notices = Vec::new();
+        if !meaningless.is_empty() {
+            notices.push(format!(
+                "notice: ignoring {}: kiln runs each step in its own rootfs and takes the \
+                 step's changes from it, so kaniko's snapshot options have no meaning here",
+                meaningless.join(", ")
+            ));
+        }
+        if !cache.is_empty() {
+            notices.push(format!(
+                "notice: accepted {}, but kiln has no registry cache yet (it comes in a later \
+                 release): this build uses kiln's local cache only",
+                cache.join(", ")
+            ));
+        }
+        notices
+    }
+
+    /// A registry client for pulls or for pushes: the flags kaniko shares with `kiln build`,
+    /// kaniko's TLS and plain-HTTP flags for that direction, credentials from kiln's
+    /// directory, and the retries asked for.
+    fn client(&self, direction: Direction) -> Result<RegistryClient, Report> {
+        let (skip_verify, http_fallback, retries) = match direction {
+            Direction::Pull => (
+                self.skip_tls_verify_pull == Some(true),
+                self.insecure_pull,
+                self.image_download_retry,
+            ),
+            Direction::Push => (
+                self.registry.skip_tls_verify,
+                self.insecure,
+                self.push_retry,
+            ),
+        };
+        let registry = RegistryArgs {
+            skip_tls_verify: skip_verify,
+            ..self.registry.clone()
+        };
+        let mut options = registry.client_options()?;
+        options.config.http_fallback = http_fallback == Some(true);
+        // kaniko's image sets DOCKER_CONFIG=/kaniko/.docker, and --kaniko-dir moves it to
+        // DIR/.docker; kiln's directory plays that part.
+        let docker_dir = match (&self.kiln_dir, std::env::var_os("DOCKER_CONFIG")) {
+            (Some(dir), _) => dir.join(".docker"),
+            (None, Some(dir)) if !dir.is_empty() => PathBuf::from(dir),
+            (None, _) => Path::new(DEFAULT_KILN_DIR).join(".docker"),
+        };
+        options.credentials.docker_config = docker_dir.join("config.json");
+        options.retry = RetryPolicy {
+            attempts: options.retry.attempts.max(retries.saturating_add(1)),
+            ..options.retry
+        };
+        RegistryClient::new(&options).map_err(|e| miette!("{e}"))
+    }
+}
+
+pub fn run(args: ExecutorArgs) -> Result<(), Report> {
+    let no_push = args.no_push == Some(true);
+    if !no_push && args.destinations.is_empty() {
+        return Err(miette!("you must provide --destination, or use --no-push"));
+    }
+    let names = args
+        .destinations
+        .iter()
+        .map(|d| {
+            d.parse::<Reference>()
+                .map_err(|e| miette!("--destination {d}: {e}"))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let needs_names = [
+        (
+            "--image-name-with-digest-file",
+            &args.image_name_with_digest_file,
+        ),
+        (
+            "--image-name-tag-with-digest-file",
+            &args.image_name_tag_with_digest_file,
+        ),
+        ("--tar-path", &args.tar_path),
+    ];
+    for (flag, value) in needs_names {
+        if value.is_some() && names.is_empty() {
+            return Err(miette!(
+                "{flag} needs at least one --destination to name the image"
+            ));
+        }
+    }
+    let quiet = matches!(
+        args.verbosity.as_str(),
+        "panic" | "fatal" | "error" | "warn"
+    );
+    let progress = Progress::new(if quiet {
+        ProgressMode::Quiet
+    } else {
+        ProgressMode::Plain
+    })
+    .styled(LogStyle {
+        json: args.log_format == "json",
+        timestamps: args.log_timestamp == Some(true),
+    });
+    for notice in args.notices() {
+        progress.info(&notice);
+    }
+
+    let root = args.root.clone().unwrap_or_else(build_cmd::default_root);
+    let store = build_cmd::open_store(&root, &progress)?;
+    // A tar context is unpacked into kiln's own scratch space, removed when the build ends.
+    let unpacked;
+    let context = match parse_context(&args.context)? {
+        ContextSource::Dir(dir) => dir,
+        source => {
+            unpacked = store.temp_dir("context-").map_err(|e| miette!("{e}"))?;
+            let archive = match source {
+                ContextSource::Tar(file) => file,
+                _ => {
+                    let path = unpacked.path().join("stdin.tar");
+                    let mut file = std::fs::File::create(&path).into_diagnostic()?;
+                    std::io::copy(&mut std::io::stdin().lock(), &mut file)
+                        .and_then(|_| file.flush())
+                        .into_diagnostic()
+                        .wrap_err("reading the build context from standard input")?;
+                    path
+                }
+            };
+            let dir = unpacked.path().join("context");
+            std::fs::create_dir(&dir).into_diagnostic()?;
+            kiln_build::unpack_context(&archive, &dir).map_err(|e| miette!("{e}"))?;
+            dir
+        }
+    };
+    let context = match &args.context_sub_path {
+        Some(sub) => sub_path(&context, sub),
+        None => context,
+    };
+    if !context.is_dir() {
+        return Err(miette!(
+            "the build context {} is not a directory",
+            context.display()
+        ));
+    }
+    let dockerfile_path = resolve_dockerfile(&args.dockerfile, &context)?;
+    let dockerfile = build_cmd::read_dockerfile(&dockerfile_path)?;
+
+    let platforms =
+        build_cmd::parse_platforms(args.custom_platform.as_slice(), "--custom-platform")?;
+    let output_flags = OutputFlags {
+        push: !no_push,
+        oci_layout_path: args.oci_layout_path.as_deref(),
+        docker_archive_path: args.tar_path.as_deref(),
+        ..OutputFlags::default()
+    };
+    let outputs =
+        Output::from_flags(&output_flags, &names, platforms.len()).map_err(|e| miette!("{e}"))?;
+    let build_args = build_cmd::parse_build_args(&args.build_args);
+    let reproducible = args.reproducible == Some(true);
+    let source_date_epoch = build_cmd::source_date_epoch(&build_args).or(reproducible.then_some(0));
+    let (pull, push) = (args.client(Direction::Pull)?, args.client(Direction::Push)?);
+    let options = BuildOptions {
+        dockerfile_path: dockerfile.name.clone(),
+        ignore_file: build_cmd::ignore_file(&dockerfile_path, &context),
+        context_dir: context,
+        build_args,
+        target: args.target.clone(),
+        platforms,
+        jobs: build_cmd::default_jobs(),
+        qemu_dir: std::env::var_os("KILN_QEMU_DIR").map(PathBuf::from),
+        sandbox_helper: std::env::current_exe().into_diagnostic()?,
+        source_date_epoch,
+        secrets: Secrets::default(),
+        ssh: Default::default(),
+        base_dir: None,
+        no_cache: false,
+        no_cache_filter: Vec::new(),
+        labels: parse_labels(&args.labels)?,
+    };
+    let clients = Clients {
+        pull: &pull,
+        push: &push,
+    };
+    let (top, _) = build_cmd::build_and_deliver(
+        &dockerfile,
+        &options,
+        &store,
+        clients,
+        &names,
+        &outputs,
+        &progress,
+    )?;
+    let digest = top.digest.to_string();
+    let write = |path: &Path, content: &str| {
+        std::fs::write(path, content)
+            .into_diagnostic()
+            .wrap_err_with(|| format!("writing {}", path.display()))
+    };
+    if let Some(f) = &args.digest_file {
+        write(f, &digest)?;
+    }
+    if let Some(f) = &args.image_name_with_digest_file {
+        write(f, &names_with_digest(&names, &digest, false))?;
+    }
+    if let Some(f) = &args.image_name_tag_with_digest_file {
+        write(f, &names_with_digest(&names, &digest, true))?;
+    }
+    Ok(())
+}
