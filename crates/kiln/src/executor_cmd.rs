@@ -194,13 +194,34 @@ fn sub_path(context: &Path, sub: &Path) -> PathBuf {
     context.join(rel)
 }
 
-/// kaniko's Dockerfile lookup: the path as given if it exists, else relative to the context.
+/// Fails unless `path`, its symlinks followed, is `context` or inside it. The context (a tar's
+/// above all) is untrusted: a `Dockerfile -> /proc/self/environ` would print the job's
+/// secrets in the parse error, and a sub path `app -> /` would make the host the context.
+fn within_context(what: &str, path: &Path, context: &Path) -> Result<(), Report> {
+    let real = |p: &Path| {
+        p.canonicalize()
+            .into_diagnostic()
+            .wrap_err_with(|| format!("resolving {}", p.display()))
+    };
+    if real(path)?.starts_with(real(context)?) {
+        return Ok(());
+    }
+    Err(miette!(
+        "{what} {} leads out of the build context {} through a symlink",
+        path.display(),
+        context.display()
+    ))
+}
+
+/// kaniko's Dockerfile lookup: the path as given if it exists, else relative to the context
+/// (and then inside it).
 fn resolve_dockerfile(given: &Path, context: &Path) -> Result<PathBuf, Report> {
     if given.is_absolute() || given.exists() {
         return Ok(given.to_path_buf());
     }
     let in_context = context.join(given);
     if in_context.exists() {
+        within_context("the Dockerfile", &in_context, context)?;
         return Ok(in_context);
     }
     Err(miette!(
@@ -399,7 +420,13 @@ pub fn run(args: ExecutorArgs) -> Result<(), Report> {
         }
     };
     let context = match &args.context_sub_path {
-        Some(sub) => sub_path(&context, sub),
+        Some(sub) => {
+            let inner = sub_path(&context, sub);
+            if inner.is_dir() {
+                within_context("--context-sub-path", &inner, &context)?;
+            }
+            inner
+        }
         None => context,
     };
     if !context.is_dir() {
