@@ -452,9 +452,14 @@ pub fn run(args: ExecutorArgs) -> Result<(), Report> {
     let reproducible = args.reproducible == Some(true);
     let source_date_epoch = build_cmd::source_date_epoch(&build_args).or(reproducible.then_some(0));
     let (pull, push) = (args.client(Direction::Pull)?, args.client(Direction::Push)?);
+    let ignore_file = build_cmd::ignore_file(&dockerfile_path, &context);
+    // Its bad line is in its error, as the Dockerfile's is.
+    if let Some(file) = ignore_file.as_ref().filter(|f| f.starts_with(&context)) {
+        within_context("the .dockerignore", file, &context)?;
+    }
     let options = BuildOptions {
         dockerfile_path: dockerfile.name.clone(),
-        ignore_file: build_cmd::ignore_file(&dockerfile_path, &context),
+        ignore_file,
         context_dir: context,
         build_args,
         target: args.target.clone(),
