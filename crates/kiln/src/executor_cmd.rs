@@ -207,21 +207,24 @@ fn within_context(what: &str, path: &Path, context: &Path) -> Result<(), Report>
         return Ok(());
     }
     Err(miette!(
-        "{what} {} leads out of the build context {} through a symlink",
+        "{what} {} leads out of the build context {}",
         path.display(),
         context.display()
     ))
 }
 
 /// kaniko's Dockerfile lookup: the path as given if it exists, else relative to the context
-/// (and then inside it).
+/// (and then inside it, unless the path says `..`).
 fn resolve_dockerfile(given: &Path, context: &Path) -> Result<PathBuf, Report> {
     if given.is_absolute() || given.exists() {
         return Ok(given.to_path_buf());
     }
     let in_context = context.join(given);
     if in_context.exists() {
-        within_context("the Dockerfile", &in_context, context)?;
+        // `..` in the flag is the user's choice to look outside; a symlink is the context's.
+        if !given.components().any(|c| c == Component::ParentDir) {
+            within_context("the Dockerfile", &in_context, context)?;
+        }
         return Ok(in_context);
     }
     Err(miette!(
@@ -422,7 +425,8 @@ pub fn run(args: ExecutorArgs) -> Result<(), Report> {
     let context = match &args.context_sub_path {
         Some(sub) => {
             let inner = sub_path(&context, sub);
-            if inner.is_dir() {
+            let dotdot = sub.components().any(|c| c == Component::ParentDir);
+            if inner.is_dir() && !dotdot {
                 within_context("--context-sub-path", &inner, &context)?;
             }
             inner
