@@ -194,25 +194,6 @@ fn sub_path(context: &Path, sub: &Path) -> PathBuf {
     context.join(rel)
 }
 
-/// Fails unless `path`, its symlinks followed, is `context` or inside it. The context (a tar's
-/// above all) is untrusted: a `Dockerfile -> /proc/self/environ` would print the job's
-/// secrets in the parse error, and a sub path `app -> /` would make the host the context.
-fn within_context(what: &str, path: &Path, context: &Path) -> Result<(), Report> {
-    let real = |p: &Path| {
-        p.canonicalize()
-            .into_diagnostic()
-            .wrap_err_with(|| format!("resolving {}", p.display()))
-    };
-    if real(path)?.starts_with(real(context)?) {
-        return Ok(());
-    }
-    Err(miette!(
-        "{what} {} leads out of the build context {}",
-        path.display(),
-        context.display()
-    ))
-}
-
 /// kaniko's Dockerfile lookup: the path as given if it exists, else relative to the context
 /// (and then inside it, unless the path says `..`).
 fn resolve_dockerfile(given: &Path, context: &Path) -> Result<PathBuf, Report> {
@@ -223,7 +204,7 @@ fn resolve_dockerfile(given: &Path, context: &Path) -> Result<PathBuf, Report> {
     if in_context.exists() {
         // `..` in the flag is the user's choice to look outside; a symlink is the context's.
         if !given.components().any(|c| c == Component::ParentDir) {
-            within_context("the Dockerfile", &in_context, context)?;
+            build_cmd::within_context("the Dockerfile", &in_context, context)?;
         }
         return Ok(in_context);
     }
@@ -427,7 +408,7 @@ pub fn run(args: ExecutorArgs) -> Result<(), Report> {
             let inner = sub_path(&context, sub);
             let dotdot = sub.components().any(|c| c == Component::ParentDir);
             if inner.is_dir() && !dotdot {
-                within_context("--context-sub-path", &inner, &context)?;
+                build_cmd::within_context("--context-sub-path", &inner, &context)?;
             }
             inner
         }
@@ -456,14 +437,9 @@ pub fn run(args: ExecutorArgs) -> Result<(), Report> {
     let reproducible = args.reproducible == Some(true);
     let source_date_epoch = build_cmd::source_date_epoch(&build_args).or(reproducible.then_some(0));
     let (pull, push) = (args.client(Direction::Pull)?, args.client(Direction::Push)?);
-    let ignore_file = build_cmd::ignore_file(&dockerfile_path, &context);
-    // Its bad line is in its error, as the Dockerfile's is.
-    if let Some(file) = ignore_file.as_ref().filter(|f| f.starts_with(&context)) {
-        within_context("the .dockerignore", file, &context)?;
-    }
     let options = BuildOptions {
         dockerfile_path: dockerfile.name.clone(),
-        ignore_file,
+        ignore_file: build_cmd::ignore_file(&dockerfile_path, &context)?,
         context_dir: context,
         build_args,
         target: args.target.clone(),
