@@ -176,6 +176,15 @@ pub(crate) fn ignore_file(dockerfile: &Path, context: &Path) -> Result<Option<Pa
     Ok(found)
 }
 
+/// `Dockerfile` of `context`, where no `-f` names one: inside the context.
+pub(crate) fn context_dockerfile(context: &Path) -> Result<PathBuf, Report> {
+    let in_context = context.join("Dockerfile");
+    if in_context.exists() {
+        within_context("the Dockerfile", &in_context, context)?;
+    }
+    Ok(in_context)
+}
+
 /// Fails unless `path`, its symlinks followed, is `context` or inside it. The context (a tar's
 /// above all) is untrusted: a `Dockerfile -> /proc/self/environ` would print the job's
 /// secrets in the parse error, and a sub path `app -> /` would make the host the context.
@@ -346,13 +355,7 @@ pub fn run(args: BuildArgs) -> Result<(), Report> {
     let context = args.context_flag.clone().unwrap_or(args.context.clone());
     let dockerfile_path = match &args.file {
         Some(file) => file.clone(),
-        None => {
-            let in_context = context.join("Dockerfile");
-            if in_context.exists() {
-                within_context("the Dockerfile", &in_context, &context)?;
-            }
-            in_context
-        }
+        None => context_dockerfile(&context)?,
     };
     let dockerfile = read_dockerfile(&dockerfile_path)?;
 
