@@ -94,7 +94,7 @@ pub(crate) fn bind_onto(source: &Path, target: &Entry) -> rustix::io::Result<Own
 /// Mounts every mount of the spec over the rootfs `root`, in order, in the command's mount
 /// namespace. Mount points still missing lie inside earlier mounts and are created there.
 pub(crate) fn mount_all(root: &Dir, mounts: &[RunMount]) -> Result<(), String> {
-    let mut readonly = Vec::new();
+    let mut binds = Vec::new();
     for mount in mounts {
         let kind = mount_point_kind(mount)?;
         let at = mount_point(root, &mount.target, kind, &mut |_, _| {})?;
@@ -110,9 +110,7 @@ pub(crate) fn mount_all(root: &Dir, mounts: &[RunMount]) -> Result<(), String> {
                         mount.target
                     )
                 })?;
-                if *ro {
-                    readonly.push((bound, &mount.target));
-                }
+                binds.push((bound, &mount.target, *ro));
             }
             MountKind::Tmpfs { size } => {
                 let options = match size {
@@ -130,21 +128,34 @@ pub(crate) fn mount_all(root: &Dir, mounts: &[RunMount]) -> Result<(), String> {
             }
         }
     }
-    // Read-only last, so that mount points of later mounts could still be made inside. The
-    // mount's own descriptor leads to it, whatever was mounted or changed above it since.
-    for (bound, target) in readonly {
+    // Every bind mount nodev: a device node in what it shows (an image's or a stage's files,
+    // made as they were by kiln running as root) would open the host's device, such as its
+    // disk; the rootfs overlay is nodev too. Read-only last, so that mount points of later
+    // mounts could still be made inside. The mount's own descriptor leads to it, whatever
+    // was mounted or changed above it since.
+    for (bound, target, ro) in binds {
         let at = PathBuf::from(format!("/proc/self/fd/{}", bound.as_raw_fd()));
-        remount_readonly(&at).map_err(|err| format!("making {target} read-only: {err}"))?;
+        let flags = match ro {
+            true => MsFlags::MS_NODEV | MsFlags::MS_RDONLY,
+            false => MsFlags::MS_NODEV,
+        };
+        remount_bind(&at, flags).map_err(|err| format!("remounting {target}: {err}"))?;
     }
     Ok(())
 }
 
-/// A bind mount is made read-only by remounting it; flags the mount inherited from the host
-/// are locked in a user namespace and must be kept, or the remount is refused.
+/// A bind mount is made read-only by remounting it.
 pub(crate) fn remount_readonly(at: &Path) -> Result<(), nix::Error> {
+    remount_bind(at, MsFlags::MS_RDONLY)
+}
+
+/// Remounts a bind mount with `extra` flags. Flags the mount inherited from the host are
+/// locked in a user namespace and must be kept, or the remount is refused.
+fn remount_bind(at: &Path, extra: MsFlags) -> Result<(), nix::Error> {
     let current = statvfs(at)?.flags();
-    let mut flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
+    let mut flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | extra;
     for (has, keep) in [
+        (FsFlags::ST_RDONLY, MsFlags::MS_RDONLY),
         (FsFlags::ST_NOSUID, MsFlags::MS_NOSUID),
         (FsFlags::ST_NODEV, MsFlags::MS_NODEV),
         (FsFlags::ST_NOEXEC, MsFlags::MS_NOEXEC),

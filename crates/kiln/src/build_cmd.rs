@@ -164,11 +164,44 @@ pub(crate) fn default_root() -> PathBuf {
 
 /// The `.dockerignore` BuildKit would use: `<Dockerfile>.dockerignore` beside the Dockerfile
 /// wins over the one at the context root.
-pub(crate) fn ignore_file(dockerfile: &Path, context: &Path) -> Option<PathBuf> {
+pub(crate) fn ignore_file(dockerfile: &Path, context: &Path) -> Result<Option<PathBuf>, Report> {
     let beside = PathBuf::from(format!("{}.dockerignore", dockerfile.display()));
-    [beside, context.join(".dockerignore")]
+    let found = [beside, context.join(".dockerignore")]
         .into_iter()
-        .find(|p| p.is_file())
+        .find(|p| p.is_file());
+    // One in the context stays in it: its bad line is in its error, as the Dockerfile's is.
+    if let Some(file) = found.as_ref().filter(|f| f.starts_with(context)) {
+        within_context("the .dockerignore", file, context)?;
+    }
+    Ok(found)
+}
+
+/// `Dockerfile` of `context`, where no `-f` names one: inside the context.
+pub(crate) fn context_dockerfile(context: &Path) -> Result<PathBuf, Report> {
+    let in_context = context.join("Dockerfile");
+    if in_context.exists() {
+        within_context("the Dockerfile", &in_context, context)?;
+    }
+    Ok(in_context)
+}
+
+/// Fails unless `path`, its symlinks followed, is `context` or inside it. The context (a tar's
+/// above all) is untrusted: a `Dockerfile -> /proc/self/environ` would print the job's
+/// secrets in the parse error, and a sub path `app -> /` would make the host the context.
+pub(crate) fn within_context(what: &str, path: &Path, context: &Path) -> Result<(), Report> {
+    let real = |p: &Path| {
+        p.canonicalize()
+            .into_diagnostic()
+            .wrap_err_with(|| format!("resolving {}", p.display()))
+    };
+    if real(path)?.starts_with(real(context)?) {
+        return Ok(());
+    }
+    Err(miette!(
+        "{what} {} leads out of the build context {}",
+        path.display(),
+        context.display()
+    ))
 }
 
 /// `--build-arg KEY[=VALUE]`s; a bare KEY takes its value from the environment, and is left
@@ -320,10 +353,10 @@ pub(crate) fn build_and_deliver(
 
 pub fn run(args: BuildArgs) -> Result<(), Report> {
     let context = args.context_flag.clone().unwrap_or(args.context.clone());
-    let dockerfile_path = args
-        .file
-        .clone()
-        .unwrap_or_else(|| context.join("Dockerfile"));
+    let dockerfile_path = match &args.file {
+        Some(file) => file.clone(),
+        None => context_dockerfile(&context)?,
+    };
     let dockerfile = read_dockerfile(&dockerfile_path)?;
 
     let mut names = Vec::new();
@@ -360,7 +393,7 @@ pub fn run(args: BuildArgs) -> Result<(), Report> {
         .collect::<Result<_, _>>()?;
     let options = BuildOptions {
         dockerfile_path: dockerfile.name.clone(),
-        ignore_file: ignore_file(&dockerfile_path, &context),
+        ignore_file: ignore_file(&dockerfile_path, &context)?,
         context_dir: context,
         build_args,
         target: args.target.clone(),

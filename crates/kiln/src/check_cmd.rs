@@ -26,10 +26,10 @@ pub struct CheckArgs {
 /// Prints every finding as `FILE:LINE: Rule: message` with the source line under it. Fails
 /// when a finding is an error (all are, with `# check=error=true`).
 pub fn run(args: CheckArgs) -> Result<(), Report> {
-    let dockerfile = args
-        .file
-        .clone()
-        .unwrap_or_else(|| args.context.join("Dockerfile"));
+    let dockerfile = match &args.file {
+        Some(file) => file.clone(),
+        None => crate::build_cmd::context_dockerfile(&args.context)?,
+    };
     let text = std::fs::read_to_string(&dockerfile)
         .into_diagnostic()
         .wrap_err_with(|| format!("cannot read the Dockerfile {}", dockerfile.display()))?;

@@ -194,13 +194,18 @@ fn sub_path(context: &Path, sub: &Path) -> PathBuf {
     context.join(rel)
 }
 
-/// kaniko's Dockerfile lookup: the path as given if it exists, else relative to the context.
+/// kaniko's Dockerfile lookup: the path as given if it exists, else relative to the context
+/// (and then inside it, unless the path says `..`).
 fn resolve_dockerfile(given: &Path, context: &Path) -> Result<PathBuf, Report> {
     if given.is_absolute() || given.exists() {
         return Ok(given.to_path_buf());
     }
     let in_context = context.join(given);
     if in_context.exists() {
+        // `..` in the flag is the user's choice to look outside; a symlink is the context's.
+        if !given.components().any(|c| c == Component::ParentDir) {
+            build_cmd::within_context("the Dockerfile", &in_context, context)?;
+        }
         return Ok(in_context);
     }
     Err(miette!(
@@ -399,7 +404,14 @@ pub fn run(args: ExecutorArgs) -> Result<(), Report> {
         }
     };
     let context = match &args.context_sub_path {
-        Some(sub) => sub_path(&context, sub),
+        Some(sub) => {
+            let inner = sub_path(&context, sub);
+            let dotdot = sub.components().any(|c| c == Component::ParentDir);
+            if inner.is_dir() && !dotdot {
+                build_cmd::within_context("--context-sub-path", &inner, &context)?;
+            }
+            inner
+        }
         None => context,
     };
     if !context.is_dir() {
@@ -427,7 +439,7 @@ pub fn run(args: ExecutorArgs) -> Result<(), Report> {
     let (pull, push) = (args.client(Direction::Pull)?, args.client(Direction::Push)?);
     let options = BuildOptions {
         dockerfile_path: dockerfile.name.clone(),
-        ignore_file: build_cmd::ignore_file(&dockerfile_path, &context),
+        ignore_file: build_cmd::ignore_file(&dockerfile_path, &context)?,
         context_dir: context,
         build_args,
         target: args.target.clone(),

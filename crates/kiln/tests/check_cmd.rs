@@ -90,3 +90,17 @@ fn dockerfile_flag_and_parse_errors() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read the Dockerfile"));
 }
+
+#[test]
+fn a_dockerfile_symlinked_out_of_the_context_is_not_read() {
+    let outside = tempfile::tempdir().unwrap();
+    std::fs::write(outside.path().join("secret"), "SECRET-TOKEN-1234\n").unwrap();
+    let ctx = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(outside.path().join("secret"), ctx.path().join("Dockerfile"))
+        .unwrap();
+    let out = kiln(&["check", path(ctx.path())]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("SECRET-TOKEN-1234"), "{err}");
+    assert!(err.contains("out of the build context"), "{err}");
+}

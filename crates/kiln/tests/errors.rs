@@ -120,3 +120,28 @@ fn failing_run_shows_step_exit_code_and_output() {
         "the stage is named twice: {err}"
     );
 }
+
+#[test]
+fn a_dockerfile_or_dockerignore_symlinked_out_of_the_context_is_not_read() {
+    let env = Env::new();
+    // Files of the host a hostile context must not make kiln read: their first lines, or
+    // the bad one, would be in the error, in the job's log.
+    let outside = env.context(
+        "outside",
+        &[
+            ("secret", "SECRET-TOKEN-1234\n"),
+            ("bad-pattern", "[SECRET-TOKEN-5678\n"),
+        ],
+    );
+    let ctx = env.context("ctx", &[]);
+    std::os::unix::fs::symlink(outside.join("secret"), ctx.join("Dockerfile")).unwrap();
+    let err = assert_failed(&env.kiln(&["build", ctx.to_str().unwrap()]));
+    assert!(!err.contains("SECRET-TOKEN-1234"), "{err}");
+    assert_contains_all(&err, &["Dockerfile", "out of the build context"]);
+
+    let ctx = env.context("ignore", &[("Dockerfile", "FROM scratch\n")]);
+    std::os::unix::fs::symlink(outside.join("bad-pattern"), ctx.join(".dockerignore")).unwrap();
+    let err = assert_failed(&env.kiln(&["build", ctx.to_str().unwrap()]));
+    assert!(!err.contains("SECRET-TOKEN-5678"), "{err}");
+    assert_contains_all(&err, &[".dockerignore", "out of the build context"]);
+}

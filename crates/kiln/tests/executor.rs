@@ -414,6 +414,83 @@ fn kaniko_defaults_and_bad_contexts_are_explained() {
     assert!(scratch.is_empty(), "{scratch:?}");
 }
 
+/// A tar holding the symlink `name -> target`, and `files`.
+fn tar_of_symlink(name: &str, target: &Path, files: &[(&str, &str)], dest: &Path) {
+    let mut builder = tar::Builder::new(std::fs::File::create(dest).unwrap());
+    let mut header = tar::Header::new_gnu();
+    header.set_entry_type(tar::EntryType::Symlink);
+    header.set_size(0);
+    header.set_mode(0o777);
+    builder.append_link(&mut header, name, target).unwrap();
+    for (name, text) in files {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(text.len() as u64);
+        header.set_mode(0o644);
+        builder
+            .append_data(&mut header, name, text.as_bytes())
+            .unwrap();
+    }
+    builder.into_inner().unwrap();
+}
+
+#[test]
+fn tar_contexts_do_not_lead_out_through_symlinks() {
+    let env = Env::new();
+    // A file of the host a hostile context must not make kiln read: as the Dockerfile, its
+    // first lines would be in the parse error, in the job's log.
+    let outside = env.context(
+        "outside",
+        &[
+            ("secret", "SECRET-TOKEN-1234\n"),
+            ("bad-pattern", "[SECRET-TOKEN-5678\n"),
+            ("Dockerfile", "FROM scratch\nCOPY secret /secret\n"),
+        ],
+    );
+    let dockerfile_link = env.path("dockerfile-link.tar");
+    tar_of_symlink("Dockerfile", &outside.join("secret"), &[], &dockerfile_link);
+    let context_flag = format!("tar://{}", dockerfile_link.display());
+    let err = assert_failed(&executor(&env, &["--no-push", "--context", &context_flag]));
+    assert!(!err.contains("SECRET-TOKEN-1234"), "{err}");
+    assert_contains_all(&err, &["Dockerfile", "out of the build context"]);
+    // The same for the .dockerignore, whose bad line its error would show.
+    let ignore_link = env.path("ignore-link.tar");
+    let files = [("Dockerfile", "FROM scratch\n")];
+    tar_of_symlink(
+        ".dockerignore",
+        &outside.join("bad-pattern"),
+        &files,
+        &ignore_link,
+    );
+    let context_flag = format!("tar://{}", ignore_link.display());
+    let err = assert_failed(&executor(&env, &["--no-push", "--context", &context_flag]));
+    assert!(!err.contains("SECRET-TOKEN-5678"), "{err}");
+    assert_contains_all(&err, &[".dockerignore", "out of the build context"]);
+
+    // A sub path that is a symlink to a directory of the host: that directory is no context.
+    let sub_link = env.path("sub-link.tar");
+    tar_of_symlink("app", &outside, &[], &sub_link);
+    let context_flag = format!("tar://{}", sub_link.display());
+    let digest = env.path("digest");
+    let err = assert_failed(&executor(
+        &env,
+        &[
+            "--no-push",
+            "--context",
+            &context_flag,
+            "--context-sub-path",
+            "app",
+            "--digest-file",
+            digest.to_str().unwrap(),
+        ],
+    ));
+    assert_contains_all(&err, &["--context-sub-path", "out of the build context"]);
+    assert!(
+        !digest.exists(),
+        "an image was built from {}",
+        outside.display()
+    );
+}
+
 #[test]
 fn skip_tls_verify_keeps_plain_http_registries_on_http() {
     let env = Env::new();

@@ -355,3 +355,34 @@ fn a_run_step_cannot_make_stub_cleanup_delete_host_files() {
         "the step's own change is kept"
     );
 }
+
+#[test]
+fn a_device_node_of_a_base_image_opens_no_host_device_in_a_run_mount() {
+    let env = Work::new();
+    // A hostile base layer's block device, open to all: 7:0 is the host's first loop device
+    // (8:0 would be its disk). kiln, as root, makes it in its store as it is.
+    let mut builder = tar::Builder::new(Vec::new());
+    let mut header = tar::Header::new_ustar();
+    header.set_entry_type(tar::EntryType::Block);
+    header.set_device_major(7).unwrap();
+    header.set_device_minor(0).unwrap();
+    header.set_mode(0o666);
+    header.set_size(0);
+    builder.append_data(&mut header, "disk", &b""[..]).unwrap();
+    let layout = env.path("layout");
+    layout_with_layer(&layout, "device.tar", &builder.into_inner().unwrap());
+    // Opened for reading only, and loop0 holds nothing: the step reads no host data.
+    let dockerfile = format!(
+        "FROM oci-layout://{}:hostile AS hostile\n\
+         FROM oci-layout://{}:latest\n\
+         RUN --mount=type=bind,from=hostile,target=/m test -b /m/disk && \
+         if (exec 3</m/disk); then echo opened-host-device-$((6*7)); fi\n",
+        layout.display(),
+        busybox_fixtures().oci_layout.display(),
+    );
+    let ctx = env.context("ctx", &[("Dockerfile", &dockerfile)]);
+    let measured = build_measured(&env, &ctx);
+    let err = stderr(&measured.output);
+    assert_ok(&measured.output);
+    assert!(!err.contains("opened-host-device-42"), "{err}");
+}
