@@ -410,8 +410,9 @@ pub(crate) fn copy_nondir(
         let mut to = dir.create_file(name, 0o600).map_err(at(dest))?;
         let copied = match md.blocks() * 512 < md.len() {
             true => copy_keeping_holes(&mut from, &mut to, md.len()),
-            // Not sparse: one copy, without looking for holes first.
-            false => io::copy(&mut from, &mut to).map(drop),
+            // Not sparse: one copy, without looking for holes first, of the size the source
+            // had when its metadata was read (as the hole-keeping copy does).
+            false => io::copy(&mut (&mut from).take(md.len()), &mut to).map(drop),
         };
         copied
             .and_then(|()| meta.apply_to_file(&to))

@@ -170,10 +170,23 @@ pub(crate) fn ignore_file(dockerfile: &Path, context: &Path) -> Result<Option<Pa
         .into_iter()
         .find(|p| p.is_file());
     // One in the context stays in it: its bad line is in its error, as the Dockerfile's is.
-    if let Some(file) = found.as_ref().filter(|f| f.starts_with(context)) {
+    if let Some(file) = found.as_ref().filter(|f| lies_in(f, context)) {
         within_context("the .dockerignore", file, context)?;
     }
     Ok(found)
+}
+
+/// Whether the directory holding `file` is `context` or inside it, however either is spelled
+/// (`-f Dockerfile .` names a file of the context without its path).
+fn lies_in(file: &Path, context: &Path) -> bool {
+    let dir = match file.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    match (dir.canonicalize(), context.canonicalize()) {
+        (Ok(dir), Ok(context)) => dir.starts_with(context),
+        _ => false,
+    }
 }
 
 /// `Dockerfile` of `context`, where no `-f` names one: inside the context.

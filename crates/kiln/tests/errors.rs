@@ -144,4 +144,16 @@ fn a_dockerfile_or_dockerignore_symlinked_out_of_the_context_is_not_read() {
     let err = assert_failed(&env.kiln(&["build", ctx.to_str().unwrap()]));
     assert!(!err.contains("SECRET-TOKEN-5678"), "{err}");
     assert_contains_all(&err, &[".dockerignore", "out of the build context"]);
+
+    // The same beside the Dockerfile, named as users type it from inside the context.
+    let ctx = env.context("beside", &[("Dockerfile", "FROM scratch\n")]);
+    let beside = ctx.join("Dockerfile.dockerignore");
+    std::os::unix::fs::symlink(outside.join("bad-pattern"), beside).unwrap();
+    let out = kiln_command(&env.store(), &["build", "-f", "Dockerfile", "."])
+        .current_dir(&ctx)
+        .output()
+        .unwrap();
+    let err = assert_failed(&out);
+    assert!(!err.contains("SECRET-TOKEN-5678"), "{err}");
+    assert_contains_all(&err, &[".dockerignore", "out of the build context"]);
 }
