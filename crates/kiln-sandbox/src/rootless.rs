@@ -95,9 +95,16 @@ fn rerun_in_user_namespace() -> Result<i32, SandboxError> {
             Ok(())
         });
     }
-    let mut child = command
-        .spawn()
-        .map_err(|err| SandboxError::Rootless(format!("re-executing kiln: {err}")))?;
+    let mut child = command.spawn().map_err(|err| {
+        match err.raw_os_error() {
+            // unshare refused: a seccomp profile, a sysctl or an LSM says no.
+            Some(libc::EPERM | libc::EACCES | libc::ENOSPC) => SandboxError::NoUserNamespace {
+                uid: geteuid().as_raw(),
+                source: err,
+            },
+            _ => SandboxError::Rootless(format!("re-executing kiln: {err}")),
+        }
+    })?;
     drop(command);
     drop(sync_read);
     if let Err(err) = map_ids(child.id(), geteuid(), getegid()) {

@@ -72,6 +72,8 @@ pub struct Pod {
     env: Vec<String>,
     /// Capabilities added to the profile's.
     caps: Vec<String>,
+    /// `--user UID:GID` (Kubernetes' runAsUser); root when `None`.
+    user: Option<(u32, u32)>,
 }
 
 impl Pod {
@@ -102,7 +104,14 @@ impl Pod {
             binds,
             env: Vec::new(),
             caps: Vec::new(),
+            user: None,
         }
+    }
+
+    /// Runs the program as `uid:gid` instead of root.
+    pub fn user(mut self, uid: u32, gid: u32) -> Pod {
+        self.user = Some((uid, gid));
+        self
     }
 
     /// Binds the host's `dir` at the same path, writable.
@@ -162,6 +171,9 @@ impl Pod {
         }
         for cap in &self.caps {
             command.arg("--cap-add").arg(cap);
+        }
+        if let Some((uid, gid)) = self.user {
+            command.arg("--user").arg(format!("{uid}:{gid}"));
         }
         for var in &self.env {
             command.arg("--env").arg(var);

@@ -2,8 +2,8 @@
 //! runner's job runs it: under podman's default seccomp profile RUN steps run in kiln's
 //! namespaces; under Docker's default (Kubernetes' RuntimeDefault) they cannot, and kiln says
 //! so once, before the first RUN that would run, while COPY-only Dockerfiles and cached RUN
-//! steps still build. The results are read
-//! from outside the container with umoci.
+//! steps still build; a non-root pod user there gets one error that says why. The results are
+//! read from outside the container with umoci.
 
 mod common;
 
@@ -161,4 +161,38 @@ fn copy_only_dockerfile_builds_under_docker_default_profile() {
     assert_ok(&output);
     let rootfs = build.unpacked();
     assert_eq!(read(&rootfs.join("greeting")), "copied into the image\n");
+}
+
+#[test]
+fn a_non_root_pod_user_gets_one_error_that_says_why() {
+    // runAsUser: 1000 under RuntimeDefault: kiln cannot make the user namespace it needs to
+    // build as non-root at all (COPY-only Dockerfiles included, for now).
+    let build = PodBuild::new("RUN echo never > /ran\n");
+    // The pod's user must be able to write its root and output.
+    let opened = std::process::Command::new("chmod")
+        .args(["-R", "a+rwX"])
+        .arg(build.dir.path())
+        .status()
+        .unwrap();
+    assert!(opened.success());
+    let pod = Pod::new(
+        Path::new(env!("CARGO_BIN_EXE_kiln")),
+        Profile::DockerDefault,
+    )
+    .user(1000, 1000);
+    let output = build.run_in(pod);
+    let message = assert_failed(&output);
+    assert_contains_all(
+        &message,
+        &[
+            "kiln runs as uid 1000, not as root",
+            "refuses to make one (Operation not permitted",
+            "seccomp profile",
+            "runAsUser: 0",
+            "seccompProfile.type: Unconfined",
+            "Nothing was built",
+        ],
+    );
+    assert_eq!(message.matches("not as root").count(), 1, "{message}");
+    assert!(!build.path("out").exists(), "the output was written");
 }
