@@ -23,7 +23,8 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
 
 use rustix::fs::{
-    AtFlags, FileType, Gid, Mode, OFlags, ResolveFlags, Timespec, Timestamps, Uid, XattrFlags,
+    AtFlags, FileType, Gid, Mode, OFlags, RenameFlags, ResolveFlags, Timespec, Timestamps, Uid,
+    XattrFlags,
 };
 use rustix::io::Errno;
 
@@ -489,15 +490,48 @@ impl Dir {
     }
 
     /// Removes `name` and, if it is a directory, everything in it. Symlinks inside are
-    /// removed, never followed. Recurses once per directory level.
+    /// removed, never followed. At most three descriptors are open and no call recurses,
+    /// however deep the tree (a hostile layer can nest directories far beyond the 1,024
+    /// descriptors a pod allows): the entries two levels down are moved up into `name`, a
+    /// level at a time, until it holds only what can be unlinked.
     pub fn remove_all(&self, name: &OsStr) -> io::Result<()> {
         let name = named(name)?;
         if !self.metadata(name)?.is_dir() {
             return self.remove_file(name);
         }
         let dir = self.open_dir(Path::new(name))?;
-        for child in dir.names()? {
-            dir.remove_all(&child)?;
+        let mut moved = 0u64;
+        loop {
+            let children = dir.names()?;
+            if children.is_empty() {
+                break;
+            }
+            for child in children {
+                if !dir.metadata(&child)?.is_dir() {
+                    dir.remove_file(&child)?;
+                    continue;
+                }
+                let sub = dir.open_dir(Path::new(&child))?;
+                for grandchild in sub.names()? {
+                    // Under a name `dir` does not hold; a later pass removes it.
+                    loop {
+                        moved += 1;
+                        let to = format!(".kiln-removing-{moved}");
+                        match rustix::fs::renameat_with(
+                            &sub.fd,
+                            grandchild.as_os_str(),
+                            &dir.fd,
+                            to.as_str(),
+                            RenameFlags::NOREPLACE,
+                        ) {
+                            Ok(()) => break,
+                            Err(Errno::EXIST) => continue,
+                            Err(e) => return Err(e.into()),
+                        }
+                    }
+                }
+                dir.remove_dir(&child)?;
+            }
         }
         self.remove_dir(name)
     }

@@ -155,6 +155,29 @@ fn remove_all_removes_links_inside_without_following_them() {
 }
 
 #[test]
+fn remove_all_of_a_tree_deeper_than_the_descriptor_limit() {
+    // 30,000 levels: one descriptor or one stack frame per level would run out (the limit
+    // is 1,024 in a pod, 20,000 here; a test thread's stack holds a few thousand frames).
+    let s = setup();
+    let root = s.dir();
+    let a = OsStr::new("a");
+    root.create_dir(a, 0o755).unwrap();
+    let mut dir = root.open_dir(Path::new("a")).unwrap();
+    for level in 0..30_000 {
+        if level % 1000 == 0 {
+            dir.create_file(OsStr::new("file"), 0o644).unwrap();
+            dir.symlink(OsStr::new("/"), OsStr::new("slash")).unwrap();
+        }
+        dir.create_dir(a, 0o755).unwrap();
+        dir = dir.open_dir(Path::new("a")).unwrap();
+    }
+    drop(dir);
+    root.remove_all(a).unwrap();
+    assert!(!root.names().unwrap().contains(&a.to_os_string()));
+    s.assert_outside_untouched();
+}
+
+#[test]
 fn metadata_and_changes_of_the_directory_itself() {
     let s = setup();
     let dir = s.dir().open_dir(Path::new("dir")).unwrap();
