@@ -24,8 +24,9 @@
 //! whose stat changed.
 //!
 //! A record is only a hit while its blob exists and hashes to the recorded digest, and its
-//! layer dir exists: one that is unreadable or whose layer went missing or is damaged is reported as [`Lookup::Unusable`] (the
-//! build warns, runs the op again and writes the record anew).
+//! layer dir exists: one that is unreadable, or whose layer went missing or is damaged, is
+//! reported as [`Lookup::Unusable`] (the build warns, runs the op again and writes the
+//! record anew).
 
 use std::fs::{self, DirBuilder, File};
 use std::io::{Read, Write};

@@ -39,7 +39,7 @@ pub(crate) fn extract_plain<R: Read>(
 /// Every change goes through a descriptor of `dest` (see `kiln_fs`), so an entry can never
 /// reach outside it, whatever symlinks earlier entries planted. Memory stays bounded: the tar
 /// is streamed (see `tar_reader`), and nothing is remembered per entry; of directory times,
-/// only those of the directory entries are going into (see [`Extractor::current`]).
+/// only those of the directory entries go into now (see [`Extractor::current`]).
 fn extract<R: Read>(
     tar_stream: R,
     dest: &Path,

@@ -4,9 +4,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 use kiln_dockerfile::Level;
-use miette::{IntoDiagnostic, Report, WrapErr, miette};
-
-use crate::report;
+use miette::{Report, miette};
 
 #[derive(Args)]
 pub struct CheckArgs {
@@ -30,12 +28,9 @@ pub fn run(args: CheckArgs) -> Result<(), Report> {
         Some(file) => file.clone(),
         None => crate::build_cmd::context_dockerfile(&args.context)?,
     };
-    let text = std::fs::read_to_string(&dockerfile)
-        .into_diagnostic()
-        .wrap_err_with(|| format!("cannot read the Dockerfile {}", dockerfile.display()))?;
-    let name = dockerfile.display().to_string();
-    let df = kiln_dockerfile::parse(&name, &text).map_err(|e| report::parse_error(&e, &text))?;
-    let findings = kiln_dockerfile::check(&df);
+    let crate::build_cmd::DockerfileSource { name, text, parsed } =
+        crate::build_cmd::read_dockerfile(&dockerfile)?;
+    let findings = kiln_dockerfile::check(&parsed);
     let lines: Vec<&str> = text.lines().collect();
     for finding in &findings {
         let source = lines.get(finding.line - 1).copied().unwrap_or_default();
