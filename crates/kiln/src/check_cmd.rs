@@ -26,10 +26,7 @@ pub struct CheckArgs {
 /// Prints every finding as `FILE:LINE: Rule: message` with the source line under it. Fails
 /// when a finding is an error (all are, with `# check=error=true`).
 pub fn run(args: CheckArgs) -> Result<(), Report> {
-    let dockerfile = match &args.file {
-        Some(file) => file.clone(),
-        None => crate::build_cmd::context_dockerfile(&args.context)?,
-    };
+    let dockerfile = crate::build_cmd::context_dockerfile(args.file.as_deref(), &args.context)?;
     let text = std::fs::read_to_string(&dockerfile)
         .into_diagnostic()
         .wrap_err_with(|| format!("cannot read the Dockerfile {}", dockerfile.display()))?;
