@@ -446,3 +446,30 @@ fn entries_are_made_beneath_the_checked_directory_while_it_is_swapped_for_a_link
     s.assert_outside_untouched();
     assert!(fs::symlink_metadata(s.outside.join("b")).is_err());
 }
+
+#[test]
+#[ignore]
+fn scratch_remove_all_wide_then_deep() {
+    let w: usize = std::env::var("W").unwrap().parse().unwrap();
+    let d: usize = std::env::var("D").unwrap().parse().unwrap();
+    let s = setup();
+    let root = s.dir();
+    let a = OsStr::new("a");
+    root.create_dir(a, 0o755).unwrap();
+    let top = root.open_dir(Path::new("a")).unwrap();
+    top.create_dir(OsStr::new("wide"), 0o755).unwrap();
+    let wide = top.open_dir(Path::new("wide")).unwrap();
+    for i in 0..w {
+        wide.create_file(OsStr::new(&format!("f{i}")), 0o644)
+            .unwrap();
+    }
+    let mut dir = top.open_dir(Path::new("")).unwrap();
+    for _ in 0..d {
+        dir.create_dir(a, 0o755).unwrap();
+        dir = dir.open_dir(Path::new("a")).unwrap();
+    }
+    drop(dir);
+    let t = std::time::Instant::now();
+    root.remove_all(a).unwrap();
+    eprintln!("W={w} D={d} remove_all {:?}", t.elapsed());
+}
