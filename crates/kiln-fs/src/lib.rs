@@ -500,38 +500,40 @@ impl Dir {
             return self.remove_file(name);
         }
         let dir = self.open_dir(Path::new(name))?;
+        // What is left to remove: the names `dir` held, then those moved up into it. Kept
+        // here, not read from `dir` again: ext4 never shrinks a directory, so each listing
+        // would cost all `dir` ever held, and a tree both wide and deep would cost its width
+        // once per level.
+        let mut left = dir.names()?;
         let mut moved = 0u64;
-        loop {
-            let children = dir.names()?;
-            if children.is_empty() {
-                break;
+        while let Some(child) = left.pop() {
+            if !dir.metadata(&child)?.is_dir() {
+                dir.remove_file(&child)?;
+                continue;
             }
-            for child in children {
-                if !dir.metadata(&child)?.is_dir() {
-                    dir.remove_file(&child)?;
-                    continue;
-                }
-                let sub = dir.open_dir(Path::new(&child))?;
-                for grandchild in sub.names()? {
-                    // Under a name `dir` does not hold; a later pass removes it.
-                    loop {
-                        moved += 1;
-                        let to = format!(".kiln-removing-{moved}");
-                        match rustix::fs::renameat_with(
-                            &sub.fd,
-                            grandchild.as_os_str(),
-                            &dir.fd,
-                            to.as_str(),
-                            RenameFlags::NOREPLACE,
-                        ) {
-                            Ok(()) => break,
-                            Err(Errno::EXIST) => continue,
-                            Err(e) => return Err(e.into()),
+            let sub = dir.open_dir(Path::new(&child))?;
+            for grandchild in sub.names()? {
+                // Under a name `dir` does not hold.
+                loop {
+                    moved += 1;
+                    let to = format!(".kiln-removing-{moved}");
+                    match rustix::fs::renameat_with(
+                        &sub.fd,
+                        grandchild.as_os_str(),
+                        &dir.fd,
+                        to.as_str(),
+                        RenameFlags::NOREPLACE,
+                    ) {
+                        Ok(()) => {
+                            left.push(to.into());
+                            break;
                         }
+                        Err(Errno::EXIST) => continue,
+                        Err(e) => return Err(e.into()),
                     }
                 }
-                dir.remove_dir(&child)?;
             }
+            dir.remove_dir(&child)?;
         }
         self.remove_dir(name)
     }

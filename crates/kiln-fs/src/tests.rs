@@ -177,6 +177,39 @@ fn remove_all_of_a_tree_deeper_than_the_descriptor_limit() {
     s.assert_outside_untouched();
 }
 
+/// In a new dir `name` of `root`: `wide` files in `name/wide`, and `deep` directories each in
+/// the one before.
+fn wide_and_deep(root: &Dir, name: &OsStr, wide: usize, deep: usize) {
+    root.create_dir(name, 0o755).unwrap();
+    let top = root.open_dir(Path::new(name)).unwrap();
+    top.create_dir(OsStr::new("wide"), 0o755).unwrap();
+    let files = top.open_dir(Path::new("wide")).unwrap();
+    for i in 0..wide {
+        files
+            .create_file(OsStr::new(&format!("{i}")), 0o644)
+            .unwrap();
+    }
+    let mut dir = top;
+    for _ in 0..deep {
+        dir.create_dir(OsStr::new("d"), 0o755).unwrap();
+        dir = dir.open_dir(Path::new("d")).unwrap();
+    }
+}
+
+#[test]
+fn remove_all_of_a_tree_both_wide_and_deep() {
+    // Each entry is looked at once, from the list of names still to remove; the removed
+    // directory is never listed again (ext4 never shrinks a directory, so listing it at every
+    // level after it held a wide one cost width x depth: 25.9 s against 9.5 s for 400,000
+    // files beside a 16,000-deep chain, measured by hand).
+    let s = setup();
+    let root = s.dir();
+    wide_and_deep(&root, OsStr::new("both"), 5_000, 2_000);
+    root.remove_all(OsStr::new("both")).unwrap();
+    assert_eq!(root.names().unwrap().len(), 2, "only dir and link are left");
+    s.assert_outside_untouched();
+}
+
 #[test]
 fn metadata_and_changes_of_the_directory_itself() {
     let s = setup();

@@ -1,7 +1,7 @@
 //! `kiln build`: the buildx flags, with the kaniko executor's names as aliases.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 
 use clap::Args;
 use kiln_build::{
@@ -176,9 +176,17 @@ pub(crate) fn ignore_file(dockerfile: &Path, context: &Path) -> Result<Option<Pa
     Ok(found)
 }
 
-/// Whether the directory holding `file` is `context` or inside it, however either is spelled
-/// (`-f Dockerfile .` names a file of the context without its path).
-fn lies_in(file: &Path, context: &Path) -> bool {
+/// Whether `file` is one of the context's, so that it must not lead out of it: spelled as a
+/// path under the context with no `..` below it (`-f ctx/link/Dockerfile ctx`, whose `link` the
+/// context chose), or in a directory that is the context or inside it, however either is
+/// spelled (`-f Dockerfile .` names a file of the context without its path).
+pub(crate) fn lies_in(file: &Path, context: &Path) -> bool {
+    if let (Ok(file), Ok(context)) = (std::path::absolute(file), std::path::absolute(context))
+        && let Ok(below) = file.strip_prefix(&context)
+        && !below.components().any(|c| c == Component::ParentDir)
+    {
+        return true;
+    }
     let dir = match file.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
@@ -189,13 +197,14 @@ fn lies_in(file: &Path, context: &Path) -> bool {
     }
 }
 
-/// `Dockerfile` of `context`, where no `-f` names one: inside the context.
-pub(crate) fn context_dockerfile(context: &Path) -> Result<PathBuf, Report> {
-    let in_context = context.join("Dockerfile");
-    if in_context.exists() {
-        within_context("the Dockerfile", &in_context, context)?;
+/// The Dockerfile `-f` names, else `Dockerfile` of `context`. One of the context's must stay
+/// in it; a path the user typed outside the context is theirs to read.
+pub(crate) fn context_dockerfile(file: Option<&Path>, context: &Path) -> Result<PathBuf, Report> {
+    let path = file.map_or_else(|| context.join("Dockerfile"), Path::to_path_buf);
+    if path.exists() && lies_in(&path, context) {
+        within_context("the Dockerfile", &path, context)?;
     }
-    Ok(in_context)
+    Ok(path)
 }
 
 /// Fails unless `path`, its symlinks followed, is `context` or inside it. The context (a tar's
@@ -366,10 +375,7 @@ pub(crate) fn build_and_deliver(
 
 pub fn run(args: BuildArgs) -> Result<(), Report> {
     let context = args.context_flag.clone().unwrap_or(args.context.clone());
-    let dockerfile_path = match &args.file {
-        Some(file) => file.clone(),
-        None => context_dockerfile(&context)?,
-    };
+    let dockerfile_path = context_dockerfile(args.file.as_deref(), &context)?;
     let dockerfile = read_dockerfile(&dockerfile_path)?;
 
     let mut names = Vec::new();

@@ -24,10 +24,7 @@ pub struct CheckArgs {
 /// Prints every finding as `FILE:LINE: Rule: message` with the source line under it. Fails
 /// when a finding is an error (all are, with `# check=error=true`).
 pub fn run(args: CheckArgs) -> Result<(), Report> {
-    let dockerfile = match &args.file {
-        Some(file) => file.clone(),
-        None => crate::build_cmd::context_dockerfile(&args.context)?,
-    };
+    let dockerfile = crate::build_cmd::context_dockerfile(args.file.as_deref(), &args.context)?;
     let crate::build_cmd::DockerfileSource { name, text, parsed } =
         crate::build_cmd::read_dockerfile(&dockerfile)?;
     let findings = kiln_dockerfile::check(&parsed);

@@ -198,7 +198,7 @@ fn sub_path(context: &Path, sub: &Path) -> PathBuf {
 /// (and then inside it, unless the path says `..`).
 fn resolve_dockerfile(given: &Path, context: &Path) -> Result<PathBuf, Report> {
     if given.is_absolute() || given.exists() {
-        return Ok(given.to_path_buf());
+        return build_cmd::context_dockerfile(Some(given), context);
     }
     let in_context = context.join(given);
     if in_context.exists() {

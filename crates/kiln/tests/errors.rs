@@ -157,3 +157,32 @@ fn a_dockerfile_or_dockerignore_symlinked_out_of_the_context_is_not_read() {
     assert!(!err.contains("SECRET-TOKEN-5678"), "{err}");
     assert_contains_all(&err, &[".dockerignore", "out of the build context"]);
 }
+
+#[test]
+fn a_dockerfile_named_by_f_inside_the_context_must_not_lead_out_of_it() {
+    let env = Env::new();
+    let outside = env.context("outside", &[("secret", "SECRET-TOKEN-1234\n")]);
+    let ctx = env.context("ctx", &[]);
+    // `-f Dockerfile .` typed from the context: the symlink is the context's, not the user's.
+    std::os::unix::fs::symlink(outside.join("secret"), ctx.join("Dockerfile")).unwrap();
+    // `-f link/secret .`: a directory of the context that is a symlink out of it.
+    std::os::unix::fs::symlink(&outside, ctx.join("link")).unwrap();
+    for file in ["Dockerfile", "link/secret"] {
+        let out = kiln_command(&env.store(), &["build", "-f", file, "."])
+            .current_dir(&ctx)
+            .output()
+            .unwrap();
+        let err = assert_failed(&out);
+        assert!(!err.contains("SECRET-TOKEN-1234"), "{file}: {err}");
+        assert_contains_all(&err, &["Dockerfile", "out of the build context"]);
+    }
+    // A Dockerfile the user names outside the context is theirs: read, as typed.
+    let out = kiln_command(
+        &env.store(),
+        &["build", "-f", outside.join("secret").to_str().unwrap(), "."],
+    )
+    .current_dir(&ctx)
+    .output()
+    .unwrap();
+    assert_contains_all(&assert_failed(&out), &["SECRET-TOKEN-1234"]);
+}

@@ -434,6 +434,27 @@ fn tar_of_symlink(name: &str, target: &Path, files: &[(&str, &str)], dest: &Path
 }
 
 #[test]
+fn an_absolute_dockerfile_in_a_dir_context_must_not_lead_out_of_it() {
+    let env = Env::new();
+    let outside = env.context("outside", &[("secret", "SECRET-TOKEN-1234\n")]);
+    let ctx = env.context("ctx", &[]);
+    std::os::unix::fs::symlink(outside.join("secret"), ctx.join("Dockerfile")).unwrap();
+    // kaniko's usual `--dockerfile /workspace/Dockerfile --context dir:///workspace`.
+    let dockerfile = ctx.join("Dockerfile");
+    let context_flag = format!("dir://{}", ctx.display());
+    let args = [
+        "--no-push",
+        "--context",
+        &context_flag,
+        "--dockerfile",
+        dockerfile.to_str().unwrap(),
+    ];
+    let err = assert_failed(&executor(&env, &args));
+    assert!(!err.contains("SECRET-TOKEN-1234"), "{err}");
+    assert_contains_all(&err, &["Dockerfile", "out of the build context"]);
+}
+
+#[test]
 fn tar_contexts_do_not_lead_out_through_symlinks() {
     let env = Env::new();
     // A file of the host a hostile context must not make kiln read: as the Dockerfile, its
