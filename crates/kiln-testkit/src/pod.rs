@@ -74,6 +74,8 @@ pub struct Pod {
     caps: Vec<String>,
     /// `--user UID:GID` (Kubernetes' runAsUser); root when `None`.
     user: Option<(u32, u32)>,
+    /// Arguments before the caller's (the dynamic loader's, for [`Pod::kiln_dir`]).
+    prefix: Vec<String>,
 }
 
 impl Pod {
@@ -105,7 +107,50 @@ impl Pod {
             env: Vec::new(),
             caps: Vec::new(),
             user: None,
+            prefix: Vec::new(),
         }
+    }
+
+    /// A container whose rootfs holds only `/kiln`: a copy of `program` and the shared
+    /// libraries it needs (found by `ldd`), started through the dynamic loader there. Unlike
+    /// [`Pod::new`], no host directory is mounted over the image's paths, so an in-place
+    /// build can lay out an image's /lib and /usr/lib, as in kiln's own (static) image.
+    pub fn kiln_dir(program: &Path, profile: Profile) -> Pod {
+        let mut pod = Pod::new(program, profile);
+        pod.binds.clear();
+        let rootfs = pod.dir.path().join("rootfs");
+        std::fs::remove_dir_all(rootfs.join("bin")).expect("emptying the pod's rootfs");
+        let lib = rootfs.join("kiln/lib");
+        std::fs::create_dir_all(&lib).expect("creating /kiln/lib in the pod");
+        copy_executable(program, &rootfs.join("kiln/kiln"));
+        let ldd = Command::new("ldd")
+            .arg(program)
+            .output()
+            .expect("running ldd");
+        let mut loader = None;
+        for line in String::from_utf8_lossy(&ldd.stdout).lines() {
+            // `libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x...)`, or the loader alone.
+            let path = match line.split_once("=>") {
+                Some((_, right)) => right.split_whitespace().next(),
+                None => line.split_whitespace().next(),
+            };
+            let Some(path) = path.filter(|p| p.starts_with('/')) else {
+                continue;
+            };
+            let name = Path::new(path).file_name().expect("a library file name");
+            std::fs::copy(path, lib.join(name))
+                .unwrap_or_else(|e| panic!("copying {path} into the pod: {e}"));
+            if name.to_string_lossy().starts_with("ld-linux") {
+                loader = Some(format!("/kiln/lib/{}", name.to_string_lossy()));
+            }
+        }
+        pod.program = loader.expect("ldd names the dynamic loader");
+        pod.prefix = vec![
+            "--library-path".to_string(),
+            "/kiln/lib".to_string(),
+            "/kiln/kiln".to_string(),
+        ];
+        pod
     }
 
     /// Runs the program as `uid:gid` instead of root.
@@ -124,6 +169,11 @@ impl Pod {
     pub fn bind_ro(mut self, dir: &Path) -> Pod {
         self.binds.push((dir.to_path_buf(), true));
         self
+    }
+
+    /// The container's root directory on this machine.
+    pub fn rootfs(&self) -> PathBuf {
+        self.dir.path().join("rootfs")
     }
 
     /// Sets an environment variable of the program.
@@ -182,6 +232,7 @@ impl Pod {
             .arg("--rootfs")
             .arg(self.dir.path().join("rootfs"))
             .arg(&self.program)
+            .args(&self.prefix)
             .args(args);
         command
     }
