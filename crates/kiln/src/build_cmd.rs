@@ -407,7 +407,8 @@ pub fn run(args: BuildArgs) -> Result<(), Report> {
         ProgressMode::Plain
     });
     let store = open_store(&root, &progress)?;
-    let client = args.registry.client()?;
+    let client_options = args.registry.client_options()?;
+    let client = RegistryClient::new(&client_options).map_err(|e| miette!("{e}"))?;
     let secret_sources: BTreeMap<String, SecretSource> = args
         .secrets
         .iter()
@@ -423,7 +424,8 @@ pub fn run(args: BuildArgs) -> Result<(), Report> {
     let (isolation, in_place) = args.isolation.options(
         std::iter::once(dockerfile_path.as_path())
             .chain(ssh.values().map(PathBuf::as_path))
-            .chain(outputs.iter().filter_map(Output::path)),
+            .chain(outputs.iter().filter_map(Output::path))
+            .chain(client_options.files().iter().map(PathBuf::as_path)),
     );
     let options = BuildOptions {
         dockerfile_path: dockerfile.name.clone(),

@@ -8,7 +8,7 @@ use std::path::{Component, Path, PathBuf};
 use clap::Args;
 use clap::builder::BoolishValueParser;
 use kiln_build::{BuildOptions, LogStyle, Output, OutputFlags, Progress, ProgressMode, Secrets};
-use kiln_registry::{Reference, RegistryClient, RetryPolicy};
+use kiln_registry::{ClientOptions, Reference, RegistryClient, RetryPolicy};
 use miette::{IntoDiagnostic, Report, WrapErr, miette};
 
 use crate::build_cmd::{self, Clients};
@@ -282,10 +282,10 @@ impl ExecutorArgs {
         notices
     }
 
-    /// A registry client for pulls or for pushes: the flags kaniko shares with `kiln build`,
+    /// A registry client's options for pulls or for pushes: the flags kaniko shares with `kiln build`,
     /// kaniko's TLS and plain-HTTP flags for that direction, credentials from kiln's
     /// directory, and the retries asked for.
-    fn client(&self, direction: Direction) -> Result<RegistryClient, Report> {
+    fn client_options(&self, direction: Direction) -> Result<ClientOptions, Report> {
         let (skip_verify, http_fallback, retries) = match direction {
             Direction::Pull => (
                 self.skip_tls_verify_pull == Some(true),
@@ -316,7 +316,7 @@ impl ExecutorArgs {
             attempts: options.retry.attempts.max(retries.saturating_add(1)),
             ..options.retry
         };
-        RegistryClient::new(&options).map_err(|e| miette!("{e}"))
+        Ok(options)
     }
 }
 
@@ -427,11 +427,16 @@ pub fn run(args: ExecutorArgs) -> Result<(), Report> {
     let build_args = build_cmd::parse_build_args(&args.build_args);
     let reproducible = args.reproducible == Some(true);
     let source_date_epoch = build_cmd::source_date_epoch(&build_args).or(reproducible.then_some(0));
-    let (pull, push) = (args.client(Direction::Pull)?, args.client(Direction::Push)?);
+    let pull_options = args.client_options(Direction::Pull)?;
+    let push_options = args.client_options(Direction::Push)?;
+    let client = |options: &ClientOptions| RegistryClient::new(options).map_err(|e| miette!("{e}"));
+    let (pull, push) = (client(&pull_options)?, client(&push_options)?);
+    let registry_files: Vec<PathBuf> = [pull_options.files(), push_options.files()].concat();
     // What an in-place build must not delete: what it writes outside its store.
     let (isolation, in_place) = args.isolation.options(
         std::iter::once(dockerfile_path.as_path())
             .chain(outputs.iter().filter_map(Output::path))
+            .chain(registry_files.iter().map(PathBuf::as_path))
             .chain(
                 [
                     &args.digest_file,
