@@ -1678,7 +1678,10 @@ mod file_tests {
             "/certs/client.key",
             "/kiln/.docker/config.json",
         ] {
-            assert!(files.contains(&PathBuf::from(expected)), "{expected}: {files:?}");
+            assert!(
+                files.contains(&PathBuf::from(expected)),
+                "{expected}: {files:?}"
+            );
         }
     }
 }

@@ -288,3 +288,61 @@ fn cleanup_empties_the_containers_root_after_the_build() {
     assert_ok(&pod.command(&args).output().unwrap());
     assert_eq!(read(&rootfs.join("built")), "built\n");
 }
+
+#[test]
+fn a_foreign_platform_this_node_cannot_run_stops_before_any_step() {
+    // This machine registers no binfmt_misc handler, and in place kiln cannot register its
+    // own: an arm64 RUN cannot run in the pod.
+    if Path::new("/proc/sys/fs/binfmt_misc/qemu-aarch64").exists() {
+        eprintln!("skipped: this machine runs arm64 binaries through its own binfmt_misc");
+        return;
+    }
+    let job = Job::new("FROM BASE\nCOPY greeting /greeting\nRUN echo arm64 > /arch\n");
+    let output = job.in_pod(&["--platform", "linux/arm64"]);
+    let message = assert_failed(&output);
+    assert_contains_all(
+        &message,
+        &[
+            "cannot run RUN steps for linux/arm64",
+            "runner of its own architecture",
+            "--from-metadata",
+            "cross-compile",
+        ],
+    );
+    assert!(
+        !stderr(&output).contains("COPY greeting"),
+        "a step ran:\n{message}"
+    );
+}
+
+#[test]
+fn copy_only_builds_for_every_platform_in_place() {
+    // No RUN step: nothing needs to run, so no platform needs to be runnable.
+    let job = Job::new("FROM BASE\nCOPY greeting /greeting\n");
+    let output = job.in_pod(&["--platform", "linux/amd64,linux/arm64"]);
+    assert_ok(&output);
+    let layout = job.path("in-pod");
+    let top: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
+    let digest = top["manifests"][0]["digest"].as_str().unwrap();
+    let blob = layout
+        .join("blobs/sha256")
+        .join(digest.trim_start_matches("sha256:"));
+    let index: serde_json::Value = serde_json::from_slice(&std::fs::read(blob).unwrap()).unwrap();
+    let arches: Vec<&str> = index["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["platform"]["architecture"].as_str().unwrap())
+        .collect();
+    assert_eq!(arches, ["amd64", "arm64"]);
+}
+
+#[test]
+fn a_step_cannot_remove_a_mount_point_and_fails_with_its_exit_code() {
+    let job = Job::new("FROM BASE\nRUN rm /etc/hosts\n");
+    let output = job.in_pod(&[]);
+    let message = assert_failed(&output);
+    assert_contains_all(&message, &["RUN rm /etc/hosts", "exit code"]);
+    assert!(!job.path("in-pod").exists(), "an image was written");
+}
