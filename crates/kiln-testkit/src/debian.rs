@@ -275,7 +275,9 @@ const SLIM_INCLUDE: &str = "/usr/share/doc/*/copyright";
 /// of the package's files whole, and keeps a copyright file's directory.
 fn excluded(path: &str) -> bool {
     if let Some(doc) = path.strip_prefix("usr/share/doc/") {
-        return doc.split_once('/').is_some_and(|(_, rest)| rest != "copyright");
+        return doc
+            .split_once('/')
+            .is_some_and(|(_, rest)| rest != "copyright");
     }
     SLIM_EXCLUDES
         .iter()
@@ -284,7 +286,8 @@ fn excluded(path: &str) -> bool {
 
 /// The dpkg configuration that keeps packages a build step installs slim too.
 fn slim_dpkg_config() -> String {
-    let mut config = String::from("# Debian's -slim rules, which the kiln-testkit image follows.\n");
+    let mut config =
+        String::from("# Debian's -slim rules, which the kiln-testkit image follows.\n");
     for glob in SLIM_EXCLUDES {
         config.push_str(&format!("path-exclude {glob}\n"));
     }
@@ -425,7 +428,11 @@ fn configure(rootfs: &mut Rootfs) {
     // base-passwd's preinst, libc-bin's postinst, then base-files' postinst.
     copy(rootfs, "usr/share/base-passwd/passwd.master", "etc/passwd");
     copy(rootfs, "usr/share/base-passwd/group.master", "etc/group");
-    copy(rootfs, "usr/share/libc-bin/nsswitch.conf", "etc/nsswitch.conf");
+    copy(
+        rootfs,
+        "usr/share/libc-bin/nsswitch.conf",
+        "etc/nsswitch.conf",
+    );
     copy(rootfs, "usr/share/base-files/dot.profile", "root/.profile");
     copy(rootfs, "usr/share/base-files/dot.bashrc", "root/.bashrc");
     copy(rootfs, "usr/share/base-files/profile", "etc/profile");

@@ -1,6 +1,8 @@
 //! Multi-arch base images built once per machine from Debian packages and written as OCI image
 //! layouts: busybox (one layout with OCI media types, one with Docker schema 2 types), and a Go
-//! toolchain image that adds Debian's Go packages on top of the busybox rootfs.
+//! toolchain image that adds Debian's Go packages on top of the busybox rootfs; and what every
+//! fixture is built with (`debian.rs` too): apt with private lists, the per-machine cache, a
+//! writer of deterministic rootfs layers and the layout writer.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -634,10 +636,7 @@ fn busybox_rootfs(busybox: Vec<u8>) -> Rootfs {
             ..RootfsEntry::dir(0o755)
         },
     );
-    entries.insert(
-        "etc/passwd".into(),
-        RootfsEntry::file(PASSWD.into(), 0o644),
-    );
+    entries.insert("etc/passwd".into(), RootfsEntry::file(PASSWD.into(), 0o644));
     entries.insert("etc/group".into(), RootfsEntry::file(GROUP.into(), 0o644));
     entries.insert("bin/busybox".into(), RootfsEntry::file(busybox, 0o755));
     for applet in BUSYBOX_APPLETS {

@@ -1,9 +1,10 @@
 //! Test support for kiln: a real CNCF distribution registry on loopback (plain, TLS, htpasswd
 //! or token auth, with a test CA and token server), multi-arch busybox, Go toolchain and
-//! minimal Debian base images built from Debian packages, and wrappers around the independent tools (skopeo,
-//! umoci) that tests use to check kiln's output; the hostile-input corpus of `testdata/hostile/`;
-//! `run_measured`, which runs a command and reports its peak RSS; and `Pod`, a real container
-//! runtime (podman with runc) under podman's or Docker's default seccomp profile.
+//! minimal Debian base images built from Debian packages, and wrappers around the independent
+//! tools (skopeo, umoci) that tests use to check kiln's output; the hostile-input corpus of
+//! `testdata/hostile/`; `run_measured`, which runs a command and reports its peak RSS; and
+//! `Pod`, a real container runtime (podman with runc) under podman's or Docker's default
+//! seccomp profile.
 //!
 //! This crate deliberately depends on none of kiln's own crates, so a bug in kiln cannot hide
 //! in the fixtures it is tested against. Everything here panics with a readable message on

@@ -40,9 +40,16 @@ fn run(command: &mut Command) -> Output {
 /// `dpkg-query --admindir=<rootfs>/var/lib/dpkg ARGS`, which must not warn about anything.
 fn dpkg_query(rootfs: &Path, args: &[&str]) -> String {
     let output = run(Command::new("dpkg-query")
-        .arg(format!("--admindir={}", rootfs.join("var/lib/dpkg").display()))
+        .arg(format!(
+            "--admindir={}",
+            rootfs.join("var/lib/dpkg").display()
+        ))
         .args(args));
-    assert_eq!(String::from_utf8_lossy(&output.stderr), "", "dpkg-query {args:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&output.stderr),
+        "",
+        "dpkg-query {args:?}"
+    );
     String::from_utf8(output.stdout).unwrap()
 }
 
@@ -94,7 +101,10 @@ fn layout_holds_a_slim_debian_rootfs_per_platform_with_its_dpkg_database() {
                 "{arch}"
             );
         }
-        assert_eq!(fs::read_link(rootfs.join("bin/sh")).unwrap(), Path::new("dash"));
+        assert_eq!(
+            fs::read_link(rootfs.join("bin/sh")).unwrap(),
+            Path::new("dash")
+        );
         for program in ["bash", "dash", "ls", "dpkg-query", "getent", "mawk"] {
             assert_eq!(
                 elf_machine(&rootfs.join("usr/bin").join(program)),
@@ -107,7 +117,10 @@ fn layout_holds_a_slim_debian_rootfs_per_platform_with_its_dpkg_database() {
             Path::new("/etc/alternatives/awk")
         );
         let passwd = fs::read_to_string(rootfs.join("etc/passwd")).unwrap();
-        assert!(passwd.starts_with("root:*:0:0:root:/root:/bin/bash\n"), "{passwd}");
+        assert!(
+            passwd.starts_with("root:*:0:0:root:/root:/bin/bash\n"),
+            "{passwd}"
+        );
         assert!(passwd.contains("\n_apt:*:42:65534::"), "{passwd}");
         assert!(passwd.contains("\nwww-data:*:33:33:"), "{passwd}");
         let group = fs::read_to_string(rootfs.join("etc/group")).unwrap();
@@ -130,7 +143,10 @@ fn layout_holds_a_slim_debian_rootfs_per_platform_with_its_dpkg_database() {
         }
         // With what they depend on: glibc's libgcc-s1, grep's pcre2, bash's libtinfo6...
         for dependency in ["libgcc-s1", "libpcre2-8-0", "libtinfo6", "mawk"] {
-            assert!(installed.contains_key(dependency), "{arch}: no {dependency}");
+            assert!(
+                installed.contains_key(dependency),
+                "{arch}: no {dependency}"
+            );
         }
         for (package, state) in &installed {
             let (package_arch, status) = state.split_once(' ').unwrap();
