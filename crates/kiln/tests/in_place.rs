@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 
 use common::*;
-use kiln_testkit::{Pod, Profile, busybox_fixtures, umoci_unpack};
+use kiln_testkit::{Pod, Profile, busybox_fixtures, debian_fixtures, umoci_unpack};
 use sha2::{Digest, Sha256};
 
 const KILN: &str = env!("CARGO_BIN_EXE_kiln");
@@ -21,24 +21,29 @@ const KILN: &str = env!("CARGO_BIN_EXE_kiln");
 /// A temp dir bound into the pod at its own path: the context, kiln's root, the outputs.
 struct Job {
     dir: tempfile::TempDir,
+    /// The socket `RUN --mount=type=ssh` gets (`--ssh default=...`); nothing answers on it.
+    _agent: std::os::unix::net::UnixListener,
 }
 
 impl Job {
     fn new(dockerfile: &str) -> Job {
+        Job::from(dockerfile, &busybox_fixtures().oci_layout)
+    }
+
+    /// `BASE` in `dockerfile` is the image `latest` of the OCI layout `base`.
+    fn from(dockerfile: &str, base: &Path) -> Job {
         let dir = tempfile::Builder::new()
             .prefix("kiln-in-place-")
             .tempdir()
             .unwrap();
         let ctx = dir.path().join("ctx");
         std::fs::create_dir(&ctx).unwrap();
-        let base = format!(
-            "oci-layout://{}:latest",
-            busybox_fixtures().oci_layout.display()
-        );
+        let base = format!("oci-layout://{}:latest", base.display());
         std::fs::write(ctx.join("Dockerfile"), dockerfile.replace("BASE", &base)).unwrap();
         std::fs::write(ctx.join("greeting"), "from the context\n").unwrap();
         std::fs::write(dir.path().join("token"), "s3cr3t-value-for-the-step").unwrap();
-        Job { dir }
+        let agent = std::os::unix::net::UnixListener::bind(dir.path().join("agent.sock")).unwrap();
+        Job { dir, _agent: agent }
     }
 
     fn path(&self, name: &str) -> PathBuf {
@@ -55,6 +60,8 @@ impl Job {
             self.path(&format!("root-{out}")).to_str().unwrap(),
             "--secret",
             &format!("id=token,src={}", self.path("token").display()),
+            "--ssh",
+            &format!("default={}", self.path("agent.sock").display()),
             "-t",
             "app:1",
             "-o",
@@ -73,6 +80,7 @@ impl Job {
         let pod = Pod::kiln_dir(Path::new(KILN), Profile::DockerDefault)
             .bind(self.dir.path())
             .bind_ro(&busybox_fixtures().oci_layout)
+            .bind_ro(&debian_fixtures().oci_layout)
             .env("NO_COLOR", "1");
         let args = self.args("in-pod", extra);
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -178,6 +186,7 @@ fn in_place_builds_what_namespaces_build() {
              && cat /var/cache/app/x > /from-cache\n\
          RUN --mount=type=tmpfs,target=/scratch echo t > /scratch/t && cat /scratch/t > /from-tmpfs\n\
          RUN --mount=type=secret,id=token wc -c < /run/secrets/token > /secret-size\n\
+         RUN --mount=type=ssh test -S \"$SSH_AUTH_SOCK\" && echo agent > /from-ssh\n\
          RUN --mount=type=bind,source=greeting,target=/etc/greeting cat /etc/greeting > /from-bind\n",
     );
     let in_pod = job.in_pod(&[]);
@@ -215,10 +224,12 @@ fn in_place_builds_what_namespaces_build() {
     assert_eq!(read(&rootfs.join("from-tmpfs")), "t\n");
     assert_eq!(read(&rootfs.join("from-bind")), "from the context\n");
     assert_eq!(read(&rootfs.join("secret-size")).trim(), "25");
+    assert_eq!(read(&rootfs.join("from-ssh")), "agent\n");
     for gone in [
         "var/cache/app/x",
         "scratch",
         "run/secrets/token",
+        "run/buildkit",
         "etc/greeting",
         "mnt/o",
     ] {
@@ -345,4 +356,28 @@ fn a_step_cannot_remove_a_mount_point_and_fails_with_its_exit_code() {
     let message = assert_failed(&output);
     assert_contains_all(&message, &["RUN rm /etc/hosts", "exit code"]);
     assert!(!job.path("in-pod").exists(), "an image was written");
+}
+
+#[test]
+fn a_debian_base_builds_in_place_as_with_namespaces() {
+    let job = Job::from(
+        "FROM BASE\n\
+         RUN dpkg-query -W -f='${Package}\\n' > /packages && getent passwd _apt > /apt-user\n\
+         RUN rm -r /usr/share/doc/bash && echo changed > /etc/motd \
+             && ln -s /usr/bin/bash /usr/local/bin/b && chmod u+s /usr/bin/dash\n\
+         USER _apt\n\
+         RUN id > /tmp/apt-id\n",
+        &debian_fixtures().oci_layout,
+    );
+    assert_ok(&job.in_pod(&[]));
+    assert_ok(&job.on_host());
+    let rootfs = job.rootfs("in-pod");
+    assert_eq!(tree(&rootfs), tree(&job.rootfs("on-host")));
+    assert!(read(&rootfs.join("packages")).lines().any(|p| p == "dpkg"));
+    assert!(read(&rootfs.join("tmp/apt-id")).starts_with("uid=42(_apt)"));
+    assert!(!rootfs.join("usr/share/doc/bash").exists());
+    assert_eq!(
+        config_of(&job.path("in-pod")),
+        config_of(&job.path("on-host"))
+    );
 }
