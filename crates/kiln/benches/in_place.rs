@@ -9,8 +9,9 @@
 //!    whole base out in `/` (kaniko extracts it there too), where overlayfs mounts it.
 //!
 //! Each build reruns every step (`--no-cache`) on a store that already holds the base's
-//! layers, [`RUNS`] times per isolation, alternating; wall and CPU medians; ratios in place ÷
-//! namespaces.
+//! layers, [`RUNS`] times per isolation, alternating; wall-time medians; the ratio in place ÷
+//! namespaces. No CPU time: the container's processes are not podman's children, so
+//! `getrusage` does not see them.
 
 mod common;
 
