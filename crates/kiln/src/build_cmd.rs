@@ -425,6 +425,7 @@ pub fn run(args: BuildArgs) -> Result<(), Report> {
         std::iter::once(dockerfile_path.as_path())
             .chain(ssh.values().map(PathBuf::as_path))
             .chain(outputs.iter().filter_map(Output::path))
+            .chain(args.metadata_file.as_deref())
             .chain(client_options.files().iter().map(PathBuf::as_path)),
     );
     let options = BuildOptions {

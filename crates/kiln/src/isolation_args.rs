@@ -18,8 +18,14 @@ pub struct IsolationArgs {
     #[arg(long, alias = "kaniko-dir", env = "KILN_DIR", value_name = "DIR")]
     pub kiln_dir: Option<PathBuf>,
     /// A path in-place builds leave alone, besides kiln's directory and every mount point
-    /// (repeatable).
-    #[arg(long, value_name = "PATH")]
+    /// (repeatable; `KILN_IGNORE_PATH` takes a `:`-separated list, as kiln's debug image sets
+    /// for its /busybox).
+    #[arg(
+        long,
+        value_name = "PATH",
+        env = "KILN_IGNORE_PATH",
+        value_delimiter = ':'
+    )]
     pub ignore_path: Vec<PathBuf>,
     /// Build in place even where kiln finds no sign of a container (it rewrites /).
     #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", value_parser = BoolishValueParser::new())]
@@ -42,6 +48,9 @@ impl IsolationArgs {
             _ => Isolation::Auto,
         };
         let mut keep = self.ignore_path.clone();
+        if let Some(listed) = std::env::var_os("KILN_IGNORE_PATH") {
+            keep.extend(std::env::split_paths(&listed).filter(|p| !p.as_os_str().is_empty()));
+        }
         keep.extend(files.into_iter().map(absolute));
         let defaults = InPlaceOptions::default();
         let options = InPlaceOptions {

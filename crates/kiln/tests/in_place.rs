@@ -381,3 +381,33 @@ fn a_debian_base_builds_in_place_as_with_namespaces() {
         config_of(&job.path("on-host"))
     );
 }
+
+#[test]
+fn ignored_paths_survive_in_place_builds() {
+    // As kiln's debug image keeps its /busybox (KILN_IGNORE_PATH), and --ignore-path more.
+    let job = Job::new("FROM BASE\nRUN echo built > /built\n");
+    let pod = Pod::kiln_dir(Path::new(KILN), Profile::DockerDefault)
+        .bind(job.dir.path())
+        .bind_ro(&busybox_fixtures().oci_layout)
+        .env("KILN_IGNORE_PATH", "/busybox:/opt/tools");
+    let rootfs = pod.rootfs();
+    for dir in ["busybox", "opt/tools", "opt/other", "elsewhere"] {
+        std::fs::create_dir_all(rootfs.join(dir)).unwrap();
+        std::fs::write(rootfs.join(dir).join("file"), dir).unwrap();
+    }
+    let args = job.args("in-pod", &["--ignore-path", "/elsewhere"]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    assert_ok(&pod.command(&args).output().unwrap());
+    for kept in ["busybox", "opt/tools", "elsewhere"] {
+        assert_eq!(
+            read(&rootfs.join(kept).join("file")),
+            kept,
+            "/{kept} was not kept"
+        );
+    }
+    assert!(
+        !rootfs.join("opt/other").exists(),
+        "/opt/other was not cleared"
+    );
+    assert_eq!(read(&rootfs.join("built")), "built\n");
+}
