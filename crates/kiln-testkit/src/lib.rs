@@ -35,7 +35,7 @@ pub use hostile_archives::{DECOMPRESSION_BOMBS, DecompressionBomb, write_decompr
 pub use image_layout::{OCI_LAYER_ZSTD, busybox_zstd_layout, write_image_layout};
 pub use measure::{Measured, run_measured, wrapped};
 pub use noise::{Noise, noise};
-pub use pod::{Pod, Profile};
+pub use pod::{Pod, Profile, Runtime};
 pub use registry::{Registry, RegistryOptions};
 pub use tls::{IssuedCert, TestCa};
 pub use token_server::{TokenRequest, TokenServer};

@@ -207,7 +207,7 @@ impl Pod {
             Profile::Podman => PathBuf::from(PODMAN_SECCOMP),
             Profile::DockerDefault => {
                 command.args(["--cap-add", DOCKER_EXTRA_CAPS]);
-                self.docker_default_seccomp()
+                write_docker_default_seccomp(self.dir.path())
             }
         };
         command
@@ -236,18 +236,115 @@ impl Pod {
             .args(args);
         command
     }
+}
 
-    /// Writes Docker's default profile, derived from podman's, and returns its path.
-    fn docker_default_seccomp(&self) -> PathBuf {
-        let text = std::fs::read_to_string(PODMAN_SECCOMP).unwrap_or_else(|e| {
-            panic!("reading {PODMAN_SECCOMP} (install golang-github-containers-common): {e}")
-        });
-        let podman: Value =
-            serde_json::from_str(&text).unwrap_or_else(|e| panic!("parsing {PODMAN_SECCOMP}: {e}"));
-        let path = self.dir.path().join("docker-default-seccomp.json");
-        std::fs::write(&path, docker_default(podman).to_string())
-            .unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
-        path
+/// Writes Docker's default profile, derived from podman's, into `dir`; returns its path.
+fn write_docker_default_seccomp(dir: &Path) -> PathBuf {
+    let text = std::fs::read_to_string(PODMAN_SECCOMP).unwrap_or_else(|e| {
+        panic!("reading {PODMAN_SECCOMP} (install golang-github-containers-common): {e}")
+    });
+    let podman: Value =
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("parsing {PODMAN_SECCOMP}: {e}"));
+    let path = dir.join("docker-default-seccomp.json");
+    std::fs::write(&path, docker_default(podman).to_string())
+        .unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
+    path
+}
+
+/// Docker's default capabilities.
+const DOCKER_CAPS: [&str; 14] = [
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_FSETID",
+    "CAP_FOWNER",
+    "CAP_MKNOD",
+    "CAP_NET_RAW",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETFCAP",
+    "CAP_SETPCAP",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_SYS_CHROOT",
+    "CAP_KILL",
+    "CAP_AUDIT_WRITE",
+];
+
+/// podman with a store of its own (images, pods, volumes and secrets in a temp dir, never
+/// this machine's) and a containers.conf that makes a profile the default, so that images
+/// run as a CI runner runs a job image, and `podman kube play` runs a Kubernetes manifest as
+/// a cluster would (`RuntimeDefault` is the profile's seccomp).
+pub struct Runtime {
+    dir: tempfile::TempDir,
+}
+
+impl Runtime {
+    pub fn new(profile: Profile) -> Runtime {
+        let dir = tempfile::Builder::new()
+            .prefix("kiln-podman-")
+            .tempdir()
+            .expect("create a temp dir for podman");
+        let mut containers =
+            vec![r#"default_ulimits = ["nofile=1024:1024", "nproc=1000:1000"]"#.to_string()];
+        if profile == Profile::DockerDefault {
+            let seccomp = write_docker_default_seccomp(dir.path());
+            containers.push(format!(
+                "seccomp_profile = {:?}",
+                seccomp.display().to_string()
+            ));
+            containers.push(format!("default_capabilities = {DOCKER_CAPS:?}"));
+        }
+        let conf = format!(
+            "[containers]\n{}\n[engine]\nruntime = \"runc\"\n",
+            containers.join("\n")
+        );
+        std::fs::write(dir.path().join("containers.conf"), conf).expect("writing containers.conf");
+        Runtime { dir }
+    }
+
+    /// `podman` on this store.
+    pub fn podman(&self) -> Command {
+        let mut command = Command::new("podman");
+        command
+            .env("CONTAINERS_CONF", self.dir.path().join("containers.conf"))
+            .arg("--root")
+            .arg(self.dir.path().join("root"))
+            .arg("--runroot")
+            .arg(self.dir.path().join("run"))
+            .args(["--storage-driver", "vfs"]);
+        command
+    }
+
+    /// Pulls the image `tag` of the OCI layout `layout` into the store (the machine's
+    /// platform); returns the name it has there.
+    pub fn load(&self, layout: &Path, tag: &str) -> String {
+        let source = format!("oci:{}:{tag}", layout.display());
+        let out = self
+            .podman()
+            .args(["pull", "-q", &source])
+            .output()
+            .expect("running podman pull");
+        assert!(
+            out.status.success(),
+            "podman pull {source}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        let name = format!("localhost/kiln-test-{}:{tag}", &id[..12]);
+        let tagged = self
+            .podman()
+            .args(["tag", &id, &name])
+            .status()
+            .expect("running podman tag");
+        assert!(tagged.success(), "podman tag {id} {name}");
+        name
+    }
+}
+
+impl Drop for Runtime {
+    /// Pods and containers hold mounts under the store; they go first.
+    fn drop(&mut self) {
+        let _ = self.podman().args(["pod", "rm", "-fa"]).output();
+        let _ = self.podman().args(["rm", "-fa"]).output();
     }
 }
 
