@@ -188,11 +188,13 @@ pub struct InPlaceWorker {
 }
 
 /// What the tree holds: the stack of layer dirs it was laid out from, plus the changes of the
-/// last step if they made a layer (`pending`: the upper dir's device and inode, which stay
-/// when the store renames it into place), and the record of it taken after that step.
+/// last step if they made a layer (`pending`: the upper dir, whose inode stays when the store
+/// renames it into place), and the record of it taken after that step.
 struct Applied {
     lowers: Vec<PathBuf>,
-    pending: Option<(u64, u64)>,
+    /// Held open: where the store already had that layer it removes the upper dir, and the
+    /// filesystem could give its inode number to the next directory made (a COPY's layer).
+    pending: Option<std::fs::File>,
     record: Inventory,
 }
 
@@ -209,9 +211,10 @@ impl Applied {
         if !lowers.starts_with(&self.lowers) {
             return None;
         }
-        if let Some(pending) = self.pending {
+        if let Some(pending) = &self.pending {
             let next = lowers.get(have)?;
-            if inode(next) != Some(pending) {
+            let held = pending.metadata().ok().map(|md| (md.dev(), md.ino()));
+            if held.is_none() || inode(next) != held {
                 return None;
             }
             have += 1;
@@ -356,7 +359,9 @@ impl Worker for InPlaceWorker {
         let made_layer = std::fs::read_dir(upper).is_ok_and(|mut dir| dir.next().is_some());
         *state = Some(Applied {
             lowers: job.spec.lowers.clone(),
-            pending: made_layer.then(|| inode(upper)).flatten(),
+            pending: made_layer
+                .then(|| std::fs::File::open(upper).ok())
+                .flatten(),
             record: now,
         });
         Ok(ExecOutcome {

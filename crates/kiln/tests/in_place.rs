@@ -411,3 +411,18 @@ fn ignored_paths_survive_in_place_builds() {
     );
     assert_eq!(read(&rootfs.join("built")), "built\n");
 }
+
+#[test]
+fn a_layer_the_store_already_holds_does_not_stand_for_the_next_one() {
+    // Stage a2's step makes the layer a's made (times clamped): the store keeps the one it
+    // has and removes the step's. The COPY's layer that follows must be laid out, whatever
+    // inode number it gets.
+    let job = Job::new(
+        "FROM BASE AS a\nRUN echo same > /same\n\
+         FROM a AS a2\nRUN echo same  > /same\n\
+         FROM a\nCOPY --from=a2 /same /copied\nRUN cat /copied > /seen\n",
+    );
+    let output = job.in_pod(&["--build-arg", "SOURCE_DATE_EPOCH=0"]);
+    assert_ok(&output);
+    assert_eq!(read(&job.rootfs("in-pod").join("seen")), "same\n");
+}
