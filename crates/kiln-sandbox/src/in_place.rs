@@ -12,7 +12,7 @@
 //! when it exits, so that nothing changes the tree while kiln reads it.
 
 use std::io::ErrorKind;
-use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -257,7 +257,10 @@ fn place(mount: &RunMount) -> Result<Placement, SandboxError> {
             } else if md.file_type().is_socket() {
                 std::os::unix::fs::symlink(source, &target)
             } else {
-                std::fs::copy(source, &target).map(drop)
+                // With its owner: a secret's `uid=`/`gid=` are the source's.
+                std::fs::copy(source, &target).and_then(|_| {
+                    std::os::unix::fs::lchown(&target, Some(md.uid()), Some(md.gid()))
+                })
             }
         }
     };

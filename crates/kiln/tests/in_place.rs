@@ -426,3 +426,13 @@ fn a_layer_the_store_already_holds_does_not_stand_for_the_next_one() {
     assert_ok(&output);
     assert_eq!(read(&job.rootfs("in-pod").join("seen")), "same\n");
 }
+
+#[test]
+fn a_secret_with_a_uid_is_the_users_in_place() {
+    let job = Job::new(
+        "FROM BASE\nUSER builder\n\
+         RUN --mount=type=secret,id=token,uid=1000 wc -c < /run/secrets/token > /tmp/size\n",
+    );
+    assert_ok(&job.in_pod(&[]));
+    assert_eq!(read(&job.rootfs("in-pod").join("tmp/size")).trim(), "25");
+}
