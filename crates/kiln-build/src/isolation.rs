@@ -339,6 +339,19 @@ impl Worker for InPlaceWorker {
         let mut state = self.state.lock().unwrap();
         // Unknown until the step is done and read: an error on the way leaves it unknown.
         let record = self.lay_out(state.take(), &job.spec.lowers)?;
+        // Checked in the tree just laid out: its symlinks are where the mounts would go.
+        for mount in &job.spec.mounts {
+            if let Some(kept) = self.live.kept_at(Path::new(&mount.target)) {
+                return Err(format!(
+                    "RUN --mount target {}: in place, a mount there would move or change {}, \
+                     which kiln leaves alone (its own directory or store, the context, the \
+                     outputs, a mount point or an --ignore-path). Mount elsewhere, or build \
+                     where kiln can use namespaces",
+                    mount.target,
+                    kept.display()
+                ));
+            }
+        }
         let ran = kiln_sandbox::run_in_place(&job.spec, output);
         self.check_guarded()?;
         let ran = ran.map_err(|e| e.to_string())?;

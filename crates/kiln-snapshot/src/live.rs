@@ -118,6 +118,31 @@ impl LiveRoot {
         &self.root
     }
 
+    /// The kept path that an entry put at `path` (absolute in the tree) would be, lie in or
+    /// hold, with the symlinks on the way to it resolved in the tree (not one at `path`: that
+    /// is replaced, not followed). A `RUN --mount` there would move or change it.
+    pub fn kept_at(&self, path: &Path) -> Option<PathBuf> {
+        let parent = path.parent().unwrap_or(Path::new("/"));
+        let root = Dir::open(&self.root).ok()?;
+        let real_root = fs::canonicalize(&self.root).ok()?;
+        // The deepest directory on the way that exists, where its symlinks lead; what is
+        // below it does not exist yet, so it holds no symlink.
+        let resolved = parent.ancestors().find_map(|dir| {
+            let real = fs::read_link(root.open_in_root(dir).ok()?.proc_path()).ok()?;
+            let inside = real.strip_prefix(&real_root).ok()?;
+            Some(inside.join(parent.strip_prefix(dir).ok()?))
+        })?;
+        let resolved = match path.file_name() {
+            Some(name) => resolved.join(name),
+            None => resolved,
+        };
+        self.skips
+            .kept
+            .iter()
+            .find(|kept| resolved.starts_with(kept) || kept.starts_with(&resolved))
+            .map(|kept| self.root.join(kept))
+    }
+
     /// The record a command's changes are found against (see [`Inventory::changes`]).
     pub fn inventory(&self) -> io::Result<Inventory> {
         Inventory::take(&self.root, &self.skips.kept)

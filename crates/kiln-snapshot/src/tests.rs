@@ -1377,3 +1377,48 @@ fn live_root_takes_a_stack_keeps_its_kept_paths_and_captures_changes_as_a_layer(
         "the captured layer on top of the stack gives the tree the step left"
     );
 }
+
+#[test]
+fn a_path_is_kept_where_it_or_a_symlink_on_its_way_leads_to_a_kept_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let live = tmp.path();
+    fs::create_dir_all(live.join("kiln/.docker")).unwrap();
+    fs::create_dir_all(live.join("etc")).unwrap();
+    fs::create_dir_all(live.join("tmp")).unwrap();
+    fs::write(live.join("etc/hosts"), b"127.0.0.1 localhost").unwrap();
+    // Absolute symlinks resolve in the tree, not on the host.
+    symlink("/kiln", live.join("data")).unwrap();
+    symlink("../kiln/.docker", live.join("tmp/rel")).unwrap();
+    symlink("/etc", live.join("conf")).unwrap();
+    let root = LiveRoot::new(
+        live,
+        vec![PathBuf::from("kiln"), PathBuf::from("etc/hosts")],
+    );
+    let kiln = Some(live.join("kiln"));
+    let hosts = Some(live.join("etc/hosts"));
+    assert_eq!(root.kept_at(Path::new("/kiln")), kiln, "a kept path");
+    assert_eq!(root.kept_at(Path::new("/kiln/.docker/config.json")), kiln);
+    assert_eq!(
+        root.kept_at(Path::new("/data/token")),
+        kiln,
+        "through a symlink"
+    );
+    assert_eq!(
+        root.kept_at(Path::new("/tmp/rel/new/dirs/config.json")),
+        kiln,
+        "through a relative symlink, to what does not exist yet"
+    );
+    assert_eq!(root.kept_at(Path::new("/etc")), hosts, "it holds one");
+    assert_eq!(root.kept_at(Path::new("/conf/hosts")), hosts);
+    assert!(root.kept_at(Path::new("/")).is_some());
+    for free in [
+        "/data",
+        "/conf",
+        "/tmp/x",
+        "/etc/hostname",
+        "/kilnx",
+        "/new/dir",
+    ] {
+        assert_eq!(root.kept_at(Path::new(free)), None, "{free}");
+    }
+}

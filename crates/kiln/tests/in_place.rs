@@ -436,3 +436,38 @@ fn a_secret_with_a_uid_is_the_users_in_place() {
     assert_ok(&job.in_pod(&[]));
     assert_eq!(read(&job.rootfs("in-pod").join("tmp/size")).trim(), "25");
 }
+
+#[test]
+fn a_mount_over_a_directory_that_holds_kilns_store_is_refused() {
+    // The job's dir (kiln's store, the context) is under /tmp: mounting over /tmp in place
+    // would move them away for the step.
+    let job = Job::new("FROM BASE\nRUN --mount=type=tmpfs,target=/tmp ls /tmp > /listing\n");
+    let output = job.in_pod(&[]);
+    let message = assert_failed(&output);
+    assert_contains_all(
+        &message,
+        &[
+            "--mount target /tmp",
+            "would move or change",
+            &job.dir.path().display().to_string(),
+        ],
+    );
+    assert!(!job.path("in-pod").exists(), "an image was written");
+}
+
+#[test]
+fn a_mount_target_that_a_symlink_leads_into_kilns_directory_is_refused() {
+    // An earlier step (or a base layer) plants a symlink on the way to the target: the
+    // secret would land in kiln's own directory.
+    let job = Job::new(
+        "FROM BASE\nRUN ln -s /kiln /data\n\
+         RUN --mount=type=secret,id=token,target=/data/token ls /kiln > /listing\n",
+    );
+    let output = job.in_pod(&[]);
+    let message = assert_failed(&output);
+    assert_contains_all(
+        &message,
+        &["--mount target /data/token", "would move or change /kiln,"],
+    );
+    assert!(!job.path("in-pod").exists(), "an image was written");
+}
