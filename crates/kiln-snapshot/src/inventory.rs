@@ -104,7 +104,8 @@ impl Inventory {
             .collect();
         // A directory that only saw entries come and go (a mount point kiln put in place for
         // the step and took away) is not a change: it keeps its own metadata and has no
-        // changed entry below it.
+        // changed entry below it. Entries coming and going move its mtime; a change of its
+        // xattrs (a default ACL, a label) moves only its ctime, and is one.
         let below_changes: HashSet<&Path> = changed
             .iter()
             .chain(&deleted)
@@ -117,6 +118,7 @@ impl Inventory {
             };
             let is_dir = after.mode & libc::S_IFMT == libc::S_IFDIR;
             is_dir
+                && before.mtime != after.mtime
                 && (before.dev, before.ino, before.mode, before.uid, before.gid)
                     == (after.dev, after.ino, after.mode, after.uid, after.gid)
                 && !below_changes.contains(path.as_path())

@@ -1422,3 +1422,24 @@ fn a_path_is_kept_where_it_or_a_symlink_on_its_way_leads_to_a_kept_one() {
         assert_eq!(root.kept_at(Path::new(free)), None, "{free}");
     }
 }
+
+#[test]
+fn a_directory_whose_only_change_is_an_xattr_is_captured() {
+    // A default ACL (setfacl -d) or a label on a directory moves its ctime only.
+    let tmp = tempfile::tempdir().unwrap();
+    let live = tmp.path().join("live");
+    fs::create_dir_all(live.join("srv/data")).unwrap();
+    fs::write(live.join("srv/data/file"), b"x").unwrap();
+    let root = LiveRoot::new(&live, Vec::new());
+    let record = root.inventory().unwrap();
+    set_xattr(&live.join("srv/data"), b"user.kiln.test", b"1").unwrap();
+    let (changes, _) = root.changes(&record).unwrap();
+    assert_eq!(changes.changed, vec![PathBuf::from("srv/data")]);
+    let upper = tmp.path().join("upper");
+    fs::create_dir(&upper).unwrap();
+    root.capture(&changes, &upper).unwrap();
+    assert_eq!(
+        get_xattr(&upper.join("srv/data"), b"user.kiln.test").unwrap(),
+        Some(b"1".to_vec())
+    );
+}
