@@ -425,7 +425,12 @@ pub fn run(args: BuildArgs) -> Result<(), Report> {
         std::iter::once(dockerfile_path.as_path())
             .chain(ssh.values().map(PathBuf::as_path))
             .chain(outputs.iter().filter_map(Output::path))
-            .chain(args.metadata_file.as_deref())
+            .chain(
+                [&args.digest_file, &args.metadata_file]
+                    .into_iter()
+                    .flatten()
+                    .map(PathBuf::as_path),
+            )
             .chain(client_options.files().iter().map(PathBuf::as_path)),
     );
     let options = BuildOptions {

@@ -471,3 +471,45 @@ fn a_mount_target_that_a_symlink_leads_into_kilns_directory_is_refused() {
     );
     assert!(!job.path("in-pod").exists(), "an image was written");
 }
+
+#[test]
+fn registry_credentials_outside_kilns_directory_survive_an_in_place_build() {
+    // `docker login` (or a CI script) left them in ~/.docker; kiln reads them when it pushes,
+    // after the RUN steps have laid out /.
+    let job = Job::new("FROM BASE\nRUN echo built > /built\n");
+    let pod = Pod::kiln_dir(Path::new(KILN), Profile::DockerDefault)
+        .bind(job.dir.path())
+        .bind_ro(&busybox_fixtures().oci_layout)
+        .env("HOME", "/root");
+    let rootfs = pod.rootfs();
+    let config = r#"{"auths":{"registry.example":{"auth":"dTpw"}}}"#;
+    std::fs::create_dir_all(rootfs.join("root/.docker")).unwrap();
+    std::fs::write(rootfs.join("root/.docker/config.json"), config).unwrap();
+    let args = job.args("in-pod", &[]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    assert_ok(&pod.command(&args).output().unwrap());
+    assert_eq!(read(&rootfs.join("root/.docker/config.json")), config);
+    assert_eq!(read(&job.rootfs("in-pod").join("built")), "built\n");
+}
+
+#[test]
+fn the_digest_and_metadata_files_of_kiln_build_are_written_where_asked() {
+    // The CI job made /results before the build; laying out / must leave the way there.
+    let job = Job::new("FROM BASE\nRUN echo built > /built\n");
+    let pod = Pod::kiln_dir(Path::new(KILN), Profile::DockerDefault)
+        .bind(job.dir.path())
+        .bind_ro(&busybox_fixtures().oci_layout);
+    let rootfs = pod.rootfs();
+    std::fs::create_dir(rootfs.join("results")).unwrap();
+    let extra = [
+        "--digest-file",
+        "/results/digest",
+        "--metadata-file",
+        "/results/metadata.json",
+    ];
+    let args = job.args("in-pod", &extra);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    assert_ok(&pod.command(&args).output().unwrap());
+    assert!(read(&rootfs.join("results/digest")).starts_with("sha256:"));
+    assert!(read(&rootfs.join("results/metadata.json")).contains("containerimage.digest"));
+}
