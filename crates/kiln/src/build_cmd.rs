@@ -155,7 +155,24 @@ fn parse_ssh(spec: &str) -> Result<(String, PathBuf), Report> {
     Ok((id.to_string(), socket))
 }
 
+/// kiln's own directory, as `/kaniko` is kaniko's (`KILN_DIR`, `--kiln-dir` move it): its
+/// docker config lives in `.docker`, and in kiln's image its store in `store`.
+pub(crate) const DEFAULT_KILN_DIR: &str = "/kiln";
+
 pub(crate) fn default_root() -> PathBuf {
+    // Run from its own directory, as in its image, kiln keeps its store there: an in-place
+    // build's steps run in this / as root, and a Dockerfile's cleanup (`rm -rf /root/.cache`,
+    // `rm -rf /tmp/*`) would delete a store in the usual places.
+    let kiln_dir = std::env::var_os("KILN_DIR")
+        .filter(|dir| !dir.is_empty())
+        .map_or_else(|| PathBuf::from(DEFAULT_KILN_DIR), PathBuf::from);
+    let store = kiln_dir.join("store");
+    // Made here if it can be (not by a user other than the image's).
+    if std::env::current_exe().is_ok_and(|exe| exe.starts_with(&kiln_dir))
+        && std::fs::create_dir_all(&store).is_ok()
+    {
+        return store;
+    }
     if let Some(x) = std::env::var_os("XDG_CACHE_HOME") {
         return PathBuf::from(x).join("kiln");
     }

@@ -11,12 +11,9 @@ use kiln_build::{BuildOptions, LogStyle, Output, OutputFlags, Progress, Progress
 use kiln_registry::{ClientOptions, Reference, RegistryClient, RetryPolicy};
 use miette::{IntoDiagnostic, Report, WrapErr, miette};
 
-use crate::build_cmd::{self, Clients};
+use crate::build_cmd::{self, Clients, DEFAULT_KILN_DIR};
 use crate::isolation_args::IsolationArgs;
 use crate::registry_args::RegistryArgs;
-
-/// kiln's own directory, as `/kaniko` is kaniko's: its docker config lives in `.docker`.
-const DEFAULT_KILN_DIR: &str = "/kiln";
 
 /// kaniko's booleans are Go flags: `--flag`, `--flag=true` or `--flag=false`, hence
 /// `require_equals` and `Option<bool>` (`None`: not given).

@@ -513,3 +513,68 @@ fn the_digest_and_metadata_files_of_kiln_build_are_written_where_asked() {
     assert!(read(&rootfs.join("results/digest")).starts_with("sha256:"));
     assert!(read(&rootfs.join("results/metadata.json")).contains("containerimage.digest"));
 }
+
+#[test]
+fn a_registry_ca_outside_kilns_directory_survives_until_the_push() {
+    // The CA of the registry pushed to is read when kiln first talks to it: after the steps.
+    let registry = kiln_testkit::Registry::start_with(kiln_testkit::RegistryOptions {
+        tls: true,
+        ..Default::default()
+    });
+    let job = Job::new("FROM BASE\nRUN echo built > /built\n");
+    let pod = Pod::kiln_dir(Path::new(KILN), Profile::DockerDefault)
+        .bind(job.dir.path())
+        .bind_ro(&busybox_fixtures().oci_layout);
+    let rootfs = pod.rootfs();
+    std::fs::create_dir(rootfs.join("certs")).unwrap();
+    std::fs::copy(
+        registry.ca_path().unwrap(),
+        rootfs.join("certs/registry-ca.pem"),
+    )
+    .unwrap();
+    let image = format!("{}/app:1", registry.addr());
+    let root = job.path("root-in-pod");
+    let certificate = format!("{}=/certs/registry-ca.pem", registry.addr());
+    let ctx = job.path("ctx");
+    let args = [
+        "build",
+        "--progress",
+        "plain",
+        "--root",
+        root.to_str().unwrap(),
+        "-t",
+        &image,
+        "--push",
+        "--registry-certificate",
+        &certificate,
+        ctx.to_str().unwrap(),
+    ];
+    assert_ok(&pod.command(&args).output().unwrap());
+    assert!(image_exists(&image), "{image} was not pushed");
+}
+
+#[test]
+fn the_default_store_in_kilns_image_survives_a_dockerfiles_cache_cleanup() {
+    // `rm -rf /root/.cache` (pip's, go's) is a common last word of a RUN; kiln's store must
+    // not be there when kiln runs from its own directory, as in its image.
+    let job = Job::new(
+        "FROM BASE\n\
+         RUN mkdir -p /root/.cache/pip && echo w > /root/.cache/pip/wheel && rm -rf /root/.cache\n\
+         RUN echo built > /built\n",
+    );
+    let pod = Pod::kiln_dir(Path::new(KILN), Profile::DockerDefault)
+        .bind(job.dir.path())
+        .bind_ro(&busybox_fixtures().oci_layout)
+        .env("HOME", "/root");
+    let rootfs = pod.rootfs();
+    let ctx = job.path("ctx");
+    let out = format!("type=oci,dest={},tar=false", job.path("in-pod").display());
+    let args = ["build", "--progress", "plain", "-t", "app:1", "-o", &out];
+    let args: Vec<&str> = args.into_iter().chain([ctx.to_str().unwrap()]).collect();
+    assert_ok(&pod.command(&args).output().unwrap());
+    assert_eq!(read(&job.rootfs("in-pod").join("built")), "built\n");
+    assert!(
+        rootfs.join("kiln/store").is_dir(),
+        "the store is kiln's directory's"
+    );
+}
