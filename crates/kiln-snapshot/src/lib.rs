@@ -79,12 +79,6 @@ pub enum SnapshotError {
     },
     #[error("writing the layer tar: {0}")]
     Output(#[source] io::Error),
-    #[error(
-        "`{}` leads to a path kiln keeps (a mount point, kiln's own directory or an ignored \
-         path), and the image has a non-directory there",
-        path.display()
-    )]
-    KeptPathInTheWay { path: PathBuf },
     #[error("`{}` does not exist in the image", path.display())]
     NotInImage { path: PathBuf },
     #[error("`{}` already exists", path.display())]

@@ -12,6 +12,7 @@ use std::ffi::OsString;
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use kiln_fs::Dir;
 
@@ -31,6 +32,10 @@ struct Skips {
     kept: Vec<PathBuf>,
     paths: HashSet<PathBuf>,
     leading: HashSet<PathBuf>,
+    /// Directories leading to kept paths where the image has a non-directory (Debian's
+    /// `/var/run -> /run` over Kubernetes' `/var/run/secrets/...` mount): they stay as they
+    /// are and, like kept paths, are not recorded, so the image keeps its entry.
+    shadowed: Mutex<HashSet<PathBuf>>,
 }
 
 impl Skips {
@@ -46,7 +51,14 @@ impl Skips {
             kept,
             paths,
             leading,
+            shadowed: Mutex::new(HashSet::new()),
         }
+    }
+
+    /// The kept paths and the shadowed directories: what a walk leaves out.
+    fn unrecorded(&self) -> Vec<PathBuf> {
+        let shadowed = self.shadowed.lock().unwrap();
+        self.kept.iter().chain(shadowed.iter()).cloned().collect()
     }
 
     /// Whether `rel` is a kept path or below one.
@@ -73,7 +85,8 @@ pub(crate) enum Way {
     Clear,
     /// A directory, kept for a directory.
     DirKept,
-    /// A kept path: the entry must not be written.
+    /// A kept path, or a directory that leads to one where the image has a non-directory:
+    /// the entry must not be written.
     Skipped,
 }
 
@@ -93,10 +106,18 @@ impl Onto<'_> {
         match parent.metadata(name) {
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Way::Clear),
             Err(e) => Err(at(dest)(e)),
-            Ok(md) if md.is_dir() && dir => Ok(Way::DirKept),
-            Ok(_) if self.skips.leads_to_kept(rel) => Err(SnapshotError::KeptPathInTheWay {
-                path: dest.to_path_buf(),
-            }),
+            Ok(md) if md.is_dir() && dir => {
+                self.skips.shadowed.lock().unwrap().remove(rel);
+                Ok(Way::DirKept)
+            }
+            Ok(md) if md.is_dir() && self.skips.leads_to_kept(rel) => {
+                self.skips
+                    .shadowed
+                    .lock()
+                    .unwrap()
+                    .insert(rel.to_path_buf());
+                Ok(Way::Skipped)
+            }
             Ok(_) => {
                 parent.remove_all(name).map_err(at(dest))?;
                 Ok(Way::Clear)
@@ -145,17 +166,18 @@ impl LiveRoot {
 
     /// The record a command's changes are found against (see [`Inventory::changes`]).
     pub fn inventory(&self) -> io::Result<Inventory> {
-        Inventory::take(&self.root, &self.skips.kept)
+        Inventory::take(&self.root, &self.skips.unrecorded())
     }
 
     /// What changed since `record`, and the record of now.
     pub fn changes(&self, record: &Inventory) -> io::Result<(Changes, Inventory)> {
-        record.changes(&self.root, &self.skips.kept)
+        record.changes(&self.root, &self.skips.unrecorded())
     }
 
     /// Makes the tree hold what the stack of layer dirs `layers` (bottom first) holds, and
     /// what it keeps.
     pub fn reset(&self, layers: &[PathBuf]) -> Result<(), SnapshotError> {
+        self.skips.shadowed.lock().unwrap().clear();
         self.clear(Path::new(""))?;
         let stack = LayerStack::new(layers.to_vec());
         let hosts = stack.root();

@@ -578,3 +578,40 @@ fn the_default_store_in_kilns_image_survives_a_dockerfiles_cache_cleanup() {
         "the store is kiln's directory's"
     );
 }
+
+#[test]
+fn a_symlink_in_the_image_where_a_kept_path_lies_leaves_the_containers_directory() {
+    // Debian's and Alpine's /var/run is a symlink to /run; in a Kubernetes pod the service
+    // account token is mounted at /var/run/secrets/kubernetes.io/serviceaccount (here kept
+    // with --ignore-path, as a mount point is).
+    let base = Job::new("FROM BASE\nRUN mkdir -p /run /var && ln -s /run /var/run\n");
+    assert_ok(&base.on_host());
+    let job = Job::new(&format!(
+        "FROM oci-layout://{}:1\nRUN echo built > /built && echo 1 > /run/app.pid\n",
+        base.path("on-host").display()
+    ));
+    let pod = Pod::kiln_dir(Path::new(KILN), Profile::DockerDefault)
+        .bind(job.dir.path())
+        .bind_ro(base.dir.path())
+        .bind_ro(&busybox_fixtures().oci_layout);
+    let rootfs = pod.rootfs();
+    let account = rootfs.join("var/run/secrets/kubernetes.io/serviceaccount");
+    std::fs::create_dir_all(&account).unwrap();
+    std::fs::write(account.join("token"), "the pod's token").unwrap();
+    let ignore = [
+        "--ignore-path",
+        "/var/run/secrets/kubernetes.io/serviceaccount",
+    ];
+    let args = job.args("in-pod", &ignore);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    assert_ok(&pod.command(&args).output().unwrap());
+    assert_eq!(read(&account.join("token")), "the pod's token");
+    let image = job.rootfs("in-pod");
+    assert_eq!(read(&image.join("built")), "built\n");
+    assert_eq!(read(&image.join("run/app.pid")), "1\n");
+    assert_eq!(
+        std::fs::read_link(image.join("var/run")).unwrap(),
+        PathBuf::from("/run"),
+        "the image keeps its symlink"
+    );
+}
