@@ -51,11 +51,14 @@ impl Default for InPlaceOptions {
     }
 }
 
+/// The files Docker and podman leave in a container's `/`. In-place builds keep them, so that
+/// the next kiln in the same container still finds them.
+const CONTAINER_FILES: [&str; 2] = ["/.dockerenv", "/run/.containerenv"];
+
 /// Whether kiln runs in a container: the files Docker and podman leave, a Kubernetes
 /// service variable, or a container runtime's name in the cgroup of PID 1.
 pub fn in_container() -> bool {
-    Path::new("/.dockerenv").exists()
-        || Path::new("/run/.containerenv").exists()
+    CONTAINER_FILES.iter().any(|file| Path::new(file).exists())
         || std::env::var_os("KUBERNETES_SERVICE_HOST").is_some()
         || std::fs::read_to_string("/proc/1/cgroup").is_ok_and(|cgroup| {
             ["docker", "kubepods", "containerd", "libpod", "crio"]
@@ -241,6 +244,7 @@ impl InPlaceWorker {
             keep.push(exe);
         }
         keep.extend(mount_points());
+        keep.extend(CONTAINER_FILES.iter().map(PathBuf::from));
         let keep: Vec<PathBuf> = keep
             .iter()
             .filter_map(|path| path.strip_prefix("/").ok())

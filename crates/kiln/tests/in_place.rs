@@ -615,3 +615,27 @@ fn a_symlink_in_the_image_where_a_kept_path_lies_leaves_the_containers_directory
         "the image keeps its symlink"
     );
 }
+
+#[test]
+fn the_files_that_say_this_is_a_container_survive_an_in_place_build() {
+    // Without /.dockerenv, the next kiln in the same container (a CI job's second build)
+    // would find no sign of a container and refuse to build in place.
+    let job = Job::new("FROM BASE\nRUN echo built > /built\n");
+    let pod = Pod::kiln_dir(Path::new(KILN), Profile::DockerDefault)
+        .bind(job.dir.path())
+        .bind_ro(&busybox_fixtures().oci_layout);
+    let rootfs = pod.rootfs();
+    std::fs::write(rootfs.join(".dockerenv"), "").unwrap();
+    let args = job.args("in-pod", &[]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    assert_ok(&pod.command(&args).output().unwrap());
+    assert!(
+        rootfs.join(".dockerenv").exists(),
+        "/.dockerenv was deleted"
+    );
+    let containerenv = rootfs.join("run/.containerenv");
+    assert!(
+        std::fs::symlink_metadata(&containerenv).is_ok(),
+        "podman's /run/.containerenv was deleted"
+    );
+}
