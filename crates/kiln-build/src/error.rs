@@ -83,8 +83,9 @@ pub enum BuildError {
          out: run the container with podman's default seccomp profile or an unconfined one \
          (`--security-opt seccomp=unconfined`; in Kubernetes, \
          `securityContext.seccompProfile.type: Unconfined`); let kiln run the steps in the \
-         container's own / as kaniko does (`--isolation in-place`, which `--isolation auto` \
-         picks by itself where it finds a container); or build a Dockerfile without RUN \
+         container's own / as kaniko does (`--isolation in-place`, which deletes everything \
+         else in the container, and which `--isolation auto` picks by itself only in kiln's \
+         own image, where kiln runs from /kiln); or build a Dockerfile without RUN \
          steps. No image was written or pushed"
     )]
     Namespaces { message: String },

@@ -80,7 +80,12 @@ pub(crate) fn choose_worker<'a>(
             allow_in_place(in_container(), opts.in_place.force)?;
             Ok(Box::new(InPlaceWorker::new(opts, store)?))
         }
-        Isolation::Auto if !in_container() => Ok(Box::new(namespaces)),
+        // In place deletes what a container holds: by itself only in kiln's own image (kiln
+        // runs from its directory, as kaniko runs from /kaniko), never in a dev container
+        // kiln was installed in.
+        Isolation::Auto if !in_container() || !runs_from(&opts.in_place.kiln_dir) => {
+            Ok(Box::new(namespaces))
+        }
         Isolation::Auto => Ok(Box::new(AutoWorker {
             namespaces,
             in_place: OnceLock::new(),
@@ -91,6 +96,12 @@ pub(crate) fn choose_worker<'a>(
     }
 }
 
+/// Whether the running kiln lies in `dir`.
+fn runs_from(dir: &Path) -> bool {
+    let dir = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
+    std::env::current_exe().is_ok_and(|exe| exe.starts_with(dir))
+}
+
 /// In place rewrites `/`: only in a container, unless forced.
 fn allow_in_place(in_container: bool, force: bool) -> Result<(), BuildError> {
     match in_container || force {
@@ -99,7 +110,7 @@ fn allow_in_place(in_container: bool, force: bool) -> Result<(), BuildError> {
     }
 }
 
-/// `auto` in a container: the namespace trial runs when a step first needs it (a fully
+/// `auto` in a container, run from kiln's directory: the namespace trial runs when a step first needs it (a fully
 /// cached build pays nothing); if the container refuses namespaces and kiln is root, the
 /// build goes on in place, and says so in one line.
 struct AutoWorker<'a> {

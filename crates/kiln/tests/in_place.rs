@@ -639,3 +639,26 @@ fn the_files_that_say_this_is_a_container_survive_an_in_place_build() {
         "podman's /run/.containerenv was deleted"
     );
 }
+
+#[test]
+fn auto_does_not_build_in_place_in_a_container_kiln_was_merely_installed_in() {
+    // A dev container (Docker's default profile) with kiln installed in /bin: `kiln build`
+    // must not wipe the developer's files; in-place is for kiln's own image, or asked for.
+    let job = Job::new("FROM BASE\nRUN echo built > /built\n");
+    let pod = Pod::new(Path::new(KILN), Profile::DockerDefault)
+        .bind(job.dir.path())
+        .bind_ro(&busybox_fixtures().oci_layout);
+    let rootfs = pod.rootfs();
+    std::fs::write(rootfs.join(".dockerenv"), "").unwrap();
+    std::fs::create_dir_all(rootfs.join("home/dev")).unwrap();
+    std::fs::write(rootfs.join("home/dev/notes.txt"), "my work").unwrap();
+    let args = job.args("in-pod", &[]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let message = assert_failed(&pod.command(&args).output().unwrap());
+    assert_contains_all(
+        &message,
+        &["RUN steps cannot run here", "--isolation in-place"],
+    );
+    assert_eq!(read(&rootfs.join("home/dev/notes.txt")), "my work");
+    assert!(!job.path("in-pod").exists(), "an image was written");
+}
