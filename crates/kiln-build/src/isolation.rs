@@ -377,9 +377,15 @@ impl Worker for InPlaceWorker {
             });
         }
         let upper = &job.spec.upper;
+        let mounted: Vec<&Path> = job
+            .spec
+            .mounts
+            .iter()
+            .map(|mount| Path::new(&mount.target))
+            .collect();
         let (changes, now) = self
             .live
-            .changes(&record)
+            .changes(&record, &mounted)
             .map_err(|e| format!("reading what the step changed: {e}"))?;
         self.live
             .capture(&changes, upper)

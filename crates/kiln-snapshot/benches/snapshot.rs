@@ -261,7 +261,7 @@ fn in_place_snapshot(scratch: &Path) {
         fs::write(rootfs.join(changed_rel), format!("changed by RUN {run}\n")).expect("write");
         // The snapshot: what changed.
         let t = Instant::now();
-        let (changes, _) = before.changes(&rootfs, &[]).expect("changes");
+        let (changes, _) = before.changes(&rootfs, &[], &[]).expect("changes");
         kiln.push(t.elapsed());
         assert_eq!(changes.changed, [changed_rel], "kiln found the change");
         let t = Instant::now();

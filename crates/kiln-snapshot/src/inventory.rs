@@ -82,8 +82,14 @@ impl Inventory {
     }
 
     /// What changed under `root` since this inventory was taken, and the inventory of now
-    /// (the record for the next step).
-    pub fn changes(&self, root: &Path, skip: &[PathBuf]) -> io::Result<(Changes, Inventory)> {
+    /// (the record for the next step). `touched`: relative paths whose times kiln itself moved
+    /// (see below).
+    pub fn changes(
+        &self,
+        root: &Path,
+        skip: &[PathBuf],
+        touched: &[PathBuf],
+    ) -> io::Result<(Changes, Inventory)> {
         let now = Inventory::take(root, skip)?;
         let changed: Vec<PathBuf> = now
             .entries
@@ -102,29 +108,38 @@ impl Inventory {
             .filter(|path| !path.ancestors().skip(1).any(|a| gone.contains(a)))
             .map(|path| path.to_path_buf())
             .collect();
-        // A directory that only saw entries come and go (a mount point kiln put in place for
-        // the step and took away) is not a change: it keeps its own metadata and has no
-        // changed entry below it. Entries coming and going move its mtime; a change of its
-        // xattrs (a default ACL, a label) moves only its ctime, and is one.
-        let below_changes: HashSet<&Path> = changed
-            .iter()
-            .chain(&deleted)
-            .flat_map(|path| path.ancestors().skip(1))
-            .collect();
+        // kiln's own traces: what was at a mount's target, moved aside for the command and
+        // back, and the directories above it, which saw entries come and go. Their times
+        // moved (a rename moves ctime), nothing else did and nothing below them changed. Any
+        // other entry whose ctime moved changed: its xattrs, if nothing else.
+        let touched: HashSet<&Path> = touched.iter().map(PathBuf::as_path).collect();
         let only_times = |path: &PathBuf| {
             let (Some(before), Some(after)) = (self.entries.get(path), now.entries.get(path))
             else {
                 return false;
             };
+            // A directory's size and link count follow the entries that came and went.
             let is_dir = after.mode & libc::S_IFMT == libc::S_IFDIR;
-            is_dir
-                && before.mtime != after.mtime
+            touched.contains(path.as_path())
                 && (before.dev, before.ino, before.mode, before.uid, before.gid)
                     == (after.dev, after.ino, after.mode, after.uid, after.gid)
-                && !below_changes.contains(path.as_path())
+                && (is_dir || (before.size, before.nlink) == (after.size, after.nlink))
         };
-        let mut changed: Vec<PathBuf> =
-            changed.iter().filter(|p| !only_times(p)).cloned().collect();
+        // Deepest first, so that a directory is judged after what is below it.
+        let mut by_depth = changed;
+        by_depth.sort_by_key(|path| std::cmp::Reverse(path.components().count()));
+        let mut below_changes: HashSet<PathBuf> = deleted
+            .iter()
+            .flat_map(|path| path.ancestors().skip(1).map(Path::to_path_buf))
+            .collect();
+        let mut changed = Vec::new();
+        for path in by_depth {
+            if only_times(&path) && !below_changes.contains(&path) {
+                continue;
+            }
+            below_changes.extend(path.ancestors().skip(1).map(Path::to_path_buf));
+            changed.push(path);
+        }
         changed.sort();
         deleted.sort();
         Ok((Changes { changed, deleted }, now))
@@ -262,7 +277,7 @@ mod tests {
         let skip = paths(&["kiln"]);
         let before = Inventory::take(tmp.path(), &skip).unwrap();
         assert_eq!(before.len(), 9, "{before:?}");
-        let (changes, _) = before.changes(tmp.path(), &skip).unwrap();
+        let (changes, _) = before.changes(tmp.path(), &skip, &[]).unwrap();
         assert_eq!(changes, Changes::default());
     }
 
@@ -294,7 +309,7 @@ mod tests {
         std::os::unix::fs::symlink("new", root.join("etc/link")).unwrap();
         fs::write(root.join("kiln/root/store"), "changed").unwrap();
 
-        let (changes, after) = before.changes(root, &skip).unwrap();
+        let (changes, after) = before.changes(root, &skip, &[]).unwrap();
 
         assert_eq!(
             changes.changed,
@@ -309,7 +324,7 @@ mod tests {
         );
         assert_eq!(changes.deleted, paths(&["var/cache"]), "outermost only");
         // The inventory of now is the record for the next step.
-        let (again, _) = after.changes(root, &skip).unwrap();
+        let (again, _) = after.changes(root, &skip, &[]).unwrap();
         assert_eq!(again, Changes::default());
     }
 
@@ -320,7 +335,7 @@ mod tests {
         fs::write(root.join("bin"), "x").unwrap();
         let before = Inventory::take(root, &[]).unwrap();
         fs::hard_link(root.join("bin"), root.join("alias")).unwrap();
-        let (changes, _) = before.changes(root, &[]).unwrap();
+        let (changes, _) = before.changes(root, &[], &[]).unwrap();
         assert_eq!(changes.changed, paths(&["alias", "bin"]));
     }
 }

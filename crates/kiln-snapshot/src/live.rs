@@ -139,10 +139,9 @@ impl LiveRoot {
         &self.root
     }
 
-    /// The kept path that an entry put at `path` (absolute in the tree) would be, lie in or
-    /// hold, with the symlinks on the way to it resolved in the tree (not one at `path`: that
-    /// is replaced, not followed). A `RUN --mount` there would move or change it.
-    pub fn kept_at(&self, path: &Path) -> Option<PathBuf> {
+    /// `path` (absolute in the tree) relative to the root, with the symlinks on the way to it
+    /// resolved in the tree; not one at `path` itself, which a mount replaces.
+    fn resolve(&self, path: &Path) -> Option<PathBuf> {
         let parent = path.parent().unwrap_or(Path::new("/"));
         let root = Dir::open(&self.root).ok()?;
         let real_root = fs::canonicalize(&self.root).ok()?;
@@ -153,10 +152,17 @@ impl LiveRoot {
             let inside = real.strip_prefix(&real_root).ok()?;
             Some(inside.join(parent.strip_prefix(dir).ok()?))
         })?;
-        let resolved = match path.file_name() {
+        Some(match path.file_name() {
             Some(name) => resolved.join(name),
             None => resolved,
-        };
+        })
+    }
+
+    /// The kept path that an entry put at `path` (absolute in the tree) would be, lie in or
+    /// hold, with the symlinks on the way to it resolved in the tree (not one at `path`: that
+    /// is replaced, not followed). A `RUN --mount` there would move or change it.
+    pub fn kept_at(&self, path: &Path) -> Option<PathBuf> {
+        let resolved = self.resolve(path)?;
         self.skips
             .kept
             .iter()
@@ -169,9 +175,25 @@ impl LiveRoot {
         Inventory::take(&self.root, &self.skips.unrecorded())
     }
 
-    /// What changed since `record`, and the record of now.
-    pub fn changes(&self, record: &Inventory) -> io::Result<(Changes, Inventory)> {
-        record.changes(&self.root, &self.skips.unrecorded())
+    /// What changed since `record`, and the record of now. `mounted`: the targets (absolute
+    /// in the tree) of mounts put in place for the command and taken away again, which moved
+    /// the times of what was there and of the directories above.
+    pub fn changes(
+        &self,
+        record: &Inventory,
+        mounted: &[&Path],
+    ) -> io::Result<(Changes, Inventory)> {
+        let touched: Vec<PathBuf> = mounted
+            .iter()
+            .filter_map(|target| self.resolve(target))
+            .flat_map(|rel| {
+                rel.ancestors()
+                    .filter(|a| !a.as_os_str().is_empty())
+                    .map(Path::to_path_buf)
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        record.changes(&self.root, &self.skips.unrecorded(), &touched)
     }
 
     /// Makes the tree hold what the stack of layer dirs `layers` (bottom first) holds, and

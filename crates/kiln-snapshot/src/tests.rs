@@ -1345,7 +1345,7 @@ fn live_root_takes_a_stack_keeps_its_kept_paths_and_captures_changes_as_a_layer(
     fs::remove_dir_all(live.join("b")).unwrap();
     fs::write(live.join("b"), b"now a file").unwrap();
     fs::write(live.join("mnt/ignored"), b"written to a volume").unwrap();
-    let (changes, _) = root.changes(&record).unwrap();
+    let (changes, _) = root.changes(&record, &[]).unwrap();
     assert!(
         changes.changed.contains(&PathBuf::from("a/f2")),
         "ctime shows the rewrite"
@@ -1433,7 +1433,7 @@ fn a_directory_whose_only_change_is_an_xattr_is_captured() {
     let root = LiveRoot::new(&live, Vec::new());
     let record = root.inventory().unwrap();
     set_xattr(&live.join("srv/data"), b"user.kiln.test", b"1").unwrap();
-    let (changes, _) = root.changes(&record).unwrap();
+    let (changes, _) = root.changes(&record, &[]).unwrap();
     assert_eq!(changes.changed, vec![PathBuf::from("srv/data")]);
     let upper = tmp.path().join("upper");
     fs::create_dir(&upper).unwrap();

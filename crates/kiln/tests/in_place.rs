@@ -662,3 +662,28 @@ fn auto_does_not_build_in_place_in_a_container_kiln_was_merely_installed_in() {
     assert_eq!(read(&rootfs.join("home/dev/notes.txt")), "my work");
     assert!(!job.path("in-pod").exists(), "an image was written");
 }
+
+#[test]
+fn a_mount_over_what_the_image_has_there_adds_nothing_to_the_layer() {
+    // What is at a mount's target is moved aside for the step and back: that moves its
+    // ctime, but it is not a change of the step's (with namespaces the mount only hides it).
+    let job = Job::new(
+        "FROM BASE\nRUN mkdir -p /srv/data && echo x > /srv/data/f && echo orig > /srv/conf\n\
+         RUN --mount=type=tmpfs,target=/srv/data --mount=type=secret,id=token,target=/srv/conf \
+             cat /srv/conf > /dev/null\n",
+    );
+    let in_pod = job.in_pod(&[]);
+    assert_ok(&in_pod);
+    assert_ok(&job.on_host());
+    let log = stderr(&in_pod);
+    assert!(
+        log.lines()
+            .any(|line| line.starts_with("[stage-0 3/3] DONE") && line.contains("no changes")),
+        "the mount step made a layer:\n{log}"
+    );
+    assert_eq!(
+        config_of(&job.path("in-pod")),
+        config_of(&job.path("on-host"))
+    );
+    assert_eq!(read(&job.rootfs("in-pod").join("srv/conf")), "orig\n");
+}
