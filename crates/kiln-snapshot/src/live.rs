@@ -326,7 +326,11 @@ impl LiveRoot {
                 if self.skips.paths.contains(&child) {
                     continue;
                 }
-                if self.skips.leads_to_kept(&child) {
+                // Unless it is not a directory (a symlink a step made): then nothing kept
+                // lies below it.
+                if self.skips.leads_to_kept(&child)
+                    && dir.metadata(&name).map_err(at(&path))?.is_dir()
+                {
                     todo.push(child);
                     continue;
                 }
@@ -338,13 +342,15 @@ impl LiveRoot {
 
     /// Removes `rel` (a whiteout's target), keeping what must be kept below it.
     fn remove(&self, rel: &Path) -> Result<(), SnapshotError> {
-        if self.skips.leads_to_kept(rel) {
+        let root = Dir::open(&self.root).map_err(at(&self.root))?;
+        // A directory on the way to kept paths is emptied; anything else there (a symlink a
+        // step made) holds none and goes.
+        if self.skips.leads_to_kept(rel) && root.open_dir(rel).is_ok() {
             return self.clear(rel);
         }
         let (Some(parent), Some(name)) = (rel.parent(), rel.file_name()) else {
             return Ok(());
         };
-        let root = Dir::open(&self.root).map_err(at(&self.root))?;
         let dir = match parent.as_os_str().is_empty() {
             true => Ok(root),
             false => root.open_dir(parent),

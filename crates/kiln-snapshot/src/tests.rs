@@ -1443,3 +1443,23 @@ fn a_directory_whose_only_change_is_an_xattr_is_captured() {
         Some(b"1".to_vec())
     );
 }
+
+#[test]
+fn a_symlink_on_the_way_to_a_kept_path_is_cleared_and_whited_out_like_any_entry() {
+    let tmp = tempfile::tempdir().unwrap();
+    let live = tmp.path().join("live");
+    fs::create_dir_all(live.join("elsewhere")).unwrap();
+    let root = LiveRoot::new(&live, vec![PathBuf::from("results/kept")]);
+    // A whiteout in a layer for what a step made a symlink.
+    symlink("/elsewhere", live.join("results")).unwrap();
+    let layer = tmp.path().join("layer");
+    fs::create_dir(&layer).unwrap();
+    make_whiteout(&layer.join("results")).unwrap();
+    root.apply(&layer).unwrap();
+    assert!(fs::symlink_metadata(live.join("results")).is_err());
+    // A reset of a tree that holds one.
+    symlink("/elsewhere", live.join("results")).unwrap();
+    root.reset(&[]).unwrap();
+    assert!(fs::symlink_metadata(live.join("results")).is_err());
+    assert!(fs::symlink_metadata(live.join("elsewhere")).is_err());
+}

@@ -687,3 +687,20 @@ fn a_mount_over_what_the_image_has_there_adds_nothing_to_the_layer() {
     );
     assert_eq!(read(&job.rootfs("in-pod").join("srv/conf")), "orig\n");
 }
+
+#[test]
+fn a_symlink_a_step_left_on_the_way_to_a_kept_path_does_not_stop_the_next_layout() {
+    // /results/digest is kept (it is written after the build); a step of another stage made
+    // /results a symlink, which the next stage's layout of / must clear like anything else.
+    let job = Job::new(
+        "FROM BASE AS a\nRUN mkdir /elsewhere && ln -s /elsewhere /results\n\
+         FROM BASE\nCOPY --from=a /elsewhere /copied\nRUN echo built > /built\n",
+    );
+    let pod = Pod::kiln_dir(Path::new(KILN), Profile::DockerDefault)
+        .bind(job.dir.path())
+        .bind_ro(&busybox_fixtures().oci_layout);
+    let args = job.args("in-pod", &["--ignore-path", "/results/kept"]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    assert_ok(&pod.command(&args).output().unwrap());
+    assert_eq!(read(&job.rootfs("in-pod").join("built")), "built\n");
+}
