@@ -23,6 +23,8 @@
 #
 # KILN_ROOT (kiln's store) defaults to target/own-image/store.
 set -euo pipefail
+# The image gets the context's modes: dirs 0755 and files 0644 whatever the caller's umask.
+umask 022
 cd "$(dirname "$0")/.."
 
 repository=
@@ -134,12 +136,13 @@ CARGO_TARGET_DIR=$out/cargo LIBSECCOMP_LINK_TYPE=static \
 echo "== build context: target/own-image/context"
 context=$out/context
 rm -rf "$context"
-mkdir -p "$context/certs"
+mkdir -p "$context/rootfs/etc/ssl/certs" "$context/rootfs/tmp"
+chmod 1777 "$context/rootfs/tmp"
 unpack amd64 ca-certificates "$out/ca-certificates"
 # What update-ca-certificates writes from the package alone: every Mozilla certificate, in
 # order, each ending in a newline; no local additions of this host.
 LC_ALL=C find "$out/ca-certificates/usr/share/ca-certificates/mozilla" -name '*.crt' -print0 |
-	LC_ALL=C sort -z | xargs -0 sed -e '$a\' >"$context/certs/ca-certificates.crt"
+	LC_ALL=C sort -z | xargs -0 sed -e '$a\' >"$context/rootfs/etc/ssl/certs/ca-certificates.crt"
 for arch in "${arches[@]}"; do
 	dist=$context/dist/linux/$arch
 	mkdir -p "$dist/kiln/.docker" "$dist/debug/busybox" "$dist/debug/bin"

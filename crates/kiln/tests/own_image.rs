@@ -7,6 +7,7 @@
 
 mod common;
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -111,6 +112,51 @@ fn run_in(arch: &str, program: &Path) -> Command {
     }
 }
 
+/// `podman run` of an unpacked image as a runtime runs the image: its config's environment,
+/// working dir and entrypoint (or `entrypoint`, as a GitLab job sets it), with the build
+/// context `ctx` at kaniko's `/workspace`. The podman flags are this machine's (see
+/// kiln_testkit::Pod).
+fn podman_run(
+    rootfs: &Path,
+    config: &Value,
+    entrypoint: Option<&str>,
+    ctx: &Path,
+    args: &[&str],
+) -> Output {
+    let config = &config["config"];
+    let mut command = Command::new("podman");
+    command.args(["run", "--rm", "--runtime", "runc", "--network", "host"]);
+    command.args([
+        "--ulimit",
+        "nofile=1024:1024",
+        "--ulimit",
+        "nproc=1000:1000",
+    ]);
+    for variable in config["Env"].as_array().unwrap() {
+        command.arg("--env").arg(variable.as_str().unwrap());
+    }
+    let image_entrypoint = config["Entrypoint"].to_string();
+    command
+        .arg("--entrypoint")
+        .arg(entrypoint.unwrap_or(&image_entrypoint))
+        .arg("--workdir")
+        .arg(config["WorkingDir"].as_str().unwrap())
+        .arg("--volume")
+        .arg(format!("{}:/workspace:ro", ctx.display()))
+        .arg("--rootfs")
+        .arg(rootfs)
+        .args(args);
+    let output = command.output().expect("running podman");
+    assert!(
+        output.status.success(),
+        "{command:?} failed ({}):\n{}{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
+
 #[test]
 fn the_script_builds_and_pushes_kilns_own_image_for_amd64_and_arm64() {
     let registry = Registry::start();
@@ -152,6 +198,10 @@ fn the_script_builds_and_pushes_kilns_own_image_for_amd64_and_arm64() {
             "{arch}: {help}"
         );
         assert!(rootfs.join("kiln/.docker").is_dir(), "{arch}");
+        // kiln's temporary files (a docker archive on its way out) go to /tmp.
+        let tmp_mode =
+            std::fs::metadata(rootfs.join("tmp")).map(|m| m.permissions().mode() & 0o7777);
+        assert_eq!(tmp_mode.ok(), Some(0o1777), "{arch}: /tmp");
         let certs = std::fs::read_to_string(rootfs.join("etc/ssl/certs/ca-certificates.crt"))
             .expect("the image has CA certificates");
         assert!(
@@ -210,6 +260,39 @@ fn the_script_builds_and_pushes_kilns_own_image_for_amd64_and_arm64() {
         assert_eq!(
             debug_config["config"]["Entrypoint"],
             json!(["/kiln/executor"])
+        );
+    }
+
+    // In a container, as a Kubernetes pod runs the image and as GitLab runs a job in the debug
+    // image (entrypoint reset, the script given to `sh`), kiln builds a COPY-only Dockerfile
+    // from /workspace and pushes it: no libraries, a /tmp, the registry over the network.
+    let ctx = dir.path().join("ctx");
+    std::fs::create_dir(&ctx).unwrap();
+    std::fs::write(ctx.join("Dockerfile"), "FROM scratch\nCOPY greeting /\n").unwrap();
+    std::fs::write(ctx.join("greeting"), "built in kiln's image\n").unwrap();
+    let pod_image = format!("{}/tools/greeting:pod", registry.addr());
+    let (rootfs, config) = unpack(
+        &dir.path().join("pod"),
+        &format!("{repository}:latest"),
+        "amd64",
+    );
+    podman_run(&rootfs, &config, None, &ctx, &["--destination", &pod_image]);
+    let job_image = format!("{}/tools/greeting:job", registry.addr());
+    let (rootfs, config) = unpack(
+        &dir.path().join("job"),
+        &format!("{repository}:debug"),
+        "amd64",
+    );
+    let script = format!(
+        "/kiln/executor --context /workspace --dockerfile Dockerfile --destination {job_image}"
+    );
+    podman_run(&rootfs, &config, Some(""), &ctx, &["sh", "-c", &script]);
+    for pushed in [pod_image, job_image] {
+        let manifest: Value = serde_json::from_slice(&skopeo_raw(&pushed)).unwrap();
+        assert_eq!(
+            manifest["layers"].as_array().map(Vec::len),
+            Some(1),
+            "{pushed}: {manifest}"
         );
     }
 
