@@ -27,13 +27,18 @@ set -euo pipefail
 umask 022
 cd "$(dirname "$0")/.."
 
+usage() {
+	echo "usage: $0 [REGISTRY/REPOSITORY] [-- KILN_BUILD_FLAGS...]" >&2
+	exit 2
+}
 repository=
 if [[ $# -gt 0 && $1 != -- ]]; then
+	[[ $1 != -* ]] || usage
 	repository=$1
 	shift
 fi
 if [[ $# -gt 0 ]]; then
-	[[ $1 == -- ]] || { echo "build-image.sh: usage: $0 [REGISTRY/REPOSITORY] [-- KILN_BUILD_FLAGS...]" >&2; exit 2; }
+	[[ $1 == -- ]] || usage
 	shift
 fi
 extra_flags=("$@")
@@ -51,11 +56,12 @@ mkdir -p "$out" "$debs"
 declare -A rust_target=([amd64]=x86_64-unknown-linux-gnu [arm64]=aarch64-unknown-linux-gnu)
 declare -A gnu_triplet=([amd64]=x86_64-linux-gnu [arm64]=aarch64-linux-gnu)
 arches=(amd64 arm64)
-case $(uname -m) in
-x86_64) host_arch=amd64 ;;
-aarch64) host_arch=arm64 ;;
-*) echo "build-image.sh: runs on an amd64 or arm64 host, not $(uname -m)" >&2; exit 1 ;;
-esac
+# install-deps.sh installs the arm64 cross compiler, for an amd64 host.
+if [[ $(uname -m) != x86_64 ]]; then
+	echo "build-image.sh: runs on an amd64 (x86_64) Debian host, not $(uname -m)" >&2
+	exit 1
+fi
+host_arch=amd64
 
 scripts/install-deps.sh
 
