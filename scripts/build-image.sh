@@ -51,6 +51,10 @@ out=$PWD/target/own-image
 debs=$out/debs
 export KILN_ROOT=${KILN_ROOT:-$out/store}
 mkdir -p "$out" "$debs"
+# One run at a time per checkout: runs share the context, the debs and cargo's target dir
+# (tests that use the image may start the script side by side).
+exec 9>"$out/.lock"
+flock 9
 
 # Debian architecture -> (Rust target, GNU triplet: the multiarch dir and the gcc prefix).
 declare -A rust_target=([amd64]=x86_64-unknown-linux-gnu [arm64]=aarch64-unknown-linux-gnu)
