@@ -82,10 +82,38 @@ pub enum BuildError {
          and mount to a container without CAP_SYS_ADMIN, and pivot_root even with it. Ways \
          out: run the container with podman's default seccomp profile or an unconfined one \
          (`--security-opt seccomp=unconfined`; in Kubernetes, \
-         `securityContext.seccompProfile.type: Unconfined`), or build a Dockerfile without \
-         RUN steps. No image was written or pushed"
+         `securityContext.seccompProfile.type: Unconfined`); let kiln run the steps in the \
+         container's own / as kaniko does (`--isolation in-place`, which `--isolation auto` \
+         picks by itself where it finds a container); or build a Dockerfile without RUN \
+         steps. No image was written or pushed"
     )]
     Namespaces { message: String },
+    #[error(
+        "--isolation in-place runs RUN steps in the / kiln runs in, deleting everything there \
+         but kiln's own directory and mount points, and kiln finds no sign that it runs in a \
+         container (/.dockerenv, /run/.containerenv, KUBERNETES_SERVICE_HOST, a container \
+         runtime in /proc/1/cgroup). On a host that would wipe the host. If this is a \
+         throwaway container or machine, pass --force"
+    )]
+    InPlaceOutsideContainer,
+    #[error(
+        "in-place isolation needs kiln to run as root, since it lays out / for each RUN step; \
+         kiln runs as another user and cannot make namespaces here either. Run the container \
+         as root (`runAsUser: 0`), or with a seccomp profile that allows namespaces \
+         (podman's default, or `seccompProfile.type: Unconfined`). Dockerfiles without RUN \
+         steps build either way"
+    )]
+    InPlaceNotRoot,
+    #[error(
+        "cannot run RUN steps for {platform} here: building in place (no namespaces), kiln can \
+         only run what this node's kernel runs, natively or through a binfmt_misc handler the \
+         node already has. Build each platform on a runner of its own architecture and \
+         stitch the images into one index (`kiln build --platform ... -o \
+         type=image,push-by-digest=true` per runner, then `kiln manifest create \
+         --from-metadata`), or cross-compile in a `FROM --platform=$BUILDPLATFORM` stage so \
+         that the {platform} stages have no RUN steps"
+    )]
+    InPlaceForeign { platform: String },
     #[error("cannot run RUN steps for {platform}: {message}")]
     Emulation { platform: String, message: String },
     #[error("the build for {platform} was cancelled because another platform failed")]

@@ -13,6 +13,7 @@ mod context_record;
 mod error;
 mod export;
 mod fileops;
+mod isolation;
 mod key;
 mod lower;
 mod metadata;
@@ -43,6 +44,7 @@ pub use context::{BuildContext, ContextSource, unpack_context};
 pub use context_hash::{ContextDigest, HashStats};
 pub use error::BuildError;
 pub use export::{StoreSource, deliver};
+pub use isolation::{InPlaceOptions, InPlaceWorker, Isolation, in_container};
 pub use key::CacheKey;
 pub use lower::{lower, stages_named};
 pub use metadata::{BuildMetadata, MetadataError, pushed_image};
@@ -99,6 +101,10 @@ pub struct BuildOptions {
     pub no_cache_filter: Vec<String>,
     /// Labels set on the image after the Dockerfile's own (kaniko's `--label`).
     pub labels: BTreeMap<String, String>,
+    /// How RUN steps are isolated (`--isolation`).
+    pub isolation: Isolation,
+    /// What in-place isolation leaves alone.
+    pub in_place: InPlaceOptions,
 }
 
 /// Builds the target stage of `df` for every platform in `opts.platforms` and stores the
@@ -121,11 +127,6 @@ pub fn build(
         ));
     }
     let no_cache_stages = stages_named(df, &opts.no_cache_filter, "--no-cache-filter")?;
-    // Every target platform must be runnable before anything else happens.
-    let worker = NamespaceWorker::new(opts.sandbox_helper.clone(), opts.qemu_dir.clone());
-    for platform in &opts.platforms {
-        worker.check(platform)?;
-    }
     let resolver = RegistryResolver {
         client,
         store,
@@ -133,6 +134,11 @@ pub fn build(
         progress,
     };
     let plan = lower(df, opts, &resolver)?;
+    // Every platform a RUN step runs on must be runnable before any step runs.
+    let worker = isolation::choose_worker(opts, store, progress)?;
+    for platform in run_platforms(&plan) {
+        worker.check(platform)?;
+    }
     for warning in &plan.warnings {
         progress.info(warning);
     }
@@ -147,7 +153,7 @@ pub fn build(
     let solver = Solver {
         opts,
         store,
-        worker: &worker,
+        worker: worker.as_ref(),
         cache: &cache,
         resolver: &resolver,
         context: &context,
@@ -157,5 +163,20 @@ pub fn build(
             stages: no_cache_stages,
         },
     };
-    solve(&plan, &solver)
+    let built = solve(&plan, &solver);
+    let finished = worker.finish();
+    let built = built?;
+    finished?;
+    Ok(built)
+}
+
+/// The platforms `plan`'s RUN steps run on, each once, in plan order.
+fn run_platforms(plan: &Plan) -> Vec<&Platform> {
+    let mut platforms: Vec<&Platform> = Vec::new();
+    for op in &plan.ops {
+        if matches!(op.kind, OpKind::Exec(_)) && !platforms.contains(&&op.origin.platform) {
+            platforms.push(&op.origin.platform);
+        }
+    }
+    platforms
 }

@@ -65,6 +65,16 @@ pub struct OutputFlags<'a> {
 }
 
 impl Output {
+    /// The file or directory the output writes, if it writes one.
+    pub fn path(&self) -> Option<&Path> {
+        match self {
+            Output::OciArchive(path) | Output::OciDir(path) | Output::DockerArchive(path) => {
+                Some(path)
+            }
+            _ => None,
+        }
+    }
+
     /// Parses one `-o` spec, buildx's comma-separated `key=value` list: `type=registry`,
     /// `type=image[,push=true]`, `type=oci,dest=PATH[,tar=false]`, with `name=`,
     /// `oci-mediatypes=` and `push-by-digest=` for the pushing ones. A registry output

@@ -42,6 +42,11 @@ pub trait Worker: Sync {
     /// Runs `job`, passing each output line to `output`. An error means the command could
     /// not be run at all; a command that ran and failed is an outcome.
     fn run(&self, job: ExecJob, output: &mut dyn FnMut(&str)) -> Result<ExecOutcome, String>;
+
+    /// Called once the build is done with the worker, whether it succeeded or not.
+    fn finish(&self) -> Result<(), BuildError> {
+        Ok(())
+    }
 }
 
 /// Runs commands with kiln-sandbox: user namespaces and overlayfs, on this machine.

@@ -52,6 +52,22 @@ pub struct ClientOptions {
     pub timeouts: Timeouts,
 }
 
+impl ClientOptions {
+    /// The files a client reads when it first reaches a registry, which may be long after it
+    /// was made: certificates, client keys and the credential files.
+    pub fn files(&self) -> Vec<PathBuf> {
+        let tls = self.config.hosts.values().flat_map(|host| {
+            host.ca.iter().cloned().chain(
+                host.keypair
+                    .iter()
+                    .flat_map(|pair| [pair.cert.clone(), pair.key.clone()]),
+            )
+        });
+        tls.chain(self.credentials.files().into_iter().map(Path::to_path_buf))
+            .collect()
+    }
+}
+
 /// How long kiln waits on a registry before the try counts as failed (and is retried as the
 /// retry policy says).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -1638,5 +1654,34 @@ mod tests {
             manifest_media_type(b"[]", Some("text/html")).unwrap_err(),
             "text/html"
         );
+    }
+}
+
+#[cfg(test)]
+mod file_tests {
+    use super::*;
+
+    #[test]
+    fn options_name_every_file_a_client_reads_later() {
+        let mut options = ClientOptions::default();
+        let host = options.config.host_mut("reg.example:5000");
+        host.ca.push(PathBuf::from("/certs/ca.pem"));
+        host.keypair.push(crate::KeyPair {
+            key: PathBuf::from("/certs/client.key"),
+            cert: PathBuf::from("/certs/client.pem"),
+        });
+        options.credentials.docker_config = PathBuf::from("/kiln/.docker/config.json");
+        let files = options.files();
+        for expected in [
+            "/certs/ca.pem",
+            "/certs/client.pem",
+            "/certs/client.key",
+            "/kiln/.docker/config.json",
+        ] {
+            assert!(
+                files.contains(&PathBuf::from(expected)),
+                "{expected}: {files:?}"
+            );
+        }
     }
 }

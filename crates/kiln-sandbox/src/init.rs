@@ -22,7 +22,8 @@ use crate::users::{self, Identity};
 use crate::{Network, RunSpec, caps, mounts, network, run, seccomp};
 
 /// PATH used for the lookup of the command when its environment has none (Docker's default).
-const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+pub(crate) const DEFAULT_PATH: &str =
+    "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// Host devices bind-mounted (read-only) into the sandbox's /dev. /dev/tty is the controlling
 /// terminal of whoever opens it; the command has none (see [`confine`]), so opening it fails.
@@ -199,7 +200,7 @@ fn restrict_proc() -> Result<(), String> {
 
 /// The command's environment: `env`, with `HOME` set to the user's home when it is unset or
 /// empty, as runc does for BuildKit.
-fn with_home(env: &[String], home: &str) -> Vec<String> {
+pub(crate) fn with_home(env: &[String], home: &str) -> Vec<String> {
     let has_home = env
         .iter()
         .any(|var| var.strip_prefix("HOME=").is_some_and(|v| !v.is_empty()));
@@ -310,7 +311,7 @@ fn stdin_from_rootfs() -> Result<(), String> {
 
 /// A missing passwd or group file is empty: root and numeric ids still work. Symlinks are
 /// resolved first: after pivot_root they cannot lead out of the rootfs.
-fn read_rootfs_file(path: &str) -> Result<String, String> {
+pub(crate) fn read_rootfs_file(path: &str) -> Result<String, String> {
     let resolved = match std::fs::canonicalize(path) {
         Ok(resolved) => resolved,
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(String::new()),
@@ -398,7 +399,7 @@ fn exec(spec: &RunSpec, env: &[String]) -> Result<Infallible, String> {
 }
 
 /// Looks `name` up like a shell does: as given when it contains a slash, else in `search_path`.
-fn find_program(name: &str, search_path: &str) -> Result<PathBuf, String> {
+pub(crate) fn find_program(name: &str, search_path: &str) -> Result<PathBuf, String> {
     if name.contains('/') {
         return match Path::new(name).exists() {
             true => Ok(PathBuf::from(name)),

@@ -23,6 +23,7 @@ mod arch;
 mod caps;
 mod emulation;
 mod helper;
+mod in_place;
 mod init;
 mod mounts;
 mod network;
@@ -37,6 +38,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 pub use emulation::{EmulationMode, find_emulator, runs_natively};
+pub use in_place::{run_in_place, runs_in_place};
 pub use rootless::enter_rootless_if_needed;
 pub use users::{
     ACCOUNT_FILE_LIMIT, AccountFileError, GroupEntry, PasswdEntry, group_entries, passwd_entries,

@@ -229,7 +229,7 @@ fn identity_map(own_map: &str) -> Option<String> {
 /// Passes every line to `on_line` and keeps the last [`TAIL_LINES`]. Output that is not UTF-8
 /// is converted lossily; a last line without a newline counts too. A line longer than
 /// [`MAX_LINE_BYTES`] is cut there and says how much of it was dropped.
-fn read_lines(
+pub(crate) fn read_lines(
     output: File,
     on_line: &mut dyn FnMut(&str),
 ) -> Result<VecDeque<String>, SandboxError> {

@@ -85,7 +85,7 @@ impl Inventory {
     /// (the record for the next step).
     pub fn changes(&self, root: &Path, skip: &[PathBuf]) -> io::Result<(Changes, Inventory)> {
         let now = Inventory::take(root, skip)?;
-        let mut changed: Vec<PathBuf> = now
+        let changed: Vec<PathBuf> = now
             .entries
             .iter()
             .filter(|(path, stamp)| self.entries.get(*path) != Some(*stamp))
@@ -102,6 +102,27 @@ impl Inventory {
             .filter(|path| !path.ancestors().skip(1).any(|a| gone.contains(a)))
             .map(|path| path.to_path_buf())
             .collect();
+        // A directory that only saw entries come and go (a mount point kiln put in place for
+        // the step and took away) is not a change: it keeps its own metadata and has no
+        // changed entry below it.
+        let below_changes: HashSet<&Path> = changed
+            .iter()
+            .chain(&deleted)
+            .flat_map(|path| path.ancestors().skip(1))
+            .collect();
+        let only_times = |path: &PathBuf| {
+            let (Some(before), Some(after)) = (self.entries.get(path), now.entries.get(path))
+            else {
+                return false;
+            };
+            let is_dir = after.mode & libc::S_IFMT == libc::S_IFDIR;
+            is_dir
+                && (before.dev, before.ino, before.mode, before.uid, before.gid)
+                    == (after.dev, after.ino, after.mode, after.uid, after.gid)
+                && !below_changes.contains(path.as_path())
+        };
+        let mut changed: Vec<PathBuf> =
+            changed.iter().filter(|p| !only_times(p)).cloned().collect();
         changed.sort();
         deleted.sort();
         Ok((Changes { changed, deleted }, now))

@@ -4,7 +4,8 @@
 //! device named like the deleted entry, an opaque directory carries `user.overlay.opaque="y"`.
 //! This crate turns OCI layer tars into such directories ([`extract_layer`]), such directories
 //! into deterministic gzip layer tars ([`write_layer`]), reads a stack of them as one merged
-//! tree ([`LayerStack`]) and builds COPY layers ([`copy_into_layer`]).
+//! tree ([`LayerStack`]) and builds COPY layers ([`copy_into_layer`]). For in-place builds it
+//! lays layers out in a live tree and captures what a command changed there ([`LiveRoot`]).
 
 mod archive;
 mod chmod;
@@ -14,6 +15,7 @@ mod decompress;
 mod extract;
 mod fsmeta;
 mod inventory;
+mod live;
 mod pargz;
 mod stack;
 mod tar_reader;
@@ -33,6 +35,7 @@ pub use decompress::{Compression, DecompressError, MAX_HISTORY_MIB, decompress};
 pub use extract::{ExtractStats, extract_layer};
 pub use fsmeta::copied_xattrs;
 pub use inventory::{Changes, Inventory};
+pub use live::LiveRoot;
 pub use stack::LayerStack;
 pub use write::{LayerBlob, LayerOptions, write_layer};
 
@@ -76,6 +79,12 @@ pub enum SnapshotError {
     },
     #[error("writing the layer tar: {0}")]
     Output(#[source] io::Error),
+    #[error(
+        "`{}` leads to a path kiln keeps (a mount point, kiln's own directory or an ignored \
+         path), and the image has a non-directory there",
+        path.display()
+    )]
+    KeptPathInTheWay { path: PathBuf },
     #[error("`{}` does not exist in the image", path.display())]
     NotInImage { path: PathBuf },
     #[error("`{}` already exists", path.display())]

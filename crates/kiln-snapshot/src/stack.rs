@@ -8,6 +8,7 @@ use std::path::{Component, Path, PathBuf};
 
 use crate::copy::copy_nondir;
 use crate::fsmeta::{EntryMeta, in_parent, is_opaque, is_whiteout};
+use crate::live::{Onto, Way};
 use crate::{SnapshotError, at};
 
 /// Symlinks followed while resolving one path before giving up (the kernel's limit).
@@ -93,7 +94,7 @@ impl LayerStack {
             });
         }
         match self.walk(image_path, true) {
-            Walk::Found { node, .. } => export_node(node, dest, &mut HashMap::new()),
+            Walk::Found { node, .. } => export_node(node, dest, None, &mut HashMap::new()),
             _ => Err(SnapshotError::NotInImage {
                 path: image_path.to_path_buf(),
             }),
@@ -101,7 +102,7 @@ impl LayerStack {
     }
 
     /// The merged root: every layer from the top down to the first opaque root.
-    fn root(&self) -> Vec<PathBuf> {
+    pub(crate) fn root(&self) -> Vec<PathBuf> {
         let mut hosts = Vec::new();
         for layer in self.layers.iter().rev() {
             hosts.push(layer.clone());
@@ -233,24 +234,41 @@ enum Export {
 
 /// Iterative: a stage's tree can nest as deep as PATH_MAX allows, and a call per level
 /// overflowed a build thread's stack at about 1,900 levels.
-fn export_node(
+///
+/// With `onto`, `dest` is a live tree (see [`crate::LiveRoot`]) that already exists: its
+/// directories are kept (their metadata updated), anything else in the way is replaced, and
+/// skipped paths are left alone. Without it, `dest` must not exist.
+pub(crate) fn export_node(
     node: Node,
     dest: &Path,
+    onto: Option<&Onto>,
     links: &mut HashMap<(u64, u64), PathBuf>,
 ) -> Result<(), SnapshotError> {
     let mut work = vec![Export::Node(node, dest.to_path_buf())];
     while let Some(next) = work.pop() {
+        let kept = match (&next, onto) {
+            (Export::Node(node, dest), Some(onto)) => {
+                onto.make_way(dest, matches!(node, Node::Dir(_)))?
+            }
+            _ => Way::Clear,
+        };
         match next {
+            _ if kept == Way::Skipped => {}
             Export::Node(Node::Dir(hosts), dest) => {
                 let top = &hosts[0];
                 let md = fs::symlink_metadata(top).map_err(at(top))?;
                 let meta = EntryMeta::of(top, &md).map_err(at(top))?;
-                fs::create_dir(&dest).map_err(at(&dest))?;
-                let (parent, name) = in_parent(&dest).map_err(at(&dest))?;
-                meta.apply_except_time(&parent, name, false)
-                    .map_err(at(&dest))?;
+                if kept != Way::DirKept {
+                    fs::create_dir(&dest).map_err(at(&dest))?;
+                }
+                // The root of a live tree keeps its own metadata.
+                if onto.is_none_or(|onto| dest != onto.root) {
+                    let (parent, name) = in_parent(&dest).map_err(at(&dest))?;
+                    meta.apply_except_time(&parent, name, false)
+                        .map_err(at(&dest))?;
+                    work.push(Export::Times(meta, dest.clone()));
+                }
                 let names = merged_names(&hosts).map_err(at(top))?;
-                work.push(Export::Times(meta, dest.clone()));
                 // Reversed, so that the names are exported in order.
                 for name in names.into_iter().rev() {
                     if let Some(child) = child(&hosts, &name) {

@@ -1282,3 +1282,98 @@ fn directory_times_survive_revisits_and_late_entries() {
         "the layer root"
     );
 }
+
+/// `describe` of a live tree without the paths it keeps.
+fn describe_without(root: &Path, kept: &[&str]) -> BTreeMap<String, String> {
+    let mut tree = describe(root);
+    tree.retain(|path, _| {
+        !kept.iter().any(|k| {
+            path == k || path.starts_with(&format!("{k}/")) || k.starts_with(&format!("{path}/"))
+        })
+    });
+    tree
+}
+
+#[test]
+fn live_root_takes_a_stack_keeps_its_kept_paths_and_captures_changes_as_a_layer() {
+    let tmp = tempfile::tempdir().unwrap();
+    let stack = three_layers(tmp.path());
+    let layers = stack.layers().to_vec();
+    let live = tmp.path().join("live");
+    for d in ["live", "live/mnt", "live/etc", "live/junk"] {
+        fs::create_dir(tmp.path().join(d)).unwrap();
+    }
+    fs::write(live.join("mnt/keep"), b"a volume").unwrap();
+    fs::write(live.join("etc/hosts"), b"127.0.0.1 localhost").unwrap();
+    fs::write(live.join("junk/x"), b"left by the last stage").unwrap();
+    let kept = ["mnt", "etc/hosts"];
+    let root = LiveRoot::new(&live, kept.iter().map(PathBuf::from).collect());
+
+    let exported = tmp.path().join("export");
+    stack.export(Path::new("/"), &exported).unwrap();
+    root.reset(&layers).unwrap();
+    let reset = describe_without(&live, &kept);
+    assert_eq!(
+        reset,
+        describe(&exported),
+        "a reset shows the stack's merged tree"
+    );
+    assert_eq!(fs::read(live.join("mnt/keep")).unwrap(), b"a volume");
+    assert_eq!(
+        fs::read(live.join("etc/hosts")).unwrap(),
+        b"127.0.0.1 localhost"
+    );
+
+    // One layer at a time, its whiteouts and opaque dirs applied to the live tree: the same.
+    root.reset(&layers[..1]).unwrap();
+    root.apply(&layers[1]).unwrap();
+    root.apply(&layers[2]).unwrap();
+    assert_eq!(describe_without(&live, &kept), reset);
+
+    // A step: a rewrite that keeps size and mtime, a delete, new entries, a hard link, a
+    // chmod, and a directory replaced by a file.
+    let record = root.inventory().unwrap();
+    let f2 = live.join("a/f2");
+    let mtime = fs::symlink_metadata(&f2).unwrap().mtime();
+    fs::write(&f2, b"A/F2").unwrap();
+    set_mtime(&f2, mtime, 0).unwrap();
+    fs::remove_file(live.join("c/old")).unwrap();
+    fs::create_dir_all(live.join("n/m")).unwrap();
+    fs::write(live.join("n/m/file"), b"new").unwrap();
+    fs::hard_link(&f2, live.join("a/f3")).unwrap();
+    fs::set_permissions(live.join("b/y"), fs::Permissions::from_mode(0o4755)).unwrap();
+    fs::remove_dir_all(live.join("b")).unwrap();
+    fs::write(live.join("b"), b"now a file").unwrap();
+    fs::write(live.join("mnt/ignored"), b"written to a volume").unwrap();
+    let (changes, _) = root.changes(&record).unwrap();
+    assert!(
+        changes.changed.contains(&PathBuf::from("a/f2")),
+        "ctime shows the rewrite"
+    );
+    let upper = tmp.path().join("upper");
+    fs::create_dir(&upper).unwrap();
+    root.capture(&changes, &upper).unwrap();
+    let in_upper = describe(&upper);
+    assert!(
+        in_upper["c/old"].starts_with("chardev 0"),
+        "a deletion is a whiteout"
+    );
+    assert!(
+        !in_upper.contains_key("mnt/ignored"),
+        "kept paths are not captured"
+    );
+    assert!(!in_upper.contains_key("c/new"), "unchanged files stay out");
+    assert_eq!(in_upper["a/f3"].split(" hardlink-of=").nth(1), Some("a/f2"));
+
+    let mut with_step = layers.clone();
+    with_step.push(upper);
+    let after = tmp.path().join("after");
+    LayerStack::new(with_step)
+        .export(Path::new("/"), &after)
+        .unwrap();
+    assert_eq!(
+        describe(&after),
+        describe_without(&live, &kept),
+        "the captured layer on top of the stack gives the tree the step left"
+    );
+}

@@ -1,6 +1,8 @@
 //! Multi-arch base images built once per machine from Debian packages and written as OCI image
 //! layouts: busybox (one layout with OCI media types, one with Docker schema 2 types), and a Go
-//! toolchain image that adds Debian's Go packages on top of the busybox rootfs.
+//! toolchain image that adds Debian's Go packages on top of the busybox rootfs; and what every
+//! fixture is built with (`debian.rs` too): apt with private lists, the per-machine cache, a
+//! writer of deterministic rootfs layers and the layout writer.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -39,7 +41,7 @@ const FIXTURE_FORMAT: &str = "busybox-v1";
 const FIXTURE_MTIME: u64 = 1_700_000_000;
 const FIXTURE_CREATED: &str = "2023-11-14T22:13:20Z";
 const FIXTURE_TAG: &str = "latest";
-const IMAGE_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+pub(crate) const IMAGE_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 const BUILDER_ID: u64 = 1000;
 const BUSYBOX_APPLETS: &[&str] = &[
     "sh",
@@ -95,7 +97,13 @@ pub fn busybox_fixtures() -> &'static Fixtures {
                 .iter()
                 .map(|&(deb_arch, oci_arch, variant)| {
                     let layers = vec![busybox_layer(debs, staging, deb_arch)];
-                    ArchImage::new(oci_arch, variant, layers, &[format!("PATH={IMAGE_PATH}")])
+                    ArchImage::new(
+                        oci_arch,
+                        variant,
+                        layers,
+                        &[format!("PATH={IMAGE_PATH}")],
+                        &["sh"],
+                    )
                 })
                 .collect();
             for flavor in [&OCI_FLAVOR, &DOCKER_FLAVOR] {
@@ -159,7 +167,7 @@ pub fn go_fixtures() -> &'static GoFixtures {
                             append_tree(tar, &rootfs, Path::new(""))
                         });
                     let layers = vec![busybox_layer(debs, staging, deb_arch), go_layer];
-                    ArchImage::new(oci_arch, variant, layers, &env)
+                    ArchImage::new(oci_arch, variant, layers, &env, &["sh"])
                 })
                 .collect();
             write_layout(&result.join(OCI_FLAVOR.layout_dir), &OCI_FLAVOR, &images);
@@ -191,7 +199,7 @@ fn remove_precompiled_std(go_pkg: &Path) {
 /// `build` gets the .deb cache dir, a scratch dir and the dir to write the fixture into; it
 /// runs under an exclusive lock, so concurrent test processes build once, and its result is
 /// renamed into place only when complete, so a crash never leaves a half-built fixture behind.
-fn cached_fixture(name: &str, build: impl FnOnce(&Path, &Path, &Path)) -> PathBuf {
+pub(crate) fn cached_fixture(name: &str, build: impl FnOnce(&Path, &Path, &Path)) -> PathBuf {
     let cache = fixture_cache_dir();
     fs::create_dir_all(&cache)
         .unwrap_or_else(|e| panic!("creating fixture cache {}: {e}", cache.display()));
@@ -266,70 +274,149 @@ impl Drop for CacheLock {
 fn cached_debs(debs: &Path, deb_arch: &str, packages: &[&str]) -> Vec<PathBuf> {
     let arch_dir = debs.join(deb_arch);
     let cached: Option<Vec<PathBuf>> = packages.iter().map(|p| find_deb(&arch_dir, p)).collect();
-    if let Some(cached) = cached {
-        return cached;
-    }
-    let work = tempfile::Builder::new()
-        .prefix(".apt-")
-        .tempdir_in(debs.parent().expect("debs dir has a parent"))
-        .expect("creating an apt work dir");
-    let lists = work.path().join(format!("lists-{deb_arch}"));
-    let apt_cache = work.path().join(format!("cache-{deb_arch}"));
-    let download = work.path().join("download");
-    for dir in [
-        lists.join("partial"),
-        apt_cache.join("archives/partial"),
-        download.clone(),
-        arch_dir.clone(),
-    ] {
-        fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
-    }
-    // Private lists and package caches: dpkg's architectures and the system's apt state stay
-    // untouched, and the host's own apt caches are not overwritten with foreign-arch indexes.
-    let apt_options = [
-        format!("-oAPT::Architecture={deb_arch}"),
-        format!("-oAPT::Architectures={deb_arch}"),
-        format!("-oDir::State::Lists={}", lists.display()),
-        format!("-oDir::Cache={}", apt_cache.display()),
-    ];
-    // A failing extra source (an unreachable third-party repository) makes `update` exit
-    // non-zero although the Debian indexes arrived, so only the download decides.
-    let update = Command::new("apt-get")
-        .args(&apt_options)
-        .args(["-q", "update"])
-        .output()
-        .unwrap_or_else(|e| panic!("running apt-get update: {e} (run scripts/install-deps.sh)"));
-    let fetch = Command::new("apt-get")
-        .args(&apt_options)
-        .args(["-q", "download"])
-        .args(packages)
-        .current_dir(&download)
-        .output()
-        .unwrap_or_else(|e| panic!("running apt-get download: {e}"));
-    packages
-        .iter()
-        .map(|package| {
-            let deb = find_deb(&download, package).unwrap_or_else(|| {
-                panic!(
-                    "apt-get download {package} for {deb_arch} produced no .deb ({})\n\
-                     update stderr:\n{}\ndownload stderr:\n{}",
-                    fetch.status,
-                    String::from_utf8_lossy(&update.stderr),
-                    String::from_utf8_lossy(&fetch.stderr)
-                )
-            });
-            let cached = arch_dir.join(deb.file_name().expect(".deb has a file name"));
-            fs::rename(&deb, &cached).unwrap_or_else(|e| {
-                panic!("moving {} to {}: {e}", deb.display(), cached.display())
-            });
-            cached
-        })
-        .collect()
+    cached.unwrap_or_else(|| Apt::update(debs, deb_arch).download(packages))
 }
 
-/// The .deb of `package` in `dir` (named `<package>_<version>_<arch>.deb`, as apt saves it).
+/// apt for one Debian architecture, with the mirrors the host's apt is configured for but
+/// private package lists and caches: dpkg's architectures and the system's apt state stay
+/// untouched, and the host's own apt caches are not overwritten with foreign-arch indexes.
+pub(crate) struct Apt {
+    deb_arch: String,
+    /// The per-machine cache of this arch's .debs.
+    arch_dir: PathBuf,
+    work: tempfile::TempDir,
+    options: Vec<String>,
+    update_stderr: String,
+}
+
+impl Apt {
+    /// Fetches the package lists for `deb_arch`; downloads go to `debs/<deb_arch>`.
+    pub(crate) fn update(debs: &Path, deb_arch: &str) -> Apt {
+        let arch_dir = debs.join(deb_arch);
+        let work = tempfile::Builder::new()
+            .prefix(".apt-")
+            .tempdir_in(debs.parent().expect("debs dir has a parent"))
+            .expect("creating an apt work dir");
+        let lists = work.path().join("lists");
+        let apt_cache = work.path().join("cache");
+        for dir in [
+            lists.join("partial"),
+            apt_cache.join("archives/partial"),
+            arch_dir.clone(),
+        ] {
+            fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
+        }
+        let options = vec![
+            format!("-oAPT::Architecture={deb_arch}"),
+            format!("-oAPT::Architectures={deb_arch}"),
+            format!("-oDir::State::Lists={}", lists.display()),
+            format!("-oDir::Cache={}", apt_cache.display()),
+        ];
+        // A failing extra source (an unreachable third-party repository) makes `update` exit
+        // non-zero although the Debian indexes arrived, so only what comes next decides.
+        let update = Command::new("apt-get")
+            .args(&options)
+            .args(["-q", "update"])
+            .output()
+            .unwrap_or_else(|e| {
+                panic!("running apt-get update: {e} (run scripts/install-deps.sh)")
+            });
+        Apt {
+            deb_arch: deb_arch.to_string(),
+            arch_dir,
+            work,
+            options,
+            update_stderr: String::from_utf8_lossy(&update.stderr).into_owned(),
+        }
+    }
+
+    /// `packages` and everything they depend on (Depends and Pre-Depends, not Recommends), as
+    /// `name=version` specs: what `apt-get install` would install on a system with nothing
+    /// installed, so alternatives and virtual packages are chosen the way apt chooses them.
+    pub(crate) fn resolve(&self, packages: &[&str]) -> Vec<String> {
+        let empty_status = self.work.path().join("status");
+        fs::write(&empty_status, "").expect("writing an empty dpkg status");
+        let simulation = Command::new("apt-get")
+            .args(&self.options)
+            .arg(format!("-oDir::State::status={}", empty_status.display()))
+            .args(["-q", "-s", "--no-install-recommends", "install"])
+            .args(packages)
+            .output()
+            .unwrap_or_else(|e| panic!("running apt-get -s install: {e}"));
+        let stdout = String::from_utf8_lossy(&simulation.stdout);
+        // Lines like `Inst libc6 (2.36-9+deb12u14 Debian:12.15/oldstable [amd64]) []`.
+        let specs: Vec<String> = stdout
+            .lines()
+            .filter_map(|line| {
+                let (name, rest) = line.strip_prefix("Inst ")?.split_once(" (")?;
+                let version = rest.split_whitespace().next()?;
+                Some(format!("{name}={version}"))
+            })
+            .collect();
+        assert!(
+            simulation.status.success() && !specs.is_empty(),
+            "apt-get -s install {packages:?} for {} failed ({})\nupdate stderr:\n{}\n\
+             stdout:\n{stdout}\nstderr:\n{}",
+            self.deb_arch,
+            simulation.status,
+            self.update_stderr,
+            String::from_utf8_lossy(&simulation.stderr)
+        );
+        specs
+    }
+
+    /// The cached .deb of each of `packages` (names, or `name=version` specs), downloading
+    /// the missing ones into the cache.
+    pub(crate) fn download(&self, packages: &[impl AsRef<str>]) -> Vec<PathBuf> {
+        let missing: Vec<&str> = packages
+            .iter()
+            .map(AsRef::as_ref)
+            .filter(|p| find_deb(&self.arch_dir, p).is_none())
+            .collect();
+        if !missing.is_empty() {
+            let download = self.work.path().join("download");
+            fs::create_dir_all(&download)
+                .unwrap_or_else(|e| panic!("mkdir {}: {e}", download.display()));
+            let fetch = Command::new("apt-get")
+                .args(&self.options)
+                .args(["-q", "download"])
+                .args(&missing)
+                .current_dir(&download)
+                .output()
+                .unwrap_or_else(|e| panic!("running apt-get download: {e}"));
+            for package in missing {
+                let deb = find_deb(&download, package).unwrap_or_else(|| {
+                    panic!(
+                        "apt-get download {package} for {} produced no .deb ({})\n\
+                         update stderr:\n{}\ndownload stderr:\n{}",
+                        self.deb_arch,
+                        fetch.status,
+                        self.update_stderr,
+                        String::from_utf8_lossy(&fetch.stderr)
+                    )
+                });
+                let cached = self
+                    .arch_dir
+                    .join(deb.file_name().expect(".deb has a file name"));
+                fs::rename(&deb, &cached).unwrap_or_else(|e| {
+                    panic!("moving {} to {}: {e}", deb.display(), cached.display())
+                });
+            }
+        }
+        packages
+            .iter()
+            .map(|p| find_deb(&self.arch_dir, p.as_ref()).expect("downloaded just now"))
+            .collect()
+    }
+}
+
+/// The .deb of `package` (a name or a `name=version` spec) in `dir`, named
+/// `<package>_<version>_<arch>.deb` as apt saves it, with an epoch's `:` as `%3a`.
 fn find_deb(dir: &Path, package: &str) -> Option<PathBuf> {
-    let prefix = format!("{package}_");
+    let prefix = match package.split_once('=') {
+        Some((name, version)) => format!("{name}_{}_", version.replace(':', "%3a")),
+        None => format!("{package}_"),
+    };
     fs::read_dir(dir)
         .ok()?
         .filter_map(|entry| entry.ok().map(|e| e.path()))
@@ -340,7 +427,7 @@ fn find_deb(dir: &Path, package: &str) -> Option<PathBuf> {
 }
 
 /// The file names of `debs` with apt's `%3a` turned back into the epoch's `:`, for history.
-fn deb_names(debs: &[PathBuf]) -> String {
+pub(crate) fn deb_names(debs: &[PathBuf]) -> String {
     let names: Vec<String> = debs
         .iter()
         .map(|deb| {
@@ -378,20 +465,20 @@ fn busybox_layer(debs: &Path, staging: &Path, deb_arch: &str) -> Layer {
     let busybox = fs::read(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
     gzip_layer(
         format!("kiln-testkit: /bin/busybox from {}", deb_names(&deb)),
-        |tar| append_busybox_rootfs(tar, &busybox),
+        |tar| append_rootfs(tar, &busybox_rootfs(busybox)),
     )
 }
 
 /// Media types that distinguish the OCI flavour of the layout from the Docker one.
-struct Flavor {
-    layout_dir: &'static str,
+pub(crate) struct Flavor {
+    pub(crate) layout_dir: &'static str,
     index: &'static str,
     manifest: &'static str,
     config: &'static str,
     layer: &'static str,
 }
 
-const OCI_FLAVOR: Flavor = Flavor {
+pub(crate) const OCI_FLAVOR: Flavor = Flavor {
     layout_dir: "oci",
     index: "application/vnd.oci.image.index.v1+json",
     manifest: "application/vnd.oci.image.manifest.v1+json",
@@ -408,14 +495,20 @@ const DOCKER_FLAVOR: Flavor = Flavor {
 };
 
 /// One platform's image: its gzip layers and config, shared by both flavours.
-struct ArchImage {
+pub(crate) struct ArchImage {
     platform: Value,
     layers: Vec<Layer>,
     config: Vec<u8>,
 }
 
 impl ArchImage {
-    fn new(oci_arch: &str, variant: Option<&str>, layers: Vec<Layer>, env: &[String]) -> ArchImage {
+    pub(crate) fn new(
+        oci_arch: &str,
+        variant: Option<&str>,
+        layers: Vec<Layer>,
+        env: &[String],
+        cmd: &[&str],
+    ) -> ArchImage {
         let mut platform = json!({ "architecture": oci_arch, "os": "linux" });
         let diff_ids: Vec<&str> = layers.iter().map(|layer| layer.diff_id.as_str()).collect();
         let history: Vec<Value> = layers
@@ -426,7 +519,7 @@ impl ArchImage {
             "created": FIXTURE_CREATED,
             "architecture": oci_arch,
             "os": "linux",
-            "config": { "Env": env, "Cmd": ["sh"] },
+            "config": { "Env": env, "Cmd": cmd },
             "rootfs": { "type": "layers", "diff_ids": diff_ids },
             "history": history,
         });
@@ -443,17 +536,17 @@ impl ArchImage {
 }
 
 /// A gzip-compressed layer, its diff_id, and the history line that says where it came from.
-struct Layer {
+pub(crate) struct Layer {
     gz: Vec<u8>,
     diff_id: String,
     created_by: String,
 }
 
-type LayerTar = tar::Builder<Vec<u8>>;
+pub(crate) type LayerTar = tar::Builder<Vec<u8>>;
 
 /// A layer of the tar entries `append` writes. Entries taken from disk get deterministic
 /// metadata (root-owned, fixed mtime), and symlinks stay symlinks.
-fn gzip_layer(created_by: String, append: impl FnOnce(&mut LayerTar)) -> Layer {
+pub(crate) fn gzip_layer(created_by: String, append: impl FnOnce(&mut LayerTar)) -> Layer {
     let mut tar = tar::Builder::new(Vec::new());
     tar.mode(HeaderMode::Deterministic);
     tar.follow_symlinks(false);
@@ -486,92 +579,97 @@ fn append_tree(tar: &mut LayerTar, dir: &Path, rel: &Path) {
     }
 }
 
-/// What a tar entry of the fixture rootfs is.
-enum EntryKind<'a> {
+/// What a tar entry of a fixture rootfs is.
+pub(crate) enum EntryKind {
     Dir,
-    File(&'a [u8]),
-    Symlink(&'a str),
+    File(Vec<u8>),
+    Symlink(String),
 }
 
-struct RootfsEntry<'a> {
-    kind: EntryKind<'a>,
-    mode: u32,
-    owner: u64,
+pub(crate) struct RootfsEntry {
+    pub(crate) kind: EntryKind,
+    pub(crate) mode: u32,
+    pub(crate) uid: u64,
+    pub(crate) gid: u64,
 }
 
-/// Appends the busybox rootfs: entries sorted by path, fixed mtime, owned by root except
-/// `/home/builder`.
-fn append_busybox_rootfs(builder: &mut LayerTar, busybox: &[u8]) {
-    let dir = |mode| RootfsEntry {
-        kind: EntryKind::Dir,
-        mode,
-        owner: 0,
-    };
-    let file = |data, mode| RootfsEntry {
-        kind: EntryKind::File(data),
-        mode,
-        owner: 0,
-    };
-    // A BTreeMap sorts by path, and "bin" sorts before "bin/...", so parents come first.
-    let mut entries: BTreeMap<String, RootfsEntry> = BTreeMap::new();
-    for name in ["bin", "dev", "etc", "home", "proc"] {
-        entries.insert(name.into(), dir(0o755));
+impl RootfsEntry {
+    pub(crate) fn dir(mode: u32) -> RootfsEntry {
+        RootfsEntry::root_owned(EntryKind::Dir, mode)
     }
-    entries.insert("tmp".into(), dir(0o1777));
-    entries.insert("root".into(), dir(0o700));
+
+    pub(crate) fn file(data: Vec<u8>, mode: u32) -> RootfsEntry {
+        RootfsEntry::root_owned(EntryKind::File(data), mode)
+    }
+
+    pub(crate) fn symlink(target: &str) -> RootfsEntry {
+        RootfsEntry::root_owned(EntryKind::Symlink(target.to_string()), 0o777)
+    }
+
+    fn root_owned(kind: EntryKind, mode: u32) -> RootfsEntry {
+        RootfsEntry {
+            kind,
+            mode,
+            uid: 0,
+            gid: 0,
+        }
+    }
+}
+
+/// A rootfs by path (relative, no trailing `/`). A BTreeMap sorts by path, and "bin" sorts
+/// before "bin/...", so parents come first in the layer.
+pub(crate) type Rootfs = BTreeMap<String, RootfsEntry>;
+
+/// The busybox rootfs: owned by root except `/home/builder`.
+fn busybox_rootfs(busybox: Vec<u8>) -> Rootfs {
+    let mut entries = Rootfs::new();
+    for name in ["bin", "dev", "etc", "home", "proc"] {
+        entries.insert(name.into(), RootfsEntry::dir(0o755));
+    }
+    entries.insert("tmp".into(), RootfsEntry::dir(0o1777));
+    entries.insert("root".into(), RootfsEntry::dir(0o700));
     entries.insert(
         "home/builder".into(),
         RootfsEntry {
-            kind: EntryKind::Dir,
-            mode: 0o755,
-            owner: BUILDER_ID,
+            uid: BUILDER_ID,
+            gid: BUILDER_ID,
+            ..RootfsEntry::dir(0o755)
         },
     );
-    entries.insert("etc/passwd".into(), file(PASSWD.as_bytes(), 0o644));
-    entries.insert("etc/group".into(), file(GROUP.as_bytes(), 0o644));
-    entries.insert("bin/busybox".into(), file(busybox, 0o755));
+    entries.insert("etc/passwd".into(), RootfsEntry::file(PASSWD.into(), 0o644));
+    entries.insert("etc/group".into(), RootfsEntry::file(GROUP.into(), 0o644));
+    entries.insert("bin/busybox".into(), RootfsEntry::file(busybox, 0o755));
     for applet in BUSYBOX_APPLETS {
-        entries.insert(
-            format!("bin/{applet}"),
-            RootfsEntry {
-                kind: EntryKind::Symlink("busybox"),
-                mode: 0o777,
-                owner: 0,
-            },
-        );
+        entries.insert(format!("bin/{applet}"), RootfsEntry::symlink("busybox"));
     }
+    entries
+}
 
-    for (path, entry) in &entries {
+/// Appends `entries` in path order, each with the fixed mtime.
+pub(crate) fn append_rootfs(builder: &mut LayerTar, entries: &Rootfs) {
+    for (path, entry) in entries {
         let mut header = tar::Header::new_ustar();
         header.set_mode(entry.mode);
-        header.set_uid(entry.owner);
-        header.set_gid(entry.owner);
+        header.set_uid(entry.uid);
+        header.set_gid(entry.gid);
         header.set_mtime(FIXTURE_MTIME);
-        let data: &[u8] = match entry.kind {
+        header.set_size(0);
+        let written = match &entry.kind {
             EntryKind::Dir => {
                 header.set_entry_type(tar::EntryType::Directory);
-                &[]
+                builder.append_data(&mut header, format!("{path}/"), &[][..])
             }
             EntryKind::File(data) => {
                 header.set_entry_type(tar::EntryType::Regular);
-                data
+                header.set_size(data.len() as u64);
+                builder.append_data(&mut header, path, &data[..])
             }
             EntryKind::Symlink(target) => {
                 header.set_entry_type(tar::EntryType::Symlink);
-                header
-                    .set_link_name(target)
-                    .expect("short symlink target fits a ustar header");
-                &[]
+                builder.append_link(&mut header, path, target)
             }
         };
-        header.set_size(data.len() as u64);
-        let name = match entry.kind {
-            EntryKind::Dir => format!("{path}/"),
-            _ => path.clone(),
-        };
-        builder
-            .append_data(&mut header, name, data)
-            .expect("writing a tar entry into memory");
+        written.unwrap_or_else(|e| panic!("writing tar entry {path} into memory: {e}"));
     }
 }
 
@@ -588,7 +686,7 @@ pub(crate) fn write_blob(layout: &Path, media_type: &str, bytes: &[u8]) -> Value
     json!({ "mediaType": media_type, "digest": digest, "size": bytes.len() })
 }
 
-fn write_layout(layout: &Path, flavor: &Flavor, images: &[ArchImage]) {
+pub(crate) fn write_layout(layout: &Path, flavor: &Flavor, images: &[ArchImage]) {
     let blobs = layout.join("blobs/sha256");
     fs::create_dir_all(&blobs).unwrap_or_else(|e| panic!("mkdir {}: {e}", blobs.display()));
     let manifests: Vec<Value> = images

@@ -74,6 +74,8 @@ pub struct Pod {
     caps: Vec<String>,
     /// `--user UID:GID` (Kubernetes' runAsUser); root when `None`.
     user: Option<(u32, u32)>,
+    /// Arguments before the caller's (the dynamic loader's, for [`Pod::kiln_dir`]).
+    prefix: Vec<String>,
 }
 
 impl Pod {
@@ -105,7 +107,50 @@ impl Pod {
             env: Vec::new(),
             caps: Vec::new(),
             user: None,
+            prefix: Vec::new(),
         }
+    }
+
+    /// A container whose rootfs holds only `/kiln`: a copy of `program` and the shared
+    /// libraries it needs (found by `ldd`), started through the dynamic loader there. Unlike
+    /// [`Pod::new`], no host directory is mounted over the image's paths, so an in-place
+    /// build can lay out an image's /lib and /usr/lib, as in kiln's own (static) image.
+    pub fn kiln_dir(program: &Path, profile: Profile) -> Pod {
+        let mut pod = Pod::new(program, profile);
+        pod.binds.clear();
+        let rootfs = pod.dir.path().join("rootfs");
+        std::fs::remove_dir_all(rootfs.join("bin")).expect("emptying the pod's rootfs");
+        let lib = rootfs.join("kiln/lib");
+        std::fs::create_dir_all(&lib).expect("creating /kiln/lib in the pod");
+        copy_executable(program, &rootfs.join("kiln/kiln"));
+        let ldd = Command::new("ldd")
+            .arg(program)
+            .output()
+            .expect("running ldd");
+        let mut loader = None;
+        for line in String::from_utf8_lossy(&ldd.stdout).lines() {
+            // `libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x...)`, or the loader alone.
+            let path = match line.split_once("=>") {
+                Some((_, right)) => right.split_whitespace().next(),
+                None => line.split_whitespace().next(),
+            };
+            let Some(path) = path.filter(|p| p.starts_with('/')) else {
+                continue;
+            };
+            let name = Path::new(path).file_name().expect("a library file name");
+            std::fs::copy(path, lib.join(name))
+                .unwrap_or_else(|e| panic!("copying {path} into the pod: {e}"));
+            if name.to_string_lossy().starts_with("ld-linux") {
+                loader = Some(format!("/kiln/lib/{}", name.to_string_lossy()));
+            }
+        }
+        pod.program = loader.expect("ldd names the dynamic loader");
+        pod.prefix = vec![
+            "--library-path".to_string(),
+            "/kiln/lib".to_string(),
+            "/kiln/kiln".to_string(),
+        ];
+        pod
     }
 
     /// Runs the program as `uid:gid` instead of root.
@@ -124,6 +169,11 @@ impl Pod {
     pub fn bind_ro(mut self, dir: &Path) -> Pod {
         self.binds.push((dir.to_path_buf(), true));
         self
+    }
+
+    /// The container's root directory on this machine.
+    pub fn rootfs(&self) -> PathBuf {
+        self.dir.path().join("rootfs")
     }
 
     /// Sets an environment variable of the program.
@@ -157,7 +207,7 @@ impl Pod {
             Profile::Podman => PathBuf::from(PODMAN_SECCOMP),
             Profile::DockerDefault => {
                 command.args(["--cap-add", DOCKER_EXTRA_CAPS]);
-                self.docker_default_seccomp()
+                write_docker_default_seccomp(self.dir.path())
             }
         };
         command
@@ -182,21 +232,119 @@ impl Pod {
             .arg("--rootfs")
             .arg(self.dir.path().join("rootfs"))
             .arg(&self.program)
+            .args(&self.prefix)
             .args(args);
         command
     }
+}
 
-    /// Writes Docker's default profile, derived from podman's, and returns its path.
-    fn docker_default_seccomp(&self) -> PathBuf {
-        let text = std::fs::read_to_string(PODMAN_SECCOMP).unwrap_or_else(|e| {
-            panic!("reading {PODMAN_SECCOMP} (install golang-github-containers-common): {e}")
-        });
-        let podman: Value =
-            serde_json::from_str(&text).unwrap_or_else(|e| panic!("parsing {PODMAN_SECCOMP}: {e}"));
-        let path = self.dir.path().join("docker-default-seccomp.json");
-        std::fs::write(&path, docker_default(podman).to_string())
-            .unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
-        path
+/// Writes Docker's default profile, derived from podman's, into `dir`; returns its path.
+fn write_docker_default_seccomp(dir: &Path) -> PathBuf {
+    let text = std::fs::read_to_string(PODMAN_SECCOMP).unwrap_or_else(|e| {
+        panic!("reading {PODMAN_SECCOMP} (install golang-github-containers-common): {e}")
+    });
+    let podman: Value =
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("parsing {PODMAN_SECCOMP}: {e}"));
+    let path = dir.join("docker-default-seccomp.json");
+    std::fs::write(&path, docker_default(podman).to_string())
+        .unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
+    path
+}
+
+/// Docker's default capabilities.
+const DOCKER_CAPS: [&str; 14] = [
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_FSETID",
+    "CAP_FOWNER",
+    "CAP_MKNOD",
+    "CAP_NET_RAW",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETFCAP",
+    "CAP_SETPCAP",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_SYS_CHROOT",
+    "CAP_KILL",
+    "CAP_AUDIT_WRITE",
+];
+
+/// podman with a store of its own (images, pods, volumes and secrets in a temp dir, never
+/// this machine's) and a containers.conf that makes a profile the default, so that images
+/// run as a CI runner runs a job image, and `podman kube play` runs a Kubernetes manifest as
+/// a cluster would (`RuntimeDefault` is the profile's seccomp).
+pub struct Runtime {
+    dir: tempfile::TempDir,
+}
+
+impl Runtime {
+    pub fn new(profile: Profile) -> Runtime {
+        let dir = tempfile::Builder::new()
+            .prefix("kiln-podman-")
+            .tempdir()
+            .expect("create a temp dir for podman");
+        let mut containers =
+            vec![r#"default_ulimits = ["nofile=1024:1024", "nproc=1000:1000"]"#.to_string()];
+        if profile == Profile::DockerDefault {
+            let seccomp = write_docker_default_seccomp(dir.path());
+            containers.push(format!(
+                "seccomp_profile = {:?}",
+                seccomp.display().to_string()
+            ));
+            containers.push(format!("default_capabilities = {DOCKER_CAPS:?}"));
+        }
+        let conf = format!(
+            "[containers]\n{}\n[engine]\nruntime = \"runc\"\n",
+            containers.join("\n")
+        );
+        std::fs::write(dir.path().join("containers.conf"), conf).expect("writing containers.conf");
+        Runtime { dir }
+    }
+
+    /// `podman` on this store.
+    pub fn podman(&self) -> Command {
+        let mut command = Command::new("podman");
+        command
+            .env("CONTAINERS_CONF", self.dir.path().join("containers.conf"))
+            .arg("--root")
+            .arg(self.dir.path().join("root"))
+            .arg("--runroot")
+            .arg(self.dir.path().join("run"))
+            .args(["--storage-driver", "vfs"]);
+        command
+    }
+
+    /// Pulls the image `tag` of the OCI layout `layout` into the store (the machine's
+    /// platform); returns the name it has there.
+    pub fn load(&self, layout: &Path, tag: &str) -> String {
+        let source = format!("oci:{}:{tag}", layout.display());
+        let out = self
+            .podman()
+            .args(["pull", "-q", &source])
+            .output()
+            .expect("running podman pull");
+        assert!(
+            out.status.success(),
+            "podman pull {source}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        let name = format!("localhost/kiln-test-{}:{tag}", &id[..12]);
+        let tagged = self
+            .podman()
+            .args(["tag", &id, &name])
+            .status()
+            .expect("running podman tag");
+        assert!(tagged.success(), "podman tag {id} {name}");
+        name
+    }
+}
+
+impl Drop for Runtime {
+    /// Pods and containers hold mounts under the store; they go first.
+    fn drop(&mut self) {
+        let _ = self.podman().args(["pod", "rm", "-fa"]).output();
+        let _ = self.podman().args(["rm", "-fa"]).output();
     }
 }
 

@@ -12,6 +12,7 @@ use kiln_oci::{Descriptor, Platform};
 use kiln_registry::{Reference, RegistryClient};
 use miette::{IntoDiagnostic, Report, WrapErr, miette};
 
+use crate::isolation_args::IsolationArgs;
 use crate::registry_args::RegistryArgs;
 use crate::report;
 
@@ -72,6 +73,8 @@ pub struct BuildArgs {
     metadata_file: Option<PathBuf>,
     #[command(flatten)]
     registry: RegistryArgs,
+    #[command(flatten)]
+    isolation: IsolationArgs,
     /// Progress output: auto, plain or quiet.
     #[arg(long, default_value = "auto", value_parser = ["auto", "plain", "tty", "quiet"])]
     progress: String,
@@ -404,12 +407,27 @@ pub fn run(args: BuildArgs) -> Result<(), Report> {
         ProgressMode::Plain
     });
     let store = open_store(&root, &progress)?;
-    let client = args.registry.client()?;
-    let secret_sources = args
+    let client_options = args.registry.client_options()?;
+    let client = RegistryClient::new(&client_options).map_err(|e| miette!("{e}"))?;
+    let secret_sources: BTreeMap<String, SecretSource> = args
         .secrets
         .iter()
         .map(|spec| parse_secret(spec))
         .collect::<Result<_, _>>()?;
+    let ssh: BTreeMap<String, PathBuf> = args
+        .ssh
+        .iter()
+        .map(|spec| parse_ssh(spec))
+        .collect::<Result<_, _>>()?;
+    // What an in-place build must not delete: what it reads or writes outside its store
+    // once steps run (secrets are read before).
+    let (isolation, in_place) = args.isolation.options(
+        std::iter::once(dockerfile_path.as_path())
+            .chain(ssh.values().map(PathBuf::as_path))
+            .chain(outputs.iter().filter_map(Output::path))
+            .chain(args.metadata_file.as_deref())
+            .chain(client_options.files().iter().map(PathBuf::as_path)),
+    );
     let options = BuildOptions {
         dockerfile_path: dockerfile.name.clone(),
         ignore_file: ignore_file(&dockerfile_path, &context)?,
@@ -422,15 +440,13 @@ pub fn run(args: BuildArgs) -> Result<(), Report> {
         sandbox_helper: std::env::current_exe().into_diagnostic()?,
         source_date_epoch,
         secrets: Secrets::load(&secret_sources).map_err(|e| miette!("{e}"))?,
-        ssh: args
-            .ssh
-            .iter()
-            .map(|spec| parse_ssh(spec))
-            .collect::<Result<_, _>>()?,
+        ssh,
         base_dir: args.base_dir.clone(),
         no_cache: args.no_cache,
         no_cache_filter: args.no_cache_filter.clone(),
         labels: BTreeMap::new(),
+        isolation,
+        in_place,
     };
     let clients = Clients {
         pull: &client,

@@ -8,10 +8,11 @@ use std::path::{Component, Path, PathBuf};
 use clap::Args;
 use clap::builder::BoolishValueParser;
 use kiln_build::{BuildOptions, LogStyle, Output, OutputFlags, Progress, ProgressMode, Secrets};
-use kiln_registry::{Reference, RegistryClient, RetryPolicy};
+use kiln_registry::{ClientOptions, Reference, RegistryClient, RetryPolicy};
 use miette::{IntoDiagnostic, Report, WrapErr, miette};
 
 use crate::build_cmd::{self, Clients};
+use crate::isolation_args::IsolationArgs;
 use crate::registry_args::RegistryArgs;
 
 /// kiln's own directory, as `/kaniko` is kaniko's: its docker config lives in `.docker`.
@@ -103,19 +104,11 @@ pub struct ExecutorArgs {
     /// Put the time in front of every line.
     #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", value_parser = BoolishValueParser::new())]
     log_timestamp: Option<bool>,
-    /// kiln's directory (kaniko's --kaniko-dir): DOCKER_CONFIG becomes DIR/.docker.
-    #[arg(long, alias = "kaniko-dir", env = "KILN_DIR", value_name = "DIR")]
-    kiln_dir: Option<PathBuf>,
     /// kiln's cache and work directory.
     #[arg(long, env = "KILN_ROOT", value_name = "DIR")]
     root: Option<PathBuf>,
-    /// Accepted: kiln never changes the filesystem it runs in, so it needs no --force to
-    /// run outside a container.
-    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", value_parser = BoolishValueParser::new())]
-    force: Option<bool>,
-    /// Accepted: kiln leaves nothing in the filesystem it runs in to clean up.
-    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", value_parser = BoolishValueParser::new())]
-    cleanup: Option<bool>,
+    #[command(flatten)]
+    isolation: IsolationArgs,
 
     // kaniko's snapshot options, which have no meaning for kiln: one notice.
     #[arg(long, hide = true, alias = "snapshotMode")]
@@ -132,8 +125,6 @@ pub struct ExecutorArgs {
     cache_copy_layers: Option<String>,
     #[arg(long, hide = true, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
     ignore_var_run: Option<String>,
-    #[arg(long, hide = true)]
-    ignore_path: Vec<String>,
     #[arg(long, hide = true)]
     image_fs_extract_retry: Option<String>,
 
@@ -254,7 +245,6 @@ impl ExecutorArgs {
             given("cache-run-layers", self.cache_run_layers.is_some()),
             given("cache-copy-layers", self.cache_copy_layers.is_some()),
             given("ignore-var-run", self.ignore_var_run.is_some()),
-            given("ignore-path", !self.ignore_path.is_empty()),
             given(
                 "image-fs-extract-retry",
                 self.image_fs_extract_retry.is_some(),
@@ -276,8 +266,9 @@ impl ExecutorArgs {
         let mut notices = Vec::new();
         if !meaningless.is_empty() {
             notices.push(format!(
-                "notice: ignoring {}: kiln runs each step in its own rootfs and takes the \
-                 step's changes from it, so kaniko's snapshot options have no meaning here",
+                "notice: ignoring {}: kiln finds each step's changes from a record of every \
+                 file's metadata (ctime included) and writes one layer per step, so kaniko's \
+                 snapshot options have no meaning here",
                 meaningless.join(", ")
             ));
         }
@@ -291,10 +282,10 @@ impl ExecutorArgs {
         notices
     }
 
-    /// A registry client for pulls or for pushes: the flags kaniko shares with `kiln build`,
+    /// A registry client's options for pulls or for pushes: the flags kaniko shares with `kiln build`,
     /// kaniko's TLS and plain-HTTP flags for that direction, credentials from kiln's
     /// directory, and the retries asked for.
-    fn client(&self, direction: Direction) -> Result<RegistryClient, Report> {
+    fn client_options(&self, direction: Direction) -> Result<ClientOptions, Report> {
         let (skip_verify, http_fallback, retries) = match direction {
             Direction::Pull => (
                 self.skip_tls_verify_pull == Some(true),
@@ -315,7 +306,7 @@ impl ExecutorArgs {
         options.config.http_fallback = http_fallback == Some(true);
         // kaniko's image sets DOCKER_CONFIG=/kaniko/.docker, and --kaniko-dir moves it to
         // DIR/.docker; kiln's directory plays that part.
-        let docker_dir = match (&self.kiln_dir, std::env::var_os("DOCKER_CONFIG")) {
+        let docker_dir = match (&self.isolation.kiln_dir, std::env::var_os("DOCKER_CONFIG")) {
             (Some(dir), _) => dir.join(".docker"),
             (None, Some(dir)) if !dir.is_empty() => PathBuf::from(dir),
             (None, _) => Path::new(DEFAULT_KILN_DIR).join(".docker"),
@@ -325,7 +316,7 @@ impl ExecutorArgs {
             attempts: options.retry.attempts.max(retries.saturating_add(1)),
             ..options.retry
         };
-        RegistryClient::new(&options).map_err(|e| miette!("{e}"))
+        Ok(options)
     }
 }
 
@@ -436,7 +427,26 @@ pub fn run(args: ExecutorArgs) -> Result<(), Report> {
     let build_args = build_cmd::parse_build_args(&args.build_args);
     let reproducible = args.reproducible == Some(true);
     let source_date_epoch = build_cmd::source_date_epoch(&build_args).or(reproducible.then_some(0));
-    let (pull, push) = (args.client(Direction::Pull)?, args.client(Direction::Push)?);
+    let pull_options = args.client_options(Direction::Pull)?;
+    let push_options = args.client_options(Direction::Push)?;
+    let client = |options: &ClientOptions| RegistryClient::new(options).map_err(|e| miette!("{e}"));
+    let (pull, push) = (client(&pull_options)?, client(&push_options)?);
+    let registry_files: Vec<PathBuf> = [pull_options.files(), push_options.files()].concat();
+    // What an in-place build must not delete: what it writes outside its store.
+    let (isolation, in_place) = args.isolation.options(
+        std::iter::once(dockerfile_path.as_path())
+            .chain(outputs.iter().filter_map(Output::path))
+            .chain(registry_files.iter().map(PathBuf::as_path))
+            .chain(
+                [
+                    &args.digest_file,
+                    &args.image_name_with_digest_file,
+                    &args.image_name_tag_with_digest_file,
+                ]
+                .into_iter()
+                .filter_map(|f| f.as_deref()),
+            ),
+    );
     let options = BuildOptions {
         dockerfile_path: dockerfile.name.clone(),
         ignore_file: build_cmd::ignore_file(&dockerfile_path, &context)?,
@@ -454,6 +464,8 @@ pub fn run(args: ExecutorArgs) -> Result<(), Report> {
         no_cache: false,
         no_cache_filter: Vec::new(),
         labels: parse_labels(&args.labels)?,
+        isolation,
+        in_place,
     };
     let clients = Clients {
         pull: &pull,

@@ -7,6 +7,7 @@ mod copy_cmd;
 mod dockerfile_cmd;
 mod executor_cmd;
 mod imagetools_cmd;
+mod isolation_args;
 mod login_cmd;
 mod manifest_cmd;
 mod registry_args;

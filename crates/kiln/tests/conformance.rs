@@ -231,6 +231,8 @@ impl Suite {
             no_cache: false,
             no_cache_filter: Vec::new(),
             labels: BTreeMap::new(),
+            isolation: Default::default(),
+            in_place: Default::default(),
         };
         let text =
             std::fs::read_to_string(&dockerfile).map_err(|_| "its Dockerfile is unreadable")?;

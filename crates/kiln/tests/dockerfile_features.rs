@@ -6,6 +6,7 @@ mod common;
 use std::os::unix::fs::MetadataExt;
 
 use common::*;
+use kiln_testkit::{DEBIAN_PACKAGES, debian_fixtures};
 
 /// The amd64 (host) layer digest of the busybox fixture, as skopeo sees it.
 fn busybox_layer(env: &Env) -> String {
@@ -49,6 +50,43 @@ fn base_images_resolve_by_oci_index_docker_list_and_digest() {
         assert_eq!(read(&rootfs.join("form.txt")), format!("{name}\n"));
         assert_eq!(config(&tag)["architecture"], host_arch());
     }
+}
+
+/// A real Debian base image (kiln-testkit's slim bookworm, from an OCI layout): RUN's
+/// `/bin/sh` is its dash, and bash, Debian's users, the `awk` alternative and the dpkg
+/// database work in the step as in Debian's own images.
+#[test]
+fn debian_base_runs_its_shells_tools_users_and_dpkg() {
+    let env = Env::new();
+    let dockerfile = format!(
+        "FROM oci-layout://{}:latest\n\
+         RUN dpkg-query -W -f='${{Package}}\\n' | wc -l > /packages \\\n\
+         \x20&& bash -c 'echo \"$BASH_VERSION\"' > /bash-version \\\n\
+         \x20&& readlink -f /bin/sh > /sh && id -u _apt > /apt-uid \\\n\
+         \x20&& getent passwd www-data > /www-data && echo 'a b' | awk '{{print $2}}' > /awk\n",
+        debian_fixtures().oci_layout.display()
+    );
+    let ctx = env.context("ctx", &[("Dockerfile", &dockerfile)]);
+    env.build_and_push(&ctx, "debian:1", &[]);
+    let rootfs = unpack_pushed(&env.tag("debian:1"), &env.path("unpack"));
+    let packages: usize = read(&rootfs.join("packages")).trim().parse().unwrap();
+    assert!(packages > DEBIAN_PACKAGES.len(), "{packages} packages");
+    assert!(
+        read(&rootfs.join("bash-version")).starts_with("5."),
+        "{}",
+        read(&rootfs.join("bash-version"))
+    );
+    assert_eq!(read(&rootfs.join("sh")), "/usr/bin/dash\n");
+    assert_eq!(read(&rootfs.join("apt-uid")), "42\n");
+    assert_eq!(
+        read(&rootfs.join("www-data")),
+        "www-data:*:33:33:www-data:/var/www:/usr/sbin/nologin\n"
+    );
+    assert_eq!(read(&rootfs.join("awk")), "b\n");
+    assert_eq!(
+        config(&env.tag("debian:1"))["config"]["Cmd"],
+        json!(["bash"])
+    );
 }
 
 #[test]

@@ -263,8 +263,7 @@ fn the_script_builds_and_pushes_kilns_own_image_for_amd64_and_arm64() {
         );
     }
 
-    // In a container, as a Kubernetes pod runs the image and as GitLab runs a job in the debug
-    // image (entrypoint reset, the script given to `sh`), kiln builds a COPY-only Dockerfile
+    // In a container, as a Kubernetes pod runs the image, kiln builds a COPY-only Dockerfile
     // from /workspace and pushes it: no libraries, a /tmp, the registry over the network.
     let ctx = dir.path().join("ctx");
     std::fs::create_dir(&ctx).unwrap();
@@ -277,24 +276,42 @@ fn the_script_builds_and_pushes_kilns_own_image_for_amd64_and_arm64() {
         "amd64",
     );
     podman_run(&rootfs, &config, None, &ctx, &["--destination", &pod_image]);
-    let job_image = format!("{}/tools/greeting:job", registry.addr());
+    let manifest: Value = serde_json::from_slice(&skopeo_raw(&pod_image)).unwrap();
+    assert_eq!(
+        manifest["layers"].as_array().map(Vec::len),
+        Some(1),
+        "{manifest}"
+    );
+
+    // As GitLab runs a job in the debug image (entrypoint reset, the script given to `sh`),
+    // with a RUN step built in place, in the container's own /: the job's shell is still
+    // there for the script's next command.
     let (rootfs, config) = unpack(
         &dir.path().join("job"),
         &format!("{repository}:debug"),
         "amd64",
     );
+    let job_ctx = dir.path().join("job-ctx");
+    std::fs::create_dir(&job_ctx).unwrap();
+    std::fs::copy(rootfs.join("busybox/busybox"), job_ctx.join("busybox")).unwrap();
+    std::fs::write(
+        job_ctx.join("Dockerfile"),
+        "FROM scratch\nCOPY busybox /bin/busybox\nRUN [\"/bin/busybox\", \"touch\", \"/made\"]\n",
+    )
+    .unwrap();
+    let job_image = format!("{}/tools/greeting:job", registry.addr());
     let script = format!(
-        "/kiln/executor --context /workspace --dockerfile Dockerfile --destination {job_image}"
+        "/kiln/executor --isolation in-place --context /workspace --dockerfile Dockerfile \
+         --destination {job_image} && ls /busybox/sh"
     );
-    podman_run(&rootfs, &config, Some(""), &ctx, &["sh", "-c", &script]);
-    for pushed in [pod_image, job_image] {
-        let manifest: Value = serde_json::from_slice(&skopeo_raw(&pushed)).unwrap();
-        assert_eq!(
-            manifest["layers"].as_array().map(Vec::len),
-            Some(1),
-            "{pushed}: {manifest}"
-        );
-    }
+    let job = podman_run(&rootfs, &config, Some(""), &job_ctx, &["sh", "-c", &script]);
+    assert_eq!(String::from_utf8_lossy(&job.stdout), "/busybox/sh\n");
+    let manifest: Value = serde_json::from_slice(&skopeo_raw(&job_image)).unwrap();
+    assert_eq!(
+        manifest["layers"].as_array().map(Vec::len),
+        Some(2),
+        "{manifest}"
+    );
 
     // Running it again rebuilds nothing and pushes the same images.
     let before: Vec<Vec<u8>> = tags

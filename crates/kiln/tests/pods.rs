@@ -1,7 +1,8 @@
 //! kiln inside a real container (podman with runc, as root), as a Kubernetes pod or a GitLab
 //! runner's job runs it: under podman's default seccomp profile RUN steps run in kiln's
-//! namespaces; under Docker's default (Kubernetes' RuntimeDefault) they cannot, and kiln says
-//! so once, before the first RUN that would run, while COPY-only Dockerfiles and cached RUN
+//! namespaces; under Docker's default (Kubernetes' RuntimeDefault) they cannot, and with
+//! `--isolation namespaces` kiln says so once, before the first RUN that would run (`auto`
+//! builds in place there instead: tests/in_place.rs), while COPY-only Dockerfiles and cached RUN
 //! steps still build; a non-root pod user there gets one error that says why. The results are
 //! read from outside the container with umoci.
 
@@ -92,8 +93,15 @@ fn run_steps_build_under_podmans_default_profile() {
 
 #[test]
 fn docker_default_profile_stops_at_the_first_run_with_one_error() {
+    // With namespaces asked for; `auto` builds in place there (tests/in_place.rs).
     let build = PodBuild::new("COPY greeting /greeting\nRUN echo $((6 * 7))\n");
-    let output = build.run(Profile::DockerDefault);
+    let output = build.run_in(
+        Pod::new(
+            Path::new(env!("CARGO_BIN_EXE_kiln")),
+            Profile::DockerDefault,
+        )
+        .env("KILN_ISOLATION", "namespaces"),
+    );
     let message = assert_failed(&output);
     assert_contains_all(
         &message,
@@ -138,7 +146,8 @@ fn cap_sys_admin_is_not_enough_under_docker_default_profile() {
         Path::new(env!("CARGO_BIN_EXE_kiln")),
         Profile::DockerDefault,
     )
-    .cap_add("CAP_SYS_ADMIN");
+    .cap_add("CAP_SYS_ADMIN")
+    .env("KILN_ISOLATION", "namespaces");
     let output = build.run_in(pod);
     let message = assert_failed(&output);
     assert_contains_all(
