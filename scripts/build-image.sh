@@ -172,12 +172,10 @@ for arch in "${arches[@]}"; do
 	done
 done
 
-version=$(cargo metadata --format-version 1 --no-deps --locked |
-	sed -n 's/.*"name":"kiln","version":"\([^"]*\)".*/\1/p')
-[[ -n $version ]] || { echo "build-image.sh: cannot read kiln's version" >&2; exit 1; }
-epoch=$(git log -1 --format=%ct 2>/dev/null || echo 0)
-
 kiln=$context/dist/linux/$host_arch/kiln/kiln
+version=$("$kiln" --version)
+version=${version#kiln }
+epoch=$(git log -1 --format=%ct 2>/dev/null || echo 0)
 # build STAGE TAG... : builds one target stage for both platforms and pushes or writes it.
 build() {
 	local stage=$1
