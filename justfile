@@ -12,6 +12,11 @@ test:
 deps:
     scripts/install-deps.sh
 
+# Build kiln's own image for linux/amd64 and linux/arm64 with kiln and push it to REPOSITORY
+# (an OCI layout under target/own-image without one).
+image *ARGS:
+    scripts/build-image.sh {{ARGS}}
+
 # Benchmarks; figures go to docs/performance.md.
 bench:
     cargo bench -p kiln-snapshot
