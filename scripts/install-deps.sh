@@ -7,7 +7,8 @@
 # their attacker program with gcc -static (libc6-dev); strace counts the syscalls kiln makes
 # per extracted or copied file (tests/per_file_work.rs). podman with runc, and podman's seccomp
 # profile (golang-github-containers-common), run kiln inside a real container the way a
-# Kubernetes pod runs it (tests/pods.rs). kiln's own image (scripts/build-image.sh,
+# Kubernetes pod runs it (tests/pods.rs), and catatonit is the pause process of the pods
+# `podman kube play` starts for the Kubernetes recipe (tests/recipes.rs). kiln's own image (scripts/build-image.sh,
 # tests/own_image.rs) needs gcc-aarch64-linux-gnu to link the static linux/arm64 binary; the
 # script downloads the image's other Debian packages itself. Idempotent: installed packages
 # are left alone, and apt's indexes are only refreshed when something is missing.
@@ -36,6 +37,7 @@ packages=(
 	podman
 	runc
 	golang-github-containers-common
+	catatonit
 	gcc-aarch64-linux-gnu
 )
 
@@ -89,7 +91,7 @@ if [[ -n $added ]]; then
 		"kiln's foreign-arch tests do not need (and should not rely on) host handlers" >&2
 fi
 
-for tool in docker-registry skopeo umoci qemu-aarch64-static busybox newuidmap dpkg-deb gcc aarch64-linux-gnu-gcc xz bzip2 zstd podman runc; do
+for tool in docker-registry skopeo umoci qemu-aarch64-static busybox newuidmap dpkg-deb gcc aarch64-linux-gnu-gcc xz bzip2 zstd podman runc catatonit; do
 	command -v "$tool" >/dev/null 2>&1 || {
 		echo "install-deps.sh: $tool still missing after install" >&2
 		exit 1

@@ -301,6 +301,17 @@ impl Runtime {
         Runtime { dir }
     }
 
+    /// A dir holding Docker's default profile as `docker-default.json`, for `podman kube
+    /// play --seccomp-profile-root`: podman maps a manifest's `RuntimeDefault` to its own
+    /// profile, where a cluster's containerd or CRI-O applies Docker's.
+    pub fn seccomp_profile_root(&self) -> PathBuf {
+        let dir = self.dir.path().join("seccomp");
+        std::fs::create_dir_all(&dir).expect("creating the seccomp profile root");
+        let written = write_docker_default_seccomp(&dir);
+        std::fs::rename(&written, dir.join("docker-default.json")).expect("naming the profile");
+        dir
+    }
+
     /// `podman` on this store.
     pub fn podman(&self) -> Command {
         let mut command = Command::new("podman");
@@ -317,6 +328,9 @@ impl Runtime {
     /// Pulls the image `tag` of the OCI layout `layout` into the store (the machine's
     /// platform); returns the name it has there.
     pub fn load(&self, layout: &Path, tag: &str) -> String {
+        // podman names the image after the path, which must make a valid name: no `..`.
+        let layout =
+            std::fs::canonicalize(layout).unwrap_or_else(|e| panic!("{}: {e}", layout.display()));
         let source = format!("oci:{}:{tag}", layout.display());
         let out = self
             .podman()

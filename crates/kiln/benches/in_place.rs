@@ -32,9 +32,14 @@ const BIG_BASE: &str = "ARG BASE\nFROM $BASE\nRUN echo one > /one\n\
      RUN echo two > /two\nRUN find /many -type f | wc -l > /count\n";
 
 fn build(work: &Path, ctx: &Path, base: &str, profile: Profile, tag: &str) -> Timed {
-    let pod = Pod::new(Path::new(KILN), profile)
-        .bind(work)
-        .env("NO_COLOR", "1");
+    // In place, kiln must run from its own directory (as in kiln's image); namespaces need
+    // kiln's own executable as the sandbox helper, which the loader of `Pod::kiln_dir` is not.
+    let pod = match profile {
+        Profile::DockerDefault => Pod::kiln_dir(Path::new(KILN), profile),
+        Profile::Podman => Pod::new(Path::new(KILN), profile),
+    }
+    .bind(work)
+    .env("NO_COLOR", "1");
     let root = work.join(format!("root-{tag}"));
     let out = work.join(format!("out-{tag}"));
     let _ = fs::remove_dir_all(&out);
