@@ -1655,11 +1655,6 @@ mod tests {
             "text/html"
         );
     }
-}
-
-#[cfg(test)]
-mod file_tests {
-    use super::*;
 
     #[test]
     fn options_name_every_file_a_client_reads_later() {

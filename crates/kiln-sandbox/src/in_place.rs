@@ -132,14 +132,16 @@ fn spawn_and_wait(
     // which closes the output pipe those processes may hold open.
     let waiter = std::thread::spawn(move || {
         let status = child.wait();
-        kill_leftovers(pid);
-        status
+        (status, kill_leftovers(pid))
     });
     let tail = read_lines(
         std::fs::File::from(std::os::fd::OwnedFd::from(output_read)),
         on_line,
     );
-    let status = waiter.join().expect("the waiting thread panicked")?;
+    let (status, killed) = waiter.join().expect("the waiting thread panicked");
+    let status = status?;
+    // Something still running would change / while kiln reads it for the layer.
+    killed.map_err(SandboxError::Setup)?;
     let status = match (status.code(), status.signal()) {
         (Some(code), _) => ExitStatus::Code(code),
         (None, Some(signal)) => ExitStatus::Signal(signal),
@@ -151,18 +153,22 @@ fn spawn_and_wait(
     })
 }
 
-/// Kills the command's process group and every process that became kiln's child by its
-/// parent's death (kiln is a subreaper), until none is left, and reaps them.
-fn kill_leftovers(group: libc::pid_t) {
-    // SAFETY: kill takes numbers only.
-    unsafe { libc::kill(-group, libc::SIGKILL) };
+/// Kills the command's session and every process that became kiln's child by its parent's
+/// death (kiln is a subreaper) and is not of kiln's own session, until none is left, and
+/// reaps them. kiln's other children (a credential helper, another platform's probe) are in
+/// kiln's session, which the command left (it runs in a session of its own).
+fn kill_leftovers(session: libc::pid_t) -> Result<(), String> {
+    // SAFETY: kill takes numbers only; the command's session is also its process group.
+    unsafe { libc::kill(-session, libc::SIGKILL) };
+    // SAFETY: getsid(0) only reads this process's session id.
+    let own_session = unsafe { libc::getsid(0) };
     let me = std::process::id();
     for _ in 0..1000 {
-        let orphans = children_of(me);
-        if orphans.is_empty() {
-            return;
+        let left = children_of(me, own_session);
+        if left.is_empty() {
+            return Ok(());
         }
-        for pid in orphans {
+        for pid in left {
             // SAFETY: kill and waitpid take numbers and a null status pointer.
             unsafe {
                 libc::kill(pid, libc::SIGKILL);
@@ -170,10 +176,16 @@ fn kill_leftovers(group: libc::pid_t) {
             }
         }
     }
+    Err(
+        "processes the step started kept starting others after it ended, and could not all \
+         be stopped"
+            .to_string(),
+    )
 }
 
-/// The processes whose parent is `parent`, from /proc.
-fn children_of(parent: u32) -> Vec<libc::pid_t> {
+/// The processes whose parent is `parent` and whose session is not `except_session`, from
+/// /proc.
+fn children_of(parent: u32, except_session: libc::pid_t) -> Vec<libc::pid_t> {
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
@@ -187,12 +199,14 @@ fn children_of(parent: u32) -> Vec<libc::pid_t> {
                 .ok()
         })
         .filter(|pid| {
-            // The parent is the second field after the command name, which ends at the
-            // last `)` and may contain anything.
+            // After the command name, which ends at the last `)` and may contain anything:
+            // state, parent, process group, session.
             std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
-                stat.rsplit_once(')')
-                    .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok())
-                    == Some(parent)
+                let fields: Vec<&str> = stat
+                    .rsplit_once(')')
+                    .map_or(Vec::new(), |(_, rest)| rest.split_whitespace().collect());
+                let field = |n: usize| fields.get(n).and_then(|f| f.parse::<i64>().ok());
+                field(1) == Some(i64::from(parent)) && field(3) != Some(i64::from(except_session))
             })
         })
         .collect()

@@ -142,15 +142,27 @@ fn tree(root: &Path) -> BTreeMap<String, String> {
 }
 
 /// The image config without what differs from build to build (creation times).
-fn config_of(layout: &Path) -> serde_json::Value {
-    let read = |digest: &str| -> serde_json::Value {
-        let hex = digest.trim_start_matches("sha256:");
-        serde_json::from_slice(&std::fs::read(layout.join("blobs/sha256").join(hex)).unwrap())
-            .unwrap()
+/// The JSON blob `digest` of the OCI layout `layout`, or its index.json for `None`.
+fn layout_json(layout: &Path, digest: Option<&str>) -> serde_json::Value {
+    let path = match digest {
+        Some(digest) => layout
+            .join("blobs/sha256")
+            .join(digest.trim_start_matches("sha256:")),
+        None => layout.join("index.json"),
     };
-    let index: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
-    let mut manifest = read(index["manifests"][0]["digest"].as_str().unwrap());
+    serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+}
+
+/// What the top of the layout's index.json points at: the image index of a multi-platform
+/// build, the manifest of a single one.
+fn layout_top(layout: &Path) -> serde_json::Value {
+    let index = layout_json(layout, None);
+    layout_json(layout, index["manifests"][0]["digest"].as_str())
+}
+
+fn config_of(layout: &Path) -> serde_json::Value {
+    let read = |digest: &str| layout_json(layout, Some(digest));
+    let mut manifest = layout_top(layout);
     if manifest.get("manifests").is_some() {
         manifest = read(manifest["manifests"][0]["digest"].as_str().unwrap());
     }
@@ -332,14 +344,7 @@ fn copy_only_builds_for_every_platform_in_place() {
     let job = Job::new("FROM BASE\nCOPY greeting /greeting\n");
     let output = job.in_pod(&["--platform", "linux/amd64,linux/arm64"]);
     assert_ok(&output);
-    let layout = job.path("in-pod");
-    let top: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
-    let digest = top["manifests"][0]["digest"].as_str().unwrap();
-    let blob = layout
-        .join("blobs/sha256")
-        .join(digest.trim_start_matches("sha256:"));
-    let index: serde_json::Value = serde_json::from_slice(&std::fs::read(blob).unwrap()).unwrap();
+    let index = layout_top(&job.path("in-pod"));
     let arches: Vec<&str> = index["manifests"]
         .as_array()
         .unwrap()
@@ -703,4 +708,21 @@ fn a_symlink_a_step_left_on_the_way_to_a_kept_path_does_not_stop_the_next_layout
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     assert_ok(&pod.command(&args).output().unwrap());
     assert_eq!(read(&job.rootfs("in-pod").join("built")), "built\n");
+}
+
+#[test]
+fn what_a_step_leaves_running_is_stopped_before_its_changes_are_read() {
+    // A background process holding the output open and writing on: the build must neither
+    // wait for it nor take its late writes into a layer.
+    let job = Job::new(
+        "FROM BASE\n\
+         RUN (sh -c 'sleep 2; echo late > /late' &) ; (sleep 600 &) ; echo started > /started\n\
+         RUN sleep 3; test ! -e /late && echo none > /checked\n",
+    );
+    let output = job.in_pod(&[]);
+    assert_ok(&output);
+    let rootfs = job.rootfs("in-pod");
+    assert_eq!(read(&rootfs.join("started")), "started\n");
+    assert_eq!(read(&rootfs.join("checked")), "none\n");
+    assert!(!rootfs.join("late").exists());
 }
