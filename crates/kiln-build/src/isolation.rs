@@ -32,7 +32,8 @@ pub struct InPlaceOptions {
     /// kiln's own directory (`/kiln`, kaniko's `/kaniko`): its binary, store, credentials.
     pub kiln_dir: PathBuf,
     /// More paths to leave alone: `--ignore-path`, and what the build reads or writes
-    /// outside kiln's store (the context, the Dockerfile, secrets, outputs).
+    /// outside kiln's store (the Dockerfile, outputs, sockets, credentials); relative paths
+    /// are taken from the current directory.
     pub keep: Vec<PathBuf>,
     /// `--force`: build in place even where kiln finds no sign of a container.
     pub force: bool,
@@ -242,12 +243,18 @@ impl InPlaceWorker {
         if !nix::unistd::geteuid().is_root() {
             return Err(BuildError::InPlaceNotRoot);
         }
-        let absolute =
-            |path: &Path| std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+        // Symlinks resolved where the path exists; relative paths (an output not written
+        // yet) taken from the current directory.
+        let absolute = |path: &Path| {
+            std::fs::canonicalize(path)
+                .or_else(|_| std::path::absolute(path))
+                .unwrap_or_else(|_| path.to_path_buf())
+        };
         let kiln_dir = absolute(&opts.in_place.kiln_dir);
+        let store_root = absolute(store.root());
         let mut keep = vec![
             kiln_dir.clone(),
-            absolute(store.root()),
+            store_root.clone(),
             absolute(&opts.context_dir),
         ];
         keep.extend(opts.in_place.keep.iter().map(|path| absolute(path)));
@@ -262,7 +269,7 @@ impl InPlaceWorker {
             .filter(|rel| !rel.as_os_str().is_empty())
             .map(Path::to_path_buf)
             .collect();
-        let guarded = [kiln_dir, absolute(store.root())]
+        let guarded = [kiln_dir, store_root]
             .into_iter()
             .filter_map(|path| inode(&path).map(|id| (path, id)))
             .collect();

@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Once;
 
-use crate::init::{self, DEFAULT_PATH};
+use crate::init;
 use crate::run::{close_on_exec_above_stdio, read_lines};
 use crate::{
     ExitStatus, MountKind, Network, RunMount, RunOutput, RunSpec, SandboxError, arch, users,
@@ -48,15 +48,11 @@ pub fn run_in_place(
         SandboxError::Setup(format!("creating the working dir {}: {err}", spec.cwd))
     })?;
     let env = init::with_home(&spec.env, &identity.home);
-    let search_path = env
-        .iter()
-        .find_map(|var| var.strip_prefix("PATH="))
-        .unwrap_or(DEFAULT_PATH);
     let name = spec
         .argv
         .first()
         .ok_or_else(|| SandboxError::Setup("no command to run".to_string()))?;
-    let program = init::find_program(name, search_path).map_err(SandboxError::Setup)?;
+    let program = init::find_program(name, &env).map_err(SandboxError::Setup)?;
 
     // Orphans of the command become kiln's children, so that they can be found and killed.
     static SUBREAPER: Once = Once::new();

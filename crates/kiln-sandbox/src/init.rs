@@ -22,8 +22,7 @@ use crate::users::{self, Identity};
 use crate::{Network, RunSpec, caps, mounts, network, run, seccomp};
 
 /// PATH used for the lookup of the command when its environment has none (Docker's default).
-pub(crate) const DEFAULT_PATH: &str =
-    "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// Host devices bind-mounted (read-only) into the sandbox's /dev. /dev/tty is the controlling
 /// terminal of whoever opens it; the command has none (see [`confine`]), so opening it fails.
@@ -370,11 +369,7 @@ fn exec(spec: &RunSpec, env: &[String]) -> Result<Infallible, String> {
         .argv
         .first()
         .ok_or_else(|| "no command to run".to_string())?;
-    let search_path = env
-        .iter()
-        .find_map(|var| var.strip_prefix("PATH="))
-        .unwrap_or(DEFAULT_PATH);
-    let program = find_program(name, search_path)?;
+    let program = find_program(name, env)?;
     let c_strings = |strings: &[String]| -> Result<Vec<CString>, String> {
         strings
             .iter()
@@ -398,8 +393,13 @@ fn exec(spec: &RunSpec, env: &[String]) -> Result<Infallible, String> {
     })
 }
 
-/// Looks `name` up like a shell does: as given when it contains a slash, else in `search_path`.
-pub(crate) fn find_program(name: &str, search_path: &str) -> Result<PathBuf, String> {
+/// Looks `name` up like a shell does: as given when it contains a slash, else in the `PATH` of
+/// the command's environment `env` (Docker's default without one).
+pub(crate) fn find_program(name: &str, env: &[String]) -> Result<PathBuf, String> {
+    let search_path = env
+        .iter()
+        .find_map(|var| var.strip_prefix("PATH="))
+        .unwrap_or(DEFAULT_PATH);
     if name.contains('/') {
         return match Path::new(name).exists() {
             true => Ok(PathBuf::from(name)),

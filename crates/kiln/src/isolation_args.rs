@@ -51,7 +51,7 @@ impl IsolationArgs {
         if let Some(listed) = std::env::var_os("KILN_IGNORE_PATH") {
             keep.extend(std::env::split_paths(&listed).filter(|p| !p.as_os_str().is_empty()));
         }
-        keep.extend(files.into_iter().map(absolute));
+        keep.extend(files.into_iter().map(Path::to_path_buf));
         let defaults = InPlaceOptions::default();
         let options = InPlaceOptions {
             kiln_dir: self.kiln_dir.clone().unwrap_or(defaults.kiln_dir),
@@ -61,8 +61,4 @@ impl IsolationArgs {
         };
         (isolation, options)
     }
-}
-
-fn absolute(path: &Path) -> PathBuf {
-    std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
 }
