@@ -201,6 +201,10 @@ fn rich_tree(root: &Path) {
         (7, 8),
         1_500_000_000,
     );
+    // Links and nodes too: left at "now", two trees made a second apart would differ.
+    for entry in ["bin/sh", "bin/abs", "tmp/fifo", "dev/null"] {
+        set_mtime(&root.join(entry), 1_450_000_000, 0).unwrap();
+    }
     for dir in ["bin", "tmp", "dev"] {
         set_mtime(&root.join(dir), 1_400_000_000, 0).unwrap();
     }
@@ -346,10 +350,11 @@ fn same_tree_gives_identical_bytes_and_sorted_entries() {
     assert_eq!(first, second);
     assert_eq!(blob1, blob2);
 
-    // The same content made again elsewhere, later, with other inode numbers.
+    // The same content made again elsewhere, over a second later (whole-second tar times),
+    // with other inode numbers.
     let b = tmp.path().join("b");
     fs::create_dir(&b).unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(20));
+    std::thread::sleep(std::time::Duration::from_millis(1100));
     rich_tree(&b);
     fs::write(b.join("a-b"), b"sorts before a/").unwrap();
     set_mtime(&b.join("a-b"), 5, 0).unwrap();
