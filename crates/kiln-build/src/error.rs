@@ -89,6 +89,21 @@ pub enum BuildError {
          steps. No image was written or pushed"
     )]
     Namespaces { message: String },
+    /// As [`BuildError::Namespaces`], for a kiln that is not root: in place is no way out.
+    #[error(
+        "RUN steps cannot run here: kiln runs as uid {uid}, not as root, so it runs them in a \
+         user namespace of its own, and this system refuses to make one ({message}). In a \
+         container, its seccomp profile does: Docker's default and Kubernetes' RuntimeDefault \
+         refuse new namespaces to a container without CAP_SYS_ADMIN. Ways out: run the \
+         container as root (`runAsUser: 0`), where kiln's own image runs RUN steps in the \
+         container's own / as kaniko does; or with a seccomp profile that allows namespaces \
+         (podman's default, or `seccompProfile.type: Unconfined`); on a host, allow \
+         unprivileged user namespaces (`user.max_user_namespaces`, Debian's \
+         `kernel.unprivileged_userns_clone`, Ubuntu's \
+         `kernel.apparmor_restrict_unprivileged_userns`). Dockerfiles without RUN steps build \
+         as any user. No image was written or pushed"
+    )]
+    NoUserNamespace { uid: u32, message: String },
     #[error(
         "--isolation in-place runs RUN steps in the / kiln runs in, deleting everything there \
          but kiln's own directory and mount points, and kiln finds no sign that it runs in a \

@@ -83,8 +83,12 @@ pub(crate) fn choose_worker<'a>(
         }
         // In place deletes what a container holds: by itself only in kiln's own image (kiln
         // runs from its directory, as kaniko runs from /kaniko), never in a dev container
-        // kiln was installed in.
-        Isolation::Auto if !in_container() || !runs_from(&opts.in_place.kiln_dir) => {
+        // kiln was installed in. And only as root, since it lays out `/`.
+        Isolation::Auto
+            if !in_container()
+                || !runs_from(&opts.in_place.kiln_dir)
+                || !nix::unistd::geteuid().is_root() =>
+        {
             Ok(Box::new(namespaces))
         }
         Isolation::Auto => Ok(Box::new(AutoWorker {
@@ -111,9 +115,9 @@ fn allow_in_place(in_container: bool, force: bool) -> Result<(), BuildError> {
     }
 }
 
-/// `auto` in a container, run from kiln's directory: the namespace trial runs when a step first needs it (a fully
-/// cached build pays nothing); if the container refuses namespaces and kiln is root, the
-/// build goes on in place, and says so in one line.
+/// `auto` in a container, run from kiln's directory, as root: the namespace trial runs when
+/// a step first needs it (a fully cached build pays nothing); if the container refuses
+/// namespaces, the build goes on in place, and says so in one line.
 struct AutoWorker<'a> {
     namespaces: NamespaceWorker,
     /// Decided at the first trial: `None` for namespaces; the error is the trial's.
@@ -129,7 +133,7 @@ impl AutoWorker<'_> {
             let scratch = self.store.temp_dir("trial-").map_err(|e| e.to_string())?;
             match self.namespaces.trial(scratch.path()) {
                 Ok(()) => Ok(None),
-                Err(BuildError::Namespaces { message }) if nix::unistd::geteuid().is_root() => {
+                Err(BuildError::Namespaces { message }) => {
                     self.progress.info(&format!(
                         "this container refuses namespaces ({message}): RUN steps run in \
                          place, in the container's own / (kaniko's way; --isolation)"
@@ -138,7 +142,6 @@ impl AutoWorker<'_> {
                         .map(Some)
                         .map_err(|e| e.to_string())
                 }
-                Err(BuildError::Namespaces { message }) => Err(message),
                 Err(other) => Err(other.to_string()),
             }
         });

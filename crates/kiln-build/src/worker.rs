@@ -103,9 +103,14 @@ impl Worker for NamespaceWorker {
                 .map_err(|e| format!("creating {}: {e}", dir.display()))
                 .and_then(|()| self.sandbox.trial(&dir).map_err(|e| e.to_string()))
         });
-        outcome
-            .clone()
-            .map_err(|message| BuildError::Namespaces { message })
+        let uid = nix::unistd::geteuid();
+        outcome.clone().map_err(|message| match uid.is_root() {
+            true => BuildError::Namespaces { message },
+            false => BuildError::NoUserNamespace {
+                uid: uid.as_raw(),
+                message,
+            },
+        })
     }
 
     fn run(&self, job: ExecJob, output: &mut dyn FnMut(&str)) -> Result<ExecOutcome, String> {

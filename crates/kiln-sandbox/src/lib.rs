@@ -202,19 +202,6 @@ pub enum SandboxError {
     #[error("cannot enter a rootless user namespace: {0}")]
     Rootless(String),
     #[error(
-        "kiln runs as uid {uid}, not as root, so it builds in a user namespace of its own \
-         (where it is root: to give files root's ownership and to run RUN steps), and this \
-         system refuses to make one ({source}). In a container, its seccomp profile does: \
-         Docker's default and Kubernetes' RuntimeDefault refuse new namespaces to a container \
-         without CAP_SYS_ADMIN. Ways out: in a container, run kiln as root (`runAsUser: 0`): \
-         Dockerfiles without RUN then build under any profile, and RUN steps too where the \
-         profile allows namespaces (podman's default, or `seccompProfile.type: Unconfined`); \
-         on a host, allow unprivileged user namespaces (`user.max_user_namespaces`, Debian's \
-         `kernel.unprivileged_userns_clone`, Ubuntu's \
-         `kernel.apparmor_restrict_unprivileged_userns`). Nothing was built"
-    )]
-    NoUserNamespace { uid: u32, source: std::io::Error },
-    #[error(
         "no QEMU emulator for architecture {arch}: searched {}",
         searched.iter().map(|path| path.display().to_string()).collect::<Vec<_>>().join(", ")
     )]

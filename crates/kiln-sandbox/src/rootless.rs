@@ -35,8 +35,13 @@ pub fn enter_rootless_if_needed() -> Result<(), SandboxError> {
     if geteuid().is_root() {
         return Ok(());
     }
-    let code = rerun_in_user_namespace()?;
-    std::process::exit(code)
+    match rerun_in_user_namespace()? {
+        Some(code) => std::process::exit(code),
+        // No user namespace here: kiln goes on as its own user. It records the owners it
+        // cannot give files beside them, so Dockerfiles without RUN steps build; the first RUN
+        // step that must run fails with the reason.
+        None => Ok(()),
+    }
 }
 
 fn wait_until_mapped(fd: &str) -> Result<(), SandboxError> {
@@ -72,8 +77,8 @@ fn wait_until_mapped(fd: &str) -> Result<(), SandboxError> {
     )))
 }
 
-/// Returns the exit code to exit with.
-fn rerun_in_user_namespace() -> Result<i32, SandboxError> {
+/// Returns the exit code to exit with, or `None` if this system refuses a user namespace.
+fn rerun_in_user_namespace() -> Result<Option<i32>, SandboxError> {
     let (sync_read, sync_write) = pipe2(OFlag::O_CLOEXEC).map_err(std::io::Error::from)?;
     let sync_fd = sync_read.as_raw_fd();
     let mut args = std::env::args_os();
@@ -95,16 +100,19 @@ fn rerun_in_user_namespace() -> Result<i32, SandboxError> {
             Ok(())
         });
     }
-    let mut child = command.spawn().map_err(|err| {
-        match err.raw_os_error() {
-            // unshare refused: a seccomp profile, a sysctl or an LSM says no.
-            Some(libc::EPERM | libc::EACCES | libc::ENOSPC) => SandboxError::NoUserNamespace {
-                uid: geteuid().as_raw(),
-                source: err,
-            },
-            _ => SandboxError::Rootless(format!("re-executing kiln: {err}")),
+    let mut child = match command.spawn() {
+        Ok(child) => child,
+        // unshare refused: a seccomp profile, a sysctl or an LSM says no.
+        Err(err)
+            if matches!(
+                err.raw_os_error(),
+                Some(libc::EPERM | libc::EACCES | libc::ENOSPC)
+            ) =>
+        {
+            return Ok(None);
         }
-    })?;
+        Err(err) => return Err(SandboxError::Rootless(format!("re-executing kiln: {err}"))),
+    };
     drop(command);
     drop(sync_read);
     if let Err(err) = map_ids(child.id(), geteuid(), getegid()) {
@@ -120,10 +128,12 @@ fn rerun_in_user_namespace() -> Result<i32, SandboxError> {
         let _ = signal(Signal::SIGQUIT, SigHandler::SigIgn);
     }
     let status = child.wait()?;
-    Ok(status
-        .code()
-        .or_else(|| status.signal().map(|signal| 128 + signal))
-        .unwrap_or(1))
+    Ok(Some(
+        status
+            .code()
+            .or_else(|| status.signal().map(|signal| 128 + signal))
+            .unwrap_or(1),
+    ))
 }
 
 /// Maps uid 0 to us and 1..N to our subordinate ids, or, without those, only uid 0 to us.

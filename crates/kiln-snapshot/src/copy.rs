@@ -179,10 +179,11 @@ fn dir_meta_below(below: &LayerStack, comps: &[OsString]) -> Option<EntryMeta> {
         return None;
     };
     let md = fs::symlink_metadata(&hosts[0]).ok()?;
+    let (uid, gid, mode) = fsmeta::owner_and_mode(&hosts[0], &md).ok()?;
     Some(EntryMeta {
-        mode: md.mode() & 0o7777,
-        uid: md.uid(),
-        gid: md.gid(),
+        mode,
+        uid,
+        gid,
         mtime: md.mtime(),
         mtime_nsec: md.mtime_nsec(),
         xattrs: Vec::new(),

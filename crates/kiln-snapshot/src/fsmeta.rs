@@ -35,9 +35,73 @@ pub(crate) fn is_opaque(path: &Path) -> bool {
         .any(|name| matches!(get_xattr(path, name), Ok(Some(v)) if v == b"y"))
 }
 
-/// overlayfs' own bookkeeping: never copied into images or between layers.
-pub(crate) fn is_overlay_xattr(name: &[u8]) -> bool {
-    name.starts_with(b"user.overlay.") || name.starts_with(b"trusted.overlay.")
+/// Where kiln keeps what it cannot give an entry, when it runs as a user other than root with
+/// no user namespace (a non-root pod under Kubernetes' RuntimeDefault): the owner, since chown
+/// to another user is refused, and the mode, where kiln had to widen its own access to work in
+/// the entry (a 0555 directory, a 0000 file). "uid:gid" or "uid:gid:mode" (octal).
+const RECORD_XATTR: &[u8] = b"user.kiln.owner";
+
+/// overlayfs' own bookkeeping and kiln's records: never copied into images or between
+/// layers, never taken from one.
+pub(crate) fn is_private_xattr(name: &[u8]) -> bool {
+    name.starts_with(b"user.overlay.")
+        || name.starts_with(b"trusted.overlay.")
+        || name == RECORD_XATTR
+}
+
+/// Whether kiln can give files any owner (root, or root of its user namespace). Otherwise
+/// owners are recorded in [`RECORD_XATTR`].
+fn can_chown() -> bool {
+    static ROOT: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ROOT.get_or_init(|| nix::unistd::geteuid().is_root())
+}
+
+/// Owner and permission bits kiln gave the entry at `path`: its own, or where kiln cannot
+/// chown, the recorded ones. An entry kiln made without a record (a symlink takes no user.*
+/// xattr) is root's, as kiln's own uid is root's in a user namespace that maps only it.
+pub(crate) fn owner_and_mode(path: &Path, md: &Metadata) -> io::Result<(u32, u32, u32)> {
+    let mode = md.mode() & 0o7777;
+    if can_chown() {
+        return Ok((md.uid(), md.gid(), mode));
+    }
+    match get_xattr(path, RECORD_XATTR)? {
+        Some(value) => parse_record(&value, mode).ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("{}: kiln's owner record is damaged", path.display()),
+            )
+        }),
+        None => {
+            let squash = |id: u32, ours: u32| if id == ours { 0 } else { id };
+            Ok((
+                squash(md.uid(), nix::unistd::geteuid().as_raw()),
+                squash(md.gid(), nix::unistd::getegid().as_raw()),
+                mode,
+            ))
+        }
+    }
+}
+
+fn parse_record(value: &[u8], mode: u32) -> Option<(u32, u32, u32)> {
+    let mut fields = std::str::from_utf8(value).ok()?.split(':');
+    let uid = fields.next()?.parse().ok()?;
+    let gid = fields.next()?.parse().ok()?;
+    let mode = match fields.next() {
+        Some(recorded) => u32::from_str_radix(recorded, 8).ok()? & 0o7777,
+        None => mode,
+    };
+    fields.next().is_none().then_some((uid, gid, mode))
+}
+
+/// Where kiln cannot chown: the record of `uid`, `gid` and `mode`, and the mode to give the
+/// entry, with kiln's own read and write access (and search, for a directory) added.
+fn record(uid: u32, gid: u32, mode: u32, is_dir: bool) -> (Vec<u8>, u32) {
+    let usable = mode | if is_dir { 0o700 } else { 0o600 };
+    let record = match usable == mode {
+        true => format!("{uid}:{gid}"),
+        false => format!("{uid}:{gid}:{mode:o}"),
+    };
+    (record.into_bytes(), usable)
 }
 
 fn cpath(path: &Path) -> io::Result<CString> {
@@ -73,10 +137,10 @@ pub(crate) fn list_xattrs(path: &Path) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
 }
 
 /// The extended attributes a COPY carries from `path` (not following a final symlink) into a
-/// layer, sorted by name: all but overlayfs' own bookkeeping.
+/// layer, sorted by name: all but overlayfs' and kiln's own bookkeeping.
 pub fn copied_xattrs(path: &Path) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
     let mut xattrs = list_xattrs(path)?;
-    xattrs.retain(|(name, _)| !is_overlay_xattr(name));
+    xattrs.retain(|(name, _)| !is_private_xattr(name));
     Ok(xattrs)
 }
 
@@ -123,10 +187,11 @@ impl EntryMeta {
     /// Mode, owner, mtime and non-overlay xattrs of an existing entry.
     pub(crate) fn of(path: &Path, md: &Metadata) -> io::Result<EntryMeta> {
         let xattrs = copied_xattrs(path)?;
+        let (uid, gid, mode) = owner_and_mode(path, md)?;
         Ok(EntryMeta {
-            mode: md.mode() & 0o7777,
-            uid: md.uid(),
-            gid: md.gid(),
+            mode,
+            uid,
+            gid,
             mtime: md.mtime(),
             mtime_nsec: md.mtime_nsec(),
             xattrs,
@@ -141,9 +206,16 @@ impl EntryMeta {
         name: &OsStr,
         is_symlink: bool,
     ) -> io::Result<()> {
-        set_owner(dir, name, self.uid, self.gid)?;
-        if !is_symlink {
+        if is_symlink {
+            set_owner(dir, name, self.uid, self.gid)?;
+        } else if can_chown() {
+            set_owner(dir, name, self.uid, self.gid)?;
             dir.set_mode(name, self.mode)?;
+        } else {
+            let is_dir = dir.metadata(name)?.is_dir();
+            let (record, mode) = record(self.uid, self.gid, self.mode, is_dir);
+            dir.set_xattr(name, RECORD_XATTR, &record)?;
+            dir.set_mode(name, mode)?;
         }
         for (key, value) in &self.xattrs {
             xattr_set(dir.set_xattr(name, key, value))?;
@@ -154,11 +226,17 @@ impl EntryMeta {
     /// [`EntryMeta::apply`] through the descriptor of a regular file kiln created and still
     /// holds open, in the same order.
     pub(crate) fn apply_to_file(&self, file: &File) -> io::Result<()> {
-        match open_file::set_owner(file, self.uid, self.gid) {
-            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {}
-            other => other?,
+        if can_chown() {
+            match open_file::set_owner(file, self.uid, self.gid) {
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {}
+                other => other?,
+            }
+            open_file::set_mode(file, self.mode)?;
+        } else {
+            let (record, mode) = record(self.uid, self.gid, self.mode, false);
+            open_file::set_xattr(file, RECORD_XATTR, &record)?;
+            open_file::set_mode(file, mode)?;
         }
-        open_file::set_mode(file, self.mode)?;
         for (key, value) in &self.xattrs {
             xattr_set(open_file::set_xattr(file, key, value))?;
         }
@@ -204,10 +282,13 @@ pub(crate) fn in_parent(path: &Path) -> io::Result<(Dir, &OsStr)> {
     Ok((Dir::open(parent)?, name))
 }
 
-/// lchown; an id that is not mapped in our user namespace (EINVAL) leaves the entry owned by us.
-pub(crate) fn set_owner(dir: &Dir, name: &OsStr, uid: u32, gid: u32) -> io::Result<()> {
+/// lchown; an id that is not mapped in our user namespace (EINVAL) leaves the entry owned by
+/// us. Where kiln cannot chown at all, a symlink (which takes no user.* xattr, and no mode)
+/// stays kiln's: [`owner_and_mode`] gives it root's.
+fn set_owner(dir: &Dir, name: &OsStr, uid: u32, gid: u32) -> io::Result<()> {
     match dir.set_owner(name, uid, gid) {
         Err(e) if e.raw_os_error() == Some(libc::EINVAL) => Ok(()),
+        Err(e) if e.raw_os_error() == Some(libc::EPERM) && !can_chown() => Ok(()),
         other => other,
     }
 }

@@ -19,7 +19,7 @@ use std::io::{self, Read};
 
 use tar::{EntryType, GnuExtSparseHeader, GnuSparseHeader, Header};
 
-use crate::fsmeta::{EntryMeta, is_overlay_xattr};
+use crate::fsmeta::{EntryMeta, is_private_xattr};
 use crate::{SnapshotError, shown};
 
 const BLOCK: u64 = 512;
@@ -253,8 +253,9 @@ impl<R: Read> TarReader<R> {
                             let len = value.len();
                             return Err(too_large(&path, "xattr value", len, MAX_XATTR_VALUE));
                         }
-                        // An image must not smuggle overlayfs' own markers into a layer dir.
-                        if !is_overlay_xattr(name) {
+                        // An image must not smuggle overlayfs' markers or kiln's owner
+                        // records into a layer dir.
+                        if !is_private_xattr(name) {
                             meta.xattrs.push((name.to_vec(), value.to_vec()));
                         }
                     }

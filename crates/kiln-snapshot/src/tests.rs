@@ -246,6 +246,7 @@ fn overlay_markers_become_oci_whiteouts() {
     set_xattr(&upper.join("opq"), b"user.overlay.opaque", b"y").unwrap();
     set_xattr(&upper.join("opq"), b"user.keep", b"1").unwrap();
     fs::write(upper.join("opq/new"), b"n").unwrap();
+    set_xattr(&upper.join("opq/new"), b"user.kiln.owner", b"7:8").unwrap();
     fs::create_dir(upper.join("trusted")).unwrap();
     set_xattr(&upper.join("trusted"), b"trusted.overlay.opaque", b"y").unwrap();
 
@@ -275,7 +276,7 @@ fn overlay_markers_become_oci_whiteouts() {
     assert_eq!(
         keys,
         ["SCHILY.xattr.user.keep"],
-        "overlay xattrs must not leak"
+        "overlay xattrs and kiln's owner records must not leak"
     );
 }
 
@@ -1058,6 +1059,20 @@ fn pax_records_are_split_by_length_and_capped() {
     let f = tmp.path().join("f");
     assert_eq!(get_xattr(&f, b"user.nl").unwrap().unwrap(), b"a\nb\n");
     assert_eq!(fs::metadata(&f).unwrap().mtime(), 9);
+
+    // kiln's own owner record (kept where kiln cannot chown) is never taken from a layer.
+    let tmp = tempfile::tempdir().unwrap();
+    let tar = pax_tar(
+        &[
+            ("SCHILY.xattr.user.kiln.owner", b"0:0"),
+            ("SCHILY.xattr.user.kept", b"1"),
+        ],
+        b"x",
+    );
+    extract_layer(&tar[..], tmp.path()).unwrap();
+    let f = tmp.path().join("f");
+    assert_eq!(get_xattr(&f, b"user.kiln.owner").unwrap(), None);
+    assert_eq!(get_xattr(&f, b"user.kept").unwrap().unwrap(), b"1");
 
     let big = vec![b'v'; (64 << 10) + 1];
     let tar = pax_tar(&[("SCHILY.xattr.user.big", &big)], b"x");

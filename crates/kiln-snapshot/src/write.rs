@@ -153,9 +153,10 @@ fn write_item<W: Write>(
         return append(tar, header, &pax, None);
     };
 
-    header.set_mode(md.mode() & 0o7777);
-    header.set_uid(md.uid().into());
-    header.set_gid(md.gid().into());
+    let (uid, gid, mode) = fsmeta::owner_and_mode(path, md).map_err(at(path))?;
+    header.set_mode(mode);
+    header.set_uid(uid.into());
+    header.set_gid(gid.into());
     let mtime = match opts.source_date_epoch {
         Some(epoch) => md.mtime().min(epoch),
         None => md.mtime(),
@@ -179,7 +180,7 @@ fn write_item<W: Write>(
         set_link_name(&mut header, &target, &mut pax);
     } else {
         for (name, value) in fsmeta::list_xattrs(path).map_err(at(path))? {
-            if !fsmeta::is_overlay_xattr(&name) {
+            if !fsmeta::is_private_xattr(&name) {
                 pax.push((
                     format!("SCHILY.xattr.{}", String::from_utf8_lossy(&name)),
                     value,

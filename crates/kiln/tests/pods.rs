@@ -8,6 +8,7 @@
 
 mod common;
 
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
@@ -172,36 +173,116 @@ fn copy_only_dockerfile_builds_under_docker_default_profile() {
     assert_eq!(read(&rootfs.join("greeting")), "copied into the image\n");
 }
 
-#[test]
-fn a_non_root_pod_user_gets_one_error_that_says_why() {
-    // runAsUser: 1000 under RuntimeDefault: kiln cannot make the user namespace it needs to
-    // build as non-root at all (COPY-only Dockerfiles included, for now).
-    let build = PodBuild::new("RUN echo never > /ran\n");
-    // The pod's user must be able to write its root and output.
-    let opened = std::process::Command::new("chmod")
-        .args(["-R", "a+rwX"])
-        .arg(build.dir.path())
-        .status()
-        .unwrap();
-    assert!(opened.success());
-    let pod = Pod::new(
+/// runAsUser: 1000 under RuntimeDefault: no user namespace, no root.
+fn non_root_pod() -> Pod {
+    Pod::new(
         Path::new(env!("CARGO_BIN_EXE_kiln")),
         Profile::DockerDefault,
     )
-    .user(1000, 1000);
-    let output = build.run_in(pod);
+    .user(1000, 1000)
+}
+
+impl PodBuild {
+    /// Lets the pod's user write the context's dir, kiln's root and the output.
+    fn open_to_all(&self) {
+        let opened = std::process::Command::new("chmod")
+            .args(["-R", "a+rwX"])
+            .arg(self.dir.path())
+            .status()
+            .unwrap();
+        assert!(opened.success());
+    }
+}
+
+#[test]
+fn a_non_root_pod_user_gets_one_error_that_says_why_at_the_first_run_step() {
+    let build = PodBuild::new("COPY greeting /greeting\nRUN echo never > /ran\n");
+    build.open_to_all();
+    let output = build.run_in(non_root_pod());
     let message = assert_failed(&output);
     assert_contains_all(
         &message,
         &[
-            "kiln runs as uid 1000, not as root",
-            "refuses to make one (Operation not permitted",
+            "RUN steps cannot run here: kiln runs as uid 1000, not as root",
+            "refuses to make one (",
+            "Operation not permitted",
             "seccomp profile",
             "runAsUser: 0",
             "seccompProfile.type: Unconfined",
-            "Nothing was built",
+            "Dockerfiles without RUN steps build as any user",
+            "No image was written or pushed",
         ],
     );
     assert_eq!(message.matches("not as root").count(), 1, "{message}");
     assert!(!build.path("out").exists(), "the output was written");
+}
+
+#[test]
+fn a_non_root_pod_user_builds_copy_only_dockerfiles_with_the_owners_asked_for() {
+    // No user namespace, so kiln cannot chown: it records the owners it gives and writes them
+    // into the layer. Owners kiln cannot give are what a user would check first.
+    let build = PodBuild::new("");
+    let base = format!(
+        "oci-layout://{}:latest",
+        busybox_fixtures().oci_layout.display()
+    );
+    std::fs::write(
+        build.path("ctx/Dockerfile"),
+        format!(
+            "FROM scratch AS other\n\
+             COPY --chown=1000:1000 greeting /home/user/greeting\n\
+             COPY --chmod=555 tree /ro\n\
+             COPY greeting /ro/inner/greeting\n\
+             COPY --chmod=000 greeting /locked\n\
+             FROM {base}\n\
+             COPY greeting /greeting\n\
+             COPY --chown=7:8 --chmod=4750 greeting /opt/app/tool\n\
+             COPY --from=other /home /home\n\
+             COPY --from=other /ro /ro\n\
+             COPY --from=other /locked /locked\n"
+        ),
+    )
+    .unwrap();
+    std::fs::create_dir(build.path("ctx/tree")).unwrap();
+    std::fs::write(build.path("ctx/tree/file"), "in a read-only dir\n").unwrap();
+    build.open_to_all();
+    std::fs::set_permissions(
+        build.path("ctx/greeting"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o644),
+    )
+    .unwrap();
+    let output = build.run_in(non_root_pod());
+    assert_ok(&output);
+    // umoci, as root here, lays the layers out with the owners they carry.
+    let rootfs = build.unpacked();
+    let owner = |path: &str| {
+        let md = std::fs::symlink_metadata(rootfs.join(path)).unwrap();
+        (md.uid(), md.gid(), md.mode() & 0o7777)
+    };
+    assert_eq!(owner("greeting"), (0, 0, 0o644));
+    assert_eq!(owner("opt/app/tool"), (7, 8, 0o4750));
+    assert_eq!(owner("opt/app"), (0, 0, 0o755));
+    assert_eq!(owner("home/user/greeting"), (1000, 1000, 0o644));
+    // Modes that deny kiln's own user access (kiln works in them all the same).
+    assert_eq!(owner("ro"), (0, 0, 0o555));
+    assert_eq!(owner("ro/file"), (0, 0, 0o555));
+    assert_eq!(owner("ro/inner/greeting"), (0, 0, 0o644));
+    assert_eq!(owner("locked"), (0, 0, 0));
+    assert_eq!(read(&rootfs.join("locked")), "copied into the image\n");
+    // The base's own files keep theirs, and kiln's records stay out of the image.
+    assert_eq!(owner("bin/busybox").0, 0);
+    for blob in std::fs::read_dir(build.path("out/blobs/sha256")).unwrap() {
+        let bytes = std::fs::read(blob.unwrap().path()).unwrap();
+        let mut plain = Vec::new();
+        if std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&bytes[..]), &mut plain)
+            .is_err()
+        {
+            plain = bytes;
+        }
+        let text = String::from_utf8_lossy(&plain);
+        assert!(
+            !text.contains("kiln.owner"),
+            "kiln's owner record in a blob"
+        );
+    }
 }
