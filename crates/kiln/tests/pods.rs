@@ -286,3 +286,48 @@ fn a_non_root_pod_user_builds_copy_only_dockerfiles_with_the_owners_asked_for() 
         );
     }
 }
+
+#[test]
+fn a_non_root_pod_user_builds_on_a_base_that_deletes_files() {
+    // A base whose upper layer deletes a file (a whiteout), made on this machine as root.
+    // Linux (5.8 on) lets any user make the 0/0 device that marks a deletion in the store.
+    let build = PodBuild::new("");
+    let base_ctx = build.path("base-ctx");
+    std::fs::create_dir(&base_ctx).unwrap();
+    std::fs::write(
+        base_ctx.join("Dockerfile"),
+        format!(
+            "FROM oci-layout://{}:latest\n\
+             RUN mkdir /data && echo kept > /data/kept && echo gone > /data/gone\n\
+             RUN rm /data/gone\n",
+            busybox_fixtures().oci_layout.display()
+        ),
+    )
+    .unwrap();
+    let made = oci_build_command(
+        &build.path("host-root"),
+        &base_ctx,
+        &build.path("base"),
+        &[],
+    )
+    .output()
+    .unwrap();
+    assert_ok(&made);
+    std::fs::write(
+        build.path("ctx/Dockerfile"),
+        format!(
+            "FROM oci-layout://{}:1 AS base\n\
+             FROM scratch\n\
+             COPY --from=base /data /data\n\
+             COPY greeting /greeting\n",
+            build.path("base").display()
+        ),
+    )
+    .unwrap();
+    build.open_to_all();
+    let output = build.run_in(non_root_pod());
+    assert_ok(&output);
+    let rootfs = build.unpacked();
+    assert_eq!(list_dir(&rootfs.join("data")), ["kept"]);
+    assert_eq!(read(&rootfs.join("greeting")), "copied into the image\n");
+}
