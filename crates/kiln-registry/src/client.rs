@@ -54,7 +54,7 @@ pub struct ClientOptions {
 
 impl ClientOptions {
     /// The files a client reads when it first reaches a registry, which may be long after it
-    /// was made: certificates, client keys and the credential files.
+    /// was made: certificates, client keys, the credential files and credential helpers.
     pub fn files(&self) -> Vec<PathBuf> {
         let tls = self.config.hosts.values().flat_map(|host| {
             host.ca.iter().cloned().chain(
@@ -64,6 +64,7 @@ impl ClientOptions {
             )
         });
         tls.chain(self.credentials.files().into_iter().map(Path::to_path_buf))
+            .chain(self.credentials.helper_programs().map(Path::to_path_buf))
             .collect()
     }
 }

@@ -1,6 +1,7 @@
 //! Registry credentials as docker and podman store them: `config.json` / `auth.json` files
 //! (`auths` entries) and `docker-credential-<name>` helpers (`credHelpers`, `credsStore`).
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::fs;
 use std::io::{self, Write};
@@ -94,6 +95,10 @@ pub struct CredentialStore {
     /// `REGISTRY_AUTH_FILE` is not set: `$XDG_RUNTIME_DIR/containers/auth.json`, then
     /// `$XDG_CONFIG_HOME/containers/auth.json` (`~/.config/...`).
     pub podman_auth_files: Vec<PathBuf>,
+    /// Each `docker-credential-<name>` the files named when the store was made, found on
+    /// PATH then: the only programs kiln runs for credentials. A helper looked up at push
+    /// time could be one a build step put on PATH (in place, `/` is the built image then).
+    pub helpers: BTreeMap<String, PathBuf>,
 }
 
 impl Default for CredentialStore {
@@ -168,11 +173,42 @@ impl CredentialStore {
                 .map(|dir| dir.join("containers/auth.json"))
                 .collect()
         };
-        CredentialStore {
+        let mut store = CredentialStore {
             auth_file,
             docker_config: docker_dir.join("config.json"),
             podman_auth_files,
-        }
+            helpers: BTreeMap::new(),
+        };
+        store.helpers = store.find_helpers(var("PATH").as_deref());
+        store
+    }
+
+    /// The helpers the files name, found on `search_path` now. A file that cannot be read
+    /// here gives its error later, when it is looked at.
+    fn find_helpers(&self, search_path: Option<&std::ffi::OsStr>) -> BTreeMap<String, PathBuf> {
+        let Some(search_path) = search_path else {
+            return BTreeMap::new();
+        };
+        let named = self
+            .files()
+            .into_iter()
+            .filter_map(|path| read_config(path).ok().flatten())
+            .flat_map(|config| helper_names(&config));
+        named
+            .filter_map(|name| {
+                let binary = helper_binary(&name);
+                std::env::split_paths(search_path)
+                    .filter(|dir| dir.is_absolute())
+                    .map(|dir| dir.join(&binary))
+                    .find(|candidate| is_executable_file(candidate))
+                    .map(|found| (name, found))
+            })
+            .collect()
+    }
+
+    /// The helper programs kiln may run (see [`CredentialStore::helpers`]).
+    pub fn helper_programs(&self) -> impl Iterator<Item = &Path> {
+        self.helpers.values().map(PathBuf::as_path)
     }
 
     /// The files looked at, in order.
@@ -199,7 +235,7 @@ impl CredentialStore {
                 continue;
             };
             if let Some(helper) = helper_for(&config, registry) {
-                return helper_get(&helper, registry);
+                return self.helper_get(&helper, registry);
             }
             if let Some(entry) = auth_entry(&config, registry)
                 && let Some(secret) = secret_from_entry(entry, path)?
@@ -226,7 +262,7 @@ impl CredentialStore {
         let key = server_key(registry);
         let source = if let Some(helper) = helper_for(&config, registry) {
             let request = json!({"ServerURL": key, "Username": username, "Secret": secret});
-            run_helper(&helper, "store", &request.to_string(), registry)?;
+            self.run_helper(&helper, "store", &request.to_string(), registry)?;
             if config.get("credsStore").is_some() && !has_cred_helper(&config, registry) {
                 // docker leaves an empty entry so `docker info` can list the registry.
                 remove_auth_entries(&mut config, registry);
@@ -253,7 +289,9 @@ impl CredentialStore {
         };
         let mut removed = false;
         if let Some(helper) = helper_for(&config, registry) {
-            removed = run_helper(&helper, "erase", &server_key(registry), registry).is_ok();
+            removed = self
+                .run_helper(&helper, "erase", &server_key(registry), registry)
+                .is_ok();
         }
         if remove_auth_entries(&mut config, registry) {
             removed = true;
@@ -352,6 +390,23 @@ fn has_cred_helper(config: &Map<String, Value>, registry: &str) -> bool {
         .is_some_and(|h| h.keys().any(|k| key_matches(k, registry)))
 }
 
+/// Every helper name a file gives: `credsStore` and each `credHelpers` entry.
+fn helper_names(config: &Map<String, Value>) -> Vec<String> {
+    let per_registry = config
+        .get("credHelpers")
+        .and_then(Value::as_object)
+        .into_iter()
+        .flat_map(|helpers| helpers.values());
+    config
+        .get("credsStore")
+        .into_iter()
+        .chain(per_registry)
+        .filter_map(Value::as_str)
+        .filter(|name| !name.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
 /// The helper name (`pass` for `docker-credential-pass`) for `registry`: its `credHelpers`
 /// entry, else `credsStore`.
 fn helper_for(config: &Map<String, Value>, registry: &str) -> Option<String> {
@@ -418,52 +473,89 @@ fn helper_binary(helper: &str) -> String {
     format!("docker-credential-{helper}")
 }
 
-/// Runs `docker-credential-<helper> <action>` with `input` on stdin and returns its stdout.
-fn run_helper(
-    helper: &str,
-    action: &str,
-    input: &str,
-    registry: &str,
-) -> Result<String, CredentialError> {
-    let binary = helper_binary(helper);
-    let fail = |detail: String| CredentialError::Helper {
-        helper: binary.clone(),
-        server: server_key(registry),
-        detail,
-    };
-    let mut child = Command::new(&binary)
+/// Whether `path` is a regular file (following links) that someone may execute.
+fn is_executable_file(path: &Path) -> bool {
+    fs::metadata(path).is_ok_and(|md| md.is_file() && md.permissions().mode() & 0o111 != 0)
+}
+
+impl CredentialStore {
+    /// Runs `docker-credential-<helper> <action>` with `input` on stdin and returns its
+    /// stdout; only a helper found when the store was made.
+    fn run_helper(
+        &self,
+        helper: &str,
+        action: &str,
+        input: &str,
+        registry: &str,
+    ) -> Result<String, CredentialError> {
+        let binary = helper_binary(helper);
+        let fail = |detail: String| CredentialError::Helper {
+            helper: binary.clone(),
+            server: server_key(registry),
+            detail,
+        };
+        let program = self.helpers.get(helper).ok_or_else(|| {
+            fail(
+                "no such program on PATH when kiln started (kiln looks for credential \
+                  helpers then, and runs only those)"
+                    .to_string(),
+            )
+        })?;
+        run_program(program, &binary, action, input).map_err(fail)
+    }
+
+    fn helper_get(
+        &self,
+        helper: &str,
+        registry: &str,
+    ) -> Result<Option<Credential>, CredentialError> {
+        let binary = helper_binary(helper);
+        let stdout = match self.run_helper(helper, "get", &server_key(registry), registry) {
+            Ok(out) => out,
+            // Helpers say so in their own words when they hold nothing for a server.
+            Err(CredentialError::Helper { detail, .. })
+                if detail.contains("credentials not found") =>
+            {
+                return Ok(None);
+            }
+            Err(e) => return Err(e),
+        };
+        helper_answer(&stdout, binary, registry)
+    }
+}
+
+/// Runs `program` (`binary` in messages) with `action` and `input` on stdin; its stdout, or
+/// what went wrong.
+fn run_program(program: &Path, binary: &str, action: &str, input: &str) -> Result<String, String> {
+    let mut child = Command::new(program)
         .arg(action)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|e| fail(format!("cannot run `{binary} {action}`: {e}")))?;
+        .map_err(|e| format!("cannot run `{binary} {action}`: {e}"))?;
     let mut stdin = child.stdin.take().expect("stdin was piped");
     let written = stdin.write_all(input.as_bytes());
     drop(stdin);
     let output = child
         .wait_with_output()
-        .map_err(|e| fail(format!("waiting for `{binary} {action}`: {e}")))?;
-    written.map_err(|e| fail(format!("writing to `{binary} {action}`: {e}")))?;
+        .map_err(|e| format!("waiting for `{binary} {action}`: {e}"))?;
+    written.map_err(|e| format!("writing to `{binary} {action}`: {e}"))?;
     let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
     if !output.status.success() {
         let said = format!("{stdout} {}", String::from_utf8_lossy(&output.stderr));
-        return Err(fail(format!("`{action}` failed: {}", said.trim())));
+        return Err(format!("`{action}` failed: {}", said.trim()));
     }
     Ok(stdout)
 }
 
-fn helper_get(helper: &str, registry: &str) -> Result<Option<Credential>, CredentialError> {
-    let binary = helper_binary(helper);
-    let stdout = match run_helper(helper, "get", &server_key(registry), registry) {
-        Ok(out) => out,
-        // Helpers say so in their own words when they hold nothing for a server.
-        Err(CredentialError::Helper { detail, .. }) if detail.contains("credentials not found") => {
-            return Ok(None);
-        }
-        Err(e) => return Err(e),
-    };
-    let answer: Value = serde_json::from_str(&stdout).map_err(|e| CredentialError::Helper {
+/// The credential in a helper's answer to `get`.
+fn helper_answer(
+    stdout: &str,
+    binary: String,
+    registry: &str,
+) -> Result<Option<Credential>, CredentialError> {
+    let answer: Value = serde_json::from_str(stdout).map_err(|e| CredentialError::Helper {
         helper: binary.clone(),
         server: server_key(registry),
         detail: format!("`get` printed something that is not JSON: {e}"),
@@ -503,6 +595,7 @@ mod tests {
             auth_file: None,
             docker_config: dir.join("config.json"),
             podman_auth_files: Vec::new(),
+            helpers: Default::default(),
         }
     }
 

@@ -26,6 +26,7 @@ fn docker_config(dir: &Path, registry: &str, entry: serde_json::Value) -> Creden
         auth_file: None,
         docker_config: path,
         podman_auth_files: Vec::new(),
+        helpers: Default::default(),
     }
 }
 
@@ -192,6 +193,7 @@ fn missing_credentials_say_where_kiln_looked_and_to_log_in() {
         auth_file: None,
         docker_config: work.path().join("absent.json"),
         podman_auth_files: Vec::new(),
+        helpers: Default::default(),
     };
     let kiln = client(trusting_ca(&registry), store);
     let e = kiln
@@ -301,6 +303,7 @@ fn no_credentials() -> CredentialStore {
         auth_file: None,
         docker_config: PathBuf::from("/nonexistent/config.json"),
         podman_auth_files: Vec::new(),
+        helpers: Default::default(),
     }
 }
 

@@ -726,3 +726,76 @@ fn what_a_step_leaves_running_is_stopped_before_its_changes_are_read() {
     assert_eq!(read(&rootfs.join("checked")), "none\n");
     assert!(!rootfs.join("late").exists());
 }
+
+#[test]
+fn a_credential_helper_the_dockerfile_planted_is_not_run_by_the_push() {
+    // The job names a helper (`credsStore`) and ships it in kiln's directory; PATH puts
+    // /usr/local/bin first, as kiln's image does. When kiln pushes, / is the built image, so
+    // a helper of that name the Dockerfile put on the PATH must not run in kiln's place: it
+    // would get the registry's credentials and run in kiln's own session, where nothing the
+    // steps leave is killed.
+    let registry = kiln_testkit::Registry::start_with(kiln_testkit::RegistryOptions {
+        token_auth: Some(("u".to_string(), "p".to_string())),
+        ..Default::default()
+    });
+    let job = Job::new("FROM BASE\nCOPY helper /usr/local/bin/docker-credential-ci\nRUN true\n");
+    let marker = job.path("planted-helper-ran");
+    let helper = job.path("ctx/helper");
+    std::fs::write(
+        &helper,
+        format!(
+            "#!/bin/sh\necho ran > {}\necho '{{\"Username\":\"u\",\"Secret\":\"p\"}}'\n",
+            marker.display()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&helper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let pod = Pod::kiln_dir(Path::new(KILN), Profile::DockerDefault)
+        .bind(job.dir.path())
+        .bind_ro(&busybox_fixtures().oci_layout)
+        .env("HOME", "/root")
+        .env("PATH", "/usr/local/bin:/kiln");
+    let rootfs = pod.rootfs();
+    // The job's own helper, in kiln's directory (it runs after the build, when / is the
+    // built image and its /bin/sh).
+    let legit_marker = job.path("job-helper-ran");
+    let legit = rootfs.join("kiln/docker-credential-ci");
+    std::fs::write(
+        &legit,
+        format!(
+            "#!/bin/sh\nread server\necho ran > {}\necho '{{\"Username\":\"u\",\"Secret\":\"p\"}}'\n",
+            legit_marker.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&legit, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::create_dir_all(rootfs.join("root/.docker")).unwrap();
+    std::fs::write(
+        rootfs.join("root/.docker/config.json"),
+        r#"{"credsStore":"ci"}"#,
+    )
+    .unwrap();
+    let image = format!("{}/app:1", registry.addr());
+    let root = job.path("root-in-pod");
+    let ctx = job.path("ctx");
+    let args = [
+        "build",
+        "--progress",
+        "plain",
+        "--root",
+        root.to_str().unwrap(),
+        "-t",
+        &image,
+        "--push",
+        ctx.to_str().unwrap(),
+    ];
+    let output = pod.command(&args).output().unwrap();
+    assert!(
+        !marker.exists(),
+        "{}\nkiln ran the docker-credential-ci the Dockerfile put in /usr/local/bin",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_ok(&output);
+    assert!(legit_marker.exists(), "the job's own helper did not run");
+}
