@@ -55,10 +55,14 @@ pub fn run_in_place(
     let program = init::find_program(name, &env).map_err(SandboxError::Setup)?;
 
     // Orphans of the command become kiln's children, so that they can be found and killed.
-    static SUBREAPER: Once = Once::new();
-    SUBREAPER.call_once(|| {
+    // And kiln stops being dumpable: a step runs as root beside it, and without
+    // CAP_SYS_PTRACE (not among a container's defaults) it then cannot ptrace kiln or read
+    // its memory or /proc/<pid>/environ (registry credentials, secrets).
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
         // SAFETY: prctl(PR_SET_CHILD_SUBREAPER) only sets an attribute of this process.
         unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1) };
+        let _ = nix::sys::prctl::set_dumpable(false);
     });
 
     let mut placed = Vec::new();

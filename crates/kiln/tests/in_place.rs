@@ -799,3 +799,29 @@ fn a_credential_helper_the_dockerfile_planted_is_not_run_by_the_push() {
     assert_ok(&output);
     assert!(legit_marker.exists(), "the job's own helper did not run");
 }
+
+#[test]
+fn a_step_cannot_read_kilns_environment_or_memory() {
+    // In place, a step runs as root beside kiln. Without CAP_SYS_PTRACE (not a container
+    // default), a non-dumpable kiln keeps /proc/<kiln>/environ and mem from it.
+    let job = Job::new(
+        "FROM BASE\n\
+         RUN for p in /proc/[0-9]*; do tr '\\0' ' ' < $p/cmdline 2>/dev/null; echo; done \
+             | grep -c 'kiln build' > /seen; \
+             for p in /proc/[0-9]*; do tr '\\0' '\\n' < $p/environ 2>/dev/null; \
+             head -c 1 $p/mem 2>/dev/null; done | grep -c KILN_TEST_MARKER > /found || true\n",
+    );
+    let pod = Pod::kiln_dir(Path::new(KILN), Profile::DockerDefault)
+        .bind(job.dir.path())
+        .bind_ro(&busybox_fixtures().oci_layout)
+        .env("NO_COLOR", "1")
+        .env("KILN_TEST_MARKER", "kilns-own-environment");
+    let args = job.args("in-pod", &[]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let output = pod.command(&args).output().unwrap();
+    assert_ok(&output);
+    let rootfs = job.rootfs("in-pod");
+    let seen: u32 = read(&rootfs.join("seen")).trim().parse().unwrap();
+    assert!(seen >= 1, "the step did not see kiln's process");
+    assert_eq!(read(&rootfs.join("found")), "0\n");
+}
