@@ -41,10 +41,11 @@ pub trait ImageResolver: Sync {
     /// Resolves `image` for `platform`, reading its index, manifest and config but no layer.
     fn resolve(&self, image: &BaseRef, platform: &Platform) -> Result<ResolvedImage, BuildError>;
 
-    /// Stores the blob `blob` of `image` in `store`, verified on the way in.
+    /// Stores the blob `blob` of the image (or cache) at `source` in `store`, verified on
+    /// the way in.
     fn fetch_blob(
         &self,
-        image: &ResolvedImage,
+        source: &BaseRef,
         blob: &Descriptor,
         store: &Store,
     ) -> Result<(), BuildError>;
@@ -274,12 +275,12 @@ impl ImageResolver for RegistryResolver<'_> {
 
     fn fetch_blob(
         &self,
-        image: &ResolvedImage,
+        reference: &BaseRef,
         blob: &Descriptor,
         store: &Store,
     ) -> Result<(), BuildError> {
-        let source = open_source(self.client, &image.source, self.base_dir, self.progress)?;
-        ensure_blob(source.as_ref(), store, &image.source, blob)
+        let source = open_source(self.client, reference, self.base_dir, self.progress)?;
+        ensure_blob(source.as_ref(), store, reference, blob)
     }
 }
 

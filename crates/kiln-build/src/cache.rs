@@ -72,6 +72,9 @@ impl RecordLayer {
 #[derive(Debug)]
 pub enum Lookup {
     Hit(Record),
+    /// A record of a registry cache (`--cache-from`): its layer's blob is fetched from
+    /// there, and only if a step must run on it or an image needs it.
+    Remote(Record, std::sync::Arc<crate::BaseRef>),
     Miss,
     /// There is a record, but it cannot be used; the text says why, for a warning.
     Unusable(String),

@@ -136,6 +136,9 @@ pub enum BuildError {
     Cancelled { platform: String },
     #[error(transparent)]
     Registry(Box<RegistryError>),
+    /// `--cache-to ...,ignore-error=false` and the export failed (the images were delivered).
+    #[error("exporting the build cache to {reference}: {message}")]
+    CacheExport { reference: String, message: String },
     /// An output could not be written; `action` says which (`writing the OCI layout x`).
     #[error("{action}: {source}")]
     Export {

@@ -22,6 +22,7 @@ mod output;
 mod plan;
 mod platform_args;
 mod progress;
+mod registry_cache;
 mod rules;
 mod secrets;
 mod solve;
@@ -54,8 +55,14 @@ pub use plan::{
     Origin, Plan, Source,
 };
 pub use progress::{LogStyle, Progress, ProgressMode};
+pub use registry_cache::{
+    CACHE_CONFIG_TYPE, CacheMode, CacheSpec, CacheSpecError, ChainedCache, ExportStats,
+    RemoteCache, export_cache, export_caches,
+};
 pub use secrets::{Redactor, SecretSource, Secrets};
-pub use solve::{BuildResult, BuiltImage, CachePolicy, Solver, StepKind, StepRecord, solve};
+pub use solve::{
+    BuildResult, BuiltImage, CacheEntry, CachePolicy, Solver, StepKind, StepRecord, solve,
+};
 pub use store::{Hold, Store};
 pub use timefmt::now_secs;
 pub use units::{UnitError, human_size, parse_duration, parse_size};
@@ -105,6 +112,11 @@ pub struct BuildOptions {
     pub isolation: Isolation,
     /// What in-place isolation leaves alone.
     pub in_place: InPlaceOptions,
+    /// `--cache-from`: registry caches whose records the build may use, in order.
+    pub cache_from: Vec<CacheSpec>,
+    /// `--cache-to`: where the build's records go once its images are delivered
+    /// ([`export_caches`]).
+    pub cache_to: Vec<CacheSpec>,
 }
 
 /// Builds the target stage of `df` for every platform in `opts.platforms` and stores the
@@ -149,7 +161,15 @@ pub fn build(
     // A record per context of what its files hashed to, so a rebuild reads only changes.
     let context = BuildContext::open(&opts.context_dir, opts.ignore_file.as_deref())?
         .with_records_in(&store.root().join("cache/context"));
-    let cache = LocalCache::open(store)?;
+    let local = LocalCache::open(store)?;
+    let remote = match opts.no_cache {
+        true => RemoteCache::default(),
+        false => RemoteCache::import(client, &opts.cache_from, progress),
+    };
+    let cache = ChainedCache {
+        local: &local,
+        remote: &remote,
+    };
     let solver = Solver {
         opts,
         store,

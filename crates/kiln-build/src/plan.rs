@@ -194,4 +194,17 @@ impl Plan {
     pub fn op(&self, id: OpId) -> &Op {
         &self.ops[id.0]
     }
+
+    /// The ops whose layers the built images hold: from each image's result down its
+    /// parent filesystems (an op's first input), not into the stages it copies from.
+    pub fn image_chains(&self) -> std::collections::HashSet<OpId> {
+        let mut chains = std::collections::HashSet::new();
+        for image in &self.images {
+            let mut next = Some(image.result);
+            while let Some(id) = next.filter(|id| chains.insert(*id)) {
+                next = self.ops[id.0].inputs.first().copied();
+            }
+        }
+        chains
+    }
 }

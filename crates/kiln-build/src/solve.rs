@@ -20,7 +20,7 @@ use kiln_sandbox::RunSpec;
 use kiln_snapshot::{LayerOptions, LayerStack};
 use serde::Serialize;
 
-use crate::base::{self, ImageResolver, ResolvedImage};
+use crate::base::{self, BaseRef, ImageResolver};
 use crate::cache::{CacheBackend, Lookup, Record, RecordLayer};
 use crate::context::{BuildContext, ContextSource};
 use crate::context_hash::{ContextDigest, HashStats};
@@ -68,6 +68,20 @@ pub struct StepRecord {
 pub struct BuildResult {
     pub images: Vec<BuiltImage>,
     pub steps: Vec<StepRecord>,
+    /// The cache record of every op the build ran or found in the cache, in plan order.
+    pub records: Vec<CacheEntry>,
+}
+
+/// An op's cache record, as `--cache-to` exports it.
+#[derive(Clone, Debug)]
+pub struct CacheEntry {
+    pub key: CacheKey,
+    pub record: Record,
+    /// Whether the op made a layer of a built image (`mode=min` exports only these), rather
+    /// than of another stage.
+    pub in_image: bool,
+    /// The registry cache the record came from, if it did (its blob may be only there).
+    pub from: Option<Arc<BaseRef>>,
 }
 
 /// When the cache is not consulted.
@@ -92,13 +106,13 @@ pub struct Solver<'a> {
     pub policy: CachePolicy,
 }
 
-/// One layer of a filesystem: its blob, its diff_id, and the image it can be fetched from
-/// when it is not in the store yet.
+/// One layer of a filesystem: its blob, its diff_id, and the image (or cache) it can be
+/// fetched from when it is not in the store yet.
 #[derive(Clone)]
 struct LayerRef {
     blob: Descriptor,
     diff_id: Digest,
-    image: Option<Arc<ResolvedImage>>,
+    from: Option<Arc<BaseRef>>,
 }
 
 /// A done op.
@@ -157,6 +171,7 @@ pub fn solve(plan: &Plan, solver: &Solver) -> Result<BuildResult, BuildError> {
         secret_files: SecretFiles::new(solver.store),
         now: timefmt::rfc3339(timefmt::now_secs()),
         steps: Mutex::new(Vec::new()),
+        records: Mutex::new(Vec::new()),
         cancelled: AtomicBool::new(false),
         layer_locks: Mutex::new(HashMap::new()),
     };
@@ -197,9 +212,19 @@ pub fn solve(plan: &Plan, solver: &Solver) -> Result<BuildResult, BuildError> {
     if let Some(e) = first_cancel {
         return Err(e);
     }
+    let in_images = plan.image_chains();
+    let mut records = solving.records.into_inner().unwrap();
+    records.sort_by_key(|(id, _)| *id);
     Ok(BuildResult {
         images,
         steps: solving.steps.into_inner().unwrap(),
+        records: records
+            .into_iter()
+            .map(|(id, entry)| CacheEntry {
+                in_image: in_images.contains(&id),
+                ..entry
+            })
+            .collect(),
     })
 }
 
@@ -212,6 +237,8 @@ struct Solving<'p, 's> {
     /// The time of the ops that run in this build.
     now: String,
     steps: Mutex<Vec<StepRecord>>,
+    /// The cache record of each op that ran or was found in the cache.
+    records: Mutex<Vec<(OpId, CacheEntry)>>,
     cancelled: AtomicBool,
     /// One lock per layer being extracted, so two threads never do it twice.
     layer_locks: Mutex<HashMap<Digest, Arc<Mutex<()>>>>,
@@ -301,7 +328,7 @@ impl Solving<'_, '_> {
             .collect::<Result<Vec<_>, _>>()?;
         let done = match &op.kind {
             OpKind::Source(source) => self.source(op, source),
-            _ => self.cached_or_run(op, &inputs)?,
+            _ => self.cached_or_run(id, op, &inputs)?,
         };
         self.config_steps(op);
         Ok(done)
@@ -361,7 +388,7 @@ impl Solving<'_, '_> {
                 .map(|(blob, diff_id)| LayerRef {
                     blob: blob.clone(),
                     diff_id: diff_id.clone(),
-                    image: Some(image.clone()),
+                    from: Some(Arc::new(image.source.clone())),
                 })
                 .collect(),
         };
@@ -378,7 +405,7 @@ impl Solving<'_, '_> {
         !policy.disabled && !policy.stages.contains(&op.origin.stage)
     }
 
-    fn cached_or_run(&self, op: &Op, inputs: &[Arc<Done>]) -> Result<Done, BuildError> {
+    fn cached_or_run(&self, id: OpId, op: &Op, inputs: &[Arc<Done>]) -> Result<Done, BuildError> {
         let started = Instant::now();
         let reads = self.reads(op)?;
         let key = CacheKey::of(
@@ -392,7 +419,7 @@ impl Solving<'_, '_> {
         let mut _lock = None;
         if self.looks_up(op) {
             let mut warned = false;
-            if let Some(done) = self.hit(op, &key, inputs, started, &mut warned) {
+            if let Some(done) = self.hit(id, op, &key, inputs, started, &mut warned) {
                 self.show_hashed(&reads);
                 return Ok(done);
             }
@@ -403,7 +430,7 @@ impl Solving<'_, '_> {
                     op.origin.label
                 ))
             })?);
-            if let Some(done) = self.hit(op, &key, inputs, started, &mut warned) {
+            if let Some(done) = self.hit(id, op, &key, inputs, started, &mut warned) {
                 self.show_hashed(&reads);
                 return Ok(done);
             }
@@ -446,6 +473,7 @@ impl Solving<'_, '_> {
             created: self.now.clone(),
             last_used: self.now.clone(),
         };
+        self.keep_record(id, &key, &record, None);
         // The layer is stored; a record that cannot be written only costs the next build.
         if let Err(e) = self.s.cache.save(&key, &record) {
             self.progress().warning(&e.to_string());
@@ -486,14 +514,16 @@ impl Solving<'_, '_> {
     /// unusable record is warned about once per op (`warned`).
     fn hit(
         &self,
+        id: OpId,
         op: &Op,
         key: &CacheKey,
         inputs: &[Arc<Done>],
         started: Instant,
         warned: &mut bool,
     ) -> Option<Done> {
-        let mut record = match self.s.cache.load(key) {
-            Lookup::Hit(record) => record,
+        let (mut record, from) = match self.s.cache.load(key) {
+            Lookup::Hit(record) => (record, None),
+            Lookup::Remote(record, source) => (record, Some(source)),
             Lookup::Miss => return None,
             Lookup::Unusable(_) if *warned => return None,
             Lookup::Unusable(why) => {
@@ -519,13 +549,29 @@ impl Solving<'_, '_> {
         let layer = record.layer.as_ref().map(|l| LayerRef {
             blob: l.descriptor(),
             diff_id: l.diff_id.clone(),
-            image: None,
+            from: from.clone(),
         });
-        record.last_used = self.now.clone();
-        if let Err(e) = self.s.cache.save(key, &record) {
-            self.progress().warning(&e.to_string());
+        self.keep_record(id, key, &record, from.clone());
+        // A record from a registry cache stays there: a local one would point at a blob
+        // this store may never get.
+        if from.is_none() {
+            record.last_used = self.now.clone();
+            if let Err(e) = self.s.cache.save(key, &record) {
+                self.progress().warning(&e.to_string());
+            }
         }
         Some(self.done_with(&inputs[0], layer, created, key))
+    }
+
+    /// Notes what `op` used or made under `key`, for `--cache-to`.
+    fn keep_record(&self, id: OpId, key: &CacheKey, record: &Record, from: Option<Arc<BaseRef>>) {
+        let entry = CacheEntry {
+            key: key.clone(),
+            record: record.clone(),
+            in_image: false,
+            from,
+        };
+        self.records.lock().unwrap().push((id, entry));
     }
 
     fn done_with(
@@ -656,8 +702,11 @@ impl Solving<'_, '_> {
         if self.s.store.has_blob(&layer.blob.digest) {
             return Ok(());
         }
-        match &layer.image {
-            Some(image) => self.s.resolver.fetch_blob(image, &layer.blob, self.s.store),
+        match &layer.from {
+            Some(source) => self
+                .s
+                .resolver
+                .fetch_blob(source, &layer.blob, self.s.store),
             None => Err(BuildError::Io {
                 context: format!("layer {}", layer.blob.digest),
                 source: std::io::Error::other(format!(
@@ -718,8 +767,8 @@ impl Solving<'_, '_> {
         }
         self.progress()
             .detail(&format!("extracting {}", layer.blob.digest));
-        let from = match &layer.image {
-            Some(image) => image.source.to_string(),
+        let from = match &layer.from {
+            Some(source) => source.to_string(),
             None => format!("layer {}", layer.blob.digest),
         };
         base::extract(self.s.store, &layer.blob, &layer.diff_id, &from)
@@ -742,7 +791,7 @@ impl Solving<'_, '_> {
         Ok(LayerRef {
             blob: Descriptor::new(media::OCI_LAYER_GZIP, blob.digest, blob.size),
             diff_id: blob.diff_id,
-            image: None,
+            from: None,
         })
     }
 

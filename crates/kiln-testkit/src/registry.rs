@@ -137,6 +137,20 @@ impl Registry {
             .unwrap_or_default()
     }
 
+    /// Each blob the registry has served to a GET so far, by digest (`sha256:...`), once
+    /// per request, read from its access log.
+    pub fn blob_gets(&self) -> Vec<String> {
+        let log = fs::read_to_string(self.workdir.path().join("registry.log")).unwrap_or_default();
+        log.lines()
+            .filter(|line| line.contains("\"GET /v2/"))
+            .filter_map(|line| {
+                let start = line.find("/blobs/sha256:")? + "/blobs/".len();
+                line.get(start..start + "sha256:".len() + 64)
+                    .map(str::to_string)
+            })
+            .collect()
+    }
+
     /// The directory the registry stores blobs and manifests in (removed on drop).
     pub fn storage_dir(&self) -> PathBuf {
         self.workdir.path().join("storage")
@@ -225,7 +239,7 @@ impl Drop for Registry {
 fn registry_config(addr: &str, storage: &Path, setup: &Setup) -> String {
     let mut config = format!(
         "version: 0.1\n\
-         log:\n  level: error\n  accesslog:\n    disabled: true\n\
+         log:\n  level: error\n  accesslog:\n    disabled: false\n\
          storage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\n\
          http:\n  addr: {addr}\n",
         storage.display()

@@ -5,8 +5,8 @@ use std::path::{Component, Path, PathBuf};
 
 use clap::Args;
 use kiln_build::{
-    BuildError, BuildMetadata, BuildOptions, Hold, Output, OutputFlags, Progress, ProgressMode,
-    SecretSource, Secrets, StepKind, Store,
+    BuildError, BuildMetadata, BuildOptions, CacheSpec, Hold, Output, OutputFlags, Progress,
+    ProgressMode, SecretSource, Secrets, StepKind, Store,
 };
 use kiln_oci::{Descriptor, Platform};
 use kiln_registry::{Reference, RegistryClient};
@@ -101,6 +101,22 @@ pub struct BuildArgs {
     /// Run the steps of this stage without the cache (repeatable, or a comma list).
     #[arg(long = "no-cache-filter", value_name = "STAGE", value_delimiter = ',')]
     no_cache_filter: Vec<String>,
+    /// A registry cache to take step results from (repeatable, tried in order):
+    /// type=registry,ref=REF, or REF.
+    #[arg(long = "cache-from", value_name = "SPEC")]
+    cache_from: Vec<String>,
+    /// Where to export the build's step results after the images are delivered (repeatable):
+    /// type=registry,ref=REF[,mode=min|max][,ignore-error=true|false].
+    #[arg(long = "cache-to", value_name = "SPEC")]
+    cache_to: Vec<String>,
+}
+
+/// `--cache-from` or `--cache-to` specs.
+pub(crate) fn parse_cache_specs(specs: &[String]) -> Result<Vec<CacheSpec>, Report> {
+    specs
+        .iter()
+        .map(|spec| CacheSpec::parse(spec).map_err(|e| miette!("{e}")))
+        .collect()
 }
 
 /// `--secret id=ID,src=FILE`, `id=ID,env=VAR` (buildx's form; `source=` and `type=` too). With
@@ -373,6 +389,14 @@ pub(crate) fn build_and_deliver(
         progress,
     )
     .map_err(to_report)?;
+    kiln_build::export_caches(
+        clients.push,
+        store,
+        &result.records,
+        &options.cache_to,
+        progress,
+    )
+    .map_err(to_report)?;
     print_summary(progress, &result);
     let top = match delivered {
         Some(d) => d,
@@ -469,6 +493,8 @@ pub fn run(args: BuildArgs) -> Result<(), Report> {
         labels: BTreeMap::new(),
         isolation,
         in_place,
+        cache_from: parse_cache_specs(&args.cache_from)?,
+        cache_to: parse_cache_specs(&args.cache_to)?,
     };
     let clients = Clients {
         pull: &client,

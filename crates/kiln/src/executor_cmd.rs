@@ -7,7 +7,10 @@ use std::path::{Component, Path, PathBuf};
 
 use clap::Args;
 use clap::builder::BoolishValueParser;
-use kiln_build::{BuildOptions, LogStyle, Output, OutputFlags, Progress, ProgressMode, Secrets};
+use kiln_build::{
+    BuildOptions, CacheMode, CacheSpec, LogStyle, Output, OutputFlags, Progress, ProgressMode,
+    Secrets,
+};
 use kiln_registry::{ClientOptions, Reference, RegistryClient, RetryPolicy};
 use miette::{IntoDiagnostic, Report, WrapErr, miette};
 
@@ -216,6 +219,15 @@ fn parse_labels(given: &[String]) -> Result<BTreeMap<String, String>, Report> {
 
 /// kaniko's `--image-name-with-digest-file` (`NAME@DIGEST`) and, with `with_tag`,
 /// `--image-name-tag-with-digest-file` (`NAME:TAG@DIGEST`): one line per destination.
+/// A kaniko boolean flag given as `--flag`, `--flag=true` or `--flag=false`.
+fn flag_is_true(value: Option<&str>) -> Result<bool, Report> {
+    match value.map(str::to_ascii_lowercase).as_deref() {
+        None | Some("false" | "0" | "no" | "off") => Ok(false),
+        Some("true" | "1" | "yes" | "on") => Ok(true),
+        Some(other) => Err(miette!("`{other}` is not true or false")),
+    }
+}
+
 fn names_with_digest(names: &[Reference], digest: &str, with_tag: bool) -> String {
     names
         .iter()
@@ -251,11 +263,8 @@ impl ExecutorArgs {
         .flatten()
         .collect();
         let cache: Vec<String> = [
-            given("cache", self.cache.is_some()),
-            given("cache-repo", self.cache_repo.is_some()),
             given("cache-dir", self.cache_dir.is_some()),
             given("cache-ttl", self.cache_ttl.is_some()),
-            given("no-push-cache", self.no_push_cache.is_some()),
         ]
         .into_iter()
         .flatten()
@@ -271,12 +280,44 @@ impl ExecutorArgs {
         }
         if !cache.is_empty() {
             notices.push(format!(
-                "notice: accepted {}, but kiln has no registry cache yet (it comes in a later \
-                 release): this build uses kiln's local cache only",
+                "notice: accepted {}, not honoured yet: kiln's registry cache (--cache, \
+                 --cache-repo) keeps no TTL, and base images go to kiln's store",
                 cache.join(", ")
             ));
         }
         notices
+    }
+
+    /// kaniko's `--cache=true`: the registry cache at `--cache-repo`, else at the first
+    /// destination's repository with `/cache` added, as kaniko derives it. Read, and written
+    /// unless `--no-push-cache`; every stage's steps, as kaniko caches them.
+    fn cache_specs(&self, names: &[Reference]) -> Result<(Vec<CacheSpec>, Vec<CacheSpec>), Report> {
+        if !flag_is_true(self.cache.as_deref())? {
+            return Ok((Vec::new(), Vec::new()));
+        }
+        let reference: Reference = match (&self.cache_repo, names.first()) {
+            (Some(repo), _) => repo
+                .parse()
+                .map_err(|e| miette!("--cache-repo {repo}: {e}"))?,
+            (None, Some(name)) => format!("{}/{}/cache", name.registry, name.repository)
+                .parse()
+                .map_err(|e| miette!("the cache repository derived from {name}: {e}"))?,
+            (None, None) => {
+                return Err(miette!(
+                    "--cache=true needs --cache-repo, or a --destination to derive it from"
+                ));
+            }
+        };
+        let spec = CacheSpec {
+            reference,
+            mode: CacheMode::Max,
+            ignore_error: true,
+        };
+        let to = match flag_is_true(self.no_push_cache.as_deref())? {
+            true => Vec::new(),
+            false => vec![spec.clone()],
+        };
+        Ok((vec![spec], to))
     }
 
     /// A registry client's options for pulls or for pushes: the flags kaniko shares with `kiln build`,
@@ -444,6 +485,7 @@ pub fn run(args: ExecutorArgs) -> Result<(), Report> {
                 .filter_map(|f| f.as_deref()),
             ),
     );
+    let (cache_from, cache_to) = args.cache_specs(&names)?;
     let options = BuildOptions {
         dockerfile_path: dockerfile.name.clone(),
         ignore_file: build_cmd::ignore_file(&dockerfile_path, &context)?,
@@ -463,6 +505,8 @@ pub fn run(args: ExecutorArgs) -> Result<(), Report> {
         labels: parse_labels(&args.labels)?,
         isolation,
         in_place,
+        cache_from,
+        cache_to,
     };
     let clients = Clients {
         pull: &pull,

@@ -233,6 +233,8 @@ impl Suite {
             labels: BTreeMap::new(),
             isolation: Default::default(),
             in_place: Default::default(),
+            cache_from: Vec::new(),
+            cache_to: Vec::new(),
         };
         let text =
             std::fs::read_to_string(&dockerfile).map_err(|_| "its Dockerfile is unreadable")?;

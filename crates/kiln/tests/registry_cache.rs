@@ -1,0 +1,303 @@
+//! The build cache in a registry (`--cache-to`, `--cache-from`, kaniko's `--cache-repo`):
+//! each job with its own empty kiln root, as on a fresh CI runner, against a real registry
+//! whose access log says which blobs were downloaded.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+use common::*;
+
+/// A two-stage project: `builder` makes a file (and a layer the final image never holds);
+/// the final stage copies it, copies `app.txt` and runs on it.
+fn project(env: &Env, name: &str, app: &str) -> PathBuf {
+    env.context(
+        name,
+        &[
+            (
+                "Dockerfile",
+                "FROM $REG/busybox AS builder\n\
+                 RUN echo built > /artifact && head -c 200000 /dev/urandom > /noise\n\
+                 FROM $REG/busybox\n\
+                 COPY --from=builder /artifact /artifact\n\
+                 COPY app.txt /app.txt\n\
+                 RUN cat /app.txt /artifact > /combined\n",
+            ),
+            ("app.txt", app),
+        ],
+    )
+}
+
+/// `kiln build --push -t TAG [extra] CTX` with a kiln root of its own (a fresh runner).
+fn job(env: &Env, root: &str, ctx: &Path, tag: &str, extra: &[&str]) -> Output {
+    let tag = env.tag(tag);
+    let mut args = vec!["build", "--progress", "plain", "--push", "-t", &tag];
+    args.extend_from_slice(extra);
+    args.push(ctx.to_str().unwrap());
+    kiln_with_root(&env.path(root), &args)
+}
+
+fn digest_of(reference: &str) -> String {
+    skopeo_inspect(reference, None)["Digest"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+/// The layer digests a manifest (by reference) lists.
+fn layers_of(reference: &str) -> Vec<String> {
+    let manifest: Value = serde_json::from_slice(&skopeo_raw(reference)).unwrap();
+    manifest["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["digest"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn a_fresh_runner_takes_every_step_from_the_registry_cache() {
+    let env = Env::new();
+    let ctx = project(&env, "ctx", "version 1\n");
+    let cache = format!("type=registry,ref={},mode=max", env.tag("app:buildcache"));
+    let first = job(&env, "root-1", &ctx, "app:1", &["--cache-to", &cache]);
+    assert_ok(&first);
+    assert!(
+        stderr(&first).contains("exported cache to"),
+        "{}",
+        stderr(&first)
+    );
+    assert_eq!(ran_and_cached(&stderr(&first)).1, 0);
+
+    let gets_before = env.registry.blob_gets().len();
+    let from = format!("type=registry,ref={}", env.tag("app:buildcache"));
+    let second = job(&env, "root-2", &ctx, "app:2", &["--cache-from", &from]);
+    assert_ok(&second);
+    let (ran, cached) = ran_and_cached(&stderr(&second));
+    assert_eq!((ran, cached), (0, 4), "{}", stderr(&second));
+    assert_eq!(digest_of(&env.tag("app:2")), digest_of(&env.tag("app:1")));
+
+    // The builder stage's layer is in the cache but in no image: nothing needed it.
+    let image_layers = layers_of(&env.tag("app:1"));
+    let cache_layers = layers_of(&env.tag("app:buildcache"));
+    let builder_only: Vec<&String> = cache_layers
+        .iter()
+        .filter(|l| !image_layers.contains(l))
+        .collect();
+    assert_eq!(builder_only.len(), 1, "{cache_layers:?} {image_layers:?}");
+    let fetched = &env.registry.blob_gets()[gets_before..];
+    // (The log is read: the image's own layers were fetched, for the push.)
+    assert!(!fetched.is_empty());
+    assert!(
+        !fetched.contains(builder_only[0]),
+        "the builder's layer was downloaded: {fetched:?}"
+    );
+
+    // One changed source file: its COPY and the step after it run; the rest is cached.
+    std::fs::write(ctx.join("app.txt"), "version 2\n").unwrap();
+    let third = job(&env, "root-3", &ctx, "app:3", &["--cache-from", &from]);
+    assert_ok(&third);
+    assert_eq!(
+        ran_and_cached(&stderr(&third)),
+        (2, 2),
+        "{}",
+        stderr(&third)
+    );
+    let rootfs = unpack_pushed(&env.tag("app:3"), &env.path("unpacked-3"));
+    assert_eq!(read(&rootfs.join("combined")), "version 2\nbuilt\n");
+}
+
+#[test]
+fn mode_min_exports_only_the_final_images_steps() {
+    let env = Env::new();
+    let ctx = project(&env, "ctx", "v\n");
+    let min = format!("type=registry,ref={}", env.tag("app:min"));
+    let max = format!("type=registry,ref={},mode=max", env.tag("app:max"));
+    assert_ok(&job(
+        &env,
+        "root-1",
+        &ctx,
+        "app:1",
+        &["--cache-to", &min, "--cache-to", &max],
+    ));
+    // The builder stage's record and layer are only in the max cache.
+    let (min_layers, max_layers) = (
+        layers_of(&env.tag("app:min")),
+        layers_of(&env.tag("app:max")),
+    );
+    assert_eq!(
+        max_layers.len(),
+        min_layers.len() + 1,
+        "{min_layers:?} {max_layers:?}"
+    );
+
+    let second = job(
+        &env,
+        "root-2",
+        &ctx,
+        "app:2",
+        &["--cache-from", &min.replace("type=registry,ref=", "")],
+    );
+    assert_ok(&second);
+    // Without the builder's record its RUN runs again, and what follows it changes.
+    let (ran, _) = ran_and_cached(&stderr(&second));
+    assert!(ran >= 1, "{}", stderr(&second));
+    assert!(
+        stderr(&second).contains("RUN echo built"),
+        "{}",
+        stderr(&second)
+    );
+}
+
+#[test]
+fn two_platforms_share_one_cache_ref() {
+    let env = Env::new();
+    let ctx = env.context(
+        "ctx",
+        &[(
+            "Dockerfile",
+            "FROM $REG/busybox\nARG TARGETARCH\nRUN echo $TARGETARCH > /arch\n",
+        )],
+    );
+    let platforms = "linux/amd64,linux/arm64";
+    let cache = format!("type=registry,ref={},mode=max", env.tag("app:cache"));
+    let first = job(
+        &env,
+        "root-1",
+        &ctx,
+        "app:1",
+        &["--platform", platforms, "--cache-to", &cache],
+    );
+    assert_ok(&first);
+    let second = job(
+        &env,
+        "root-2",
+        &ctx,
+        "app:2",
+        &[
+            "--platform",
+            platforms,
+            "--cache-from",
+            &env.tag("app:cache"),
+        ],
+    );
+    assert_ok(&second);
+    assert_eq!(
+        ran_and_cached(&stderr(&second)),
+        (0, 2),
+        "{}",
+        stderr(&second)
+    );
+    assert_eq!(digest_of(&env.tag("app:2")), digest_of(&env.tag("app:1")));
+}
+
+#[test]
+fn kanikos_cache_flags_use_the_same_cache() {
+    let env = Env::new();
+    let ctx = project(&env, "ctx", "k\n");
+    let executor = |root: &str, tag: &str, extra: &[&str]| {
+        let destination = env.tag(tag);
+        let context = format!("dir://{}", ctx.display());
+        let mut args = vec![
+            "executor",
+            "--context",
+            &context,
+            "--destination",
+            &destination,
+            "--cache=true",
+        ];
+        args.extend_from_slice(extra);
+        let mut command = kiln_command(&env.path(root), &args);
+        command
+            .env_remove("DOCKER_CONFIG")
+            .env_remove("KILN_DIR")
+            .env("HOME", env.path("home"));
+        command.output().unwrap()
+    };
+    let repo = env.tag("team/cache");
+    let first = executor("root-1", "app:1", &["--cache-repo", &repo]);
+    assert_ok(&first);
+    let second = executor("root-2", "app:2", &["--cache-repo", &repo]);
+    assert_ok(&second);
+    assert_eq!(
+        ran_and_cached(&stderr(&second)),
+        (0, 4),
+        "{}",
+        stderr(&second)
+    );
+    assert_eq!(digest_of(&env.tag("app:2")), digest_of(&env.tag("app:1")));
+
+    // Without --cache-repo kaniko's rule applies: the destination's repository + /cache.
+    let third = executor("root-3", "derived:1", &[]);
+    assert_ok(&third);
+    assert!(image_exists(&env.tag("derived/cache:latest")));
+    // --no-push-cache reads the cache but writes none.
+    let fourth = executor(
+        "root-4",
+        "other:1",
+        &["--cache-repo", &env.tag("never/cache"), "--no-push-cache"],
+    );
+    assert_ok(&fourth);
+    assert!(!image_exists(&env.tag("never/cache:latest")));
+}
+
+#[test]
+fn missing_foreign_and_unreachable_caches_never_fail_the_build() {
+    let env = Env::new();
+    let ctx = project(&env, "ctx", "x\n");
+    // A ref that does not exist yet: an empty cache, said once.
+    let missing = job(
+        &env,
+        "root-1",
+        &ctx,
+        "app:1",
+        &["--cache-from", &env.tag("app:nocache")],
+    );
+    assert_ok(&missing);
+    assert!(
+        stderr(&missing).contains("does not exist yet"),
+        "{}",
+        stderr(&missing)
+    );
+    // An ordinary image where the cache should be: a warning, and the steps run.
+    let foreign = job(
+        &env,
+        "root-2",
+        &ctx,
+        "app:2",
+        &["--cache-from", &env.tag("busybox:latest")],
+    );
+    assert_ok(&foreign);
+    assert!(
+        stderr(&foreign).contains("is not a kiln build cache"),
+        "{}",
+        stderr(&foreign)
+    );
+    assert_eq!(ran_and_cached(&stderr(&foreign)).1, 0);
+    // A registry that cannot be reached for the export: the image is pushed, with a warning
+    // that names the cache; asked to, the export's failure fails the build.
+    let unreachable = "type=registry,ref=127.0.0.1:1/app:cache";
+    let warned = job(&env, "root-3", &ctx, "app:3", &["--cache-to", unreachable]);
+    assert_ok(&warned);
+    assert!(
+        flat_stderr(&warned).contains("the cache was not exported to 127.0.0.1:1/app:cache"),
+        "{}",
+        stderr(&warned)
+    );
+    assert!(image_exists(&env.tag("app:3")));
+    let strict = format!("{unreachable},ignore-error=false");
+    let failed = job(&env, "root-4", &ctx, "app:4", &["--cache-to", &strict]);
+    let message = assert_failed(&failed);
+    assert!(
+        message.contains("exporting the build cache to 127.0.0.1:1/app:cache"),
+        "{message}"
+    );
+    assert!(
+        image_exists(&env.tag("app:4")),
+        "the image goes out before the cache"
+    );
+    // A spec kiln does not know is refused before anything runs.
+    let bad = job(&env, "root-5", &ctx, "app:5", &["--cache-to", "type=gha"]);
+    assert!(assert_failed(&bad).contains("cache type `gha` is not supported yet"));
+}
