@@ -3,9 +3,10 @@
 //! types), and the store, as a `kiln_transport` image source, is copied to each output. So a
 //! build pushes and writes layouts through the same code as `kiln copy`.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use kiln_oci::{Descriptor, ImageIndex, ImageManifest, media, to_json_bytes};
+use kiln_oci::{Descriptor, Digest, ImageIndex, ImageManifest, media, to_json_bytes};
 use kiln_registry::{BlobTransfer, Reference, RegistryClient};
 use kiln_transport::{
     DockerArchiveDestination, ImageDestination, ImageSource, LayoutName, OciArchiveDestination,
@@ -17,16 +18,47 @@ use crate::progress::Progress;
 use crate::{BuildError, BuiltImage, Output, Store};
 
 /// An image or index in kiln's store, as a source to copy from. The store's blobs were
-/// verified when they were stored, so destinations may use its files as they are.
+/// verified when they were stored, so destinations may use its files as they are. Layer
+/// blobs a build never needed (a base image's, a registry cache's) may be only in the
+/// registry repository they came from: a push to that registry mounts them, any other
+/// output fetches them from there, verified as they stream.
 pub struct StoreSource<'s> {
     store: &'s Store,
     top: Descriptor,
+    remote: Option<(&'s RegistryClient, &'s BTreeMap<Digest, Reference>)>,
 }
 
 impl<'s> StoreSource<'s> {
     /// The image or index `top`, which the store holds with everything under it.
     pub fn new(store: &'s Store, top: Descriptor) -> StoreSource<'s> {
-        StoreSource { store, top }
+        StoreSource {
+            store,
+            top,
+            remote: None,
+        }
+    }
+
+    /// The same, with blobs the store lacks fetched through `client` from `origins`.
+    pub fn with_origins(
+        store: &'s Store,
+        top: Descriptor,
+        client: &'s RegistryClient,
+        origins: &'s BTreeMap<Digest, Reference>,
+    ) -> StoreSource<'s> {
+        StoreSource {
+            store,
+            top,
+            remote: Some((client, origins)),
+        }
+    }
+
+    /// Where `desc` can be fetched from, if the store lacks it.
+    fn origin(&self, desc: &Descriptor) -> Option<(&'s RegistryClient, &'s Reference)> {
+        let (client, origins) = self.remote?;
+        if self.store.has_blob(&desc.digest) {
+            return None;
+        }
+        origins.get(&desc.digest).map(|origin| (client, origin))
     }
 
     fn open(&self, desc: &Descriptor) -> Result<std::fs::File, TransportError> {
@@ -57,11 +89,21 @@ impl ImageSource for StoreSource<'_> {
     }
 
     fn blob_to_file(&self, desc: &Descriptor, dest: &Path) -> Result<(), TransportError> {
+        if let Some((client, origin)) = self.origin(desc) {
+            return Ok(client.fetch_blob(origin, desc, dest)?);
+        }
         write_verified(self.open(desc)?, desc, dest, &self.describe(), "blob")
     }
 
+    fn registry_reference(&self, desc: &Descriptor) -> Option<&Reference> {
+        self.origin(desc).map(|(_, origin)| origin)
+    }
+
     fn local_blob(&self, desc: &Descriptor) -> Option<PathBuf> {
-        Some(self.store.blob_path(&desc.digest))
+        match self.origin(desc) {
+            Some(_) => None,
+            None => Some(self.store.blob_path(&desc.digest)),
+        }
     }
 }
 
@@ -108,18 +150,24 @@ fn render(store: &Store, images: &[BuiltImage], oci: bool) -> Result<Descriptor,
 /// the store: a registry gets every blob, then every platform's manifest, and the tags last
 /// (in every repository named), so a failure never leaves a tag pointing at missing content;
 /// a layout or archive appears only when it is complete. `names` name the image in layouts.
+/// `clients` are for pulls (layer blobs the store never fetched) and for pushes.
 pub fn deliver(
     store: &Store,
-    client: &RegistryClient,
+    clients: (&RegistryClient, &RegistryClient),
     images: &[BuiltImage],
     names: &[Reference],
     outputs: &[Output],
     progress: &Progress,
 ) -> Result<Option<Descriptor>, BuildError> {
+    let (pull, client) = clients;
+    let origins: BTreeMap<Digest, Reference> = images
+        .iter()
+        .flat_map(|image| image.origins.clone())
+        .collect();
     let mut first = None;
     for output in outputs {
         let top = render(store, images, output.oci_mediatypes())?;
-        let source = StoreSource::new(store, top.clone());
+        let source = StoreSource::with_origins(store, top.clone(), pull, &origins);
         match output {
             Output::Registry {
                 names: targets,

@@ -361,11 +361,17 @@ mod tests {
         assert!(spec.ignore_error);
         // A bare ref is the registry type; buildx's default mode is min.
         let bare = CacheSpec::parse("reg:5000/app:cache").unwrap();
-        assert_eq!((bare.mode, bare.reference), (CacheMode::Min, spec.reference));
+        assert_eq!(
+            (bare.mode, bare.reference),
+            (CacheMode::Min, spec.reference)
+        );
         let strict = CacheSpec::parse("ref=r/a:c,ignore-error=false,compression=zstd").unwrap();
         assert!(!strict.ignore_error);
         for (bad, says) in [
-            ("type=local,dest=/tmp/c", "cache type `local` is not supported yet"),
+            (
+                "type=local,dest=/tmp/c",
+                "cache type `local` is not supported yet",
+            ),
             ("type=registry", "no `ref=`"),
             ("ref=r/a:c,mode=all", "mode `all`"),
             ("ref=r/a:c,ref=r/b:c", "`ref` is given twice"),

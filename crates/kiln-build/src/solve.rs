@@ -8,7 +8,7 @@
 //! Platforms are solved on up to `--jobs` threads; when one fails, the others stop before
 //! their next op, and the failure that caused it is reported rather than the cancellations.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use kiln_oci::{Descriptor, Digest, ImageManifest, Platform, media, to_json_bytes};
+use kiln_registry::Reference;
 use kiln_sandbox::RunSpec;
 use kiln_snapshot::{LayerOptions, LayerStack};
 use serde::Serialize;
@@ -39,6 +40,9 @@ pub struct BuiltImage {
     pub manifest: Descriptor,
     pub config: Descriptor,
     pub layers: Vec<Descriptor>,
+    /// The layer blobs the store does not hold (nothing needed them locally), each with the
+    /// registry repository it is in.
+    pub origins: BTreeMap<Digest, Reference>,
 }
 
 /// How a step of the build summary went.
@@ -959,9 +963,18 @@ impl Solving<'_, '_> {
 
     /// Assembles and stores the config and manifest of one platform's image.
     fn finish(&self, image: &ImagePlan, done: &Done) -> Result<BuiltImage, BuildError> {
-        // Every blob the manifest names must be in the store, base layers included.
+        // Every blob the manifest names must be in the store, or in the registry repository
+        // it comes from: a push to that registry mounts it, other outputs fetch it then.
+        let mut origins = BTreeMap::new();
         for layer in &done.layers {
-            self.fetch(layer)?;
+            match layer.from.as_deref() {
+                Some(BaseRef::Registry { reference, .. })
+                    if !self.s.store.has_blob(&layer.blob.digest) =>
+                {
+                    origins.insert(layer.blob.digest.clone(), reference.clone());
+                }
+                _ => self.fetch(layer)?,
+            }
         }
         let sde = self.s.opts.source_date_epoch.map(timefmt::rfc3339);
         let mut config = image.config.clone();
@@ -1026,6 +1039,7 @@ impl Solving<'_, '_> {
             manifest: manifest_desc,
             config: config_desc,
             layers,
+            origins,
         })
     }
 }

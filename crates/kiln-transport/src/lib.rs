@@ -69,9 +69,9 @@ pub trait ImageSource {
     /// Streams a blob into `dest`, checking size and digest on the way. The file appears at
     /// `dest` only when it matched.
     fn blob_to_file(&self, desc: &Descriptor, dest: &Path) -> Result<(), TransportError>;
-    /// The registry repository the blobs come from, when they come from one: a destination in
-    /// the same registry can then mount them instead of copying their bytes.
-    fn registry_reference(&self) -> Option<&kiln_registry::Reference> {
+    /// The registry repository the blob `desc` comes from, when it comes from one: a
+    /// destination in the same registry can then mount it instead of copying its bytes.
+    fn registry_reference(&self, _desc: &Descriptor) -> Option<&kiln_registry::Reference> {
         None
     }
     /// A local file that holds exactly this blob, already verified (kiln's own store): a

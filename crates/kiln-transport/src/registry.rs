@@ -50,7 +50,7 @@ impl ImageSource for RegistrySource<'_> {
         Ok(self.client.fetch_blob(&self.reference, desc, dest)?)
     }
 
-    fn registry_reference(&self) -> Option<&Reference> {
+    fn registry_reference(&self, _desc: &Descriptor) -> Option<&Reference> {
         Some(&self.reference)
     }
 }
@@ -242,7 +242,7 @@ impl ImageDestination for RegistryDestination<'_> {
         let at = if let Some(path) = source.local_blob(desc) {
             BlobAt::Local(path)
         } else if let Some(from) = source
-            .registry_reference()
+            .registry_reference(desc)
             .filter(|from| from.registry == first.registry)
         {
             // Within one registry the blob is mounted, not downloaded and uploaded again.

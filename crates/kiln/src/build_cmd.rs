@@ -382,7 +382,7 @@ pub(crate) fn build_and_deliver(
         .map_err(to_report)?;
     let delivered = kiln_build::deliver(
         store,
-        clients.push,
+        (clients.pull, clients.push),
         &result.images,
         names,
         outputs,
