@@ -136,6 +136,7 @@ mod tests {
             manifest,
             config: d("c"),
             layers: vec![],
+            origins: Default::default(),
         }
     }
 
