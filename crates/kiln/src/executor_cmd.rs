@@ -280,8 +280,8 @@ impl ExecutorArgs {
         }
         if !cache.is_empty() {
             notices.push(format!(
-                "notice: accepted {}, not honoured yet: kiln's registry cache (--cache, \
-                 --cache-repo) keeps no TTL, and base images go to kiln's store",
+                "notice: accepted {}, not honoured yet: registry cache records do not \
+                 expire, and base images go to kiln's store",
                 cache.join(", ")
             ));
         }
