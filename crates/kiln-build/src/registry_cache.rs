@@ -43,6 +43,9 @@ pub struct CacheSpec {
     pub mode: CacheMode,
     /// Whether a failed export is only a warning (the default).
     pub ignore_error: bool,
+    /// Records older than this are misses when imported (kaniko's `--cache-ttl`; buildx's
+    /// caches have none).
+    pub ttl: Option<std::time::Duration>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -114,6 +117,7 @@ impl CacheSpec {
             reference,
             mode,
             ignore_error,
+            ttl: None,
         })
     }
 }
@@ -144,12 +148,23 @@ impl RemoteCache {
         for spec in specs {
             let reference = &spec.reference;
             match read_document(client, reference) {
-                Ok(Some(document)) => {
+                Ok(Some(mut document)) => {
                     let source = Arc::new(BaseRef::Registry {
                         written: reference.to_string(),
                         reference: reference.clone(),
                     });
                     let count = document.records.len();
+                    let expired = match spec.ttl {
+                        Some(ttl) => expire(&mut document, ttl),
+                        None => 0,
+                    };
+                    if expired > 0 {
+                        progress.info(&format!(
+                            "{expired} records of {reference} are older than the cache TTL \
+                             ({}s): their steps run again",
+                            spec.ttl.unwrap_or_default().as_secs()
+                        ));
+                    }
                     for (key, record) in document.records {
                         cache
                             .records
@@ -214,6 +229,16 @@ fn read_document(
                 .is_none_or(|l| media::layer_compression(&l.media_type).is_some())
     });
     Ok(Some(document))
+}
+
+/// Drops the records that ran longer than `ttl` ago; returns how many.
+fn expire(document: &mut CacheDocument, ttl: std::time::Duration) -> usize {
+    let oldest = crate::timefmt::now_secs().saturating_sub(ttl.as_secs() as i64);
+    let before = document.records.len();
+    document.records.retain(|_, record| {
+        crate::timefmt::parse_rfc3339(&record.created).is_some_and(|created| created >= oldest)
+    });
+    before - document.records.len()
 }
 
 fn not_a_cache(media_type: &str) -> String {

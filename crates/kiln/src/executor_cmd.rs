@@ -262,13 +262,10 @@ impl ExecutorArgs {
         .into_iter()
         .flatten()
         .collect();
-        let cache: Vec<String> = [
-            given("cache-dir", self.cache_dir.is_some()),
-            given("cache-ttl", self.cache_ttl.is_some()),
-        ]
-        .into_iter()
-        .flatten()
-        .collect();
+        let cache: Vec<String> = [given("cache-dir", self.cache_dir.is_some())]
+            .into_iter()
+            .flatten()
+            .collect();
         let mut notices = Vec::new();
         if !meaningless.is_empty() {
             notices.push(format!(
@@ -280,8 +277,7 @@ impl ExecutorArgs {
         }
         if !cache.is_empty() {
             notices.push(format!(
-                "notice: accepted {}, not honoured yet: registry cache records do not \
-                 expire, and base images go to kiln's store",
+                "notice: accepted {}, not honoured yet: base images go to kiln's store",
                 cache.join(", ")
             ));
         }
@@ -308,10 +304,14 @@ impl ExecutorArgs {
                 ));
             }
         };
+        // kaniko's default TTL: two weeks.
+        let ttl = self.cache_ttl.as_deref().unwrap_or("336h");
+        let ttl = kiln_build::parse_duration(ttl).map_err(|e| miette!("--cache-ttl: {e}"))?;
         let spec = CacheSpec {
             reference,
             mode: CacheMode::Max,
             ignore_error: true,
+            ttl: Some(ttl),
         };
         let to = match flag_is_true(self.no_push_cache.as_deref())? {
             true => Vec::new(),

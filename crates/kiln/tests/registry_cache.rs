@@ -245,6 +245,25 @@ fn kanikos_cache_flags_use_the_same_cache() {
     let third = executor("root-3", "derived:1", &[]);
     assert_ok(&third);
     assert!(image_exists(&env.tag("derived/cache:latest")));
+    // --cache-ttl (kaniko's default is two weeks): older records are misses.
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let expired = executor(
+        "root-5",
+        "app:5",
+        &["--cache-repo", &repo, "--cache-ttl=1s"],
+    );
+    assert_ok(&expired);
+    assert!(
+        stderr(&expired).contains("older than the cache TTL"),
+        "{}",
+        stderr(&expired)
+    );
+    assert_eq!(
+        ran_and_cached(&stderr(&expired)).1,
+        0,
+        "{}",
+        stderr(&expired)
+    );
     // --no-push-cache reads the cache but writes none.
     let fourth = executor(
         "root-4",
