@@ -49,6 +49,12 @@ pub trait ImageResolver: Sync {
         blob: &Descriptor,
         store: &Store,
     ) -> Result<(), BuildError>;
+
+    /// The registry repository `source`'s blobs are read from, if they are read from one
+    /// (not from a layout, nor from `--base-dir`): an output can take them from there.
+    fn registry_origin(&self, _source: &BaseRef) -> Option<Reference> {
+        None
+    }
 }
 
 /// BuildKit's scheme for an image in a local OCI layout.
@@ -281,6 +287,21 @@ impl ImageResolver for RegistryResolver<'_> {
     ) -> Result<(), BuildError> {
         let source = open_source(self.client, reference, self.base_dir, self.progress)?;
         ensure_blob(source.as_ref(), store, reference, blob)
+    }
+
+    fn registry_origin(&self, source: &BaseRef) -> Option<Reference> {
+        let BaseRef::Registry { written, reference } = source else {
+            return None;
+        };
+        let in_base_dir = self.base_dir.is_some_and(|dir| {
+            // An unreadable --base-dir answers yes: the blobs are fetched into the store.
+            OciLayoutSource::ref_names(dir).map_or(true, |listed| {
+                layout_names(written, reference)
+                    .iter()
+                    .any(|name| listed.contains(name))
+            })
+        });
+        (!in_base_dir).then(|| reference.clone())
     }
 }
 

@@ -967,13 +967,18 @@ impl Solving<'_, '_> {
         // it comes from: a push to that registry mounts it, other outputs fetch it then.
         let mut origins = BTreeMap::new();
         for layer in &done.layers {
-            match layer.from.as_deref() {
-                Some(BaseRef::Registry { reference, .. })
-                    if !self.s.store.has_blob(&layer.blob.digest) =>
-                {
-                    origins.insert(layer.blob.digest.clone(), reference.clone());
+            let origin = match self.s.store.has_blob(&layer.blob.digest) {
+                true => None,
+                false => layer
+                    .from
+                    .as_deref()
+                    .and_then(|from| self.s.resolver.registry_origin(from)),
+            };
+            match origin {
+                Some(origin) => {
+                    origins.insert(layer.blob.digest.clone(), origin);
                 }
-                _ => self.fetch(layer)?,
+                None => self.fetch(layer)?,
             }
         }
         let sde = self.s.opts.source_date_epoch.map(timefmt::rfc3339);

@@ -459,6 +459,17 @@ fn build_takes_from_images_from_a_base_dir_with_no_registry() {
         assert_busybox_rootfs(&rootfs);
         assert_eq!(read(&rootfs.join("proof")), "offline\n", "FROM {from}");
     }
+    // With only config steps no base layer is needed while building: the output still
+    // takes them from the layout, not from the registry the name points at.
+    let ctx = env.context(
+        "ctx-config-only",
+        &[("Dockerfile", &format!("FROM {dead_ref}\nENV OFFLINE=1\n"))],
+    );
+    let _ = std::fs::remove_dir_all(env.store());
+    let _ = std::fs::remove_dir_all(env.path("built"));
+    let _ = std::fs::remove_dir_all(env.path("built-bundle"));
+    let rootfs = build_offline(&env, &ctx, &["--base-dir", layout.to_str().unwrap()]);
+    assert_busybox_rootfs(&rootfs);
 }
 
 #[test]
