@@ -56,8 +56,8 @@ pub use plan::{
 };
 pub use progress::{LogStyle, Progress, ProgressMode};
 pub use registry_cache::{
-    CACHE_CONFIG_TYPE, CacheMode, CacheSpec, CacheSpecError, ChainedCache, ExportStats,
-    RemoteCache, export_cache, export_caches,
+    CACHE_CONFIG_TYPE, CacheLocation, CacheMode, CacheSpec, CacheSpecError, ChainedCache,
+    ExportStats, RemoteCache, export_cache, export_caches,
 };
 pub use secrets::{Redactor, SecretSource, Secrets};
 pub use solve::{
@@ -164,7 +164,7 @@ pub fn build(
     let local = LocalCache::open(store)?;
     let remote = match opts.no_cache {
         true => RemoteCache::default(),
-        false => RemoteCache::import(client, &opts.cache_from, progress),
+        false => RemoteCache::import(client, store, &opts.cache_from, progress),
     };
     let cache = ChainedCache {
         local: &local,

@@ -1,28 +1,37 @@
-//! The build cache in a registry (`--cache-to` and `--cache-from type=registry`), for CI jobs
-//! that start with an empty disk.
+//! The build cache outside the kiln root (`--cache-to`, `--cache-from`), for CI jobs that
+//! start with an empty disk: in a registry (`type=registry`) or an OCI layout
+//! (`type=local`, for GitLab's `cache:` paths).
 //!
-//! A cache is one OCI image manifest under the cache ref. Its config (media type
-//! [`CACHE_CONFIG_TYPE`]) holds the records, by cache key (see `key.rs`): what layer each op
-//! made, when, and what the step was. Its layers are those records' layer blobs, so the
-//! registry keeps them and `kiln copy` or skopeo can move the cache whole. A key already
-//! covers the platform (through the base image and every input), so one ref holds the
-//! records of every platform of a build.
+//! A cache is one OCI image manifest under the cache ref (or the layout's tag). Its config
+//! (media type [`CACHE_CONFIG_TYPE`]) holds the records, by cache key (see `key.rs`): what
+//! layer each op made, when, and what the step was. Its layers are those records' layer
+//! blobs, so the registry keeps them and `kiln copy` or skopeo can move the cache whole. A
+//! key already covers the platform (through the base image and every input), so one ref
+//! holds the records of every platform of a build.
 //!
 //! Importing reads the manifest and the config, never a layer: a hit gives the record, and
-//! its blob is fetched from the cache ref only when a step must run on it or an image needs
-//! it. Exporting uploads only the blobs the repository lacks, then the config, then the
-//! manifest; a failure there never fails the build unless asked (`ignore-error=false`).
+//! its blob is fetched from the cache only when a step must run on it or an image needs it.
+//! Exporting copies the cache image out of the store through `kiln_transport`, as outputs
+//! are: only the blobs the destination lacks, the manifest last; a failure there never
+//! fails the build unless asked (`ignore-error=false`).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use kiln_oci::{Descriptor, ImageManifest, media, to_json_bytes};
-use kiln_registry::{BlobTransfer, Reference, RegistryClient, RegistryError};
+use std::path::PathBuf;
+use std::sync::Mutex;
+
+use kiln_oci::{Descriptor, Digest, ImageManifest, media, to_json_bytes};
+use kiln_registry::{BlobTransfer, MAX_CONFIG_BYTES, Reference, RegistryClient, RegistryError};
+use kiln_transport::{
+    ImageDestination, ImageSource, LayoutName, LayoutRef, OciDirDestination, OciLayoutSource,
+    RegistryDestination, RegistrySource, Selection, TransportError,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::cache::{CacheBackend, KeyLock, LocalCache, Lookup, Record};
 use crate::key::CacheKey;
-use crate::{BaseRef, BuildError, CacheEntry, Progress, Store};
+use crate::{BaseRef, BuildError, CacheEntry, Progress, Store, StoreSource};
 
 /// The media type of a cache manifest's config.
 pub const CACHE_CONFIG_TYPE: &str = "application/vnd.kiln.build-cache.config.v1+json";
@@ -36,10 +45,52 @@ pub enum CacheMode {
     Max,
 }
 
+/// Where a cache lives.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CacheLocation {
+    /// `type=registry,ref=REF`.
+    Registry(Reference),
+    /// `type=local,dest=DIR` (or `src=DIR`): an OCI layout, the cache under `tag`.
+    Local { dir: PathBuf, tag: String },
+}
+
+impl std::fmt::Display for CacheLocation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CacheLocation::Registry(reference) => write!(f, "{reference}"),
+            CacheLocation::Local { dir, tag } => write!(f, "{}:{tag}", dir.display()),
+        }
+    }
+}
+
+impl CacheLocation {
+    /// The directory of a local cache (kept by in-place builds, as outputs are).
+    pub fn dir(&self) -> Option<&std::path::Path> {
+        match self {
+            CacheLocation::Registry(_) => None,
+            CacheLocation::Local { dir, .. } => Some(dir),
+        }
+    }
+
+    /// The cache as an image source, for reading and for fetching its blobs.
+    fn base_ref(&self) -> BaseRef {
+        match self {
+            CacheLocation::Registry(reference) => BaseRef::Registry {
+                written: reference.to_string(),
+                reference: reference.clone(),
+            },
+            CacheLocation::Local { dir, tag } => BaseRef::Layout {
+                dir: dir.clone(),
+                which: LayoutRef::Name(tag.clone()),
+            },
+        }
+    }
+}
+
 /// One `--cache-to` or `--cache-from`, in buildx's form.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CacheSpec {
-    pub reference: Reference,
+    pub location: CacheLocation,
     pub mode: CacheMode,
     /// Whether a failed export is only a warning (the default).
     pub ignore_error: bool,
@@ -56,9 +107,9 @@ pub enum CacheSpecError {
 
 impl CacheSpec {
     /// `type=registry,ref=REF[,mode=min|max][,ignore-error=true|false]`, or a bare `REF`
-    /// (buildx reads that as the registry type). buildx's compression and media-type
-    /// options are accepted and change nothing: kiln's cache layers are the gzip layers it
-    /// built.
+    /// (buildx reads that as the registry type); `type=local,dest=DIR` or `src=DIR`, with
+    /// `tag=` (default `latest`). buildx's compression and media-type options are accepted
+    /// and change nothing: kiln's cache layers are the gzip layers it built.
     pub fn parse(spec: &str) -> Result<CacheSpec, CacheSpecError> {
         let invalid = |message: String| CacheSpecError::Invalid {
             spec: spec.to_string(),
@@ -77,22 +128,44 @@ impl CacheSpec {
                 }
             }
         }
-        match fields.remove("type").unwrap_or("registry") {
-            "registry" => {}
+        let location = match fields.remove("type").unwrap_or("registry") {
+            "registry" => {
+                let written = fields
+                    .remove("ref")
+                    .filter(|r| !r.is_empty())
+                    .ok_or_else(|| invalid("no `ref=` names the cache image".to_string()))?;
+                let reference: Reference = written
+                    .parse()
+                    .map_err(|e| invalid(format!("ref `{written}`: {e}")))?;
+                CacheLocation::Registry(reference)
+            }
+            "local" => {
+                let dir = match (fields.remove("dest"), fields.remove("src")) {
+                    (Some(dir), None) | (None, Some(dir)) if !dir.is_empty() => dir,
+                    _ => {
+                        return Err(invalid(
+                            "a local cache needs its directory: `dest=DIR` or `src=DIR`"
+                                .to_string(),
+                        ));
+                    }
+                };
+                let tag = fields.remove("tag").unwrap_or("latest").to_string();
+                if tag.is_empty() || tag.contains(['/', ':', '@']) {
+                    return Err(invalid(format!("tag `{tag}`: a plain name")));
+                }
+                CacheLocation::Local {
+                    dir: PathBuf::from(dir),
+                    tag,
+                }
+            }
             other => {
                 return Err(invalid(format!(
                     "cache type `{other}` is not supported yet; kiln keeps caches in a \
-                     registry (`type=registry,ref=REGISTRY/REPO:TAG`)"
+                     registry (`type=registry,ref=REGISTRY/REPO:TAG`) or an OCI layout \
+                     (`type=local,dest=DIR`)"
                 )));
             }
-        }
-        let written = fields
-            .remove("ref")
-            .filter(|r| !r.is_empty())
-            .ok_or_else(|| invalid("no `ref=` names the cache image".to_string()))?;
-        let reference: Reference = written
-            .parse()
-            .map_err(|e| invalid(format!("ref `{written}`: {e}")))?;
+        };
         let mode = match fields.remove("mode").unwrap_or("min") {
             "min" => CacheMode::Min,
             "max" => CacheMode::Max,
@@ -114,7 +187,7 @@ impl CacheSpec {
             return Err(invalid(format!("unknown option `{unknown}`")));
         }
         Ok(CacheSpec {
-            reference,
+            location,
             mode,
             ignore_error,
             ttl: None,
@@ -141,18 +214,16 @@ impl RemoteCache {
     /// not a kiln cache, is a warning and a miss.
     pub fn import(
         client: &RegistryClient,
+        store: &Store,
         specs: &[CacheSpec],
         progress: &Progress,
     ) -> RemoteCache {
         let mut cache = RemoteCache::default();
         for spec in specs {
-            let reference = &spec.reference;
-            match read_document(client, reference) {
+            let reference = &spec.location;
+            match read_document(client, store, reference) {
                 Ok(Some(mut document)) => {
-                    let source = Arc::new(BaseRef::Registry {
-                        written: reference.to_string(),
-                        reference: reference.clone(),
-                    });
+                    let source = Arc::new(reference.base_ref());
                     let count = document.records.len();
                     let expired = match spec.ttl {
                         Some(ttl) => expire(&mut document, ttl),
@@ -191,28 +262,49 @@ impl RemoteCache {
     }
 }
 
-/// The cache document at `reference`; `None` if there is no such tag.
+/// The cache document at `location`; `None` if there is no such tag (or layout).
 fn read_document(
     client: &RegistryClient,
-    reference: &Reference,
+    store: &Store,
+    location: &CacheLocation,
 ) -> Result<Option<CacheDocument>, String> {
-    let fetched = match client.fetch_manifest(reference) {
-        Ok(fetched) => fetched,
-        Err(RegistryError::NotFound { .. }) => return Ok(None),
+    let source: Box<dyn ImageSource + '_> = match location {
+        CacheLocation::Registry(reference) => {
+            Box::new(RegistrySource::new(client, reference.clone()))
+        }
+        CacheLocation::Local { dir, tag } => {
+            let listed = OciLayoutSource::ref_names(dir).unwrap_or_default();
+            if !listed.contains(tag) {
+                return Ok(None);
+            }
+            let which = LayoutRef::Name(tag.clone());
+            Box::new(OciLayoutSource::open(dir, which).map_err(|e| e.to_string())?)
+        }
+    };
+    let top = match source.top() {
+        Ok(top) => top,
+        Err(TransportError::Registry(RegistryError::NotFound { .. })) => return Ok(None),
         Err(e) => return Err(e.to_string()),
     };
-    let manifest: ImageManifest = match media::is_index(&fetched.media_type) {
-        true => return Err(not_a_cache(&fetched.media_type)),
-        false => {
-            serde_json::from_slice(&fetched.bytes).map_err(|e| format!("its manifest: {e}"))?
-        }
+    let manifest: ImageManifest = match media::is_index(&top.media_type) {
+        true => return Err(not_a_cache(&top.media_type)),
+        false => serde_json::from_slice(&top.bytes).map_err(|e| format!("its manifest: {e}"))?,
     };
     if manifest.config.media_type != CACHE_CONFIG_TYPE {
         return Err(not_a_cache(&manifest.config.media_type));
     }
-    let bytes = client
-        .fetch_small_blob(reference, &manifest.config)
+    if manifest.config.size > MAX_CONFIG_BYTES {
+        return Err(format!(
+            "its records are larger than {} MiB",
+            MAX_CONFIG_BYTES >> 20
+        ));
+    }
+    let scratch = store.temp_dir("cache-import-").map_err(|e| e.to_string())?;
+    let path = scratch.path().join("records");
+    source
+        .blob_to_file(&manifest.config, &path)
         .map_err(|e| e.to_string())?;
+    let bytes = std::fs::read(&path).map_err(|e| e.to_string())?;
     let mut document: CacheDocument =
         serde_json::from_slice(&bytes).map_err(|e| format!("its records: {e}"))?;
     // A record kiln could not use: a key that is not one, a time that is not one (it goes
@@ -276,24 +368,25 @@ impl CacheBackend for ChainedCache<'_> {
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct ExportStats {
     pub records: usize,
+    /// Layer and config blobs by how they reached a registry (nothing for a layout).
     pub uploaded: usize,
     pub mounted: usize,
     pub present: usize,
 }
 
-/// Exports `entries` (those `spec.mode` selects) to `spec.reference`: the layer blobs the
-/// repository lacks (from the store, or from the cache ref a record came from), then the
-/// config, then the manifest under the tag, last, so that a failure leaves the old cache.
+/// Exports `entries` (those `spec.mode` selects) to `spec.location`: the cache image is
+/// made in the store and copied out as any output is (`clients`: for pulls, for pushes).
+/// A layer blob the store lacks is taken from the registry cache its record came from.
 pub fn export_cache(
-    client: &RegistryClient,
+    clients: (&RegistryClient, &RegistryClient),
     store: &Store,
     entries: &[CacheEntry],
     spec: &CacheSpec,
 ) -> Result<ExportStats, BuildError> {
-    let target = &spec.reference;
-    let mut stats = ExportStats::default();
+    let (pull, push) = clients;
     let mut document = CacheDocument::default();
     let mut layers: Vec<Descriptor> = Vec::new();
+    let mut origins: BTreeMap<Digest, Reference> = BTreeMap::new();
     for entry in entries {
         if spec.mode == CacheMode::Min && !entry.in_image {
             continue;
@@ -305,32 +398,18 @@ pub fn export_cache(
         record.last_used = record.created.clone();
         if let Some(layer) = &record.layer {
             let blob = layer.descriptor();
+            if !store.has_blob(&blob.digest)
+                && let Some(BaseRef::Registry { reference, .. }) = entry.from.as_deref()
+            {
+                origins.insert(blob.digest.clone(), reference.clone());
+            }
             if !layers.iter().any(|l| l.digest == blob.digest) {
-                let done = match (entry.from.as_deref(), store.has_blob(&blob.digest)) {
-                    (Some(BaseRef::Registry { reference, .. }), false) => {
-                        let scratch = store.temp_dir("cache-export-")?;
-                        client.copy_blob(reference, target, &blob, &scratch.path().join("blob"))?
-                    }
-                    _ => client.mount_or_push_blob(
-                        target,
-                        &blob,
-                        &store.blob_path(&blob.digest),
-                        None,
-                    )?,
-                };
-                match done {
-                    BlobTransfer::Uploaded => stats.uploaded += 1,
-                    BlobTransfer::Mounted => stats.mounted += 1,
-                    BlobTransfer::AlreadyPresent => stats.present += 1,
-                }
                 layers.push(blob);
             }
         }
         document.records.insert(entry.key.hex().to_string(), record);
     }
-    stats.records = document.records.len();
     let config = store.put_json(CACHE_CONFIG_TYPE, &to_json_bytes(&document))?;
-    client.push_blob(target, &config, &store.blob_path(&config.digest))?;
     let manifest = ImageManifest {
         schema_version: 2,
         media_type: Some(media::OCI_MANIFEST.into()),
@@ -338,34 +417,69 @@ pub fn export_cache(
         layers,
         annotations: Default::default(),
     };
-    client.push_manifest(target, media::OCI_MANIFEST, &to_json_bytes(&manifest))?;
-    Ok(stats)
+    let top = store.put_json(media::OCI_MANIFEST, &to_json_bytes(&manifest))?;
+    let source = StoreSource::with_origins(store, top, pull, &origins);
+    let transfers = Mutex::new(ExportStats {
+        records: document.records.len(),
+        ..Default::default()
+    });
+    let copied = match &spec.location {
+        CacheLocation::Registry(reference) => {
+            let dest = RegistryDestination::to_all(push, vec![reference.clone()])
+                .expect("one target")
+                .on_blob(|_, _, how| {
+                    let mut stats = transfers.lock().unwrap();
+                    match how {
+                        BlobTransfer::Uploaded => stats.uploaded += 1,
+                        BlobTransfer::Mounted => stats.mounted += 1,
+                        BlobTransfer::AlreadyPresent => stats.present += 1,
+                    }
+                });
+            copy_out(&source, dest)
+        }
+        CacheLocation::Local { dir, tag } => {
+            OciDirDestination::create(dir, vec![LayoutName::new(tag.clone())])
+                .and_then(|dest| copy_out(&source, dest))
+        }
+    };
+    copied.map_err(|source| BuildError::Export {
+        action: format!("exporting the build cache to {}", spec.location),
+        source: Box::new(source),
+    })?;
+    Ok(transfers.into_inner().unwrap())
+}
+
+fn copy_out(
+    source: &StoreSource<'_>,
+    mut dest: impl ImageDestination,
+) -> Result<(), TransportError> {
+    kiln_transport::copy(source, &mut dest, &Selection::All).map(drop)
 }
 
 /// Exports the cache of a build to each of `specs`, after its images were delivered. A
-/// failure is a warning naming the ref (the images are out already), or the error when the
-/// spec says `ignore-error=false`.
+/// failure is a warning naming the cache (the images are out already), or the error when
+/// the spec says `ignore-error=false`.
 pub fn export_caches(
-    client: &RegistryClient,
+    clients: (&RegistryClient, &RegistryClient),
     store: &Store,
     entries: &[CacheEntry],
     specs: &[CacheSpec],
     progress: &Progress,
 ) -> Result<(), BuildError> {
     for spec in specs {
-        let reference = &spec.reference;
-        match export_cache(client, store, entries, spec) {
+        let location = &spec.location;
+        match export_cache(clients, store, entries, spec) {
             Ok(stats) => progress.info(&format!(
-                "exported cache to {reference}: {} records; layers: {} uploaded, {} mounted, \
+                "exported cache to {location}: {} records; blobs: {} uploaded, {} mounted, \
                  {} already there",
                 stats.records, stats.uploaded, stats.mounted, stats.present
             )),
             Err(e) if spec.ignore_error => {
-                progress.warning(&format!("the cache was not exported to {reference}: {e}"))
+                progress.warning(&format!("the cache was not exported to {location}: {e}"))
             }
             Err(e) => {
                 return Err(BuildError::CacheExport {
-                    reference: reference.to_string(),
+                    reference: location.to_string(),
                     message: e.to_string(),
                 });
             }
@@ -381,22 +495,26 @@ mod tests {
     #[test]
     fn buildx_specs_parse_and_bad_ones_say_why() {
         let spec = CacheSpec::parse("type=registry,ref=reg:5000/app:cache,mode=max").unwrap();
-        assert_eq!(spec.reference.to_string(), "reg:5000/app:cache");
+        assert_eq!(spec.location.to_string(), "reg:5000/app:cache");
         assert_eq!(spec.mode, CacheMode::Max);
         assert!(spec.ignore_error);
         // A bare ref is the registry type; buildx's default mode is min.
         let bare = CacheSpec::parse("reg:5000/app:cache").unwrap();
-        assert_eq!(
-            (bare.mode, bare.reference),
-            (CacheMode::Min, spec.reference)
-        );
+        assert_eq!((bare.mode, bare.location), (CacheMode::Min, spec.location));
         let strict = CacheSpec::parse("ref=r/a:c,ignore-error=false,compression=zstd").unwrap();
         assert!(!strict.ignore_error);
+        let local = CacheSpec::parse("type=local,src=/ci/cache").unwrap();
+        assert_eq!(
+            local.location,
+            CacheLocation::Local {
+                dir: "/ci/cache".into(),
+                tag: "latest".into()
+            }
+        );
         for (bad, says) in [
-            (
-                "type=local,dest=/tmp/c",
-                "cache type `local` is not supported yet",
-            ),
+            ("type=gha", "cache type `gha` is not supported yet"),
+            ("type=local", "`dest=DIR` or `src=DIR`"),
+            ("type=local,dest=/c,tag=a/b", "tag `a/b`"),
             ("type=registry", "no `ref=`"),
             ("ref=r/a:c,mode=all", "mode `all`"),
             ("ref=r/a:c,ref=r/b:c", "`ref` is given twice"),

@@ -219,6 +219,20 @@ pub fn solve(plan: &Plan, solver: &Solver) -> Result<BuildResult, BuildError> {
     let in_images = plan.image_chains();
     let mut records = solving.records.into_inner().unwrap();
     records.sort_by_key(|(id, _)| *id);
+    // A cache export takes a blob the store lacks from the registry its record came from;
+    // one from a layout is copied into the store now.
+    if !solver.opts.cache_to.is_empty() {
+        for (_, entry) in &records {
+            if let (Some(layer), Some(from)) = (&entry.record.layer, entry.from.as_deref())
+                && !solver.store.has_blob(&layer.digest)
+                && solver.resolver.registry_origin(from).is_none()
+            {
+                solver
+                    .resolver
+                    .fetch_blob(from, &layer.descriptor(), solver.store)?;
+            }
+        }
+    }
     Ok(BuildResult {
         images,
         steps: solving.steps.into_inner().unwrap(),

@@ -390,7 +390,7 @@ pub(crate) fn build_and_deliver(
     )
     .map_err(to_report)?;
     kiln_build::export_caches(
-        clients.push,
+        (clients.pull, clients.push),
         store,
         &result.records,
         &options.cache_to,
@@ -462,9 +462,17 @@ pub fn run(args: BuildArgs) -> Result<(), Report> {
         .collect::<Result<_, _>>()?;
     // What an in-place build must not delete: what it reads or writes outside its store
     // once steps run (secrets are read before).
+    let cache_from = parse_cache_specs(&args.cache_from)?;
+    let cache_to = parse_cache_specs(&args.cache_to)?;
     let (isolation, in_place) = args.isolation.options(
         std::iter::once(dockerfile_path.as_path())
             .chain(ssh.values().map(PathBuf::as_path))
+            .chain(
+                cache_from
+                    .iter()
+                    .chain(&cache_to)
+                    .filter_map(|spec| spec.location.dir()),
+            )
             .chain(outputs.iter().filter_map(Output::path))
             .chain(
                 [&args.digest_file, &args.metadata_file]
@@ -493,8 +501,8 @@ pub fn run(args: BuildArgs) -> Result<(), Report> {
         labels: BTreeMap::new(),
         isolation,
         in_place,
-        cache_from: parse_cache_specs(&args.cache_from)?,
-        cache_to: parse_cache_specs(&args.cache_to)?,
+        cache_from,
+        cache_to,
     };
     let clients = Clients {
         pull: &client,

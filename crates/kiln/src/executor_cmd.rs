@@ -8,8 +8,8 @@ use std::path::{Component, Path, PathBuf};
 use clap::Args;
 use clap::builder::BoolishValueParser;
 use kiln_build::{
-    BuildOptions, CacheMode, CacheSpec, LogStyle, Output, OutputFlags, Progress, ProgressMode,
-    Secrets,
+    BuildOptions, CacheLocation, CacheMode, CacheSpec, LogStyle, Output, OutputFlags, Progress,
+    ProgressMode, Secrets,
 };
 use kiln_registry::{ClientOptions, Reference, RegistryClient, RetryPolicy};
 use miette::{IntoDiagnostic, Report, WrapErr, miette};
@@ -308,7 +308,7 @@ impl ExecutorArgs {
         let ttl = self.cache_ttl.as_deref().unwrap_or("336h");
         let ttl = kiln_build::parse_duration(ttl).map_err(|e| miette!("--cache-ttl: {e}"))?;
         let spec = CacheSpec {
-            reference,
+            location: CacheLocation::Registry(reference),
             mode: CacheMode::Max,
             ignore_error: true,
             ttl: Some(ttl),

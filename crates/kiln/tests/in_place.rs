@@ -825,3 +825,54 @@ fn a_step_cannot_read_kilns_environment_or_memory() {
     assert!(seen >= 1, "the step did not see kiln's process");
     assert_eq!(read(&rootfs.join("found")), "0\n");
 }
+
+#[test]
+fn a_local_cache_directory_outside_the_mounts_survives_an_in_place_build() {
+    // GitLab keeps `cache: paths` in the job's container; in place, RUN steps lay out / anew,
+    // and the cache kiln reads and writes there must be left alone.
+    let job = Job::new("FROM BASE\nRUN echo ran > /ran\n");
+    let pod = Pod::kiln_dir(Path::new(KILN), Profile::DockerDefault)
+        .bind(job.dir.path())
+        .bind_ro(&busybox_fixtures().oci_layout)
+        .env("NO_COLOR", "1");
+    let rootfs = pod.rootfs();
+    // What an earlier job left there: a layout (no cache in it yet) and another file.
+    let cache = rootfs.join("ci-cache");
+    std::fs::create_dir_all(cache.join("blobs/sha256")).unwrap();
+    std::fs::write(
+        cache.join("oci-layout"),
+        r#"{"imageLayoutVersion":"1.0.0"}"#,
+    )
+    .unwrap();
+    std::fs::write(
+        cache.join("index.json"),
+        r#"{"schemaVersion":2,"manifests":[]}"#,
+    )
+    .unwrap();
+    std::fs::write(cache.join("left-by-an-earlier-job"), "keep me\n").unwrap();
+    let mut args = job.args("in-pod", &[]);
+    let ctx = args.pop().unwrap();
+    args.extend(
+        [
+            "--cache-from",
+            "type=local,src=/ci-cache",
+            "--cache-to",
+            "type=local,dest=/ci-cache,mode=max",
+            &ctx,
+        ]
+        .map(String::from),
+    );
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let output = pod.command(&args).output().unwrap();
+    assert_ok(&output);
+    assert!(
+        stderr(&output).contains("exported cache to /ci-cache:latest"),
+        "{}",
+        stderr(&output)
+    );
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(rootfs.join("ci-cache/index.json")).unwrap())
+            .unwrap();
+    assert_eq!(index["manifests"].as_array().unwrap().len(), 1, "{index}");
+    assert_eq!(read(&cache.join("left-by-an-earlier-job")), "keep me\n");
+}

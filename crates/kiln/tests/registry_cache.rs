@@ -333,3 +333,64 @@ fn missing_foreign_and_unreachable_caches_never_fail_the_build() {
     let bad = job(&env, "root-5", &ctx, "app:5", &["--cache-to", "type=gha"]);
     assert!(assert_failed(&bad).contains("cache type `gha` is not supported yet"));
 }
+
+#[test]
+fn a_local_cache_round_trips_through_an_oci_layout() {
+    // GitLab's `cache:` keeps a directory between jobs: the cache is an OCI layout there.
+    let env = Env::new();
+    let ctx = project(&env, "ctx", "local\n");
+    let dir = env.path("gitlab-cache");
+    let to = format!("type=local,dest={},mode=max", dir.display());
+    let first = job(&env, "root-1", &ctx, "app:1", &["--cache-to", &to]);
+    assert_ok(&first);
+    // The layout is readable by another tool, and holds the builder stage's layer too.
+    let raw = run_tool(
+        std::process::Command::new("skopeo")
+            .arg("inspect")
+            .arg("--raw")
+            .arg(format!("oci:{}:latest", dir.display())),
+    );
+    let manifest: Value = serde_json::from_slice(&raw.stdout).unwrap();
+    assert_eq!(
+        manifest["config"]["mediaType"],
+        "application/vnd.kiln.build-cache.config.v1+json"
+    );
+    assert_eq!(
+        manifest["layers"].as_array().unwrap().len(),
+        4,
+        "{manifest}"
+    );
+
+    let from = format!("type=local,src={}", dir.display());
+    let second = job(&env, "root-2", &ctx, "app:2", &["--cache-from", &from]);
+    assert_ok(&second);
+    assert_eq!(
+        ran_and_cached(&stderr(&second)),
+        (0, 4),
+        "{}",
+        stderr(&second)
+    );
+    assert_eq!(digest_of(&env.tag("app:2")), digest_of(&env.tag("app:1")));
+    // A second export to the same layout replaces the tag (and keeps it valid).
+    let third = job(
+        &env,
+        "root-3",
+        &ctx,
+        "app:3",
+        &["--cache-from", &from, "--cache-to", &to],
+    );
+    assert_ok(&third);
+    assert_eq!(
+        ran_and_cached(&stderr(&third)),
+        (0, 4),
+        "{}",
+        stderr(&third)
+    );
+    let again = job(&env, "root-4", &ctx, "app:4", &["--cache-from", &from]);
+    assert_eq!(
+        ran_and_cached(&stderr(&again)),
+        (0, 4),
+        "{}",
+        stderr(&again)
+    );
+}
