@@ -394,3 +394,83 @@ fn a_local_cache_round_trips_through_an_oci_layout() {
         stderr(&again)
     );
 }
+
+#[test]
+fn an_export_the_registry_breaks_leaves_the_image_pushed_and_the_old_cache_whole() {
+    use kiln_testkit::{Fault, FaultProxy, FaultRule};
+    let env = Env::new();
+    let ctx = project(&env, "ctx", "old\n");
+    // A good cache first, straight to the registry.
+    let cache = format!("type=registry,ref={},mode=max", env.tag("app:buildcache"));
+    assert_ok(&job(&env, "root-1", &ctx, "app:1", &["--cache-to", &cache]));
+    let old_cache = digest_of_raw(&env.tag("app:buildcache"));
+
+    // Then, changed sources, exported through a proxy that breaks: 500s on every manifest
+    // PUT, a connection dropped in every blob upload, and pushes refused as for credentials
+    // that can pull but not push.
+    std::fs::write(ctx.join("app.txt"), "new\n").unwrap();
+    let faults = [
+        (
+            Some("PUT"),
+            "/manifests/",
+            Fault::Status {
+                status: 500,
+                retry_after: Some(0),
+            },
+        ),
+        (
+            Some("PATCH"),
+            "/blobs/uploads/",
+            Fault::DropAfterBodyBytes(10),
+        ),
+        (
+            Some("POST"),
+            "/blobs/uploads/",
+            Fault::Respond {
+                status: 403,
+                headers: Vec::new(),
+            },
+        ),
+    ];
+    for (i, (method, path, fault)) in faults.into_iter().enumerate() {
+        let proxy = FaultProxy::start(env.reg(), vec![FaultRule::new(method, path, fault, 1000)]);
+        let via_proxy = format!("{}/app:buildcache", proxy.addr());
+        let spec = format!("type=registry,ref={via_proxy},mode=max");
+        let tag = format!("app:{}", i + 2);
+        let output = job(
+            &env,
+            &format!("root-{}", i + 2),
+            &ctx,
+            &tag,
+            &["--cache-to", &spec],
+        );
+        assert_ok(&output);
+        let err = flat_stderr(&output);
+        assert!(
+            err.contains(&format!("the cache was not exported to {via_proxy}")),
+            "{err}"
+        );
+        assert!(image_exists(&env.tag(&tag)), "{tag} was not pushed");
+        assert_eq!(
+            digest_of_raw(&env.tag("app:buildcache")),
+            old_cache,
+            "{err}"
+        );
+    }
+    // The old cache still serves what did not change.
+    let from = env.tag("app:buildcache");
+    let again = job(&env, "root-9", &ctx, "app:9", &["--cache-from", &from]);
+    assert_ok(&again);
+    assert_eq!(
+        ran_and_cached(&stderr(&again)),
+        (2, 2),
+        "{}",
+        stderr(&again)
+    );
+}
+
+/// The digest of the manifest `reference` names, as the registry has it.
+fn digest_of_raw(reference: &str) -> String {
+    use sha2::Digest;
+    format!("sha256:{:x}", sha2::Sha256::digest(skopeo_raw(reference)))
+}
