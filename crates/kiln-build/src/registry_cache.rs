@@ -15,7 +15,7 @@
 //! are: only the blobs the destination lacks, the manifest last; a failure there never
 //! fails the build unless asked (`ignore-error=false`).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use std::path::PathBuf;
@@ -308,9 +308,21 @@ fn read_document(
     let mut document: CacheDocument =
         serde_json::from_slice(&bytes).map_err(|e| format!("its records: {e}"))?;
     // A record kiln could not use: a key that is not one, a time that is not one (it goes
-    // into the image's history), a layer of a kind kiln never makes.
+    // into the image's history), a layer of a kind kiln never makes, or a layer the cache
+    // does not list. A registry takes a manifest only when it holds every blob listed, so
+    // a listed layer is there to fetch; an unlisted digest could name a blob only this
+    // store holds (another build's, a private image's), which must not stand in for it.
+    let listed: HashSet<(&Digest, u64)> = manifest
+        .layers
+        .iter()
+        .map(|l| (&l.digest, l.size))
+        .collect();
     document.records.retain(|key, record| {
-        crate::timefmt::parse_rfc3339(&record.created).is_some()
+        record
+            .layer
+            .as_ref()
+            .is_none_or(|l| listed.contains(&(&l.digest, l.size)))
+            && crate::timefmt::parse_rfc3339(&record.created).is_some()
             && key.len() == 64
             && key
                 .bytes()

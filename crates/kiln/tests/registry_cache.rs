@@ -474,3 +474,165 @@ fn digest_of_raw(reference: &str) -> String {
     use sha2::Digest;
     format!("sha256:{:x}", sha2::Sha256::digest(skopeo_raw(reference)))
 }
+
+const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+
+/// The body of a GET on the test registry's HTTP API.
+fn http_get(env: &Env, path: &str, accept: &str) -> Vec<u8> {
+    let o = run_tool(
+        std::process::Command::new("curl")
+            .args(["-sf", "-L", "-H", &format!("Accept: {accept}")])
+            .arg(format!("http://{}/v2/{path}", env.reg())),
+    );
+    assert!(o.status.success(), "GET {path}");
+    o.stdout
+}
+
+/// Whether the registry's repository `repo` holds the blob `digest`.
+fn repo_has_blob(env: &Env, repo: &str, digest: &str) -> bool {
+    let url = format!("http://{}/v2/{repo}/blobs/{digest}", env.reg());
+    let o = run_tool(
+        std::process::Command::new("curl")
+            .args(["-s", "-o", "/dev/null", "-I", "-w", "%{http_code}"])
+            .arg(url),
+    );
+    stdout(&o) == "200"
+}
+
+/// Writes `repo:to` as a hand-made cache: the cache `repo:from` with its records edited by
+/// `edit`, as whoever can write the cache repository could (the manifest's layers stay those
+/// the registry holds, so it accepts the manifest).
+fn rewrite_cache(env: &Env, repo: &str, from: &str, to: &str, edit: impl FnOnce(&mut Value)) {
+    let mut manifest: Value = serde_json::from_slice(&http_get(
+        env,
+        &format!("{repo}/manifests/{from}"),
+        OCI_MANIFEST,
+    ))
+    .unwrap();
+    let config = manifest["config"]["digest"].as_str().unwrap().to_string();
+    let mut document: Value =
+        serde_json::from_slice(&http_get(env, &format!("{repo}/blobs/{config}"), "*/*")).unwrap();
+    edit(&mut document);
+    let bytes = serde_json::to_vec(&document).unwrap();
+    manifest["config"]["digest"] = json!(put_blob(env, repo, &bytes));
+    manifest["config"]["size"] = json!(bytes.len());
+    put_manifest(
+        env,
+        repo,
+        to,
+        OCI_MANIFEST,
+        &serde_json::to_vec(&manifest).unwrap(),
+    );
+}
+
+/// The record of the step whose description starts with `step`.
+fn record_of<'a>(document: &'a mut Value, step: &str) -> &'a mut Value {
+    document["records"]
+        .as_object_mut()
+        .unwrap()
+        .values_mut()
+        .find(|r| {
+            r["description"]
+                .as_str()
+                .is_some_and(|d| d.starts_with(step))
+        })
+        .unwrap_or_else(|| panic!("no record of `{step}`"))
+}
+
+/// A record whose blob the cache does not list (a half-copied cache, a hostile writer) is a
+/// miss, as docs/cache.md promises for faults, not a push that fails with "blob unknown".
+#[test]
+fn a_cache_record_whose_blob_is_gone_is_a_miss_not_a_failed_build() {
+    let env = Env::new();
+    let ctx = project(&env, "ctx", "v\n");
+    let cache = format!("type=registry,ref={},mode=max", env.tag("app:cache"));
+    assert_ok(&job(&env, "root-1", &ctx, "app:1", &["--cache-to", &cache]));
+    rewrite_cache(&env, "app", "cache", "damaged", |document| {
+        record_of(document, "RUN cat")["layer"]["digest"] = json!(sha256(b"not in the registry"));
+    });
+    let second = job(
+        &env,
+        "root-2",
+        &ctx,
+        "app:2",
+        &["--cache-from", &env.tag("app:damaged")],
+    );
+    assert_ok(&second);
+    let rootfs = unpack_pushed(&env.tag("app:2"), &env.path("unpacked"));
+    assert_eq!(read(&rootfs.join("combined")), "v\nbuilt\n");
+}
+
+/// A registry cache record cannot name a blob only the local store holds: whoever can write
+/// a cache a build reads (and knows the digest of a layer another build on the same kiln root
+/// made, e.g. a private image's) must not get that layer into the image or uploaded into the
+/// cache repository. A record is used only if the cache lists its blob.
+#[test]
+fn a_hostile_cache_record_cannot_pull_a_private_local_layer_into_the_cache() {
+    let env = Env::new();
+    // The victim's runner built a private image first; its layer is in the victim's store.
+    let private = env.context(
+        "private",
+        &[(
+            "Dockerfile",
+            "FROM $REG/busybox\nRUN echo TOPSECRET > /secret\n",
+        )],
+    );
+    assert_ok(&job(&env, "root-victim", &private, "private/app:1", &[]));
+    let private_manifest = manifest(&env.tag("private/app:1"));
+    let secret_layer = private_manifest["layers"]
+        .as_array()
+        .unwrap()
+        .last()
+        .unwrap()
+        .clone();
+    let secret_diff_id = config(&env.tag("private/app:1"))["rootfs"]["diff_ids"]
+        .as_array()
+        .unwrap()
+        .last()
+        .unwrap()
+        .clone();
+    let secret_digest = secret_layer["digest"].as_str().unwrap().to_string();
+    assert!(!repo_has_blob(&env, "attacker/cache", &secret_digest));
+
+    // The attacker builds the public project into the cache they can write, then points the
+    // last step's record at the private layer's digest.
+    let ctx = project(&env, "ctx", "public\n");
+    let cache = format!("type=registry,ref={},mode=max", env.tag("attacker/cache:1"));
+    assert_ok(&job(
+        &env,
+        "root-attacker",
+        &ctx,
+        "public:1",
+        &["--cache-to", &cache],
+    ));
+    rewrite_cache(&env, "attacker/cache", "1", "1", |document| {
+        record_of(document, "RUN cat")["layer"] = json!({
+            "mediaType": secret_layer["mediaType"],
+            "digest": secret_digest,
+            "size": secret_layer["size"],
+            "diff_id": secret_diff_id,
+        });
+    });
+
+    // The victim's CI builds the public project with that cache, on the same runner.
+    let victim = job(
+        &env,
+        "root-victim",
+        &ctx,
+        "public:2",
+        &[
+            "--cache-from",
+            &env.tag("attacker/cache:1"),
+            "--cache-to",
+            &cache,
+        ],
+    );
+    assert_ok(&victim);
+    assert!(
+        !repo_has_blob(&env, "attacker/cache", &secret_digest),
+        "the private layer was uploaded into the attacker's cache repository"
+    );
+    let rootfs = unpack_pushed(&env.tag("public:2"), &env.path("unpacked"));
+    assert!(!rootfs.join("secret").exists());
+    assert_eq!(read(&rootfs.join("combined")), "public\nbuilt\n");
+}

@@ -14,6 +14,7 @@ pub use kiln_testkit::{
     Registry, push_busybox, skopeo_inspect, skopeo_raw, skopeo_to_oci, umoci_unpack,
 };
 pub use serde_json::{Value, json};
+use sha2::{Digest as _, Sha256};
 
 pub struct Env {
     pub registry: Registry,
@@ -314,4 +315,66 @@ pub fn has_file_named(dir: &Path, name: &str) -> bool {
         }
     }
     false
+}
+
+/// `sha256:<hex>` of `bytes`.
+pub fn sha256(bytes: &[u8]) -> String {
+    format!("sha256:{}", hex_string(&Sha256::digest(bytes)))
+}
+
+pub fn hex_string(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Runs curl for one request with `bytes` as the body; returns (status, Location header).
+pub fn curl(
+    env: &Env,
+    method: &str,
+    url: &str,
+    content_type: &str,
+    bytes: &[u8],
+) -> (String, String) {
+    let body = env.path(&format!("upload-{}", &sha256(bytes)[7..]));
+    std::fs::write(&body, bytes).unwrap();
+    let o = run_tool(
+        Command::new("curl")
+            .args(["-s", "-o", "/dev/null", "-X", method])
+            .args(["-w", "%{http_code} %header{location}"])
+            .args(["-H", &format!("Content-Type: {content_type}")])
+            .arg("--data-binary")
+            .arg(format!("@{}", body.display()))
+            .arg(url),
+    );
+    let out = stdout(&o);
+    let (status, location) = out.split_once(' ').unwrap_or((&out, ""));
+    (status.to_string(), location.to_string())
+}
+
+/// Uploads a blob (POST, then PUT with the digest) and returns its digest.
+pub fn put_blob(env: &Env, repo: &str, bytes: &[u8]) -> String {
+    let digest = sha256(bytes);
+    let start = format!("http://{}/v2/{repo}/blobs/uploads/", env.reg());
+    let (status, location) = curl(env, "POST", &start, "application/octet-stream", &[]);
+    assert_eq!(status, "202", "starting an upload to {repo}");
+    let location = if location.starts_with('/') {
+        format!("http://{}{location}", env.reg())
+    } else {
+        location
+    };
+    let separator = if location.contains('?') { '&' } else { '?' };
+    let (status, _) = curl(
+        env,
+        "PUT",
+        &format!("{location}{separator}digest={digest}"),
+        "application/octet-stream",
+        bytes,
+    );
+    assert_eq!(status, "201", "uploading {digest}");
+    digest
+}
+
+pub fn put_manifest(env: &Env, repo: &str, target: &str, media_type: &str, bytes: &[u8]) {
+    let url = format!("http://{}/v2/{repo}/manifests/{target}", env.reg());
+    let (status, _) = curl(env, "PUT", &url, media_type, bytes);
+    assert_eq!(status, "201", "putting {repo}:{target}");
 }
