@@ -346,7 +346,12 @@ fn expire(document: &mut CacheDocument, ttl: std::time::Duration) -> usize {
 }
 
 fn not_a_cache(media_type: &str) -> String {
-    let shown: String = media_type.chars().take(100).collect();
+    // The registry's text: no control character reaches the log (escapes, forged lines).
+    let shown: String = media_type
+        .chars()
+        .take(100)
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
     format!("it is not a kiln build cache (it holds `{shown}`)")
 }
 

@@ -36,7 +36,18 @@ pub fn parse_rfc3339(text: &str) -> Option<i64> {
         number(date.next()?, 2)?,
         number(date.next()?, 2)?,
     );
-    let time = time.split_once('.').map_or(time, |(whole, _)| whole);
+    // A fraction is digits only: the text may come from a registry cache and go into an
+    // image config.
+    let time = match time.split_once('.') {
+        Some((whole, fraction))
+            if (1..=9).contains(&fraction.len())
+                && fraction.bytes().all(|b| b.is_ascii_digit()) =>
+        {
+            whole
+        }
+        Some(_) => return None,
+        None => time,
+    };
     let mut time = time.split(':');
     let (hour, minute, second) = (
         number(time.next()?, 2)?,
@@ -92,6 +103,8 @@ mod tests {
             "2023-11-14",
             "2023-11-14T22:13:20",
             "2023-13-01T00:00:00Z",
+            "2023-11-14T22:13:20.Z",
+            "2023-11-14T22:13:20.5<b>Z",
             "x",
         ] {
             assert_eq!(parse_rfc3339(bad), None, "{bad}");

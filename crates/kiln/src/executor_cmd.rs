@@ -128,7 +128,7 @@ pub struct ExecutorArgs {
     #[arg(long, hide = true)]
     image_fs_extract_retry: Option<String>,
 
-    // kaniko's registry cache: accepted now, used once kiln has a registry cache.
+    // kaniko's registry cache (`cache_specs`); --cache-dir and --cache-ttl only a notice.
     #[arg(long, hide = true, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
     cache: Option<String>,
     #[arg(long, hide = true)]
@@ -217,8 +217,17 @@ fn parse_labels(given: &[String]) -> Result<BTreeMap<String, String>, Report> {
         .collect()
 }
 
-/// kaniko's `--image-name-with-digest-file` (`NAME@DIGEST`) and, with `with_tag`,
-/// `--image-name-tag-with-digest-file` (`NAME:TAG@DIGEST`): one line per destination.
+/// Makes `pull` reach `registry` as `push` does: its TLS settings and certificate checks,
+/// and plain HTTP where `push` speaks it to that registry.
+fn reach_as_pushes_do(pull: &mut ClientOptions, push: &ClientOptions, registry: &str) {
+    let mut host = push.config.hosts.get(registry).cloned().unwrap_or_default();
+    host.insecure |= push.config.skip_tls_verify;
+    if push.insecure_registries.iter().any(|r| r == registry) {
+        pull.insecure_registries.push(registry.to_string());
+    }
+    pull.config.hosts.insert(registry.to_string(), host);
+}
+
 /// A kaniko boolean flag given as `--flag`, `--flag=true` or `--flag=false`.
 fn flag_is_true(value: Option<&str>) -> Result<bool, Report> {
     match value.map(str::to_ascii_lowercase).as_deref() {
@@ -228,6 +237,8 @@ fn flag_is_true(value: Option<&str>) -> Result<bool, Report> {
     }
 }
 
+/// kaniko's `--image-name-with-digest-file` (`NAME@DIGEST`) and, with `with_tag`,
+/// `--image-name-tag-with-digest-file` (`NAME:TAG@DIGEST`): one line per destination.
 fn names_with_digest(names: &[Reference], digest: &str, with_tag: bool) -> String {
     names
         .iter()
@@ -465,8 +476,15 @@ pub fn run(args: ExecutorArgs) -> Result<(), Report> {
     let build_args = build_cmd::parse_build_args(&args.build_args);
     let reproducible = args.reproducible == Some(true);
     let source_date_epoch = build_cmd::source_date_epoch(&build_args).or(reproducible.then_some(0));
-    let pull_options = args.client_options(Direction::Pull)?;
+    let (cache_from, cache_to) = args.cache_specs(&names)?;
+    let mut pull_options = args.client_options(Direction::Pull)?;
     let push_options = args.client_options(Direction::Push)?;
+    // kaniko reaches its cache repo with the push flags, reading as writing.
+    for spec in &cache_from {
+        if let CacheLocation::Registry(reference) = &spec.location {
+            reach_as_pushes_do(&mut pull_options, &push_options, &reference.registry);
+        }
+    }
     let client = |options: &ClientOptions| RegistryClient::new(options).map_err(|e| miette!("{e}"));
     let (pull, push) = (client(&pull_options)?, client(&push_options)?);
     let registry_files: Vec<PathBuf> = [pull_options.files(), push_options.files()].concat();
@@ -485,7 +503,6 @@ pub fn run(args: ExecutorArgs) -> Result<(), Report> {
                 .filter_map(|f| f.as_deref()),
             ),
     );
-    let (cache_from, cache_to) = args.cache_specs(&names)?;
     let options = BuildOptions {
         dockerfile_path: dockerfile.name.clone(),
         ignore_file: build_cmd::ignore_file(&dockerfile_path, &context)?,

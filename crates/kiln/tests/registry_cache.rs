@@ -636,3 +636,119 @@ fn a_hostile_cache_record_cannot_pull_a_private_local_layer_into_the_cache() {
     assert!(!rootfs.join("secret").exists());
     assert_eq!(read(&rootfs.join("combined")), "public\nbuilt\n");
 }
+
+/// A manifest at the cache ref that is not a cache has its config media type shown in the
+/// warning without control characters, so whoever writes that ref cannot put terminal
+/// escapes or forged lines into the build log (red-team finding, fixed).
+#[test]
+fn a_hostile_cache_manifest_cannot_write_control_characters_into_the_log() {
+    let env = Env::new();
+    let ctx = project(&env, "ctx", "x\n");
+    let config = put_blob(&env, "evil", b"{}");
+    let manifest = json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": {
+            "mediaType": "a/b\u{1b}[2J\n[warning] forged line",
+            "digest": config,
+            "size": 2,
+        },
+        "layers": [],
+    });
+    put_manifest(
+        &env,
+        "evil",
+        "cache",
+        OCI_MANIFEST,
+        &serde_json::to_vec(&manifest).unwrap(),
+    );
+    let o = job(
+        &env,
+        "root",
+        &ctx,
+        "app:1",
+        &["--cache-from", &env.tag("evil:cache")],
+    );
+    assert_ok(&o);
+    let log = stderr(&o);
+    assert!(log.contains("is not a kiln build cache"), "{log}");
+    assert!(!log.contains('\u{1b}'), "{log:?}");
+    assert!(
+        !log.lines().any(|l| l.starts_with("[warning] forged line")),
+        "{log}"
+    );
+}
+
+/// kiln executor reads its registry cache with the flags it writes it with, as kaniko
+/// reaches its cache repo with the push flags: a job with `--skip-tls-verify --cache=true`
+/// pushing to a registry with its own certificate reads back the cache it exported (red-team
+/// finding, fixed: the pull flags were used for reading).
+#[test]
+fn kanikos_cache_is_read_with_the_flags_it_is_written_with() {
+    let env = Env::new();
+    let secure = Registry::start_with(kiln_testkit::RegistryOptions {
+        tls: true,
+        ..Default::default()
+    });
+    let ctx = project(&env, "ctx", "k\n");
+    let executor = |root: &str, tag: &str| {
+        let destination = format!("{}/{tag}", secure.addr());
+        let context = format!("dir://{}", ctx.display());
+        let args = [
+            "executor",
+            "--context",
+            &context,
+            "--destination",
+            &destination,
+            "--cache=true",
+            "--skip-tls-verify",
+        ];
+        let mut command = kiln_command(&env.path(root), &args);
+        command
+            .env_remove("DOCKER_CONFIG")
+            .env_remove("KILN_DIR")
+            .env("HOME", env.path("home"));
+        command.output().unwrap()
+    };
+    let first = executor("root-1", "app:1");
+    assert_ok(&first);
+    assert!(
+        stderr(&first).contains("exported cache to"),
+        "{}",
+        stderr(&first)
+    );
+    let second = executor("root-2", "app:2");
+    assert_ok(&second);
+    assert_eq!(
+        ran_and_cached(&stderr(&second)),
+        (0, 4),
+        "{}",
+        stderr(&second)
+    );
+}
+
+/// A record whose `created` has text after the seconds' `.` is dropped: a hostile cache
+/// cannot write any text (control characters, markup, megabytes) into the pushed image's
+/// config, its `created` and its history, which registries' UIs and `docker history` show
+/// (red-team finding, fixed: the fraction was not checked).
+#[test]
+fn a_cache_record_cannot_put_text_into_the_image_config() {
+    let env = Env::new();
+    let ctx = project(&env, "ctx", "v\n");
+    let cache = format!("type=registry,ref={},mode=max", env.tag("app:cache"));
+    assert_ok(&job(&env, "root-1", &ctx, "app:1", &["--cache-to", &cache]));
+    rewrite_cache(&env, "app", "cache", "texty", |document| {
+        record_of(document, "RUN cat")["created"] =
+            json!("2026-01-02T03:04:05.\u{1b}]0;owned\u{7}<b>attacker text</b>\nZ");
+    });
+    let second = job(
+        &env,
+        "root-2",
+        &ctx,
+        "app:2",
+        &["--cache-from", &env.tag("app:texty")],
+    );
+    assert_ok(&second);
+    let config = config(&env.tag("app:2"));
+    assert!(!config.to_string().contains("attacker text"), "{config:#}");
+}
