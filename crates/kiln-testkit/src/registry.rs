@@ -137,17 +137,28 @@ impl Registry {
             .unwrap_or_default()
     }
 
-    /// Each blob the registry has served to a GET so far, by digest (`sha256:...`), once
-    /// per request, read from its access log.
-    pub fn blob_gets(&self) -> Vec<String> {
+    /// Each blob the registry has served to a GET so far, by digest (`sha256:...`), with the
+    /// bytes it sent, once per request, read from its access log.
+    pub fn blob_gets_with_bytes(&self) -> Vec<(String, u64)> {
         let log = fs::read_to_string(self.workdir.path().join("registry.log")).unwrap_or_default();
         log.lines()
             .filter(|line| line.contains("\"GET /v2/"))
             .filter_map(|line| {
                 let start = line.find("/blobs/sha256:")? + "/blobs/".len();
-                line.get(start..start + "sha256:".len() + 64)
-                    .map(str::to_string)
+                let digest = line.get(start..start + "sha256:".len() + 64)?.to_string();
+                // Combined log format: `"GET ... HTTP/1.1" STATUS BYTES ...`.
+                let after = &line[start + line[start..].find('"')? + 1..];
+                let bytes = after.split_whitespace().nth(1)?.parse().unwrap_or(0);
+                Some((digest, bytes))
             })
+            .collect()
+    }
+
+    /// The digests of [`Registry::blob_gets_with_bytes`].
+    pub fn blob_gets(&self) -> Vec<String> {
+        self.blob_gets_with_bytes()
+            .into_iter()
+            .map(|(digest, _)| digest)
             .collect()
     }
 
