@@ -369,8 +369,36 @@ pub(crate) fn extract(
             ),
         ));
     }
+    store.note_diff_id(&blob.digest, diff_id)?;
     store.commit_layer_dir(&target, diff_id)?;
     Ok(())
+}
+
+/// Checks that a stored layer blob decompresses to `diff_id` (without extracting it) and
+/// notes it: for a layer dir already there under that diff_id, made from another blob.
+pub(crate) fn check_diff_id(
+    store: &Store,
+    blob: &Descriptor,
+    diff_id: &Digest,
+    reference: &str,
+) -> Result<(), BuildError> {
+    let layer_err = |e: &dyn fmt::Display| bad(reference, format!("layer {}: {e}", blob.digest));
+    let file = File::open(store.blob_path(&blob.digest))
+        .map_err(BuildError::io("opening a layer blob"))?;
+    let stream = kiln_snapshot::decompress(BufReader::new(file)).map_err(|e| layer_err(&e))?;
+    let mut hashed = DigestReader::new(stream);
+    io::copy(&mut hashed, &mut io::sink()).map_err(|e| layer_err(&e))?;
+    let actual = hashed.finish().0;
+    if &actual != diff_id {
+        return Err(bad(
+            reference,
+            format!(
+                "layer {} uncompresses to {actual}, but the config says {diff_id}",
+                blob.digest
+            ),
+        ));
+    }
+    store.note_diff_id(&blob.digest, diff_id)
 }
 
 #[cfg(test)]

@@ -739,10 +739,7 @@ impl Solving<'_, '_> {
     /// fetched on a second thread, in layer order, ahead of extraction on this one: a layer
     /// downloads while the one below it is being extracted.
     fn materialize(&self, layers: &[LayerRef]) -> Result<(), BuildError> {
-        let missing: Vec<&LayerRef> = layers
-            .iter()
-            .filter(|l| !self.s.store.layer_dir(&l.diff_id).is_dir())
-            .collect();
+        let missing: Vec<&LayerRef> = layers.iter().filter(|l| !self.extracted(l)).collect();
         if missing.is_empty() {
             return Ok(());
         }
@@ -774,21 +771,32 @@ impl Solving<'_, '_> {
         })
     }
 
+    /// Whether the layer dir of `layer` is there, made from its blob: a dir of that diff_id
+    /// counts only once kiln has seen this blob decompress to it.
+    fn extracted(&self, layer: &LayerRef) -> bool {
+        self.s.store.layer_dir(&layer.diff_id).is_dir()
+            && self.s.store.checked_diff_id(&layer.blob.digest).as_ref() == Some(&layer.diff_id)
+    }
+
     /// Extracts the stored blob of `layer` into its layer dir, unless it is there already
-    /// (another platform's thread may have just made it).
+    /// (another platform's thread may have just made it); a dir another blob made is used
+    /// only once this blob is checked to decompress to the same diff_id.
     fn extract_once(&self, layer: &LayerRef) -> Result<(), BuildError> {
         let dir = self.s.store.layer_dir(&layer.diff_id);
         let lock = self.layer_lock(&layer.diff_id);
         let _held = lock.lock().unwrap();
-        if dir.is_dir() {
+        if self.extracted(layer) {
             return Ok(());
         }
-        self.progress()
-            .detail(&format!("extracting {}", layer.blob.digest));
         let from = match &layer.from {
             Some(source) => source.to_string(),
             None => format!("layer {}", layer.blob.digest),
         };
+        if dir.is_dir() {
+            return base::check_diff_id(self.s.store, &layer.blob, &layer.diff_id, &from);
+        }
+        self.progress()
+            .detail(&format!("extracting {}", layer.blob.digest));
         base::extract(self.s.store, &layer.blob, &layer.diff_id, &from)
     }
 

@@ -243,6 +243,7 @@ impl Store {
         out.flush()
             .map_err(BuildError::io("writing a layer blob"))?;
         self.commit_blob(tmp, &blob.digest)?;
+        self.note_diff_id(&blob.digest, &blob.diff_id)?;
         Ok(blob)
     }
 
@@ -266,6 +267,31 @@ impl Store {
             });
         }
         self.commit_blob(tmp, expected)
+    }
+
+    /// The diff_id kiln found `blob` to decompress to (by extracting it, checking it, or
+    /// writing it), if it did: a layer dir stands for a blob only under that diff_id, so
+    /// an image or cache that pairs a blob with another layer's diff_id never gets the dir
+    /// of another build's layer.
+    pub fn checked_diff_id(&self, blob: &Digest) -> Option<Digest> {
+        let text = fs::read_to_string(self.diff_id_note(blob)).ok()?;
+        text.trim().parse().ok()
+    }
+
+    /// Notes that `blob` decompresses to `diff_id` (see [`Store::checked_diff_id`]).
+    pub fn note_diff_id(&self, blob: &Digest, diff_id: &Digest) -> Result<(), BuildError> {
+        let note = self.diff_id_note(blob);
+        if let Some(dir) = note.parent() {
+            fs::create_dir_all(dir).map_err(BuildError::io("creating the diff_id notes"))?;
+        }
+        let tmp = self.temp_path("diff-id-")?;
+        fs::write(&tmp, diff_id.to_string()).map_err(BuildError::io("noting a diff_id"))?;
+        tmp.persist(&note)
+            .map_err(|e| BuildError::io(format!("noting the diff_id of {blob}"))(e.error))
+    }
+
+    fn diff_id_note(&self, blob: &Digest) -> PathBuf {
+        self.root.join("cache/diff-ids").join(blob.hex())
     }
 
     pub fn layer_dir(&self, diff_id: &Digest) -> PathBuf {

@@ -752,3 +752,161 @@ fn a_cache_record_cannot_put_text_into_the_image_config() {
     let config = config(&env.tag("app:2"));
     assert!(!config.to_string().contains("attacker text"), "{config:#}");
 }
+/// A registry cache record's diff_id cannot make a layer dir the kiln root already holds (a
+/// private image's) stand for its blob: whoever writes a cache a build reads and knows that
+/// diff_id must not get the steps after it to run on the private files, nor a `COPY --from`
+/// to put them into the image (red-team finding, fixed: a dir stands for a blob only once
+/// kiln has seen that blob decompress to it).
+#[test]
+fn a_hostile_cache_record_cannot_run_steps_on_a_private_local_layer() {
+    let env = Env::new();
+    let private = env.context(
+        "private",
+        &[(
+            "Dockerfile",
+            "FROM $REG/busybox\nRUN mkdir /out && echo TOPSECRET > /out/s\n",
+        )],
+    );
+    assert_ok(&job(&env, "root-victim", &private, "private/app:1", &[]));
+    let secret_diff_id = config(&env.tag("private/app:1"))["rootfs"]["diff_ids"]
+        .as_array()
+        .unwrap()
+        .last()
+        .unwrap()
+        .clone();
+
+    let ctx = env.context(
+        "public",
+        &[(
+            "Dockerfile",
+            "FROM $REG/busybox AS builder\nRUN mkdir /out && echo public > /out/s\n\
+             FROM $REG/busybox\nCOPY --from=builder /out /out\n",
+        )],
+    );
+    let cache = format!("type=registry,ref={},mode=max", env.tag("attacker/cache:1"));
+    assert_ok(&job(
+        &env,
+        "root-attacker",
+        &ctx,
+        "public:1",
+        &["--cache-to", &cache],
+    ));
+    rewrite_cache(&env, "attacker/cache", "1", "1", |document| {
+        record_of(document, "RUN mkdir")["layer"]["diff_id"] = secret_diff_id;
+        let records = document["records"].as_object_mut().unwrap();
+        records.retain(|_, r| {
+            !r["description"]
+                .as_str()
+                .is_some_and(|d| d.starts_with("COPY"))
+        });
+    });
+
+    let victim = job(
+        &env,
+        "root-victim",
+        &ctx,
+        "public:2",
+        &[
+            "--cache-from",
+            &env.tag("attacker/cache:1"),
+            "--cache-to",
+            &cache,
+        ],
+    );
+    // The record's blob is checked against the diff_id before the dir stands for it: the
+    // damaged cache stops the build, naming the layer, and nothing is pushed.
+    let message = assert_failed(&victim);
+    assert!(message.contains("uncompresses to"), "{message}");
+    assert!(!image_exists(&env.tag("public:2")));
+}
+
+/// The same for a base image: its config names its layers' diff_ids, and a hostile one that
+/// lists a private image's diff_id (with any blob) must not get the build's RUN steps to run
+/// on the private files (red-team finding, fixed as above).
+#[test]
+fn a_hostile_base_image_cannot_run_steps_on_a_private_local_layer() {
+    let env = Env::new();
+    let private = env.context(
+        "private",
+        &[(
+            "Dockerfile",
+            "FROM $REG/busybox\nRUN mkdir /out && echo TOPSECRET > /out/s\n",
+        )],
+    );
+    assert_ok(&job(&env, "root-victim", &private, "private/app:1", &[]));
+    let secret_diff_id = config(&env.tag("private/app:1"))["rootfs"]["diff_ids"]
+        .as_array()
+        .unwrap()
+        .last()
+        .unwrap()
+        .clone();
+
+    // busybox for this machine, with a second layer: busybox's blob again, said to be the
+    // private layer.
+    let index: Value = serde_json::from_slice(&http_get(
+        &env,
+        "busybox/manifests/latest",
+        "application/vnd.oci.image.index.v1+json",
+    ))
+    .unwrap();
+    let entry = index["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["platform"]["architecture"] == host_arch())
+        .unwrap();
+    let digest = entry["digest"].as_str().unwrap();
+    let mut manifest: Value = serde_json::from_slice(&http_get(
+        &env,
+        &format!("busybox/manifests/{digest}"),
+        OCI_MANIFEST,
+    ))
+    .unwrap();
+    let config_digest = manifest["config"]["digest"].as_str().unwrap().to_string();
+    let mut config: Value = serde_json::from_slice(&http_get(
+        &env,
+        &format!("busybox/blobs/{config_digest}"),
+        "*/*",
+    ))
+    .unwrap();
+    config["rootfs"]["diff_ids"]
+        .as_array_mut()
+        .unwrap()
+        .push(secret_diff_id);
+    config["history"] = json!([]);
+    let layer = manifest["layers"][0].clone();
+    manifest["layers"].as_array_mut().unwrap().push(layer);
+    let bytes = serde_json::to_vec(&config).unwrap();
+    manifest["config"]["digest"] = json!(put_blob(&env, "busybox", &bytes));
+    manifest["config"]["size"] = json!(bytes.len());
+    put_manifest(
+        &env,
+        "busybox",
+        "evil",
+        OCI_MANIFEST,
+        &serde_json::to_vec(&manifest).unwrap(),
+    );
+
+    let ctx = env.context(
+        "victim",
+        &[(
+            "Dockerfile",
+            "FROM $REG/busybox:evil\nRUN cat /out/s > /seen 2>/dev/null; true\n",
+        )],
+    );
+    let o = job(&env, "root-victim", &ctx, "victim:1", &[]);
+    if o.status.success() {
+        // The RUN step's own layer (the image as a whole does not unpack: its second layer
+        // is not what its config says).
+        let top = layers_of(&env.tag("victim:1")).pop().unwrap();
+        let blob = env.path("top.tar.gz");
+        std::fs::write(&blob, http_get(&env, &format!("victim/blobs/{top}"), "*/*")).unwrap();
+        let seen = run_tool(
+            std::process::Command::new("tar")
+                .arg("-xzOf")
+                .arg(&blob)
+                .arg("seen"),
+        );
+        assert_eq!(stdout(&seen), "", "the step read the private layer");
+    }
+}
