@@ -97,6 +97,11 @@ pub struct CacheSpec {
     /// Records older than this are misses when imported (kaniko's `--cache-ttl`; buildx's
     /// caches have none).
     pub ttl: Option<std::time::Duration>,
+    /// Whether RUN steps' records are exported (kaniko's `--cache-run-layers`).
+    pub run_steps: bool,
+    /// Whether the other steps' records (COPY, ADD, WORKDIR) are exported (kaniko's
+    /// `--cache-copy-layers`).
+    pub copy_steps: bool,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -191,6 +196,8 @@ impl CacheSpec {
             mode,
             ignore_error,
             ttl: None,
+            run_steps: true,
+            copy_steps: true,
         })
     }
 }
@@ -405,7 +412,10 @@ pub fn export_cache(
     let mut layers: Vec<Descriptor> = Vec::new();
     let mut origins: BTreeMap<Digest, Reference> = BTreeMap::new();
     for entry in entries {
-        if spec.mode == CacheMode::Min && !entry.in_image {
+        if (spec.mode == CacheMode::Min && !entry.in_image)
+            || (entry.is_run && !spec.run_steps)
+            || (!entry.is_run && !spec.copy_steps)
+        {
             continue;
         }
         if document.records.contains_key(entry.key.hex()) {

@@ -84,6 +84,8 @@ pub struct CacheEntry {
     /// Whether the op made a layer of a built image (`mode=min` exports only these), rather
     /// than of another stage.
     pub in_image: bool,
+    /// Whether the op is a RUN step (kaniko caches RUN and COPY layers apart).
+    pub is_run: bool,
     /// The registry cache the record came from, if it did (its blob may be only there).
     pub from: Option<Arc<BaseRef>>,
 }
@@ -587,6 +589,7 @@ impl Solving<'_, '_> {
             key: key.clone(),
             record: record.clone(),
             in_image: false,
+            is_run: matches!(self.plan.op(id).kind, OpKind::Exec(_)),
             from,
         };
         self.records.lock().unwrap().push((id, entry));

@@ -230,8 +230,14 @@ fn reach_as_pushes_do(pull: &mut ClientOptions, push: &ClientOptions, registry: 
 
 /// A kaniko boolean flag given as `--flag`, `--flag=true` or `--flag=false`.
 fn flag_is_true(value: Option<&str>) -> Result<bool, Report> {
+    flag_or(value, false)
+}
+
+/// The same, `default` when not given.
+fn flag_or(value: Option<&str>, default: bool) -> Result<bool, Report> {
     match value.map(str::to_ascii_lowercase).as_deref() {
-        None | Some("false" | "0" | "no" | "off") => Ok(false),
+        None => Ok(default),
+        Some("false" | "0" | "no" | "off") => Ok(false),
         Some("true" | "1" | "yes" | "on") => Ok(true),
         Some(other) => Err(miette!("`{other}` is not true or false")),
     }
@@ -262,8 +268,6 @@ impl ExecutorArgs {
             given("use-new-run", self.use_new_run.is_some()),
             given("single-snapshot", self.single_snapshot.is_some()),
             given("compressed-caching", self.compressed_caching.is_some()),
-            given("cache-run-layers", self.cache_run_layers.is_some()),
-            given("cache-copy-layers", self.cache_copy_layers.is_some()),
             given("ignore-var-run", self.ignore_var_run.is_some()),
             given(
                 "image-fs-extract-retry",
@@ -323,6 +327,10 @@ impl ExecutorArgs {
             mode: CacheMode::Max,
             ignore_error: true,
             ttl: Some(ttl),
+            // kaniko caches COPY layers only when asked; kiln keys a COPY by the content it
+            // copies, so it caches them unless told not to.
+            run_steps: flag_or(self.cache_run_layers.as_deref(), true)?,
+            copy_steps: flag_or(self.cache_copy_layers.as_deref(), true)?,
         };
         let to = match flag_is_true(self.no_push_cache.as_deref())? {
             true => Vec::new(),

@@ -135,8 +135,6 @@ fn a_kaniko_job_builds_pushes_and_writes_its_files() {
             "--use-new-run",
             "--single-snapshot",
             "--compressed-caching",
-            "--cache-run-layers",
-            "--cache-copy-layers",
             "--ignore-var-run",
         ],
     );

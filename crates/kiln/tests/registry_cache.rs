@@ -264,6 +264,15 @@ fn kanikos_cache_flags_use_the_same_cache() {
         "{}",
         stderr(&expired)
     );
+    // --cache-run-layers=false and --cache-copy-layers=false leave those steps out.
+    for (flag, repo) in [
+        ("--cache-run-layers=false", "no-runs"),
+        ("--cache-copy-layers=false", "no-copies"),
+    ] {
+        let repo = env.tag(repo);
+        assert_ok(&executor("root-6", "app:6", &["--cache-repo", &repo, flag]));
+        assert_eq!(layers_of(&format!("{repo}:latest")).len(), 2, "{flag}");
+    }
     // --no-push-cache reads the cache but writes none.
     let fourth = executor(
         "root-4",
