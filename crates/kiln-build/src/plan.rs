@@ -200,11 +200,18 @@ impl Plan {
     pub fn image_chains(&self) -> std::collections::HashSet<OpId> {
         let mut chains = std::collections::HashSet::new();
         for image in &self.images {
-            let mut next = Some(image.result);
-            while let Some(id) = next.filter(|id| chains.insert(*id)) {
-                next = self.ops[id.0].inputs.first().copied();
-            }
+            chains.extend(self.image_chain(image));
         }
         chains
+    }
+
+    /// The ops whose layers `image` holds (see [`Plan::image_chains`]).
+    pub fn image_chain(&self, image: &ImagePlan) -> std::collections::HashSet<OpId> {
+        let mut chain = std::collections::HashSet::new();
+        let mut next = Some(image.result);
+        while let Some(id) = next.filter(|id| chain.insert(*id)) {
+            next = self.ops[id.0].inputs.first().copied();
+        }
+        chain
     }
 }

@@ -1,6 +1,6 @@
 //! The build cache outside the kiln root (`--cache-to`, `--cache-from`), for CI jobs that
-//! start with an empty disk: in a registry (`type=registry`) or an OCI layout
-//! (`type=local`, for GitLab's `cache:` paths).
+//! start with an empty disk: in a registry (`type=registry`), an OCI layout (`type=local`,
+//! for GitLab's `cache:` paths), or the built image's config (`type=inline`).
 //!
 //! A cache is one OCI image manifest under the cache ref (or the layout's tag). Its config
 //! (media type [`CACHE_CONFIG_TYPE`]) holds the records, by cache key (see `key.rs`): what
@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::path::PathBuf;
 use std::sync::Mutex;
 
-use kiln_oci::{Descriptor, Digest, ImageManifest, media, to_json_bytes};
+use kiln_oci::{Descriptor, Digest, ImageIndex, ImageManifest, media, to_json_bytes};
 use kiln_registry::{BlobTransfer, MAX_CONFIG_BYTES, Reference, RegistryClient, RegistryError};
 use kiln_transport::{
     ImageDestination, ImageSource, LayoutName, LayoutRef, OciDirDestination, OciLayoutSource,
@@ -52,6 +52,9 @@ pub enum CacheLocation {
     Registry(Reference),
     /// `type=local,dest=DIR` (or `src=DIR`): an OCI layout, the cache under `tag`.
     Local { dir: PathBuf, tag: String },
+    /// `type=inline` (export only): the records of each image's steps go into its config,
+    /// and `--cache-from` names the image.
+    Inline,
 }
 
 impl std::fmt::Display for CacheLocation {
@@ -59,6 +62,7 @@ impl std::fmt::Display for CacheLocation {
         match self {
             CacheLocation::Registry(reference) => write!(f, "{reference}"),
             CacheLocation::Local { dir, tag } => write!(f, "{}:{tag}", dir.display()),
+            CacheLocation::Inline => write!(f, "the image's config (inline)"),
         }
     }
 }
@@ -67,22 +71,23 @@ impl CacheLocation {
     /// The directory of a local cache (kept by in-place builds, as outputs are).
     pub fn dir(&self) -> Option<&std::path::Path> {
         match self {
-            CacheLocation::Registry(_) => None,
+            CacheLocation::Registry(_) | CacheLocation::Inline => None,
             CacheLocation::Local { dir, .. } => Some(dir),
         }
     }
 
     /// The cache as an image source, for reading and for fetching its blobs.
-    fn base_ref(&self) -> BaseRef {
+    fn base_ref(&self) -> Option<BaseRef> {
         match self {
-            CacheLocation::Registry(reference) => BaseRef::Registry {
+            CacheLocation::Registry(reference) => Some(BaseRef::Registry {
                 written: reference.to_string(),
                 reference: reference.clone(),
-            },
-            CacheLocation::Local { dir, tag } => BaseRef::Layout {
+            }),
+            CacheLocation::Local { dir, tag } => Some(BaseRef::Layout {
                 dir: dir.clone(),
                 which: LayoutRef::Name(tag.clone()),
-            },
+            }),
+            CacheLocation::Inline => None,
         }
     }
 }
@@ -163,11 +168,12 @@ impl CacheSpec {
                     tag,
                 }
             }
+            "inline" => CacheLocation::Inline,
             other => {
                 return Err(invalid(format!(
                     "cache type `{other}` is not supported yet; kiln keeps caches in a \
-                     registry (`type=registry,ref=REGISTRY/REPO:TAG`) or an OCI layout \
-                     (`type=local,dest=DIR`)"
+                     registry (`type=registry,ref=REGISTRY/REPO:TAG`), an OCI layout \
+                     (`type=local,dest=DIR`) or the image (`type=inline`)"
                 )));
             }
         };
@@ -202,11 +208,43 @@ impl CacheSpec {
     }
 }
 
-/// The config of a cache manifest.
+/// The config of a cache manifest, and what `type=inline` puts into an image's config.
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct CacheDocument {
     /// Records by the hex form of their cache key.
     records: BTreeMap<String, Record>,
+}
+
+impl CacheDocument {
+    /// Adds the record of `entry`, as it ran (its last use is no one else's business).
+    fn add(&mut self, entry: &CacheEntry) {
+        let mut record = entry.record.clone();
+        record.last_used = record.created.clone();
+        self.records.insert(entry.key.hex().to_string(), record);
+    }
+}
+
+impl CacheSpec {
+    /// Whether this export takes the record of `entry`.
+    fn exports(&self, entry: &CacheEntry) -> bool {
+        (self.mode == CacheMode::Max || entry.in_image)
+            && (if entry.is_run {
+                self.run_steps
+            } else {
+                self.copy_steps
+            })
+    }
+}
+
+/// With `--cache-to type=inline` among `specs`: the records of `entries` (an image's own
+/// steps) as they go into its config under [`INLINE_CACHE_KEY`].
+pub fn inline_records(specs: &[CacheSpec], entries: &[&CacheEntry]) -> Option<serde_json::Value> {
+    let spec = specs.iter().find(|s| s.location == CacheLocation::Inline)?;
+    let mut document = CacheDocument::default();
+    for entry in entries.iter().filter(|e| spec.exports(e)) {
+        document.add(entry);
+    }
+    Some(serde_json::to_value(&document).expect("records always serialise"))
 }
 
 /// The records of the `--cache-from` refs, with the ref each came from.
@@ -228,9 +266,16 @@ impl RemoteCache {
         let mut cache = RemoteCache::default();
         for spec in specs {
             let reference = &spec.location;
+            let Some(base_ref) = reference.base_ref() else {
+                progress.warning(
+                    "--cache-from type=inline names no image: give the image's reference \
+                     (`--cache-from REGISTRY/REPO:TAG`)",
+                );
+                continue;
+            };
             match read_document(client, store, reference) {
                 Ok(Some(mut document)) => {
-                    let source = Arc::new(reference.base_ref());
+                    let source = Arc::new(base_ref);
                     let count = document.records.len();
                     let expired = match spec.ttl {
                         Some(ttl) => expire(&mut document, ttl),
@@ -269,7 +314,14 @@ impl RemoteCache {
     }
 }
 
-/// The cache document at `location`; `None` if there is no such tag (or layout).
+/// Where the records of an image built with `--cache-to type=inline` are, in its config.
+pub const INLINE_CACHE_KEY: &str = "dev.kiln.build-cache.v1";
+
+/// How many images of an index an import looks into for inline records.
+const MAX_INLINE_IMAGES: usize = 32;
+
+/// The cache document at `location`; `None` if there is no such tag (or layout). A kiln
+/// cache image, or an image (or index of images) built with `--cache-to type=inline`.
 fn read_document(
     client: &RegistryClient,
     store: &Store,
@@ -287,38 +339,87 @@ fn read_document(
             let which = LayoutRef::Name(tag.clone());
             Box::new(OciLayoutSource::open(dir, which).map_err(|e| e.to_string())?)
         }
+        CacheLocation::Inline => return Ok(None),
     };
     let top = match source.top() {
         Ok(top) => top,
         Err(TransportError::Registry(RegistryError::NotFound { .. })) => return Ok(None),
         Err(e) => return Err(e.to_string()),
     };
-    let manifest: ImageManifest = match media::is_index(&top.media_type) {
-        true => return Err(not_a_cache(&top.media_type)),
-        false => serde_json::from_slice(&top.bytes).map_err(|e| format!("its manifest: {e}"))?,
+    let manifests = match media::is_index(&top.media_type) {
+        false => vec![top],
+        true => {
+            let index: ImageIndex =
+                serde_json::from_slice(&top.bytes).map_err(|e| format!("its index: {e}"))?;
+            index
+                .manifests
+                .iter()
+                .filter(|m| !media::is_index(&m.media_type))
+                .take(MAX_INLINE_IMAGES)
+                .map(|m| source.manifest(m).map_err(|e| e.to_string()))
+                .collect::<Result<Vec<_>, _>>()?
+        }
     };
-    if manifest.config.media_type != CACHE_CONFIG_TYPE {
-        return Err(not_a_cache(&manifest.config.media_type));
-    }
-    if manifest.config.size > MAX_CONFIG_BYTES {
-        return Err(format!(
-            "its records are larger than {} MiB",
-            MAX_CONFIG_BYTES >> 20
-        ));
-    }
     let scratch = store.temp_dir("cache-import-").map_err(|e| e.to_string())?;
-    let path = scratch.path().join("records");
-    source
-        .blob_to_file(&manifest.config, &path)
-        .map_err(|e| e.to_string())?;
-    let bytes = std::fs::read(&path).map_err(|e| e.to_string())?;
-    let mut document: CacheDocument =
-        serde_json::from_slice(&bytes).map_err(|e| format!("its records: {e}"))?;
-    // A record kiln could not use: a key that is not one, a time that is not one (it goes
-    // into the image's history), a layer of a kind kiln never makes, or a layer the cache
-    // does not list. A registry takes a manifest only when it holds every blob listed, so
-    // a listed layer is there to fetch; an unlisted digest could name a blob only this
-    // store holds (another build's, a private image's), which must not stand in for it.
+    let mut document = CacheDocument::default();
+    // Why the last image looked at holds no records, until one does.
+    let mut none_here = None;
+    let mut any = false;
+    for (i, raw) in manifests.iter().enumerate() {
+        let manifest: ImageManifest =
+            serde_json::from_slice(&raw.bytes).map_err(|e| format!("its manifest: {e}"))?;
+        let kind = manifest.config.media_type.as_str();
+        let inline = kind == media::OCI_CONFIG || kind == media::DOCKER_CONFIG;
+        if kind != CACHE_CONFIG_TYPE && !inline {
+            none_here = Some(not_a_cache(kind));
+            continue;
+        }
+        if manifest.config.size > MAX_CONFIG_BYTES {
+            return Err(format!(
+                "its records are larger than {} MiB",
+                MAX_CONFIG_BYTES >> 20
+            ));
+        }
+        let path = scratch.path().join(format!("config-{i}"));
+        source
+            .blob_to_file(&manifest.config, &path)
+            .map_err(|e| e.to_string())?;
+        let bytes = std::fs::read(&path).map_err(|e| e.to_string())?;
+        let mut records: CacheDocument = match inline {
+            false => serde_json::from_slice(&bytes).map_err(|e| format!("its records: {e}"))?,
+            true => {
+                let mut config: serde_json::Map<String, serde_json::Value> =
+                    serde_json::from_slice(&bytes).map_err(|e| format!("its config: {e}"))?;
+                match config.remove(INLINE_CACHE_KEY) {
+                    Some(records) => serde_json::from_value(records)
+                        .map_err(|e| format!("its inline records: {e}"))?,
+                    None => {
+                        none_here = Some(
+                            "it is not a kiln build cache (an image without kiln's inline \
+                             records)"
+                                .to_string(),
+                        );
+                        continue;
+                    }
+                }
+            }
+        };
+        keep_usable(&mut records, &manifest);
+        document.records.append(&mut records.records);
+        any = true;
+    }
+    match (any, none_here) {
+        (false, Some(why)) => Err(why),
+        _ => Ok(Some(document)),
+    }
+}
+
+/// Drops the records kiln could not use: a key that is not one, a time that is not one (it
+/// goes into the image's history), a layer of a kind kiln never makes, or a layer
+/// `manifest` does not list. A registry takes a manifest only when it holds every blob
+/// listed, so a listed layer is there to fetch; an unlisted digest could name a blob only
+/// this store holds (another build's, a private image's), which must not stand in for it.
+fn keep_usable(document: &mut CacheDocument, manifest: &ImageManifest) {
     let listed: HashSet<(&Digest, u64)> = manifest
         .layers
         .iter()
@@ -339,7 +440,6 @@ fn read_document(
                 .as_ref()
                 .is_none_or(|l| media::layer_compression(&l.media_type).is_some())
     });
-    Ok(Some(document))
 }
 
 /// Drops the records that ran longer than `ttl` ago; returns how many.
@@ -411,19 +511,11 @@ pub fn export_cache(
     let mut document = CacheDocument::default();
     let mut layers: Vec<Descriptor> = Vec::new();
     let mut origins: BTreeMap<Digest, Reference> = BTreeMap::new();
-    for entry in entries {
-        if (spec.mode == CacheMode::Min && !entry.in_image)
-            || (entry.is_run && !spec.run_steps)
-            || (!entry.is_run && !spec.copy_steps)
-        {
-            continue;
-        }
+    for entry in entries.iter().filter(|entry| spec.exports(entry)) {
         if document.records.contains_key(entry.key.hex()) {
             continue;
         }
-        let mut record = entry.record.clone();
-        record.last_used = record.created.clone();
-        if let Some(layer) = &record.layer {
+        if let Some(layer) = &entry.record.layer {
             let blob = layer.descriptor();
             if !store.has_blob(&blob.digest)
                 && let Some(BaseRef::Registry { reference, .. }) = entry.from.as_deref()
@@ -434,7 +526,7 @@ pub fn export_cache(
                 layers.push(blob);
             }
         }
-        document.records.insert(entry.key.hex().to_string(), record);
+        document.add(entry);
     }
     let config = store.put_json(CACHE_CONFIG_TYPE, &to_json_bytes(&document))?;
     let manifest = ImageManifest {
@@ -451,6 +543,7 @@ pub fn export_cache(
         ..Default::default()
     });
     let copied = match &spec.location {
+        CacheLocation::Inline => Ok(()),
         CacheLocation::Registry(reference) => {
             let dest = RegistryDestination::to_all(push, vec![reference.clone()])
                 .expect("one target")
@@ -493,7 +586,7 @@ pub fn export_caches(
     specs: &[CacheSpec],
     progress: &Progress,
 ) -> Result<(), BuildError> {
-    for spec in specs {
+    for spec in specs.iter().filter(|s| s.location != CacheLocation::Inline) {
         let location = &spec.location;
         match export_cache(clients, store, entries, spec) {
             Ok(stats) => progress.info(&format!(
@@ -530,6 +623,10 @@ mod tests {
         assert_eq!((bare.mode, bare.location), (CacheMode::Min, spec.location));
         let strict = CacheSpec::parse("ref=r/a:c,ignore-error=false,compression=zstd").unwrap();
         assert!(!strict.ignore_error);
+        assert_eq!(
+            CacheSpec::parse("type=inline").unwrap().location,
+            CacheLocation::Inline
+        );
         let local = CacheSpec::parse("type=local,src=/ci/cache").unwrap();
         assert_eq!(
             local.location,

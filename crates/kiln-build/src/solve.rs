@@ -32,7 +32,7 @@ use crate::plan::{Copy, CopySource, Exec, HistoryStep, ImagePlan, Op, OpId, OpKi
 use crate::progress::Progress;
 use crate::secrets::SecretFiles;
 use crate::worker::{ExecJob, Worker};
-use crate::{BuildError, BuildOptions, Store, timefmt};
+use crate::{BuildError, BuildOptions, Store, registry_cache, timefmt};
 
 /// An image built and stored: its manifest and everything the manifest points to.
 pub struct BuiltImage {
@@ -1008,6 +1008,25 @@ impl Solving<'_, '_> {
         }
         let sde = self.s.opts.source_date_epoch.map(timefmt::rfc3339);
         let mut config = image.config.clone();
+        // `--cache-to type=inline`: this image's own steps' records travel in its config.
+        let chain = self.plan.image_chain(image);
+        let own: Vec<CacheEntry> = self
+            .records
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(id, _)| chain.contains(id))
+            .map(|(_, entry)| CacheEntry {
+                in_image: true,
+                ..entry.clone()
+            })
+            .collect();
+        let own: Vec<&CacheEntry> = own.iter().collect();
+        if let Some(records) = registry_cache::inline_records(&self.s.opts.cache_to, &own) {
+            config
+                .extra
+                .insert(registry_cache::INLINE_CACHE_KEY.to_string(), records);
+        }
         let mut newest: Option<String> = None;
         for (entry, step) in config.history.iter_mut().zip(&image.history) {
             if let HistoryStep::Op(id) = step {

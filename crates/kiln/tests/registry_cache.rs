@@ -919,3 +919,63 @@ fn a_hostile_base_image_cannot_run_steps_on_a_private_local_layer() {
         assert_eq!(stdout(&seen), "", "the step read the private layer");
     }
 }
+
+#[test]
+fn inline_records_travel_in_the_image_and_the_image_is_the_cache() {
+    let env = Env::new();
+    let ctx = env.context(
+        "ctx",
+        &[
+            (
+                "Dockerfile",
+                "FROM $REG/busybox\nCOPY app.txt /app.txt\nRUN cat /app.txt > /copy\n",
+            ),
+            ("app.txt", "inline\n"),
+        ],
+    );
+    let platforms = format!("linux/{},linux/arm64", host_arch());
+    let first = job(
+        &env,
+        "root-1",
+        &ctx,
+        "app:1",
+        &["--platform", &platforms, "--cache-to", "type=inline"],
+    );
+    assert_ok(&first);
+    // Each platform's config holds its own steps' records.
+    let raw_config = run_tool(
+        std::process::Command::new("skopeo")
+            .args(["inspect", "--config", "--raw", "--tls-verify=false"])
+            .args(["--override-arch", "arm64"])
+            .arg(format!("docker://{}", env.tag("app:1"))),
+    );
+    let raw: Value = serde_json::from_slice(&raw_config.stdout).unwrap();
+    let records = raw["dev.kiln.build-cache.v1"]["records"]
+        .as_object()
+        .unwrap();
+    assert_eq!(records.len(), 2, "{raw}");
+
+    let second = job(
+        &env,
+        "root-2",
+        &ctx,
+        "app:2",
+        &[
+            "--platform",
+            &platforms,
+            "--cache-from",
+            &env.tag("app:1"),
+            "--cache-to",
+            "type=inline",
+        ],
+    );
+    assert_ok(&second);
+    assert_eq!(
+        ran_and_cached(&stderr(&second)),
+        (0, 4),
+        "{}",
+        stderr(&second)
+    );
+    // The same job (inline records included) gives the same image.
+    assert_eq!(digest_of(&env.tag("app:2")), digest_of(&env.tag("app:1")));
+}
