@@ -107,6 +107,9 @@ pub struct CacheSpec {
     /// Whether the other steps' records (COPY, ADD, WORKDIR) are exported (kaniko's
     /// `--cache-copy-layers`).
     pub copy_steps: bool,
+    /// Whether an export keeps the records already at a registry ref (kaniko's cache repo,
+    /// which the projects sharing it add to), rather than replacing them (buildx).
+    pub merge: bool,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -204,6 +207,7 @@ impl CacheSpec {
             ttl: None,
             run_steps: true,
             copy_steps: true,
+            merge: false,
         })
     }
 }
@@ -528,6 +532,19 @@ pub fn export_cache(
         }
         document.add(entry);
     }
+    if spec.merge
+        && let CacheLocation::Registry(reference) = &spec.location
+    {
+        keep_earlier_records(
+            pull,
+            store,
+            spec,
+            reference,
+            &mut document,
+            &mut layers,
+            &mut origins,
+        );
+    }
     let config = store.put_json(CACHE_CONFIG_TYPE, &to_json_bytes(&document))?;
     let manifest = ImageManifest {
         schema_version: 2,
@@ -567,6 +584,48 @@ pub fn export_cache(
         source: Box::new(source),
     })?;
     Ok(transfers.into_inner().unwrap())
+}
+
+/// At most this many records stay in a merged cache; the oldest go first.
+const MAX_MERGED_RECORDS: usize = 10_000;
+
+/// Adds to `document` the records of the cache at `reference` that it lacks (those within
+/// the TTL, newest first, up to [`MAX_MERGED_RECORDS`]); their blobs are in that repository
+/// already. A cache that cannot be read adds nothing.
+fn keep_earlier_records(
+    client: &RegistryClient,
+    store: &Store,
+    spec: &CacheSpec,
+    reference: &Reference,
+    document: &mut CacheDocument,
+    layers: &mut Vec<Descriptor>,
+    origins: &mut BTreeMap<Digest, Reference>,
+) {
+    let Ok(Some(mut earlier)) = read_document(client, store, &spec.location) else {
+        return;
+    };
+    if let Some(ttl) = spec.ttl {
+        expire(&mut earlier, ttl);
+    }
+    let mut kept: Vec<(String, Record)> = earlier
+        .records
+        .into_iter()
+        .filter(|(key, _)| !document.records.contains_key(key))
+        .collect();
+    kept.sort_by(|a, b| b.1.created.cmp(&a.1.created));
+    kept.truncate(MAX_MERGED_RECORDS.saturating_sub(document.records.len()));
+    for (key, record) in kept {
+        if let Some(layer) = &record.layer {
+            let blob = layer.descriptor();
+            if !layers.iter().any(|l| l.digest == blob.digest) {
+                if !store.has_blob(&blob.digest) {
+                    origins.insert(blob.digest.clone(), reference.clone());
+                }
+                layers.push(blob);
+            }
+        }
+        document.records.insert(key, record);
+    }
 }
 
 fn copy_out(

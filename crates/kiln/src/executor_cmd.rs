@@ -331,6 +331,8 @@ impl ExecutorArgs {
             // copies, so it caches them unless told not to.
             run_steps: flag_or(self.cache_run_layers.as_deref(), true)?,
             copy_steps: flag_or(self.cache_copy_layers.as_deref(), true)?,
+            // A kaniko cache repo is shared by the projects and branches that name it.
+            merge: true,
         };
         let to = match flag_is_true(self.no_push_cache.as_deref())? {
             true => Vec::new(),

@@ -979,3 +979,48 @@ fn inline_records_travel_in_the_image_and_the_image_is_the_cache() {
     // The same job (inline records included) gives the same image.
     assert_eq!(digest_of(&env.tag("app:2")), digest_of(&env.tag("app:1")));
 }
+
+/// kaniko keeps one tag per cache key in `--cache-repo`, so the projects, branches and
+/// Dockerfiles that share a cache repo add to it; kiln's executor keeps the records already
+/// there when it exports, so two projects sharing `--cache-repo` do not wipe each other's
+/// cache (red-team finding, fixed: each export replaced the records).
+#[test]
+fn two_kaniko_projects_sharing_a_cache_repo_keep_each_others_records() {
+    let env = Env::new();
+    let one = project(&env, "one", "one\n");
+    let two = env.context(
+        "two",
+        &[("Dockerfile", "FROM $REG/busybox\nRUN echo two > /two\n")],
+    );
+    let repo = env.tag("shared/cache");
+    let executor = |root: &str, ctx: &Path, tag: &str| {
+        let destination = env.tag(tag);
+        let context = format!("dir://{}", ctx.display());
+        let args = [
+            "executor",
+            "--context",
+            &context,
+            "--destination",
+            &destination,
+            "--cache=true",
+            "--cache-repo",
+            &repo,
+        ];
+        let mut command = kiln_command(&env.path(root), &args);
+        command
+            .env_remove("DOCKER_CONFIG")
+            .env_remove("KILN_DIR")
+            .env("HOME", env.path("home"));
+        command.output().unwrap()
+    };
+    assert_ok(&executor("root-1", &one, "one:1"));
+    assert_ok(&executor("root-2", &two, "two:1"));
+    let again = executor("root-3", &one, "one:2");
+    assert_ok(&again);
+    assert_eq!(
+        ran_and_cached(&stderr(&again)),
+        (0, 4),
+        "{}",
+        stderr(&again)
+    );
+}
