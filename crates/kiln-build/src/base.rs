@@ -360,18 +360,29 @@ pub(crate) fn extract(
     };
     extracted.map_err(|e| layer_err(&e))?;
     let actual = decompressed.expect("read to its end, since extraction succeeded");
-    if &actual != diff_id {
-        return Err(bad(
+    same_diff_id(reference, blob, &actual, diff_id)?;
+    store.note_diff_id(&blob.digest, diff_id)?;
+    store.commit_layer_dir(&target, diff_id)?;
+    Ok(())
+}
+
+/// An error unless the layer `blob` decompressed to the `diff_id` its image promised.
+fn same_diff_id(
+    reference: &str,
+    blob: &Descriptor,
+    actual: &Digest,
+    diff_id: &Digest,
+) -> Result<(), BuildError> {
+    match actual == diff_id {
+        true => Ok(()),
+        false => Err(bad(
             reference,
             format!(
                 "layer {} uncompresses to {actual}, but the config says {diff_id}",
                 blob.digest
             ),
-        ));
+        )),
     }
-    store.note_diff_id(&blob.digest, diff_id)?;
-    store.commit_layer_dir(&target, diff_id)?;
-    Ok(())
 }
 
 /// Checks that a stored layer blob decompresses to `diff_id` (without extracting it) and
@@ -389,15 +400,7 @@ pub(crate) fn check_diff_id(
     let mut hashed = DigestReader::new(stream);
     io::copy(&mut hashed, &mut io::sink()).map_err(|e| layer_err(&e))?;
     let actual = hashed.finish().0;
-    if &actual != diff_id {
-        return Err(bad(
-            reference,
-            format!(
-                "layer {} uncompresses to {actual}, but the config says {diff_id}",
-                blob.digest
-            ),
-        ));
-    }
+    same_diff_id(reference, blob, &actual, diff_id)?;
     store.note_diff_id(&blob.digest, diff_id)
 }
 

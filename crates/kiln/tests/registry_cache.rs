@@ -47,13 +47,7 @@ fn digest_of(reference: &str) -> String {
 
 /// The layer digests a manifest (by reference) lists.
 fn layers_of(reference: &str) -> Vec<String> {
-    let manifest: Value = serde_json::from_slice(&skopeo_raw(reference)).unwrap();
-    manifest["layers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|l| l["digest"].as_str().unwrap().to_string())
-        .collect()
+    layer_digests(&serde_json::from_slice(&skopeo_raw(reference)).unwrap())
 }
 
 #[test]
@@ -761,6 +755,25 @@ fn a_cache_record_cannot_put_text_into_the_image_config() {
     let config = config(&env.tag("app:2"));
     assert!(!config.to_string().contains("attacker text"), "{config:#}");
 }
+/// Builds a private image on the victim's kiln root (`root-victim`), whose last layer holds
+/// `/out/s` = TOPSECRET, and returns that layer's diff_id.
+fn private_layer_diff_id(env: &Env) -> Value {
+    let private = env.context(
+        "private",
+        &[(
+            "Dockerfile",
+            "FROM $REG/busybox\nRUN mkdir /out && echo TOPSECRET > /out/s\n",
+        )],
+    );
+    assert_ok(&job(env, "root-victim", &private, "private/app:1", &[]));
+    config(&env.tag("private/app:1"))["rootfs"]["diff_ids"]
+        .as_array()
+        .unwrap()
+        .last()
+        .unwrap()
+        .clone()
+}
+
 /// A registry cache record's diff_id cannot make a layer dir the kiln root already holds (a
 /// private image's) stand for its blob: whoever writes a cache a build reads and knows that
 /// diff_id must not get the steps after it to run on the private files, nor a `COPY --from`
@@ -769,20 +782,7 @@ fn a_cache_record_cannot_put_text_into_the_image_config() {
 #[test]
 fn a_hostile_cache_record_cannot_run_steps_on_a_private_local_layer() {
     let env = Env::new();
-    let private = env.context(
-        "private",
-        &[(
-            "Dockerfile",
-            "FROM $REG/busybox\nRUN mkdir /out && echo TOPSECRET > /out/s\n",
-        )],
-    );
-    assert_ok(&job(&env, "root-victim", &private, "private/app:1", &[]));
-    let secret_diff_id = config(&env.tag("private/app:1"))["rootfs"]["diff_ids"]
-        .as_array()
-        .unwrap()
-        .last()
-        .unwrap()
-        .clone();
+    let secret_diff_id = private_layer_diff_id(&env);
 
     let ctx = env.context(
         "public",
@@ -835,20 +835,7 @@ fn a_hostile_cache_record_cannot_run_steps_on_a_private_local_layer() {
 #[test]
 fn a_hostile_base_image_cannot_run_steps_on_a_private_local_layer() {
     let env = Env::new();
-    let private = env.context(
-        "private",
-        &[(
-            "Dockerfile",
-            "FROM $REG/busybox\nRUN mkdir /out && echo TOPSECRET > /out/s\n",
-        )],
-    );
-    assert_ok(&job(&env, "root-victim", &private, "private/app:1", &[]));
-    let secret_diff_id = config(&env.tag("private/app:1"))["rootfs"]["diff_ids"]
-        .as_array()
-        .unwrap()
-        .last()
-        .unwrap()
-        .clone();
+    let secret_diff_id = private_layer_diff_id(&env);
 
     // busybox for this machine, with a second layer: busybox's blob again, said to be the
     // private layer.
