@@ -38,6 +38,27 @@ fn job(env: &Env, root: &str, ctx: &Path, tag: &str, extra: &[&str]) -> Output {
     kiln_with_root(&env.path(root), &args)
 }
 
+/// `kiln executor --context dir://CTX --destination DESTINATION --cache=true [extra]` with a
+/// kiln root of its own and no docker config of this machine's: a kaniko job.
+fn kaniko_job(env: &Env, root: &str, ctx: &Path, destination: &str, extra: &[&str]) -> Output {
+    let context = format!("dir://{}", ctx.display());
+    let mut args = vec![
+        "executor",
+        "--context",
+        &context,
+        "--destination",
+        destination,
+        "--cache=true",
+    ];
+    args.extend_from_slice(extra);
+    kiln_command(&env.path(root), &args)
+        .env_remove("DOCKER_CONFIG")
+        .env_remove("KILN_DIR")
+        .env("HOME", env.path("home"))
+        .output()
+        .unwrap()
+}
+
 fn digest_of(reference: &str) -> String {
     skopeo_inspect(reference, None)["Digest"]
         .as_str()
@@ -203,25 +224,8 @@ fn two_platforms_share_one_cache_ref() {
 fn kanikos_cache_flags_use_the_same_cache() {
     let env = Env::new();
     let ctx = project(&env, "ctx", "k\n");
-    let executor = |root: &str, tag: &str, extra: &[&str]| {
-        let destination = env.tag(tag);
-        let context = format!("dir://{}", ctx.display());
-        let mut args = vec![
-            "executor",
-            "--context",
-            &context,
-            "--destination",
-            &destination,
-            "--cache=true",
-        ];
-        args.extend_from_slice(extra);
-        let mut command = kiln_command(&env.path(root), &args);
-        command
-            .env_remove("DOCKER_CONFIG")
-            .env_remove("KILN_DIR")
-            .env("HOME", env.path("home"));
-        command.output().unwrap()
-    };
+    let executor =
+        |root: &str, tag: &str, extra: &[&str]| kaniko_job(&env, root, &ctx, &env.tag(tag), extra);
     let repo = env.tag("team/cache");
     let first = executor("root-1", "app:1", &["--cache-repo", &repo]);
     assert_ok(&first);
@@ -696,22 +700,7 @@ fn kanikos_cache_is_read_with_the_flags_it_is_written_with() {
     let ctx = project(&env, "ctx", "k\n");
     let executor = |root: &str, tag: &str| {
         let destination = format!("{}/{tag}", secure.addr());
-        let context = format!("dir://{}", ctx.display());
-        let args = [
-            "executor",
-            "--context",
-            &context,
-            "--destination",
-            &destination,
-            "--cache=true",
-            "--skip-tls-verify",
-        ];
-        let mut command = kiln_command(&env.path(root), &args);
-        command
-            .env_remove("DOCKER_CONFIG")
-            .env_remove("KILN_DIR")
-            .env("HOME", env.path("home"));
-        command.output().unwrap()
+        kaniko_job(&env, root, &ctx, &destination, &["--skip-tls-verify"])
     };
     let first = executor("root-1", "app:1");
     assert_ok(&first);
@@ -981,24 +970,7 @@ fn two_kaniko_projects_sharing_a_cache_repo_keep_each_others_records() {
     );
     let repo = env.tag("shared/cache");
     let executor = |root: &str, ctx: &Path, tag: &str| {
-        let destination = env.tag(tag);
-        let context = format!("dir://{}", ctx.display());
-        let args = [
-            "executor",
-            "--context",
-            &context,
-            "--destination",
-            &destination,
-            "--cache=true",
-            "--cache-repo",
-            &repo,
-        ];
-        let mut command = kiln_command(&env.path(root), &args);
-        command
-            .env_remove("DOCKER_CONFIG")
-            .env_remove("KILN_DIR")
-            .env("HOME", env.path("home"));
-        command.output().unwrap()
+        kaniko_job(&env, root, ctx, &env.tag(tag), &["--cache-repo", &repo])
     };
     assert_ok(&executor("root-1", &one, "one:1"));
     assert_ok(&executor("root-2", &two, "two:1"));
