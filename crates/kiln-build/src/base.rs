@@ -191,6 +191,23 @@ pub struct RegistryResolver<'a> {
     /// `--base-dir`: a layout consulted before any registry.
     pub base_dir: Option<&'a Path>,
     pub progress: &'a Progress,
+    /// The registry caches (`--cache-from`) and the client that reads them, when that is
+    /// not `client` (kaniko reaches its cache repo with its push flags).
+    pub caches: Option<(&'a RegistryClient, Vec<Reference>)>,
+}
+
+impl<'a> RegistryResolver<'a> {
+    /// The client that reads `source`: the caches' for a cache, else the pull client.
+    fn client_for(&self, source: &BaseRef) -> &'a RegistryClient {
+        match (source, &self.caches) {
+            (BaseRef::Registry { reference, .. }, Some((client, caches)))
+                if caches.contains(reference) =>
+            {
+                client
+            }
+            _ => self.client,
+        }
+    }
 }
 
 impl ImageResolver for RegistryResolver<'_> {
@@ -285,7 +302,8 @@ impl ImageResolver for RegistryResolver<'_> {
         blob: &Descriptor,
         store: &Store,
     ) -> Result<(), BuildError> {
-        let source = open_source(self.client, reference, self.base_dir, self.progress)?;
+        let client = self.client_for(reference);
+        let source = open_source(client, reference, self.base_dir, self.progress)?;
         ensure_blob(source.as_ref(), store, reference, blob)
     }
 

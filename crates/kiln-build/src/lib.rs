@@ -121,14 +121,16 @@ pub struct BuildOptions {
 
 /// Builds the target stage of `df` for every platform in `opts.platforms` and stores the
 /// images: lowers it to a plan (resolving base images through `client`), then solves the
-/// plan with the sandbox as worker and the local cache in `store`'s root. Platforms build
-/// concurrently (up to `opts.jobs`); equal steps run once. If one platform fails, the others
-/// stop at their next step.
+/// plan with the sandbox as worker and the local cache in `store`'s root, behind the
+/// `--cache-from` caches (read through `cache_client`). Platforms build concurrently (up to
+/// `opts.jobs`); equal steps run once. If one platform fails, the others stop at their next
+/// step.
 pub fn build(
     df: &Dockerfile,
     opts: &BuildOptions,
     store: &Store,
     client: &RegistryClient,
+    cache_client: &RegistryClient,
     progress: &Progress,
 ) -> Result<BuildResult, BuildError> {
     let progress = &progress.redacting(opts.secrets.redactor().clone());
@@ -139,11 +141,20 @@ pub fn build(
         ));
     }
     let no_cache_stages = stages_named(df, &opts.no_cache_filter, "--no-cache-filter")?;
+    let cache_refs = opts
+        .cache_from
+        .iter()
+        .filter_map(|spec| match &spec.location {
+            CacheLocation::Registry(reference) => Some(reference.clone()),
+            _ => None,
+        })
+        .collect();
     let resolver = RegistryResolver {
         client,
         store,
         base_dir: opts.base_dir.as_deref(),
         progress,
+        caches: Some((cache_client, cache_refs)),
     };
     let plan = lower(df, opts, &resolver)?;
     // Every platform a RUN step runs on must be runnable before any step runs.
@@ -164,7 +175,7 @@ pub fn build(
     let local = LocalCache::open(store)?;
     let remote = match opts.no_cache {
         true => RemoteCache::default(),
-        false => RemoteCache::import(client, store, &opts.cache_from, progress),
+        false => RemoteCache::import(cache_client, store, &opts.cache_from, progress),
     };
     let cache = ChainedCache {
         local: &local,

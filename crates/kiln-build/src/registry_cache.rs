@@ -365,6 +365,8 @@ fn read_document(
         }
     };
     let scratch = store.temp_dir("cache-import-").map_err(|e| e.to_string())?;
+    // However many images an index lists, the records read stay within one config's bound.
+    let mut budget = MAX_CONFIG_BYTES;
     let mut document = CacheDocument::default();
     // Why the last image looked at holds no records, until one does.
     let mut none_here = None;
@@ -378,12 +380,13 @@ fn read_document(
             none_here = Some(not_a_cache(kind));
             continue;
         }
-        if manifest.config.size > MAX_CONFIG_BYTES {
+        if manifest.config.size > budget {
             return Err(format!(
                 "its records are larger than {} MiB",
                 MAX_CONFIG_BYTES >> 20
             ));
         }
+        budget -= manifest.config.size;
         let path = scratch.path().join(format!("config-{i}"));
         source
             .blob_to_file(&manifest.config, &path)

@@ -222,18 +222,37 @@ pub fn solve(plan: &Plan, solver: &Solver) -> Result<BuildResult, BuildError> {
     let mut records = solving.records.into_inner().unwrap();
     records.sort_by_key(|(id, _)| *id);
     // A cache export takes a blob the store lacks from the registry its record came from;
-    // one from a layout is copied into the store now.
-    if !solver.opts.cache_to.is_empty() {
-        for (_, entry) in &records {
-            if let (Some(layer), Some(from)) = (&entry.record.layer, entry.from.as_deref())
-                && !solver.store.has_blob(&layer.digest)
-                && solver.resolver.registry_origin(from).is_none()
+    // one from a layout is copied into the store now (`type=inline` exports no blob). A
+    // blob the cache lost leaves its record out of the export, not the build failed: the
+    // images are built, and a cache fault is a miss or a warning.
+    let exports_blobs = solver
+        .opts
+        .cache_to
+        .iter()
+        .any(|spec| spec.location != registry_cache::CacheLocation::Inline);
+    if exports_blobs {
+        records.retain(|(_, entry)| {
+            let (Some(layer), Some(from)) = (&entry.record.layer, entry.from.as_deref()) else {
+                return true;
+            };
+            if solver.store.has_blob(&layer.digest)
+                || solver.resolver.registry_origin(from).is_some()
             {
-                solver
-                    .resolver
-                    .fetch_blob(from, &layer.descriptor(), solver.store)?;
+                return true;
             }
-        }
+            match solver
+                .resolver
+                .fetch_blob(from, &layer.descriptor(), solver.store)
+            {
+                Ok(()) => true,
+                Err(e) => {
+                    solver.progress.warning(&format!(
+                        "the exported cache leaves out a record of {from}: {e}"
+                    ));
+                    false
+                }
+            }
+        });
     }
     Ok(BuildResult {
         images,
@@ -543,7 +562,8 @@ impl Solving<'_, '_> {
     ) -> Option<Done> {
         let (mut record, from) = match self.s.cache.load(key) {
             Lookup::Hit(record) => (record, None),
-            Lookup::Remote(record, source) => (record, Some(source)),
+            Lookup::Remote(record, source) if self.takes_from_caches(op) => (record, Some(source)),
+            Lookup::Remote(..) => return None,
             Lookup::Miss => return None,
             Lookup::Unusable(_) if *warned => return None,
             Lookup::Unusable(why) => {
@@ -556,6 +576,9 @@ impl Solving<'_, '_> {
             }
         };
         let shown = op.origin.shown.as_deref().unwrap_or(&op.origin.text);
+        // The step as this build shows it, as when it runs: a registry cache's text is
+        // whatever its writer chose, and an export (inline: the image's config) repeats it.
+        record.description = Some(shown.to_string());
         self.progress().step_cached(&Self::label(op), shown);
         self.record(
             op,
@@ -581,6 +604,17 @@ impl Solving<'_, '_> {
             }
         }
         Some(self.done_with(&inputs[0], layer, created, key))
+    }
+
+    /// Whether a `--cache-from` cache may stand in for `op`: kaniko's
+    /// `--cache-run-layers=false` (`--cache-copy-layers=false`) runs every RUN (COPY) step.
+    fn takes_from_caches(&self, op: &Op) -> bool {
+        let run = matches!(op.kind, OpKind::Exec(_));
+        self.s
+            .opts
+            .cache_from
+            .iter()
+            .any(|spec| if run { spec.run_steps } else { spec.copy_steps })
     }
 
     /// Notes what `op` used or made under `key`, for `--cache-to`.
@@ -1022,6 +1056,8 @@ impl Solving<'_, '_> {
             })
             .collect();
         let own: Vec<&CacheEntry> = own.iter().collect();
+        // A base image's records describe its build, not this one (BuildKit drops them too).
+        config.extra.remove(registry_cache::INLINE_CACHE_KEY);
         if let Some(records) = registry_cache::inline_records(&self.s.opts.cache_to, &own) {
             config
                 .extra

@@ -337,6 +337,8 @@ pub(crate) fn open_store(root: &Path, progress: &Progress) -> Result<Store, Repo
 pub(crate) struct Clients<'c> {
     pub pull: &'c RegistryClient,
     pub push: &'c RegistryClient,
+    /// Reads and writes the build caches (kaniko: with the push flags).
+    pub cache: &'c RegistryClient,
 }
 
 /// Builds `dockerfile` and delivers it to `outputs`: what `kiln build` and `kiln executor`
@@ -378,8 +380,15 @@ pub(crate) fn build_and_deliver(
         other => miette!("{other}"),
     };
     let started = std::time::Instant::now();
-    let result = kiln_build::build(&dockerfile.parsed, options, store, clients.pull, progress)
-        .map_err(to_report)?;
+    let result = kiln_build::build(
+        &dockerfile.parsed,
+        options,
+        store,
+        clients.pull,
+        clients.cache,
+        progress,
+    )
+    .map_err(to_report)?;
     let delivered = kiln_build::deliver(
         store,
         (clients.pull, clients.push),
@@ -390,7 +399,7 @@ pub(crate) fn build_and_deliver(
     )
     .map_err(to_report)?;
     kiln_build::export_caches(
-        (clients.pull, clients.push),
+        (clients.cache, clients.push),
         store,
         &result.records,
         &options.cache_to,
@@ -507,6 +516,7 @@ pub fn run(args: BuildArgs) -> Result<(), Report> {
     let clients = Clients {
         pull: &client,
         push: &client,
+        cache: &client,
     };
     let (top, result) = build_and_deliver(
         &dockerfile,

@@ -217,17 +217,6 @@ fn parse_labels(given: &[String]) -> Result<BTreeMap<String, String>, Report> {
         .collect()
 }
 
-/// Makes `pull` reach `registry` as `push` does: its TLS settings and certificate checks,
-/// and plain HTTP where `push` speaks it to that registry.
-fn reach_as_pushes_do(pull: &mut ClientOptions, push: &ClientOptions, registry: &str) {
-    let mut host = push.config.hosts.get(registry).cloned().unwrap_or_default();
-    host.insecure |= push.config.skip_tls_verify;
-    if push.insecure_registries.iter().any(|r| r == registry) {
-        pull.insecure_registries.push(registry.to_string());
-    }
-    pull.config.hosts.insert(registry.to_string(), host);
-}
-
 /// A kaniko boolean flag given as `--flag`, `--flag=true` or `--flag=false`.
 fn flag_is_true(value: Option<&str>) -> Result<bool, Report> {
     flag_or(value, false)
@@ -487,14 +476,8 @@ pub fn run(args: ExecutorArgs) -> Result<(), Report> {
     let reproducible = args.reproducible == Some(true);
     let source_date_epoch = build_cmd::source_date_epoch(&build_args).or(reproducible.then_some(0));
     let (cache_from, cache_to) = args.cache_specs(&names)?;
-    let mut pull_options = args.client_options(Direction::Pull)?;
+    let pull_options = args.client_options(Direction::Pull)?;
     let push_options = args.client_options(Direction::Push)?;
-    // kaniko reaches its cache repo with the push flags, reading as writing.
-    for spec in &cache_from {
-        if let CacheLocation::Registry(reference) = &spec.location {
-            reach_as_pushes_do(&mut pull_options, &push_options, &reference.registry);
-        }
-    }
     let client = |options: &ClientOptions| RegistryClient::new(options).map_err(|e| miette!("{e}"));
     let (pull, push) = (client(&pull_options)?, client(&push_options)?);
     let registry_files: Vec<PathBuf> = [pull_options.files(), push_options.files()].concat();
@@ -535,9 +518,11 @@ pub fn run(args: ExecutorArgs) -> Result<(), Report> {
         cache_from,
         cache_to,
     };
+    // kaniko reaches its cache repo with the push flags, reading as writing.
     let clients = Clients {
         pull: &pull,
         push: &push,
+        cache: &push,
     };
     let (top, _) = build_cmd::build_and_deliver(
         &dockerfile,

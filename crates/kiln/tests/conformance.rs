@@ -249,6 +249,7 @@ impl Suite {
             store,
             base_dir: None,
             progress: &progress,
+            caches: None,
         };
         let lowered = kiln_dockerfile::parse(&opts.dockerfile_path, &text)
             .map_err(BuildError::Parse)

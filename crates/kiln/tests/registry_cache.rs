@@ -983,3 +983,332 @@ fn two_kaniko_projects_sharing_a_cache_repo_keep_each_others_records() {
         stderr(&again)
     );
 }
+
+/// An image built FROM one made with `--cache-to type=inline` (and without it itself) must
+/// not carry the base's build-cache records in its config: BuildKit's inline cache is never
+/// inherited (its base config is read into typed fields). Otherwise `--cache-from CHILD`
+/// would import the parent's steps, and every image built on a kiln image would tell how
+/// that image was built (red-team finding, fixed).
+#[test]
+fn an_image_built_from_an_inline_cached_image_does_not_inherit_its_records() {
+    let env = Env::new();
+    let parent = env.context(
+        "parent",
+        &[
+            (
+                "Dockerfile",
+                "FROM $REG/busybox\nCOPY app.txt /app.txt\nRUN cat /app.txt > /copy\n",
+            ),
+            ("app.txt", "parent\n"),
+        ],
+    );
+    assert_ok(&job(
+        &env,
+        "root-1",
+        &parent,
+        "app:parent",
+        &["--cache-to", "type=inline"],
+    ));
+    let config = |tag: &str| -> Value {
+        let o = run_tool(
+            std::process::Command::new("skopeo")
+                .args(["inspect", "--config", "--raw", "--tls-verify=false"])
+                .arg(format!("docker://{}", env.tag(tag))),
+        );
+        serde_json::from_slice(&o.stdout).unwrap()
+    };
+    assert!(
+        config("app:parent")
+            .get("dev.kiln.build-cache.v1")
+            .is_some()
+    );
+    let child = env.context(
+        "child",
+        &[(
+            "Dockerfile",
+            "FROM $REG/app:parent\nRUN echo child > /child\n",
+        )],
+    );
+    assert_ok(&job(&env, "root-2", &child, "app:child", &[]));
+    let child_config = config("app:child");
+    assert!(
+        child_config.get("dev.kiln.build-cache.v1").is_none(),
+        "the child's config carries its base's build-cache records: {child_config}"
+    );
+}
+
+/// A TCP forwarder from this machine's first non-loopback IPv4 address to `to`: the test
+/// registry as a plain-HTTP registry that is not on loopback (which kiln reaches over HTTP
+/// only when told to).
+fn non_loopback_forwarder(to: &str) -> String {
+    use std::net::{Shutdown, TcpListener, TcpStream};
+    let ip = stdout(&run_tool(std::process::Command::new("hostname").arg("-I")))
+        .split_whitespace()
+        .find(|a| {
+            a.parse::<std::net::Ipv4Addr>()
+                .is_ok_and(|ip| !ip.is_loopback())
+        })
+        .expect("a non-loopback IPv4 address")
+        .to_string();
+    let listener = TcpListener::bind((ip.as_str(), 0)).unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let to = to.to_string();
+    std::thread::spawn(move || {
+        for client in listener.incoming().flatten() {
+            let Ok(server) = TcpStream::connect(&to) else {
+                continue;
+            };
+            let pipe = |mut from: TcpStream, mut into: TcpStream| {
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut from, &mut into);
+                    let _ = into.shutdown(Shutdown::Write);
+                });
+            };
+            pipe(client.try_clone().unwrap(), server.try_clone().unwrap());
+            pipe(server, client);
+        }
+    });
+    addr
+}
+
+/// kaniko reads its cache repo as it pushes: `--insecure` (plain HTTP for the push) lets
+/// it read the cache from a plain-HTTP registry too (its RegistryCache uses `name.Insecure`
+/// when `opts.Insecure`). kiln's executor reads its cache with its push client, so a job
+/// that pushes its image and cache over HTTP reads that cache back (red-team finding,
+/// fixed: the cache was read with the pull flags).
+#[test]
+fn kanikos_cache_is_read_over_plain_http_when_pushes_are_insecure() {
+    let env = Env::new();
+    let plain = non_loopback_forwarder(env.reg());
+    let ctx = project(&env, "ctx", "insecure\n");
+    let executor = |root: &str, tag: &str| {
+        let destination = format!("{plain}/{tag}");
+        let context = format!("dir://{}", ctx.display());
+        let args = [
+            "executor",
+            "--context",
+            &context,
+            "--destination",
+            &destination,
+            "--cache=true",
+            "--insecure",
+        ];
+        let mut command = kiln_command(&env.path(root), &args);
+        command
+            .env_remove("DOCKER_CONFIG")
+            .env_remove("KILN_DIR")
+            .env("HOME", env.path("home"));
+        command.output().unwrap()
+    };
+    let first = executor("root-1", "app:1");
+    assert_ok(&first);
+    assert!(
+        stderr(&first).contains("exported cache to"),
+        "{}",
+        stderr(&first)
+    );
+    let second = executor("root-2", "app:2");
+    assert_ok(&second);
+    assert_eq!(
+        ran_and_cached(&stderr(&second)),
+        (0, 4),
+        "{}",
+        stderr(&second)
+    );
+}
+
+/// kaniko reads its cache repo with the push flags, but still pulls base images with the
+/// pull flags: `--skip-tls-verify` (pushes) never lets a base image come over a connection
+/// whose certificate was not checked; that takes `--skip-tls-verify-pull`. With
+/// `--cache=true` and a cache repo on the base image's registry, the base image is still
+/// pulled with its certificate checked, so the job fails as it does without the cache
+/// (red-team finding, fixed: the pull client was widened for the cache).
+#[test]
+fn kanikos_push_tls_flags_do_not_reach_base_image_pulls() {
+    let env = Env::new();
+    let secure = Registry::start_with(kiln_testkit::RegistryOptions {
+        tls: true,
+        ..Default::default()
+    });
+    push_busybox(&secure, "busybox");
+    let ctx = env.context(
+        "ctx",
+        &[(
+            "Dockerfile",
+            &format!("FROM {}/busybox\nRUN echo hi > /hi\n", secure.addr()),
+        )],
+    );
+    let executor = |root: &str, cache: &str| {
+        let destination = format!("{}/app:1", secure.addr());
+        let context = format!("dir://{}", ctx.display());
+        let args = [
+            "executor",
+            "--context",
+            &context,
+            "--destination",
+            &destination,
+            cache,
+            "--skip-tls-verify",
+        ];
+        let mut command = kiln_command(&env.path(root), &args);
+        command
+            .env_remove("DOCKER_CONFIG")
+            .env_remove("KILN_DIR")
+            .env("HOME", env.path("home"));
+        command.output().unwrap()
+    };
+    let without_cache = executor("root-1", "--cache=false");
+    assert!(
+        !without_cache.status.success(),
+        "{}",
+        stderr(&without_cache)
+    );
+    let with_cache = executor("root-2", "--cache=true");
+    assert!(
+        !with_cache.status.success(),
+        "the base image was pulled without checking its registry's certificate: {}",
+        stderr(&with_cache)
+    );
+}
+
+/// A cache record's `description` is text whoever writes the cache chose; with
+/// `--cache-to type=inline` the records of the image's steps go into its config, and a hit
+/// from a hostile cache must not carry that text (megabytes, control characters, markup)
+/// into the pushed image's config: the description is the step as this build shows it
+/// (red-team finding, fixed).
+#[test]
+fn a_cache_records_description_cannot_put_text_into_the_image_config() {
+    let env = Env::new();
+    let ctx = project(&env, "ctx", "v\n");
+    let cache = format!("type=registry,ref={},mode=max", env.tag("app:cache"));
+    assert_ok(&job(&env, "root-1", &ctx, "app:1", &["--cache-to", &cache]));
+    rewrite_cache(&env, "app", "cache", "texty", |document| {
+        record_of(document, "RUN cat")["description"] =
+            json!("\u{1b}]0;owned\u{7}<b>attacker text</b>\n");
+    });
+    let second = job(
+        &env,
+        "root-2",
+        &ctx,
+        "app:2",
+        &[
+            "--cache-from",
+            &env.tag("app:texty"),
+            "--cache-to",
+            "type=inline",
+        ],
+    );
+    assert_ok(&second);
+    assert_eq!(
+        ran_and_cached(&stderr(&second)),
+        (0, 4),
+        "{}",
+        stderr(&second)
+    );
+    let config = config(&env.tag("app:2"));
+    assert!(!config.to_string().contains("attacker text"), "{config:#}");
+}
+
+/// A local cache (`type=local`, GitLab's `cache:` dir) that lost a layer blob the build never
+/// needs (the builder stage's, under a COPY --from that is a hit) must not fail the build:
+/// docs/cache.md says a cache fault is a miss or a warning. The record whose blob is gone is
+/// left out of the export with a warning (red-team finding, fixed: the build failed).
+#[test]
+fn a_local_cache_missing_an_unneeded_blob_does_not_fail_the_build() {
+    let env = Env::new();
+    let ctx = project(&env, "ctx", "partial\n");
+    let dir = env.path("gitlab-cache");
+    let to = format!("type=local,dest={},mode=max", dir.display());
+    assert_ok(&job(&env, "root-1", &ctx, "app:1", &["--cache-to", &to]));
+    // Drop the builder stage's layer (in the cache, not in the image) from the layout.
+    let raw = run_tool(
+        std::process::Command::new("skopeo")
+            .arg("inspect")
+            .arg("--raw")
+            .arg(format!("oci:{}:latest", dir.display())),
+    );
+    let manifest: Value = serde_json::from_slice(&raw.stdout).unwrap();
+    let in_image = layers_of(&env.tag("app:1"));
+    let mut dropped = 0;
+    for layer in manifest["layers"].as_array().unwrap() {
+        let digest = layer["digest"].as_str().unwrap();
+        if !in_image.iter().any(|l| l == digest) {
+            let hex = digest.strip_prefix("sha256:").unwrap();
+            std::fs::remove_file(dir.join("blobs/sha256").join(hex)).unwrap();
+            dropped += 1;
+        }
+    }
+    assert_eq!(dropped, 1, "{manifest}");
+    let from = format!("type=local,src={}", dir.display());
+    let second = job(
+        &env,
+        "root-2",
+        &ctx,
+        "app:2",
+        &["--cache-from", &from, "--cache-to", "type=inline"],
+    );
+    assert_ok(&second);
+    // An export of blobs leaves that record out, says so, and the rest goes out whole.
+    let fresh = format!("type=local,dest={},mode=max", env.path("fresh").display());
+    let third = job(
+        &env,
+        "root-3",
+        &ctx,
+        "app:3",
+        &["--cache-from", &from, "--cache-to", &fresh],
+    );
+    assert_ok(&third);
+    assert!(
+        stderr(&third).contains("exported cache to") && stderr(&third).contains("3 records"),
+        "{}",
+        stderr(&third)
+    );
+}
+
+/// kaniko's `--cache-run-layers=false` means RUN steps are not cached: kaniko neither
+/// exports nor looks them up (`RunCommand.ShouldCacheOutput` gates `RetrieveLayer` in
+/// `optimize`), so a job that turns it off (RUN steps that must run, `apt-get update`) runs
+/// them even when the shared cache repo holds records from earlier jobs; so does kiln's
+/// executor (red-team finding, fixed: kiln only left them out of the export).
+#[test]
+fn kanikos_cache_run_layers_false_runs_every_run_step() {
+    let env = Env::new();
+    let ctx = env.context(
+        "ctx",
+        &[
+            (
+                "Dockerfile",
+                "FROM $REG/busybox\nCOPY app.txt /app.txt\nRUN cat /app.txt > /copy\n",
+            ),
+            ("app.txt", "runs\n"),
+        ],
+    );
+    let executor = |root: &str, extra: &[&str]| {
+        let destination = env.tag("app:1");
+        let context = format!("dir://{}", ctx.display());
+        let mut args = vec![
+            "executor",
+            "--context",
+            &context,
+            "--destination",
+            &destination,
+            "--cache=true",
+        ];
+        args.extend_from_slice(extra);
+        let mut command = kiln_command(&env.path(root), &args);
+        command
+            .env_remove("DOCKER_CONFIG")
+            .env_remove("KILN_DIR")
+            .env("HOME", env.path("home"));
+        command.output().unwrap()
+    };
+    assert_ok(&executor("root-1", &[]));
+    let second = executor("root-2", &["--cache-run-layers=false"]);
+    assert_ok(&second);
+    assert_eq!(
+        ran_and_cached(&stderr(&second)),
+        (1, 1),
+        "the RUN step should run, the COPY come from the cache: {}",
+        stderr(&second)
+    );
+}
