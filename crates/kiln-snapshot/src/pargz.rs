@@ -88,9 +88,9 @@ impl<'scope, 'env, W: Write> ParallelGzip<'scope, 'env, W> {
     fn submit(&mut self, last: bool) -> io::Result<()> {
         if last && self.in_flight.is_empty() {
             // The only block still to go and nothing pending: no thread is worth starting.
-            let mut compress = Compress::new(Compression::new(self.level), false);
+            let mut compressors = Compressors::new(self.level);
             let job_data = std::mem::take(&mut self.block);
-            let compressed = deflate_block(&mut compress, &job_data, self.dictionary_len, true)?;
+            let compressed = deflate_block(&mut compressors, &job_data, self.dictionary_len, true)?;
             return self.out.write_all(&compressed);
         }
         while self.in_flight.len() >= self.max_in_flight {
@@ -167,28 +167,90 @@ fn worker_gone() -> io::Error {
 
 /// Worker loop: deflate blocks until the sending side is dropped.
 fn compress_jobs(queue: &Mutex<Receiver<Job>>, level: u32) {
-    let mut compress = Compress::new(Compression::new(level), false);
+    let mut compressors = Compressors::new(level);
     loop {
         let job = match queue.lock() {
             Ok(queue) => queue.recv(),
             Err(_) => return,
         };
         let Ok(job) = job else { return };
-        compress.reset();
-        let result = deflate_block(&mut compress, &job.data, job.dictionary_len, job.last);
+        let result = deflate_block(&mut compressors, &job.data, job.dictionary_len, job.last);
         // The writer may have given up (an error elsewhere); nobody wants the block then.
         let _ = job.result.send(result);
     }
 }
 
+/// A block's deflater at the stream's level, and one that stores blocks as they are.
+struct Compressors {
+    deflate: Compress,
+    store: Compress,
+}
+
+impl Compressors {
+    fn new(level: u32) -> Compressors {
+        Compressors {
+            deflate: Compress::new(Compression::new(level), false),
+            store: Compress::new(Compression::none(), false),
+        }
+    }
+}
+
+/// How much of a block the repeat probe of [`incompressible`] deflates.
+const PROBE_SIZE: usize = 64 << 10;
+
+/// Whether `input` looks as if deflate would not shrink it: compressed, encrypted or random
+/// data, whose bytes are spread evenly over all 256 values (a chi-square test against the
+/// uniform spread, below what text or code ever reach), and whose first 64 KiB do not shrink
+/// at deflate's fastest level either (even bytes may still repeat: two copies of one
+/// compressed file). Such a block is stored: deflating it would take most of a layer's time
+/// to save nothing. Integer arithmetic and deflate only, so the choice, and the layer's
+/// digest, is the same on every machine.
+fn incompressible(input: &[u8]) -> bool {
+    if input.len() < 4096 || !evenly_spread(input) {
+        return false;
+    }
+    let probe = &input[..input.len().min(PROBE_SIZE)];
+    let mut fast = Compress::new(Compression::fast(), false);
+    let mut out = Vec::with_capacity(probe.len() + probe.len() / 16 + 64);
+    match fast.compress_vec(probe, &mut out, FlushCompress::Finish) {
+        // Less than 1/32 saved: storing loses nothing worth the time.
+        Ok(Status::StreamEnd) => out.len() >= probe.len() - probe.len() / 32,
+        _ => false,
+    }
+}
+
+/// Whether the bytes of `input` are spread about evenly over all 256 values.
+fn evenly_spread(input: &[u8]) -> bool {
+    let mut counts = [0u64; 256];
+    for &byte in input {
+        counts[byte as usize] += 1;
+    }
+    // chi2 = sum((c - n/256)^2) / (n/256) = sum((256c - n)^2) / (256 n); uniform random data
+    // gives about 255, anything with structure far more.
+    let n = input.len() as u128;
+    let spread: u128 = counts
+        .iter()
+        .map(|&c| {
+            let d = (256 * c as u128).abs_diff(n);
+            d * d
+        })
+        .sum();
+    spread < 512 * 256 * n
+}
+
 /// Deflate `data[dictionary_len..]` primed with `data[..dictionary_len]`; `last` ends the stream.
 fn deflate_block(
-    compress: &mut Compress,
+    compressors: &mut Compressors,
     data: &[u8],
     dictionary_len: usize,
     last: bool,
 ) -> io::Result<Vec<u8>> {
     let (dictionary, input) = data.split_at(dictionary_len);
+    let compress = match incompressible(input) {
+        true => &mut compressors.store,
+        false => &mut compressors.deflate,
+    };
+    compress.reset();
     if !dictionary.is_empty() {
         compress
             .set_dictionary(dictionary)

@@ -813,6 +813,44 @@ fn multi_block_layer(root: &Path) -> Vec<u8> {
 }
 
 #[test]
+fn a_layer_of_random_and_text_blocks_round_trips_and_the_text_shrinks() {
+    // Blocks deflate cannot shrink (random, already compressed) are stored without a match
+    // search, the others deflated, each primed with the one before: the stream must stay
+    // one that gunzip reads back whole, and text must still shrink.
+    let tmp = tempfile::tempdir().unwrap();
+    let mut random = vec![0u8; 2 << 20];
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    for chunk in random.chunks_mut(8) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        chunk.copy_from_slice(&x.to_le_bytes());
+    }
+    write_file(&tmp.path().join("random.bin"), &random, 0o644, (0, 0), 7);
+    let text: Vec<u8> = (0..40_000)
+        .flat_map(|i| format!("line {i}: the quick brown fox\n").into_bytes())
+        .collect();
+    write_file(&tmp.path().join("text.txt"), &text, 0o644, (0, 0), 7);
+    let (bytes, blob) = layer_bytes(tmp.path(), &LayerOptions::default());
+    // The random bytes as they are, plus a few bytes per 64 KiB; the text: a tenth or less.
+    assert!(
+        bytes.len() < random.len() + text.len() / 10 + (64 << 10),
+        "{} bytes",
+        bytes.len()
+    );
+    let mut tar = Vec::new();
+    flate2::read::GzDecoder::new(bytes.as_slice())
+        .read_to_end(&mut tar)
+        .unwrap();
+    assert_eq!(blob.diff_id.hex(), hex::encode(Sha256::digest(&tar)));
+    let back = tmp.path().join("back");
+    fs::create_dir(&back).unwrap();
+    extract_layer(&tar[..], &back).unwrap();
+    assert!(fs::read(back.join("random.bin")).unwrap() == random);
+    assert!(fs::read(back.join("text.txt")).unwrap() == text);
+}
+
+#[test]
 fn compressed_bytes_do_not_depend_on_the_thread_count() {
     let tmp = tempfile::tempdir().unwrap();
     multi_block_layer(tmp.path());
