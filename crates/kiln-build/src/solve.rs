@@ -8,7 +8,7 @@
 //! Platforms are solved on up to `--jobs` threads; when one fails, the others stop before
 //! their next op, and the failure that caused it is reported rather than the cancellations.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -180,6 +180,7 @@ pub fn solve(plan: &Plan, solver: &Solver) -> Result<BuildResult, BuildError> {
         records: Mutex::new(Vec::new()),
         cancelled: AtomicBool::new(false),
         layer_locks: Mutex::new(HashMap::new()),
+        extracted: Mutex::new(HashSet::new()),
     };
     let next = AtomicUsize::new(0);
     let results: Mutex<Vec<(usize, Result<BuiltImage, BuildError>)>> = Mutex::new(Vec::new());
@@ -281,6 +282,8 @@ struct Solving<'p, 's> {
     cancelled: AtomicBool,
     /// One lock per layer being extracted, so two threads never do it twice.
     layer_locks: Mutex<HashMap<Digest, Arc<Mutex<()>>>>,
+    /// Blob and diff_id pairs whose layer dir [`Solving::extracted`] found.
+    extracted: Mutex<HashSet<(Digest, Digest)>>,
 }
 
 /// Errors of one op, at its Dockerfile line.
@@ -609,7 +612,7 @@ impl Solving<'_, '_> {
     /// Whether a `--cache-from` cache may stand in for `op`: kaniko's
     /// `--cache-run-layers=false` (`--cache-copy-layers=false`) runs every RUN (COPY) step.
     fn takes_from_caches(&self, op: &Op) -> bool {
-        let run = matches!(op.kind, OpKind::Exec(_));
+        let run = is_run(op);
         self.s
             .opts
             .cache_from
@@ -623,7 +626,7 @@ impl Solving<'_, '_> {
             key: key.clone(),
             record: record.clone(),
             in_image: false,
-            is_run: matches!(self.plan.op(id).kind, OpKind::Exec(_)),
+            is_run: is_run(self.plan.op(id)),
             from,
         };
         self.records.lock().unwrap().push((id, entry));
@@ -811,8 +814,17 @@ impl Solving<'_, '_> {
     /// Whether the layer dir of `layer` is there, made from its blob: a dir of that diff_id
     /// counts only once kiln has seen this blob decompress to it.
     fn extracted(&self, layer: &LayerRef) -> bool {
-        self.s.store.layer_dir(&layer.diff_id).is_dir()
-            && self.s.store.checked_diff_id(&layer.blob.digest).as_ref() == Some(&layer.diff_id)
+        // Every step looks its layers up again: what one found stays true for the build.
+        let pair = (layer.blob.digest.clone(), layer.diff_id.clone());
+        if self.extracted.lock().unwrap().contains(&pair) {
+            return true;
+        }
+        let found = self.s.store.layer_dir(&layer.diff_id).is_dir()
+            && self.s.store.checked_diff_id(&layer.blob.digest).as_ref() == Some(&layer.diff_id);
+        if found {
+            self.extracted.lock().unwrap().insert(pair);
+        }
+        found
     }
 
     /// Extracts the stored blob of `layer` into its layer dir, unless it is there already
@@ -1127,6 +1139,11 @@ impl Solving<'_, '_> {
             origins,
         })
     }
+}
+
+/// Whether `op` is a RUN step (kaniko caches RUN and COPY layers apart).
+fn is_run(op: &Op) -> bool {
+    matches!(op.kind, OpKind::Exec(_))
 }
 
 /// `n` bytes in binary units, for people.
