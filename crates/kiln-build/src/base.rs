@@ -2,17 +2,20 @@
 //! plan resolves them through, its registry and OCI layout implementation, and the extraction
 //! of a stored layer blob into a layer dir.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::fs::File;
 use std::io::{self, BufReader};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use kiln_oci::{
     Descriptor, Digest, DigestReader, ImageConfig, ImageIndex, ImageManifest, Platform, media,
 };
 use kiln_registry::{DOCKER_HUB, MAX_CONFIG_BYTES, Reference, RegistryClient};
 use kiln_transport::{
-    ImageSource, LayoutRef, OciLayoutSource, RegistrySource, TransportError, select_platform,
+    BaseImageCache, CachedImage, DockerArchiveSource, ImageSource, LayoutRef, OciLayoutSource,
+    RawManifest, RegistrySource, TransportError, select_platform,
 };
 
 use crate::progress::Progress;
@@ -194,9 +197,81 @@ pub struct RegistryResolver<'a> {
     /// The registry caches (`--cache-from`) and the client that reads them, when that is
     /// not `client` (kaniko reaches its cache repo with its push flags).
     pub caches: Option<(&'a RegistryClient, Vec<Reference>)>,
+    /// kaniko's `--cache-dir`: registry images found there by their manifest's digest.
+    pub base_cache: Option<&'a BaseImageCache>,
+    from_base_cache: Mutex<FromBaseCache>,
+}
+
+/// What [`RegistryResolver`] took from the `--cache-dir`: the archive and manifest each
+/// blob is read from, and the references whose blobs are read there.
+#[derive(Default)]
+struct FromBaseCache {
+    blobs: HashMap<Digest, (PathBuf, RawManifest)>,
+    references: Vec<BaseRef>,
 }
 
 impl<'a> RegistryResolver<'a> {
+    /// A resolver reading registries with `client`, with no `--base-dir`, no caches and no
+    /// `--cache-dir`.
+    pub fn new(
+        client: &'a RegistryClient,
+        store: &'a Store,
+        progress: &'a Progress,
+    ) -> RegistryResolver<'a> {
+        RegistryResolver {
+            client,
+            store,
+            base_dir: None,
+            progress,
+            caches: None,
+            base_cache: None,
+            from_base_cache: Mutex::default(),
+        }
+    }
+
+    /// The image `manifest` from the `--cache-dir`, if a fresh entry holds it; the archive's
+    /// blobs are then read instead of the registry's.
+    fn in_base_cache(
+        &self,
+        reference: &BaseRef,
+        manifest: &RawManifest,
+    ) -> Option<DockerArchiveSource> {
+        let cache = self.base_cache?;
+        let path = match cache.lookup(&manifest.digest) {
+            CachedImage::Fresh(path) => path,
+            CachedImage::Expired(path) => {
+                self.progress.info(&format!(
+                    "{} is older than --cache-ttl: pulling {reference}",
+                    path.display()
+                ));
+                return None;
+            }
+            CachedImage::Missing => return None,
+        };
+        match cache.source(&path, manifest.clone()) {
+            Ok(source) => {
+                self.progress
+                    .detail(&format!("using {} for {reference}", source.describe()));
+                Some(source)
+            }
+            Err(e) => {
+                self.progress
+                    .warning(&format!("--cache-dir: {e}; pulling {reference}"));
+                None
+            }
+        }
+    }
+
+    /// The image manifest `reference` pins by digest, when the `--cache-dir` holds it: such
+    /// an image is read without any registry.
+    fn pinned_in_base_cache(&self, reference: &BaseRef) -> Option<RawManifest> {
+        match reference {
+            BaseRef::Registry { reference, .. } => {
+                self.base_cache?.manifest(reference.digest.as_ref()?)
+            }
+            BaseRef::Layout { .. } => None,
+        }
+    }
     /// The client that reads `source`: the caches' for a cache, else the pull client.
     fn client_for(&self, source: &BaseRef) -> &'a RegistryClient {
         match (source, &self.caches) {
@@ -219,8 +294,10 @@ impl ImageResolver for RegistryResolver<'_> {
         self.progress
             .detail(&format!("resolving {reference} for {platform}"));
         let source = open_source(self.client, reference, self.base_dir, self.progress)?;
-        let source = source.as_ref();
-        let mut fetched = source.top().map_err(base_err(reference))?;
+        let mut fetched = match self.pinned_in_base_cache(reference) {
+            Some(manifest) => manifest,
+            None => source.top().map_err(base_err(reference))?,
+        };
         if media::is_index(&fetched.media_type) {
             let index: ImageIndex = serde_json::from_slice(&fetched.bytes)
                 .map_err(|e| bad(reference, format!("unreadable index: {e}")))?;
@@ -234,6 +311,14 @@ impl ImageResolver for RegistryResolver<'_> {
         }
         let manifest: ImageManifest = serde_json::from_slice(&fetched.bytes)
             .map_err(|e| bad(reference, format!("unreadable manifest: {e}")))?;
+        let cached = match reference {
+            BaseRef::Registry { .. } => self.in_base_cache(reference, &fetched),
+            BaseRef::Layout { .. } => None,
+        };
+        let source: &dyn ImageSource = match &cached {
+            Some(archive) => archive,
+            None => source.as_ref(),
+        };
 
         // The config is read into memory whole: as large as a registry client reads, no larger.
         if manifest.config.size > MAX_CONFIG_BYTES {
@@ -282,6 +367,21 @@ impl ImageResolver for RegistryResolver<'_> {
                 ),
             ));
         }
+        if let Some(archive) = &cached {
+            let mut taken = self
+                .from_base_cache
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            for blob in &manifest.layers {
+                taken.blobs.insert(
+                    blob.digest.clone(),
+                    (archive.path().to_path_buf(), fetched.clone()),
+                );
+            }
+            if !taken.references.contains(reference) {
+                taken.references.push(reference.clone());
+            }
+        }
         let layers = manifest
             .layers
             .into_iter()
@@ -302,6 +402,24 @@ impl ImageResolver for RegistryResolver<'_> {
         blob: &Descriptor,
         store: &Store,
     ) -> Result<(), BuildError> {
+        let cached = self
+            .from_base_cache
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .blobs
+            .get(&blob.digest)
+            .cloned();
+        if let (Some((path, manifest)), Some(cache)) = (cached, self.base_cache) {
+            let from_archive = cache
+                .source(&path, manifest)
+                .and_then(|archive| archive.blob_to_file(blob, &store.blob_path(&blob.digest)));
+            match from_archive {
+                Ok(()) => return Ok(()),
+                Err(e) => self
+                    .progress
+                    .warning(&format!("--cache-dir: {e}; pulling it from {reference}")),
+            }
+        }
         let client = self.client_for(reference);
         let source = open_source(client, reference, self.base_dir, self.progress)?;
         ensure_blob(source.as_ref(), store, reference, blob)
@@ -311,6 +429,14 @@ impl ImageResolver for RegistryResolver<'_> {
         let BaseRef::Registry { written, reference } = source else {
             return None;
         };
+        // Blobs a --cache-dir holds are taken from there, not from the registry.
+        let taken = self
+            .from_base_cache
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if taken.references.contains(source) {
+            return None;
+        }
         let in_base_dir = self.base_dir.is_some_and(|dir| {
             // An unreadable --base-dir answers yes: the blobs are fetched into the store.
             OciLayoutSource::ref_names(dir).map_or(true, |listed| {

@@ -38,6 +38,7 @@ use std::path::PathBuf;
 use kiln_dockerfile::Dockerfile;
 use kiln_oci::Platform;
 use kiln_registry::RegistryClient;
+use kiln_transport::BaseImageCache;
 
 pub use base::{BaseRef, ImageResolver, RegistryResolver, ResolvedImage};
 pub use cache::{CacheBackend, KeyLock, LocalCache, Lookup, Record, RecordLayer};
@@ -102,6 +103,9 @@ pub struct BuildOptions {
     /// An OCI layout (directory or archive) whose images FROM uses before any registry,
     /// matched by their `org.opencontainers.image.ref.name` (`kiln build --base-dir`).
     pub base_dir: Option<PathBuf>,
+    /// kaniko's `--cache-dir`: base images found there (by their manifest's digest) are
+    /// read from it instead of their registry.
+    pub base_cache: Option<BaseImageCache>,
     /// `--no-cache`: run every step, looking nothing up (what runs is still recorded).
     pub no_cache: bool,
     /// `--no-cache-filter`: the stages whose steps are run without looking them up.
@@ -149,13 +153,10 @@ pub fn build(
             _ => None,
         })
         .collect();
-    let resolver = RegistryResolver {
-        client,
-        store,
-        base_dir: opts.base_dir.as_deref(),
-        progress,
-        caches: Some((cache_client, cache_refs)),
-    };
+    let mut resolver = RegistryResolver::new(client, store, progress);
+    resolver.base_dir = opts.base_dir.as_deref();
+    resolver.caches = Some((cache_client, cache_refs));
+    resolver.base_cache = opts.base_cache.as_ref();
     let plan = lower(df, opts, &resolver)?;
     // Every platform a RUN step runs on must be runnable before any step runs.
     let worker = isolation::choose_worker(opts, store, progress)?;

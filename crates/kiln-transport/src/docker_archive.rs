@@ -51,6 +51,7 @@ fn familiar(r: &Reference) -> Option<String> {
 /// with a Docker v2 schema 2 manifest over the archive's files as they are (uncompressed
 /// layers keep the uncompressed layer media type), so its digest is kiln's, not a registry's.
 pub struct DockerArchiveSource {
+    file: PathBuf,
     files: Files,
     location: String,
     manifest: RawManifest,
@@ -64,10 +65,7 @@ impl DockerArchiveSource {
     ) -> Result<DockerArchiveSource, TransportError> {
         let files = Files::Tar(TarIndex::scan(file)?);
         let mut location = format!("docker-archive:{}", file.display());
-        let entries: Vec<ArchiveEntry> =
-            serde_json::from_slice(&files.read_small("manifest.json")?).map_err(|e| {
-                TransportError::invalid(&location, format!("unreadable manifest.json: {e}"))
-            })?;
+        let entries = archive_entries(&files, &location)?;
         let entry = match reference {
             Some(wanted) => {
                 location = format!("{location}:{wanted}");
@@ -135,6 +133,7 @@ impl DockerArchiveSource {
             annotations: Default::default(),
         });
         Ok(DockerArchiveSource {
+            file: file.to_path_buf(),
             files,
             location,
             manifest: RawManifest {
@@ -145,6 +144,61 @@ impl DockerArchiveSource {
             members,
         })
     }
+
+    /// The archive file.
+    pub fn path(&self) -> &Path {
+        &self.file
+    }
+
+    /// The image `manifest` describes, its config and layers being the archive's single
+    /// image's, in order, stored as the registry serves them (kaniko's base-image cache).
+    /// Nothing is hashed here: each blob is checked against `manifest` as it is read.
+    pub fn of_manifest(file: &Path, manifest: RawManifest) -> Result<Self, TransportError> {
+        let files = Files::Tar(TarIndex::scan(file)?);
+        let location = format!("docker-archive:{}", file.display());
+        let entries = archive_entries(&files, &location)?;
+        let [entry] = entries.as_slice() else {
+            return Err(TransportError::invalid(
+                &location,
+                format!("holds {} images, not one", entries.len()),
+            ));
+        };
+        let parsed: ImageManifest = serde_json::from_slice(&manifest.bytes)
+            .map_err(|e| TransportError::invalid(&location, format!("unreadable manifest: {e}")))?;
+        if parsed.layers.len() != entry.layers.len() {
+            return Err(TransportError::invalid(
+                &location,
+                format!(
+                    "holds {} layers where manifest {} lists {}",
+                    entry.layers.len(),
+                    manifest.digest,
+                    parsed.layers.len()
+                ),
+            ));
+        }
+        let members = std::iter::once((parsed.config.digest, entry.config.clone()))
+            .chain(
+                parsed
+                    .layers
+                    .into_iter()
+                    .map(|l| l.digest)
+                    .zip(entry.layers.iter().cloned()),
+            )
+            .collect();
+        Ok(DockerArchiveSource {
+            file: file.to_path_buf(),
+            files,
+            location,
+            manifest,
+            members,
+        })
+    }
+}
+
+/// The images a `docker save` archive lists in its manifest.json.
+fn archive_entries(files: &Files, location: &str) -> Result<Vec<ArchiveEntry>, TransportError> {
+    serde_json::from_slice(&files.read_small("manifest.json")?)
+        .map_err(|e| TransportError::invalid(location, format!("unreadable manifest.json: {e}")))
 }
 
 fn read_up_to(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
@@ -183,13 +237,16 @@ impl ImageSource for DockerArchiveSource {
     }
 }
 
-/// Writes a `docker save` archive holding one image: its config as `<digest>.json` and its
-/// layers uncompressed as `<diff_id>.tar`, which is what `docker load` and skopeo expect.
+/// Writes a `docker save` archive holding one image. As `docker save` writes it, for `docker
+/// load` and skopeo: its config as `<digest>.json`, its layers uncompressed as
+/// `<diff_id>.tar`. As kaniko's warmer writes it ([`DockerArchiveDestination::as_stored`]):
+/// the config and layers as the registry serves them, so the image keeps its manifest.
 pub struct DockerArchiveDestination {
     file: PathBuf,
     /// The image's RepoTags: one per name, as kaniko's `--tar-path` lists every destination.
     references: Vec<Reference>,
     staging: tempfile::TempDir,
+    blobs_as_stored: bool,
 }
 
 impl DockerArchiveDestination {
@@ -206,6 +263,20 @@ impl DockerArchiveDestination {
             file: file.to_path_buf(),
             references,
             staging,
+            blobs_as_stored: false,
+        })
+    }
+
+    /// The same archive with the image's blobs as they are (the config as `<digest>`, each
+    /// layer as `<digest hex>.tar.gz` or its compression's suffix), as kaniko's warmer
+    /// writes base images.
+    pub fn as_stored(
+        file: &Path,
+        references: Vec<Reference>,
+    ) -> Result<DockerArchiveDestination, TransportError> {
+        Ok(DockerArchiveDestination {
+            blobs_as_stored: true,
+            ..Self::create(file, references)?
         })
     }
 
@@ -315,13 +386,23 @@ impl ImageDestination for DockerArchiveDestination {
                 "the config lists a different number of layers than the manifest",
             ));
         }
-        let config_name = format!("{}.json", manifest.config.digest.hex());
+        let config_name = match self.blobs_as_stored {
+            true => manifest.config.digest.to_string(),
+            false => format!("{}.json", manifest.config.digest.hex()),
+        };
         let mut members: Vec<(String, PathBuf)> = vec![(config_name.clone(), config_path)];
         let mut layer_names = Vec::new();
         for (blob, diff_id) in manifest.layers.iter().zip(&config.rootfs.diff_ids) {
-            let name = format!("{}.tar", diff_id.hex());
+            let name = match self.blobs_as_stored {
+                true => format!("{}{}", blob.digest.hex(), layer_suffix(&blob.media_type)),
+                false => format!("{}.tar", diff_id.hex()),
+            };
             if !members.iter().any(|(n, _)| n == &name) {
-                members.push((name.clone(), self.uncompressed_layer(blob, diff_id)?));
+                let path = match self.blobs_as_stored {
+                    true => self.staging.path().join(blob.digest.hex()),
+                    false => self.uncompressed_layer(blob, diff_id)?,
+                };
+                members.push((name.clone(), path));
             }
             layer_names.push(name);
         }
@@ -359,6 +440,15 @@ impl ImageDestination for DockerArchiveDestination {
         tmp.persist(&self.file)
             .map_err(|e| TransportError::io(context())(e.error))?;
         Ok(())
+    }
+}
+
+/// The file suffix of a layer blob of `media_type`, as go-containerregistry names them.
+fn layer_suffix(media_type: &str) -> &'static str {
+    match media::layer_compression(media_type) {
+        Some(media::LayerCompression::Gzip) => ".tar.gz",
+        Some(media::LayerCompression::Zstd) => ".tar.zst",
+        _ => ".tar",
     }
 }
 

@@ -1,6 +1,7 @@
 //! Where images live and how they move between those places: registries (`docker://`), OCI
 //! layout directories (`oci:`), OCI layout archives (`oci-archive:`) and `docker save`
-//! archives (`docker-archive:`), named with skopeo's transport syntax.
+//! archives (`docker-archive:`), named with skopeo's transport syntax; and kaniko's base-image
+//! cache directory ([`BaseImageCache`]).
 //!
 //! A [`ImageSource`] hands out a top-level manifest or index and, by digest, the manifests and
 //! blobs under it, always verified against their digests. An [`ImageDestination`] receives
@@ -11,6 +12,7 @@
 //! [`manifest_list`] and [`manifest_spec`] assemble indexes over images already in
 //! registries: `kiln manifest`'s local lists, `kiln imagetools create` and manifest-tool specs.
 
+mod base_cache;
 mod copy;
 mod docker_archive;
 mod error;
@@ -22,6 +24,7 @@ pub mod manifest_spec;
 mod platform;
 mod registry;
 
+pub use base_cache::{BaseImageCache, CachedImage, Warmed};
 pub use copy::{CopyReport, Selection, copy, put_manifest_tree};
 pub use docker_archive::{DockerArchiveDestination, DockerArchiveSource};
 pub use error::TransportError;

@@ -10,9 +10,11 @@ use kiln_build::{
 };
 use kiln_oci::{Descriptor, Platform};
 use kiln_registry::{Reference, RegistryClient};
+use kiln_transport::BaseImageCache;
 use miette::{IntoDiagnostic, Report, WrapErr, miette};
 
 use crate::isolation_args::IsolationArgs;
+use crate::kaniko_cache_args::KanikoCacheArgs;
 use crate::registry_args::RegistryArgs;
 use crate::report;
 
@@ -109,6 +111,21 @@ pub struct BuildArgs {
     /// type=registry,ref=REF[,mode=min|max][,ignore-error=true|false].
     #[arg(long = "cache-to", value_name = "SPEC")]
     cache_to: Vec<String>,
+    #[command(flatten)]
+    kaniko_cache: KanikoCacheArgs,
+}
+
+/// The directories the caches live in (local caches, `--cache-dir`): an in-place build
+/// keeps them.
+pub(crate) fn cache_dirs<'a>(
+    from: &'a [CacheSpec],
+    to: &'a [CacheSpec],
+    base_cache: Option<&'a BaseImageCache>,
+) -> impl Iterator<Item = &'a Path> {
+    from.iter()
+        .chain(to)
+        .filter_map(|spec| spec.location.dir())
+        .chain(base_cache.map(BaseImageCache::dir))
 }
 
 /// `--cache-from` or `--cache-to` specs.
@@ -471,17 +488,14 @@ pub fn run(args: BuildArgs) -> Result<(), Report> {
         .collect::<Result<_, _>>()?;
     // What an in-place build must not delete: what it reads or writes outside its store
     // once steps run (secrets are read before).
-    let cache_from = parse_cache_specs(&args.cache_from)?;
-    let cache_to = parse_cache_specs(&args.cache_to)?;
+    let (kaniko_from, kaniko_to) = args.kaniko_cache.specs(&names)?;
+    let cache_from = [parse_cache_specs(&args.cache_from)?, kaniko_from].concat();
+    let cache_to = [parse_cache_specs(&args.cache_to)?, kaniko_to].concat();
+    let base_cache = args.kaniko_cache.base_cache(None)?;
     let (isolation, in_place) = args.isolation.options(
         std::iter::once(dockerfile_path.as_path())
             .chain(ssh.values().map(PathBuf::as_path))
-            .chain(
-                cache_from
-                    .iter()
-                    .chain(&cache_to)
-                    .filter_map(|spec| spec.location.dir()),
-            )
+            .chain(cache_dirs(&cache_from, &cache_to, base_cache.as_ref()))
             .chain(outputs.iter().filter_map(Output::path))
             .chain(
                 [&args.digest_file, &args.metadata_file]
@@ -505,6 +519,7 @@ pub fn run(args: BuildArgs) -> Result<(), Report> {
         secrets: Secrets::load(&secret_sources).map_err(|e| miette!("{e}"))?,
         ssh,
         base_dir: args.base_dir.clone(),
+        base_cache,
         no_cache: args.no_cache,
         no_cache_filter: args.no_cache_filter.clone(),
         labels: BTreeMap::new(),

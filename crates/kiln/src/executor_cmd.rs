@@ -7,15 +7,16 @@ use std::path::{Component, Path, PathBuf};
 
 use clap::Args;
 use clap::builder::BoolishValueParser;
-use kiln_build::{
-    BuildOptions, CacheLocation, CacheMode, CacheSpec, LogStyle, Output, OutputFlags, Progress,
-    ProgressMode, Secrets,
-};
+use kiln_build::{BuildOptions, LogStyle, Output, OutputFlags, Progress, ProgressMode, Secrets};
 use kiln_registry::{ClientOptions, Reference, RegistryClient, RetryPolicy};
 use miette::{IntoDiagnostic, Report, WrapErr, miette};
 
 use crate::build_cmd::{self, Clients, DEFAULT_KILN_DIR};
+
+/// kaniko executor's `--cache-dir` default, used when it is a directory.
+const KANIKO_CACHE_DIR: &str = "/cache";
 use crate::isolation_args::IsolationArgs;
+use crate::kaniko_cache_args::KanikoCacheArgs;
 use crate::registry_args::RegistryArgs;
 
 /// kaniko's booleans are Go flags: `--flag`, `--flag=true` or `--flag=false`, hence
@@ -120,25 +121,12 @@ pub struct ExecutorArgs {
     #[arg(long, hide = true, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
     compressed_caching: Option<String>,
     #[arg(long, hide = true, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
-    cache_run_layers: Option<String>,
-    #[arg(long, hide = true, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
-    cache_copy_layers: Option<String>,
-    #[arg(long, hide = true, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
     ignore_var_run: Option<String>,
     #[arg(long, hide = true)]
     image_fs_extract_retry: Option<String>,
 
-    // kaniko's registry cache (`cache_specs`); --cache-dir and --cache-ttl only a notice.
-    #[arg(long, hide = true, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
-    cache: Option<String>,
-    #[arg(long, hide = true)]
-    cache_repo: Option<String>,
-    #[arg(long, hide = true)]
-    cache_dir: Option<String>,
-    #[arg(long, hide = true)]
-    cache_ttl: Option<String>,
-    #[arg(long, hide = true, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
-    no_push_cache: Option<String>,
+    #[command(flatten)]
+    kaniko_cache: KanikoCacheArgs,
 }
 
 /// kaniko keeps separate TLS and plain-HTTP settings for pulling base images and pushing.
@@ -217,21 +205,6 @@ fn parse_labels(given: &[String]) -> Result<BTreeMap<String, String>, Report> {
         .collect()
 }
 
-/// A kaniko boolean flag given as `--flag`, `--flag=true` or `--flag=false`.
-fn flag_is_true(value: Option<&str>) -> Result<bool, Report> {
-    flag_or(value, false)
-}
-
-/// The same, `default` when not given.
-fn flag_or(value: Option<&str>, default: bool) -> Result<bool, Report> {
-    match value.map(str::to_ascii_lowercase).as_deref() {
-        None => Ok(default),
-        Some("false" | "0" | "no" | "off") => Ok(false),
-        Some("true" | "1" | "yes" | "on") => Ok(true),
-        Some(other) => Err(miette!("`{other}` is not true or false")),
-    }
-}
-
 /// kaniko's `--image-name-with-digest-file` (`NAME@DIGEST`) and, with `with_tag`,
 /// `--image-name-tag-with-digest-file` (`NAME:TAG@DIGEST`): one line per destination.
 fn names_with_digest(names: &[Reference], digest: &str, with_tag: bool) -> String {
@@ -248,9 +221,8 @@ fn names_with_digest(names: &[Reference], digest: &str, with_tag: bool) -> Strin
 }
 
 impl ExecutorArgs {
-    /// One line naming the given kaniko flags kiln has no use for, and one for the cache
-    /// flags kiln accepts before it has a registry cache.
-    fn notices(&self) -> Vec<String> {
+    /// One line naming the given kaniko flags kiln has no use for.
+    fn notice(&self) -> Option<String> {
         let given = |name: &str, set: bool| set.then(|| format!("--{name}"));
         let meaningless: Vec<String> = [
             given("snapshot-mode", self.snapshot_mode.is_some()),
@@ -266,68 +238,14 @@ impl ExecutorArgs {
         .into_iter()
         .flatten()
         .collect();
-        let cache: Vec<String> = [given("cache-dir", self.cache_dir.is_some())]
-            .into_iter()
-            .flatten()
-            .collect();
-        let mut notices = Vec::new();
-        if !meaningless.is_empty() {
-            notices.push(format!(
+        (!meaningless.is_empty()).then(|| {
+            format!(
                 "notice: ignoring {}: kiln finds each step's changes from a record of every \
                  file's metadata (ctime included) and writes one layer per step, so kaniko's \
                  snapshot options have no meaning here",
                 meaningless.join(", ")
-            ));
-        }
-        if !cache.is_empty() {
-            notices.push(format!(
-                "notice: accepted {}, not honoured yet: base images go to kiln's store",
-                cache.join(", ")
-            ));
-        }
-        notices
-    }
-
-    /// kaniko's `--cache=true`: the registry cache at `--cache-repo`, else at the first
-    /// destination's repository with `/cache` added, as kaniko derives it. Read, and written
-    /// unless `--no-push-cache`; every stage's steps, as kaniko caches them.
-    fn cache_specs(&self, names: &[Reference]) -> Result<(Vec<CacheSpec>, Vec<CacheSpec>), Report> {
-        if !flag_is_true(self.cache.as_deref())? {
-            return Ok((Vec::new(), Vec::new()));
-        }
-        let reference: Reference = match (&self.cache_repo, names.first()) {
-            (Some(repo), _) => repo
-                .parse()
-                .map_err(|e| miette!("--cache-repo {repo}: {e}"))?,
-            (None, Some(name)) => format!("{}/{}/cache", name.registry, name.repository)
-                .parse()
-                .map_err(|e| miette!("the cache repository derived from {name}: {e}"))?,
-            (None, None) => {
-                return Err(miette!(
-                    "--cache=true needs --cache-repo, or a --destination to derive it from"
-                ));
-            }
-        };
-        // kaniko's default TTL: two weeks.
-        let ttl = self.cache_ttl.as_deref().unwrap_or("336h");
-        let ttl = kiln_build::parse_duration(ttl).map_err(|e| miette!("--cache-ttl: {e}"))?;
-        let spec = CacheSpec {
-            location: CacheLocation::Registry(reference),
-            mode: CacheMode::Max,
-            ignore_error: true,
-            ttl: Some(ttl),
-            // kaniko caches COPY layers only when asked; kiln keys a COPY by the content it
-            // copies, so it caches them unless told not to.
-            run_steps: flag_or(self.cache_run_layers.as_deref(), true)?,
-            copy_steps: flag_or(self.cache_copy_layers.as_deref(), true)?,
-            // A kaniko cache repo is shared by the projects and branches that name it.
-            merge: true,
-        };
-        let to = match flag_is_true(self.no_push_cache.as_deref())? {
-            true => Vec::new(),
-            false => vec![spec.clone()],
-        };
-        Ok((vec![spec], to))
+            )
+        })
     }
 
     /// A registry client's options for pulls or for pushes: the flags kaniko shares with `kiln build`,
@@ -412,7 +330,7 @@ pub fn run(args: ExecutorArgs) -> Result<(), Report> {
         json: args.log_format == "json",
         timestamps: args.log_timestamp == Some(true),
     });
-    for notice in args.notices() {
+    if let Some(notice) = args.notice() {
         progress.info(&notice);
     }
 
@@ -475,7 +393,10 @@ pub fn run(args: ExecutorArgs) -> Result<(), Report> {
     let build_args = build_cmd::parse_build_args(&args.build_args);
     let reproducible = args.reproducible == Some(true);
     let source_date_epoch = build_cmd::source_date_epoch(&build_args).or(reproducible.then_some(0));
-    let (cache_from, cache_to) = args.cache_specs(&names)?;
+    let (cache_from, cache_to) = args.kaniko_cache.specs(&names)?;
+    let base_cache = args
+        .kaniko_cache
+        .base_cache(Some(Path::new(KANIKO_CACHE_DIR)))?;
     let pull_options = args.client_options(Direction::Pull)?;
     let push_options = args.client_options(Direction::Push)?;
     let client = |options: &ClientOptions| RegistryClient::new(options).map_err(|e| miette!("{e}"));
@@ -485,6 +406,11 @@ pub fn run(args: ExecutorArgs) -> Result<(), Report> {
     let (isolation, in_place) = args.isolation.options(
         std::iter::once(dockerfile_path.as_path())
             .chain(outputs.iter().filter_map(Output::path))
+            .chain(build_cmd::cache_dirs(
+                &cache_from,
+                &cache_to,
+                base_cache.as_ref(),
+            ))
             .chain(registry_files.iter().map(PathBuf::as_path))
             .chain(
                 [
@@ -510,6 +436,7 @@ pub fn run(args: ExecutorArgs) -> Result<(), Report> {
         secrets: Secrets::default(),
         ssh: Default::default(),
         base_dir: None,
+        base_cache,
         no_cache: false,
         no_cache_filter: Vec::new(),
         labels: parse_labels(&args.labels)?,

@@ -8,10 +8,12 @@ mod dockerfile_cmd;
 mod executor_cmd;
 mod imagetools_cmd;
 mod isolation_args;
+mod kaniko_cache_args;
 mod login_cmd;
 mod manifest_cmd;
 mod registry_args;
 mod report;
+mod warmer_cmd;
 
 use std::process::ExitCode;
 
@@ -34,6 +36,8 @@ enum Commands {
     Build(Box<build_cmd::BuildArgs>),
     /// Build with kaniko's executor flags and defaults (a drop-in for /kaniko/executor).
     Executor(Box<executor_cmd::ExecutorArgs>),
+    /// Store base images in a directory for --cache-dir (kaniko's warmer).
+    Warmer(warmer_cmd::WarmerArgs),
     /// Work with image indexes in registries.
     #[command(subcommand)]
     Manifest(manifest_cmd::ManifestCommand),
@@ -87,6 +91,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Commands::Build(args) => build_cmd::run(*args),
         Commands::Executor(args) => executor_cmd::run(*args),
+        Commands::Warmer(args) => warmer_cmd::run(args),
         Commands::Manifest(cmd) => manifest_cmd::run(cmd),
         Commands::Imagetools(cmd) => imagetools_cmd::run(cmd),
         Commands::Copy(args) => copy_cmd::run(args),

@@ -228,6 +228,7 @@ impl Suite {
             secrets: Secrets::default(),
             ssh: BTreeMap::new(),
             base_dir: None,
+            base_cache: None,
             no_cache: false,
             no_cache_filter: Vec::new(),
             labels: BTreeMap::new(),
@@ -244,13 +245,7 @@ impl Suite {
             (client, store)
         });
         let progress = Progress::new(ProgressMode::Quiet);
-        let resolver = RegistryResolver {
-            client,
-            store,
-            base_dir: None,
-            progress: &progress,
-            caches: None,
-        };
+        let resolver = RegistryResolver::new(client, store, &progress);
         let lowered = kiln_dockerfile::parse(&opts.dockerfile_path, &text)
             .map_err(BuildError::Parse)
             .and_then(|df| kiln_build::lower(&df, &opts, &resolver));

@@ -1312,3 +1312,263 @@ fn kanikos_cache_run_layers_false_runs_every_run_step() {
         stderr(&second)
     );
 }
+
+/// The digest of busybox's manifest for this machine's platform, and its layers.
+fn host_busybox(env: &Env) -> (String, Vec<String>) {
+    let index = manifest(&env.tag("busybox:latest"));
+    let digest = index["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["platform"]["architecture"] == host_arch())
+        .unwrap()["digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let layers = layers_of(&format!("{}@{digest}", env.tag("busybox")));
+    (digest, layers)
+}
+
+/// `kiln warmer --cache-dir DIR --image busybox`.
+fn warm(env: &Env, dir: &Path, extra: &[&str]) -> Output {
+    let image = env.tag("busybox:latest");
+    let dir = dir.to_str().unwrap();
+    let mut args = vec!["warmer", "--cache-dir", dir, "--image", &image];
+    args.extend_from_slice(extra);
+    kiln_with_root(&env.path("warmer-root"), &args)
+}
+
+/// A project on busybox whose RUN step needs the base image's layers.
+fn run_on_base(env: &Env, name: &str, from: &str) -> PathBuf {
+    env.context(
+        name,
+        &[(
+            "Dockerfile",
+            &format!("FROM {from}\nRUN ls /bin/busybox > /listed\n"),
+        )],
+    )
+}
+
+#[test]
+fn a_warmed_cache_dir_gives_base_images_without_downloading_their_layers() {
+    let env = Env::new();
+    let dir = env.path("kaniko-cache");
+    let (digest, base_layers) = host_busybox(&env);
+
+    // kaniko's warmer layout: an archive named by the platform manifest's digest, and that
+    // manifest beside it; skopeo reads the archive and finds the registry's layers in it.
+    let warmed = warm(&env, &dir, &[]);
+    assert_ok(&warmed);
+    let archive = dir.join(&digest);
+    assert_eq!(
+        std::fs::read(dir.join(format!("{digest}.json"))).unwrap(),
+        skopeo_raw(&format!("{}@{digest}", env.tag("busybox")))
+    );
+    // (skopeo reads a `:` in the path as the start of a name: a link without one.)
+    let link = env.path("warmed.tar");
+    std::os::unix::fs::symlink(&archive, &link).unwrap();
+    let seen = run_tool(
+        std::process::Command::new("skopeo")
+            .arg("inspect")
+            .arg(format!("docker-archive:{}", link.display())),
+    );
+    let seen: Value = serde_json::from_slice(&seen.stdout).unwrap();
+    let diff_ids =
+        config(&format!("{}@{digest}", env.tag("busybox")))["rootfs"]["diff_ids"].clone();
+    assert_eq!(seen["Layers"], diff_ids, "{seen}");
+    let again = warm(&env, &dir, &[]);
+    assert_ok(&again);
+    assert!(
+        stderr(&again).contains("already stored"),
+        "{}",
+        stderr(&again)
+    );
+
+    // kiln executor and kiln build take the base image from it: the RUN step runs on layers
+    // no one downloaded.
+    let ctx = run_on_base(&env, "ctx", &format!("{}/busybox", env.reg()));
+    let cache_dir = format!("--cache-dir={}", dir.display());
+    for (n, command) in ["executor", "build"].into_iter().enumerate() {
+        let before = env.registry.blob_gets().len();
+        let o = match command {
+            "executor" => kaniko_job(
+                &env,
+                &format!("root-{n}"),
+                &ctx,
+                &env.tag("app:k"),
+                &[&cache_dir],
+            ),
+            _ => job(&env, &format!("root-{n}"), &ctx, "app:b", &[&cache_dir]),
+        };
+        assert_ok(&o);
+        let fetched = env.registry.blob_gets()[before..].to_vec();
+        let base_fetched: Vec<&String> =
+            fetched.iter().filter(|d| base_layers.contains(d)).collect();
+        assert!(base_fetched.is_empty(), "{command}: {base_fetched:?}");
+    }
+    let rootfs = unpack_pushed(&env.tag("app:b"), &env.path("unpacked"));
+    assert_eq!(read(&rootfs.join("listed")), "/bin/busybox\n");
+    assert_eq!(
+        layers_of(&env.tag("app:b"))[..base_layers.len()],
+        base_layers[..]
+    );
+
+    // Without it the same build downloads them (what the check above would see).
+    let before = env.registry.blob_gets().len();
+    assert_ok(&job(&env, "root-plain", &ctx, "app:plain", &[]));
+    let fetched = env.registry.blob_gets()[before..].to_vec();
+    assert!(
+        base_layers.iter().all(|l| fetched.contains(l)),
+        "{fetched:?}"
+    );
+}
+
+#[test]
+fn an_image_pinned_by_digest_comes_from_the_cache_dir_with_no_registry_at_all() {
+    // An air-gapped runner: the registry FROM names does not answer.
+    let env = Env::new();
+    let dir = env.path("kaniko-cache");
+    assert_ok(&warm(&env, &dir, &[]));
+    let (digest, base_layers) = host_busybox(&env);
+    let ctx = run_on_base(
+        &env,
+        "ctx",
+        &format!("127.0.0.1:9/offline/busybox@{digest}"),
+    );
+    let layout = env.path("out");
+    let o = kiln_with_root(
+        &env.path("root"),
+        &[
+            "build",
+            "--progress=plain",
+            "--cache-dir",
+            dir.to_str().unwrap(),
+            "-o",
+            &format!("type=oci,dest={},tar=false", layout.display()),
+            ctx.to_str().unwrap(),
+        ],
+    );
+    assert_ok(&o);
+    let raw = run_tool(
+        std::process::Command::new("skopeo")
+            .args(["inspect", "--raw"])
+            .arg(format!("oci:{}", layout.display())),
+    );
+    let built = layer_digests(&serde_json::from_slice(&raw.stdout).unwrap());
+    assert_eq!(built[..base_layers.len()], base_layers[..]);
+    assert_eq!(built.len(), base_layers.len() + 1);
+}
+
+#[test]
+fn an_expired_or_altered_cache_dir_entry_is_pulled_from_the_registry_instead() {
+    let env = Env::new();
+    let dir = env.path("kaniko-cache");
+    assert_ok(&warm(&env, &dir, &[]));
+    let (digest, base_layers) = host_busybox(&env);
+    let ctx = run_on_base(&env, "ctx", &format!("{}/busybox", env.reg()));
+    let cache_dir = format!("--cache-dir={}", dir.display());
+
+    // --cache-ttl covers the cache dir too, by the entry's mtime, as kaniko's does.
+    let archive = dir.join(&digest);
+    let hours_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3 * 3600);
+    std::fs::File::options()
+        .write(true)
+        .open(&archive)
+        .unwrap()
+        .set_modified(hours_ago)
+        .unwrap();
+    let before = env.registry.blob_gets().len();
+    let expired = job(
+        &env,
+        "root-1",
+        &ctx,
+        "app:1",
+        &[&cache_dir, "--cache-ttl=1h"],
+    );
+    assert_ok(&expired);
+    assert!(
+        stderr(&expired).contains("older than --cache-ttl"),
+        "{}",
+        stderr(&expired)
+    );
+    let fetched = env.registry.blob_gets()[before..].to_vec();
+    assert!(
+        base_layers.iter().all(|l| fetched.contains(l)),
+        "{fetched:?}"
+    );
+
+    // An entry whose layer is not the registry's is never built on: a warning, and the
+    // layer comes from the registry.
+    let mut altered = tar::Builder::new(Vec::new());
+    let mut original = tar::Archive::new(std::fs::File::open(&archive).unwrap());
+    for entry in original.entries().unwrap() {
+        let mut entry = entry.unwrap();
+        let mut header = entry.header().clone();
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut entry, &mut bytes).unwrap();
+        if header
+            .path()
+            .unwrap()
+            .to_string_lossy()
+            .ends_with(".tar.gz")
+        {
+            let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            let mut layer = tar::Builder::new(&mut gz);
+            let mut file = tar::Header::new_ustar();
+            file.set_size(5);
+            file.set_mode(0o755);
+            layer
+                .append_data(&mut file, "bin/evil", &b"evil\n"[..])
+                .unwrap();
+            layer.into_inner().unwrap();
+            bytes = gz.finish().unwrap();
+            header.set_size(bytes.len() as u64);
+        }
+        altered.append(&header, &bytes[..]).unwrap();
+    }
+    std::fs::write(&archive, altered.into_inner().unwrap()).unwrap();
+    let o = job(&env, "root-2", &ctx, "app:2", &[&cache_dir]);
+    assert_ok(&o);
+    assert!(stderr(&o).contains("--cache-dir:"), "{}", stderr(&o));
+    assert_eq!(
+        layers_of(&env.tag("app:2"))[..base_layers.len()],
+        base_layers[..]
+    );
+    let rootfs = unpack_pushed(&env.tag("app:2"), &env.path("unpacked"));
+    assert!(!rootfs.join("bin/evil").exists());
+}
+
+#[test]
+fn kiln_build_takes_kanikos_cache_flags_and_an_oci_cache_repo() {
+    let env = Env::new();
+    let ctx = project(&env, "ctx", "kaniko flags in kiln build\n");
+    let layout = env.path("oci-cache");
+    let repo = format!("--cache-repo=oci:{}", layout.display());
+    // kiln build --cache=true: the repo derived from the destination, as the executor does.
+    let first = job(&env, "root-1", &ctx, "app:1", &["--cache=true"]);
+    assert_ok(&first);
+    assert!(image_exists(&env.tag("app/cache:latest")));
+    let second = job(&env, "root-2", &ctx, "app:2", &["--cache=true"]);
+    assert_eq!(
+        ran_and_cached(&stderr(&second)),
+        (0, 4),
+        "{}",
+        stderr(&second)
+    );
+    // --cache-repo oci:DIR keeps the cache in an OCI layout (kaniko's form), for both.
+    let third = kaniko_job(&env, "root-3", &ctx, &env.tag("app:3"), &[&repo]);
+    assert_ok(&third);
+    run_tool(
+        std::process::Command::new("skopeo")
+            .args(["inspect", "--raw"])
+            .arg(format!("oci:{}:latest", layout.display())),
+    );
+    let fourth = job(&env, "root-4", &ctx, "app:4", &["--cache=true", &repo]);
+    assert_eq!(
+        ran_and_cached(&stderr(&fourth)),
+        (0, 4),
+        "{}",
+        stderr(&fourth)
+    );
+    assert_eq!(digest_of(&env.tag("app:4")), digest_of(&env.tag("app:3")));
+}

@@ -1,0 +1,158 @@
+//! kaniko's base-image cache (`--cache-dir`, filled by kaniko's warmer or `kiln warmer`): per
+//! image, a `docker save` archive named by the digest of the image's manifest for its
+//! platform (`sha256:...`), holding its blobs as the registry serves them, and beside it
+//! `<digest>.json`, that manifest. An entry older than the TTL (by its mtime) is not used.
+//! Every blob read from an entry is checked against the manifest, so an entry can make a
+//! build fail over to the registry but never change what it builds on.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use kiln_oci::{Digest, ImageIndex, Platform, media};
+use kiln_registry::{MAX_MANIFEST_BYTES, Reference, RegistryClient};
+
+use crate::files::write_atomic;
+use crate::{
+    DockerArchiveDestination, DockerArchiveSource, ImageSource, RawManifest, RegistrySource,
+    Selection, TransportError, copy, select_platform,
+};
+
+/// A kaniko `--cache-dir`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BaseImageCache {
+    dir: PathBuf,
+    ttl: Duration,
+}
+
+/// What the cache holds for a manifest digest.
+#[derive(Debug, PartialEq, Eq)]
+pub enum CachedImage {
+    /// The archive, younger than the TTL.
+    Fresh(PathBuf),
+    /// An archive older than the TTL: a miss.
+    Expired(PathBuf),
+    Missing,
+}
+
+/// What [`BaseImageCache::warm`] did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Warmed {
+    Written(Digest),
+    /// A fresh entry was there already (nothing downloaded).
+    AlreadyCached(Digest),
+}
+
+#[derive(serde::Deserialize)]
+struct MediaTypeOnly {
+    #[serde(rename = "mediaType")]
+    media_type: Option<String>,
+}
+
+impl BaseImageCache {
+    pub fn new(dir: PathBuf, ttl: Duration) -> BaseImageCache {
+        BaseImageCache { dir, ttl }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn archive_path(&self, manifest: &Digest) -> PathBuf {
+        self.dir.join(manifest.to_string())
+    }
+
+    /// The entry for the image whose manifest has digest `manifest`.
+    pub fn lookup(&self, manifest: &Digest) -> CachedImage {
+        let path = self.archive_path(manifest);
+        let Ok(modified) = fs::metadata(&path).and_then(|m| m.modified()) else {
+            return CachedImage::Missing;
+        };
+        // A time in the future counts as new, as kaniko compares mtime + TTL with now.
+        match SystemTime::now().duration_since(modified) {
+            Ok(age) if age > self.ttl => CachedImage::Expired(path),
+            _ => CachedImage::Fresh(path),
+        }
+    }
+
+    /// The manifest saved beside a fresh entry, when its bytes have digest `manifest`: an image
+    /// named by digest is then read with no registry at all. `None` for anything else (no
+    /// entry, another digest, an index).
+    pub fn manifest(&self, manifest: &Digest) -> Option<RawManifest> {
+        if !matches!(self.lookup(manifest), CachedImage::Fresh(_)) {
+            return None;
+        }
+        let path = self.dir.join(format!("{manifest}.json"));
+        if fs::metadata(&path).ok()?.len() > MAX_MANIFEST_BYTES {
+            return None;
+        }
+        let bytes = fs::read(&path).ok()?;
+        if &Digest::of(&bytes) != manifest {
+            return None;
+        }
+        let media_type = serde_json::from_slice::<MediaTypeOnly>(&bytes)
+            .ok()?
+            .media_type
+            .unwrap_or_else(|| media::OCI_MANIFEST.to_string());
+        (!media::is_index(&media_type)).then(|| RawManifest {
+            media_type,
+            digest: manifest.clone(),
+            bytes,
+        })
+    }
+
+    /// The image `manifest` names, its blobs read from the archive at `path`.
+    pub fn source(
+        &self,
+        path: &Path,
+        manifest: RawManifest,
+    ) -> Result<DockerArchiveSource, TransportError> {
+        DockerArchiveSource::of_manifest(path, manifest)
+    }
+
+    /// kaniko's warmer: stores `reference`'s image for `platform`, unless a fresh entry holds
+    /// it already and `force` is not set. The archive and its manifest are each written
+    /// under a temporary name and renamed into place.
+    pub fn warm(
+        &self,
+        client: &RegistryClient,
+        reference: &Reference,
+        platform: &Platform,
+        force: bool,
+    ) -> Result<Warmed, TransportError> {
+        let source = RegistrySource::new(client, reference.clone());
+        let top = source.top()?;
+        let manifest = if media::is_index(&top.media_type) {
+            let index: ImageIndex = serde_json::from_slice(&top.bytes).map_err(|e| {
+                TransportError::invalid(source.describe(), format!("unreadable index: {e}"))
+            })?;
+            let chosen = select_platform(&index, platform).map_err(|m| {
+                TransportError::invalid(
+                    source.describe(),
+                    format!("has no image for {} (it has {})", m.wanted, m.available),
+                )
+            })?;
+            source.manifest(chosen)?
+        } else {
+            top
+        };
+        if !force && matches!(self.lookup(&manifest.digest), CachedImage::Fresh(_)) {
+            return Ok(Warmed::AlreadyCached(manifest.digest));
+        }
+        fs::create_dir_all(&self.dir).map_err(TransportError::io(format!(
+            "creating the cache directory {}",
+            self.dir.display()
+        )))?;
+        let pinned = RegistrySource::new(client, reference.with_digest(manifest.digest.clone()));
+        let mut dest = DockerArchiveDestination::as_stored(
+            &self.archive_path(&manifest.digest),
+            vec![reference.clone()],
+        )?;
+        copy(&pinned, &mut dest, &Selection::All)?;
+        write_atomic(
+            &self.dir.join(format!("{}.json", manifest.digest)),
+            &manifest.bytes,
+        )?;
+        Ok(Warmed::Written(manifest.digest))
+    }
+}
