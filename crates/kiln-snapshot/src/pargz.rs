@@ -180,10 +180,12 @@ fn compress_jobs(queue: &Mutex<Receiver<Job>>, level: u32) {
     }
 }
 
-/// A block's deflater at the stream's level, and one that stores blocks as they are.
+/// A block's deflater at the stream's level, one that stores blocks as they are, and the
+/// fastest level for [`incompressible`]'s probe.
 struct Compressors {
     deflate: Compress,
     store: Compress,
+    probe: Compress,
 }
 
 impl Compressors {
@@ -191,32 +193,49 @@ impl Compressors {
         Compressors {
             deflate: Compress::new(Compression::new(level), false),
             store: Compress::new(Compression::none(), false),
+            probe: Compress::new(Compression::fast(), false),
         }
     }
 }
 
-/// How much of a block the repeat probe of [`incompressible`] deflates.
-const PROBE_SIZE: usize = 64 << 10;
+/// How many places of a block the repeat probe of [`incompressible`] deflates, and how much
+/// at each. With the 32 KiB each is primed with, about what deflating one 64 KiB piece costs;
+/// more places cost more than the probe saves on a layer of random files.
+const PROBES: usize = 4;
+const PROBE_SIZE: usize = 8 << 10;
 
-/// Whether `input` looks as if deflate would not shrink it: compressed, encrypted or random
-/// data, whose bytes are spread evenly over all 256 values (a chi-square test against the
-/// uniform spread, below what text or code ever reach), and whose first 64 KiB do not shrink
-/// at deflate's fastest level either (even bytes may still repeat: two copies of one
-/// compressed file). Such a block is stored: deflating it would take most of a layer's time
-/// to save nothing. Integer arithmetic and deflate only, so the choice, and the layer's
-/// digest, is the same on every machine.
-fn incompressible(input: &[u8]) -> bool {
-    if input.len() < 4096 || !evenly_spread(input) {
+/// Whether `data[dictionary_len..]` looks as if deflate would not shrink it: compressed,
+/// encrypted or random data, whose bytes are spread evenly over all 256 values (a chi-square
+/// test against the uniform spread, below what text or code ever reach), and where deflate's
+/// fastest level saves under 1/32 at each of [`PROBES`] places spread evenly from the block's
+/// start to its end (even bytes may still repeat: two copies of one compressed file). Each
+/// probe is primed with the 32 KiB before it, as deflate is, so it finds every repeat deflate
+/// could use there, whichever part of the block it comes from. Such a block is stored:
+/// deflating it would take most of a layer's time to save nothing. Integer arithmetic and
+/// deflate only, so the choice, and the layer's digest, is the same on every machine.
+fn incompressible(probe: &mut Compress, data: &[u8], dictionary_len: usize) -> bool {
+    let len = data.len() - dictionary_len;
+    if len < 4096 || !evenly_spread(&data[dictionary_len..]) {
         return false;
     }
-    let probe = &input[..input.len().min(PROBE_SIZE)];
-    let mut fast = Compress::new(Compression::fast(), false);
-    let mut out = Vec::with_capacity(probe.len() + probe.len() / 16 + 64);
-    match fast.compress_vec(probe, &mut out, FlushCompress::Finish) {
-        // Less than 1/32 saved: storing loses nothing worth the time.
-        Ok(Status::StreamEnd) => out.len() >= probe.len() - probe.len() / 32,
-        _ => false,
-    }
+    let size = len.min(PROBE_SIZE);
+    let places = len.div_ceil(size).min(PROBES);
+    let mut out = Vec::with_capacity(size + size / 16 + 64);
+    (0..places).all(|i| {
+        // The first probe at the block's start, the last at its end.
+        let start = dictionary_len + (len - size) * i / (places - 1).max(1);
+        let dictionary = &data[start.saturating_sub(DICTIONARY_SIZE)..start];
+        out.clear();
+        probe.reset();
+        if !dictionary.is_empty() && probe.set_dictionary(dictionary).is_err() {
+            return false;
+        }
+        match probe.compress_vec(&data[start..start + size], &mut out, FlushCompress::Finish) {
+            // Less than 1/32 saved: storing loses nothing worth the time.
+            Ok(Status::StreamEnd) => out.len() >= size - size / 32,
+            _ => false,
+        }
+    })
 }
 
 /// Whether the bytes of `input` are spread about evenly over all 256 values.
@@ -245,11 +264,11 @@ fn deflate_block(
     dictionary_len: usize,
     last: bool,
 ) -> io::Result<Vec<u8>> {
-    let (dictionary, input) = data.split_at(dictionary_len);
-    let compress = match incompressible(input) {
+    let compress = match incompressible(&mut compressors.probe, data, dictionary_len) {
         true => &mut compressors.store,
         false => &mut compressors.deflate,
     };
+    let (dictionary, input) = data.split_at(dictionary_len);
     compress.reset();
     if !dictionary.is_empty() {
         compress

@@ -1521,3 +1521,96 @@ fn a_symlink_on_the_way_to_a_kept_path_is_cleared_and_whited_out_like_any_entry(
     assert!(fs::symlink_metadata(live.join("results")).is_err());
     assert!(fs::symlink_metadata(live.join("elsewhere")).is_err());
 }
+
+/// Gzip `data` with [`crate::pargz::ParallelGzip`] on `threads` threads at `level`.
+fn pargz_bytes(data: &[u8], level: u32, threads: usize) -> Vec<u8> {
+    std::thread::scope(|scope| {
+        let mut gz = crate::pargz::ParallelGzip::new(scope, Vec::new(), level, threads).unwrap();
+        std::io::Write::write_all(&mut gz, data).unwrap();
+        gz.finish().unwrap()
+    })
+}
+
+fn xorshift_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+#[test]
+fn stored_blocks_at_every_boundary_round_trip_through_gzip_and_match_across_threads() {
+    let tmp = tempfile::tempdir().unwrap();
+    let block = 256 << 10;
+    let random = xorshift_bytes(3 * block + 70_000, 0x9e37_79b9_7f4a_7c15);
+    for len in [
+        0,
+        1,
+        4095,
+        4096,
+        4097,
+        65_535,
+        65_536,
+        65_537,
+        block - 1,
+        block,
+        block + 1,
+        block + 4095,
+        block + 4096,
+        2 * block + 65_536,
+        3 * block + 70_000,
+    ] {
+        for level in [1, 6, 9] {
+            let data = &random[..len];
+            let one = pargz_bytes(data, level, 1);
+            for threads in [2, 5] {
+                assert!(
+                    one == pargz_bytes(data, level, threads),
+                    "len {len} level {level}"
+                );
+            }
+            let path = tmp.path().join("x.gz");
+            fs::write(&path, &one).unwrap();
+            let out = std::process::Command::new("gzip")
+                .arg("-dc")
+                .arg(&path)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "len {len} level {level}: gzip -d failed"
+            );
+            assert!(out.stdout == data, "len {len} level {level}: other bytes");
+            assert!(
+                len < 4096 || one.len() <= len + len / 1000 + 64,
+                "len {len}: {} bytes",
+                one.len()
+            );
+        }
+    }
+}
+
+#[test]
+fn a_block_that_repeats_after_a_random_first_64k_is_still_deflated() {
+    // Bytes spread evenly and a random first 64 KiB pass `incompressible`, but the remaining
+    // 192 KiB of the block repeat a 16 KiB pattern that deflate's window covers.
+    let head = xorshift_bytes(64 << 10, 1);
+    // Every byte value exactly 64 times, shuffled: repeating it keeps the spread even.
+    let mut pattern: Vec<u8> = (0..16 << 10).map(|i| i as u8).collect();
+    let order = xorshift_bytes(16 << 10, 2);
+    for i in (1..pattern.len()).rev() {
+        let j = (usize::from(order[i]) << 8 | usize::from(order[i - 1])) % (i + 1);
+        pattern.swap(i, j);
+    }
+    let mut data = head;
+    while data.len() < 256 << 10 {
+        data.extend_from_slice(&pattern);
+    }
+    let gz = pargz_bytes(&data, 6, 1);
+    assert!(gz.len() < 128 << 10, "{} bytes for 256 KiB", gz.len());
+}
