@@ -180,11 +180,13 @@ fn compress_jobs(queue: &Mutex<Receiver<Job>>, level: u32) {
     }
 }
 
-/// A block's deflater at the stream's level, one that stores blocks as they are, and the
-/// fastest level for [`incompressible`]'s probe.
+/// A block's deflater at the stream's level, one that stores blocks as they are, one with
+/// deflate's run-length strategy for the blocks [`effort`] finds barely compressible, and the
+/// fastest level for its probes.
 struct Compressors {
     deflate: Compress,
     store: Compress,
+    runs: zlib_rs::Deflate,
     probe: Compress,
 }
 
@@ -193,49 +195,78 @@ impl Compressors {
         Compressors {
             deflate: Compress::new(Compression::new(level), false),
             store: Compress::new(Compression::none(), false),
+            runs: zlib_rs::Deflate::new_with_config(zlib_rs::DeflateConfig {
+                strategy: zlib_rs::Strategy::Rle,
+                // Raw deflate, as flate2's `Compress::new(_, false)` makes.
+                window_bits: -15,
+                ..zlib_rs::DeflateConfig::default()
+            }),
             probe: Compress::new(Compression::fast(), false),
         }
     }
 }
 
-/// How many places of a block the repeat probe of [`incompressible`] deflates, and how much
-/// at each. With the 32 KiB each is primed with, about what deflating one 64 KiB piece costs;
-/// more places cost more than the probe saves on a layer of random files.
+/// How many places of a block [`effort`]'s probes deflate, and how much at each. With the
+/// 32 KiB each is primed with, about what deflating one 64 KiB piece costs; more places cost
+/// more than the probes save on a layer of random files.
 const PROBES: usize = 4;
 const PROBE_SIZE: usize = 8 << 10;
 
-/// Whether `data[dictionary_len..]` looks as if deflate would not shrink it: compressed,
-/// encrypted or random data, whose bytes are spread evenly over all 256 values (a chi-square
-/// test against the uniform spread, below what text or code ever reach), and where deflate's
-/// fastest level saves under 1/32 at each of [`PROBES`] places spread evenly from the block's
-/// start to its end (even bytes may still repeat: two copies of one compressed file). Each
-/// probe is primed with the 32 KiB before it, as deflate is, so it finds every repeat deflate
-/// could use there, whichever part of the block it comes from. Such a block is stored:
-/// deflating it would take most of a layer's time to save nothing. Integer arithmetic and
-/// deflate only, so the choice, and the layer's digest, is the same on every machine.
-fn incompressible(probe: &mut Compress, data: &[u8], dictionary_len: usize) -> bool {
+/// How hard a block is worth deflating.
+#[derive(Debug, PartialEq, Eq)]
+enum Effort {
+    /// Deflate would not shrink it: stored as it is.
+    Store,
+    /// It shrinks by little (random files between tar headers and padding): deflate's
+    /// run-length strategy, which finds the runs of zeros that make up nearly all of what
+    /// such a block saves, without the stream level's match search.
+    Runs,
+    /// The stream's level.
+    Full,
+}
+
+/// How hard to deflate `data[dictionary_len..]`, from deflate's fastest level at each of
+/// [`PROBES`] places spread evenly from the block's start to its end. Each probe is primed
+/// with the 32 KiB before it, as deflate is, so it finds every repeat deflate could use there,
+/// whichever part of the block it comes from. A probe that saves 1/8 or more means the
+/// stream's level (compressible data stops after one probe). Where every probe saves under
+/// 1/32 and the bytes are spread evenly over all 256 values (compressed, encrypted or random
+/// data: a chi-square test against the uniform spread, below what text or code ever reach),
+/// the block is stored; else, every probe having saved under 1/8, it gets [`Effort::Runs`].
+/// Integer arithmetic and deflate only, so the choice, and the layer's digest, is the same on
+/// every machine.
+fn effort(probe: &mut Compress, data: &[u8], dictionary_len: usize) -> Effort {
     let len = data.len() - dictionary_len;
-    if len < 4096 || !evenly_spread(&data[dictionary_len..]) {
-        return false;
+    if len < 4096 {
+        return Effort::Full;
     }
     let size = len.min(PROBE_SIZE);
     let places = len.div_ceil(size).min(PROBES);
     let mut out = Vec::with_capacity(size + size / 16 + 64);
-    (0..places).all(|i| {
+    let mut most_saved = 0;
+    for i in 0..places {
         // The first probe at the block's start, the last at its end.
         let start = dictionary_len + (len - size) * i / (places - 1).max(1);
         let dictionary = &data[start.saturating_sub(DICTIONARY_SIZE)..start];
         out.clear();
         probe.reset();
         if !dictionary.is_empty() && probe.set_dictionary(dictionary).is_err() {
-            return false;
+            return Effort::Full;
         }
-        match probe.compress_vec(&data[start..start + size], &mut out, FlushCompress::Finish) {
-            // Less than 1/32 saved: storing loses nothing worth the time.
-            Ok(Status::StreamEnd) => out.len() >= size - size / 32,
-            _ => false,
+        let saved =
+            match probe.compress_vec(&data[start..start + size], &mut out, FlushCompress::Finish) {
+                Ok(Status::StreamEnd) => size.saturating_sub(out.len()),
+                _ => return Effort::Full,
+            };
+        if saved >= size / 8 {
+            return Effort::Full;
         }
-    })
+        most_saved = most_saved.max(saved);
+    }
+    match most_saved < size / 32 && evenly_spread(&data[dictionary_len..]) {
+        true => Effort::Store,
+        false => Effort::Runs,
+    }
 }
 
 /// Whether the bytes of `input` are spread about evenly over all 256 values.
@@ -264,9 +295,10 @@ fn deflate_block(
     dictionary_len: usize,
     last: bool,
 ) -> io::Result<Vec<u8>> {
-    let compress = match incompressible(&mut compressors.probe, data, dictionary_len) {
-        true => &mut compressors.store,
-        false => &mut compressors.deflate,
+    let compress = match effort(&mut compressors.probe, data, dictionary_len) {
+        Effort::Store => &mut compressors.store,
+        Effort::Runs => return deflate_runs(&mut compressors.runs, &data[dictionary_len..], last),
+        Effort::Full => &mut compressors.deflate,
     };
     let (dictionary, input) = data.split_at(dictionary_len);
     compress.reset();
@@ -300,6 +332,27 @@ fn deflate_block(
     }
 }
 
+/// Deflate `input` with the run-length strategy, unprimed (its runs do not reach back into
+/// the block before); `last` ends the stream.
+fn deflate_runs(runs: &mut zlib_rs::Deflate, input: &[u8], last: bool) -> io::Result<Vec<u8>> {
+    let flush = match last {
+        true => zlib_rs::DeflateFlush::Finish,
+        false => zlib_rs::DeflateFlush::SyncFlush,
+    };
+    runs.reset();
+    // Room for the worst case: one call deflates and flushes the whole block.
+    let mut out = vec![0; zlib_rs::compress_bound(input.len()) + 64];
+    let status = runs
+        .compress(input, &mut out, flush)
+        .map_err(|e| io::Error::other(e.as_str()))?;
+    let consumed = usize::try_from(runs.total_in()).map_err(io::Error::other)?;
+    if consumed != input.len() || (last && status != zlib_rs::Status::StreamEnd) {
+        return Err(io::Error::other("deflate left a block unfinished"));
+    }
+    out.truncate(usize::try_from(runs.total_out()).map_err(io::Error::other)?);
+    Ok(out)
+}
+
 /// A gzip member header with no name and mtime 0, like flate2's `GzEncoder` writes.
 fn gzip_header(level: u32) -> [u8; 10] {
     let extra_flags = match level {
@@ -308,4 +361,26 @@ fn gzip_header(level: u32) -> [u8; 10] {
         _ => 0,
     };
     [0x1f, 0x8b, 8, 0, 0, 0, 0, 0, extra_flags, 255]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tests::{random_files_as_tar_holds_them, xorshift_bytes};
+
+    fn effort_of(data: &[u8]) -> Effort {
+        effort(&mut Compress::new(Compression::fast(), false), data, 0)
+    }
+
+    #[test]
+    fn each_kind_of_block_gets_the_effort_it_is_worth() {
+        let random = xorshift_bytes(BLOCK_SIZE, 3);
+        assert_eq!(effort_of(&random), Effort::Store);
+        let files = random_files_as_tar_holds_them(BLOCK_SIZE);
+        assert_eq!(effort_of(&files), Effort::Runs);
+        let text: Vec<u8> = (0..BLOCK_SIZE / 8)
+            .flat_map(|i| format!("{:07x}\n", i * 7919 % 100_003).into_bytes())
+            .collect();
+        assert_eq!(effort_of(&text), Effort::Full);
+    }
 }
