@@ -893,16 +893,7 @@ fn parallel_gzip_is_one_standard_member_that_keeps_matches_across_blocks() {
     big.read_to_end(&mut read_back).unwrap();
     assert!(read_back == data, "big.bin came back different");
 
-    // GNU gzip checks the CRC and length in the trailer.
-    let blob_path = tmp.path().join("layer.tar.gz");
-    fs::write(&blob_path, &bytes).unwrap();
-    let output = std::process::Command::new("gzip")
-        .arg("-dc")
-        .arg(&blob_path)
-        .output()
-        .unwrap();
-    assert!(output.status.success(), "gzip -d failed");
-    assert!(output.stdout == tar, "gzip -d gave other bytes");
+    assert!(gnu_gunzip(&bytes) == tar, "gzip -d gave other bytes");
 
     // Matches reach back into the previous block: restarting every 256 KiB block would cost
     // one literal copy of the 16 KiB pattern per block (10 blocks) on top of the random tail.
@@ -1523,6 +1514,20 @@ fn a_symlink_on_the_way_to_a_kept_path_is_cleared_and_whited_out_like_any_entry(
 }
 
 /// Gzip `data` with [`crate::pargz::ParallelGzip`] on `threads` threads at `level`.
+/// What GNU gzip, which checks the CRC and length in the trailer, decompresses `gz` to.
+fn gnu_gunzip(gz: &[u8]) -> Vec<u8> {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("x.gz");
+    fs::write(&path, gz).unwrap();
+    let out = std::process::Command::new("gzip")
+        .arg("-dc")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "gzip -d failed");
+    out.stdout
+}
+
 fn pargz_bytes(data: &[u8], level: u32, threads: usize) -> Vec<u8> {
     std::thread::scope(|scope| {
         let mut gz = crate::pargz::ParallelGzip::new(scope, Vec::new(), level, threads).unwrap();
@@ -1559,15 +1564,7 @@ fn random_files_between_headers_shrink_as_much_as_at_the_streams_level() {
         one == pargz_bytes(&data, 6, 2),
         "thread count changed the bytes"
     );
-    let tmp = tempfile::tempdir().unwrap();
-    let path = tmp.path().join("x.gz");
-    fs::write(&path, &one).unwrap();
-    let out = std::process::Command::new("gzip")
-        .arg("-dc")
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert!(out.status.success() && out.stdout == data, "gzip -d");
+    assert!(gnu_gunzip(&one) == data, "gzip -d gave other bytes");
     let mut reference = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(6));
     std::io::Write::write_all(&mut reference, &data).unwrap();
     let reference = reference.finish().unwrap().len();
@@ -1597,7 +1594,6 @@ pub(crate) fn xorshift_bytes(len: usize, seed: u64) -> Vec<u8> {
 
 #[test]
 fn stored_blocks_at_every_boundary_round_trip_through_gzip_and_match_across_threads() {
-    let tmp = tempfile::tempdir().unwrap();
     let block = 256 << 10;
     let random = xorshift_bytes(3 * block + 70_000, 0x9e37_79b9_7f4a_7c15);
     for len in [
@@ -1626,18 +1622,10 @@ fn stored_blocks_at_every_boundary_round_trip_through_gzip_and_match_across_thre
                     "len {len} level {level}"
                 );
             }
-            let path = tmp.path().join("x.gz");
-            fs::write(&path, &one).unwrap();
-            let out = std::process::Command::new("gzip")
-                .arg("-dc")
-                .arg(&path)
-                .output()
-                .unwrap();
             assert!(
-                out.status.success(),
-                "len {len} level {level}: gzip -d failed"
+                gnu_gunzip(&one) == data,
+                "len {len} level {level}: other bytes"
             );
-            assert!(out.stdout == data, "len {len} level {level}: other bytes");
             assert!(
                 len < 4096 || one.len() <= len + len / 1000 + 64,
                 "len {len}: {} bytes",
