@@ -25,7 +25,36 @@ use crate::{BuildError, BuiltImage, Output, Store};
 pub struct StoreSource<'s> {
     store: &'s Store,
     top: Descriptor,
-    remote: Option<(&'s RegistryClient, &'s BTreeMap<Digest, Reference>)>,
+    remote: Option<(OriginClients<'s>, &'s BTreeMap<Digest, Reference>)>,
+}
+
+/// The clients that read the blobs a build left in registries: a registry cache's with the
+/// cache client (kaniko reaches its cache repo with its push flags), any other (a base
+/// image's) with the pull client.
+#[derive(Clone, Copy)]
+pub struct OriginClients<'c> {
+    pub pull: &'c RegistryClient,
+    pub cache: &'c RegistryClient,
+    /// The registry caches the build read (`--cache-from`).
+    pub caches: &'c [Reference],
+}
+
+impl<'c> OriginClients<'c> {
+    /// One client for every origin.
+    pub fn single(client: &'c RegistryClient) -> OriginClients<'c> {
+        OriginClients {
+            pull: client,
+            cache: client,
+            caches: &[],
+        }
+    }
+
+    pub(crate) fn client_for(&self, origin: &Reference) -> &'c RegistryClient {
+        match self.caches.contains(origin) {
+            true => self.cache,
+            false => self.pull,
+        }
+    }
 }
 
 impl<'s> StoreSource<'s> {
@@ -38,27 +67,29 @@ impl<'s> StoreSource<'s> {
         }
     }
 
-    /// The same, with blobs the store lacks fetched through `client` from `origins`.
+    /// The same, with blobs the store lacks fetched from `origins` through `clients`.
     pub fn with_origins(
         store: &'s Store,
         top: Descriptor,
-        client: &'s RegistryClient,
+        clients: OriginClients<'s>,
         origins: &'s BTreeMap<Digest, Reference>,
     ) -> StoreSource<'s> {
         StoreSource {
             store,
             top,
-            remote: Some((client, origins)),
+            remote: Some((clients, origins)),
         }
     }
 
     /// Where `desc` can be fetched from, if the store lacks it.
     fn origin(&self, desc: &Descriptor) -> Option<(&'s RegistryClient, &'s Reference)> {
-        let (client, origins) = self.remote?;
+        let (clients, origins) = self.remote?;
         if self.store.has_blob(&desc.digest) {
             return None;
         }
-        origins.get(&desc.digest).map(|origin| (client, origin))
+        origins
+            .get(&desc.digest)
+            .map(|origin| (clients.client_for(origin), origin))
     }
 
     fn open(&self, desc: &Descriptor) -> Result<std::fs::File, TransportError> {
@@ -150,10 +181,10 @@ fn render(store: &Store, images: &[BuiltImage], oci: bool) -> Result<Descriptor,
 /// the store: a registry gets every blob, then every platform's manifest, and the tags last
 /// (in every repository named), so a failure never leaves a tag pointing at missing content;
 /// a layout or archive appears only when it is complete. `names` name the image in layouts.
-/// `clients` are for pulls (layer blobs the store never fetched) and for pushes.
+/// `clients` are for reading the layer blobs the store never fetched, and for pushes.
 pub fn deliver(
     store: &Store,
-    clients: (&RegistryClient, &RegistryClient),
+    clients: (OriginClients<'_>, &RegistryClient),
     images: &[BuiltImage],
     names: &[Reference],
     outputs: &[Output],

@@ -45,7 +45,7 @@ pub use cache::{CacheBackend, KeyLock, LocalCache, Lookup, Record, RecordLayer};
 pub use context::{BuildContext, ContextSource, unpack_context};
 pub use context_hash::{ContextDigest, HashStats};
 pub use error::BuildError;
-pub use export::{StoreSource, deliver};
+pub use export::{OriginClients, StoreSource, deliver};
 pub use isolation::{InPlaceOptions, InPlaceWorker, Isolation, in_container};
 pub use key::CacheKey;
 pub use lower::{lower, stages_named};
@@ -58,7 +58,7 @@ pub use plan::{
 pub use progress::{LogStyle, Progress, ProgressMode};
 pub use registry_cache::{
     CACHE_CONFIG_TYPE, CacheLocation, CacheMode, CacheSpec, CacheSpecError, ChainedCache,
-    ExportStats, RemoteCache, export_cache, export_caches,
+    ExportStats, RemoteCache, export_cache, export_caches, registry_refs,
 };
 pub use secrets::{Redactor, SecretSource, Secrets};
 pub use solve::{
@@ -145,14 +145,7 @@ pub fn build(
         ));
     }
     let no_cache_stages = stages_named(df, &opts.no_cache_filter, "--no-cache-filter")?;
-    let cache_refs = opts
-        .cache_from
-        .iter()
-        .filter_map(|spec| match &spec.location {
-            CacheLocation::Registry(reference) => Some(reference.clone()),
-            _ => None,
-        })
-        .collect();
+    let cache_refs = registry_refs(&opts.cache_from);
     let mut resolver = RegistryResolver::new(client, store, progress);
     resolver.base_dir = opts.base_dir.as_deref();
     resolver.caches = Some((cache_client, cache_refs));

@@ -31,7 +31,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::cache::{CacheBackend, KeyLock, LocalCache, Lookup, Record};
 use crate::key::CacheKey;
-use crate::{BaseRef, BuildError, CacheEntry, Progress, Store, StoreSource};
+use crate::{BaseRef, BuildError, CacheEntry, OriginClients, Progress, Store, StoreSource};
 
 /// The media type of a cache manifest's config.
 pub const CACHE_CONFIG_TYPE: &str = "application/vnd.kiln.build-cache.config.v1+json";
@@ -65,6 +65,17 @@ impl std::fmt::Display for CacheLocation {
             CacheLocation::Inline => write!(f, "the image's config (inline)"),
         }
     }
+}
+
+/// The registry refs among `specs` (`--cache-from`'s, read with the cache client).
+pub fn registry_refs(specs: &[CacheSpec]) -> Vec<Reference> {
+    specs
+        .iter()
+        .filter_map(|spec| match &spec.location {
+            CacheLocation::Registry(reference) => Some(reference.clone()),
+            _ => None,
+        })
+        .collect()
 }
 
 impl CacheLocation {
@@ -557,7 +568,8 @@ pub fn export_cache(
         annotations: Default::default(),
     };
     let top = store.put_json(media::OCI_MANIFEST, &to_json_bytes(&manifest))?;
-    let source = StoreSource::with_origins(store, top, pull, &origins);
+    // The records' origins are caches read with `pull`, the cache client.
+    let source = StoreSource::with_origins(store, top, OriginClients::single(pull), &origins);
     let transfers = Mutex::new(ExportStats {
         records: document.records.len(),
         ..Default::default()

@@ -5,8 +5,8 @@ use std::path::{Component, Path, PathBuf};
 
 use clap::Args;
 use kiln_build::{
-    BuildError, BuildMetadata, BuildOptions, CacheSpec, Hold, Output, OutputFlags, Progress,
-    ProgressMode, SecretSource, Secrets, StepKind, Store,
+    BuildError, BuildMetadata, BuildOptions, CacheSpec, Hold, OriginClients, Output, OutputFlags,
+    Progress, ProgressMode, SecretSource, Secrets, StepKind, Store,
 };
 use kiln_oci::{Descriptor, Platform};
 use kiln_registry::{Reference, RegistryClient};
@@ -406,9 +406,15 @@ pub(crate) fn build_and_deliver(
         progress,
     )
     .map_err(to_report)?;
+    let caches = kiln_build::registry_refs(&options.cache_from);
+    let origins = OriginClients {
+        pull: clients.pull,
+        cache: clients.cache,
+        caches: &caches,
+    };
     let delivered = kiln_build::deliver(
         store,
-        (clients.pull, clients.push),
+        (origins, clients.push),
         &result.images,
         names,
         outputs,

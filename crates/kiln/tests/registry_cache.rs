@@ -59,6 +59,16 @@ fn kaniko_job(env: &Env, root: &str, ctx: &Path, destination: &str, extra: &[&st
         .unwrap()
 }
 
+/// That a job's summary says it ran `ran` steps and took `cached` from the cache.
+fn assert_steps(job: &Output, (ran, cached): (usize, usize)) {
+    assert_eq!(
+        ran_and_cached(&stderr(job)),
+        (ran, cached),
+        "{}",
+        stderr(job)
+    );
+}
+
 fn digest_of(reference: &str) -> String {
     skopeo_inspect(reference, None)["Digest"]
         .as_str()
@@ -126,12 +136,7 @@ fn a_fresh_runner_takes_every_step_from_the_registry_cache() {
         fetched.contains(&image_layers[0]),
         "the base layer: {fetched:?}"
     );
-    assert_eq!(
-        ran_and_cached(&stderr(&third)),
-        (2, 2),
-        "{}",
-        stderr(&third)
-    );
+    assert_steps(&third, (2, 2));
     let rootfs = unpack_pushed(&env.tag("app:3"), &env.path("unpacked-3"));
     assert_eq!(read(&rootfs.join("combined")), "version 2\nbuilt\n");
 }
@@ -211,12 +216,7 @@ fn two_platforms_share_one_cache_ref() {
         ],
     );
     assert_ok(&second);
-    assert_eq!(
-        ran_and_cached(&stderr(&second)),
-        (0, 2),
-        "{}",
-        stderr(&second)
-    );
+    assert_steps(&second, (0, 2));
     assert_eq!(digest_of(&env.tag("app:2")), digest_of(&env.tag("app:1")));
 }
 
@@ -231,12 +231,7 @@ fn kanikos_cache_flags_use_the_same_cache() {
     assert_ok(&first);
     let second = executor("root-2", "app:2", &["--cache-repo", &repo]);
     assert_ok(&second);
-    assert_eq!(
-        ran_and_cached(&stderr(&second)),
-        (0, 4),
-        "{}",
-        stderr(&second)
-    );
+    assert_steps(&second, (0, 4));
     assert_eq!(digest_of(&env.tag("app:2")), digest_of(&env.tag("app:1")));
 
     // Without --cache-repo kaniko's rule applies: the destination's repository + /cache.
@@ -371,12 +366,7 @@ fn a_local_cache_round_trips_through_an_oci_layout() {
     let from = format!("type=local,src={}", dir.display());
     let second = job(&env, "root-2", &ctx, "app:2", &["--cache-from", &from]);
     assert_ok(&second);
-    assert_eq!(
-        ran_and_cached(&stderr(&second)),
-        (0, 4),
-        "{}",
-        stderr(&second)
-    );
+    assert_steps(&second, (0, 4));
     assert_eq!(digest_of(&env.tag("app:2")), digest_of(&env.tag("app:1")));
     // A second export to the same layout replaces the tag (and keeps it valid).
     let third = job(
@@ -387,19 +377,9 @@ fn a_local_cache_round_trips_through_an_oci_layout() {
         &["--cache-from", &from, "--cache-to", &to],
     );
     assert_ok(&third);
-    assert_eq!(
-        ran_and_cached(&stderr(&third)),
-        (0, 4),
-        "{}",
-        stderr(&third)
-    );
+    assert_steps(&third, (0, 4));
     let again = job(&env, "root-4", &ctx, "app:4", &["--cache-from", &from]);
-    assert_eq!(
-        ran_and_cached(&stderr(&again)),
-        (0, 4),
-        "{}",
-        stderr(&again)
-    );
+    assert_steps(&again, (0, 4));
 }
 
 #[test]
@@ -468,12 +448,7 @@ fn an_export_the_registry_breaks_leaves_the_image_pushed_and_the_old_cache_whole
     let from = env.tag("app:buildcache");
     let again = job(&env, "root-9", &ctx, "app:9", &["--cache-from", &from]);
     assert_ok(&again);
-    assert_eq!(
-        ran_and_cached(&stderr(&again)),
-        (2, 2),
-        "{}",
-        stderr(&again)
-    );
+    assert_steps(&again, (2, 2));
 }
 
 /// The digest of the manifest `reference` names, as the registry has it.
@@ -711,12 +686,7 @@ fn kanikos_cache_is_read_with_the_flags_it_is_written_with() {
     );
     let second = executor("root-2", "app:2");
     assert_ok(&second);
-    assert_eq!(
-        ran_and_cached(&stderr(&second)),
-        (0, 4),
-        "{}",
-        stderr(&second)
-    );
+    assert_steps(&second, (0, 4));
 }
 
 /// A record whose `created` has text after the seconds' `.` is dropped: a hostile cache
@@ -946,12 +916,7 @@ fn inline_records_travel_in_the_image_and_the_image_is_the_cache() {
         ],
     );
     assert_ok(&second);
-    assert_eq!(
-        ran_and_cached(&stderr(&second)),
-        (0, 4),
-        "{}",
-        stderr(&second)
-    );
+    assert_steps(&second, (0, 4));
     // The same job (inline records included) gives the same image.
     assert_eq!(digest_of(&env.tag("app:2")), digest_of(&env.tag("app:1")));
 }
@@ -976,12 +941,7 @@ fn two_kaniko_projects_sharing_a_cache_repo_keep_each_others_records() {
     assert_ok(&executor("root-2", &two, "two:1"));
     let again = executor("root-3", &one, "one:2");
     assert_ok(&again);
-    assert_eq!(
-        ran_and_cached(&stderr(&again)),
-        (0, 4),
-        "{}",
-        stderr(&again)
-    );
+    assert_steps(&again, (0, 4));
 }
 
 /// An image built FROM one made with `--cache-to type=inline` (and without it itself) must
@@ -1109,11 +1069,39 @@ fn kanikos_cache_is_read_over_plain_http_when_pushes_are_insecure() {
     );
     let second = executor("root-2", "app:2");
     assert_ok(&second);
+    assert_steps(&second, (0, 4));
+}
+
+/// The layers a fully cached job never downloads are read, when its image goes to another
+/// registry, as the cache is: with the push flags (`--insecure` here), not the pull flags.
+#[test]
+fn layers_left_in_kanikos_cache_reach_another_registry_through_the_cache_flags() {
+    let env = Env::new();
+    let plain = non_loopback_forwarder(env.reg());
+    let other = Registry::start();
+    let ctx = project(
+        &env,
+        "ctx",
+        "elsewhere
+",
+    );
+    let cache = format!("--cache-repo={plain}/app/cache");
+    let first = kaniko_job(
+        &env,
+        "root-1",
+        &ctx,
+        &format!("{plain}/app:1"),
+        &[&cache, "--insecure"],
+    );
+    assert_ok(&first);
+    let destination = format!("{}/app:2", other.addr());
+    let second = kaniko_job(&env, "root-2", &ctx, &destination, &[&cache, "--insecure"]);
+    assert_ok(&second);
+    assert_steps(&second, (0, 4));
     assert_eq!(
-        ran_and_cached(&stderr(&second)),
-        (0, 4),
-        "{}",
-        stderr(&second)
+        layers_of(&destination),
+        layers_of(&env.tag("app:1")),
+        "the image in the other registry"
     );
 }
 
@@ -1199,12 +1187,7 @@ fn a_cache_records_description_cannot_put_text_into_the_image_config() {
         ],
     );
     assert_ok(&second);
-    assert_eq!(
-        ran_and_cached(&stderr(&second)),
-        (0, 4),
-        "{}",
-        stderr(&second)
-    );
+    assert_steps(&second, (0, 4));
     let config = config(&env.tag("app:2"));
     assert!(!config.to_string().contains("attacker text"), "{config:#}");
 }
@@ -1549,12 +1532,7 @@ fn kiln_build_takes_kanikos_cache_flags_and_an_oci_cache_repo() {
     assert_ok(&first);
     assert!(image_exists(&env.tag("app/cache:latest")));
     let second = job(&env, "root-2", &ctx, "app:2", &["--cache=true"]);
-    assert_eq!(
-        ran_and_cached(&stderr(&second)),
-        (0, 4),
-        "{}",
-        stderr(&second)
-    );
+    assert_steps(&second, (0, 4));
     // --cache-repo oci:DIR keeps the cache in an OCI layout (kaniko's form), for both.
     let third = kaniko_job(&env, "root-3", &ctx, &env.tag("app:3"), &[&repo]);
     assert_ok(&third);
@@ -1564,11 +1542,6 @@ fn kiln_build_takes_kanikos_cache_flags_and_an_oci_cache_repo() {
             .arg(format!("oci:{}:latest", layout.display())),
     );
     let fourth = job(&env, "root-4", &ctx, "app:4", &["--cache=true", &repo]);
-    assert_eq!(
-        ran_and_cached(&stderr(&fourth)),
-        (0, 4),
-        "{}",
-        stderr(&fourth)
-    );
+    assert_steps(&fourth, (0, 4));
     assert_eq!(digest_of(&env.tag("app:4")), digest_of(&env.tag("app:3")));
 }
