@@ -4,6 +4,8 @@
 //! build pushes and writes layouts through the same code as `kiln copy`.
 
 use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
 use kiln_oci::{Descriptor, Digest, ImageIndex, ImageManifest, media, to_json_bytes};
@@ -14,6 +16,7 @@ use kiln_transport::{
     read_verified, write_verified,
 };
 
+use crate::output::STDOUT;
 use crate::progress::Progress;
 use crate::{BuildError, BuiltImage, Output, Store};
 
@@ -212,30 +215,37 @@ pub fn deliver(
             }
             Output::OciArchive(path) | Output::OciDir(path) => {
                 let layout_names = names.iter().map(LayoutName::of_reference).collect();
+                let target = ArchiveTarget::new(store, path)?;
                 let opened = if matches!(output, Output::OciArchive(_)) {
-                    OciArchiveDestination::create(path, layout_names)
+                    OciArchiveDestination::create(target.path(), layout_names)
                         .map(|d| Box::new(d) as Box<dyn ImageDestination>)
                 } else {
                     OciDirDestination::create(path, layout_names)
                         .map(|d| Box::new(d) as Box<dyn ImageDestination>)
                 };
-                let action = format!("writing the OCI layout {}", path.display());
+                let action = format!("writing the OCI layout {}", target.shown());
                 let mut dest = opened.map_err(|e| export_error(&action, e))?;
                 copy_to(&source, dest.as_mut(), &action)?;
+                target.finish()?;
                 progress.info(&format!(
                     "wrote OCI layout {} ({})",
-                    path.display(),
+                    target.shown(),
                     top.digest
                 ));
             }
-            Output::DockerArchive(path) => {
-                let action = format!("writing the docker archive {}", path.display());
-                let mut dest = DockerArchiveDestination::create(path, names.to_vec())
+            Output::DockerArchive {
+                dest: path,
+                names: tags,
+            } => {
+                let target = ArchiveTarget::new(store, path)?;
+                let action = format!("writing the docker archive {}", target.shown());
+                let mut dest = DockerArchiveDestination::create(target.path(), tags.clone())
                     .map_err(|e| export_error(&action, e))?;
                 copy_to(&source, &mut dest, &action)?;
+                target.finish()?;
                 progress.info(&format!(
                     "wrote docker archive {} ({})",
-                    path.display(),
+                    target.shown(),
                     top.digest
                 ));
             }
@@ -243,6 +253,55 @@ pub fn deliver(
         first.get_or_insert(top);
     }
     Ok(first)
+}
+
+/// Where an archive output is written: its file, or for `dest=-` a file in the store whose
+/// bytes go to standard output once it is complete (an archive is written under a temporary
+/// name and renamed, which standard output cannot be).
+struct ArchiveTarget {
+    path: PathBuf,
+    stdout: Option<tempfile::TempDir>,
+}
+
+impl ArchiveTarget {
+    fn new(store: &Store, dest: &Path) -> Result<ArchiveTarget, BuildError> {
+        if dest != Path::new(STDOUT) {
+            return Ok(ArchiveTarget {
+                path: dest.to_path_buf(),
+                stdout: None,
+            });
+        }
+        let dir = store.temp_dir("stdout-")?;
+        Ok(ArchiveTarget {
+            path: dir.path().join("archive.tar"),
+            stdout: Some(dir),
+        })
+    }
+
+    fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn shown(&self) -> String {
+        match self.stdout {
+            Some(_) => "to standard output".into(),
+            None => self.path.display().to_string(),
+        }
+    }
+
+    /// Sends a `dest=-` archive to standard output.
+    fn finish(&self) -> Result<(), BuildError> {
+        if self.stdout.is_none() {
+            return Ok(());
+        }
+        let mut file =
+            File::open(&self.path).map_err(BuildError::io("reading the archive for stdout"))?;
+        let mut out = io::stdout().lock();
+        io::copy(&mut file, &mut out)
+            .and_then(|_| out.flush())
+            .map_err(BuildError::io("writing the archive to standard output"))?;
+        Ok(())
+    }
 }
 
 /// Pushes everything `source` holds to `dest`, saying how each blob got there and where

@@ -22,10 +22,16 @@ pub enum Output {
     OciArchive(PathBuf),
     /// An OCI layout directory (`type=oci,dest=x,tar=false`).
     OciDir(PathBuf),
-    /// A `docker save` archive of a single image, tagged with the build's names (kaniko's
-    /// `--tar-path`).
-    DockerArchive(PathBuf),
+    /// A `docker save` archive of a single image, tagged with `names` (`-o type=docker`,
+    /// kaniko's `--tar-path`).
+    DockerArchive {
+        dest: PathBuf,
+        names: Vec<Reference>,
+    },
 }
+
+/// The `dest` that means standard output.
+pub const STDOUT: &str = "-";
 
 /// A `-o` spec kiln cannot honour.
 #[derive(Debug, thiserror::Error)]
@@ -37,12 +43,30 @@ pub enum OutputSpecError {
          use -o type=oci (an index of all platforms) or type=registry, or build one --platform"
     )]
     DockerSinglePlatform { platforms: usize },
-    #[error("-o type=oci needs dest=PATH")]
-    OciNeedsDest,
+    #[error("-o type={kind} needs dest=PATH{or}")]
+    NeedsDest {
+        kind: &'static str,
+        or: &'static str,
+    },
     #[error(
-        "output type `{0}` is not supported by this version of kiln (supported: registry, image, oci)"
+        "output type `{0}` is not supported by this version of kiln (supported: registry, image, oci, docker)"
     )]
     Unsupported(String),
+    #[error("-o type={kind}: unknown attribute `{key}` (accepted: {accepted})")]
+    UnknownAttribute {
+        kind: String,
+        key: String,
+        accepted: String,
+    },
+    #[error("-o type={kind}: `{key}={value}` is not supported by this version of kiln ({instead})")]
+    UnsupportedValue {
+        kind: String,
+        key: String,
+        value: String,
+        instead: &'static str,
+    },
+    #[error("only one output can go to standard output (dest=-)")]
+    TwoToStdout,
     #[error("--push needs at least one -t NAME:TAG to push to")]
     PushWithoutName,
     #[error("pushing needs a name: pass -t NAME:TAG or -o type=registry,name=NAME:TAG")]
@@ -65,22 +89,28 @@ pub struct OutputFlags<'a> {
 }
 
 impl Output {
+    /// Whether the output is an archive written to standard output (`dest=-`).
+    pub fn to_stdout(&self) -> bool {
+        self.path() == Some(Path::new(STDOUT))
+    }
+
     /// The file or directory the output writes, if it writes one.
     pub fn path(&self) -> Option<&Path> {
         match self {
-            Output::OciArchive(path) | Output::OciDir(path) | Output::DockerArchive(path) => {
-                Some(path)
-            }
-            _ => None,
+            Output::OciArchive(path) | Output::OciDir(path) => Some(path),
+            Output::DockerArchive { dest, .. } => Some(dest),
+            Output::Registry { .. } => None,
         }
     }
 
     /// Parses one `-o` spec, buildx's comma-separated `key=value` list: `type=registry`,
-    /// `type=image[,push=true]`, `type=oci,dest=PATH[,tar=false]`, with `name=`,
-    /// `oci-mediatypes=` and `push-by-digest=` for the pushing ones. A registry output
-    /// without `name=` pushes to `names` (the `-t` names); `platforms` is how many platforms
-    /// the build makes. `None` is an output that keeps the image in kiln's store only
-    /// (`type=image` without `push=true`).
+    /// `type=image[,push=true]`, `type=oci,dest=PATH[,tar=false]`, `type=docker,dest=FILE`,
+    /// with `name=`, `oci-mediatypes=` and `push-by-digest=` for the pushing ones; `dest=-`
+    /// writes an archive to standard output. A registry output without `name=` pushes to
+    /// `names` (the `-t` names), as a docker archive is tagged with them; `platforms` is how
+    /// many platforms the build makes. `None` is an output that keeps the image in kiln's
+    /// store only (`type=image` without `push=true`). An attribute the type does not take is
+    /// an error naming those it takes; one kiln does not honour yet is an error too.
     pub fn parse(
         spec: &str,
         names: &[Reference],
@@ -91,41 +121,96 @@ impl Output {
             let (k, v) = part.split_once('=').unwrap_or((part, ""));
             kv.insert(k.trim().to_string(), v.trim().to_string());
         }
+        let kind = kv.get("type").cloned().unwrap_or_default();
+        let accepted: &[&str] = match kind.as_str() {
+            "registry" | "image" => &[
+                "type",
+                "name",
+                "push",
+                "push-by-digest",
+                "oci-mediatypes",
+                "compression",
+            ],
+            "oci" => &["type", "dest", "tar", "name", "compression"],
+            "docker" => &["type", "dest", "name"],
+            other => return Err(OutputSpecError::Unsupported(other.to_string())),
+        };
+        if let Some(key) = kv.keys().find(|k| !accepted.contains(&k.as_str())) {
+            return Err(OutputSpecError::UnknownAttribute {
+                kind,
+                key: key.clone(),
+                accepted: accepted[1..].join(", "),
+            });
+        }
+        // kiln writes gzip layers; other compressions are not there yet, and saying so beats
+        // writing gzip under another name.
+        if let Some(value) = kv.get("compression").filter(|v| v.as_str() != "gzip") {
+            return Err(OutputSpecError::UnsupportedValue {
+                kind,
+                key: "compression".into(),
+                value: value.clone(),
+                instead: "layers are gzip; leave compression out or say compression=gzip",
+            });
+        }
         // A bare key, or `key=true`, switches an attribute on.
         let flag =
             |k: &str, default: bool| kv.get(k).map_or(default, |v| v == "true" || v.is_empty());
-        let registry = || -> Result<Option<Output>, OutputSpecError> {
-            let names = match kv.get("name") {
+        let named = || -> Result<Vec<Reference>, OutputSpecError> {
+            Ok(match kv.get("name") {
                 Some(n) => n
                     .split(',')
                     .map(str::parse)
                     .collect::<Result<Vec<Reference>, _>>()?,
                 None => names.to_vec(),
-            };
-            Ok(Some(Output::Registry {
-                names,
-                oci_mediatypes: flag("oci-mediatypes", true),
-                push_by_digest: flag("push-by-digest", false),
-            }))
+            })
         };
-        match kv.get("type").map(String::as_str).unwrap_or("") {
-            "registry" => registry(),
-            "image" if flag("push", false) => registry(),
-            "image" => Ok(None),
-            "docker" if platforms > 1 => Err(OutputSpecError::DockerSinglePlatform { platforms }),
-            "oci" => {
-                let dest = kv
-                    .get("dest")
-                    .filter(|d| !d.is_empty())
-                    .ok_or(OutputSpecError::OciNeedsDest)?;
-                if kv.get("tar").is_some_and(|v| v == "false") {
-                    Ok(Some(Output::OciDir(PathBuf::from(dest))))
-                } else {
-                    Ok(Some(Output::OciArchive(PathBuf::from(dest))))
-                }
+        let dest = |or: &'static str| {
+            kv.get("dest")
+                .filter(|d| !d.is_empty())
+                .map(PathBuf::from)
+                .ok_or(OutputSpecError::NeedsDest {
+                    kind: match kind.as_str() {
+                        "oci" => "oci",
+                        _ => "docker",
+                    },
+                    or,
+                })
+        };
+        match kind.as_str() {
+            "registry" => {}
+            "image" if flag("push", false) => {}
+            "image" => return Ok(None),
+            "docker" if platforms > 1 => {
+                return Err(OutputSpecError::DockerSinglePlatform { platforms });
             }
-            other => Err(OutputSpecError::Unsupported(other.to_string())),
+            "docker" => {
+                // buildx loads into the Docker engine without dest; kiln has no engine.
+                let dest =
+                    dest(" (kiln has no engine to load into: dest=FILE, or dest=- | podman load)")?;
+                return Ok(Some(Output::DockerArchive {
+                    dest,
+                    names: named()?,
+                }));
+            }
+            _ => {
+                let dest = dest("")?;
+                return Ok(Some(match kv.get("tar").is_some_and(|v| v == "false") {
+                    true if dest == Path::new(STDOUT) => {
+                        return Err(OutputSpecError::NeedsDest {
+                            kind: "oci",
+                            or: " (a directory: tar=false cannot go to standard output)",
+                        });
+                    }
+                    true => Output::OciDir(dest),
+                    false => Output::OciArchive(dest),
+                }));
+            }
         }
+        Ok(Some(Output::Registry {
+            names: named()?,
+            oci_mediatypes: flag("oci-mediatypes", true),
+            push_by_digest: flag("push-by-digest", false),
+        }))
     }
 
     /// Every output `flags` ask for, for a build named `names` (the `-t` names) that makes
@@ -157,7 +242,13 @@ impl Output {
             if platforms > 1 {
                 return Err(OutputSpecError::DockerSinglePlatform { platforms });
             }
-            outputs.push(Output::DockerArchive(file.to_path_buf()));
+            outputs.push(Output::DockerArchive {
+                dest: file.to_path_buf(),
+                names: names.to_vec(),
+            });
+        }
+        if outputs.iter().filter(|o| o.to_stdout()).count() > 1 {
+            return Err(OutputSpecError::TwoToStdout);
         }
         let unnamed = |o: &Output| matches!(o, Output::Registry { names, .. } if names.is_empty());
         if outputs.iter().any(unnamed) {
@@ -171,7 +262,7 @@ impl Output {
     pub(crate) fn oci_mediatypes(&self) -> bool {
         match self {
             Output::Registry { oci_mediatypes, .. } => *oci_mediatypes,
-            Output::OciArchive(_) | Output::OciDir(_) | Output::DockerArchive(_) => true,
+            Output::OciArchive(_) | Output::OciDir(_) | Output::DockerArchive { .. } => true,
         }
     }
 }
@@ -226,6 +317,28 @@ mod tests {
     }
 
     #[test]
+    fn docker_outputs_are_tagged_with_the_names_or_their_own() {
+        assert_eq!(
+            parse("type=docker,dest=-").unwrap(),
+            Some(Output::DockerArchive {
+                dest: STDOUT.into(),
+                names: names(),
+            })
+        );
+        assert_eq!(
+            parse("type=docker,dest=img.tar,name=other:2").unwrap(),
+            Some(Output::DockerArchive {
+                dest: "img.tar".into(),
+                names: vec!["other:2".parse().unwrap()],
+            })
+        );
+        assert_eq!(
+            parse("type=registry,compression=gzip").unwrap(),
+            parse("type=registry").unwrap()
+        );
+    }
+
+    #[test]
     fn oci_outputs_are_archives_unless_tar_is_false() {
         assert_eq!(
             parse("type=oci,dest=out.tar").unwrap(),
@@ -255,7 +368,7 @@ mod tests {
             "a docker archive (-o type=docker, --tar-path) holds a single platform, but 2 were requested: use -o type=oci \
              (an index of all platforms) or type=registry, or build one --platform"
         );
-        for spec in ["type=docker,dest=x.tar", "type=local,dest=d", "dest=x"] {
+        for spec in ["type=local,dest=d", "dest=x"] {
             let kind = spec
                 .strip_prefix("type=")
                 .map_or("", |s| s.split(',').next().unwrap());
@@ -263,10 +376,35 @@ mod tests {
                 err(spec, 1),
                 format!(
                     "output type `{kind}` is not supported by this version of kiln \
-                     (supported: registry, image, oci)"
+                     (supported: registry, image, oci, docker)"
                 )
             );
         }
+        // An attribute is never ignored: unknown ones name those the type takes.
+        assert_eq!(
+            err("type=oci,dest=x.tar,rewrite-timestamp=true", 1),
+            "-o type=oci: unknown attribute `rewrite-timestamp` (accepted: dest, tar, name, \
+             compression)"
+        );
+        assert_eq!(
+            err("type=registry,compresion=zstd", 1),
+            "-o type=registry: unknown attribute `compresion` (accepted: name, push, \
+             push-by-digest, oci-mediatypes, compression)"
+        );
+        assert_eq!(
+            err("type=registry,compression=zstd", 1),
+            "-o type=registry: `compression=zstd` is not supported by this version of kiln \
+             (layers are gzip; leave compression out or say compression=gzip)"
+        );
+        assert_eq!(
+            err("type=docker", 1),
+            "-o type=docker needs dest=PATH (kiln has no engine to load into: dest=FILE, or \
+             dest=- | podman load)"
+        );
+        assert_eq!(
+            err("type=oci,dest=-,tar=false", 1),
+            "-o type=oci needs dest=PATH (a directory: tar=false cannot go to standard output)"
+        );
         assert!(
             err("type=registry,name=UPPER", 1).starts_with("invalid image reference `UPPER`"),
             "{}",
@@ -294,7 +432,10 @@ mod tests {
                     push_by_digest: true,
                 },
                 Output::OciDir("dir".into()),
-                Output::DockerArchive("img.tar".into()),
+                Output::DockerArchive {
+                    dest: "img.tar".into(),
+                    names: names(),
+                },
             ]
         );
         let err =

@@ -23,7 +23,7 @@ use common::{
 };
 use kiln_testkit::{Registry, push_busybox};
 
-const RUNS: usize = 3;
+const RUNS: usize = 5;
 const DOCKERFILE: &str =
     "ARG BASE\nFROM $BASE\nCOPY data /data\nRUN find /data -type f | wc -l > /count\n";
 

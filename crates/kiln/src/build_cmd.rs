@@ -73,6 +73,12 @@ pub struct BuildArgs {
     /// Write the result's digest, media type, size and platform as JSON (buildx's keys).
     #[arg(long, value_name = "FILE")]
     metadata_file: Option<PathBuf>,
+    /// Write the image's digest (of its manifest, or of the index of several platforms).
+    #[arg(long, value_name = "FILE")]
+    iidfile: Option<PathBuf>,
+    /// Set a label in the image config (repeatable); it wins over the Dockerfile's LABEL.
+    #[arg(long = "label", value_name = "KEY=VALUE")]
+    labels: Vec<String>,
     #[command(flatten)]
     registry: RegistryArgs,
     #[command(flatten)]
@@ -126,6 +132,17 @@ pub(crate) fn cache_dirs<'a>(
         .chain(to)
         .filter_map(|spec| spec.location.dir())
         .chain(base_cache.map(BaseImageCache::dir))
+}
+
+/// `--label KEY=VALUE`s.
+pub(crate) fn parse_labels(given: &[String]) -> Result<BTreeMap<String, String>, Report> {
+    given
+        .iter()
+        .map(|l| match l.split_once('=') {
+            Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+            _ => Err(miette!("--label {l}: expected KEY=VALUE")),
+        })
+        .collect()
 }
 
 /// `--cache-from` or `--cache-to` specs.
@@ -504,7 +521,7 @@ pub fn run(args: BuildArgs) -> Result<(), Report> {
             .chain(cache_dirs(&cache_from, &cache_to, base_cache.as_ref()))
             .chain(outputs.iter().filter_map(Output::path))
             .chain(
-                [&args.digest_file, &args.metadata_file]
+                [&args.digest_file, &args.metadata_file, &args.iidfile]
                     .into_iter()
                     .flatten()
                     .map(PathBuf::as_path),
@@ -528,7 +545,7 @@ pub fn run(args: BuildArgs) -> Result<(), Report> {
         base_cache,
         no_cache: args.no_cache,
         no_cache_filter: args.no_cache_filter.clone(),
-        labels: BTreeMap::new(),
+        labels: parse_labels(&args.labels)?,
         isolation,
         in_place,
         cache_from,
@@ -548,15 +565,33 @@ pub fn run(args: BuildArgs) -> Result<(), Report> {
         &outputs,
         &progress,
     )?;
+    let write = |f: &PathBuf, digest: &kiln_oci::Digest| {
+        std::fs::write(f, digest.to_string())
+            .into_diagnostic()
+            .wrap_err_with(|| format!("writing {}", f.display()))
+    };
     if let Some(f) = &args.digest_file {
-        std::fs::write(f, top.digest.to_string()).into_diagnostic()?;
+        write(f, &top.digest)?;
+    }
+    if let Some(f) = &args.iidfile {
+        // The image ID a docker archive is loaded as is its config's digest; anything else
+        // knows the image by its manifest's (or index's).
+        let docker_only = !outputs.is_empty()
+            && outputs
+                .iter()
+                .all(|o| matches!(o, Output::DockerArchive { .. }));
+        match (docker_only, result.images.as_slice()) {
+            (true, [image]) => write(f, &image.config.digest)?,
+            _ => write(f, &top.digest)?,
+        }
     }
     if let Some(f) = &args.metadata_file {
         BuildMetadata::new(&top, &result.images, &names, args.push_by_digest)
             .write(f)
             .map_err(|e| miette!("{e}"))?;
     }
-    if args.progress == "quiet" {
+    // An archive on standard output is the output; the digest would corrupt it.
+    if args.progress == "quiet" && !outputs.iter().any(Output::to_stdout) {
         println!("{}", top.digest);
     }
     Ok(())

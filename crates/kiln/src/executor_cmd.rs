@@ -1,7 +1,6 @@
 //! `kiln executor`: kaniko's executor command line, with kaniko's defaults, mapped onto the
 //! same build as `kiln build`. A job that ran `/kaniko/executor ...` runs `/kiln/executor ...`.
 
-use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Component, Path, PathBuf};
 
@@ -192,17 +191,6 @@ fn resolve_dockerfile(given: &Path, context: &Path) -> Result<PathBuf, Report> {
         given.display(),
         in_context.display()
     ))
-}
-
-/// `--label KEY=VALUE`s.
-fn parse_labels(given: &[String]) -> Result<BTreeMap<String, String>, Report> {
-    given
-        .iter()
-        .map(|l| match l.split_once('=') {
-            Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
-            _ => Err(miette!("--label {l}: expected KEY=VALUE")),
-        })
-        .collect()
 }
 
 /// kaniko's `--image-name-with-digest-file` (`NAME@DIGEST`) and, with `with_tag`,
@@ -439,7 +427,7 @@ pub fn run(args: ExecutorArgs) -> Result<(), Report> {
         base_cache,
         no_cache: false,
         no_cache_filter: Vec::new(),
-        labels: parse_labels(&args.labels)?,
+        labels: build_cmd::parse_labels(&args.labels)?,
         isolation,
         in_place,
         cache_from,

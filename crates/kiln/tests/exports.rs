@@ -298,3 +298,86 @@ fn pushing_to_several_names_tags_none_when_one_repository_refuses() {
     // The first repository did receive the blobs: only the tag was held back.
     assert!(stderr(&o).contains("accepted sha256:"), "{}", stderr(&o));
 }
+
+/// `-o type=docker,dest=-` piped into `podman load`: the image arrives with its tag, the
+/// `--label`s and the ID `--iidfile` names; `dest=FILE,name=` tags it otherwise.
+#[test]
+fn a_docker_output_loads_into_podman_with_its_tag_labels_and_id() {
+    use kiln_testkit::{Profile, Runtime};
+    use std::io::Write as _;
+    let env = Env::new();
+    let ctx = env.context(
+        "ctx",
+        &[
+            (
+                "Dockerfile",
+                "FROM $REG/busybox\nLABEL from=dockerfile\nCOPY a.txt /a.txt\n",
+            ),
+            ("a.txt", "loaded\n"),
+        ],
+    );
+    let tag = env.tag("demo/app:1");
+    let iid = env.path("iid");
+    let o = env.kiln(&[
+        "build",
+        "-t",
+        &tag,
+        "--label",
+        "org.opencontainers.image.revision=abc123",
+        "--label",
+        "from=flag",
+        "--iidfile",
+        iid.to_str().unwrap(),
+        "-o",
+        "type=docker,dest=-",
+        ctx.to_str().unwrap(),
+    ]);
+    assert_ok(&o);
+    assert!(
+        o.stdout.starts_with(b"") && o.stdout.len() > 1024,
+        "no archive on stdout"
+    );
+    let runtime = Runtime::new(Profile::Podman);
+    let mut load = runtime
+        .podman()
+        .args(["load"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    load.stdin.take().unwrap().write_all(&o.stdout).unwrap();
+    let loaded = load.wait_with_output().unwrap();
+    assert!(loaded.status.success(), "podman load: {}", stderr(&loaded));
+    let inspect = |name: &str, format: &str| {
+        stdout(&run_tool(
+            runtime
+                .podman()
+                .args(["image", "inspect", "--format", format, name]),
+        ))
+        .trim()
+        .to_string()
+    };
+    assert_eq!(
+        inspect(
+            &tag,
+            "{{index .Labels \"org.opencontainers.image.revision\"}}"
+        ),
+        "abc123"
+    );
+    assert_eq!(inspect(&tag, "{{index .Labels \"from\"}}"), "flag");
+    let id = std::fs::read_to_string(&iid).unwrap();
+    assert_eq!(format!("sha256:{}", inspect(&tag, "{{.Id}}")), id);
+
+    // To a file, tagged with name= instead of -t.
+    let file = env.path("img.tar");
+    let named = env.tag("other:2");
+    let spec = format!("type=docker,dest={},name={named}", file.display());
+    assert_ok(&env.kiln(&["build", "-t", &tag, "-o", &spec, ctx.to_str().unwrap()]));
+    let loaded = run_tool(
+        runtime
+            .podman()
+            .args(["load", "-i", file.to_str().unwrap()]),
+    );
+    assert!(stdout(&loaded).contains(&named), "{}", stdout(&loaded));
+}
