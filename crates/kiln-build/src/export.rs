@@ -249,6 +249,15 @@ pub fn deliver(
                     top.digest
                 ));
             }
+            Output::Rootfs { dest: path, tar } => {
+                crate::rootfs::write(store, images, &source, path, *tar)?;
+                let what = if *tar { "tar of the files" } else { "files" };
+                let shown = match path == Path::new(STDOUT) {
+                    true => "standard output".to_string(),
+                    false => path.display().to_string(),
+                };
+                progress.info(&format!("wrote the {what} to {shown} ({})", top.digest));
+            }
         }
         first.get_or_insert(top);
     }

@@ -23,6 +23,7 @@ mod plan;
 mod platform_args;
 mod progress;
 mod registry_cache;
+mod rootfs;
 mod rules;
 mod secrets;
 mod solve;

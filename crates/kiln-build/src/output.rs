@@ -28,6 +28,9 @@ pub enum Output {
         dest: PathBuf,
         names: Vec<Reference>,
     },
+    /// The image's files, as a directory (`-o type=local`) or a tar (`-o type=tar`): the
+    /// final rootfs, in a sub-directory per platform (`linux_amd64`) when there are several.
+    Rootfs { dest: PathBuf, tar: bool },
 }
 
 /// The `dest` that means standard output.
@@ -49,7 +52,7 @@ pub enum OutputSpecError {
         or: &'static str,
     },
     #[error(
-        "output type `{0}` is not supported by this version of kiln (supported: registry, image, oci, docker)"
+        "output type `{0}` is not supported by this version of kiln (supported: registry, image, oci, docker, local, tar)"
     )]
     Unsupported(String),
     #[error("-o type={kind}: unknown attribute `{key}` (accepted: {accepted})")]
@@ -98,13 +101,14 @@ impl Output {
     pub fn path(&self) -> Option<&Path> {
         match self {
             Output::OciArchive(path) | Output::OciDir(path) => Some(path),
-            Output::DockerArchive { dest, .. } => Some(dest),
+            Output::DockerArchive { dest, .. } | Output::Rootfs { dest, .. } => Some(dest),
             Output::Registry { .. } => None,
         }
     }
 
     /// Parses one `-o` spec, buildx's comma-separated `key=value` list: `type=registry`,
     /// `type=image[,push=true]`, `type=oci,dest=PATH[,tar=false]`, `type=docker,dest=FILE`,
+    /// `type=local,dest=DIR`, `type=tar,dest=FILE`,
     /// with `name=`, `oci-mediatypes=` and `push-by-digest=` for the pushing ones; `dest=-`
     /// writes an archive to standard output. A registry output without `name=` pushes to
     /// `names` (the `-t` names), as a docker archive is tagged with them; `platforms` is how
@@ -133,6 +137,7 @@ impl Output {
             ],
             "oci" => &["type", "dest", "tar", "name", "compression"],
             "docker" => &["type", "dest", "name"],
+            "local" | "tar" => &["type", "dest"],
             other => return Err(OutputSpecError::Unsupported(other.to_string())),
         };
         if let Some(key) = kv.keys().find(|k| !accepted.contains(&k.as_str())) {
@@ -171,6 +176,8 @@ impl Output {
                 .ok_or(OutputSpecError::NeedsDest {
                     kind: match kind.as_str() {
                         "oci" => "oci",
+                        "local" => "local",
+                        "tar" => "tar",
                         _ => "docker",
                     },
                     or,
@@ -191,6 +198,20 @@ impl Output {
                     dest,
                     names: named()?,
                 }));
+            }
+            "local" | "tar" => {
+                let tar = kind == "tar";
+                let dest = dest(match tar {
+                    true => " (a file, or - for standard output)",
+                    false => " (a directory)",
+                })?;
+                if !tar && dest == Path::new(STDOUT) {
+                    return Err(OutputSpecError::NeedsDest {
+                        kind: "local",
+                        or: " (a directory; type=tar,dest=- writes a tar to standard output)",
+                    });
+                }
+                return Ok(Some(Output::Rootfs { dest, tar }));
             }
             _ => {
                 let dest = dest("")?;
@@ -262,7 +283,10 @@ impl Output {
     pub(crate) fn oci_mediatypes(&self) -> bool {
         match self {
             Output::Registry { oci_mediatypes, .. } => *oci_mediatypes,
-            Output::OciArchive(_) | Output::OciDir(_) | Output::DockerArchive { .. } => true,
+            Output::OciArchive(_)
+            | Output::OciDir(_)
+            | Output::DockerArchive { .. }
+            | Output::Rootfs { .. } => true,
         }
     }
 }
@@ -368,7 +392,7 @@ mod tests {
             "a docker archive (-o type=docker, --tar-path) holds a single platform, but 2 were requested: use -o type=oci \
              (an index of all platforms) or type=registry, or build one --platform"
         );
-        for spec in ["type=local,dest=d", "dest=x"] {
+        for spec in ["type=cacheonly", "dest=x"] {
             let kind = spec
                 .strip_prefix("type=")
                 .map_or("", |s| s.split(',').next().unwrap());
@@ -376,7 +400,7 @@ mod tests {
                 err(spec, 1),
                 format!(
                     "output type `{kind}` is not supported by this version of kiln \
-                     (supported: registry, image, oci, docker)"
+                     (supported: registry, image, oci, docker, local, tar)"
                 )
             );
         }
@@ -400,6 +424,19 @@ mod tests {
             err("type=docker", 1),
             "-o type=docker needs dest=PATH (kiln has no engine to load into: dest=FILE, or \
              dest=- | podman load)"
+        );
+        assert_eq!(
+            err("type=local", 1),
+            "-o type=local needs dest=PATH (a directory)"
+        );
+        assert_eq!(
+            err("type=local,dest=-", 1),
+            "-o type=local needs dest=PATH (a directory; type=tar,dest=- writes a tar to \
+             standard output)"
+        );
+        assert_eq!(
+            err("type=tar,dest=x,compression=gzip", 1),
+            "-o type=tar: unknown attribute `compression` (accepted: dest)"
         );
         assert_eq!(
             err("type=oci,dest=-,tar=false", 1),

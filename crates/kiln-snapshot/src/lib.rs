@@ -37,7 +37,7 @@ pub use fsmeta::copied_xattrs;
 pub use inventory::{Changes, Inventory};
 pub use live::LiveRoot;
 pub use stack::LayerStack;
-pub use write::{LayerBlob, LayerOptions, write_layer};
+pub use write::{LayerBlob, LayerOptions, write_layer, write_tar};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {

@@ -60,25 +60,52 @@ pub fn write_layer<W: Write>(
     write_layer_on_threads(dir, out, opts, pargz::default_threads())
 }
 
+/// Writes the tree under `dir` to `out` as a plain tar, entries as [`write_layer`] writes
+/// them (a rootfs has no whiteouts to translate): `-o type=tar`.
+pub fn write_tar<W: Write>(
+    dir: &Path,
+    out: W,
+    source_date_epoch: Option<i64>,
+) -> Result<(), SnapshotError> {
+    let opts = LayerOptions {
+        gzip_level: 0,
+        source_date_epoch,
+    };
+    let mut tar = tar::Builder::new(out);
+    write_entries(dir, &mut tar, &opts)?;
+    tar.into_inner()
+        .and_then(|mut out| out.flush())
+        .map_err(SnapshotError::Output)
+}
+
+/// Every entry under `dir`, sorted by name, into `tar`.
+fn write_entries<W: Write>(
+    dir: &Path,
+    tar: &mut tar::Builder<W>,
+    opts: &LayerOptions,
+) -> Result<(), SnapshotError> {
+    let mut items = Vec::new();
+    collect(dir, &mut items)?;
+    items.sort_unstable_by(|a, b| a.name.cmp(&b.name));
+    // (dev, ino) of multiply-linked files -> name of the first one emitted.
+    let mut first_links: HashMap<(u64, u64), Vec<u8>> = HashMap::new();
+    for item in &items {
+        write_item(tar, item, opts, &mut first_links)?;
+    }
+    Ok(())
+}
+
 pub(crate) fn write_layer_on_threads<W: Write>(
     dir: &Path,
     out: W,
     opts: &LayerOptions,
     threads: usize,
 ) -> Result<LayerBlob, SnapshotError> {
-    let mut items = Vec::new();
-    collect(dir, &mut items)?;
-    items.sort_unstable_by(|a, b| a.name.cmp(&b.name));
-
     std::thread::scope(|scope| {
         let gz = ParallelGzip::new(scope, DigestWriter::new(out), opts.gzip_level, threads)
             .map_err(SnapshotError::Output)?;
         let mut tar = tar::Builder::new(DigestWriter::new(gz));
-        // (dev, ino) of multiply-linked files -> name of the first one emitted.
-        let mut first_links: HashMap<(u64, u64), Vec<u8>> = HashMap::new();
-        for item in &items {
-            write_item(&mut tar, item, opts, &mut first_links)?;
-        }
+        write_entries(dir, &mut tar, opts)?;
         let (diff_id, _, gz) = tar.into_inner().map_err(SnapshotError::Output)?.finish();
         let compressed = gz.finish().map_err(SnapshotError::Output)?;
         let (digest, size, _) = compressed.finish();

@@ -381,3 +381,138 @@ fn a_docker_output_loads_into_podman_with_its_tag_labels_and_id() {
     );
     assert!(stdout(&loaded).contains(&named), "{}", stdout(&loaded));
 }
+
+/// Every entry under `root`, by path: its type and mode, owner, and content or link target.
+fn tree(root: &Path) -> std::collections::BTreeMap<String, String> {
+    use std::os::unix::fs::MetadataExt;
+    let mut found = std::collections::BTreeMap::new();
+    let mut todo = vec![root.to_path_buf()];
+    while let Some(dir) = todo.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let md = std::fs::symlink_metadata(&path).unwrap();
+            let what = if md.is_dir() {
+                todo.push(path.clone());
+                String::new()
+            } else if md.is_symlink() {
+                std::fs::read_link(&path).unwrap().display().to_string()
+            } else {
+                hex_string(&Sha256::digest(std::fs::read(&path).unwrap()))
+            };
+            let name = path.strip_prefix(root).unwrap().display().to_string();
+            found.insert(
+                name,
+                format!("{:o} {}:{} {what}", md.mode(), md.uid(), md.gid()),
+            );
+        }
+    }
+    found
+}
+
+/// `-o type=local` writes the image's files as umoci unpacks them from the OCI output of
+/// the same build: deletions applied, owners, modes, links and contents kept.
+#[test]
+fn a_local_output_holds_the_files_umoci_unpacks_from_the_image() {
+    let env = Env::new();
+    let ctx = env.context(
+        "ctx",
+        &[
+            (
+                "Dockerfile",
+                "FROM $REG/busybox\n\
+                 COPY --chown=7:8 --chmod=640 a.txt /srv/a.txt\n\
+                 RUN rm /bin/ls && ln -s /srv/a.txt /srv/link && ln /srv/a.txt /srv/hard\n",
+            ),
+            ("a.txt", "local output\n"),
+        ],
+    );
+    let local = env.path("out/files");
+    let layout = env.path("layout");
+    let o = env.kiln(&[
+        "build",
+        "-t",
+        "app:1",
+        "-o",
+        &format!("type=local,dest={}", local.display()),
+        "-o",
+        &format!("type=oci,dest={},tar=false", layout.display()),
+        ctx.to_str().unwrap(),
+    ]);
+    assert_ok(&o);
+    let unpacked = kiln_testkit::umoci_unpack(&layout, "1", &env.path("bundle"));
+    let (ours, umocis) = (tree(&local), tree(&unpacked));
+    assert_eq!(ours, umocis);
+    assert!(!local.join("bin/ls").exists());
+    // Only the user kiln ran as can reach the image's setuid programs and devices.
+    assert_eq!(mode(&local) & 0o777, 0o700);
+    assert_eq!(
+        std::fs::read_link(local.join("srv/link")).unwrap(),
+        Path::new("/srv/a.txt")
+    );
+    let inode =
+        |p: &str| std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(local.join(p)).unwrap());
+    assert_eq!(inode("srv/hard"), inode("srv/a.txt"), "the hard link");
+    assert!(
+        ours["srv/a.txt"].starts_with("100640 7:8 "),
+        "{}",
+        ours["srv/a.txt"]
+    );
+
+    // A directory that holds something is never replaced.
+    std::fs::write(local.join("mine"), "x").unwrap();
+    let again = env.kiln(&[
+        "build",
+        "-o",
+        &format!("type=local,dest={}", local.display()),
+        ctx.to_str().unwrap(),
+    ]);
+    let err = assert_failed(&again);
+    assert_contains_all(&err, &["is not an empty directory"]);
+    assert_eq!(tree(&local).len(), ours.len() + 1);
+    // Nothing is left beside it.
+    assert_eq!(list_dir(&env.path("out")), ["files"]);
+}
+
+/// `-o type=tar,dest=-` of two platforms: one directory per platform, as buildx writes
+/// them, each with that platform's busybox (GNU tar reads the stream).
+#[test]
+fn a_tar_output_of_two_platforms_has_a_directory_per_platform() {
+    let env = Env::new();
+    let ctx = env.context(
+        "ctx",
+        &[
+            ("Dockerfile", "FROM $REG/busybox\nCOPY a.txt /a.txt\n"),
+            ("a.txt", "tar output\n"),
+        ],
+    );
+    let o = env.kiln(&[
+        "build",
+        "--platform",
+        "linux/amd64,linux/arm64",
+        "-o",
+        "type=tar,dest=-",
+        ctx.to_str().unwrap(),
+    ]);
+    assert_ok(&o);
+    let dir = env.path("untarred");
+    std::fs::create_dir(&dir).unwrap();
+    let mut untar = Command::new("tar")
+        .arg("-x")
+        .arg("-C")
+        .arg(&dir)
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut untar.stdin.take().unwrap(), &o.stdout).unwrap();
+    assert!(untar.wait().unwrap().success(), "tar -x");
+    assert_eq!(list_dir(&dir), ["linux_amd64", "linux_arm64"]);
+    for (platform, machine) in [("linux_amd64", 62u16), ("linux_arm64", 183)] {
+        assert_eq!(read(&dir.join(platform).join("a.txt")), "tar output\n");
+        let elf = std::fs::read(dir.join(platform).join("bin/busybox")).unwrap();
+        assert_eq!(
+            u16::from_le_bytes([elf[18], elf[19]]),
+            machine,
+            "{platform}"
+        );
+    }
+}
