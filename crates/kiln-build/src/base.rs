@@ -262,6 +262,12 @@ impl<'a> RegistryResolver<'a> {
         }
     }
 
+    /// A blob the `--cache-dir` could not give (`e`): it is pulled from `reference` instead.
+    fn base_cache_failed(&self, e: &TransportError, reference: &BaseRef) {
+        self.progress
+            .warning(&format!("--cache-dir: {e}; pulling it from {reference}"));
+    }
+
     /// The image manifest `reference` pins by digest, when the `--cache-dir` holds it: such
     /// an image is read without any registry.
     fn pinned_in_base_cache(&self, reference: &BaseRef) -> Option<RawManifest> {
@@ -315,10 +321,6 @@ impl ImageResolver for RegistryResolver<'_> {
             BaseRef::Registry { .. } => self.in_base_cache(reference, &fetched),
             BaseRef::Layout { .. } => None,
         };
-        let source: &dyn ImageSource = match &cached {
-            Some(archive) => archive,
-            None => source.as_ref(),
-        };
 
         // The config is read into memory whole: as large as a registry client reads, no larger.
         if manifest.config.size > MAX_CONFIG_BYTES {
@@ -331,7 +333,17 @@ impl ImageResolver for RegistryResolver<'_> {
                 ),
             ));
         }
-        ensure_blob(source, self.store, reference, &manifest.config)?;
+        // A config the archive does not hold as the manifest names it is pulled, as a layer is.
+        if let Some(archive) = &cached
+            && !self.store.has_blob(&manifest.config.digest)
+            && let Err(e) = archive.blob_to_file(
+                &manifest.config,
+                &self.store.blob_path(&manifest.config.digest),
+            )
+        {
+            self.base_cache_failed(&e, reference);
+        }
+        ensure_blob(source.as_ref(), self.store, reference, &manifest.config)?;
         let config: ImageConfig = serde_json::from_slice(
             &std::fs::read(self.store.blob_path(&manifest.config.digest))
                 .map_err(BuildError::io("reading a base image config"))?,
@@ -415,9 +427,7 @@ impl ImageResolver for RegistryResolver<'_> {
                 .and_then(|archive| archive.blob_to_file(blob, &store.blob_path(&blob.digest)));
             match from_archive {
                 Ok(()) => return Ok(()),
-                Err(e) => self
-                    .progress
-                    .warning(&format!("--cache-dir: {e}; pulling it from {reference}")),
+                Err(e) => self.base_cache_failed(&e, reference),
             }
         }
         let client = self.client_for(reference);

@@ -1349,6 +1349,23 @@ fn run_on_base(env: &Env, name: &str, from: &str) -> PathBuf {
     )
 }
 
+/// Rewrites the tar `archive`, `change` seeing each member's name and bytes.
+fn rewrite_archive(archive: &Path, mut change: impl FnMut(&str, &mut Vec<u8>)) {
+    let mut altered = tar::Builder::new(Vec::new());
+    let mut original = tar::Archive::new(std::fs::File::open(archive).unwrap());
+    for entry in original.entries().unwrap() {
+        let mut entry = entry.unwrap();
+        let mut header = entry.header().clone();
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut entry, &mut bytes).unwrap();
+        change(&header.path().unwrap().to_string_lossy(), &mut bytes);
+        header.set_size(bytes.len() as u64);
+        header.set_cksum();
+        altered.append(&header, &bytes[..]).unwrap();
+    }
+    std::fs::write(archive, altered.into_inner().unwrap()).unwrap();
+}
+
 #[test]
 fn a_warmed_cache_dir_gives_base_images_without_downloading_their_layers() {
     let env = Env::new();
@@ -1499,37 +1516,29 @@ fn an_expired_or_altered_cache_dir_entry_is_pulled_from_the_registry_instead() {
 
     // An entry whose layer is not the registry's is never built on: a warning, and the
     // layer comes from the registry.
-    let mut altered = tar::Builder::new(Vec::new());
-    let mut original = tar::Archive::new(std::fs::File::open(&archive).unwrap());
-    for entry in original.entries().unwrap() {
-        let mut entry = entry.unwrap();
-        let mut header = entry.header().clone();
-        let mut bytes = Vec::new();
-        std::io::Read::read_to_end(&mut entry, &mut bytes).unwrap();
-        if header
-            .path()
-            .unwrap()
-            .to_string_lossy()
-            .ends_with(".tar.gz")
-        {
-            let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-            let mut layer = tar::Builder::new(&mut gz);
-            let mut file = tar::Header::new_ustar();
-            file.set_size(5);
-            file.set_mode(0o755);
-            layer
-                .append_data(&mut file, "bin/evil", &b"evil\n"[..])
-                .unwrap();
-            layer.into_inner().unwrap();
-            bytes = gz.finish().unwrap();
-            header.set_size(bytes.len() as u64);
+    rewrite_archive(&archive, |name, bytes| {
+        if !name.ends_with(".tar.gz") {
+            return;
         }
-        altered.append(&header, &bytes[..]).unwrap();
-    }
-    std::fs::write(&archive, altered.into_inner().unwrap()).unwrap();
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        let mut layer = tar::Builder::new(&mut gz);
+        let mut file = tar::Header::new_ustar();
+        file.set_size(5);
+        file.set_mode(0o755);
+        layer
+            .append_data(&mut file, "bin/evil", &b"evil\n"[..])
+            .unwrap();
+        layer.into_inner().unwrap();
+        *bytes = gz.finish().unwrap();
+    });
     let o = job(&env, "root-2", &ctx, "app:2", &[&cache_dir]);
     assert_ok(&o);
-    assert!(stderr(&o).contains("--cache-dir:"), "{}", stderr(&o));
+    // The archive was read: that layer alone was refused, by its digest.
+    assert!(
+        stderr(&o).contains("--cache-dir:") && stderr(&o).contains("; pulling it from"),
+        "{}",
+        stderr(&o)
+    );
     assert_eq!(
         layers_of(&env.tag("app:2"))[..base_layers.len()],
         base_layers[..]
@@ -1571,4 +1580,32 @@ fn kiln_build_takes_kanikos_cache_flags_and_an_oci_cache_repo() {
         stderr(&fourth)
     );
     assert_eq!(digest_of(&env.tag("app:4")), digest_of(&env.tag("app:3")));
+}
+
+#[test]
+fn a_cache_dir_entry_whose_config_is_altered_is_pulled_not_fatal() {
+    let env = Env::new();
+    let dir = env.path("kaniko-cache");
+    assert_ok(&warm(&env, &dir, &[]));
+    let (digest, base_layers) = host_busybox(&env);
+    let pinned = format!("{}@{digest}", env.tag("busybox"));
+    let ctx = run_on_base(&env, "ctx", &format!("{}/busybox", env.reg()));
+    // The config (`sha256:...`, no suffix) says something else; the layers are intact.
+    rewrite_archive(&dir.join(&digest), |name, bytes| {
+        if name.starts_with("sha256:") && !name.contains('.') {
+            let mut config: Value = serde_json::from_slice(bytes).unwrap();
+            config["config"]["Env"] = json!(["EVIL=1"]);
+            *bytes = serde_json::to_vec(&config).unwrap();
+        }
+    });
+    let cache_dir = format!("--cache-dir={}", dir.display());
+    let o = job(&env, "root", &ctx, "app:1", &[&cache_dir]);
+    assert_ok(&o);
+    assert!(stderr(&o).contains("--cache-dir:"), "{}", stderr(&o));
+    let built = config(&env.tag("app:1"));
+    assert_eq!(built["config"]["Env"], config(&pinned)["config"]["Env"]);
+    assert_eq!(
+        layers_of(&env.tag("app:1"))[..base_layers.len()],
+        base_layers[..]
+    );
 }
