@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 
 use common::*;
+use kiln_testkit::{Measured, run_measured, wrapped};
 
 /// A two-stage project: `builder` makes a file (and a layer the final image never holds);
 /// the final stage copies it, copies `app.txt` and runs on it.
@@ -1366,6 +1367,48 @@ fn rewrite_archive(archive: &Path, mut change: impl FnMut(&str, &mut Vec<u8>)) {
     std::fs::write(archive, altered.into_inner().unwrap()).unwrap();
 }
 
+/// `kiln build --push -t TAG --cache-dir DIR CTX` as a fresh runner, under limits a hostile
+/// cache dir must not break: killed after two minutes (a hang), 4 GiB of address space (a
+/// read with no end), files of at most 2 GiB (a copy with no end); its peak memory measured.
+fn bounded_job(env: &Env, root: &str, ctx: &Path, tag: &str, dir: &Path) -> Measured {
+    let tag = env.tag(tag);
+    let cache_dir = format!("--cache-dir={}", dir.display());
+    let kiln = kiln_command(
+        &env.path(root),
+        &[
+            "build",
+            "--progress=plain",
+            "--push",
+            "-t",
+            &tag,
+            &cache_dir,
+            ctx.to_str().unwrap(),
+        ],
+    );
+    let limited = wrapped(
+        "prlimit",
+        &["--as=4294967296".as_ref(), "--fsize=2147483648".as_ref()],
+        &kiln,
+    );
+    run_measured(&mut wrapped("timeout", &["120".as_ref()], &limited))
+}
+
+/// Checks a [`bounded_job`] built, within 300 MiB, and says why when not.
+fn assert_built_within_bounds(measured: &Measured, what: &str) {
+    let output = &measured.output;
+    assert!(
+        output.status.success(),
+        "{what}: {} (124: hung; 134: out of address space; 153: file size limit)\n{}",
+        output.status,
+        stderr(output)
+    );
+    assert!(
+        measured.peak_rss_mib() < 300.0,
+        "{what}: {} MiB",
+        measured.peak_rss_mib()
+    );
+}
+
 #[test]
 fn a_warmed_cache_dir_gives_base_images_without_downloading_their_layers() {
     let env = Env::new();
@@ -1608,4 +1651,105 @@ fn a_cache_dir_entry_whose_config_is_altered_is_pulled_not_fatal() {
         layers_of(&env.tag("app:1"))[..base_layers.len()],
         base_layers[..]
     );
+}
+
+#[test]
+fn cache_dir_entries_that_are_no_files_neither_hang_nor_exhaust_memory() {
+    let env = Env::new();
+    let dir = env.path("kaniko-cache");
+    std::fs::create_dir_all(&dir).unwrap();
+    let (digest, _) = host_busybox(&env);
+    let archive = dir.join(&digest);
+    let json = dir.join(format!("{digest}.json"));
+    let by_tag = run_on_base(&env, "by-tag", &format!("{}/busybox", env.reg()));
+    let pinned = run_on_base(&env, "pinned", &format!("{}@{digest}", env.tag("busybox")));
+    let mkfifo = |path: &Path| {
+        run_tool(std::process::Command::new("mkfifo").arg(path));
+    };
+
+    // The archive is a FIFO no one writes to.
+    mkfifo(&archive);
+    let o = bounded_job(&env, "root-1", &by_tag, "app:1", &dir);
+    assert_built_within_bounds(&o, "archive a FIFO");
+
+    // The archive is some file, its manifest endless (/dev/zero) or a FIFO.
+    std::fs::remove_file(&archive).unwrap();
+    std::fs::write(&archive, "not an archive").unwrap();
+    std::os::unix::fs::symlink("/dev/zero", &json).unwrap();
+    let o = bounded_job(&env, "root-2", &pinned, "app:2", &dir);
+    assert_built_within_bounds(&o, "manifest /dev/zero");
+    std::fs::remove_file(&json).unwrap();
+    mkfifo(&json);
+    let o = bounded_job(&env, "root-3", &pinned, "app:3", &dir);
+    assert_built_within_bounds(&o, "manifest a FIFO");
+}
+
+#[test]
+fn a_sparse_cache_dir_archive_claiming_gigabytes_is_read_in_bounded_memory_and_disk() {
+    use std::io::{Seek, Write};
+    let env = Env::new();
+    let dir = env.path("kaniko-cache");
+    assert_ok(&warm(&env, &dir, &[]));
+    let (digest, base_layers) = host_busybox(&env);
+    let archive = dir.join(&digest);
+    let ctx = run_on_base(&env, "ctx", &format!("{}/busybox", env.reg()));
+    let huge: u64 = 6 << 30;
+    let mut members: Vec<(String, Vec<u8>)> = Vec::new();
+    let mut original = tar::Archive::new(std::fs::File::open(&archive).unwrap());
+    for entry in original.entries().unwrap() {
+        let mut entry = entry.unwrap();
+        let name = entry.path().unwrap().to_string_lossy().into_owned();
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut entry, &mut bytes).unwrap();
+        members.push((name, bytes));
+    }
+    // A tar whose last header says its member holds `huge` bytes: zeros that cost no disk.
+    // (Written by hand: tar::Builder ends the archive before the last header could go in.)
+    let sparse_tar = |last: tar::EntryType, name: &str| {
+        let mut file = std::fs::File::create(&archive).unwrap();
+        let header = |kind: tar::EntryType, name: &str, size: u64| {
+            let mut header = tar::Header::new_gnu();
+            header.set_entry_type(kind);
+            header.set_size(size);
+            header.set_mode(0o644);
+            header.set_path(name).unwrap();
+            header.set_cksum();
+            *header.as_bytes()
+        };
+        for (member, bytes) in members.iter().filter(|(m, _)| !m.ends_with(".tar.gz")) {
+            let size = bytes.len() as u64;
+            file.write_all(&header(tar::EntryType::Regular, member, size))
+                .unwrap();
+            file.write_all(bytes).unwrap();
+            file.write_all(&vec![0; (size.next_multiple_of(512) - size) as usize])
+                .unwrap();
+        }
+        file.write_all(&header(last, name, huge)).unwrap();
+        let end = file.stream_position().unwrap() + huge;
+        file.set_len(end).unwrap();
+    };
+    let layer_name = members
+        .iter()
+        .find(|(m, _)| m.ends_with(".tar.gz"))
+        .unwrap()
+        .0
+        .clone();
+
+    // The layer member the manifest.json lists is 6 GiB long.
+    sparse_tar(tar::EntryType::Regular, &layer_name);
+    let before = env.registry.blob_gets().len();
+    let o = bounded_job(&env, "root-1", &ctx, "app:1", &dir);
+    assert_built_within_bounds(&o, "a 6 GiB layer member");
+    assert!(stderr(&o.output).contains("--cache-dir:"));
+    let fetched = env.registry.blob_gets()[before..].to_vec();
+    assert!(
+        base_layers.iter().all(|l| fetched.contains(l)),
+        "{fetched:?}"
+    );
+
+    // A GNU long name of 6 GiB (the tar crate reads one into memory whole).
+    sparse_tar(tar::EntryType::GNULongName, "././@LongLink");
+    let o = bounded_job(&env, "root-2", &ctx, "app:2", &dir);
+    assert_built_within_bounds(&o, "a 6 GiB long name");
+    assert!(stderr(&o.output).contains("--cache-dir:"));
 }
