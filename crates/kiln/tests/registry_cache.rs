@@ -1753,3 +1753,70 @@ fn a_sparse_cache_dir_archive_claiming_gigabytes_is_read_in_bounded_memory_and_d
     assert_built_within_bounds(&o, "a 6 GiB long name");
     assert!(stderr(&o.output).contains("--cache-dir:"));
 }
+
+#[test]
+fn kiln_warmer_replaces_planted_symlinks_and_two_warmers_agree() {
+    let env = Env::new();
+    let dir = env.path("kaniko-cache");
+    std::fs::create_dir_all(&dir).unwrap();
+    let (digest, _) = host_busybox(&env);
+    let (archive, json) = (dir.join(&digest), dir.join(format!("{digest}.json")));
+    // Links to files of someone else's, the archive's one old enough to be stored again.
+    let (victim, old_victim) = (env.path("victim"), env.path("old-victim"));
+    std::fs::write(&victim, "precious\n").unwrap();
+    std::fs::write(&old_victim, "precious too\n").unwrap();
+    let month_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(30 * 86400);
+    std::fs::File::options()
+        .write(true)
+        .open(&old_victim)
+        .unwrap()
+        .set_modified(month_ago)
+        .unwrap();
+    std::os::unix::fs::symlink(&old_victim, &archive).unwrap();
+    std::os::unix::fs::symlink(&victim, &json).unwrap();
+    assert_ok(&warm(&env, &dir, &[]));
+    assert_eq!(read(&victim), "precious\n");
+    assert_eq!(read(&old_victim), "precious too\n");
+    for path in [&archive, &json] {
+        assert!(
+            std::fs::symlink_metadata(path).unwrap().is_file(),
+            "{}",
+            path.display()
+        );
+    }
+
+    // Two warmers at once (--force: both write): both succeed, one whole entry is left.
+    let image = env.tag("busybox:latest");
+    let spawn = |root: &str| {
+        kiln_command(
+            &env.path(root),
+            &[
+                "warmer",
+                "--cache-dir",
+                dir.to_str().unwrap(),
+                "--image",
+                &image,
+                "--force",
+            ],
+        )
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+    };
+    let (a, b) = (spawn("warmer-a"), spawn("warmer-b"));
+    for child in [a, b] {
+        assert_ok(&child.wait_with_output().unwrap());
+    }
+    let mut listed = list_dir(&dir);
+    listed.sort();
+    assert_eq!(listed, [digest.clone(), format!("{digest}.json")]);
+    assert_eq!(
+        std::fs::read(&json).unwrap(),
+        skopeo_raw(&format!("{}@{digest}", env.tag("busybox")))
+    );
+    let ctx = run_on_base(&env, "ctx", &format!("{}/busybox", env.reg()));
+    let cache_dir = format!("--cache-dir={}", dir.display());
+    let o = job(&env, "root", &ctx, "app:1", &[&cache_dir]);
+    assert_ok(&o);
+    assert!(!stderr(&o).contains("--cache-dir:"), "{}", stderr(&o));
+}
