@@ -7,7 +7,7 @@ use std::fmt;
 use std::fs::File;
 use std::io::{self, BufReader};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use kiln_oci::{
     Descriptor, Digest, DigestReader, ImageConfig, ImageIndex, ImageManifest, Platform, media,
@@ -206,7 +206,8 @@ pub struct RegistryResolver<'a> {
 /// blob is read from, and the references whose blobs are read there.
 #[derive(Default)]
 struct FromBaseCache {
-    blobs: HashMap<Digest, (PathBuf, RawManifest)>,
+    /// One copy of each image's per layer: a manifest of 4 MiB can list thousands of layers.
+    blobs: HashMap<Digest, Arc<(PathBuf, RawManifest)>>,
     references: Vec<BaseRef>,
 }
 
@@ -384,11 +385,9 @@ impl ImageResolver for RegistryResolver<'_> {
                 .from_base_cache
                 .lock()
                 .unwrap_or_else(|e| e.into_inner());
+            let from = Arc::new((archive.path().to_path_buf(), fetched.clone()));
             for blob in &manifest.layers {
-                taken.blobs.insert(
-                    blob.digest.clone(),
-                    (archive.path().to_path_buf(), fetched.clone()),
-                );
+                taken.blobs.insert(blob.digest.clone(), Arc::clone(&from));
             }
             if !taken.references.contains(reference) {
                 taken.references.push(reference.clone());
@@ -421,9 +420,10 @@ impl ImageResolver for RegistryResolver<'_> {
             .blobs
             .get(&blob.digest)
             .cloned();
-        if let (Some((path, manifest)), Some(cache)) = (cached, self.base_cache) {
+        if let (Some(from), Some(cache)) = (cached, self.base_cache) {
+            let (path, manifest) = from.as_ref();
             let from_archive = cache
-                .source(&path, manifest)
+                .source(path, manifest.clone())
                 .and_then(|archive| archive.blob_to_file(blob, &store.blob_path(&blob.digest)));
             match from_archive {
                 Ok(()) => return Ok(()),

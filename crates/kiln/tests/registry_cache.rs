@@ -1820,3 +1820,84 @@ fn kiln_warmer_replaces_planted_symlinks_and_two_warmers_agree() {
     assert_ok(&o);
     assert!(!stderr(&o).contains("--cache-dir:"), "{}", stderr(&o));
 }
+
+#[test]
+fn a_cache_dir_image_of_many_layers_is_held_in_memory_once() {
+    // An image pinned by digest (the Dockerfile is not trusted), found only in the cache dir:
+    // 400 layers and a manifest padded to 1.5 MiB, which a copy per layer would make 600 MiB.
+    let env = Env::new();
+    let dir = env.path("kaniko-cache");
+    let gz = |bytes: &[u8]| {
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        std::io::Write::write_all(&mut gz, bytes).unwrap();
+        gz.finish().unwrap()
+    };
+    let (mut layers, mut diff_ids, mut members) = (Vec::new(), Vec::new(), Vec::new());
+    for n in 0..400 {
+        let mut tar = tar::Builder::new(Vec::new());
+        let mut header = tar::Header::new_ustar();
+        header.set_size(0);
+        header.set_mode(0o644);
+        tar.append_data(&mut header, format!("f{n}"), &b""[..])
+            .unwrap();
+        let tar = tar.into_inner().unwrap();
+        let blob = gz(&tar);
+        let digest = sha256(&blob);
+        diff_ids.push(sha256(&tar));
+        layers.push(json!({
+            "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+            "digest": digest,
+            "size": blob.len(),
+        }));
+        members.push((format!("{}.tar.gz", &digest[7..]), blob));
+    }
+    let config = serde_json::to_vec(&json!({
+        "architecture": host_arch(),
+        "os": "linux",
+        "config": {},
+        "rootfs": {"type": "layers", "diff_ids": diff_ids},
+    }))
+    .unwrap();
+    let manifest = serde_json::to_vec(&json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {
+            "mediaType": "application/vnd.oci.image.config.v1+json",
+            "digest": sha256(&config),
+            "size": config.len(),
+        },
+        "layers": layers,
+        "annotations": {"padding": "x".repeat(3 << 19)},
+    }))
+    .unwrap();
+    let listing = serde_json::to_vec(&json!([{
+        "Config": sha256(&config),
+        "RepoTags": [],
+        "Layers": members.iter().map(|(name, _)| name).collect::<Vec<_>>(),
+    }]))
+    .unwrap();
+    members.push((sha256(&config), config));
+    members.push(("manifest.json".into(), listing));
+    let digest = sha256(&manifest);
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut archive = tar::Builder::new(std::fs::File::create(dir.join(&digest)).unwrap());
+    for (name, bytes) in &members {
+        let mut header = tar::Header::new_ustar();
+        header.set_size(bytes.len() as u64);
+        header.set_mode(0o644);
+        archive.append_data(&mut header, name, &bytes[..]).unwrap();
+    }
+    archive.into_inner().unwrap();
+    std::fs::write(dir.join(format!("{digest}.json")), &manifest).unwrap();
+
+    let ctx = env.context(
+        "ctx",
+        &[(
+            "Dockerfile",
+            &format!("FROM 127.0.0.1:9/offline/many@{digest}\nLABEL many=layers\n"),
+        )],
+    );
+    let o = bounded_job(&env, "root", &ctx, "app:1", &dir);
+    assert_built_within_bounds(&o, "400 layers");
+    assert_eq!(layers_of(&env.tag("app:1")).len(), 400);
+}
