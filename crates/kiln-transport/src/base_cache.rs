@@ -134,7 +134,8 @@ impl BaseImageCache {
         } else {
             top
         };
-        if !force && matches!(self.lookup(&manifest.digest), CachedImage::Fresh(_)) {
+        // Stored means both files: a warmer stopped between the two writes stores both again.
+        if !force && self.manifest(&manifest.digest).is_some() {
             return Ok(Warmed::AlreadyCached(manifest.digest));
         }
         fs::create_dir_all(&self.dir).map_err(TransportError::io(format!(

@@ -1822,6 +1822,28 @@ fn kiln_warmer_replaces_planted_symlinks_and_two_warmers_agree() {
 }
 
 #[test]
+fn a_warmer_stores_again_an_entry_missing_its_manifest() {
+    let env = Env::new();
+    let dir = env.path("kaniko-cache");
+    assert_ok(&warm(&env, &dir, &[]));
+    let (digest, _) = host_busybox(&env);
+    let json = dir.join(format!("{digest}.json"));
+    // As a warmer stopped between its two writes leaves it: the archive alone.
+    std::fs::remove_file(&json).unwrap();
+    let again = warm(&env, &dir, &[]);
+    assert_ok(&again);
+    assert!(
+        !stderr(&again).contains("already stored"),
+        "{}",
+        stderr(&again)
+    );
+    assert_eq!(
+        std::fs::read(&json).unwrap(),
+        skopeo_raw(&format!("{}@{digest}", env.tag("busybox")))
+    );
+}
+
+#[test]
 fn a_cache_dir_image_of_many_layers_is_held_in_memory_once() {
     // An image pinned by digest (the Dockerfile is not trusted), found only in the cache dir:
     // 400 layers and a manifest padded to 1.5 MiB, which a copy per layer would make 600 MiB.
