@@ -492,6 +492,37 @@ mod tests {
     }
 
     #[test]
+    fn links_in_cycles_or_out_of_the_archive_and_special_members_give_nothing() {
+        let t = tempfile::tempdir().unwrap();
+        let path = t.path().join("a.tar");
+        let mut b = tar::Builder::new(File::create(&path).unwrap());
+        let mut link = |kind: tar::EntryType, name: &str, target: &str| {
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(kind);
+            h.set_size(0);
+            b.append_link(&mut h, name, target).unwrap();
+        };
+        link(tar::EntryType::Symlink, "a", "b");
+        link(tar::EntryType::Symlink, "b", "a");
+        link(tar::EntryType::Link, "c", "c");
+        link(tar::EntryType::Symlink, "passwd", "../../../../etc/passwd");
+        link(tar::EntryType::Symlink, "absolute", "/etc/passwd");
+        link(tar::EntryType::Link, "hard", "/etc/passwd");
+        for kind in [tar::EntryType::Fifo, tar::EntryType::Char] {
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(kind);
+            h.set_size(0);
+            b.append_data(&mut h, format!("{kind:?}"), io::empty())
+                .unwrap();
+        }
+        b.into_inner().unwrap().flush().unwrap();
+        let files = Files::Tar(TarIndex::scan(&path).unwrap());
+        for name in ["a", "b", "c", "passwd", "absolute", "hard", "Fifo", "Char"] {
+            assert!(files.open(name).unwrap().is_none(), "{name}");
+        }
+    }
+
+    #[test]
     fn atomic_write_replaces_whole_files() {
         let t = tempfile::tempdir().unwrap();
         let dest = t.path().join("index.json");
