@@ -202,12 +202,13 @@ pub struct RegistryResolver<'a> {
     from_base_cache: Mutex<FromBaseCache>,
 }
 
-/// What [`RegistryResolver`] took from the `--cache-dir`: the archive and manifest each
-/// blob is read from, and the references whose blobs are read there.
+/// What [`RegistryResolver`] took from the `--cache-dir`: the archive each blob is read from,
+/// and the references whose blobs are read there.
 #[derive(Default)]
 struct FromBaseCache {
-    /// One copy of each image's per layer: a manifest of 4 MiB can list thousands of layers.
-    blobs: HashMap<Digest, Arc<(PathBuf, RawManifest)>>,
+    /// Each image's archive, read once and shared by its layers: a manifest of 4 MiB can list
+    /// thousands of layers, and scanning the archive again for each would be as many scans.
+    blobs: HashMap<Digest, Arc<DockerArchiveSource>>,
     references: Vec<BaseRef>,
 }
 
@@ -319,7 +320,7 @@ impl ImageResolver for RegistryResolver<'_> {
         let manifest: ImageManifest = serde_json::from_slice(&fetched.bytes)
             .map_err(|e| bad(reference, format!("unreadable manifest: {e}")))?;
         let cached = match reference {
-            BaseRef::Registry { .. } => self.in_base_cache(reference, &fetched),
+            BaseRef::Registry { .. } => self.in_base_cache(reference, &fetched).map(Arc::new),
             BaseRef::Layout { .. } => None,
         };
 
@@ -385,9 +386,8 @@ impl ImageResolver for RegistryResolver<'_> {
                 .from_base_cache
                 .lock()
                 .unwrap_or_else(|e| e.into_inner());
-            let from = Arc::new((archive.path().to_path_buf(), fetched.clone()));
             for blob in &manifest.layers {
-                taken.blobs.insert(blob.digest.clone(), Arc::clone(&from));
+                taken.blobs.insert(blob.digest.clone(), Arc::clone(archive));
             }
             if !taken.references.contains(reference) {
                 taken.references.push(reference.clone());
@@ -420,12 +420,8 @@ impl ImageResolver for RegistryResolver<'_> {
             .blobs
             .get(&blob.digest)
             .cloned();
-        if let (Some(from), Some(cache)) = (cached, self.base_cache) {
-            let (path, manifest) = from.as_ref();
-            let from_archive = cache
-                .source(path, manifest.clone())
-                .and_then(|archive| archive.blob_to_file(blob, &store.blob_path(&blob.digest)));
-            match from_archive {
+        if let Some(archive) = cached {
+            match archive.blob_to_file(blob, &store.blob_path(&blob.digest)) {
                 Ok(()) => return Ok(()),
                 Err(e) => self.base_cache_failed(&e, reference),
             }

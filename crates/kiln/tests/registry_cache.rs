@@ -1922,4 +1922,36 @@ fn a_cache_dir_image_of_many_layers_is_held_in_memory_once() {
     let o = bounded_job(&env, "root", &ctx, "app:1", &dir);
     assert_built_within_bounds(&o, "400 layers");
     assert_eq!(layers_of(&env.tag("app:1")).len(), 400);
+
+    // Nor is the archive scanned again for each layer (a scan seeks over every member: 400
+    // scans of 402 members would be 160,000 seeks).
+    let trace = env.path("lseek.strace");
+    let cache_dir = format!("--cache-dir={}", dir.display());
+    let kiln = kiln_command(
+        &env.path("root-traced"),
+        &[
+            "build",
+            "--push",
+            "-t",
+            &env.tag("app:2"),
+            &cache_dir,
+            ctx.to_str().unwrap(),
+        ],
+    );
+    let traced = wrapped(
+        "strace",
+        &[
+            "-f".as_ref(),
+            "-e".as_ref(),
+            "trace=lseek".as_ref(),
+            "-o".as_ref(),
+            trace.as_os_str(),
+        ],
+        &kiln,
+    )
+    .output()
+    .unwrap();
+    assert_ok(&traced);
+    let seeks = read(&trace).matches("lseek(").count();
+    assert!(seeks < 4000, "{seeks} seeks for 400 layers");
 }
