@@ -7,7 +7,7 @@ use std::fmt;
 use std::fs::File;
 use std::io::{self, BufReader};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use kiln_oci::{
     Descriptor, Digest, DigestReader, ImageConfig, ImageIndex, ImageManifest, Platform, media,
@@ -202,11 +202,13 @@ pub struct RegistryResolver<'a> {
     from_base_cache: Mutex<FromBaseCache>,
 }
 
-/// What [`RegistryResolver`] took from the `--cache-dir`: the archive and manifest each
-/// blob is read from, and the references whose blobs are read there.
+/// What [`RegistryResolver`] took from the `--cache-dir`: the archive each blob is read from,
+/// and the references whose blobs are read there.
 #[derive(Default)]
 struct FromBaseCache {
-    blobs: HashMap<Digest, (PathBuf, RawManifest)>,
+    /// Each image's archive, read once and shared by its layers: a manifest of 4 MiB can list
+    /// thousands of layers, and scanning the archive again for each would be as many scans.
+    blobs: HashMap<Digest, Arc<DockerArchiveSource>>,
     references: Vec<BaseRef>,
 }
 
@@ -262,6 +264,12 @@ impl<'a> RegistryResolver<'a> {
         }
     }
 
+    /// A blob the `--cache-dir` could not give (`e`): it is pulled from `reference` instead.
+    fn base_cache_failed(&self, e: &TransportError, reference: &BaseRef) {
+        self.progress
+            .warning(&format!("--cache-dir: {e}; pulling it from {reference}"));
+    }
+
     /// The image manifest `reference` pins by digest, when the `--cache-dir` holds it: such
     /// an image is read without any registry.
     fn pinned_in_base_cache(&self, reference: &BaseRef) -> Option<RawManifest> {
@@ -312,12 +320,8 @@ impl ImageResolver for RegistryResolver<'_> {
         let manifest: ImageManifest = serde_json::from_slice(&fetched.bytes)
             .map_err(|e| bad(reference, format!("unreadable manifest: {e}")))?;
         let cached = match reference {
-            BaseRef::Registry { .. } => self.in_base_cache(reference, &fetched),
+            BaseRef::Registry { .. } => self.in_base_cache(reference, &fetched).map(Arc::new),
             BaseRef::Layout { .. } => None,
-        };
-        let source: &dyn ImageSource = match &cached {
-            Some(archive) => archive,
-            None => source.as_ref(),
         };
 
         // The config is read into memory whole: as large as a registry client reads, no larger.
@@ -331,7 +335,17 @@ impl ImageResolver for RegistryResolver<'_> {
                 ),
             ));
         }
-        ensure_blob(source, self.store, reference, &manifest.config)?;
+        // A config the archive does not hold as the manifest names it is pulled, as a layer is.
+        if let Some(archive) = &cached
+            && !self.store.has_blob(&manifest.config.digest)
+            && let Err(e) = archive.blob_to_file(
+                &manifest.config,
+                &self.store.blob_path(&manifest.config.digest),
+            )
+        {
+            self.base_cache_failed(&e, reference);
+        }
+        ensure_blob(source.as_ref(), self.store, reference, &manifest.config)?;
         let config: ImageConfig = serde_json::from_slice(
             &std::fs::read(self.store.blob_path(&manifest.config.digest))
                 .map_err(BuildError::io("reading a base image config"))?,
@@ -373,10 +387,7 @@ impl ImageResolver for RegistryResolver<'_> {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner());
             for blob in &manifest.layers {
-                taken.blobs.insert(
-                    blob.digest.clone(),
-                    (archive.path().to_path_buf(), fetched.clone()),
-                );
+                taken.blobs.insert(blob.digest.clone(), Arc::clone(archive));
             }
             if !taken.references.contains(reference) {
                 taken.references.push(reference.clone());
@@ -409,15 +420,10 @@ impl ImageResolver for RegistryResolver<'_> {
             .blobs
             .get(&blob.digest)
             .cloned();
-        if let (Some((path, manifest)), Some(cache)) = (cached, self.base_cache) {
-            let from_archive = cache
-                .source(&path, manifest)
-                .and_then(|archive| archive.blob_to_file(blob, &store.blob_path(&blob.digest)));
-            match from_archive {
+        if let Some(archive) = cached {
+            match archive.blob_to_file(blob, &store.blob_path(&blob.digest)) {
                 Ok(()) => return Ok(()),
-                Err(e) => self
-                    .progress
-                    .warning(&format!("--cache-dir: {e}; pulling it from {reference}")),
+                Err(e) => self.base_cache_failed(&e, reference),
             }
         }
         let client = self.client_for(reference);

@@ -9,10 +9,10 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use kiln_oci::{Digest, ImageIndex, Platform, media};
+use kiln_oci::{Digest, ImageIndex, ImageManifest, Platform, media};
 use kiln_registry::{MAX_MANIFEST_BYTES, Reference, RegistryClient};
 
-use crate::files::write_atomic;
+use crate::files::{open_regular, read_capped, write_atomic};
 use crate::{
     DockerArchiveDestination, DockerArchiveSource, ImageSource, RawManifest, RegistrySource,
     Selection, TransportError, copy, select_platform,
@@ -43,12 +43,6 @@ pub enum Warmed {
     AlreadyCached(Digest),
 }
 
-#[derive(serde::Deserialize)]
-struct MediaTypeOnly {
-    #[serde(rename = "mediaType")]
-    media_type: Option<String>,
-}
-
 impl BaseImageCache {
     pub fn new(dir: PathBuf, ttl: Duration) -> BaseImageCache {
         BaseImageCache { dir, ttl }
@@ -65,7 +59,12 @@ impl BaseImageCache {
     /// The entry for the image whose manifest has digest `manifest`.
     pub fn lookup(&self, manifest: &Digest) -> CachedImage {
         let path = self.archive_path(manifest);
-        let Ok(modified) = fs::metadata(&path).and_then(|m| m.modified()) else {
+        // Anything but a file (a FIFO, a device, a directory) is no entry.
+        let Some(modified) = fs::metadata(&path)
+            .ok()
+            .filter(fs::Metadata::is_file)
+            .and_then(|m| m.modified().ok())
+        else {
             return CachedImage::Missing;
         };
         // A time in the future counts as new, as kaniko compares mtime + TTL with now.
@@ -77,20 +76,19 @@ impl BaseImageCache {
 
     /// The manifest saved beside a fresh entry, when its bytes have digest `manifest`: an image
     /// named by digest is then read with no registry at all. `None` for anything else (no
-    /// entry, another digest, an index).
+    /// entry, another digest, an index, a file that is no regular file or too large).
     pub fn manifest(&self, manifest: &Digest) -> Option<RawManifest> {
         if !matches!(self.lookup(manifest), CachedImage::Fresh(_)) {
             return None;
         }
         let path = self.dir.join(format!("{manifest}.json"));
-        if fs::metadata(&path).ok()?.len() > MAX_MANIFEST_BYTES {
+        let bytes = read_capped(open_regular(&path).ok()?, MAX_MANIFEST_BYTES).ok()?;
+        if bytes.len() as u64 > MAX_MANIFEST_BYTES || &Digest::of(&bytes) != manifest {
             return None;
         }
-        let bytes = fs::read(&path).ok()?;
-        if &Digest::of(&bytes) != manifest {
-            return None;
-        }
-        let media_type = serde_json::from_slice::<MediaTypeOnly>(&bytes)
+        // An index need not say it is one (its mediaType is optional): whatever is not an
+        // image manifest is left to the registry.
+        let media_type = serde_json::from_slice::<ImageManifest>(&bytes)
             .ok()?
             .media_type
             .unwrap_or_else(|| media::OCI_MANIFEST.to_string());
@@ -136,7 +134,8 @@ impl BaseImageCache {
         } else {
             top
         };
-        if !force && matches!(self.lookup(&manifest.digest), CachedImage::Fresh(_)) {
+        // Stored means both files: a warmer stopped between the two writes stores both again.
+        if !force && self.manifest(&manifest.digest).is_some() {
             return Ok(Warmed::AlreadyCached(manifest.digest));
         }
         fs::create_dir_all(&self.dir).map_err(TransportError::io(format!(
@@ -154,5 +153,40 @@ impl BaseImageCache {
             &manifest.bytes,
         )?;
         Ok(Warmed::Written(manifest.digest))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_saved_manifest_is_used_only_when_it_is_an_image_manifest_of_that_digest() {
+        let t = tempfile::tempdir().unwrap();
+        let cache = BaseImageCache::new(t.path().to_path_buf(), Duration::from_secs(3600));
+        let layer = format!(
+            r#"{{"mediaType":"{}","digest":"{}","size":1}}"#,
+            media::OCI_LAYER_GZIP,
+            Digest::of(b"l")
+        );
+        let config = format!(
+            r#"{{"mediaType":"{}","digest":"{}","size":1}}"#,
+            media::OCI_CONFIG,
+            Digest::of(b"c")
+        );
+        let image = format!(r#"{{"schemaVersion":2,"config":{config},"layers":[{layer}]}}"#);
+        // An OCI index need not carry its mediaType.
+        let index = format!(r#"{{"schemaVersion":2,"manifests":[{layer}]}}"#);
+        for (json, used) in [(image, true), (index, false)] {
+            let digest = Digest::of(json.as_bytes());
+            fs::write(t.path().join(digest.to_string()), "an archive").unwrap();
+            fs::write(t.path().join(format!("{digest}.json")), &json).unwrap();
+            let found = cache.manifest(&digest);
+            assert_eq!(found.is_some(), used, "{json}");
+            if let Some(found) = found {
+                assert_eq!(found.media_type, media::OCI_MANIFEST);
+                assert_eq!(found.bytes, json.as_bytes());
+            }
+        }
     }
 }

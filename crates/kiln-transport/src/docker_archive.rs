@@ -51,7 +51,6 @@ fn familiar(r: &Reference) -> Option<String> {
 /// with a Docker v2 schema 2 manifest over the archive's files as they are (uncompressed
 /// layers keep the uncompressed layer media type), so its digest is kiln's, not a registry's.
 pub struct DockerArchiveSource {
-    file: PathBuf,
     files: Files,
     location: String,
     manifest: RawManifest,
@@ -133,7 +132,6 @@ impl DockerArchiveSource {
             annotations: Default::default(),
         });
         Ok(DockerArchiveSource {
-            file: file.to_path_buf(),
             files,
             location,
             manifest: RawManifest {
@@ -143,11 +141,6 @@ impl DockerArchiveSource {
             },
             members,
         })
-    }
-
-    /// The archive file.
-    pub fn path(&self) -> &Path {
-        &self.file
     }
 
     /// The image `manifest` describes, its config and layers being the archive's single
@@ -186,7 +179,6 @@ impl DockerArchiveSource {
             )
             .collect();
         Ok(DockerArchiveSource {
-            file: file.to_path_buf(),
             files,
             location,
             manifest,

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::fs::{self, File};
 use std::io::{self, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 
 use kiln_oci::{Descriptor, DigestReader};
@@ -14,6 +14,12 @@ use crate::{ImageSource, TransportError};
 /// Manifests, indexes, `index.json` and `manifest.json` are read into memory: at most as much
 /// as kiln takes from a registry (4 MiB, distribution's limit for manifests).
 pub(crate) const MAX_JSON_BYTES: u64 = kiln_registry::MAX_MANIFEST_BYTES;
+
+/// The most header bytes (headers, GNU long names, PAX records) one scan of a tar archive
+/// reads. The `tar` crate holds a long name or PAX record in memory whole, however large its
+/// header says it is, and the index holds every member's name: this bounds both. An image
+/// archive has a few members per blob, each with a header or two.
+const MAX_TAR_HEADER_BYTES: u64 = 16 << 20;
 
 /// "larger than 4 MiB", for messages.
 fn too_large() -> String {
@@ -54,11 +60,58 @@ fn normalize(path: &Path) -> Option<String> {
     Some(parts.join("/"))
 }
 
+/// Opens `path` (symlinks followed) for reading if it is a regular file. A FIFO would block the
+/// open, and a device could give endless bytes or block its reads: an archive or manifest
+/// someone else can put in place (kaniko's `--cache-dir`) must not hang kiln.
+pub(crate) fn open_regular(path: &Path) -> io::Result<File> {
+    let file = File::options()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)?;
+    // O_NONBLOCK changes nothing for a regular file's reads.
+    match file.metadata()?.is_file() {
+        true => Ok(file),
+        false => Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not a regular file",
+        )),
+    }
+}
+
+/// A reader that fails once more than its budget has been read through it; seeks are free.
+struct ReadBudget<R> {
+    inner: R,
+    left: u64,
+}
+
+impl<R: Read> Read for ReadBudget<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.left = self.left.checked_sub(n as u64).ok_or_else(|| {
+            io::Error::other(format!(
+                "its headers are larger than {} MiB",
+                MAX_TAR_HEADER_BYTES >> 20
+            ))
+        })?;
+        Ok(n)
+    }
+}
+
+impl<R: Seek> Seek for ReadBudget<R> {
+    fn seek(&mut self, pos: SeekFrom) -> io::Result<u64> {
+        self.inner.seek(pos)
+    }
+}
+
 impl TarIndex {
     pub(crate) fn scan(file: &Path) -> Result<TarIndex, TransportError> {
         let context = || format!("reading the archive {}", file.display());
-        let f = File::open(file).map_err(TransportError::io(context()))?;
-        let mut archive = tar::Archive::new(BufReader::new(f));
+        let f = open_regular(file).map_err(TransportError::io(context()))?;
+        // Members' data is seeked over: what is read is headers.
+        let mut archive = tar::Archive::new(ReadBudget {
+            inner: BufReader::new(f),
+            left: MAX_TAR_HEADER_BYTES,
+        });
         let mut members = HashMap::new();
         let mut links = HashMap::new();
         for entry in archive
@@ -137,7 +190,7 @@ impl Files {
                 let Some((offset, size)) = index.locate(name) else {
                     return Ok(None);
                 };
-                let mut f = File::open(&index.file).map_err(TransportError::io(context()))?;
+                let mut f = open_regular(&index.file).map_err(TransportError::io(context()))?;
                 f.seek(SeekFrom::Start(offset))
                     .map_err(TransportError::io(context()))?;
                 Ok(Some((Box::new(BufReader::new(f).take(size)), size)))
@@ -249,7 +302,9 @@ pub fn write_verified(
     what: &'static str,
 ) -> Result<(), TransportError> {
     let tmp = temp_beside(dest)?;
-    let mut hashed = DigestReader::new(reader);
+    // A byte past the size already makes it a mismatch: a source claiming terabytes (a sparse
+    // archive member) is not copied to the end.
+    let mut hashed = DigestReader::new(reader.take(desc.size.saturating_add(1)));
     let mut out = BufWriter::new(tmp.as_file());
     let context = || format!("copying {what} {} from {location}", desc.digest);
     io::copy(&mut hashed, &mut out).map_err(TransportError::io(context()))?;
@@ -271,7 +326,7 @@ pub fn write_verified(
 }
 
 /// Reads small content, at most `cap` bytes and one more (which tells that there was more).
-fn read_capped(reader: impl Read, cap: u64) -> io::Result<Vec<u8>> {
+pub(crate) fn read_capped(reader: impl Read, cap: u64) -> io::Result<Vec<u8>> {
     let mut bytes = Vec::with_capacity(cap.min(MAX_JSON_BYTES) as usize);
     reader.take(cap.saturating_add(1)).read_to_end(&mut bytes)?;
     Ok(bytes)
@@ -359,6 +414,112 @@ mod tests {
         write_verified(&b"promised"[..], &desc, &dest, "oci:x", "blob").unwrap();
         assert_eq!(std::fs::read(&dest).unwrap(), b"promised");
         assert_eq!(std::fs::read_dir(t.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn a_source_longer_than_its_descriptor_is_read_no_further() {
+        // Endless bytes, which fail the test past 1 MiB.
+        struct Endless(u64);
+        impl Read for Endless {
+            fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+                self.0 += buf.len() as u64;
+                assert!(self.0 < 1 << 20, "read past the blob's size");
+                buf.fill(b'x');
+                Ok(buf.len())
+            }
+        }
+        let t = tempfile::tempdir().unwrap();
+        let desc = Descriptor::new(media::OCI_LAYER_TAR, Digest::of(b"promised"), 8);
+        let e = write_verified(Endless(0), &desc, &t.path().join("blob"), "oci:x", "blob");
+        assert!(
+            matches!(e, Err(TransportError::DigestMismatch { size: 9, .. })),
+            "{e:?}"
+        );
+        assert_eq!(std::fs::read_dir(t.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn an_archives_headers_are_read_within_a_budget() {
+        let t = tempfile::tempdir().unwrap();
+        let header = |kind: tar::EntryType, name: &str, size: u64| {
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(kind);
+            h.set_size(size);
+            h.set_mode(0o644);
+            h.set_path(name).unwrap();
+            h.set_cksum();
+            *h.as_bytes()
+        };
+        // A GNU long name of 1 GiB, in a sparse file: the tar crate would hold it whole.
+        let long = t.path().join("long.tar");
+        let mut f = File::create(&long).unwrap();
+        f.write_all(&header(
+            tar::EntryType::GNULongName,
+            "././@LongLink",
+            1 << 30,
+        ))
+        .unwrap();
+        f.set_len(512 + (1 << 30)).unwrap();
+        // 40,000 empty members, 20 MB of headers: an index of millions would not fit memory.
+        let many = t.path().join("many.tar");
+        let mut f = BufWriter::new(File::create(&many).unwrap());
+        for n in 0..40_000 {
+            f.write_all(&header(tar::EntryType::Regular, &format!("m{n}"), 0))
+                .unwrap();
+        }
+        f.flush().unwrap();
+        for archive in [long, many] {
+            let e = TarIndex::scan(&archive)
+                .err()
+                .expect("a scan within budget");
+            assert!(
+                e.to_string().contains("headers are larger than 16 MiB"),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_archive_that_is_no_regular_file_is_refused_without_blocking() {
+        let t = tempfile::tempdir().unwrap();
+        let fifo = t.path().join("fifo");
+        let made = std::process::Command::new("mkfifo").arg(&fifo).status();
+        assert!(made.unwrap().success());
+        for path in [fifo.as_path(), Path::new("/dev/zero"), t.path()] {
+            let e = TarIndex::scan(path).err().expect("refused");
+            assert!(e.to_string().contains("not a regular file"), "{e}");
+        }
+    }
+
+    #[test]
+    fn links_in_cycles_or_out_of_the_archive_and_special_members_give_nothing() {
+        let t = tempfile::tempdir().unwrap();
+        let path = t.path().join("a.tar");
+        let mut b = tar::Builder::new(File::create(&path).unwrap());
+        let mut link = |kind: tar::EntryType, name: &str, target: &str| {
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(kind);
+            h.set_size(0);
+            b.append_link(&mut h, name, target).unwrap();
+        };
+        link(tar::EntryType::Symlink, "a", "b");
+        link(tar::EntryType::Symlink, "b", "a");
+        link(tar::EntryType::Link, "c", "c");
+        link(tar::EntryType::Symlink, "passwd", "../../../../etc/passwd");
+        link(tar::EntryType::Symlink, "absolute", "/etc/passwd");
+        link(tar::EntryType::Link, "hard", "/etc/passwd");
+        for kind in [tar::EntryType::Fifo, tar::EntryType::Char] {
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(kind);
+            h.set_size(0);
+            b.append_data(&mut h, format!("{kind:?}"), io::empty())
+                .unwrap();
+        }
+        b.into_inner().unwrap().flush().unwrap();
+        let files = Files::Tar(TarIndex::scan(&path).unwrap());
+        for name in ["a", "b", "c", "passwd", "absolute", "hard", "Fifo", "Char"] {
+            assert!(files.open(name).unwrap().is_none(), "{name}");
+        }
     }
 
     #[test]

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 
 use common::*;
+use kiln_testkit::{Measured, run_measured, wrapped};
 
 /// A two-stage project: `builder` makes a file (and a layer the final image never holds);
 /// the final stage copies it, copies `app.txt` and runs on it.
@@ -1332,6 +1333,65 @@ fn run_on_base(env: &Env, name: &str, from: &str) -> PathBuf {
     )
 }
 
+/// Rewrites the tar `archive`, `change` seeing each member's name and bytes.
+fn rewrite_archive(archive: &Path, mut change: impl FnMut(&str, &mut Vec<u8>)) {
+    let mut altered = tar::Builder::new(Vec::new());
+    let mut original = tar::Archive::new(std::fs::File::open(archive).unwrap());
+    for entry in original.entries().unwrap() {
+        let mut entry = entry.unwrap();
+        let mut header = entry.header().clone();
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut entry, &mut bytes).unwrap();
+        change(&header.path().unwrap().to_string_lossy(), &mut bytes);
+        header.set_size(bytes.len() as u64);
+        header.set_cksum();
+        altered.append(&header, &bytes[..]).unwrap();
+    }
+    std::fs::write(archive, altered.into_inner().unwrap()).unwrap();
+}
+
+/// `kiln build --push -t TAG --cache-dir DIR CTX` as a fresh runner, under limits a hostile
+/// cache dir must not break: killed after two minutes (a hang), 4 GiB of address space (a
+/// read with no end), files of at most 2 GiB (a copy with no end); its peak memory measured.
+fn bounded_job(env: &Env, root: &str, ctx: &Path, tag: &str, dir: &Path) -> Measured {
+    let tag = env.tag(tag);
+    let cache_dir = format!("--cache-dir={}", dir.display());
+    let kiln = kiln_command(
+        &env.path(root),
+        &[
+            "build",
+            "--progress=plain",
+            "--push",
+            "-t",
+            &tag,
+            &cache_dir,
+            ctx.to_str().unwrap(),
+        ],
+    );
+    let limited = wrapped(
+        "prlimit",
+        &["--as=4294967296".as_ref(), "--fsize=2147483648".as_ref()],
+        &kiln,
+    );
+    run_measured(&mut wrapped("timeout", &["120".as_ref()], &limited))
+}
+
+/// Checks a [`bounded_job`] built, within 300 MiB, and says why when not.
+fn assert_built_within_bounds(measured: &Measured, what: &str) {
+    let output = &measured.output;
+    assert!(
+        output.status.success(),
+        "{what}: {} (124: hung; 134: out of address space; 153: file size limit)\n{}",
+        output.status,
+        stderr(output)
+    );
+    assert!(
+        measured.peak_rss_mib() < 300.0,
+        "{what}: {} MiB",
+        measured.peak_rss_mib()
+    );
+}
+
 #[test]
 fn a_warmed_cache_dir_gives_base_images_without_downloading_their_layers() {
     let env = Env::new();
@@ -1482,37 +1542,29 @@ fn an_expired_or_altered_cache_dir_entry_is_pulled_from_the_registry_instead() {
 
     // An entry whose layer is not the registry's is never built on: a warning, and the
     // layer comes from the registry.
-    let mut altered = tar::Builder::new(Vec::new());
-    let mut original = tar::Archive::new(std::fs::File::open(&archive).unwrap());
-    for entry in original.entries().unwrap() {
-        let mut entry = entry.unwrap();
-        let mut header = entry.header().clone();
-        let mut bytes = Vec::new();
-        std::io::Read::read_to_end(&mut entry, &mut bytes).unwrap();
-        if header
-            .path()
-            .unwrap()
-            .to_string_lossy()
-            .ends_with(".tar.gz")
-        {
-            let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-            let mut layer = tar::Builder::new(&mut gz);
-            let mut file = tar::Header::new_ustar();
-            file.set_size(5);
-            file.set_mode(0o755);
-            layer
-                .append_data(&mut file, "bin/evil", &b"evil\n"[..])
-                .unwrap();
-            layer.into_inner().unwrap();
-            bytes = gz.finish().unwrap();
-            header.set_size(bytes.len() as u64);
+    rewrite_archive(&archive, |name, bytes| {
+        if !name.ends_with(".tar.gz") {
+            return;
         }
-        altered.append(&header, &bytes[..]).unwrap();
-    }
-    std::fs::write(&archive, altered.into_inner().unwrap()).unwrap();
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        let mut layer = tar::Builder::new(&mut gz);
+        let mut file = tar::Header::new_ustar();
+        file.set_size(5);
+        file.set_mode(0o755);
+        layer
+            .append_data(&mut file, "bin/evil", &b"evil\n"[..])
+            .unwrap();
+        layer.into_inner().unwrap();
+        *bytes = gz.finish().unwrap();
+    });
     let o = job(&env, "root-2", &ctx, "app:2", &[&cache_dir]);
     assert_ok(&o);
-    assert!(stderr(&o).contains("--cache-dir:"), "{}", stderr(&o));
+    // The archive was read: that layer alone was refused, by its digest.
+    assert!(
+        stderr(&o).contains("--cache-dir:") && stderr(&o).contains("; pulling it from"),
+        "{}",
+        stderr(&o)
+    );
     assert_eq!(
         layers_of(&env.tag("app:2"))[..base_layers.len()],
         base_layers[..]
@@ -1544,4 +1596,335 @@ fn kiln_build_takes_kanikos_cache_flags_and_an_oci_cache_repo() {
     let fourth = job(&env, "root-4", &ctx, "app:4", &["--cache=true", &repo]);
     assert_steps(&fourth, (0, 4));
     assert_eq!(digest_of(&env.tag("app:4")), digest_of(&env.tag("app:3")));
+}
+
+#[test]
+fn a_cache_dir_entry_whose_config_is_altered_is_pulled_not_fatal() {
+    let env = Env::new();
+    let dir = env.path("kaniko-cache");
+    assert_ok(&warm(&env, &dir, &[]));
+    let (digest, base_layers) = host_busybox(&env);
+    let pinned = format!("{}@{digest}", env.tag("busybox"));
+    let ctx = run_on_base(&env, "ctx", &format!("{}/busybox", env.reg()));
+    // The config (`sha256:...`, no suffix) says something else; the layers are intact.
+    rewrite_archive(&dir.join(&digest), |name, bytes| {
+        if name.starts_with("sha256:") && !name.contains('.') {
+            let mut config: Value = serde_json::from_slice(bytes).unwrap();
+            config["config"]["Env"] = json!(["EVIL=1"]);
+            *bytes = serde_json::to_vec(&config).unwrap();
+        }
+    });
+    let cache_dir = format!("--cache-dir={}", dir.display());
+    let o = job(&env, "root", &ctx, "app:1", &[&cache_dir]);
+    assert_ok(&o);
+    assert!(stderr(&o).contains("--cache-dir:"), "{}", stderr(&o));
+    let built = config(&env.tag("app:1"));
+    assert_eq!(built["config"]["Env"], config(&pinned)["config"]["Env"]);
+    assert_eq!(
+        layers_of(&env.tag("app:1"))[..base_layers.len()],
+        base_layers[..]
+    );
+}
+
+#[test]
+fn cache_dir_entries_that_are_no_files_neither_hang_nor_exhaust_memory() {
+    let env = Env::new();
+    let dir = env.path("kaniko-cache");
+    std::fs::create_dir_all(&dir).unwrap();
+    let (digest, _) = host_busybox(&env);
+    let archive = dir.join(&digest);
+    let json = dir.join(format!("{digest}.json"));
+    let by_tag = run_on_base(&env, "by-tag", &format!("{}/busybox", env.reg()));
+    let pinned = run_on_base(&env, "pinned", &format!("{}@{digest}", env.tag("busybox")));
+    let mkfifo = |path: &Path| {
+        run_tool(std::process::Command::new("mkfifo").arg(path));
+    };
+
+    // The archive is a FIFO no one writes to.
+    mkfifo(&archive);
+    let o = bounded_job(&env, "root-1", &by_tag, "app:1", &dir);
+    assert_built_within_bounds(&o, "archive a FIFO");
+
+    // The archive is some file, its manifest endless (/dev/zero) or a FIFO.
+    std::fs::remove_file(&archive).unwrap();
+    std::fs::write(&archive, "not an archive").unwrap();
+    std::os::unix::fs::symlink("/dev/zero", &json).unwrap();
+    let o = bounded_job(&env, "root-2", &pinned, "app:2", &dir);
+    assert_built_within_bounds(&o, "manifest /dev/zero");
+    std::fs::remove_file(&json).unwrap();
+    mkfifo(&json);
+    let o = bounded_job(&env, "root-3", &pinned, "app:3", &dir);
+    assert_built_within_bounds(&o, "manifest a FIFO");
+}
+
+#[test]
+fn a_sparse_cache_dir_archive_claiming_gigabytes_is_read_in_bounded_memory_and_disk() {
+    use std::io::{Seek, Write};
+    let env = Env::new();
+    let dir = env.path("kaniko-cache");
+    assert_ok(&warm(&env, &dir, &[]));
+    let (digest, base_layers) = host_busybox(&env);
+    let archive = dir.join(&digest);
+    let ctx = run_on_base(&env, "ctx", &format!("{}/busybox", env.reg()));
+    let huge: u64 = 6 << 30;
+    let mut members: Vec<(String, Vec<u8>)> = Vec::new();
+    let mut original = tar::Archive::new(std::fs::File::open(&archive).unwrap());
+    for entry in original.entries().unwrap() {
+        let mut entry = entry.unwrap();
+        let name = entry.path().unwrap().to_string_lossy().into_owned();
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut entry, &mut bytes).unwrap();
+        members.push((name, bytes));
+    }
+    // A tar whose last header says its member holds `huge` bytes: zeros that cost no disk.
+    // (Written by hand: tar::Builder ends the archive before the last header could go in.)
+    let sparse_tar = |last: tar::EntryType, name: &str| {
+        let mut file = std::fs::File::create(&archive).unwrap();
+        let header = |kind: tar::EntryType, name: &str, size: u64| {
+            let mut header = tar::Header::new_gnu();
+            header.set_entry_type(kind);
+            header.set_size(size);
+            header.set_mode(0o644);
+            header.set_path(name).unwrap();
+            header.set_cksum();
+            *header.as_bytes()
+        };
+        for (member, bytes) in members.iter().filter(|(m, _)| !m.ends_with(".tar.gz")) {
+            let size = bytes.len() as u64;
+            file.write_all(&header(tar::EntryType::Regular, member, size))
+                .unwrap();
+            file.write_all(bytes).unwrap();
+            file.write_all(&vec![0; (size.next_multiple_of(512) - size) as usize])
+                .unwrap();
+        }
+        file.write_all(&header(last, name, huge)).unwrap();
+        let end = file.stream_position().unwrap() + huge;
+        file.set_len(end).unwrap();
+    };
+    let layer_name = members
+        .iter()
+        .find(|(m, _)| m.ends_with(".tar.gz"))
+        .unwrap()
+        .0
+        .clone();
+
+    // The layer member the manifest.json lists is 6 GiB long.
+    sparse_tar(tar::EntryType::Regular, &layer_name);
+    let before = env.registry.blob_gets().len();
+    let o = bounded_job(&env, "root-1", &ctx, "app:1", &dir);
+    assert_built_within_bounds(&o, "a 6 GiB layer member");
+    assert!(stderr(&o.output).contains("--cache-dir:"));
+    let fetched = env.registry.blob_gets()[before..].to_vec();
+    assert!(
+        base_layers.iter().all(|l| fetched.contains(l)),
+        "{fetched:?}"
+    );
+
+    // A GNU long name of 6 GiB (the tar crate reads one into memory whole).
+    sparse_tar(tar::EntryType::GNULongName, "././@LongLink");
+    let o = bounded_job(&env, "root-2", &ctx, "app:2", &dir);
+    assert_built_within_bounds(&o, "a 6 GiB long name");
+    assert!(stderr(&o.output).contains("--cache-dir:"));
+}
+
+#[test]
+fn kiln_warmer_replaces_planted_symlinks_and_two_warmers_agree() {
+    let env = Env::new();
+    let dir = env.path("kaniko-cache");
+    std::fs::create_dir_all(&dir).unwrap();
+    let (digest, _) = host_busybox(&env);
+    let (archive, json) = (dir.join(&digest), dir.join(format!("{digest}.json")));
+    // Links to files of someone else's, the archive's one old enough to be stored again.
+    let (victim, old_victim) = (env.path("victim"), env.path("old-victim"));
+    std::fs::write(&victim, "precious\n").unwrap();
+    std::fs::write(&old_victim, "precious too\n").unwrap();
+    let month_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(30 * 86400);
+    std::fs::File::options()
+        .write(true)
+        .open(&old_victim)
+        .unwrap()
+        .set_modified(month_ago)
+        .unwrap();
+    std::os::unix::fs::symlink(&old_victim, &archive).unwrap();
+    std::os::unix::fs::symlink(&victim, &json).unwrap();
+    assert_ok(&warm(&env, &dir, &[]));
+    assert_eq!(read(&victim), "precious\n");
+    assert_eq!(read(&old_victim), "precious too\n");
+    for path in [&archive, &json] {
+        assert!(
+            std::fs::symlink_metadata(path).unwrap().is_file(),
+            "{}",
+            path.display()
+        );
+    }
+
+    // Two warmers at once (--force: both write): both succeed, one whole entry is left.
+    let image = env.tag("busybox:latest");
+    let spawn = |root: &str| {
+        kiln_command(
+            &env.path(root),
+            &[
+                "warmer",
+                "--cache-dir",
+                dir.to_str().unwrap(),
+                "--image",
+                &image,
+                "--force",
+            ],
+        )
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+    };
+    let (a, b) = (spawn("warmer-a"), spawn("warmer-b"));
+    for child in [a, b] {
+        assert_ok(&child.wait_with_output().unwrap());
+    }
+    let mut listed = list_dir(&dir);
+    listed.sort();
+    assert_eq!(listed, [digest.clone(), format!("{digest}.json")]);
+    assert_eq!(
+        std::fs::read(&json).unwrap(),
+        skopeo_raw(&format!("{}@{digest}", env.tag("busybox")))
+    );
+    let ctx = run_on_base(&env, "ctx", &format!("{}/busybox", env.reg()));
+    let cache_dir = format!("--cache-dir={}", dir.display());
+    let o = job(&env, "root", &ctx, "app:1", &[&cache_dir]);
+    assert_ok(&o);
+    assert!(!stderr(&o).contains("--cache-dir:"), "{}", stderr(&o));
+}
+
+#[test]
+fn a_warmer_stores_again_an_entry_missing_its_manifest() {
+    let env = Env::new();
+    let dir = env.path("kaniko-cache");
+    assert_ok(&warm(&env, &dir, &[]));
+    let (digest, _) = host_busybox(&env);
+    let json = dir.join(format!("{digest}.json"));
+    // As a warmer stopped between its two writes leaves it: the archive alone.
+    std::fs::remove_file(&json).unwrap();
+    let again = warm(&env, &dir, &[]);
+    assert_ok(&again);
+    assert!(
+        !stderr(&again).contains("already stored"),
+        "{}",
+        stderr(&again)
+    );
+    assert_eq!(
+        std::fs::read(&json).unwrap(),
+        skopeo_raw(&format!("{}@{digest}", env.tag("busybox")))
+    );
+}
+
+#[test]
+fn a_cache_dir_image_of_many_layers_is_held_in_memory_once() {
+    // An image pinned by digest (the Dockerfile is not trusted), found only in the cache dir:
+    // 400 layers and a manifest padded to 1.5 MiB, which a copy per layer would make 600 MiB.
+    let env = Env::new();
+    let dir = env.path("kaniko-cache");
+    let gz = |bytes: &[u8]| {
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        std::io::Write::write_all(&mut gz, bytes).unwrap();
+        gz.finish().unwrap()
+    };
+    let (mut layers, mut diff_ids, mut members) = (Vec::new(), Vec::new(), Vec::new());
+    for n in 0..400 {
+        let mut tar = tar::Builder::new(Vec::new());
+        let mut header = tar::Header::new_ustar();
+        header.set_size(0);
+        header.set_mode(0o644);
+        tar.append_data(&mut header, format!("f{n}"), &b""[..])
+            .unwrap();
+        let tar = tar.into_inner().unwrap();
+        let blob = gz(&tar);
+        let digest = sha256(&blob);
+        diff_ids.push(sha256(&tar));
+        layers.push(json!({
+            "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+            "digest": digest,
+            "size": blob.len(),
+        }));
+        members.push((format!("{}.tar.gz", &digest[7..]), blob));
+    }
+    let config = serde_json::to_vec(&json!({
+        "architecture": host_arch(),
+        "os": "linux",
+        "config": {},
+        "rootfs": {"type": "layers", "diff_ids": diff_ids},
+    }))
+    .unwrap();
+    let manifest = serde_json::to_vec(&json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {
+            "mediaType": "application/vnd.oci.image.config.v1+json",
+            "digest": sha256(&config),
+            "size": config.len(),
+        },
+        "layers": layers,
+        "annotations": {"padding": "x".repeat(3 << 19)},
+    }))
+    .unwrap();
+    let listing = serde_json::to_vec(&json!([{
+        "Config": sha256(&config),
+        "RepoTags": [],
+        "Layers": members.iter().map(|(name, _)| name).collect::<Vec<_>>(),
+    }]))
+    .unwrap();
+    members.push((sha256(&config), config));
+    members.push(("manifest.json".into(), listing));
+    let digest = sha256(&manifest);
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut archive = tar::Builder::new(std::fs::File::create(dir.join(&digest)).unwrap());
+    for (name, bytes) in &members {
+        let mut header = tar::Header::new_ustar();
+        header.set_size(bytes.len() as u64);
+        header.set_mode(0o644);
+        archive.append_data(&mut header, name, &bytes[..]).unwrap();
+    }
+    archive.into_inner().unwrap();
+    std::fs::write(dir.join(format!("{digest}.json")), &manifest).unwrap();
+
+    let ctx = env.context(
+        "ctx",
+        &[(
+            "Dockerfile",
+            &format!("FROM 127.0.0.1:9/offline/many@{digest}\nLABEL many=layers\n"),
+        )],
+    );
+    let o = bounded_job(&env, "root", &ctx, "app:1", &dir);
+    assert_built_within_bounds(&o, "400 layers");
+    assert_eq!(layers_of(&env.tag("app:1")).len(), 400);
+
+    // Nor is the archive scanned again for each layer (a scan seeks over every member: 400
+    // scans of 402 members would be 160,000 seeks).
+    let trace = env.path("lseek.strace");
+    let cache_dir = format!("--cache-dir={}", dir.display());
+    let kiln = kiln_command(
+        &env.path("root-traced"),
+        &[
+            "build",
+            "--push",
+            "-t",
+            &env.tag("app:2"),
+            &cache_dir,
+            ctx.to_str().unwrap(),
+        ],
+    );
+    let traced = wrapped(
+        "strace",
+        &[
+            "-f".as_ref(),
+            "-e".as_ref(),
+            "trace=lseek".as_ref(),
+            "-o".as_ref(),
+            trace.as_os_str(),
+        ],
+        &kiln,
+    )
+    .output()
+    .unwrap();
+    assert_ok(&traced);
+    let seeks = read(&trace).matches("lseek(").count();
+    assert!(seeks < 4000, "{seeks} seeks for 400 layers");
 }
