@@ -18,8 +18,9 @@ pub(crate) const MAX_JSON_BYTES: u64 = kiln_registry::MAX_MANIFEST_BYTES;
 /// The most header bytes (headers, GNU long names, PAX records) one scan of a tar archive
 /// reads. The `tar` crate holds a long name or PAX record in memory whole, however large its
 /// header says it is, and the index holds every member's name: this bounds both. An image
-/// archive has a few members per blob, each with a header or two.
-const MAX_TAR_HEADER_BYTES: u64 = 16 << 20;
+/// archive has a few members per blob, each with a header or two; as a seek empties the read
+/// buffer, each member costs a buffer fill (8 KiB), so this is about 8,000 members.
+const MAX_TAR_HEADER_BYTES: u64 = 64 << 20;
 
 /// "larger than 4 MiB", for messages.
 fn too_large() -> String {
@@ -460,10 +461,10 @@ mod tests {
         ))
         .unwrap();
         f.set_len(512 + (1 << 30)).unwrap();
-        // 40,000 empty members, 20 MB of headers: an index of millions would not fit memory.
+        // 160,000 empty members, 80 MB of headers: an index of millions would not fit memory.
         let many = t.path().join("many.tar");
         let mut f = BufWriter::new(File::create(&many).unwrap());
-        for n in 0..40_000 {
+        for n in 0..160_000 {
             f.write_all(&header(tar::EntryType::Regular, &format!("m{n}"), 0))
                 .unwrap();
         }
@@ -473,7 +474,7 @@ mod tests {
                 .err()
                 .expect("a scan within budget");
             assert!(
-                e.to_string().contains("headers are larger than 16 MiB"),
+                e.to_string().contains("headers are larger than 64 MiB"),
                 "{e}"
             );
         }
