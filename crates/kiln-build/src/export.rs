@@ -18,7 +18,7 @@ use kiln_transport::{
 
 use crate::output::STDOUT;
 use crate::progress::Progress;
-use crate::{BuildError, BuiltImage, Output, Store};
+use crate::{AnnotationTarget, Annotations, BuildError, BuiltImage, Output, Store};
 
 /// An image or index in kiln's store, as a source to copy from. The store's blobs were
 /// verified when they were stored, so destinations may use its files as they are. Layer
@@ -143,11 +143,19 @@ impl ImageSource for StoreSource<'_> {
 
 /// Stores the images of a build as one artifact and returns its descriptor: the manifest of
 /// a single image (without a platform), or an index of one manifest per platform. With
-/// `oci` false, Docker v2 schema 2 manifests and a manifest list.
-fn render(store: &Store, images: &[BuiltImage], oci: bool) -> Result<Descriptor, BuildError> {
+/// `oci` false, Docker v2 schema 2 manifests and a manifest list. An index carries the
+/// `index` annotations, and its entries the `manifest-descriptor` ones.
+fn render(
+    store: &Store,
+    images: &[BuiltImage],
+    oci: bool,
+    annotations: &Annotations,
+) -> Result<Descriptor, BuildError> {
     let mut manifests = Vec::new();
     for image in images {
         let mut desc = image.manifest.clone();
+        desc.annotations =
+            annotations.get(AnnotationTarget::ManifestDescriptor, Some(&image.platform));
         if !oci {
             let bytes = std::fs::read(store.blob_path(&image.manifest.digest))
                 .map_err(BuildError::io("reading a built manifest"))?;
@@ -175,7 +183,8 @@ fn render(store: &Store, images: &[BuiltImage], oci: bool) -> Result<Descriptor,
     } else {
         media::DOCKER_MANIFEST_LIST
     };
-    let index = ImageIndex::new(index_type, manifests);
+    let mut index = ImageIndex::new(index_type, manifests);
+    index.annotations = annotations.get(AnnotationTarget::Index, None);
     store.put_json(index_type, &to_json_bytes(&index))
 }
 
@@ -191,6 +200,7 @@ pub fn deliver(
     images: &[BuiltImage],
     names: &[Reference],
     outputs: &[Output],
+    annotations: &Annotations,
     progress: &Progress,
 ) -> Result<Option<Descriptor>, BuildError> {
     let (pull, client) = clients;
@@ -200,7 +210,7 @@ pub fn deliver(
         .collect();
     let mut first = None;
     for output in outputs {
-        let top = render(store, images, output.oci_mediatypes())?;
+        let top = render(store, images, output.oci_mediatypes(), annotations)?;
         let source = StoreSource::with_origins(store, top.clone(), pull, &origins);
         match output {
             Output::Registry {
@@ -214,7 +224,19 @@ pub fn deliver(
                 }
             }
             Output::OciArchive(path) | Output::OciDir(path) => {
-                let layout_names = names.iter().map(LayoutName::of_reference).collect();
+                // The layout's entry: the index-descriptor annotations, and for a single
+                // image (whose descriptor it is) the manifest-descriptor ones.
+                let mut entry = annotations.get(AnnotationTarget::IndexDescriptor, None);
+                if let [image] = images {
+                    entry.extend(
+                        annotations
+                            .get(AnnotationTarget::ManifestDescriptor, Some(&image.platform)),
+                    );
+                }
+                let layout_names = names
+                    .iter()
+                    .map(|n| LayoutName::of_reference(n).with_annotations(entry.clone()))
+                    .collect();
                 let target = ArchiveTarget::new(store, path)?;
                 let opened = if matches!(output, Output::OciArchive(_)) {
                     OciArchiveDestination::create(target.path(), layout_names)

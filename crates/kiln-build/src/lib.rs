@@ -5,6 +5,7 @@
 //! [`deliver`] copies the images from there to each output (registry push, OCI layouts)
 //! through `kiln_transport`, with the store as the source.
 
+mod annotations;
 mod base;
 mod cache;
 mod context;
@@ -41,6 +42,7 @@ use kiln_oci::Platform;
 use kiln_registry::RegistryClient;
 use kiln_transport::BaseImageCache;
 
+pub use annotations::{Annotation, AnnotationError, AnnotationTarget, Annotations};
 pub use base::{BaseRef, ImageResolver, RegistryResolver, ResolvedImage};
 pub use cache::{CacheBackend, KeyLock, LocalCache, Lookup, Record, RecordLayer};
 pub use context::{BuildContext, ContextSource, unpack_context};
@@ -113,6 +115,8 @@ pub struct BuildOptions {
     pub no_cache_filter: Vec<String>,
     /// Labels set on the image after the Dockerfile's own (kaniko's `--label`).
     pub labels: BTreeMap<String, String>,
+    /// `--annotation`s, for the manifests, the index and their descriptors.
+    pub annotations: Annotations,
     /// How RUN steps are isolated (`--isolation`).
     pub isolation: Isolation,
     /// What in-place isolation leaves alone.

@@ -32,7 +32,7 @@ use crate::plan::{Copy, CopySource, Exec, HistoryStep, ImagePlan, Op, OpId, OpKi
 use crate::progress::Progress;
 use crate::secrets::SecretFiles;
 use crate::worker::{ExecJob, Worker};
-use crate::{BuildError, BuildOptions, Store, registry_cache, timefmt};
+use crate::{AnnotationTarget, BuildError, BuildOptions, Store, registry_cache, timefmt};
 
 /// An image built and stored: its manifest and everything the manifest points to.
 pub struct BuiltImage {
@@ -1124,7 +1124,11 @@ impl Solving<'_, '_> {
             media_type: Some(media::OCI_MANIFEST.into()),
             config: config_desc.clone(),
             layers: layers.clone(),
-            annotations: Default::default(),
+            annotations: self
+                .s
+                .opts
+                .annotations
+                .get(AnnotationTarget::Manifest, Some(&image.platform)),
         };
         let mut manifest_desc = self
             .s

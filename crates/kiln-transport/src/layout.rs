@@ -1,5 +1,6 @@
 //! OCI image layouts, as directories (`oci:`) and as tar archives (`oci-archive:`).
 
+use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
@@ -28,6 +29,8 @@ pub struct LayoutName {
     pub ref_name: String,
     /// `io.containerd.image.name`: the full image name, as containerd and buildx record it.
     pub image_name: Option<String>,
+    /// Other annotations of the entry (buildx's `--annotation index-descriptor:`).
+    pub annotations: BTreeMap<String, String>,
 }
 
 impl LayoutName {
@@ -36,6 +39,7 @@ impl LayoutName {
         LayoutName {
             ref_name,
             image_name: None,
+            annotations: BTreeMap::new(),
         }
     }
 
@@ -45,7 +49,14 @@ impl LayoutName {
         LayoutName {
             ref_name: r.tag.clone().unwrap_or_else(|| "latest".into()),
             image_name: Some(r.to_string()),
+            annotations: BTreeMap::new(),
         }
+    }
+
+    /// The same name, its entry carrying `annotations` too.
+    pub fn with_annotations(mut self, annotations: BTreeMap<String, String>) -> LayoutName {
+        self.annotations = annotations;
+        self
     }
 
     /// Whether the index entry `d` carries this name, so the name moves from it to a new
@@ -60,6 +71,7 @@ impl LayoutName {
 
     /// `d` annotated with this name.
     fn annotate(&self, mut d: Descriptor) -> Descriptor {
+        d.annotations.extend(self.annotations.clone());
         d.annotations.insert(REF_NAME.into(), self.ref_name.clone());
         if let Some(image) = &self.image_name {
             d.annotations.insert(IMAGE_NAME.into(), image.clone());

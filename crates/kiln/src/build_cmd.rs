@@ -5,8 +5,9 @@ use std::path::{Component, Path, PathBuf};
 
 use clap::Args;
 use kiln_build::{
-    BuildError, BuildMetadata, BuildOptions, CacheSpec, Hold, OriginClients, Output, OutputFlags,
-    Progress, ProgressMode, SecretSource, Secrets, StepKind, Store,
+    Annotation, Annotations, BuildError, BuildMetadata, BuildOptions, CacheSpec, Hold,
+    OriginClients, Output, OutputFlags, Progress, ProgressMode, SecretSource, Secrets, StepKind,
+    Store,
 };
 use kiln_oci::{Descriptor, Platform};
 use kiln_registry::{Reference, RegistryClient};
@@ -79,6 +80,10 @@ pub struct BuildArgs {
     /// Set a label in the image config (repeatable); it wins over the Dockerfile's LABEL.
     #[arg(long = "label", value_name = "KEY=VALUE")]
     labels: Vec<String>,
+    /// Annotate the manifests (repeatable): [TYPE[,TYPE]][[PLATFORM]]:KEY=VALUE, TYPE one of
+    /// manifest (the default), index, manifest-descriptor, index-descriptor.
+    #[arg(long = "annotation", value_name = "[TYPE][[PLATFORM]]:KEY=VALUE")]
+    annotations: Vec<String>,
     #[command(flatten)]
     registry: RegistryArgs,
     #[command(flatten)]
@@ -435,6 +440,7 @@ pub(crate) fn build_and_deliver(
         &result.images,
         names,
         outputs,
+        &options.annotations,
         progress,
     )
     .map_err(to_report)?;
@@ -486,6 +492,16 @@ pub fn run(args: BuildArgs) -> Result<(), Report> {
     };
     let outputs =
         Output::from_flags(&output_flags, &names, platforms.len()).map_err(|e| miette!("{e}"))?;
+    let annotations = Annotations(
+        args.annotations
+            .iter()
+            .map(|a| Annotation::parse(a))
+            .collect::<Result<_, _>>()
+            .map_err(|e| miette!("{e}"))?,
+    );
+    annotations
+        .check(platforms.len(), &outputs, &names)
+        .map_err(|e| miette!("{e}"))?;
 
     let build_args = parse_build_args(&args.build_args);
     let source_date_epoch = source_date_epoch(&build_args);
@@ -546,6 +562,7 @@ pub fn run(args: BuildArgs) -> Result<(), Report> {
         no_cache: args.no_cache,
         no_cache_filter: args.no_cache_filter.clone(),
         labels: parse_labels(&args.labels)?,
+        annotations,
         isolation,
         in_place,
         cache_from,

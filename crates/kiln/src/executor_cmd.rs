@@ -428,6 +428,7 @@ pub fn run(args: ExecutorArgs) -> Result<(), Report> {
         no_cache: false,
         no_cache_filter: Vec::new(),
         labels: build_cmd::parse_labels(&args.labels)?,
+        annotations: Default::default(),
         isolation,
         in_place,
         cache_from,

@@ -229,6 +229,7 @@ impl Suite {
             ssh: BTreeMap::new(),
             base_dir: None,
             base_cache: None,
+            annotations: Default::default(),
             no_cache: false,
             no_cache_filter: Vec::new(),
             labels: BTreeMap::new(),

@@ -516,3 +516,79 @@ fn a_tar_output_of_two_platforms_has_a_directory_per_platform() {
         );
     }
 }
+
+/// `--annotation` in buildx's forms, read back with skopeo and from the layout's index.json:
+/// the default (every manifest), a platform selector, `index`, `manifest-descriptor` and
+/// `index-descriptor`; one with nowhere to go is refused before the build.
+#[test]
+fn annotations_reach_the_manifests_the_index_and_their_descriptors() {
+    let env = Env::new();
+    let ctx = env.context(
+        "ctx",
+        &[
+            ("Dockerfile", "FROM $REG/busybox\nCOPY a.txt /a.txt\n"),
+            ("a.txt", "annotated\n"),
+        ],
+    );
+    let tag = env.tag("annotated:1");
+    let layout = env.path("layout");
+    let o = env.kiln(&[
+        "build",
+        "--platform",
+        "linux/amd64,linux/arm64",
+        "-t",
+        &tag,
+        "--push",
+        "-o",
+        &format!("type=oci,dest={},tar=false", layout.display()),
+        "--annotation",
+        "org.opencontainers.image.revision=abc123",
+        "--annotation",
+        "manifest[linux/arm64]:only.arm=yes",
+        "--annotation",
+        "index:org.opencontainers.image.source=https://example.com/app",
+        "--annotation",
+        "manifest-descriptor:desc=1",
+        "--annotation",
+        "index-descriptor:entry=1",
+        ctx.to_str().unwrap(),
+    ]);
+    assert_ok(&o);
+    let index: Value = serde_json::from_slice(&raw(&format!("docker://{tag}"), None)).unwrap();
+    assert_eq!(
+        index["annotations"]["org.opencontainers.image.source"],
+        "https://example.com/app"
+    );
+    let repo = env.tag("annotated");
+    for entry in index["manifests"].as_array().unwrap() {
+        assert_eq!(entry["annotations"]["desc"], "1", "{entry}");
+        let arch = entry["platform"]["architecture"].as_str().unwrap();
+        let digest = entry["digest"].as_str().unwrap();
+        let manifest: Value =
+            serde_json::from_slice(&raw(&format!("docker://{repo}@{digest}"), None)).unwrap();
+        let annotations = &manifest["annotations"];
+        assert_eq!(annotations["org.opencontainers.image.revision"], "abc123");
+        let arm = if arch == "arm64" { "yes" } else { "" };
+        assert_eq!(
+            annotations["only.arm"].as_str().unwrap_or(""),
+            arm,
+            "{arch}"
+        );
+    }
+    let listing: Value =
+        serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
+    assert_eq!(listing["manifests"][0]["annotations"]["entry"], "1");
+
+    let single = env.kiln(&[
+        "build",
+        "-t",
+        &tag,
+        "--push",
+        "--annotation",
+        "index:k=v",
+        ctx.to_str().unwrap(),
+    ]);
+    let err = assert_failed(&single);
+    assert_contains_all(&err, &["--annotation index:", "makes no index"]);
+    assert!(!err.contains("step"), "refused before the build: {err}");
+}
