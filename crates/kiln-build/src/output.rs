@@ -68,6 +68,14 @@ pub enum OutputSpecError {
         value: String,
         instead: &'static str,
     },
+    #[error(
+        "rewrite-timestamp=true needs SOURCE_DATE_EPOCH (--build-arg SOURCE_DATE_EPOCH=... or the environment variable)"
+    )]
+    RewriteNeedsEpoch,
+    #[error(
+        "rewrite-timestamp=false: kiln always clamps the times of new files to SOURCE_DATE_EPOCH when it is set; unset it, or leave rewrite-timestamp out"
+    )]
+    AlwaysRewritten,
     #[error("only one output can go to standard output (dest=-)")]
     TwoToStdout,
     #[error("--push needs at least one -t NAME:TAG to push to")]
@@ -89,6 +97,8 @@ pub struct OutputFlags<'a> {
     pub oci_layout_path: Option<&'a Path>,
     /// A `docker save` archive to write (kaniko's `--tar-path`).
     pub docker_archive_path: Option<&'a Path>,
+    /// SOURCE_DATE_EPOCH, if set (for `rewrite-timestamp=`).
+    pub source_date_epoch: Option<i64>,
 }
 
 impl Output {
@@ -134,9 +144,17 @@ impl Output {
                 "push-by-digest",
                 "oci-mediatypes",
                 "compression",
+                "rewrite-timestamp",
             ],
-            "oci" => &["type", "dest", "tar", "name", "compression"],
-            "docker" => &["type", "dest", "name"],
+            "oci" => &[
+                "type",
+                "dest",
+                "tar",
+                "name",
+                "compression",
+                "rewrite-timestamp",
+            ],
+            "docker" => &["type", "dest", "name", "rewrite-timestamp"],
             "local" | "tar" => &["type", "dest"],
             other => return Err(OutputSpecError::Unsupported(other.to_string())),
         };
@@ -245,6 +263,21 @@ impl Output {
         let mut outputs = Vec::new();
         for spec in flags.specs {
             outputs.extend(Output::parse(spec, names, platforms)?);
+            // kiln clamps the times of the files in new layers whenever SOURCE_DATE_EPOCH is
+            // set, which is what buildx's rewrite-timestamp=true asks for.
+            let rewrite = spec
+                .split(',')
+                .filter_map(|part| part.trim().strip_prefix("rewrite-timestamp"))
+                .find_map(|rest| match rest {
+                    "" | "=true" => Some(true),
+                    "=false" => Some(false),
+                    _ => None,
+                });
+            match (rewrite, flags.source_date_epoch) {
+                (Some(true), None) => return Err(OutputSpecError::RewriteNeedsEpoch),
+                (Some(false), Some(_)) => return Err(OutputSpecError::AlwaysRewritten),
+                _ => {}
+            }
         }
         if flags.push {
             if names.is_empty() {
@@ -341,6 +374,33 @@ mod tests {
     }
 
     #[test]
+    fn rewrite_timestamp_is_what_source_date_epoch_does() {
+        let specs = |s: &str| vec![s.to_string()];
+        let outputs = |spec: &str, epoch| {
+            let specs = specs(spec);
+            let flags = OutputFlags {
+                specs: &specs,
+                source_date_epoch: epoch,
+                ..OutputFlags::default()
+            };
+            Output::from_flags(&flags, &names(), 1).map_err(|e| e.to_string())
+        };
+        let spec = "type=oci,dest=x.tar,rewrite-timestamp=true";
+        assert_eq!(
+            outputs(spec, Some(0)).unwrap(),
+            [Output::OciArchive("x.tar".into())]
+        );
+        assert!(
+            outputs(spec, None)
+                .unwrap_err()
+                .contains("needs SOURCE_DATE_EPOCH")
+        );
+        let off = "type=registry,rewrite-timestamp=false";
+        assert!(outputs(off, Some(0)).unwrap_err().contains("always clamps"));
+        assert!(outputs(off, None).is_ok());
+    }
+
+    #[test]
     fn docker_outputs_are_tagged_with_the_names_or_their_own() {
         assert_eq!(
             parse("type=docker,dest=-").unwrap(),
@@ -406,14 +466,14 @@ mod tests {
         }
         // An attribute is never ignored: unknown ones name those the type takes.
         assert_eq!(
-            err("type=oci,dest=x.tar,rewrite-timestamp=true", 1),
-            "-o type=oci: unknown attribute `rewrite-timestamp` (accepted: dest, tar, name, \
-             compression)"
+            err("type=oci,dest=x.tar,force-compression=true", 1),
+            "-o type=oci: unknown attribute `force-compression` (accepted: dest, tar, name, \
+             compression, rewrite-timestamp)"
         );
         assert_eq!(
             err("type=registry,compresion=zstd", 1),
             "-o type=registry: unknown attribute `compresion` (accepted: name, push, \
-             push-by-digest, oci-mediatypes, compression)"
+             push-by-digest, oci-mediatypes, compression, rewrite-timestamp)"
         );
         assert_eq!(
             err("type=registry,compression=zstd", 1),
@@ -458,6 +518,7 @@ mod tests {
             push_by_digest: true,
             oci_layout_path: Some(Path::new("dir")),
             docker_archive_path: Some(Path::new("img.tar")),
+            source_date_epoch: None,
         };
         assert_eq!(
             Output::from_flags(&flags, &names(), 1).unwrap(),

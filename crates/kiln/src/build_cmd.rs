@@ -482,8 +482,11 @@ pub fn run(args: BuildArgs) -> Result<(), Report> {
         names.push(t.parse::<Reference>().map_err(|e| miette!("{e}"))?);
     }
     let platforms = parse_platforms(&args.platform, "--platform")?;
+    let build_args = parse_build_args(&args.build_args);
+    let source_date_epoch = source_date_epoch(&build_args);
     let output_flags = OutputFlags {
         specs: &args.outputs,
+        source_date_epoch,
         // kaniko pushes to its --destination names unless told --no-push.
         push: (args.push || !args.destinations.is_empty()) && !args.no_push,
         push_by_digest: args.push_by_digest,
@@ -502,9 +505,6 @@ pub fn run(args: BuildArgs) -> Result<(), Report> {
     annotations
         .check(platforms.len(), &outputs, &names)
         .map_err(|e| miette!("{e}"))?;
-
-    let build_args = parse_build_args(&args.build_args);
-    let source_date_epoch = source_date_epoch(&build_args);
 
     let root = args.root.clone().unwrap_or_else(default_root);
     let progress = Progress::new(if args.progress == "quiet" {

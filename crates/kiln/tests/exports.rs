@@ -592,3 +592,59 @@ fn annotations_reach_the_manifests_the_index_and_their_descriptors() {
     assert_contains_all(&err, &["--annotation index:", "makes no index"]);
     assert!(!err.contains("step"), "refused before the build: {err}");
 }
+
+/// With SOURCE_DATE_EPOCH (and buildx's `rewrite-timestamp=true`, which kiln does whenever it
+/// is set), the same sources give a byte-identical OCI archive (so the same index digest) on two roots, with `--jobs 1` and with every core, from contexts whose files
+/// were made in another order with other (newer) mtimes.
+#[test]
+fn the_same_sources_give_the_same_bytes_whatever_the_root_jobs_or_file_order() {
+    let env = Env::new();
+    let files = [
+        (
+            "Dockerfile",
+            "FROM $REG/busybox\nWORKDIR /app\nCOPY . /app/\nENV A=1\n",
+        ),
+        ("a.txt", "a\n"),
+        ("dir/b.txt", "b\n"),
+        ("dir/sub/c.txt", "c\n"),
+    ];
+    let first = env.context("ctx-1", &files);
+    let reversed: Vec<(&str, &str)> = files.iter().rev().copied().collect();
+    let second = env.context("ctx-2", &reversed);
+    // Other mtimes, all after the epoch: a checkout made later.
+    let later = std::time::SystemTime::now() + std::time::Duration::from_secs(3600);
+    for path in [
+        "a.txt",
+        "dir/b.txt",
+        "dir/sub/c.txt",
+        "dir/sub",
+        "dir",
+        "Dockerfile",
+    ] {
+        std::fs::File::open(second.join(path))
+            .unwrap()
+            .set_modified(later)
+            .unwrap();
+    }
+    let build = |ctx: &Path, n: usize, jobs: &[&str]| {
+        let out = env.path(&format!("out-{n}.tar"));
+        let iid = env.path(&format!("iid-{n}"));
+        let mut args = vec![
+            "build",
+            "--platform",
+            "linux/amd64,linux/arm64",
+            "--build-arg",
+            "SOURCE_DATE_EPOCH=1700000000",
+        ];
+        args.extend_from_slice(jobs);
+        let dest = format!("type=oci,dest={},rewrite-timestamp=true", out.display());
+        let iid_arg = iid.display().to_string();
+        args.extend_from_slice(&["-o", &dest, "--iidfile", &iid_arg, ctx.to_str().unwrap()]);
+        assert_ok(&kiln_with_root(&env.path(&format!("root-{n}")), &args));
+        (read(&iid), std::fs::read(&out).unwrap())
+    };
+    let (iid_1, bytes_1) = build(&first, 1, &["--jobs", "1"]);
+    let (iid_2, bytes_2) = build(&second, 2, &[]);
+    assert_eq!(iid_1, iid_2);
+    assert!(bytes_1 == bytes_2, "the two archives differ");
+}
