@@ -130,6 +130,13 @@ impl Output {
         names: &[Reference],
         platforms: usize,
     ) -> Result<Option<Output>, OutputSpecError> {
+        // buildx's shorthands: `-o DIR` is type=local, `-o -` a tar on standard output.
+        if !spec.contains('=') && !spec.is_empty() {
+            return Ok(Some(Output::Rootfs {
+                dest: PathBuf::from(spec),
+                tar: spec == STDOUT,
+            }));
+        }
         let mut kv = BTreeMap::new();
         for part in spec.split(',') {
             let (k, v) = part.split_once('=').unwrap_or((part, ""));
@@ -398,6 +405,24 @@ mod tests {
         let off = "type=registry,rewrite-timestamp=false";
         assert!(outputs(off, Some(0)).unwrap_err().contains("always clamps"));
         assert!(outputs(off, None).is_ok());
+    }
+
+    #[test]
+    fn a_bare_path_is_a_local_output_and_a_dash_a_tar_on_stdout() {
+        assert_eq!(
+            parse("out/dir").unwrap(),
+            Some(Output::Rootfs {
+                dest: "out/dir".into(),
+                tar: false
+            })
+        );
+        assert_eq!(
+            parse("-").unwrap(),
+            Some(Output::Rootfs {
+                dest: STDOUT.into(),
+                tar: true
+            })
+        );
     }
 
     #[test]

@@ -458,6 +458,16 @@ fn a_local_output_holds_the_files_umoci_unpacks_from_the_image() {
         ours["srv/a.txt"]
     );
 
+    // buildx's shorthand: `-o DIR` is type=local.
+    let short = env.path("short");
+    assert_ok(&env.kiln(&[
+        "build",
+        "-o",
+        short.to_str().unwrap(),
+        ctx.to_str().unwrap(),
+    ]));
+    assert_eq!(tree(&short), ours);
+
     // A directory that holds something is never replaced.
     std::fs::write(local.join("mine"), "x").unwrap();
     let again = env.kiln(&[
