@@ -1,6 +1,7 @@
 //! The `kiln` command line.
 
 mod build_cmd;
+mod buildx_flags;
 mod cache_cmd;
 mod check_cmd;
 mod copy_cmd;
@@ -87,7 +88,14 @@ fn main() -> ExitCode {
     let _ = miette::set_hook(Box::new(|_| {
         Box::new(miette::MietteHandlerOpts::new().wrap_lines(false).build())
     }));
-    let cli = Cli::parse_from(arguments());
+    let args = arguments();
+    if args.get(1).is_some_and(|a| a == "build")
+        && let Some(why) = buildx_flags::explain(&args[2..])
+    {
+        eprintln!("{why}");
+        return ExitCode::from(2);
+    }
+    let cli = Cli::parse_from(args);
     let result = match cli.command {
         Commands::Build(args) => build_cmd::run(*args),
         Commands::Executor(args) => executor_cmd::run(*args),

@@ -186,3 +186,33 @@ fn a_dockerfile_named_by_f_inside_the_context_must_not_lead_out_of_it() {
     .unwrap();
     assert_contains_all(&assert_failed(&out), &["SECRET-TOKEN-1234"]);
 }
+
+/// buildx flags kiln does not have get one line saying why and what instead, not clap's tip
+/// to pass them as a value.
+#[test]
+fn buildx_flags_kiln_lacks_are_explained_in_one_line() {
+    let env = Env::new();
+    for (args, needle) in [
+        (
+            &["build", "--load", "."][..],
+            "-o type=docker,dest=- . | podman load",
+        ),
+        (
+            &["build", "-t", "a:1", "--builder=mybuilder", "."][..],
+            "no builder instance",
+        ),
+        (
+            &["build", "--provenance=mode=max", "."][..],
+            "attestations are not supported",
+        ),
+    ] {
+        let o = env.kiln(args);
+        assert_eq!(o.status.code(), Some(2), "{args:?}");
+        let err = stderr(&o);
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(err.contains(needle) && !err.contains("tip:"), "{err}");
+    }
+    // Inside another flag's value it is not the flag.
+    let o = env.kiln(&["build", "--build-arg", "X=--load", "/nonexistent-context"]);
+    assert!(!stderr(&o).contains("podman load"), "{}", stderr(&o));
+}
