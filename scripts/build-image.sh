@@ -175,6 +175,8 @@ done
 kiln=$context/dist/linux/$host_arch/kiln/kiln
 version=$("$kiln" --version)
 version=${version#kiln }
+# `kiln 0.1.0 (commit abc, date)`: the tag takes the version alone.
+version=${version%% *}
 epoch=$(git log -1 --format=%ct 2>/dev/null || echo 0)
 # build STAGE TAG... : builds one target stage for both platforms and pushes or writes it.
 build() {

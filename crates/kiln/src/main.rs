@@ -20,10 +20,20 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+/// `kiln --version`: the crate's version, the commit it was built from and that commit's date.
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("KILN_COMMIT"),
+    ", ",
+    env!("KILN_COMMIT_DATE"),
+    ")"
+);
+
 #[derive(Parser)]
 #[command(
     name = "kiln",
-    version,
+    version = VERSION,
     about = "Build container images from Dockerfiles, without a daemon or privileges"
 )]
 struct Cli {
@@ -60,6 +70,13 @@ enum Commands {
     Prune(cache_cmd::PruneArgs),
     /// Show what the build cache holds and what prune would free (buildx du).
     Du(cache_cmd::DuArgs),
+    /// Print kiln's version, the commit it was built from and that commit's date.
+    Version,
+    /// Print a shell completion script: `kiln completion bash > /etc/bash_completion.d/kiln`.
+    Completion {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
 
 /// The command line; called `executor` (the image's `/kiln/executor`, in kaniko's place at
@@ -109,6 +126,22 @@ fn main() -> ExitCode {
         Commands::Dockerfile(cmd) => dockerfile_cmd::run(cmd),
         Commands::Prune(args) => cache_cmd::prune(args),
         Commands::Du(args) => cache_cmd::du(args),
+        Commands::Version => {
+            println!("kiln {VERSION}");
+            Ok(())
+        }
+        Commands::Completion { shell } => {
+            let mut command = <Cli as clap::CommandFactory>::command();
+            // Written whole afterwards: clap_complete panics if its writer fails (`| head`).
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut command, "kiln", &mut script);
+            match std::io::Write::write_all(&mut std::io::stdout(), &script) {
+                Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+                    Err(miette::miette!("writing the completion script: {e}"))
+                }
+                _ => Ok(()),
+            }
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -216,3 +216,39 @@ fn buildx_flags_kiln_lacks_are_explained_in_one_line() {
     let o = env.kiln(&["build", "--build-arg", "X=--load", "/nonexistent-context"]);
     assert!(!stderr(&o).contains("podman load"), "{}", stderr(&o));
 }
+
+/// `kiln --version` and `kiln version` name the commit kiln was built from; `kiln
+/// completion` prints scripts the shells take.
+#[test]
+fn the_version_names_the_commit_and_completion_scripts_are_shell_code() {
+    let env = Env::new();
+    let head = std::process::Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    let head = String::from_utf8(head.stdout).unwrap().trim().to_string();
+    for args in [&["--version"][..], &["version"][..]] {
+        let o = env.kiln(args);
+        assert_ok(&o);
+        assert!(
+            !head.is_empty() && stdout(&o).contains(&format!("(commit {head}, ")),
+            "{args:?}: {} (HEAD {head})",
+            stdout(&o)
+        );
+    }
+    let bash = env.kiln(&["completion", "bash"]);
+    assert_ok(&bash);
+    let script = env.path("kiln.bash");
+    std::fs::write(&script, &bash.stdout).unwrap();
+    assert_ok(
+        &std::process::Command::new("bash")
+            .arg("-n")
+            .arg(&script)
+            .output()
+            .unwrap(),
+    );
+    assert!(stdout(&bash).contains("complete -F"), "{}", stdout(&bash));
+    assert!(stdout(&env.kiln(&["completion", "zsh"])).starts_with("#compdef kiln"));
+    assert!(stdout(&env.kiln(&["completion", "fish"])).contains("complete -c kiln"));
+}
