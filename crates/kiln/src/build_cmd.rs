@@ -91,6 +91,9 @@ pub struct BuildArgs {
     /// Progress output: auto, plain or quiet.
     #[arg(long, default_value = "auto", value_parser = ["auto", "plain", "tty", "quiet"])]
     progress: String,
+    /// Print only the image's digest (on stdout): --progress quiet.
+    #[arg(short = 'q', long)]
+    quiet: bool,
     /// Write the image digest to this file (kaniko's --digest-file).
     #[arg(long, value_name = "FILE")]
     digest_file: Option<PathBuf>,
@@ -507,7 +510,8 @@ pub fn run(args: BuildArgs) -> Result<(), Report> {
         .map_err(|e| miette!("{e}"))?;
 
     let root = args.root.clone().unwrap_or_else(default_root);
-    let progress = Progress::new(if args.progress == "quiet" {
+    let quiet = args.quiet || args.progress == "quiet";
+    let progress = Progress::new(if quiet {
         ProgressMode::Quiet
     } else {
         ProgressMode::Plain
@@ -608,7 +612,7 @@ pub fn run(args: BuildArgs) -> Result<(), Report> {
             .map_err(|e| miette!("{e}"))?;
     }
     // An archive on standard output is the output; the digest would corrupt it.
-    if args.progress == "quiet" && !outputs.iter().any(Output::to_stdout) {
+    if quiet && !outputs.iter().any(Output::to_stdout) {
         println!("{}", top.digest);
     }
     Ok(())

@@ -218,22 +218,18 @@ fn quiet_progress_prints_only_the_digest() {
             "FROM $REG/busybox:latest\nRUN echo hidden-output\n",
         )],
     );
-    let tag = env.tag("quiet:1");
-    let o = env.kiln(&[
-        "build",
-        "--progress=quiet",
-        "--push",
-        "-t",
-        &tag,
-        ctx.to_str().unwrap(),
-    ]);
-    assert_ok(&o);
-    let out = stdout(&o);
-    let pushed = skopeo_inspect(&tag, None);
-    assert_eq!(out, format!("{}\n", pushed["Digest"].as_str().unwrap()));
-    let err = stderr(&o);
-    assert!(
-        !err.contains("hidden-output") && !err.contains("DONE"),
-        "quiet printed progress:\n{err}"
-    );
+    // buildx's -q is the same as --progress=quiet.
+    for (n, flag) in ["--progress=quiet", "-q"].into_iter().enumerate() {
+        let tag = env.tag(&format!("quiet:{n}"));
+        let o = env.kiln(&["build", flag, "--push", "-t", &tag, ctx.to_str().unwrap()]);
+        assert_ok(&o);
+        let out = stdout(&o);
+        let pushed = skopeo_inspect(&tag, None);
+        assert_eq!(out, format!("{}\n", pushed["Digest"].as_str().unwrap()));
+        let err = stderr(&o);
+        assert!(
+            !err.contains("hidden-output") && !err.contains("DONE"),
+            "{flag} printed progress:\n{err}"
+        );
+    }
 }
