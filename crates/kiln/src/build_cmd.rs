@@ -517,6 +517,13 @@ pub fn run(args: BuildArgs) -> Result<(), Report> {
         ProgressMode::Plain
     });
     let store = open_store(&root, &progress)?;
+    if outputs.is_empty() {
+        progress.warning(
+            "no output asked for: the image stays in kiln's store only, where nothing else \
+             can use it; add --push, -o type=oci,dest=FILE, -o type=docker,dest=- | podman \
+             load, or -o DIR for its files",
+        );
+    }
     let client_options = args.registry.client_options()?;
     let client = RegistryClient::new(&client_options).map_err(|e| miette!("{e}"))?;
     let secret_sources: BTreeMap<String, SecretSource> = args

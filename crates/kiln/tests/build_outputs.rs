@@ -233,3 +233,30 @@ fn quiet_progress_prints_only_the_digest() {
         );
     }
 }
+
+/// A build with no output says where the image went and how to get it out; one with an
+/// output does not.
+#[test]
+fn a_build_without_an_output_says_so() {
+    let env = Env::new();
+    let ctx = env.context("ctx", &[("Dockerfile", "FROM $REG/busybox:latest\n")]);
+    let o = env.kiln(&["build", "-t", "app:1", ctx.to_str().unwrap()]);
+    assert_ok(&o);
+    assert_contains_all(
+        &stderr(&o),
+        &[
+            "no output asked for",
+            "kiln's store only",
+            "--push",
+            "podman load",
+        ],
+    );
+    let dest = format!("type=oci,dest={}", env.path("out.tar").display());
+    let o = env.kiln(&["build", "-o", &dest, ctx.to_str().unwrap()]);
+    assert_ok(&o);
+    assert!(
+        !stderr(&o).contains("no output asked for"),
+        "{}",
+        stderr(&o)
+    );
+}

@@ -69,9 +69,18 @@ fn a_root_others_can_enter_gets_a_warning_and_keeps_its_mode() {
     std::fs::create_dir(&root).unwrap();
     std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o755)).unwrap();
     let ctx = env.context("ctx", &[("Dockerfile", "FROM $REG/busybox\n")]);
+    // An output, so that the one warning is about the root.
+    let dest = format!("type=oci,dest={}", env.path("out.tar").display());
     let o = kiln_with_root(
         &root,
-        &["build", "--progress", "quiet", ctx.to_str().unwrap()],
+        &[
+            "build",
+            "--progress",
+            "quiet",
+            "-o",
+            &dest,
+            ctx.to_str().unwrap(),
+        ],
     );
     assert_ok(&o);
     let canonical = root.canonicalize().unwrap();
