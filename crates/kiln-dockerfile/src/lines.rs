@@ -125,12 +125,14 @@ impl<'s> Source<'s> {
             .map(|(n, line)| (n, line.strip_suffix('\r').unwrap_or(line)))
     }
 
-    /// Removes a trailing escape character (plus trailing blanks): the line continues.
+    /// Removes a trailing escape character (plus trailing blanks): the line continues. As in
+    /// BuildKit, not when the character before it is an escape too (`foo\\` ends with an
+    /// escaped escape), unless the escape is all the line holds.
     fn strip_continuation<'l>(&self, line: &'l str) -> (&'l str, bool) {
         let trimmed = line.trim_end_matches([' ', '\t']);
         match trimmed.strip_suffix(self.escape) {
-            Some(body) => (body, true),
-            None => (line, false),
+            Some(body) if body.is_empty() || !body.ends_with(self.escape) => (body, true),
+            _ => (line, false),
         }
     }
 
@@ -217,6 +219,22 @@ mod tests {
         let args = line.layout.from(&line.text, 4);
         assert_eq!(args.locate("a bb", 0), (1, 7));
         assert_eq!(args.locate("a bb", 3), (2, 2));
+    }
+
+    #[test]
+    fn an_escaped_escape_at_the_end_ends_the_line() {
+        assert_eq!(
+            logical("ENV C trailing\\\\backslash\\\\\nENV D x\n", '\\'),
+            vec![
+                ("ENV C trailing\\\\backslash\\\\".to_string(), 1, 1),
+                ("ENV D x".to_string(), 2, 2)
+            ]
+        );
+        // An escape alone on its line still continues.
+        assert_eq!(
+            logical("RUN a \\\n\\\nb\n", '\\'),
+            vec![("RUN a b".to_string(), 1, 3)]
+        );
     }
 
     #[test]
