@@ -7,6 +7,7 @@ use crate::mount::MountSpec;
 use crate::suggest;
 
 /// A flag as written, quotes removed, with its byte offset in the logical line.
+#[derive(Clone)]
 pub(crate) struct RawFlag {
     pub name: String,
     pub value: Option<String>,
@@ -117,6 +118,11 @@ pub(crate) struct Problem {
     pub index: usize,
     pub message: String,
     pub hint: Option<String>,
+}
+
+/// Whether `keyword` takes a flag called `name`.
+pub(crate) fn is_known(keyword: &str, name: &str) -> bool {
+    allowed(keyword).iter().any(|(n, _)| *n == name)
 }
 
 /// Checks names, values and repetition of `flags` for `keyword`.

@@ -33,7 +33,7 @@ pub use ignore::IgnoreMatcher;
 pub use instruction::{Command, Flag, Heredoc, Instruction, ShellOrExec, Span};
 pub use json::{instruction_json, to_json};
 pub use mount::{Mount, MountSpec, MountType, Sharing};
-pub use parser::parse;
+pub use parser::{parse, parse_syntax};
 pub use stage::Stage;
 
 /// A parsed Dockerfile.

@@ -33,10 +33,22 @@ const KEYWORDS: [&str; 18] = [
 
 /// Parses a Dockerfile. `path` is only used in error messages.
 pub fn parse(path: &str, source: &str) -> Result<Dockerfile, ParseError> {
+    parse_as(path, source, false)
+}
+
+/// Parses a Dockerfile as BuildKit's parser does, for tools (`kiln dockerfile parse`): the
+/// syntax only. Flags an instruction does not take are kept as written (not typed), and
+/// instructions may come before the first FROM; a build refuses both.
+pub fn parse_syntax(path: &str, source: &str) -> Result<Dockerfile, ParseError> {
+    parse_as(path, source, true)
+}
+
+fn parse_as(path: &str, source: &str, syntax_only: bool) -> Result<Dockerfile, ParseError> {
     let mut parser = Parser {
         path,
         source: Source::new(source),
         escape: '\\',
+        syntax_only,
     };
     let (directives, _) = directives::read(parser.source.lines())
         .map_err(|e| parser.error_at(e.line_index + 1, e.column, e.message, None))?;
@@ -55,7 +67,9 @@ pub fn parse(path: &str, source: &str) -> Result<Dockerfile, ParseError> {
             Some("a Dockerfile needs at least a FROM instruction".to_string()),
         ));
     }
-    parser.check_from_comes_first(&instructions)?;
+    if !syntax_only {
+        parser.check_from_comes_first(&instructions)?;
+    }
     Ok(Dockerfile {
         path: path.to_string(),
         directives,
@@ -67,6 +81,8 @@ struct Parser<'s> {
     path: &'s str,
     source: Source<'s>,
     escape: char,
+    /// [`parse_syntax`]: no checks of flags or of what comes before FROM.
+    syntax_only: bool,
 }
 
 /// Where the parts of the instruction being parsed are, as offsets in its logical line.
@@ -198,12 +214,23 @@ impl Parser<'_> {
         };
         let flags_offset = keyword_offset + word.len();
         let (raw_flags, args_relative) = flags::extract(&line.text[flags_offset..]);
-        let typed_flags = flags::validate(keyword, &raw_flags)
-            .and_then(|()| flags::typed(keyword, &raw_flags, flags_offset - keyword_offset))
-            .map_err(|problem| {
-                let offset = flags_offset + raw_flags[problem.index].offset;
-                self.error_at_offset(line, offset, problem.message, problem.hint)
-            })?;
+        let typed_flags = match self.syntax_only {
+            // The flags the keyword takes, typed if their values allow; all stay as written.
+            true => {
+                let known: Vec<flags::RawFlag> = raw_flags
+                    .iter()
+                    .filter(|f| flags::is_known(keyword, &f.name))
+                    .cloned()
+                    .collect();
+                flags::typed(keyword, &known, flags_offset - keyword_offset).unwrap_or_default()
+            }
+            false => flags::validate(keyword, &raw_flags)
+                .and_then(|()| flags::typed(keyword, &raw_flags, flags_offset - keyword_offset))
+                .map_err(|problem| {
+                    let offset = flags_offset + raw_flags[problem.index].offset;
+                    self.error_at_offset(line, offset, problem.message, problem.hint)
+                })?,
+        };
         let flags = raw_flags
             .into_iter()
             .map(|f| Flag {

@@ -35,7 +35,8 @@ pub fn run(command: DockerfileCommand) -> Result<(), Report> {
         .into_diagnostic()
         .wrap_err_with(|| format!("cannot read the Dockerfile {}", args.file.display()))?;
     let name = args.file.display().to_string();
-    let df = kiln_dockerfile::parse(&name, &text).map_err(|e| report::parse_error(&e, &text))?;
+    let df =
+        kiln_dockerfile::parse_syntax(&name, &text).map_err(|e| report::parse_error(&e, &text))?;
     let json = serde_json::to_string_pretty(&kiln_dockerfile::to_json(&df)).into_diagnostic()?;
     println!("{json}");
     Ok(())

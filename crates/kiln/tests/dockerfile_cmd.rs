@@ -18,6 +18,17 @@ fn write(dir: &Path, name: &str, text: &str) -> String {
     path.to_str().unwrap().to_string()
 }
 
+/// `kiln dockerfile parse --json FILE`, which must succeed, as JSON.
+fn parse_json(file: &str) -> Value {
+    let out = kiln(&["dockerfile", "parse", "--json", file]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("stdout is JSON")
+}
+
 #[test]
 fn prints_instructions_as_json() {
     let dir = tempfile::tempdir().unwrap();
@@ -26,13 +37,7 @@ fn prints_instructions_as_json() {
         "Dockerfile",
         "# check=skip=all\nFROM --platform=$BUILDPLATFORM golang AS build\nRUN go build \\\n  # why\n  -o /app .\nENV A=\"x y\" B=2\nONBUILD RUN [\"make\"]\nCOPY <<'EOF' /f\n$x\nEOF\n",
     );
-    let out = kiln(&["dockerfile", "parse", "--json", &file]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: Value = serde_json::from_slice(&out.stdout).expect("stdout is JSON");
+    let v = parse_json(&file);
     assert_eq!(
         v["directives"],
         json!({"syntax": null, "escape": "\\", "check": "skip=all"})
@@ -74,4 +79,30 @@ fn parse_errors_point_at_the_mistake() {
     ] {
         assert!(err.contains(needle), "{needle:?} missing from:\n{err}");
     }
+}
+
+/// Syntax only, as BuildKit's parser: a file without FROM, and flags the builder does not
+/// take, parse; the flags are shown as written. (`kiln build` refuses both.)
+#[test]
+fn parsing_is_syntax_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(
+        dir.path(),
+        "Dockerfile",
+        "RUN --frobnicate=yes echo hi\nCOPY --chown=1:1 --unknown a b\n",
+    );
+    let v = parse_json(&file);
+    let instructions = v["instructions"].as_array().unwrap();
+    assert_eq!(instructions[0]["flags"], json!(["--frobnicate=yes"]));
+    assert_eq!(
+        instructions[1]["flags"],
+        json!(["--chown=1:1", "--unknown"])
+    );
+    assert_eq!(instructions[1]["args"], json!(["a", "b"]));
+    let build = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(["build", dir.path().to_str().unwrap()])
+        .env("KILN_ROOT", dir.path().join("root"))
+        .output()
+        .unwrap();
+    assert!(!build.status.success());
 }
