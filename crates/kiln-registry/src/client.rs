@@ -559,6 +559,16 @@ impl RegistryClient {
         }
     }
 
+    /// Where the credentials for `registry` come from, for messages: `credentials from file
+    /// X` (or helper), `no credentials`, or why they could not be read.
+    pub fn credential_source(&self, registry: &str) -> String {
+        match self.credential(registry) {
+            Ok(Some(found)) => format!("credentials from {}", found.source),
+            Ok(None) => "no credentials".to_string(),
+            Err(e) => format!("no usable credentials ({e})"),
+        }
+    }
+
     /// The credential for `registry`, looked up once per client.
     fn credential(&self, registry: &str) -> Result<Option<Credential>, RegistryError> {
         if let Some(found) = self.found_credentials.lock().unwrap().get(registry) {
@@ -1356,6 +1366,16 @@ impl RegistryClient {
         fetch()?;
         self.upload(r, blob, path, session)?;
         Ok(BlobTransfer::Uploaded)
+    }
+
+    /// Checks that blobs can be pushed to `r`'s repository with the credentials found, as
+    /// kaniko does before it builds: opens an upload session and cancels it. A refusal names
+    /// the registry, the repository and where the credentials came from.
+    pub fn check_push(&self, r: &Reference) -> Result<(), RegistryError> {
+        let location = self.open_upload(r)?;
+        // A registry that cannot cancel the session drops it when it expires.
+        let _ = self.send_scoped(r, Access::Push, &[], |c| c.delete(location.clone()));
+        Ok(())
     }
 
     /// Opens an upload session and returns its URL.

@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::path::{Component, Path, PathBuf};
 
 use clap::Args;
+use clap::builder::BoolishValueParser;
 use kiln_build::{
     Annotation, Annotations, BuildError, BuildMetadata, BuildOptions, CacheSpec, Hold,
     OriginClients, Output, OutputFlags, Progress, ProgressMode, SecretSource, Secrets, StepKind,
@@ -91,6 +92,9 @@ pub struct BuildArgs {
     /// Progress output: auto, plain or quiet.
     #[arg(long, default_value = "auto", value_parser = ["auto", "plain", "tty", "quiet"])]
     progress: String,
+    /// Do not check, before the first step, that every destination takes pushes (kaniko).
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", value_parser = BoolishValueParser::new())]
+    skip_push_permission_check: Option<bool>,
     /// Print only the image's digest (on stdout): --progress quiet.
     #[arg(short = 'q', long)]
     quiet: bool,
@@ -374,6 +378,39 @@ pub(crate) fn open_store(root: &Path, progress: &Progress) -> Result<Store, Repo
     Ok(store)
 }
 
+/// Before the first step, as kaniko does: every repository a registry output pushes to must
+/// take a blob upload with the credentials found (`--skip-push-permission-check` skips it).
+pub(crate) fn check_push_access(
+    push: &RegistryClient,
+    outputs: &[Output],
+    progress: &Progress,
+) -> Result<(), Report> {
+    let mut checked: Vec<(&str, &str)> = Vec::new();
+    for output in outputs {
+        let Output::Registry { names, .. } = output else {
+            continue;
+        };
+        for name in names {
+            let repository = (name.registry.as_str(), name.repository.as_str());
+            if checked.contains(&repository) {
+                continue;
+            }
+            checked.push(repository);
+            progress.detail(&format!("checking that {name} takes pushes"));
+            push.check_push(name).map_err(|e| {
+                miette!("{e}").wrap_err(format!(
+                    "cannot push to {}/{} with {}; nothing was built \
+                     (--skip-push-permission-check builds anyway)",
+                    name.registry,
+                    name.repository,
+                    push.credential_source(&name.registry)
+                ))
+            })?;
+        }
+    }
+    Ok(())
+}
+
 /// Where a build reads base images from and pushes to: kaniko keeps separate TLS and
 /// plain-HTTP settings for pulls and pushes, `kiln build` uses one client for both.
 pub(crate) struct Clients<'c> {
@@ -584,6 +621,9 @@ pub fn run(args: BuildArgs) -> Result<(), Report> {
         push: &client,
         cache: &client,
     };
+    if args.skip_push_permission_check != Some(true) {
+        check_push_access(&client, &outputs, &progress)?;
+    }
     let (top, result) = build_and_deliver(
         &dockerfile,
         &options,

@@ -67,6 +67,9 @@ pub struct ExecutorArgs {
     /// The stage to build (default: the last).
     #[arg(long)]
     target: Option<String>,
+    /// Do not check, before the first step, that every destination takes pushes.
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", value_parser = BoolishValueParser::new())]
+    skip_push_permission_check: Option<bool>,
     /// Build only the stages the target needs; kiln always does.
     #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", value_parser = BoolishValueParser::new())]
     skip_unused_stages: Option<bool>,
@@ -440,6 +443,9 @@ pub fn run(args: ExecutorArgs) -> Result<(), Report> {
         push: &push,
         cache: &push,
     };
+    if args.skip_push_permission_check != Some(true) {
+        build_cmd::check_push_access(&push, &outputs, &progress)?;
+    }
     let (top, _) = build_cmd::build_and_deliver(
         &dockerfile,
         &options,

@@ -252,3 +252,53 @@ fn the_version_names_the_commit_and_completion_scripts_are_shell_code() {
     assert!(stdout(&env.kiln(&["completion", "zsh"])).starts_with("#compdef kiln"));
     assert!(stdout(&env.kiln(&["completion", "fish"])).contains("complete -c kiln"));
 }
+
+/// As kaniko does, a push that would be refused fails before the first step, naming the
+/// registry and repository; `--skip-push-permission-check` builds anyway (and fails at the
+/// push).
+#[test]
+fn a_destination_that_refuses_pushes_fails_before_any_step() {
+    use kiln_testkit::{Fault, FaultProxy, FaultRule};
+    let env = Env::new();
+    let refuse = Fault::Status {
+        status: 403,
+        retry_after: None,
+    };
+    let proxy = FaultProxy::start(
+        env.reg(),
+        vec![FaultRule::new(
+            Some("POST"),
+            "/blobs/uploads/",
+            refuse,
+            1000,
+        )],
+    );
+    let ctx = env.context(
+        "ctx",
+        &[("Dockerfile", "FROM $REG/busybox\nRUN echo step-ran-here\n")],
+    );
+    let tag = format!("{}/team/app:1", proxy.addr());
+    let o = env.kiln(&["build", "--push", "-t", &tag, ctx.to_str().unwrap()]);
+    let err = assert_failed(&o);
+    assert_contains_all(
+        &err,
+        &[
+            &format!(
+                "cannot push to {}/team/app with no credentials",
+                proxy.addr()
+            ),
+            "nothing was built",
+        ],
+    );
+    assert!(!err.contains("step-ran-here"), "a step ran:\n{err}");
+    let o = env.kiln(&[
+        "build",
+        "--push",
+        "--skip-push-permission-check",
+        "-t",
+        &tag,
+        ctx.to_str().unwrap(),
+    ]);
+    let err = assert_failed(&o);
+    assert!(err.contains("step-ran-here"), "{err}");
+}

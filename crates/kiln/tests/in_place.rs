@@ -779,10 +779,13 @@ fn a_credential_helper_the_dockerfile_planted_is_not_run_by_the_push() {
     let image = format!("{}/app:1", registry.addr());
     let root = job.path("root-in-pod");
     let ctx = job.path("ctx");
+    // The job's helper is a shell script, and kiln's image has no shell before the build:
+    // the check before the first step would fail to run it.
     let args = [
         "build",
         "--progress",
         "plain",
+        "--skip-push-permission-check",
         "--root",
         root.to_str().unwrap(),
         "-t",
