@@ -36,8 +36,11 @@ pub(crate) fn write(
         false => {
             let parent = parent_of(dest);
             fs::create_dir_all(parent).map_err(BuildError::io(action("directory")))?;
+            // 0700 from the start: the image's setuid programs and device nodes are made in
+            // it, long before the finished tree is closed off and renamed into place.
             tempfile::Builder::new()
                 .prefix(".kiln-local-")
+                .permissions(fs::Permissions::from_mode(0o700))
                 .tempdir_in(parent)
                 .map_err(BuildError::io(action("directory")))?
         }

@@ -49,15 +49,19 @@ fn hex(bytes: &[u8]) -> String {
 
 /// kiln with the umask a CI shell has, so the modes it gives are the usual ones.
 fn kiln_umask_022(env: &Env, args: &[&str]) -> std::process::Output {
-    Command::new("sh")
+    kiln_umask_022_command(env, args).output().unwrap()
+}
+
+fn kiln_umask_022_command(env: &Env, args: &[&str]) -> Command {
+    let mut command = Command::new("sh");
+    command
         .arg("-c")
         .arg("umask 022 && exec \"$0\" \"$@\"")
         .arg(env!("CARGO_BIN_EXE_kiln"))
         .args(args)
         .env("KILN_ROOT", env.store())
-        .env("NO_COLOR", "1")
-        .output()
-        .unwrap()
+        .env("NO_COLOR", "1");
+    command
 }
 
 #[test]
@@ -659,4 +663,70 @@ fn the_same_sources_give_the_same_bytes_whatever_the_root_jobs_or_file_order() {
     let (iid_2, bytes_2) = build(&second, 2, &[]);
     assert_eq!(iid_1, iid_2);
     assert!(bytes_1 == bytes_2, "the two archives differ");
+}
+
+/// The directory a `-o type=local` tree is made in, beside its destination, is the user's
+/// alone from the start: the image's setuid programs and device nodes sit in it for as long
+/// as the layers take to merge, before the finished tree is closed off and renamed.
+#[test]
+fn a_local_output_is_merged_where_only_kiln_can_reach_it() {
+    use std::os::unix::fs::MetadataExt;
+    let env = Env::new();
+    let ctx = env.context(
+        "ctx",
+        &[(
+            "Dockerfile",
+            // A big file, merged last, keeps the half-made tree there long enough to look at.
+            "FROM $REG/busybox\nRUN head -c 100000000 /dev/zero > /zz-big\n",
+        )],
+    );
+    let out = env.path("out");
+    std::fs::create_dir(&out).unwrap();
+    let dest = out.join("files");
+    let log = env.path("kiln.log");
+    let mut build = kiln_umask_022_command(
+        &env,
+        &[
+            "build",
+            "-o",
+            &format!("type=local,dest={}", dest.display()),
+            ctx.to_str().unwrap(),
+        ],
+    )
+    .stdout(std::process::Stdio::null())
+    .stderr(std::fs::File::create(&log).unwrap())
+    .spawn()
+    .unwrap();
+    let mut seen = std::collections::BTreeMap::new();
+    let status = loop {
+        if let Some(status) = build.try_wait().unwrap() {
+            break status;
+        }
+        for entry in std::fs::read_dir(&out).unwrap() {
+            let entry = entry.unwrap();
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if let (true, Ok(md)) = (name.starts_with(".kiln-local-"), entry.metadata()) {
+                seen.insert(name, md.mode() & 0o7777);
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    };
+    assert_ok(&std::process::Output {
+        status,
+        stdout: Vec::new(),
+        stderr: std::fs::read(&log).unwrap(),
+    });
+    assert!(
+        !seen.is_empty(),
+        "the merge was never seen beside {}",
+        dest.display()
+    );
+    for (name, mode) in &seen {
+        assert_eq!(
+            *mode, 0o700,
+            "{name} is open to other users while the layers merge"
+        );
+    }
+    assert_eq!(list_dir(&out), ["files"]);
+    assert_eq!(mode(&dest) & 0o7777, 0o700);
 }
