@@ -4,7 +4,7 @@
 
 use std::fs;
 use std::io::{self, BufWriter, Write};
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use kiln_oci::{ImageConfig, Platform};
@@ -62,8 +62,12 @@ pub(crate) fn write(
     }
     if !tar {
         // The image's setuid programs and device nodes keep their owners and modes: only the
-        // user kiln runs as may reach them.
-        fs::set_permissions(&root, fs::Permissions::from_mode(0o700))
+        // user kiln runs as may reach them. The merge gave the top the owner of the image's
+        // `/`, which a step may have handed to any uid (`RUN chown 1000 /`), so it becomes
+        // the owner of the directory kiln made it in.
+        let ours = fs::metadata(staging.path()).map_err(BuildError::io(action("directory")))?;
+        std::os::unix::fs::lchown(&root, Some(ours.uid()), Some(ours.gid()))
+            .and_then(|()| fs::set_permissions(&root, fs::Permissions::from_mode(0o700)))
             .map_err(BuildError::io(action("directory")))?;
         // An empty directory is replaced; anything else is the user's and stays.
         if dest.is_dir() {

@@ -730,3 +730,32 @@ fn a_local_output_is_merged_where_only_kiln_can_reach_it() {
     assert_eq!(list_dir(&out), ["files"]);
     assert_eq!(mode(&dest) & 0o7777, 0o700);
 }
+
+/// An image cannot hand the top of a `-o type=local` tree to another user: after a step
+/// gives `/` to uid 1000 and opens it to all, the destination is still the user kiln ran as,
+/// and theirs alone.
+#[test]
+fn a_local_output_stays_the_users_when_the_image_gives_its_root_away() {
+    use std::os::unix::fs::MetadataExt;
+    let env = Env::new();
+    let ctx = env.context(
+        "ctx",
+        &[(
+            "Dockerfile",
+            "FROM $REG/busybox\nRUN chown 1000:1000 / && chmod 777 / && touch /x\n",
+        )],
+    );
+    let dest = env.path("out/files");
+    assert_ok(&env.kiln(&[
+        "build",
+        "-o",
+        &format!("type=local,dest={}", dest.display()),
+        ctx.to_str().unwrap(),
+    ]));
+    let ours = std::fs::metadata(env.path("out")).unwrap();
+    let top = std::fs::symlink_metadata(&dest).unwrap();
+    assert_eq!(
+        (top.uid(), top.gid(), top.mode() & 0o7777),
+        (ours.uid(), ours.gid(), 0o700)
+    );
+}
