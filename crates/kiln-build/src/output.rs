@@ -76,6 +76,12 @@ pub enum OutputSpecError {
         "rewrite-timestamp=false: kiln always clamps the times of new files to SOURCE_DATE_EPOCH when it is set; unset it, or leave rewrite-timestamp out"
     )]
     AlwaysRewritten,
+    #[error("-o type={kind}: `{key}={value}` is neither true nor false")]
+    NotABool {
+        kind: String,
+        key: String,
+        value: String,
+    },
     #[error("only one output can go to standard output (dest=-)")]
     TwoToStdout,
     #[error("--push needs at least one -t NAME:TAG to push to")]
@@ -182,9 +188,19 @@ impl Output {
                 instead: "layers are gzip; leave compression out or say compression=gzip",
             });
         }
-        // A bare key, or `key=true`, switches an attribute on.
-        let flag =
-            |k: &str, default: bool| kv.get(k).map_or(default, |v| v == "true" || v.is_empty());
+        // A bare key switches an attribute on; a value is read as buildx reads it (Go's
+        // ParseBool), so that `push=True` pushes and `tar=0` is no archive, and anything else
+        // is refused rather than read as false.
+        let flag = |k: &str, default: bool| match kv.get(k).map(String::as_str) {
+            None => Ok(default),
+            Some("" | "1" | "t" | "T" | "true" | "TRUE" | "True") => Ok(true),
+            Some("0" | "f" | "F" | "false" | "FALSE" | "False") => Ok(false),
+            Some(value) => Err(OutputSpecError::NotABool {
+                kind: kind.clone(),
+                key: k.to_string(),
+                value: value.to_string(),
+            }),
+        };
         let named = || -> Result<Vec<Reference>, OutputSpecError> {
             Ok(match kv.get("name") {
                 Some(n) => n
@@ -210,7 +226,7 @@ impl Output {
         };
         match kind.as_str() {
             "registry" => {}
-            "image" if flag("push", false) => {}
+            "image" if flag("push", false)? => {}
             "image" => return Ok(None),
             "docker" if platforms > 1 => {
                 return Err(OutputSpecError::DockerSinglePlatform { platforms });
@@ -240,7 +256,7 @@ impl Output {
             }
             _ => {
                 let dest = dest("")?;
-                return Ok(Some(match kv.get("tar").is_some_and(|v| v == "false") {
+                return Ok(Some(match !flag("tar", true)? {
                     true if dest == Path::new(STDOUT) => {
                         return Err(OutputSpecError::NeedsDest {
                             kind: "oci",
@@ -254,8 +270,8 @@ impl Output {
         }
         Ok(Some(Output::Registry {
             names: named()?,
-            oci_mediatypes: flag("oci-mediatypes", true),
-            push_by_digest: flag("push-by-digest", false),
+            oci_mediatypes: flag("oci-mediatypes", true)?,
+            push_by_digest: flag("push-by-digest", false)?,
         }))
     }
 
@@ -366,6 +382,19 @@ mod tests {
         );
         assert_eq!(parse("type=image").unwrap(), None);
         assert_eq!(parse("type=image,push=false").unwrap(), None);
+        // buildx reads yes/no values as Go's ParseBool does: these push too.
+        for on in ["True", "TRUE", "1", "t"] {
+            assert_eq!(
+                parse(&format!("type=image,push={on}")).unwrap(),
+                pushed(true, false, names()),
+                "push={on}"
+            );
+        }
+        assert_eq!(parse("type=image,push=0").unwrap(), None);
+        assert_eq!(
+            parse("type=registry,oci-mediatypes=False,push-by-digest=1").unwrap(),
+            pushed(false, true, names())
+        );
         assert_eq!(
             parse(" type = registry , oci-mediatypes=false,push-by-digest=true").unwrap(),
             pushed(false, true, names())
@@ -461,6 +490,13 @@ mod tests {
             parse("type=oci,dest=out,tar=true").unwrap(),
             Some(Output::OciArchive("out".into()))
         );
+        for off in ["False", "FALSE", "0", "f"] {
+            assert_eq!(
+                parse(&format!("type=oci,dest=out,tar={off}")).unwrap(),
+                Some(Output::OciDir("out".into())),
+                "tar={off}"
+            );
+        }
     }
 
     #[test]
@@ -526,6 +562,19 @@ mod tests {
         assert_eq!(
             err("type=oci,dest=-,tar=false", 1),
             "-o type=oci needs dest=PATH (a directory: tar=false cannot go to standard output)"
+        );
+        // A yes/no attribute with any other value is refused, never read as "no".
+        assert_eq!(
+            err("type=image,push=yes", 1),
+            "-o type=image: `push=yes` is neither true nor false"
+        );
+        assert_eq!(
+            err("type=oci,dest=x,tar=no", 1),
+            "-o type=oci: `tar=no` is neither true nor false"
+        );
+        assert_eq!(
+            err("type=registry,oci-mediatypes=off", 1),
+            "-o type=registry: `oci-mediatypes=off` is neither true nor false"
         );
         assert!(
             err("type=registry,name=UPPER", 1).starts_with("invalid image reference `UPPER`"),
