@@ -46,6 +46,11 @@ pub enum OutputSpecError {
          use -o type=oci (an index of all platforms) or type=registry, or build one --platform"
     )]
     DockerSinglePlatform { platforms: usize },
+    #[error(
+        "a docker archive (-o type=docker, --tar-path) is tagged with its names, but `{0}` has \
+         no tag: name it NAME:TAG"
+    )]
+    DockerNameWithoutTag(String),
     #[error("-o type={kind} needs dest=PATH{or}")]
     NeedsDest {
         kind: &'static str,
@@ -237,7 +242,7 @@ impl Output {
                     dest(" (kiln has no engine to load into: dest=FILE, or dest=- | podman load)")?;
                 return Ok(Some(Output::DockerArchive {
                     dest,
-                    names: named()?,
+                    names: docker_tags(named()?)?,
                 }));
             }
             "local" | "tar" => {
@@ -321,7 +326,7 @@ impl Output {
             }
             outputs.push(Output::DockerArchive {
                 dest: file.to_path_buf(),
-                names: names.to_vec(),
+                names: docker_tags(names.to_vec())?,
             });
         }
         if outputs.iter().filter(|o| o.to_stdout()).count() > 1 {
@@ -344,6 +349,15 @@ impl Output {
             | Output::DockerArchive { .. }
             | Output::Rootfs { .. } => true,
         }
+    }
+}
+
+/// The names a docker archive lists as its RepoTags: a name pinned by digest alone has no tag
+/// to list, and would leave the loaded image untagged without a word.
+fn docker_tags(names: Vec<Reference>) -> Result<Vec<Reference>, OutputSpecError> {
+    match names.iter().find(|n| n.tag.is_none()) {
+        Some(untagged) => Err(OutputSpecError::DockerNameWithoutTag(untagged.to_string())),
+        None => Ok(names),
     }
 }
 
@@ -540,6 +554,14 @@ mod tests {
             err("type=registry,compression=zstd", 1),
             "-o type=registry: `compression=zstd` is not supported by this version of kiln \
              (layers are gzip; leave compression out or say compression=gzip)"
+        );
+        let pinned = format!("localhost:5000/app@sha256:{}", "a".repeat(64));
+        assert_eq!(
+            err(&format!("type=docker,dest=x.tar,name={pinned}"), 1),
+            format!(
+                "a docker archive (-o type=docker, --tar-path) is tagged with its names, but \
+                 `{pinned}` has no tag: name it NAME:TAG"
+            )
         );
         assert_eq!(
             err("type=docker", 1),
