@@ -196,16 +196,16 @@ impl Output {
         // A bare key switches an attribute on; a value is read as buildx reads it (Go's
         // ParseBool), so that `push=True` pushes and `tar=0` is no archive, and anything else
         // is refused rather than read as false.
-        let flag = |k: &str, default: bool| match kv.get(k).map(String::as_str) {
+        let flag = |k: &str, default: bool| match kv.get(k) {
             None => Ok(default),
-            Some("" | "1" | "t" | "T" | "true" | "TRUE" | "True") => Ok(true),
-            Some("0" | "f" | "F" | "false" | "FALSE" | "False") => Ok(false),
-            Some(value) => Err(OutputSpecError::NotABool {
+            Some(value) => yes_no(value).ok_or_else(|| OutputSpecError::NotABool {
                 kind: kind.clone(),
                 key: k.to_string(),
-                value: value.to_string(),
+                value: value.clone(),
             }),
         };
+        // Read by `from_flags`, which knows SOURCE_DATE_EPOCH.
+        flag("rewrite-timestamp", false)?;
         let named = || -> Result<Vec<Reference>, OutputSpecError> {
             Ok(match kv.get("name") {
                 Some(n) => n
@@ -296,10 +296,9 @@ impl Output {
             let rewrite = spec
                 .split(',')
                 .filter_map(|part| part.trim().strip_prefix("rewrite-timestamp"))
-                .find_map(|rest| match rest {
-                    "" | "=true" => Some(true),
-                    "=false" => Some(false),
-                    _ => None,
+                .find_map(|rest| match rest.trim_start() {
+                    "" => Some(true),
+                    rest => rest.strip_prefix('=').and_then(|v| yes_no(v.trim())),
                 });
             match (rewrite, flags.source_date_epoch) {
                 (Some(true), None) => return Err(OutputSpecError::RewriteNeedsEpoch),
@@ -349,6 +348,15 @@ impl Output {
             | Output::DockerArchive { .. }
             | Output::Rootfs { .. } => true,
         }
+    }
+}
+
+/// A yes/no attribute's value as buildx reads it (Go's ParseBool); empty (a bare key) is yes.
+fn yes_no(value: &str) -> Option<bool> {
+    match value {
+        "" | "1" | "t" | "T" | "true" | "TRUE" | "True" => Some(true),
+        "0" | "f" | "F" | "false" | "FALSE" | "False" => Some(false),
+        _ => None,
     }
 }
 
@@ -448,6 +456,21 @@ mod tests {
         let off = "type=registry,rewrite-timestamp=false";
         assert!(outputs(off, Some(0)).unwrap_err().contains("always clamps"));
         assert!(outputs(off, None).is_ok());
+        // Spelled as buildx takes them, the same; anything else is refused, not ignored.
+        assert!(
+            outputs("type=oci,dest=x.tar,rewrite-timestamp=True", None)
+                .unwrap_err()
+                .contains("needs SOURCE_DATE_EPOCH")
+        );
+        assert!(
+            outputs("type=registry, rewrite-timestamp = 0", Some(0))
+                .unwrap_err()
+                .contains("always clamps")
+        );
+        assert_eq!(
+            outputs("type=docker,dest=x.tar,rewrite-timestamp=yes", Some(0)).unwrap_err(),
+            "-o type=docker: `rewrite-timestamp=yes` is neither true nor false"
+        );
     }
 
     #[test]
