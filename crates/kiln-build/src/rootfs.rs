@@ -24,7 +24,11 @@ pub(crate) fn write(
     dest: &Path,
     tar: bool,
 ) -> Result<(), BuildError> {
-    let action = |what: &str| format!("writing the {what} {}", dest.display());
+    let shown = match dest == Path::new(STDOUT) {
+        true => "to standard output".to_string(),
+        false => dest.display().to_string(),
+    };
+    let action = |what: &str| format!("writing the {what} {shown}");
     let tar_failed = |e: kiln_snapshot::SnapshotError| BuildError::Io {
         context: action("tar"),
         source: io::Error::other(e.to_string()),

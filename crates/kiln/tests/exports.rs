@@ -759,3 +759,22 @@ fn a_local_output_stays_the_users_when_the_image_gives_its_root_away() {
         (ours.uid(), ours.gid(), 0o700)
     );
 }
+
+/// A tar on standard output that cannot be written (the reader went away) fails saying so,
+/// not as a tar named `-`.
+#[test]
+fn a_tar_to_a_closed_stdout_fails_naming_standard_output() {
+    let env = Env::new();
+    let ctx = env.context("ctx", &[("Dockerfile", "FROM $REG/busybox\n")]);
+    let mut build = kiln_umask_022_command(
+        &env,
+        &["build", "-o", "type=tar,dest=-", ctx.to_str().unwrap()],
+    )
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::piped())
+    .spawn()
+    .unwrap();
+    drop(build.stdout.take());
+    let err = assert_failed(&build.wait_with_output().unwrap());
+    assert_contains_all(&err, &["writing the tar to standard output"]);
+}
