@@ -298,18 +298,24 @@ fn holds_reincluded(ignore: &IgnoreMatcher, rel_dir: &str, host_dir: &Path) -> b
 /// untrusted: it is extracted as ADD extracts a local archive, so no entry is written outside
 /// `dest` or through a symlink.
 pub fn unpack_context(archive: &Path, dest: &Path) -> Result<(), BuildError> {
-    let context = format!("unpacking the build context {}", archive.display());
-    match kiln_snapshot::extract_archive(archive, dest) {
-        Ok(Some(_)) => Ok(()),
-        Ok(None) => Err(BuildError::Io {
-            context,
+    match try_unpack_context(archive, dest)? {
+        true => Ok(()),
+        false => Err(BuildError::Io {
+            context: format!("unpacking the build context {}", archive.display()),
             source: std::io::Error::other("it is not a tar archive (plain or compressed)"),
         }),
-        Err(e) => Err(BuildError::Io {
-            context,
-            source: std::io::Error::other(e),
-        }),
     }
+}
+
+/// [`unpack_context`], but a file that is no archive is `Ok(false)` (buildx's context `-`
+/// may be a lone Dockerfile).
+pub fn try_unpack_context(archive: &Path, dest: &Path) -> Result<bool, BuildError> {
+    kiln_snapshot::extract_archive(archive, dest)
+        .map(|stats| stats.is_some())
+        .map_err(|e| BuildError::Io {
+            context: format!("unpacking the build context {}", archive.display()),
+            source: std::io::Error::other(e),
+        })
 }
 
 #[cfg(test)]

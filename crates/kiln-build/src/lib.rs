@@ -45,7 +45,7 @@ use kiln_transport::BaseImageCache;
 pub use annotations::{Annotation, AnnotationError, AnnotationTarget, Annotations};
 pub use base::{BaseRef, ImageResolver, RegistryResolver, ResolvedImage};
 pub use cache::{CacheBackend, KeyLock, LocalCache, Lookup, Record, RecordLayer};
-pub use context::{BuildContext, ContextSource, unpack_context};
+pub use context::{BuildContext, ContextSource, try_unpack_context, unpack_context};
 pub use context_hash::{ContextDigest, HashStats};
 pub use error::BuildError;
 pub use export::{OriginClients, StoreSource, deliver};

@@ -512,11 +512,43 @@ pub(crate) fn build_and_deliver(
     Ok((top, result))
 }
 
-pub fn run(args: BuildArgs) -> Result<(), Report> {
-    let context = args.context_flag.clone().unwrap_or(args.context.clone());
-    let dockerfile_path = context_dockerfile(args.file.as_deref(), &context)?;
-    let dockerfile = read_dockerfile(&dockerfile_path)?;
+/// The context `-` and `-f -` of buildx: the build context as a tar (plain or compressed) on
+/// standard input, or a lone Dockerfile there (then the context is empty); or the Dockerfile
+/// on standard input. Saved under `scratch`; returns the context dir and the Dockerfile path
+/// to use.
+fn from_stdin(
+    context: PathBuf,
+    file: Option<PathBuf>,
+    scratch: &Path,
+) -> Result<(PathBuf, Option<PathBuf>), Report> {
+    let stdin = Path::new("-");
+    let (context_in, file_in) = (context == stdin, file.as_deref() == Some(stdin));
+    if !context_in && !file_in {
+        return Ok((context, file));
+    }
+    if context_in && file_in {
+        return Err(miette!(
+            "the context - and -f - both read standard input: give one of them as a path"
+        ));
+    }
+    let saved = scratch.join("stdin");
+    let mut out = std::fs::File::create(&saved).into_diagnostic()?;
+    std::io::copy(&mut std::io::stdin().lock(), &mut out)
+        .into_diagnostic()
+        .wrap_err("reading standard input")?;
+    if file_in {
+        return Ok((context, Some(saved)));
+    }
+    let dir = scratch.join("context");
+    std::fs::create_dir(&dir).into_diagnostic()?;
+    match kiln_build::try_unpack_context(&saved, &dir).map_err(|e| miette!("{e}"))? {
+        true => Ok((dir, file)),
+        // Not an archive: a Dockerfile, with nothing to copy from.
+        false => Ok((dir, Some(file.unwrap_or(saved)))),
+    }
+}
 
+pub fn run(args: BuildArgs) -> Result<(), Report> {
     let mut names = Vec::new();
     for t in args.tags.iter().chain(&args.destinations) {
         names.push(t.parse::<Reference>().map_err(|e| miette!("{e}"))?);
@@ -554,6 +586,14 @@ pub fn run(args: BuildArgs) -> Result<(), Report> {
         ProgressMode::Plain
     });
     let store = open_store(&root, &progress)?;
+    let stdin_scratch = store.temp_dir("stdin-").map_err(|e| miette!("{e}"))?;
+    let (context, file) = from_stdin(
+        args.context_flag.clone().unwrap_or(args.context.clone()),
+        args.file.clone(),
+        stdin_scratch.path(),
+    )?;
+    let dockerfile_path = context_dockerfile(file.as_deref(), &context)?;
+    let dockerfile = read_dockerfile(&dockerfile_path)?;
     if outputs.is_empty() {
         progress.warning(
             "no output asked for: the image stays in kiln's store only, where nothing else \

@@ -260,3 +260,72 @@ fn a_build_without_an_output_says_so() {
         stderr(&o)
     );
 }
+
+/// buildx's stdin forms: context `-` as a tar (here gzipped) or a lone Dockerfile, and
+/// `-f -`; both at once is refused.
+#[test]
+fn the_context_or_the_dockerfile_can_come_on_stdin() {
+    use std::io::Write as _;
+    use std::process::Stdio;
+    let env = Env::new();
+    let ctx = env.context(
+        "ctx",
+        &[
+            ("Dockerfile", "FROM $REG/busybox\nCOPY a.txt /a.txt\n"),
+            ("a.txt", "from the tar\n"),
+        ],
+    );
+    let run = |args: &[&str], input: &[u8]| {
+        let mut child = kiln_command(&env.store(), args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(input).unwrap();
+        child.wait_with_output().unwrap()
+    };
+    let tar = std::process::Command::new("tar")
+        .arg("-cz")
+        .arg("-C")
+        .arg(&ctx)
+        .arg(".")
+        .output()
+        .unwrap();
+    assert!(tar.status.success());
+    let out = env.path("from-tar");
+    assert_ok(&run(
+        &["build", "-o", out.to_str().unwrap(), "-"],
+        &tar.stdout,
+    ));
+    assert_eq!(read(&out.join("a.txt")), "from the tar\n");
+
+    // -f -: the Dockerfile on stdin, the context a directory.
+    let dockerfile = format!("FROM {}/busybox\nCOPY a.txt /b.txt\n", env.reg());
+    let out = env.path("from-f");
+    let o = run(
+        &[
+            "build",
+            "-f",
+            "-",
+            "-o",
+            out.to_str().unwrap(),
+            ctx.to_str().unwrap(),
+        ],
+        dockerfile.as_bytes(),
+    );
+    assert_ok(&o);
+    assert_eq!(read(&out.join("b.txt")), "from the tar\n");
+
+    // A lone Dockerfile as the context: nothing to copy from.
+    let lone = format!("FROM {}/busybox\nRUN echo lone > /lone\n", env.reg());
+    let out = env.path("lone");
+    assert_ok(&run(
+        &["build", "-o", out.to_str().unwrap(), "-"],
+        lone.as_bytes(),
+    ));
+    assert_eq!(read(&out.join("lone")), "lone\n");
+
+    let both = run(&["build", "-f", "-", "-"], lone.as_bytes());
+    assert_contains_all(&assert_failed(&both), &["both read standard input"]);
+}
