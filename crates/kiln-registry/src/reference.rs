@@ -113,6 +113,13 @@ impl FromStr for Reference {
         } else {
             repository
         };
+        // `demo:a:b`: the name holds the first colon of the last component.
+        if !name[last_slash..].is_empty() && name[last_slash..].contains(':') {
+            return Err(err(
+                "a tag follows the only `:` after the last `/` (NAME:TAG), so a name holds no \
+                 `:` itself; a registry's port goes before the first `/` (HOST:PORT/NAME:TAG)",
+            ));
+        }
         if repository.is_empty() || !repository.split('/').all(valid_repo_component) {
             return Err(err(
                 "repository names are lowercase letters, digits and separators (. _ -) between slashes",
@@ -181,5 +188,13 @@ mod tests {
             let e = bad.parse::<Reference>().unwrap_err().to_string();
             assert!(e.contains(bad), "{e}");
         }
+        // Two colons: not "repository names are lowercase", but where a tag goes.
+        let e = "demo:a:b".parse::<Reference>().unwrap_err().to_string();
+        assert!(
+            e.contains("a tag follows the only `:` after the last `/`"),
+            "{e}"
+        );
+        // A port is fine where it belongs.
+        assert_eq!(r("host:5000/demo:a").tag.as_deref(), Some("a"));
     }
 }
