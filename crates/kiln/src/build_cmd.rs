@@ -23,13 +23,19 @@ use crate::report;
 #[derive(Args)]
 pub struct BuildArgs {
     /// The build context directory.
-    #[arg(value_name = "CONTEXT", default_value = ".")]
+    #[arg(help_heading = "Input", value_name = "CONTEXT", default_value = ".")]
     context: PathBuf,
     /// The build context (kaniko's spelling); overrides CONTEXT.
-    #[arg(short = 'c', long = "context", value_name = "DIR")]
+    #[arg(
+        help_heading = "Input",
+        short = 'c',
+        long = "context",
+        value_name = "DIR"
+    )]
     context_flag: Option<PathBuf>,
     /// The Dockerfile (default: CONTEXT/Dockerfile).
     #[arg(
+        help_heading = "Input",
         short = 'f',
         long = "file",
         visible_alias = "dockerfile",
@@ -37,97 +43,135 @@ pub struct BuildArgs {
     )]
     file: Option<PathBuf>,
     /// Name and tag the image (repeatable).
-    #[arg(short = 't', long = "tag", value_name = "NAME[:TAG]")]
+    #[arg(
+        help_heading = "Output",
+        short = 't',
+        long = "tag",
+        value_name = "NAME[:TAG]"
+    )]
     tags: Vec<String>,
     /// Push to this reference (kaniko's spelling of `-t NAME --push`; repeatable).
-    #[arg(short = 'd', long = "destination", value_name = "NAME[:TAG]")]
+    #[arg(
+        help_heading = "Output",
+        short = 'd',
+        long = "destination",
+        value_name = "NAME[:TAG]"
+    )]
     destinations: Vec<String>,
     /// Push the image to the registry named by each tag.
-    #[arg(long)]
+    #[arg(help_heading = "Output", long)]
     push: bool,
     /// Build but do not push, even with --destination (kaniko).
-    #[arg(long)]
+    #[arg(help_heading = "Output", long)]
     no_push: bool,
     /// Output: type=registry, type=image[,push=true], type=oci,dest=PATH[,tar=false].
-    #[arg(short = 'o', long = "output", value_name = "SPEC")]
+    #[arg(
+        help_heading = "Output",
+        short = 'o',
+        long = "output",
+        value_name = "SPEC"
+    )]
     outputs: Vec<String>,
     /// Write an OCI layout directory here (kaniko's --oci-layout-path).
-    #[arg(long, value_name = "DIR")]
+    #[arg(help_heading = "Output", long, value_name = "DIR")]
     oci_layout_path: Option<PathBuf>,
     /// A build-time variable; a bare KEY takes its value from the environment.
-    #[arg(long = "build-arg", value_name = "KEY[=VALUE]")]
+    #[arg(help_heading = "Input", long = "build-arg", value_name = "KEY[=VALUE]")]
     build_args: Vec<String>,
     /// The stage to build (default: the last).
-    #[arg(long)]
+    #[arg(help_heading = "Input", long)]
     target: Option<String>,
     /// Target platforms, a comma list of os/arch[/variant] (default: the host's); repeatable.
-    #[arg(long, alias = "custom-platform", value_name = "PLATFORMS")]
+    #[arg(
+        help_heading = "Platforms",
+        long,
+        alias = "custom-platform",
+        value_name = "PLATFORMS"
+    )]
     platform: Vec<String>,
     /// How many platforms build at once (default: the number of cores).
-    #[arg(long, value_name = "N")]
+    #[arg(help_heading = "Platforms", long, value_name = "N")]
     jobs: Option<usize>,
     /// Where qemu-<arch>-static lives, for RUN steps of foreign platforms.
-    #[arg(long, env = "KILN_QEMU_DIR", value_name = "DIR")]
+    #[arg(
+        help_heading = "Platforms",
+        long,
+        env = "KILN_QEMU_DIR",
+        value_name = "DIR"
+    )]
     qemu_dir: Option<PathBuf>,
     /// Push without a tag: the image is known by its digest only (see --metadata-file).
-    #[arg(long)]
+    #[arg(help_heading = "Output", long)]
     push_by_digest: bool,
     /// Write the result's digest, media type, size and platform as JSON (buildx's keys).
-    #[arg(long, value_name = "FILE")]
+    #[arg(help_heading = "Output", long, value_name = "FILE")]
     metadata_file: Option<PathBuf>,
     /// Write the image's digest (of its manifest, or of the index of several platforms).
-    #[arg(long, value_name = "FILE")]
+    #[arg(help_heading = "Output", long, value_name = "FILE")]
     iidfile: Option<PathBuf>,
     /// Set a label in the image config (repeatable); it wins over the Dockerfile's LABEL.
-    #[arg(long = "label", value_name = "KEY=VALUE")]
+    #[arg(help_heading = "Output", long = "label", value_name = "KEY=VALUE")]
     labels: Vec<String>,
     /// Annotate the manifests (repeatable): [TYPE[,TYPE]][[PLATFORM]]:KEY=VALUE, TYPE one of
     /// manifest (the default), index, manifest-descriptor, index-descriptor.
-    #[arg(long = "annotation", value_name = "[TYPE][[PLATFORM]]:KEY=VALUE")]
+    #[arg(
+        help_heading = "Output",
+        long = "annotation",
+        value_name = "[TYPE][[PLATFORM]]:KEY=VALUE"
+    )]
     annotations: Vec<String>,
-    #[command(flatten)]
+    #[command(flatten, next_help_heading = "Registries")]
     registry: RegistryArgs,
-    #[command(flatten)]
+    #[command(flatten, next_help_heading = "RUN steps")]
     isolation: IsolationArgs,
     /// Progress output: auto, plain or quiet.
-    #[arg(long, default_value = "auto", value_parser = ["auto", "plain", "tty", "quiet"])]
+    #[arg(help_heading = "Progress", long, default_value = "auto", value_parser = ["auto", "plain", "tty", "quiet"])]
     progress: String,
     /// Do not check, before the first step, that every destination takes pushes (kaniko).
-    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", value_parser = BoolishValueParser::new())]
+    #[arg(help_heading = "Output", long, num_args = 0..=1, require_equals = true, default_missing_value = "true", value_parser = BoolishValueParser::new())]
     skip_push_permission_check: Option<bool>,
     /// Print only the image's digest (on stdout): --progress quiet.
-    #[arg(short = 'q', long)]
+    #[arg(help_heading = "Progress", short = 'q', long)]
     quiet: bool,
     /// Write the image digest to this file (kaniko's --digest-file).
-    #[arg(long, value_name = "FILE")]
+    #[arg(help_heading = "Output", long, value_name = "FILE")]
     digest_file: Option<PathBuf>,
     /// kiln's cache and work directory.
-    #[arg(long, env = "KILN_ROOT", value_name = "DIR")]
+    #[arg(help_heading = "Cache", long, env = "KILN_ROOT", value_name = "DIR")]
     root: Option<PathBuf>,
     /// A secret for `RUN --mount=type=secret` (repeatable): id=ID,src=FILE or id=ID,env=VAR.
-    #[arg(long = "secret", value_name = "id=ID,src=FILE|env=VAR")]
+    #[arg(
+        help_heading = "Input",
+        long = "secret",
+        value_name = "id=ID,src=FILE|env=VAR"
+    )]
     secrets: Vec<String>,
     /// An SSH agent socket for `RUN --mount=type=ssh` (repeatable): ID=SOCKET, or ID alone
     /// for $SSH_AUTH_SOCK; the usual ID is `default`.
-    #[arg(long = "ssh", value_name = "ID[=SOCKET]")]
+    #[arg(help_heading = "Input", long = "ssh", value_name = "ID[=SOCKET]")]
     ssh: Vec<String>,
     /// An OCI layout (directory or oci-archive file) to take FROM images from before any
     /// registry, by their ref name (e.g. written by `kiln copy ... oci:DIR:NAME`).
-    #[arg(long = "base-dir", value_name = "DIR")]
+    #[arg(help_heading = "Input", long = "base-dir", value_name = "DIR")]
     base_dir: Option<PathBuf>,
     /// Run every step, using nothing from the cache (what runs is still recorded).
-    #[arg(long)]
+    #[arg(help_heading = "Cache", long)]
     no_cache: bool,
     /// Run the steps of this stage without the cache (repeatable, or a comma list).
-    #[arg(long = "no-cache-filter", value_name = "STAGE", value_delimiter = ',')]
+    #[arg(
+        help_heading = "Cache",
+        long = "no-cache-filter",
+        value_name = "STAGE",
+        value_delimiter = ','
+    )]
     no_cache_filter: Vec<String>,
     /// A registry cache to take step results from (repeatable, tried in order):
     /// type=registry,ref=REF, or REF.
-    #[arg(long = "cache-from", value_name = "SPEC")]
+    #[arg(help_heading = "Cache", long = "cache-from", value_name = "SPEC")]
     cache_from: Vec<String>,
     /// Where to export the build's step results after the images are delivered (repeatable):
     /// type=registry,ref=REF[,mode=min|max][,ignore-error=true|false].
-    #[arg(long = "cache-to", value_name = "SPEC")]
+    #[arg(help_heading = "Cache", long = "cache-to", value_name = "SPEC")]
     cache_to: Vec<String>,
     #[command(flatten)]
     kaniko_cache: KanikoCacheArgs,

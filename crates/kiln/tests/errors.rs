@@ -218,7 +218,7 @@ fn buildx_flags_kiln_lacks_are_explained_in_one_line() {
 }
 
 /// `kiln --version` and `kiln version` name the commit kiln was built from; `kiln
-/// completion` prints scripts the shells take.
+/// completion` prints scripts the shells take; `kiln build --help` has headings.
 #[test]
 fn the_version_names_the_commit_and_completion_scripts_are_shell_code() {
     let env = Env::new();
@@ -251,6 +251,22 @@ fn the_version_names_the_commit_and_completion_scripts_are_shell_code() {
     assert!(stdout(&bash).contains("complete -F"), "{}", stdout(&bash));
     assert!(stdout(&env.kiln(&["completion", "zsh"])).starts_with("#compdef kiln"));
     assert!(stdout(&env.kiln(&["completion", "fish"])).contains("complete -c kiln"));
+    // `kiln build --help` groups its flags under headings.
+    let help = stdout(&env.kiln(&["build", "--help"]));
+    for heading in [
+        "Input:",
+        "Output:",
+        "Platforms:",
+        "Cache:",
+        "Registries:",
+        "RUN steps:",
+        "Progress:",
+    ] {
+        assert!(
+            help.lines().any(|l| l == heading),
+            "{heading} missing:\n{help}"
+        );
+    }
 }
 
 /// As kaniko does, a push that would be refused fails before the first step, naming the
