@@ -26,6 +26,7 @@ pub enum ImagetoolsCommand {
 
 #[derive(Args)]
 pub struct InspectArgs {
+    /// The image or index to show, as a registry reference.
     #[arg(value_name = "REF")]
     reference: String,
     /// The exact manifest or index bytes the registry serves.

@@ -118,12 +118,16 @@ pub struct AnnotateArgs {
     /// The entry: the source as given to `create`, or `repo@sha256:...`.
     #[arg(value_name = "SOURCE")]
     source: String,
+    /// Set the entry's operating system (`linux`, `windows`).
     #[arg(long)]
     os: Option<String>,
+    /// Set the entry's architecture (`amd64`, `arm64`, `arm`, ...).
     #[arg(long)]
     arch: Option<String>,
+    /// Set the entry's CPU variant (`v7` for arm, `v8` for arm64).
     #[arg(long)]
     variant: Option<String>,
+    /// Set the entry's OS version (Windows images: `10.0.17763.1234`).
     #[arg(long = "os-version")]
     os_version: Option<String>,
     /// Comma-separated (repeatable); replaces the entry's features.
@@ -152,6 +156,7 @@ pub struct InspectArgs {
 
 #[derive(Args)]
 pub struct PushArgs {
+    /// The local list to push, to the reference it is named by.
     #[arg(value_name = "LIST")]
     list: String,
     /// Delete the local list once it is pushed.
@@ -165,6 +170,7 @@ pub struct PushArgs {
 
 #[derive(Args)]
 pub struct RmArgs {
+    /// The local lists to delete.
     #[arg(value_name = "LIST", required = true)]
     lists: Vec<String>,
     #[command(flatten)]
