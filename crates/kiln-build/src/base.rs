@@ -250,21 +250,20 @@ impl<'a> RegistryResolver<'a> {
             }
             CachedImage::Missing => return None,
         };
-        match cache.source(&path, manifest.clone()) {
+        match DockerArchiveSource::of_manifest(&path, manifest.clone()) {
             Ok(source) => {
                 self.progress
                     .detail(&format!("using {} for {reference}", source.describe()));
                 Some(source)
             }
             Err(e) => {
-                self.progress
-                    .warning(&format!("--cache-dir: {e}; pulling {reference}"));
+                self.base_cache_failed(&e, reference);
                 None
             }
         }
     }
 
-    /// A blob the `--cache-dir` could not give (`e`): it is pulled from `reference` instead.
+    /// What the `--cache-dir` could not give (`e`) is pulled from `reference` instead.
     fn base_cache_failed(&self, e: &TransportError, reference: &BaseRef) {
         self.progress
             .warning(&format!("--cache-dir: {e}; pulling it from {reference}"));
@@ -533,6 +532,25 @@ fn same_diff_id(
             ),
         )),
     }
+}
+
+/// Makes the layer dir of `blob` ready: extracts it when there is none (calling `extracting`
+/// first), else checks (once) that `blob` decompresses to the `diff_id` of the dir there.
+pub(crate) fn ensure_extracted(
+    store: &Store,
+    blob: &Descriptor,
+    diff_id: &Digest,
+    reference: &str,
+    extracting: impl FnOnce(),
+) -> Result<(), BuildError> {
+    if !store.layer_dir(diff_id).is_dir() {
+        extracting();
+        return extract(store, blob, diff_id, reference);
+    }
+    if store.checked_diff_id(&blob.digest).as_ref() != Some(diff_id) {
+        check_diff_id(store, blob, diff_id, reference)?;
+    }
+    Ok(())
 }
 
 /// Checks that a stored layer blob decompresses to `diff_id` (without extracting it) and

@@ -148,11 +148,7 @@ impl Output {
                 tar: spec == STDOUT,
             }));
         }
-        let mut kv = BTreeMap::new();
-        for part in spec.split(',') {
-            let (k, v) = part.split_once('=').unwrap_or((part, ""));
-            kv.insert(k.trim().to_string(), v.trim().to_string());
-        }
+        let kv = attributes(spec);
         let kind = kv.get("type").cloned().unwrap_or_default();
         let accepted: &[&str] = match kind.as_str() {
             "registry" | "image" => &[
@@ -292,14 +288,11 @@ impl Output {
         for spec in flags.specs {
             outputs.extend(Output::parse(spec, names, platforms)?);
             // kiln clamps the times of the files in new layers whenever SOURCE_DATE_EPOCH is
-            // set, which is what buildx's rewrite-timestamp=true asks for.
-            let rewrite = spec
-                .split(',')
-                .filter_map(|part| part.trim().strip_prefix("rewrite-timestamp"))
-                .find_map(|rest| match rest.trim_start() {
-                    "" => Some(true),
-                    rest => rest.strip_prefix('=').and_then(|v| yes_no(v.trim())),
-                });
+            // set, which is what buildx's rewrite-timestamp=true asks for. (`parse` refused a
+            // value that is neither.)
+            let rewrite = attributes(spec)
+                .get("rewrite-timestamp")
+                .and_then(|v| yes_no(v));
             match (rewrite, flags.source_date_epoch) {
                 (Some(true), None) => return Err(OutputSpecError::RewriteNeedsEpoch),
                 (Some(false), Some(_)) => return Err(OutputSpecError::AlwaysRewritten),
@@ -349,6 +342,16 @@ impl Output {
             | Output::Rootfs { .. } => true,
         }
     }
+}
+
+/// The `key=value` attributes of a `-o` spec, trimmed; a bare key has the value "".
+fn attributes(spec: &str) -> BTreeMap<String, String> {
+    spec.split(',')
+        .map(|part| {
+            let (k, v) = part.split_once('=').unwrap_or((part, ""));
+            (k.trim().to_string(), v.trim().to_string())
+        })
+        .collect()
 }
 
 /// A yes/no attribute's value as buildx reads it (Go's ParseBool); empty (a bare key) is yes.

@@ -139,13 +139,8 @@ fn export_image(
                     source: Box::new(e),
                 })?;
         }
-        let layer_dir = store.layer_dir(diff_id);
-        if !layer_dir.is_dir() {
-            base::extract(store, blob, diff_id, &from)?;
-        } else if store.checked_diff_id(&blob.digest).as_ref() != Some(diff_id) {
-            base::check_diff_id(store, blob, diff_id, &from)?;
-        }
-        dirs.push(layer_dir);
+        base::ensure_extracted(store, blob, diff_id, &from, || {})?;
+        dirs.push(store.layer_dir(diff_id));
     }
     LayerStack::new(dirs)
         .export(Path::new("/"), dir)

@@ -831,7 +831,6 @@ impl Solving<'_, '_> {
     /// (another platform's thread may have just made it); a dir another blob made is used
     /// only once this blob is checked to decompress to the same diff_id.
     fn extract_once(&self, layer: &LayerRef) -> Result<(), BuildError> {
-        let dir = self.s.store.layer_dir(&layer.diff_id);
         let lock = self.layer_lock(&layer.diff_id);
         let _held = lock.lock().unwrap();
         if self.extracted(layer) {
@@ -841,12 +840,10 @@ impl Solving<'_, '_> {
             Some(source) => source.to_string(),
             None => format!("layer {}", layer.blob.digest),
         };
-        if dir.is_dir() {
-            return base::check_diff_id(self.s.store, &layer.blob, &layer.diff_id, &from);
-        }
-        self.progress()
-            .detail(&format!("extracting {}", layer.blob.digest));
-        base::extract(self.s.store, &layer.blob, &layer.diff_id, &from)
+        base::ensure_extracted(self.s.store, &layer.blob, &layer.diff_id, &from, || {
+            self.progress()
+                .detail(&format!("extracting {}", layer.blob.digest))
+        })
     }
 
     /// Stores the layer dir `dir` (blob and dir) and describes it.

@@ -9,13 +9,13 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use kiln_oci::{Digest, ImageIndex, ImageManifest, Platform, media};
+use kiln_oci::{Digest, ImageManifest, Platform, media};
 use kiln_registry::{MAX_MANIFEST_BYTES, Reference, RegistryClient};
 
 use crate::files::{open_regular, read_capped, write_atomic};
 use crate::{
-    DockerArchiveDestination, DockerArchiveSource, ImageSource, RawManifest, RegistrySource,
-    Selection, TransportError, copy, select_platform,
+    DockerArchiveDestination, ImageSource, RawManifest, RegistrySource, Selection, TransportError,
+    copy, platform_manifest,
 };
 
 /// A kaniko `--cache-dir`.
@@ -99,15 +99,6 @@ impl BaseImageCache {
         })
     }
 
-    /// The image `manifest` names, its blobs read from the archive at `path`.
-    pub fn source(
-        &self,
-        path: &Path,
-        manifest: RawManifest,
-    ) -> Result<DockerArchiveSource, TransportError> {
-        DockerArchiveSource::of_manifest(path, manifest)
-    }
-
     /// kaniko's warmer: stores `reference`'s image for `platform`, unless a fresh entry holds
     /// it already and `force` is not set. The archive and its manifest are each written
     /// under a temporary name and renamed into place.
@@ -119,21 +110,7 @@ impl BaseImageCache {
         force: bool,
     ) -> Result<Warmed, TransportError> {
         let source = RegistrySource::new(client, reference.clone());
-        let top = source.top()?;
-        let manifest = if media::is_index(&top.media_type) {
-            let index: ImageIndex = serde_json::from_slice(&top.bytes).map_err(|e| {
-                TransportError::invalid(source.describe(), format!("unreadable index: {e}"))
-            })?;
-            let chosen = select_platform(&index, platform).map_err(|m| {
-                TransportError::invalid(
-                    source.describe(),
-                    format!("has no image for {} (it has {})", m.wanted, m.available),
-                )
-            })?;
-            source.manifest(chosen)?
-        } else {
-            top
-        };
+        let manifest = platform_manifest(&source, &source.top()?, platform)?;
         // Stored means both files: a warmer stopped between the two writes stores both again.
         if !force && self.manifest(&manifest.digest).is_some() {
             return Ok(Warmed::AlreadyCached(manifest.digest));

@@ -88,16 +88,28 @@ fn copy_platform(
     index: &RawManifest,
     platform: &Platform,
 ) -> Result<RawManifest, TransportError> {
-    let parsed = parse_index(source, index)?;
+    let manifest = platform_manifest(source, index, platform)?;
+    copy_image(source, dest, &manifest)?;
+    Ok(manifest)
+}
+
+/// The image manifest for `platform` that `top` names: `top` itself unless it is an index.
+pub fn platform_manifest(
+    source: &dyn ImageSource,
+    top: &RawManifest,
+    platform: &Platform,
+) -> Result<RawManifest, TransportError> {
+    if !media::is_index(&top.media_type) {
+        return Ok(top.clone());
+    }
+    let parsed = parse_index(source, top)?;
     let chosen =
         select_platform(&parsed, platform).map_err(|m| TransportError::PlatformMissing {
             location: source.describe(),
             wanted: m.wanted,
             available: m.available,
         })?;
-    let manifest = source.manifest(chosen)?;
-    copy_image(source, dest, &manifest)?;
-    Ok(manifest)
+    source.manifest(chosen)
 }
 
 /// How many bytes of manifests a copy holds back while their images' blobs go first.

@@ -25,7 +25,7 @@ mod platform;
 mod registry;
 
 pub use base_cache::{BaseImageCache, CachedImage, Warmed};
-pub use copy::{CopyReport, Selection, copy, put_manifest_tree};
+pub use copy::{CopyReport, Selection, copy, platform_manifest, put_manifest_tree};
 pub use docker_archive::{DockerArchiveDestination, DockerArchiveSource};
 pub use error::TransportError;
 pub use files::{read_verified, write_verified};

@@ -576,10 +576,7 @@ fn from_stdin(
         ));
     }
     let saved = scratch.join("stdin");
-    let mut out = std::fs::File::create(&saved).into_diagnostic()?;
-    std::io::copy(&mut std::io::stdin().lock(), &mut out)
-        .into_diagnostic()
-        .wrap_err("reading standard input")?;
+    save_stdin(&saved)?;
     if file_in {
         return Ok((context, Some(saved)));
     }
@@ -590,6 +587,15 @@ fn from_stdin(
         // Not an archive: a Dockerfile, with nothing to copy from.
         false => Ok((dir, Some(file.unwrap_or(saved)))),
     }
+}
+
+/// Saves standard input, whole, in `path` (a context or Dockerfile piped in).
+pub(crate) fn save_stdin(path: &Path) -> Result<(), Report> {
+    let mut file = std::fs::File::create(path).into_diagnostic()?;
+    std::io::copy(&mut std::io::stdin().lock(), &mut file)
+        .and_then(|_| std::io::Write::flush(&mut file))
+        .into_diagnostic()
+        .wrap_err("reading standard input")
 }
 
 pub fn run(args: BuildArgs) -> Result<(), Report> {

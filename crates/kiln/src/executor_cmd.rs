@@ -1,7 +1,6 @@
 //! `kiln executor`: kaniko's executor command line, with kaniko's defaults, mapped onto the
 //! same build as `kiln build`. A job that ran `/kaniko/executor ...` runs `/kiln/executor ...`.
 
-use std::io::Write;
 use std::path::{Component, Path, PathBuf};
 
 use clap::Args;
@@ -337,10 +336,7 @@ pub fn run(args: ExecutorArgs) -> Result<(), Report> {
                 ContextSource::Tar(file) => file,
                 _ => {
                     let path = unpacked.path().join("stdin.tar");
-                    let mut file = std::fs::File::create(&path).into_diagnostic()?;
-                    std::io::copy(&mut std::io::stdin().lock(), &mut file)
-                        .and_then(|_| file.flush())
-                        .into_diagnostic()
+                    build_cmd::save_stdin(&path)
                         .wrap_err("reading the build context from standard input")?;
                     path
                 }
