@@ -21,13 +21,10 @@ pub(crate) struct Layout {
 impl Layout {
     /// The (line, column) of byte `offset` of `text` (the joined line), both 1-based.
     pub(crate) fn locate(&self, text: &str, offset: usize) -> (usize, usize) {
-        let Some(piece) = self
-            .pieces
-            .iter()
-            .rev()
-            .find(|p| p.offset <= offset)
-            .or(self.pieces.first())
-        else {
+        // Pieces are in offset order: a binary search keeps a line joined from very many
+        // physical lines (a hostile Dockerfile) from costing the square of their number.
+        let after = self.pieces.partition_point(|p| p.offset <= offset);
+        let Some(piece) = self.pieces.get(after.saturating_sub(1)) else {
             return (1, 1);
         };
         let offset = offset.min(text.len()).max(piece.offset);

@@ -583,7 +583,12 @@ fn from_stdin(
     let dir = scratch.join("context");
     std::fs::create_dir(&dir).into_diagnostic()?;
     match kiln_build::try_unpack_context(&saved, &dir).map_err(|e| miette!("{e}"))? {
-        true => Ok((dir, file)),
+        // As for docker build, a relative -f names a file of the tar, not of the working
+        // directory (and so stays subject to within_context).
+        true => {
+            let file = file.map(|f| dir.join(f));
+            Ok((dir, file))
+        }
         // Not an archive: a Dockerfile, with nothing to copy from.
         false => Ok((dir, Some(file.unwrap_or(saved)))),
     }

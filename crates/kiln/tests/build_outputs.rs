@@ -272,6 +272,10 @@ fn the_context_or_the_dockerfile_can_come_on_stdin() {
         "ctx",
         &[
             ("Dockerfile", "FROM $REG/busybox\nCOPY a.txt /a.txt\n"),
+            (
+                "ci/Dockerfile.prod",
+                "FROM $REG/busybox\nCOPY a.txt /prod.txt\n",
+            ),
             ("a.txt", "from the tar\n"),
         ],
     );
@@ -299,6 +303,22 @@ fn the_context_or_the_dockerfile_can_come_on_stdin() {
         &tar.stdout,
     ));
     assert_eq!(read(&out.join("a.txt")), "from the tar\n");
+
+    // -f with a tar context names a file of the tar, as for docker build, not one of the
+    // current directory.
+    let out = env.path("from-tar-f");
+    assert_ok(&run(
+        &[
+            "build",
+            "-f",
+            "ci/Dockerfile.prod",
+            "-o",
+            out.to_str().unwrap(),
+            "-",
+        ],
+        &tar.stdout,
+    ));
+    assert_eq!(read(&out.join("prod.txt")), "from the tar\n");
 
     // -f -: the Dockerfile on stdin, the context a directory.
     let dockerfile = format!("FROM {}/busybox\nCOPY a.txt /b.txt\n", env.reg());
