@@ -275,6 +275,8 @@ const DOCKER_CAPS: [&str; 14] = [
 /// a cluster would (`RuntimeDefault` is the profile's seccomp).
 pub struct Runtime {
     dir: tempfile::TempDir,
+    /// Links made by [`Runtime::load`], counted for their names.
+    links: std::sync::atomic::AtomicUsize,
 }
 
 impl Runtime {
@@ -298,7 +300,10 @@ impl Runtime {
             containers.join("\n")
         );
         std::fs::write(dir.path().join("containers.conf"), conf).expect("writing containers.conf");
-        Runtime { dir }
+        Runtime {
+            dir,
+            links: Default::default(),
+        }
     }
 
     /// A dir holding Docker's default profile as `docker-default.json`, for `podman kube
@@ -328,15 +333,26 @@ impl Runtime {
     /// Pulls the image `tag` of the OCI layout `layout` into the store (the machine's
     /// platform); returns the name it has there.
     pub fn load(&self, layout: &Path, tag: &str) -> String {
-        // podman names the image after the path, which must make a valid name: no `..`.
+        // podman names the image after the path, which must make a valid name: no `..`, no
+        // upper case (a checkout under `mktemp -d` has some). So it is pulled through a link
+        // of a lowercase name, in the temp dir, to the layout.
         let layout =
             std::fs::canonicalize(layout).unwrap_or_else(|e| panic!("{}: {e}", layout.display()));
-        let source = format!("oci:{}:{tag}", layout.display());
+        let link = std::env::temp_dir().join(format!(
+            "kiln-layout-{}-{}",
+            std::process::id(),
+            self.links
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(&layout, &link).expect("linking the layout");
+        let source = format!("oci:{}:{tag}", link.display());
         let out = self
             .podman()
             .args(["pull", "-q", &source])
             .output()
             .expect("running podman pull");
+        let _ = std::fs::remove_file(&link);
         assert!(
             out.status.success(),
             "podman pull {source}: {}",
