@@ -29,7 +29,7 @@ mod rules;
 mod secrets;
 mod solve;
 mod store;
-mod timefmt;
+use kiln_oci::timefmt;
 mod units;
 mod usage;
 mod worker;
@@ -51,6 +51,7 @@ pub use error::BuildError;
 pub use export::{OriginClients, StoreSource, deliver};
 pub use isolation::{InPlaceOptions, InPlaceWorker, Isolation, in_container};
 pub use key::CacheKey;
+pub use kiln_oci::timefmt::now_secs;
 pub use lower::{lower, stages_named};
 pub use metadata::{BuildMetadata, MetadataError, pushed_image};
 pub use output::{Output, OutputFlags, OutputSpecError};
@@ -68,7 +69,6 @@ pub use solve::{
     BuildResult, BuiltImage, CacheEntry, CachePolicy, Solver, StepKind, StepRecord, solve,
 };
 pub use store::{Hold, Store};
-pub use timefmt::now_secs;
 pub use units::{UnitError, human_size, parse_duration, parse_size};
 pub use usage::{
     Entry, EntryKind, FilterError, Filters, PruneOptions, Pruned, Summary, Usage, prune,

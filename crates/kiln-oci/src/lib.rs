@@ -8,6 +8,7 @@ mod digest;
 mod image;
 pub mod media;
 mod platform;
+pub mod timefmt;
 
 pub use digest::{Digest, DigestError, DigestReader, DigestWriter};
 pub use image::{

@@ -3,7 +3,7 @@
 //! kiln keeps every layer as a directory in *overlayfs format*: a deletion is a 0/0 character
 //! device named like the deleted entry, an opaque directory carries `user.overlay.opaque="y"`.
 //! This crate turns OCI layer tars into such directories ([`extract_layer`]), such directories
-//! into deterministic gzip layer tars ([`write_layer`]), reads a stack of them as one merged
+//! into deterministic layer tars, gzip, zstd, eStargz or uncompressed ([`write_layer`]), reads a stack of them as one merged
 //! tree ([`LayerStack`]) and builds COPY layers ([`copy_into_layer`]). For in-place builds it
 //! lays layers out in a live tree and captures what a command changed there ([`LiveRoot`]).
 
@@ -12,6 +12,8 @@ mod chmod;
 mod chunk_pipe;
 mod copy;
 mod decompress;
+mod encoding;
+mod estargz;
 mod extract;
 mod fsmeta;
 mod inventory;
@@ -32,6 +34,8 @@ pub use chmod::{Chmod, ChmodError};
 pub use chunk_pipe::{ChunkReader, ChunkSender, chunk_pipe};
 pub use copy::{CopyOptions, copy_into_layer, mkdir_in_layer};
 pub use decompress::{Compression, DecompressError, MAX_HISTORY_MIB, decompress};
+pub use encoding::{LayerEncoding, recompress};
+pub use estargz::{TOC_DIGEST_ANNOTATION, TOC_NAME, UNCOMPRESSED_SIZE_ANNOTATION};
 pub use extract::{ExtractStats, extract_layer};
 pub use fsmeta::copied_xattrs;
 pub use inventory::{Changes, Inventory};

@@ -854,9 +854,18 @@ fn a_layer_of_random_and_text_blocks_round_trips_and_the_text_shrinks() {
 fn compressed_bytes_do_not_depend_on_the_thread_count() {
     let tmp = tempfile::tempdir().unwrap();
     multi_block_layer(tmp.path());
-    for level in [1, 6, 9] {
+    let encodings = [
+        LayerEncoding::Gzip { level: 1 },
+        LayerEncoding::Gzip { level: 6 },
+        LayerEncoding::Gzip { level: 9 },
+        LayerEncoding::Zstd { level: 3 },
+        LayerEncoding::Zstd { level: 19 },
+        LayerEncoding::Estargz { level: 6 },
+        LayerEncoding::Uncompressed,
+    ];
+    for encoding in encodings {
         let opts = LayerOptions {
-            gzip_level: level,
+            encoding,
             source_date_epoch: None,
         };
         let mut one = Vec::new();
@@ -865,12 +874,258 @@ fn compressed_bytes_do_not_depend_on_the_thread_count() {
             let mut many = Vec::new();
             let blob =
                 write::write_layer_on_threads(tmp.path(), &mut many, &opts, threads).unwrap();
-            assert!(one == many, "level {level}: 1 and {threads} threads differ");
+            assert!(one == many, "{encoding}: 1 and {threads} threads differ");
             assert_eq!(blob, blob_one);
         }
         // What `write_layer` picks for this machine gives the same bytes too.
         assert_eq!(layer_bytes(tmp.path(), &opts).0, one);
     }
+}
+
+/// Runs `tool args` with `input` on standard input; its standard output.
+fn filter(tool: &str, args: &[&str], input: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut child = std::process::Command::new(tool)
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{tool}: {e}"));
+    let mut stdin = child.stdin.take().unwrap();
+    let input = input.to_vec();
+    let feeder = std::thread::spawn(move || stdin.write_all(&input));
+    let out = child.wait_with_output().unwrap();
+    feeder.join().unwrap().unwrap();
+    assert!(out.status.success(), "{tool} {args:?} failed");
+    out.stdout
+}
+
+#[test]
+fn zstd_and_uncompressed_layers_hold_the_same_tar_as_gzip() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = multi_block_layer(tmp.path());
+    let (gz, gz_blob) = layer_bytes(tmp.path(), &LayerOptions::default());
+    let tar = gunzip(&gz);
+
+    let zstd = LayerOptions {
+        encoding: LayerEncoding::Zstd { level: 3 },
+        source_date_epoch: None,
+    };
+    let (zst, blob) = layer_bytes(tmp.path(), &zstd);
+    assert_eq!(
+        blob.media_type,
+        "application/vnd.oci.image.layer.v1.tar+zstd"
+    );
+    assert_eq!(&zst[..4], &[0x28, 0xb5, 0x2f, 0xfd], "a zstd frame");
+    // The reference tool reads it back to the same tar, and so does kiln's decompressor.
+    assert!(
+        filter("zstd", &["-dc"], &zst) == tar,
+        "zstd -d gave another tar"
+    );
+    assert!(gunzip(&zst) == tar);
+    assert_eq!(blob.diff_id, gz_blob.diff_id);
+    assert_eq!(blob.digest.hex(), hex::encode(Sha256::digest(&zst)));
+    assert_eq!(blob.size, zst.len() as u64);
+    assert!(
+        blob.size < gz_blob.size,
+        "zstd -3 is smaller here than gzip -6"
+    );
+
+    let plain = LayerOptions {
+        encoding: LayerEncoding::Uncompressed,
+        source_date_epoch: None,
+    };
+    let (raw, blob) = layer_bytes(tmp.path(), &plain);
+    assert!(raw == tar);
+    assert_eq!(blob.media_type, "application/vnd.oci.image.layer.v1.tar");
+    assert_eq!(blob.digest, blob.diff_id);
+    let back = tmp.path().join("back");
+    fs::create_dir(&back).unwrap();
+    extract_layer(&raw[..], &back).unwrap();
+    assert!(fs::read(back.join("big.bin")).unwrap() == data);
+
+    // The level is honoured.
+    let level = |level| {
+        let opts = LayerOptions {
+            encoding: LayerEncoding::Gzip { level },
+            source_date_epoch: None,
+        };
+        layer_bytes(tmp.path(), &opts).1.size
+    };
+    assert!(level(0) > level(9), "gzip -0 stores, -9 compresses");
+}
+
+#[test]
+fn recompress_keeps_the_tar_and_changes_only_the_blob() {
+    let tmp = tempfile::tempdir().unwrap();
+    multi_block_layer(tmp.path());
+    let (gz, gz_blob) = layer_bytes(tmp.path(), &LayerOptions::default());
+    for encoding in [
+        LayerEncoding::Zstd { level: 5 },
+        LayerEncoding::Uncompressed,
+        LayerEncoding::Gzip { level: 1 },
+    ] {
+        let mut out = Vec::new();
+        let blob = recompress(&gz[..], &mut out, encoding).unwrap();
+        assert_eq!(blob.diff_id, gz_blob.diff_id, "{encoding}");
+        assert_eq!(blob.media_type, encoding.media_type());
+        assert_eq!(blob.digest.hex(), hex::encode(Sha256::digest(&out)));
+        // The same bytes as writing the layer dir in that encoding.
+        let direct = LayerOptions {
+            encoding,
+            source_date_epoch: None,
+        };
+        assert!(layer_bytes(tmp.path(), &direct).0 == out, "{encoding}");
+    }
+    // A blob that is not what it claims fails as the blob's fault.
+    let err = recompress(
+        &b"\x1f\x8b\x08garbage"[..],
+        Vec::new(),
+        LayerEncoding::Uncompressed,
+    )
+    .unwrap_err();
+    assert!(matches!(err, SnapshotError::TarStream(_)), "{err}");
+}
+
+#[test]
+fn estargz_layers_carry_their_table_of_contents_and_stay_plain_gzip_tars() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("layer");
+    fs::create_dir(&root).unwrap();
+    // A file over two 4 MiB chunks, a small file, an empty one, a directory, a symlink.
+    let mut big = Vec::with_capacity(9 << 20);
+    let mut x: u64 = 7;
+    while big.len() < (9 << 20) + 123 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        big.extend_from_slice(&x.to_le_bytes()[..3]);
+    }
+    fs::create_dir(root.join("bin")).unwrap();
+    write_file(&root.join("bin/big"), &big, 0o755, (0, 0), 5);
+    write_file(&root.join("small.txt"), b"hello\n", 0o600, (1000, 1000), 5);
+    write_file(&root.join("empty"), b"", 0o644, (0, 0), 5);
+    symlink("bin/big", root.join("link")).unwrap();
+    let opts = LayerOptions {
+        encoding: LayerEncoding::Estargz { level: 6 },
+        source_date_epoch: None,
+    };
+    let (blob_bytes, blob) = layer_bytes(&root, &opts);
+    assert_eq!(
+        blob.media_type,
+        "application/vnd.oci.image.layer.v1.tar+gzip"
+    );
+
+    // Every gzip reader takes it as one tar: GNU gzip, then the tar's entries.
+    let tar = gnu_gunzip(&blob_bytes);
+    assert_eq!(blob.diff_id.hex(), hex::encode(Sha256::digest(&tar)));
+    let names: Vec<String> = tar_entries(&tar).into_iter().map(|e| e.0).collect();
+    assert_eq!(
+        names,
+        [
+            ".no.prefetch.landmark",
+            "bin/",
+            "bin/big",
+            "empty",
+            "link",
+            "small.txt",
+            "stargz.index.json"
+        ]
+    );
+    assert_eq!(
+        blob.annotations["io.containers.estargz.uncompressed-size"],
+        tar.len().to_string()
+    );
+
+    // The footer: an empty gzip member whose Extra field points at the TOC's member.
+    let footer = &blob_bytes[blob_bytes.len() - 51..];
+    assert_eq!(&footer[..4], &[0x1f, 0x8b, 0x08, 0x04]);
+    assert_eq!(&footer[12..14], b"SG");
+    assert_eq!(&footer[32..38], b"STARGZ");
+    let toc_offset =
+        usize::from_str_radix(std::str::from_utf8(&footer[16..32]).unwrap(), 16).unwrap();
+    assert!(gunzip(footer).is_empty());
+    let member = |offset: usize| {
+        let mut out = Vec::new();
+        flate2::read::GzDecoder::new(&blob_bytes[offset..])
+            .read_to_end(&mut out)
+            .unwrap();
+        out
+    };
+    let toc_tar = member(toc_offset);
+    let mut archive = tar::Archive::new(toc_tar.as_slice());
+    let mut entry = archive.entries().unwrap().next().unwrap().unwrap();
+    assert_eq!(entry.path().unwrap(), Path::new("stargz.index.json"));
+    let mut toc_bytes = Vec::new();
+    entry.read_to_end(&mut toc_bytes).unwrap();
+    assert_eq!(
+        blob.annotations["containerd.io/snapshot/stargz/toc.digest"],
+        format!("sha256:{}", hex::encode(Sha256::digest(&toc_bytes)))
+    );
+    let toc: serde_json::Value = serde_json::from_slice(&toc_bytes).unwrap();
+    assert_eq!(toc["version"], 1);
+    let entries = toc["entries"].as_array().unwrap();
+
+    // Each chunk's member starts at its offset and holds exactly the chunk's bytes.
+    let chunks: Vec<&serde_json::Value> =
+        entries.iter().filter(|e| e["name"] == "bin/big").collect();
+    assert_eq!(chunks.len(), 3, "9 MiB in 4 MiB chunks: {chunks:?}");
+    assert_eq!(chunks[0]["type"], "reg");
+    assert_eq!(chunks[0]["size"], big.len());
+    assert_eq!(chunks[0]["mode"], 0o755);
+    assert_eq!(
+        chunks[0]["digest"],
+        format!("sha256:{}", hex::encode(Sha256::digest(&big)))
+    );
+    let mut start = 0usize;
+    for (i, chunk) in chunks.iter().enumerate() {
+        let len = if i == 2 { big.len() - start } else { 4 << 20 };
+        assert_eq!(chunk["chunkOffset"].as_u64().unwrap_or(0), start as u64);
+        assert_eq!(
+            chunk["chunkSize"].as_u64().unwrap_or(0),
+            if i == 2 { 0 } else { len as u64 }
+        );
+        if i > 0 {
+            assert_eq!(chunk["type"], "chunk");
+        }
+        let at = chunk["offset"].as_u64().unwrap() as usize;
+        let bytes = member(at);
+        assert!(bytes[..len] == big[start..start + len], "chunk {i}");
+        assert_eq!(
+            chunk["chunkDigest"],
+            format!(
+                "sha256:{}",
+                hex::encode(Sha256::digest(&big[start..start + len]))
+            )
+        );
+        start += len;
+    }
+    let small = entries.iter().find(|e| e["name"] == "small.txt").unwrap();
+    assert_eq!(
+        (small["uid"].as_u64(), small["gid"].as_u64()),
+        (Some(1000), Some(1000))
+    );
+    assert!(member(small["offset"].as_u64().unwrap() as usize).starts_with(b"hello\n"));
+    let link = entries.iter().find(|e| e["name"] == "link").unwrap();
+    assert_eq!(
+        (link["type"].as_str(), link["linkName"].as_str()),
+        (Some("symlink"), Some("bin/big"))
+    );
+    let empty = entries.iter().find(|e| e["name"] == "empty").unwrap();
+    assert!(
+        empty.get("offset").is_none(),
+        "an empty file starts no member"
+    );
+    assert!(entries.iter().all(|e| e["name"] != "stargz.index.json"));
+
+    // The same bytes on any number of threads, and kiln extracts it.
+    let mut one = Vec::new();
+    write::write_layer_on_threads(&root, &mut one, &opts, 1).unwrap();
+    assert!(one == blob_bytes);
+    let back = tmp.path().join("back");
+    fs::create_dir(&back).unwrap();
+    extract_layer(&tar[..], &back).unwrap();
+    assert!(fs::read(back.join("bin/big")).unwrap() == big);
 }
 
 #[test]

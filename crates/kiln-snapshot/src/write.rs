@@ -1,6 +1,7 @@
-//! Overlay-format layer dir -> deterministic gzip layer tar, hashed while it streams.
+//! Overlay-format layer dir -> deterministic layer tar, compressed and hashed while it
+//! streams.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, File, Metadata, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::unix::ffi::OsStrExt;
@@ -10,24 +11,18 @@ use std::path::{Path, PathBuf};
 use kiln_oci::{Digest, DigestWriter};
 use tar::{EntryType, Header};
 
+use crate::encoding::{Compressor, LayerEncoding};
+use crate::estargz::{self, EstargzWriter};
 use crate::fsmeta::{self, is_whiteout};
-use crate::pargz::{self, ParallelGzip};
+use crate::pargz;
 use crate::{SnapshotError, at};
 
+#[derive(Clone, Debug, Default)]
 pub struct LayerOptions {
-    /// 0 (store) to 9 (smallest).
-    pub gzip_level: u32,
+    /// How the tar is compressed.
+    pub encoding: LayerEncoding,
     /// Entries with a newer mtime get this one instead (reproducible builds).
     pub source_date_epoch: Option<i64>,
-}
-
-impl Default for LayerOptions {
-    fn default() -> Self {
-        LayerOptions {
-            gzip_level: 6,
-            source_date_epoch: None,
-        }
-    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,6 +33,38 @@ pub struct LayerBlob {
     pub size: u64,
     /// sha256 of the uncompressed tar.
     pub diff_id: Digest,
+    /// The OCI media type of the blob.
+    pub media_type: &'static str,
+    /// Annotations the layer's descriptor carries (eStargz's table of contents).
+    pub annotations: BTreeMap<String, String>,
+}
+
+/// What a tar is written to: told of each entry before its header, for eStargz, which
+/// starts a gzip member at every file's payload and lists the entries at the end.
+pub(crate) trait TarSink: Write {
+    fn entry(&mut self, _header: &Header, _pax: &[(String, Vec<u8>)]) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A tar sink that only writes.
+struct Plain<W>(W);
+
+impl<W: Write> Write for Plain<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.write(buf)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.0.flush()
+    }
+}
+
+impl<W: Write> TarSink for Plain<W> {}
+
+impl<W: Write> TarSink for EstargzWriter<'_, '_, W> {
+    fn entry(&mut self, header: &Header, pax: &[(String, Vec<u8>)]) -> io::Result<()> {
+        EstargzWriter::entry(self, header, pax)
+    }
 }
 
 /// One tar entry to emit.
@@ -50,8 +77,9 @@ struct Item {
 
 const OPAQUE_MARKER: &[u8] = b".wh..wh..opq";
 
-/// Write `dir` (an overlay-format layer dir) as a gzip-compressed OCI layer tar to `out`.
-/// Compression runs on every core; the bytes do not depend on how many there are.
+/// Write `dir` (an overlay-format layer dir) as an OCI layer tar to `out`, compressed as
+/// `opts` says. Compression runs on every core; the bytes do not depend on how many there
+/// are.
 pub fn write_layer<W: Write>(
     dir: &Path,
     out: W,
@@ -68,10 +96,10 @@ pub fn write_tar<W: Write>(
     source_date_epoch: Option<i64>,
 ) -> Result<(), SnapshotError> {
     let opts = LayerOptions {
-        gzip_level: 0,
+        encoding: LayerEncoding::Uncompressed,
         source_date_epoch,
     };
-    let mut tar = tar::Builder::new(out);
+    let mut tar = tar::Builder::new(Plain(out));
     write_entries(dir, &mut tar, &opts)?;
     tar.into_inner()
         .and_then(|mut out| out.flush())
@@ -79,7 +107,7 @@ pub fn write_tar<W: Write>(
 }
 
 /// Every entry under `dir`, sorted by name, into `tar`.
-fn write_entries<W: Write>(
+fn write_entries<W: TarSink>(
     dir: &Path,
     tar: &mut tar::Builder<W>,
     opts: &LayerOptions,
@@ -102,19 +130,62 @@ pub(crate) fn write_layer_on_threads<W: Write>(
     threads: usize,
 ) -> Result<LayerBlob, SnapshotError> {
     std::thread::scope(|scope| {
-        let gz = ParallelGzip::new(scope, DigestWriter::new(out), opts.gzip_level, threads)
+        if let LayerEncoding::Estargz { level } = opts.encoding {
+            let writer = EstargzWriter::new(scope, DigestWriter::new(out), level, threads);
+            let mut tar = tar::Builder::new(writer);
+            append_landmark(&mut tar)?;
+            write_entries(dir, &mut tar, opts)?;
+            tar.get_mut().end_of_entries();
+            let writer = tar.into_inner().map_err(SnapshotError::Output)?;
+            let done = writer.finish().map_err(SnapshotError::Output)?;
+            let (digest, size, _) = done.out.finish();
+            return Ok(LayerBlob {
+                digest,
+                size,
+                diff_id: done.diff_id,
+                media_type: opts.encoding.media_type(),
+                annotations: done.annotations,
+            });
+        }
+        let compressor = Compressor::new(scope, DigestWriter::new(out), opts.encoding, threads)
             .map_err(SnapshotError::Output)?;
-        let mut tar = tar::Builder::new(DigestWriter::new(gz));
+        let mut tar = tar::Builder::new(Plain(DigestWriter::new(compressor)));
         write_entries(dir, &mut tar, opts)?;
-        let (diff_id, _, gz) = tar.into_inner().map_err(SnapshotError::Output)?.finish();
-        let compressed = gz.finish().map_err(SnapshotError::Output)?;
+        let Plain(plain) = tar.into_inner().map_err(SnapshotError::Output)?;
+        let (diff_id, _, compressor) = plain.finish();
+        let compressed = compressor.finish().map_err(SnapshotError::Output)?;
         let (digest, size, _) = compressed.finish();
         Ok(LayerBlob {
             digest,
             size,
             diff_id,
+            media_type: opts.encoding.media_type(),
+            annotations: BTreeMap::new(),
         })
     })
+}
+
+/// eStargz's first entry: the landmark saying that no file is to be prefetched, a regular
+/// file holding the byte 0xf.
+fn append_landmark<W: TarSink>(tar: &mut tar::Builder<W>) -> Result<(), SnapshotError> {
+    let mut header = Header::new_ustar();
+    header.set_entry_type(EntryType::Regular);
+    header.set_mode(0o644);
+    header.set_uid(0);
+    header.set_gid(0);
+    header.set_size(1);
+    header.set_mtime(0);
+    let mut pax = Vec::new();
+    set_name(
+        &mut header,
+        estargz::NO_PREFETCH_LANDMARK.as_bytes(),
+        &mut pax,
+    );
+    header.set_cksum();
+    tar.get_mut()
+        .entry(&header, &pax)
+        .and_then(|()| tar.append(&header, &[0xf_u8][..]))
+        .map_err(SnapshotError::Output)
 }
 
 /// List every entry under `dir` (not `dir` itself), translating overlay markers to OCI names.
@@ -160,7 +231,7 @@ fn collect(dir: &Path, items: &mut Vec<Item>) -> Result<(), SnapshotError> {
     Ok(())
 }
 
-fn write_item<W: Write>(
+fn write_item<W: TarSink>(
     tar: &mut tar::Builder<W>,
     item: &Item,
     opts: &LayerOptions,
@@ -250,7 +321,7 @@ fn write_item<W: Write>(
     append(tar, header, &pax, contents)
 }
 
-fn append<W: Write>(
+fn append<W: TarSink>(
     tar: &mut tar::Builder<W>,
     mut header: Header,
     pax: &[(String, Vec<u8>)],
@@ -258,6 +329,9 @@ fn append<W: Write>(
 ) -> Result<(), SnapshotError> {
     header.set_cksum();
     tar.append_pax_extensions(pax.iter().map(|(k, v)| (k.as_str(), v.as_slice())))
+        .map_err(SnapshotError::Output)?;
+    tar.get_mut()
+        .entry(&header, pax)
         .map_err(SnapshotError::Output)?;
     match contents {
         None => tar
