@@ -169,14 +169,14 @@ impl Annotations {
         }
         let layout = outputs
             .iter()
-            .any(|o| matches!(o, Output::OciArchive(_) | Output::OciDir(_)));
+            .any(|o| matches!(o, Output::OciArchive { .. } | Output::OciDir { .. }));
         if self.any(AnnotationTarget::IndexDescriptor) && (!layout || names.is_empty()) {
             return refuse(
                 "index-descriptor",
                 "it goes on the image's entry in an OCI layout: needs -o type=oci and a -t name",
             );
         }
-        if !self.0.is_empty() && outputs.iter().any(|o| !o.oci_mediatypes()) {
+        if !self.0.is_empty() && outputs.iter().any(|o| !o.format().oci_mediatypes) {
             return refuse(
                 "manifest",
                 "Docker media types (oci-mediatypes=false) carry no annotations",

@@ -16,7 +16,8 @@ use kiln_transport::{
     read_verified, write_verified,
 };
 
-use crate::output::STDOUT;
+use crate::encode::{self, Fetch};
+use crate::output::{ImageFormat, STDOUT};
 use crate::progress::Progress;
 use crate::{AnnotationTarget, Annotations, BuildError, BuiltImage, Output, Store};
 
@@ -142,22 +143,26 @@ impl ImageSource for StoreSource<'_> {
 }
 
 /// Stores the images of a build as one artifact and returns its descriptor: the manifest of
-/// a single image (without a platform), or an index of one manifest per platform. With
-/// `oci` false, Docker v2 schema 2 manifests and a manifest list. An index carries the
-/// `index` annotations, and its entries the `manifest-descriptor` ones.
+/// a single image (without a platform), or an index of one manifest per platform, with the
+/// layers compressed as `format` says ([`encode::manifest_in`]). With OCI media types off,
+/// Docker v2 schema 2 manifests and a manifest list. An index carries the `index`
+/// annotations, and its entries the `manifest-descriptor` ones.
 fn render(
     store: &Store,
     images: &[BuiltImage],
-    oci: bool,
+    format: &ImageFormat,
     annotations: &Annotations,
+    encode: (&Fetch<'_>, &Progress),
 ) -> Result<Descriptor, BuildError> {
+    let (fetch, progress) = encode;
+    let oci = format.oci_mediatypes;
     let mut manifests = Vec::new();
     for image in images {
-        let mut desc = image.manifest.clone();
+        let mut desc = encode::manifest_in(store, image, format, fetch, progress)?;
         desc.annotations =
             annotations.get(AnnotationTarget::ManifestDescriptor, Some(&image.platform));
         if !oci {
-            let bytes = std::fs::read(store.blob_path(&image.manifest.digest))
+            let bytes = std::fs::read(store.blob_path(&desc.digest))
                 .map_err(BuildError::io("reading a built manifest"))?;
             let manifest: ImageManifest = serde_json::from_slice(&bytes).map_err(|e| {
                 BuildError::io("reading a built manifest")(std::io::Error::other(e))
@@ -208,9 +213,30 @@ pub fn deliver(
         .iter()
         .flat_map(|image| image.origins.clone())
         .collect();
+    // A layer to re-encode that the build left in its registry is fetched into the store.
+    let fetch = |desc: &Descriptor| -> Result<(), BuildError> {
+        if store.has_blob(&desc.digest) {
+            return Ok(());
+        }
+        let Some(origin) = origins.get(&desc.digest) else {
+            return Err(BuildError::Io {
+                context: format!("re-encoding layer {}", desc.digest),
+                source: std::io::Error::other("the kiln store does not hold it"),
+            });
+        };
+        let tmp = store.temp_path("fetch-")?;
+        pull.client_for(origin).fetch_blob(origin, desc, &tmp)?;
+        store.commit_blob(tmp, &desc.digest)
+    };
     let mut first = None;
     for output in outputs {
-        let top = render(store, images, output.oci_mediatypes(), annotations)?;
+        let top = render(
+            store,
+            images,
+            &output.format(),
+            annotations,
+            (&fetch, progress),
+        )?;
         let source = StoreSource::with_origins(store, top.clone(), pull, &origins);
         match output {
             Output::Registry {
@@ -223,7 +249,7 @@ pub fn deliver(
                     push(&source, dest, *push_by_digest, progress)?;
                 }
             }
-            Output::OciArchive(path) | Output::OciDir(path) => {
+            Output::OciArchive { dest: path, .. } | Output::OciDir { dest: path, .. } => {
                 // The layout's entry: the index-descriptor annotations, and for a single
                 // image (whose descriptor it is) the manifest-descriptor ones.
                 let mut entry = annotations.get(AnnotationTarget::IndexDescriptor, None);
@@ -238,7 +264,7 @@ pub fn deliver(
                     .map(|n| LayoutName::of_reference(n).with_annotations(entry.clone()))
                     .collect();
                 let target = ArchiveTarget::new(store, path)?;
-                let opened = if matches!(output, Output::OciArchive(_)) {
+                let opened = if matches!(output, Output::OciArchive { .. }) {
                     OciArchiveDestination::create(target.path(), layout_names)
                         .map(|d| Box::new(d) as Box<dyn ImageDestination>)
                 } else {

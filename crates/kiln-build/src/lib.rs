@@ -11,6 +11,7 @@ mod cache;
 mod context;
 mod context_hash;
 mod context_record;
+mod encode;
 mod error;
 mod export;
 mod fileops;
@@ -40,6 +41,7 @@ use std::path::PathBuf;
 use kiln_dockerfile::Dockerfile;
 use kiln_oci::Platform;
 use kiln_registry::RegistryClient;
+use kiln_snapshot::LayerEncoding;
 use kiln_transport::BaseImageCache;
 
 pub use annotations::{Annotation, AnnotationError, AnnotationTarget, Annotations};
@@ -54,7 +56,7 @@ pub use key::CacheKey;
 pub use kiln_oci::timefmt::now_secs;
 pub use lower::{lower, stages_named};
 pub use metadata::{BuildMetadata, MetadataError, pushed_image};
-pub use output::{Output, OutputFlags, OutputSpecError};
+pub use output::{ImageFormat, Output, OutputFlags, OutputSpecError};
 pub use plan::{
     ConfigStep, Copy, CopySource, Exec, ExecMount, HistoryStep, ImagePlan, Mkdir, Op, OpId, OpKind,
     Origin, Plan, Source,
@@ -126,6 +128,9 @@ pub struct BuildOptions {
     /// `--cache-to`: where the build's records go once its images are delivered
     /// ([`export_caches`]).
     pub cache_to: Vec<CacheSpec>,
+    /// How the build's new layers are compressed ([`Output::layer_encoding`]); an output
+    /// that asks for another compression re-encodes them.
+    pub layer_encoding: LayerEncoding,
 }
 
 /// Builds the target stage of `df` for every platform in `opts.platforms` and stores the

@@ -137,6 +137,8 @@ mod tests {
             config: d("c"),
             layers: vec![],
             origins: Default::default(),
+            base_layers: 0,
+            source_date_epoch: None,
         }
     }
 

@@ -5,6 +5,39 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use kiln_registry::{Reference, ReferenceError};
+use kiln_snapshot::LayerEncoding;
+
+/// How an output writes the images: media types and layer compression.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ImageFormat {
+    /// OCI media types (default) or Docker v2 schema 2 ones (`oci-mediatypes=false`).
+    pub oci_mediatypes: bool,
+    /// How the build's layers are compressed (`compression=`, `compression-level=`).
+    pub encoding: LayerEncoding,
+    /// Base layers too (`force-compression=true`); else they keep their blobs.
+    pub force_compression: bool,
+}
+
+impl Default for ImageFormat {
+    fn default() -> Self {
+        ImageFormat {
+            oci_mediatypes: true,
+            encoding: LayerEncoding::default(),
+            force_compression: false,
+        }
+    }
+}
+
+impl ImageFormat {
+    /// OCI media types and layers compressed as `compression` names, at `level` (kaniko's
+    /// `--compression` and `--compression-level`); `Err` says what is wrong with them.
+    pub fn compressed(compression: &str, level: Option<i64>) -> Result<ImageFormat, String> {
+        Ok(ImageFormat {
+            encoding: LayerEncoding::parse(compression, level)?,
+            ..ImageFormat::default()
+        })
+    }
+}
 
 /// Where built images go.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -13,15 +46,14 @@ pub enum Output {
     Registry {
         /// Each name's tag receives the image (or, with `push_by_digest`, only its repository).
         names: Vec<Reference>,
-        /// OCI media types (default) or Docker v2 schema 2 ones.
-        oci_mediatypes: bool,
+        format: ImageFormat,
         /// Push without a tag; the result is known by its digest only.
         push_by_digest: bool,
     },
     /// An OCI layout as a tar archive (`type=oci,dest=x.tar`).
-    OciArchive(PathBuf),
+    OciArchive { dest: PathBuf, format: ImageFormat },
     /// An OCI layout directory (`type=oci,dest=x,tar=false`).
-    OciDir(PathBuf),
+    OciDir { dest: PathBuf, format: ImageFormat },
     /// A `docker save` archive of a single image, tagged with `names` (`-o type=docker`,
     /// kaniko's `--tar-path`).
     DockerArchive {
@@ -66,13 +98,6 @@ pub enum OutputSpecError {
         key: String,
         accepted: String,
     },
-    #[error("-o type={kind}: `{key}={value}` is not supported by this version of kiln ({instead})")]
-    UnsupportedValue {
-        kind: String,
-        key: String,
-        value: String,
-        instead: &'static str,
-    },
     #[error(
         "rewrite-timestamp=true needs SOURCE_DATE_EPOCH (--build-arg SOURCE_DATE_EPOCH=... or the environment variable)"
     )]
@@ -81,6 +106,12 @@ pub enum OutputSpecError {
         "rewrite-timestamp=false: kiln always clamps the times of new files to SOURCE_DATE_EPOCH when it is set; unset it, or leave rewrite-timestamp out"
     )]
     AlwaysRewritten,
+    #[error("-o type={kind}: {reason}")]
+    Compression { kind: String, reason: String },
+    #[error(
+        "-o type={kind}: zstd layers have no Docker media type; leave oci-mediatypes=false out, or use compression=gzip"
+    )]
+    ZstdNeedsOci { kind: String },
     #[error("-o type={kind}: `{key}={value}` is neither true nor false")]
     NotABool {
         kind: String,
@@ -110,6 +141,8 @@ pub struct OutputFlags<'a> {
     pub docker_archive_path: Option<&'a Path>,
     /// SOURCE_DATE_EPOCH, if set (for `rewrite-timestamp=`).
     pub source_date_epoch: Option<i64>,
+    /// How `push` and `oci_layout_path` write the images (kaniko's `--compression`).
+    pub format: ImageFormat,
 }
 
 impl Output {
@@ -121,7 +154,7 @@ impl Output {
     /// The file or directory the output writes, if it writes one.
     pub fn path(&self) -> Option<&Path> {
         match self {
-            Output::OciArchive(path) | Output::OciDir(path) => Some(path),
+            Output::OciArchive { dest, .. } | Output::OciDir { dest, .. } => Some(dest),
             Output::DockerArchive { dest, .. } | Output::Rootfs { dest, .. } => Some(dest),
             Output::Registry { .. } => None,
         }
@@ -158,6 +191,8 @@ impl Output {
                 "push-by-digest",
                 "oci-mediatypes",
                 "compression",
+                "compression-level",
+                "force-compression",
                 "rewrite-timestamp",
             ],
             "oci" => &[
@@ -165,7 +200,10 @@ impl Output {
                 "dest",
                 "tar",
                 "name",
+                "oci-mediatypes",
                 "compression",
+                "compression-level",
+                "force-compression",
                 "rewrite-timestamp",
             ],
             "docker" => &["type", "dest", "name", "rewrite-timestamp"],
@@ -177,16 +215,6 @@ impl Output {
                 kind,
                 key: key.clone(),
                 accepted: accepted[1..].join(", "),
-            });
-        }
-        // kiln writes gzip layers; other compressions are not there yet, and saying so beats
-        // writing gzip under another name.
-        if let Some(value) = kv.get("compression").filter(|v| v.as_str() != "gzip") {
-            return Err(OutputSpecError::UnsupportedValue {
-                kind,
-                key: "compression".into(),
-                value: value.clone(),
-                instead: "layers are gzip; leave compression out or say compression=gzip",
             });
         }
         // A bare key switches an attribute on; a value is read as buildx reads it (Go's
@@ -202,6 +230,29 @@ impl Output {
         };
         // Read by `from_flags`, which knows SOURCE_DATE_EPOCH.
         flag("rewrite-timestamp", false)?;
+        let format = || -> Result<ImageFormat, OutputSpecError> {
+            let compression_failed = |reason: String| OutputSpecError::Compression {
+                kind: kind.clone(),
+                reason,
+            };
+            let level = match kv.get("compression-level") {
+                None => None,
+                Some(v) => Some(v.parse::<i64>().map_err(|_| {
+                    compression_failed(format!("compression-level={v} is not a number"))
+                })?),
+            };
+            let name = kv.get("compression").map_or("gzip", String::as_str);
+            let encoding = LayerEncoding::parse(name, level).map_err(compression_failed)?;
+            let oci_mediatypes = flag("oci-mediatypes", true)?;
+            if !oci_mediatypes && matches!(encoding, LayerEncoding::Zstd { .. }) {
+                return Err(OutputSpecError::ZstdNeedsOci { kind: kind.clone() });
+            }
+            Ok(ImageFormat {
+                oci_mediatypes,
+                encoding,
+                force_compression: flag("force-compression", false)?,
+            })
+        };
         let named = || -> Result<Vec<Reference>, OutputSpecError> {
             Ok(match kv.get("name") {
                 Some(n) => n
@@ -257,6 +308,7 @@ impl Output {
             }
             _ => {
                 let dest = dest("")?;
+                let format = format()?;
                 return Ok(Some(match !flag("tar", true)? {
                     true if dest == Path::new(STDOUT) => {
                         return Err(OutputSpecError::NeedsDest {
@@ -264,14 +316,14 @@ impl Output {
                             or: " (a directory: tar=false cannot go to standard output)",
                         });
                     }
-                    true => Output::OciDir(dest),
-                    false => Output::OciArchive(dest),
+                    true => Output::OciDir { dest, format },
+                    false => Output::OciArchive { dest, format },
                 }));
             }
         }
         Ok(Some(Output::Registry {
             names: named()?,
-            oci_mediatypes: flag("oci-mediatypes", true)?,
+            format: format()?,
             push_by_digest: flag("push-by-digest", false)?,
         }))
     }
@@ -305,12 +357,15 @@ impl Output {
             }
             outputs.push(Output::Registry {
                 names: names.to_vec(),
-                oci_mediatypes: true,
+                format: flags.format,
                 push_by_digest: flags.push_by_digest,
             });
         }
         if let Some(dir) = flags.oci_layout_path {
-            outputs.push(Output::OciDir(dir.to_path_buf()));
+            outputs.push(Output::OciDir {
+                dest: dir.to_path_buf(),
+                format: flags.format,
+            });
         }
         if let Some(file) = flags.docker_archive_path {
             if platforms > 1 {
@@ -331,16 +386,25 @@ impl Output {
         Ok(outputs)
     }
 
-    /// Whether the images are written in OCI media types: everywhere but a registry output
-    /// with `oci-mediatypes=false`.
-    pub(crate) fn oci_mediatypes(&self) -> bool {
+    /// How the output writes the images (docker archives and files: the defaults).
+    pub fn format(&self) -> ImageFormat {
         match self {
-            Output::Registry { oci_mediatypes, .. } => *oci_mediatypes,
-            Output::OciArchive(_)
-            | Output::OciDir(_)
-            | Output::DockerArchive { .. }
-            | Output::Rootfs { .. } => true,
+            Output::Registry { format, .. }
+            | Output::OciArchive { format, .. }
+            | Output::OciDir { format, .. } => *format,
+            Output::DockerArchive { .. } | Output::Rootfs { .. } => ImageFormat::default(),
         }
+    }
+
+    /// How a build writes its new layers for `outputs`: in the first output's compression,
+    /// so that it need not re-encode them (eStargz, which rewrites the tar, is made at
+    /// delivery from gzip layers).
+    pub fn layer_encoding(outputs: &[Output]) -> LayerEncoding {
+        outputs
+            .first()
+            .map(|o| o.format().encoding)
+            .filter(LayerEncoding::keeps_tar)
+            .unwrap_or_default()
     }
 }
 
@@ -380,6 +444,20 @@ mod tests {
         vec!["localhost:5000/app:1".parse().unwrap()]
     }
 
+    fn oci_archive(dest: &str) -> Output {
+        Output::OciArchive {
+            dest: dest.into(),
+            format: ImageFormat::default(),
+        }
+    }
+
+    fn oci_dir(dest: &str) -> Output {
+        Output::OciDir {
+            dest: dest.into(),
+            format: ImageFormat::default(),
+        }
+    }
+
     fn parse(spec: &str) -> Result<Option<Output>, OutputSpecError> {
         Output::parse(spec, &names(), 1)
     }
@@ -389,7 +467,10 @@ mod tests {
         let pushed = |oci_mediatypes, push_by_digest, names| {
             Some(Output::Registry {
                 names,
-                oci_mediatypes,
+                format: ImageFormat {
+                    oci_mediatypes,
+                    ..ImageFormat::default()
+                },
                 push_by_digest,
             })
         };
@@ -447,10 +528,7 @@ mod tests {
             Output::from_flags(&flags, &names(), 1).map_err(|e| e.to_string())
         };
         let spec = "type=oci,dest=x.tar,rewrite-timestamp=true";
-        assert_eq!(
-            outputs(spec, Some(0)).unwrap(),
-            [Output::OciArchive("x.tar".into())]
-        );
+        assert_eq!(outputs(spec, Some(0)).unwrap(), [oci_archive("x.tar")]);
         assert!(
             outputs(spec, None)
                 .unwrap_err()
@@ -520,20 +598,20 @@ mod tests {
     fn oci_outputs_are_archives_unless_tar_is_false() {
         assert_eq!(
             parse("type=oci,dest=out.tar").unwrap(),
-            Some(Output::OciArchive("out.tar".into()))
+            Some(oci_archive("out.tar"))
         );
         assert_eq!(
             parse("type=oci,dest=out,tar=false").unwrap(),
-            Some(Output::OciDir("out".into()))
+            Some(oci_dir("out"))
         );
         assert_eq!(
             parse("type=oci,dest=out,tar=true").unwrap(),
-            Some(Output::OciArchive("out".into()))
+            Some(oci_archive("out"))
         );
         for off in ["False", "FALSE", "0", "f"] {
             assert_eq!(
                 parse(&format!("type=oci,dest=out,tar={off}")).unwrap(),
-                Some(Output::OciDir("out".into())),
+                Some(oci_dir("out")),
                 "tar={off}"
             );
         }
@@ -567,19 +645,19 @@ mod tests {
         }
         // An attribute is never ignored: unknown ones name those the type takes.
         assert_eq!(
-            err("type=oci,dest=x.tar,force-compression=true", 1),
-            "-o type=oci: unknown attribute `force-compression` (accepted: dest, tar, name, \
-             compression, rewrite-timestamp)"
+            err("type=oci,dest=x.tar,push-by-digest=true", 1),
+            "-o type=oci: unknown attribute `push-by-digest` (accepted: dest, tar, name, \
+             oci-mediatypes, compression, compression-level, force-compression, rewrite-timestamp)"
         );
         assert_eq!(
             err("type=registry,compresion=zstd", 1),
             "-o type=registry: unknown attribute `compresion` (accepted: name, push, \
-             push-by-digest, oci-mediatypes, compression, rewrite-timestamp)"
+             push-by-digest, oci-mediatypes, compression, compression-level, force-compression, \
+             rewrite-timestamp)"
         );
         assert_eq!(
-            err("type=registry,compression=zstd", 1),
-            "-o type=registry: `compression=zstd` is not supported by this version of kiln \
-             (layers are gzip; leave compression out or say compression=gzip)"
+            err("type=docker,dest=x,compression=zstd", 1),
+            "-o type=docker: unknown attribute `compression` (accepted: dest, name, rewrite-timestamp)"
         );
         let pinned = format!("localhost:5000/app@sha256:{}", "a".repeat(64));
         assert_eq!(
@@ -641,17 +719,18 @@ mod tests {
             oci_layout_path: Some(Path::new("dir")),
             docker_archive_path: Some(Path::new("img.tar")),
             source_date_epoch: None,
+            format: ImageFormat::default(),
         };
         assert_eq!(
             Output::from_flags(&flags, &names(), 1).unwrap(),
             [
-                Output::OciArchive("a.tar".into()),
+                oci_archive("a.tar"),
                 Output::Registry {
                     names: names(),
-                    oci_mediatypes: true,
+                    format: ImageFormat::default(),
                     push_by_digest: true,
                 },
-                Output::OciDir("dir".into()),
+                oci_dir("dir"),
                 Output::DockerArchive {
                     dest: "img.tar".into(),
                     names: names(),
@@ -680,12 +759,104 @@ mod tests {
     }
 
     #[test]
-    fn only_registry_outputs_may_use_docker_media_types() {
-        let docker = parse("type=registry,oci-mediatypes=false")
+    fn registry_and_oci_outputs_may_use_docker_media_types() {
+        for spec in [
+            "type=registry,oci-mediatypes=false",
+            "type=oci,dest=x,oci-mediatypes=false",
+        ] {
+            let docker = parse(spec).unwrap().unwrap();
+            assert!(!docker.format().oci_mediatypes, "{spec}");
+        }
+        assert!(oci_dir("d").format().oci_mediatypes);
+        let docker = parse("type=docker,dest=x").unwrap().unwrap();
+        assert_eq!(docker.format(), ImageFormat::default());
+    }
+
+    #[test]
+    fn compression_attributes_set_the_layer_encoding() {
+        let encoding = |spec: &str| parse(spec).unwrap().unwrap().format().encoding;
+        assert_eq!(encoding("type=registry"), LayerEncoding::Gzip { level: 6 });
+        assert_eq!(
+            encoding("type=registry,compression=zstd"),
+            LayerEncoding::Zstd { level: 3 }
+        );
+        assert_eq!(
+            encoding("type=oci,dest=x,compression=zstd,compression-level=12"),
+            LayerEncoding::Zstd { level: 12 }
+        );
+        assert_eq!(
+            encoding("type=image,push,compression-level=1"),
+            LayerEncoding::Gzip { level: 1 }
+        );
+        assert_eq!(
+            encoding("type=registry,compression=estargz,compression-level=9"),
+            LayerEncoding::Estargz { level: 9 }
+        );
+        assert_eq!(
+            encoding("type=registry,compression=uncompressed"),
+            LayerEncoding::Uncompressed
+        );
+        let forced = parse("type=registry,compression=zstd,force-compression=true")
             .unwrap()
             .unwrap();
-        assert!(!docker.oci_mediatypes());
-        assert!(Output::OciDir("d".into()).oci_mediatypes());
-        assert!(Output::OciArchive("a".into()).oci_mediatypes());
+        assert!(forced.format().force_compression);
+        assert!(
+            !parse("type=registry")
+                .unwrap()
+                .unwrap()
+                .format()
+                .force_compression
+        );
+        // The build writes its layers in the first output's compression; eStargz is made
+        // from gzip layers at delivery.
+        let outputs = |specs: &[&str]| -> Vec<Output> {
+            specs.iter().map(|s| parse(s).unwrap().unwrap()).collect()
+        };
+        assert_eq!(
+            Output::layer_encoding(&outputs(&[
+                "type=registry,compression=zstd",
+                "type=registry"
+            ])),
+            LayerEncoding::Zstd { level: 3 }
+        );
+        assert_eq!(
+            Output::layer_encoding(&outputs(&["type=registry,compression=estargz"])),
+            LayerEncoding::default()
+        );
+        assert_eq!(Output::layer_encoding(&[]), LayerEncoding::default());
+    }
+
+    #[test]
+    fn bad_compression_attributes_are_refused_before_the_build() {
+        let err = |spec: &str| parse(spec).unwrap_err().to_string();
+        assert_eq!(
+            err("type=registry,compression=lz4"),
+            "-o type=registry: unknown compression `lz4` (accepted: gzip, zstd, estargz, uncompressed)"
+        );
+        assert_eq!(
+            err("type=registry,compression-level=10"),
+            "-o type=registry: compression-level=10 is out of range for gzip (0 to 9)"
+        );
+        assert!(
+            err("type=oci,dest=x,compression=zstd,compression-level=22").starts_with(
+                "-o type=oci: compression-level=22 is out of range for zstd (1 to 19;"
+            ),
+        );
+        assert_eq!(
+            err("type=registry,compression-level=high"),
+            "-o type=registry: compression-level=high is not a number"
+        );
+        assert_eq!(
+            err("type=registry,compression=uncompressed,compression-level=3"),
+            "-o type=registry: compression-level=3 means nothing for uncompressed layers"
+        );
+        assert_eq!(
+            err("type=registry,compression=zstd,oci-mediatypes=false"),
+            "-o type=registry: zstd layers have no Docker media type; leave oci-mediatypes=false out, or use compression=gzip"
+        );
+        assert_eq!(
+            err("type=registry,force-compression=maybe"),
+            "-o type=registry: `force-compression=maybe` is neither true nor false"
+        );
     }
 }

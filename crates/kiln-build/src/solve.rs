@@ -32,7 +32,7 @@ use crate::plan::{Copy, CopySource, Exec, HistoryStep, ImagePlan, Op, OpId, OpKi
 use crate::progress::Progress;
 use crate::secrets::SecretFiles;
 use crate::worker::{ExecJob, Worker};
-use crate::{AnnotationTarget, BuildError, BuildOptions, Store, registry_cache, timefmt};
+use crate::{AnnotationTarget, BuildError, BuildOptions, Store, encode, registry_cache, timefmt};
 
 /// An image built and stored: its manifest and everything the manifest points to.
 pub struct BuiltImage {
@@ -43,6 +43,11 @@ pub struct BuiltImage {
     /// The layer blobs the store does not hold (nothing needed them locally), each with the
     /// registry repository it is in.
     pub origins: BTreeMap<Digest, Reference>,
+    /// How many of the layers, from the bottom, are the base image's.
+    pub base_layers: usize,
+    /// The time the files of the build's own layers were clamped to (SOURCE_DATE_EPOCH), so
+    /// that a layer written again from its dir comes out the same.
+    pub source_date_epoch: Option<i64>,
 }
 
 /// How a step of the build summary went.
@@ -856,12 +861,12 @@ impl Solving<'_, '_> {
             dir,
             &LayerOptions {
                 source_date_epoch,
-                ..Default::default()
+                encoding: self.s.opts.layer_encoding,
             },
         )?;
         self.s.store.commit_layer_dir(dir, &blob.diff_id)?;
         Ok(LayerRef {
-            blob: Descriptor::new(media::OCI_LAYER_GZIP, blob.digest, blob.size),
+            blob: encode::descriptor(&blob),
             diff_id: blob.diff_id,
             from: None,
         })
@@ -1138,6 +1143,8 @@ impl Solving<'_, '_> {
             config: config_desc,
             layers,
             origins,
+            base_layers: done.layers.iter().take_while(|l| l.from.is_some()).count(),
+            source_date_epoch: self.s.opts.source_date_epoch,
         })
     }
 }

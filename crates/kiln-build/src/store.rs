@@ -214,7 +214,11 @@ impl Store {
             .into_temp_path())
     }
 
-    fn commit_blob(&self, tmp: tempfile::TempPath, digest: &Digest) -> Result<(), BuildError> {
+    pub(crate) fn commit_blob(
+        &self,
+        tmp: tempfile::TempPath,
+        digest: &Digest,
+    ) -> Result<(), BuildError> {
         let dest = self.blob_path(digest);
         tmp.persist(&dest)
             .map_err(|e| BuildError::io(format!("storing blob {digest}"))(e.error))
@@ -242,9 +246,19 @@ impl Store {
         })?;
         out.flush()
             .map_err(BuildError::io("writing a layer blob"))?;
-        self.commit_blob(tmp, &blob.digest)?;
-        self.note_diff_id(&blob.digest, &blob.diff_id)?;
+        drop(out);
+        self.put_layer_blob(tmp, &blob)?;
         Ok(blob)
+    }
+
+    /// Stores a layer blob written to `tmp` (as `blob` describes it).
+    pub(crate) fn put_layer_blob(
+        &self,
+        tmp: tempfile::TempPath,
+        blob: &LayerBlob,
+    ) -> Result<(), BuildError> {
+        self.commit_blob(tmp, &blob.digest)?;
+        self.note_diff_id(&blob.digest, &blob.diff_id)
     }
 
     /// Copies a blob from a reader into the store, checking it hashes to `expected`.

@@ -619,6 +619,7 @@ pub fn run(args: BuildArgs) -> Result<(), Report> {
         push_by_digest: args.push_by_digest,
         oci_layout_path: args.oci_layout_path.as_deref(),
         docker_archive_path: None,
+        format: Default::default(),
     };
     let outputs =
         Output::from_flags(&output_flags, &names, platforms.len()).map_err(|e| miette!("{e}"))?;
@@ -710,6 +711,7 @@ pub fn run(args: BuildArgs) -> Result<(), Report> {
         in_place,
         cache_from,
         cache_to,
+        layer_encoding: Output::layer_encoding(&outputs),
     };
     let clients = Clients {
         pull: &client,

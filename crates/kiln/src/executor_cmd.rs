@@ -5,7 +5,9 @@ use std::path::{Component, Path, PathBuf};
 
 use clap::Args;
 use clap::builder::BoolishValueParser;
-use kiln_build::{BuildOptions, LogStyle, Output, OutputFlags, Progress, ProgressMode, Secrets};
+use kiln_build::{
+    BuildOptions, ImageFormat, LogStyle, Output, OutputFlags, Progress, ProgressMode, Secrets,
+};
 use kiln_registry::{ClientOptions, Reference, RegistryClient, RetryPolicy};
 use miette::{IntoDiagnostic, Report, WrapErr, miette};
 
@@ -79,6 +81,13 @@ pub struct ExecutorArgs {
     /// (a SOURCE_DATE_EPOCH build arg wins).
     #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", value_parser = BoolishValueParser::new())]
     reproducible: Option<bool>,
+    /// How the image's new layers are compressed: gzip or zstd (also estargz and
+    /// uncompressed, as buildx's compression=).
+    #[arg(long, value_name = "NAME", default_value = "gzip")]
+    compression: String,
+    /// The compression level: 0 to 9 for gzip, 1 to 19 for zstd.
+    #[arg(long, value_name = "N")]
+    compression_level: Option<i64>,
     #[command(flatten)]
     registry: RegistryArgs,
     /// Do not verify TLS certificates of the registries base images come from.
@@ -373,6 +382,8 @@ pub fn run(args: ExecutorArgs) -> Result<(), Report> {
         push: !no_push,
         oci_layout_path: args.oci_layout_path.as_deref(),
         docker_archive_path: args.tar_path.as_deref(),
+        format: ImageFormat::compressed(&args.compression, args.compression_level)
+            .map_err(|e| miette!("--compression: {e}"))?,
         ..OutputFlags::default()
     };
     let outputs =
@@ -432,6 +443,7 @@ pub fn run(args: ExecutorArgs) -> Result<(), Report> {
         in_place,
         cache_from,
         cache_to,
+        layer_encoding: Output::layer_encoding(&outputs),
     };
     // kaniko reaches its cache repo with the push flags, reading as writing.
     let clients = Clients {
