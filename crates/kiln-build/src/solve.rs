@@ -487,28 +487,34 @@ impl Solving<'_, '_> {
         self.progress().step_start(&label, shown);
         self.show_hashed(&reads);
         let parent = &inputs[0];
-        let (layer, note, emulated) = match &op.kind {
-            OpKind::Exec(exec) => self.exec(op, exec, inputs, &label)?,
-            OpKind::Copy(copy) => self.copy(op, copy, inputs, &reads)?,
-            OpKind::Mkdir(mkdir) => {
-                self.materialize(&parent.layers)?;
-                let below = self.stack(&parent.layers);
-                let scratch = self.s.store.temp_dir("workdir-")?;
-                let made = fileops::mkdir(
-                    &mkdir.path,
-                    &mkdir.user,
-                    &below,
-                    scratch.path(),
-                    &self.at(op),
-                )?;
-                let layer = match made {
-                    true => Some(self.store_layer(scratch.path(), mkdir.source_date_epoch)?),
-                    false => None,
-                };
-                (layer, String::new(), false)
-            }
-            OpKind::Source(_) => unreachable!("sources are not run"),
+        let ran = || -> Result<(Option<LayerRef>, String, bool), BuildError> {
+            Ok(match &op.kind {
+                OpKind::Exec(exec) => self.exec(op, exec, inputs, &label)?,
+                OpKind::Copy(copy) => self.copy(op, copy, inputs, &reads)?,
+                OpKind::Mkdir(mkdir) => {
+                    self.materialize(&parent.layers)?;
+                    let below = self.stack(&parent.layers);
+                    let scratch = self.s.store.temp_dir("workdir-")?;
+                    let made = fileops::mkdir(
+                        &mkdir.path,
+                        &mkdir.user,
+                        &below,
+                        scratch.path(),
+                        &self.at(op),
+                    )?;
+                    let layer = match made {
+                        true => Some(self.store_layer(scratch.path(), mkdir.source_date_epoch)?),
+                        false => None,
+                    };
+                    (layer, String::new(), false)
+                }
+                OpKind::Source(_) => unreachable!("sources are not run"),
+            })
         };
+        let (layer, note, emulated) = ran().inspect_err(|e| {
+            self.progress()
+                .step_failed(&label, started.elapsed(), &e.to_string())
+        })?;
         let record = Record {
             layer: layer.as_ref().map(|l| RecordLayer {
                 media_type: l.blob.media_type.clone(),

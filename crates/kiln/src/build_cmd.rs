@@ -124,8 +124,9 @@ pub struct BuildArgs {
     registry: RegistryArgs,
     #[command(flatten, next_help_heading = "RUN steps")]
     isolation: IsolationArgs,
-    /// Progress output: auto, plain or quiet.
-    #[arg(help_heading = "Progress", long, default_value = "auto", value_parser = ["auto", "plain", "tty", "quiet"])]
+    /// Progress output: auto (tty on a terminal, else plain), plain, tty (a live display),
+    /// rawjson (buildx's JSON status events, one per line) or quiet.
+    #[arg(help_heading = "Progress", long, default_value = "auto", value_parser = ["auto", "plain", "tty", "rawjson", "quiet"])]
     progress: String,
     /// Do not check, before the first step, that every destination takes pushes (kaniko).
     #[arg(help_heading = "Output", long, num_args = 0..=1, require_equals = true, default_missing_value = "true", value_parser = BoolishValueParser::new())]
@@ -636,10 +637,9 @@ pub fn run(args: BuildArgs) -> Result<(), Report> {
 
     let root = args.root.clone().unwrap_or_else(default_root);
     let quiet = args.quiet || args.progress == "quiet";
-    let progress = Progress::new(if quiet {
-        ProgressMode::Quiet
-    } else {
-        ProgressMode::Plain
+    let progress = Progress::new(match quiet {
+        true => ProgressMode::Quiet,
+        false => ProgressMode::from_flag(&args.progress).expect("clap checks --progress"),
     });
     let store = open_store(&root, &progress)?;
     let stdin_scratch = store.temp_dir("stdin-").map_err(|e| miette!("{e}"))?;
