@@ -144,13 +144,24 @@ impl ImageSource for StoreSource<'_> {
 /// Stores the images of a build as one artifact and returns its descriptor: the manifest of
 /// a single image (without a platform), or an index of one manifest per platform. With
 /// `oci` false, Docker v2 schema 2 manifests and a manifest list. An index carries the
-/// `index` annotations, and its entries the `manifest-descriptor` ones.
+/// `index` annotations, and its entries the `manifest-descriptor` ones. With `attested`,
+/// the images' attestation manifests follow theirs, in an index even for one image (as
+/// buildx does); they are about the OCI manifests, so the index is OCI whatever `oci` says.
 fn render(
     store: &Store,
     images: &[BuiltImage],
     oci: bool,
+    attested: bool,
     annotations: &Annotations,
 ) -> Result<Descriptor, BuildError> {
+    let attestations: Vec<Descriptor> = match attested {
+        true => images
+            .iter()
+            .filter_map(|i| i.attestation.clone())
+            .collect(),
+        false => Vec::new(),
+    };
+    let oci = oci || !attestations.is_empty();
     let mut manifests = Vec::new();
     for image in images {
         let mut desc = image.manifest.clone();
@@ -174,10 +185,13 @@ fn render(
         }
         manifests.push(desc);
     }
-    if let [only] = manifests.as_mut_slice() {
+    if let [only] = manifests.as_mut_slice()
+        && attestations.is_empty()
+    {
         only.platform = None;
         return Ok(only.clone());
     }
+    manifests.extend(attestations);
     let index_type = if oci {
         media::OCI_INDEX
     } else {
@@ -209,8 +223,19 @@ pub fn deliver(
         .flat_map(|image| image.origins.clone())
         .collect();
     let mut first = None;
+    let attested = images.iter().any(|i| i.attestation.is_some());
     for output in outputs {
-        let top = render(store, images, output.oci_mediatypes(), annotations)?;
+        // A docker archive and the files of the image have no place for attestations
+        // (buildx leaves them out there too).
+        let carries =
+            attested && !matches!(output, Output::DockerArchive { .. } | Output::Rootfs { .. });
+        if carries && !output.oci_mediatypes() {
+            progress.warning(
+                "oci-mediatypes=false: attestations need an OCI index, so this output uses \
+                 OCI media types (as BuildKit does)",
+            );
+        }
+        let top = render(store, images, output.oci_mediatypes(), carries, annotations)?;
         let source = StoreSource::with_origins(store, top.clone(), pull, &origins);
         match output {
             Output::Registry {

@@ -137,6 +137,7 @@ mod tests {
             config: d("c"),
             layers: vec![],
             origins: Default::default(),
+            attestation: None,
         }
     }
 

@@ -43,6 +43,8 @@ pub struct BuiltImage {
     /// The layer blobs the store does not hold (nothing needed them locally), each with the
     /// registry repository it is in.
     pub origins: BTreeMap<Digest, Reference>,
+    /// Its attestation manifest's index entry, when attestations were asked for.
+    pub attestation: Option<Descriptor>,
 }
 
 /// How a step of the build summary went.
@@ -1138,6 +1140,7 @@ impl Solving<'_, '_> {
             config: config_desc,
             layers,
             origins,
+            attestation: None,
         })
     }
 }

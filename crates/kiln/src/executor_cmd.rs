@@ -432,6 +432,8 @@ pub fn run(args: ExecutorArgs) -> Result<(), Report> {
         in_place,
         cache_from,
         cache_to,
+        // kaniko has no attestations.
+        attestations: Default::default(),
     };
     // kaniko reaches its cache repo with the push flags, reading as writing.
     let clients = Clients {

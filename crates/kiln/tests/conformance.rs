@@ -237,6 +237,7 @@ impl Suite {
             in_place: Default::default(),
             cache_from: Vec::new(),
             cache_to: Vec::new(),
+            attestations: Default::default(),
         };
         let text =
             std::fs::read_to_string(&dockerfile).map_err(|_| "its Dockerfile is unreadable")?;
