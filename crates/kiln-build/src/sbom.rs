@@ -15,8 +15,9 @@ use kiln_oci::Digest;
 use kiln_snapshot::LayerStack;
 use serde_json::{Value, json};
 
-/// The most of a package database read (Debian's full status file is a few MiB).
-const MAX_DB_BYTES: u64 = 64 << 20;
+/// The most of a package database read (Debian's status file for a full desktop is a few
+/// MiB); it is held in memory whole.
+const MAX_DB_BYTES: u64 = 16 << 20;
 /// The most of one distroless `status.d` file read.
 const MAX_STATUS_D_BYTES: u64 = 4 << 20;
 /// `status.d` files read at most.
@@ -135,7 +136,10 @@ fn read_text(stack: &LayerStack, path: &Path, limit: u64) -> Option<String> {
         .take(limit)
         .read_to_end(&mut bytes)
         .ok()?;
-    Some(String::from_utf8_lossy(&bytes).into_owned())
+    Some(
+        String::from_utf8(bytes)
+            .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()),
+    )
 }
 
 /// dpkg's status paragraphs: `Field: value` lines, continuation lines indented, paragraphs

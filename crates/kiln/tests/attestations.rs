@@ -125,6 +125,9 @@ fn two_platform_build_carries_provenance_and_sbom_per_image() {
             "--sbom=true",
             "--build-arg",
             "GREETING=hello",
+            // A secret's value passed as a build arg too, by mistake: redacted.
+            "--build-arg",
+            &format!("LEAKED={SECRET}"),
             "--secret",
             "id=tok,env=ATTEST_TOKEN",
             ctx.to_str().unwrap(),
@@ -215,6 +218,7 @@ fn two_platform_build_carries_provenance_and_sbom_per_image() {
             invocation["parameters"]["args"]["build-arg:GREETING"],
             "hello"
         );
+        assert_eq!(invocation["parameters"]["args"]["build-arg:LEAKED"], "****");
         assert!(
             invocation["parameters"]["locals"][0]["digest"]["sha256"].is_string(),
             "{p}"
@@ -488,4 +492,61 @@ fn layouts_carry_attestations_docker_archives_leave_them_out() {
         "application/vnd.oci.image.index.v1+json"
     );
     assert_eq!(pushed["manifests"].as_array().unwrap().len(), 2);
+}
+
+#[test]
+fn the_sbom_lists_the_modules_of_a_go_binary_built_in_the_image() {
+    let env = Env::new();
+    kiln_testkit::push_go(&env.registry, "golang");
+    let ctx = env.context(
+        "ctx",
+        &[
+            (
+                "Dockerfile",
+                "FROM $REG/golang:latest\nWORKDIR /src\nCOPY main.go go.mod ./\n\
+                 RUN GOPROXY=off go build -o /usr/local/bin/hello .\n",
+            ),
+            ("go.mod", "module example.com/hello\n\ngo 1.19\n"),
+            (
+                "main.go",
+                "package main\n\nimport \"fmt\"\n\nfunc main() { fmt.Println(\"hello\") }\n",
+            ),
+        ],
+    );
+    env.build_and_push(&ctx, "gosbom:1", &["--sbom=true"]);
+    let index = raw(&env.tag("gosbom:1"));
+    let image = index["manifests"][0]["digest"].as_str().unwrap();
+    let m = raw(&format!(
+        "{}/gosbom@{}",
+        env.reg(),
+        index["manifests"][1]["digest"].as_str().unwrap()
+    ));
+    let layer = &m["layers"][0];
+    let s: Value =
+        serde_json::from_slice(&blob(&env, "gosbom", layer["digest"].as_str().unwrap())).unwrap();
+    assert_eq!(
+        format!(
+            "sha256:{}",
+            s["subject"][0]["digest"]["sha256"].as_str().unwrap()
+        ),
+        image
+    );
+    let doc = &s["predicate"];
+    validate_spdx(&env, doc, "go");
+    let purls: Vec<&str> = doc["packages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["externalRefs"][0]["referenceLocator"].as_str().unwrap())
+        .collect();
+    assert!(
+        purls.contains(&"pkg:golang/example.com/hello@%28devel%29"),
+        "{purls:?}"
+    );
+    assert!(
+        purls
+            .iter()
+            .any(|p| p.starts_with("pkg:golang/stdlib@1.19")),
+        "{purls:?}"
+    );
 }
