@@ -39,6 +39,8 @@ const BIN_DIRS: &[&str] = &[
     "/usr/local/go/bin",
     "/ko-app",
 ];
+/// The SPDX id of the image's own package.
+const IMAGE_ID: &str = "SPDXRef-Image";
 /// What starts the build info block of a Go binary.
 const GO_BUILDINFO_MAGIC: &[u8] = b"\xff Go buildinf:";
 
@@ -437,16 +439,23 @@ pub(crate) fn document(packages: &[Package], name: &str, subject: &Digest, creat
             })
         })
         .collect();
-    let relationships: Vec<Value> = entries
-        .iter()
-        .map(|(id, _)| {
-            json!({
-                "spdxElementId": "SPDXRef-DOCUMENT",
-                "relationshipType": "DESCRIBES",
-                "relatedSpdxElement": id,
-            })
-        })
-        .collect();
+    // The image itself is a package too, so that the document describes something even
+    // when the rootfs holds no package kiln knows (SPDX requires it); it contains the rest.
+    let image = json!({
+        "name": name,
+        "SPDXID": IMAGE_ID,
+        "versionInfo": subject.to_string(),
+        "downloadLocation": "NOASSERTION",
+        "filesAnalyzed": false,
+        "primaryPackagePurpose": "CONTAINER",
+    });
+    let listed: Vec<Value> = std::iter::once(image).chain(listed).collect();
+    let relationship = |from: &str, kind: &str, to: &str| json!({"spdxElementId": from, "relationshipType": kind, "relatedSpdxElement": to});
+    let mut relationships = vec![relationship("SPDXRef-DOCUMENT", "DESCRIBES", IMAGE_ID)];
+    for (id, _) in &entries {
+        relationships.push(relationship("SPDXRef-DOCUMENT", "DESCRIBES", id));
+        relationships.push(relationship(IMAGE_ID, "CONTAINS", id));
+    }
     json!({
         "spdxVersion": "SPDX-2.3",
         "dataLicense": "CC0-1.0",
@@ -601,8 +610,23 @@ mod tests {
         let subject = Digest::of(b"image");
         let doc = document(&packages, "img", &subject, "2024-01-01T00:00:00Z");
         assert_eq!(doc["spdxVersion"], "SPDX-2.3");
-        assert_eq!(doc["packages"][0]["SPDXID"], "SPDXRef-Package-apk-a-b-0");
-        assert_eq!(doc["relationships"].as_array().unwrap().len(), 2);
+        assert_eq!(doc["packages"][0]["SPDXID"], "SPDXRef-Image");
+        assert_eq!(doc["packages"][1]["SPDXID"], "SPDXRef-Package-apk-a-b-0");
+        let described: Vec<&Value> = doc["relationships"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["relationshipType"] == "DESCRIBES")
+            .map(|r| &r["relatedSpdxElement"])
+            .collect();
+        assert_eq!(
+            described,
+            [
+                "SPDXRef-Image",
+                "SPDXRef-Package-apk-a-b-0",
+                "SPDXRef-Package-apk-c-1"
+            ]
+        );
         assert_eq!(
             doc["creationInfo"]["creators"][0],
             format!("Tool: kiln-{}", env!("CARGO_PKG_VERSION"))

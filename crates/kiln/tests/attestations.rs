@@ -537,7 +537,7 @@ fn the_sbom_lists_the_modules_of_a_go_binary_built_in_the_image() {
         .as_array()
         .unwrap()
         .iter()
-        .map(|p| p["externalRefs"][0]["referenceLocator"].as_str().unwrap())
+        .filter_map(|p| p["externalRefs"][0]["referenceLocator"].as_str())
         .collect();
     assert!(
         purls.contains(&"pkg:golang/example.com/hello@%28devel%29"),
@@ -549,4 +549,41 @@ fn the_sbom_lists_the_modules_of_a_go_binary_built_in_the_image() {
             .any(|p| p.starts_with("pkg:golang/stdlib@1.19")),
         "{purls:?}"
     );
+}
+
+#[test]
+fn an_sbom_reads_base_layers_the_build_never_needed() {
+    let env = Env::new();
+    // Only config changes: no step needs the base's layers, so the store never fetched them.
+    let ctx = env.context(
+        "ctx",
+        &[("Dockerfile", "FROM $REG/busybox:latest\nENV A=1\n")],
+    );
+    let metadata = env.path("metadata.json");
+    env.build_and_push(
+        &ctx,
+        "config-only:1",
+        &["--sbom", "--metadata-file", metadata.to_str().unwrap()],
+    );
+    let index = raw(&env.tag("config-only:1"));
+    let m = raw(&format!(
+        "{}/config-only@{}",
+        env.reg(),
+        index["manifests"][1]["digest"].as_str().unwrap()
+    ));
+    let s: Value = serde_json::from_slice(&blob(
+        &env,
+        "config-only",
+        m["layers"][0]["digest"].as_str().unwrap(),
+    ))
+    .unwrap();
+    validate_spdx(&env, &s["predicate"], "config-only");
+    // The metadata names the index, which has no platform of its own.
+    let written: Value = serde_json::from_slice(&std::fs::read(&metadata).unwrap()).unwrap();
+    let descriptor = &written["containerimage.descriptor"];
+    assert_eq!(
+        descriptor["mediaType"],
+        "application/vnd.oci.image.index.v1+json"
+    );
+    assert!(descriptor["platform"].is_null(), "{written}");
 }
