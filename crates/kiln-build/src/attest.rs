@@ -15,9 +15,9 @@ use serde_json::{Value, json};
 use crate::base::{BaseRef, ResolvedImage};
 use crate::context::BuildContext;
 use crate::export::{OriginClients, StoreSource};
-use crate::plan::{ImagePlan, OpKind, Plan, Source};
+use crate::plan::{ImagePlan, OpId, OpKind, Plan, Source};
 use crate::progress::Progress;
-use crate::{BuildError, BuildOptions, BuiltImage, Store, rootfs, sbom, timefmt};
+use crate::{BuildError, BuildOptions, BuiltImage, Redactor, Store, rootfs, sbom, timefmt};
 
 /// The media type of an in-toto statement layer.
 pub const IN_TOTO_MEDIA_TYPE: &str = "application/vnd.in-toto+json";
@@ -390,8 +390,8 @@ fn provenance(
 }
 
 /// The steps of the build as lowered: each op the image needs, with the ops it reads.
-fn build_config(plan: &Plan, ops: &[crate::OpId]) -> Value {
-    let step_id = |id: crate::OpId| format!("step{}", id.0);
+fn build_config(plan: &Plan, ops: &[OpId]) -> Value {
+    let step_id = |id: OpId| format!("step{}", id.0);
     let steps: Vec<Value> = ops
         .iter()
         .map(|&id| {
@@ -450,7 +450,7 @@ fn docker_purl(reference: &Reference, platform: &Platform) -> String {
 }
 
 /// Redacts every string in `value` (secret values given as build args, say).
-fn redact(value: &mut Value, redactor: &crate::Redactor) {
+fn redact(value: &mut Value, redactor: &Redactor) {
     match value {
         Value::String(s) => {
             if let std::borrow::Cow::Owned(redacted) = redactor.redact(s) {

@@ -124,21 +124,11 @@ pub struct BuildArgs {
     #[arg(
         help_heading = "Attestations",
         long,
-        value_name = "true|false|mode=min|max",
-        num_args = 0..=1,
-        require_equals = true,
-        default_missing_value = "true"
+        value_name = "true|false|mode=min|max"
     )]
     provenance: Option<String>,
     /// Attach an SPDX SBOM of each image's packages (dpkg, apk, Go binaries): true or false.
-    #[arg(
-        help_heading = "Attestations",
-        long,
-        value_name = "true|false",
-        num_args = 0..=1,
-        require_equals = true,
-        default_missing_value = "true"
-    )]
+    #[arg(help_heading = "Attestations", long, value_name = "true|false")]
     sbom: Option<String>,
     /// An attestation (repeatable): type=provenance[,mode=min|max] or type=sbom.
     #[arg(

@@ -425,7 +425,7 @@ fn layouts_carry_attestations_docker_archives_leave_them_out() {
         "build",
         "-t",
         &env.tag("both:1"),
-        "--sbom",
+        "--sbom=true",
         "-o",
         &format!("type=oci,dest={},tar=false", layout.display()),
         "-o",
@@ -563,7 +563,12 @@ fn an_sbom_reads_base_layers_the_build_never_needed() {
     env.build_and_push(
         &ctx,
         "config-only:1",
-        &["--sbom", "--metadata-file", metadata.to_str().unwrap()],
+        &[
+            "--sbom",
+            "true",
+            "--metadata-file",
+            metadata.to_str().unwrap(),
+        ],
     );
     let index = raw(&env.tag("config-only:1"));
     let m = raw(&format!(
