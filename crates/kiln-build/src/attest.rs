@@ -20,15 +20,16 @@ use crate::progress::Progress;
 use crate::{BuildError, BuildOptions, BuiltImage, Redactor, Store, rootfs, sbom, timefmt};
 
 /// The media type of an in-toto statement layer.
-pub const IN_TOTO_MEDIA_TYPE: &str = "application/vnd.in-toto+json";
+const IN_TOTO_MEDIA_TYPE: &str = "application/vnd.in-toto+json";
 /// The annotation of a statement layer naming its predicate type.
 pub const PREDICATE_TYPE_ANNOTATION: &str = "in-toto.io/predicate-type";
 /// The predicate type of SLSA provenance v0.2 (BuildKit's default).
 pub const SLSA_PROVENANCE: &str = "https://slsa.dev/provenance/v0.2";
 /// The predicate type of an SPDX document.
 pub const SPDX_DOCUMENT: &str = "https://spdx.dev/Document";
-/// The annotations of an attestation manifest's index entry.
-pub const REFERENCE_TYPE_ANNOTATION: &str = "vnd.docker.reference.type";
+/// The annotations of an attestation manifest's index entry: what it is, and the digest of
+/// the image it is about.
+const REFERENCE_TYPE_ANNOTATION: &str = "vnd.docker.reference.type";
 pub const REFERENCE_DIGEST_ANNOTATION: &str = "vnd.docker.reference.digest";
 const ATTESTATION_MANIFEST: &str = "attestation-manifest";
 const STATEMENT_TYPE: &str = "https://in-toto.io/Statement/v0.1";

@@ -46,8 +46,8 @@ use kiln_transport::BaseImageCache;
 
 pub use annotations::{Annotation, AnnotationError, AnnotationTarget, Annotations};
 pub use attest::{
-    AttestSpecError, Attestations, IN_TOTO_MEDIA_TYPE, PREDICATE_TYPE_ANNOTATION, ProvenanceMode,
-    REFERENCE_DIGEST_ANNOTATION, REFERENCE_TYPE_ANNOTATION, SLSA_PROVENANCE, SPDX_DOCUMENT,
+    AttestSpecError, Attestations, PREDICATE_TYPE_ANNOTATION, ProvenanceMode,
+    REFERENCE_DIGEST_ANNOTATION, SLSA_PROVENANCE, SPDX_DOCUMENT,
 };
 pub use base::{BaseRef, ImageResolver, RegistryResolver, ResolvedImage};
 pub use cache::{CacheBackend, KeyLock, LocalCache, Lookup, Record, RecordLayer};
