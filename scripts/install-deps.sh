@@ -10,7 +10,9 @@
 # Kubernetes pod runs it (tests/pods.rs), and catatonit is the pause process of the pods
 # `podman kube play` starts for the Kubernetes recipe (tests/recipes.rs). kiln's own image (scripts/build-image.sh,
 # tests/own_image.rs) needs gcc-aarch64-linux-gnu to link the static linux/arm64 binary; the
-# script downloads the image's other Debian packages itself. Idempotent: installed packages
+# script downloads the image's other Debian packages itself. python3-venv holds the SPDX
+# validator the attestation tests check kiln's SBOMs with (PyPI's spdx-tools, which Debian
+# does not package), installed into target/tools/spdx-tools. Idempotent: installed packages
 # are left alone, and apt's indexes are only refreshed when something is missing.
 #
 # It never registers binfmt_misc handlers: kiln registers qemu inside its own user namespace,
@@ -39,6 +41,7 @@ packages=(
 	golang-github-containers-common
 	catatonit
 	gcc-aarch64-linux-gnu
+	python3-venv
 )
 
 as_root=()
@@ -59,8 +62,24 @@ for package in "${packages[@]}"; do
 	fi
 done
 
+# PyPI's spdx-tools, pinned, in a virtualenv of the checkout (tests/attestations.rs runs its
+# bin/pyspdxtools): no system Python's packages are touched.
+spdx_tools_version=0.8.5
+spdx_tools_dir=$(cd "$(dirname "$0")/.." && pwd)/target/tools/spdx-tools
+install_spdx_tools() {
+	if [[ -x $spdx_tools_dir/bin/pyspdxtools ]] &&
+		"$spdx_tools_dir/bin/pip" show spdx-tools 2>/dev/null | grep -qx "Version: $spdx_tools_version"; then
+		return
+	fi
+	echo "install-deps.sh: installing spdx-tools $spdx_tools_version from PyPI into $spdx_tools_dir"
+	python3 -m venv "$spdx_tools_dir"
+	"$spdx_tools_dir/bin/pip" install --quiet "spdx-tools==$spdx_tools_version"
+	"$spdx_tools_dir/bin/pyspdxtools" --help >/dev/null
+}
+
 if [[ ${#missing[@]} -eq 0 ]]; then
 	echo "install-deps.sh: all packages already installed: ${packages[*]}"
+	install_spdx_tools
 	exit 0
 fi
 
@@ -97,4 +116,5 @@ for tool in docker-registry skopeo umoci qemu-aarch64-static busybox newuidmap d
 		exit 1
 	}
 done
+install_spdx_tools
 echo "install-deps.sh: done"

@@ -16,6 +16,7 @@ use kiln_transport::{
     read_verified, write_verified,
 };
 
+use crate::attest;
 use crate::encode::{self, Fetch};
 use crate::output::{ImageFormat, STDOUT};
 use crate::progress::Progress;
@@ -146,19 +147,29 @@ impl ImageSource for StoreSource<'_> {
 /// a single image (without a platform), or an index of one manifest per platform, with the
 /// layers compressed as `format` says ([`encode::manifest_in`]). With OCI media types off,
 /// Docker v2 schema 2 manifests and a manifest list. An index carries the `index`
-/// annotations, and its entries the `manifest-descriptor` ones.
+/// annotations, and its entries the `manifest-descriptor` ones. With `attested`, the
+/// images' attestation manifests follow theirs, in an index even for one image (as buildx
+/// does); they are about the OCI manifests, so the index is OCI whatever `format` says.
 fn render(
     store: &Store,
     images: &[BuiltImage],
     format: &ImageFormat,
+    attested: bool,
     annotations: &Annotations,
     encode: (&Fetch<'_>, &Progress),
 ) -> Result<Descriptor, BuildError> {
     let (fetch, progress) = encode;
-    let oci = format.oci_mediatypes;
+    let attested = attested && images.iter().any(|i| i.attestation.is_some());
+    let oci = format.oci_mediatypes || attested;
     let mut manifests = Vec::new();
+    let mut attestations = Vec::new();
     for image in images {
         let mut desc = encode::manifest_in(store, image, format, fetch, progress)?;
+        // An image whose layers this output re-encodes has another manifest: its
+        // attestation must name that one.
+        if let Some(entry) = image.attestation.as_ref().filter(|_| attested) {
+            attestations.push(attest::about(store, entry, &desc)?);
+        }
         desc.annotations =
             annotations.get(AnnotationTarget::ManifestDescriptor, Some(&image.platform));
         if !oci {
@@ -179,10 +190,13 @@ fn render(
         }
         manifests.push(desc);
     }
-    if let [only] = manifests.as_mut_slice() {
+    if let [only] = manifests.as_mut_slice()
+        && attestations.is_empty()
+    {
         only.platform = None;
         return Ok(only.clone());
     }
+    manifests.extend(attestations);
     let index_type = if oci {
         media::OCI_INDEX
     } else {
@@ -229,11 +243,24 @@ pub fn deliver(
         store.commit_blob(tmp, &desc.digest)
     };
     let mut first = None;
+    let attested = images.iter().any(|i| i.attestation.is_some());
     for output in outputs {
+        // A docker archive and the files of the image have no place for attestations
+        // (buildx leaves them out there too).
+        let carries =
+            attested && !matches!(output, Output::DockerArchive { .. } | Output::Rootfs { .. });
+        let format = output.format();
+        if carries && !format.oci_mediatypes {
+            progress.warning(
+                "oci-mediatypes=false: attestations need an OCI index, so this output uses \
+                 OCI media types (as BuildKit does)",
+            );
+        }
         let top = render(
             store,
             images,
-            &output.format(),
+            &format,
+            carries,
             annotations,
             (&fetch, progress),
         )?;

@@ -6,6 +6,7 @@
 //! through `kiln_transport`, with the store as the source.
 
 mod annotations;
+mod attest;
 mod base;
 mod cache;
 mod context;
@@ -27,6 +28,7 @@ mod progress;
 mod registry_cache;
 mod rootfs;
 mod rules;
+mod sbom;
 mod secrets;
 mod solve;
 mod store;
@@ -39,12 +41,16 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use kiln_dockerfile::Dockerfile;
-use kiln_oci::Platform;
+use kiln_oci::{Digest, Platform};
 use kiln_registry::RegistryClient;
 use kiln_snapshot::LayerEncoding;
 use kiln_transport::BaseImageCache;
 
 pub use annotations::{Annotation, AnnotationError, AnnotationTarget, Annotations};
+pub use attest::{
+    AttestSpecError, Attestations, PREDICATE_TYPE_ANNOTATION, ProvenanceMode,
+    REFERENCE_DIGEST_ANNOTATION, SLSA_PROVENANCE, SPDX_DOCUMENT,
+};
 pub use base::{BaseRef, ImageResolver, RegistryResolver, ResolvedImage};
 pub use cache::{CacheBackend, KeyLock, LocalCache, Lookup, Record, RecordLayer};
 pub use context::{BuildContext, ContextSource, try_unpack_context, unpack_context};
@@ -131,6 +137,9 @@ pub struct BuildOptions {
     /// How the build's new layers are compressed ([`Output::layer_encoding`]); an output
     /// that asks for another compression re-encodes them.
     pub layer_encoding: LayerEncoding,
+    /// `--provenance`, `--sbom`, `--attest`: the attestation manifests [`deliver`] lists
+    /// beside the images.
+    pub attestations: Attestations,
 }
 
 /// Builds the target stage of `df` for every platform in `opts.platforms` and stores the
@@ -148,6 +157,15 @@ pub fn build(
     progress: &Progress,
 ) -> Result<BuildResult, BuildError> {
     let progress = &progress.redacting(opts.secrets.redactor().clone());
+    let started = now_secs();
+    // Read before any step runs: an in-place build's steps could change it.
+    let dockerfile_digest = match opts.attestations.provenance {
+        Some(_) => Some(Digest::of(
+            &std::fs::read(&opts.dockerfile_path)
+                .map_err(BuildError::io(format!("reading {}", opts.dockerfile_path)))?,
+        )),
+        None => None,
+    };
     for id in opts.secrets.unredactable() {
         progress.warning(&format!(
             "secret `{id}` is shorter than {MIN_REDACTED_CHARS} characters, so kiln does not \
@@ -158,7 +176,7 @@ pub fn build(
     let cache_refs = registry_refs(&opts.cache_from);
     let mut resolver = RegistryResolver::new(client, store, progress);
     resolver.base_dir = opts.base_dir.as_deref();
-    resolver.caches = Some((cache_client, cache_refs));
+    resolver.caches = Some((cache_client, cache_refs.clone()));
     resolver.base_cache = opts.base_cache.as_ref();
     let plan = lower(df, opts, &resolver)?;
     // Every platform a RUN step runs on must be runnable before any step runs.
@@ -200,8 +218,25 @@ pub fn build(
     };
     let built = solve(&plan, &solver);
     let finished = worker.finish();
-    let built = built?;
+    let mut built = built?;
     finished?;
+    if opts.attestations.any() {
+        let inputs = attest::Inputs {
+            plan: &plan,
+            opts,
+            store,
+            context: &context,
+            dockerfile: dockerfile_digest,
+            started,
+            clients: OriginClients {
+                pull: client,
+                cache: cache_client,
+                caches: &cache_refs,
+            },
+            progress,
+        };
+        attest::attach(&inputs, &mut built.images)?;
+    }
     Ok(built)
 }
 

@@ -52,7 +52,11 @@ impl BuildMetadata {
         push_by_digest: bool,
     ) -> BuildMetadata {
         let mut descriptor = top.clone();
-        if let [only] = images {
+        // One image's manifest has its platform; an index of one image and its attestation
+        // manifest has none.
+        if let [only] = images
+            && !kiln_oci::media::is_index(&top.media_type)
+        {
             descriptor.platform = Some(only.platform.clone());
         }
         let image_names = names
@@ -139,6 +143,7 @@ mod tests {
             origins: Default::default(),
             base_layers: 0,
             source_date_epoch: None,
+            attestation: None,
         }
     }
 

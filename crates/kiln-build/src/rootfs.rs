@@ -114,15 +114,28 @@ fn platform_dir(platform: &Platform) -> String {
     platform.to_string().replace('/', "_")
 }
 
-/// Merges the layers of `image` into the new directory `dir`. A layer the store lacks (the
-/// build never needed it) is fetched, and every layer dir used is one kiln saw its blob
-/// decompress to.
+/// Merges the layers of `image` into the new directory `dir`.
 fn export_image(
     store: &Store,
     image: &BuiltImage,
     source: &StoreSource<'_>,
     dir: &Path,
 ) -> Result<(), BuildError> {
+    LayerStack::new(layer_dirs(store, image, source)?)
+        .export(Path::new("/"), dir)
+        .map_err(|e| BuildError::Io {
+            context: format!("merging the layers of the {} image", image.platform),
+            source: io::Error::other(e.to_string()),
+        })
+}
+
+/// The layer dirs of `image`, bottom first. A layer the store lacks (the build never needed
+/// it) is fetched, and every layer dir used is one kiln saw its blob decompress to.
+pub(crate) fn layer_dirs(
+    store: &Store,
+    image: &BuiltImage,
+    source: &dyn ImageSource,
+) -> Result<Vec<PathBuf>, BuildError> {
     let config: ImageConfig = serde_json::from_slice(
         &fs::read(store.blob_path(&image.config.digest))
             .map_err(BuildError::io("reading a built image config"))?,
@@ -142,12 +155,7 @@ fn export_image(
         base::ensure_extracted(store, blob, diff_id, &from, || {})?;
         dirs.push(store.layer_dir(diff_id));
     }
-    LayerStack::new(dirs)
-        .export(Path::new("/"), dir)
-        .map_err(|e| BuildError::Io {
-            context: format!("merging the layers of the {} image", image.platform),
-            source: io::Error::other(e.to_string()),
-        })
+    Ok(dirs)
 }
 
 #[cfg(test)]

@@ -48,6 +48,8 @@ pub struct BuiltImage {
     /// The time the files of the build's own layers were clamped to (SOURCE_DATE_EPOCH), so
     /// that a layer written again from its dir comes out the same.
     pub source_date_epoch: Option<i64>,
+    /// Its attestation manifest's index entry, when attestations were asked for.
+    pub attestation: Option<Descriptor>,
 }
 
 /// How a step of the build summary went.
@@ -1151,6 +1153,7 @@ impl Solving<'_, '_> {
             origins,
             base_layers: done.layers.iter().take_while(|l| l.from.is_some()).count(),
             source_date_epoch: self.s.opts.source_date_epoch,
+            attestation: None,
         })
     }
 }

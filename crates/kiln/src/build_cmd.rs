@@ -6,9 +6,9 @@ use std::path::{Component, Path, PathBuf};
 use clap::Args;
 use clap::builder::BoolishValueParser;
 use kiln_build::{
-    Annotation, Annotations, BuildError, BuildMetadata, BuildOptions, CacheSpec, Hold,
-    OriginClients, Output, OutputFlags, Progress, ProgressMode, SecretSource, Secrets, StepKind,
-    Store,
+    Annotation, Annotations, Attestations, BuildError, BuildMetadata, BuildOptions, CacheSpec,
+    Hold, OriginClients, Output, OutputFlags, Progress, ProgressMode, SecretSource, Secrets,
+    StepKind, Store,
 };
 use kiln_oci::{Descriptor, Platform};
 use kiln_registry::{Reference, RegistryClient};
@@ -120,6 +120,23 @@ pub struct BuildArgs {
         value_name = "[TYPE][[PLATFORM]]:KEY=VALUE"
     )]
     annotations: Vec<String>,
+    /// Attach SLSA provenance to each image: true (mode=min), false, mode=min or mode=max.
+    #[arg(
+        help_heading = "Attestations",
+        long,
+        value_name = "true|false|mode=min|max"
+    )]
+    provenance: Option<String>,
+    /// Attach an SPDX SBOM of each image's packages (dpkg, apk, Go binaries): true or false.
+    #[arg(help_heading = "Attestations", long, value_name = "true|false")]
+    sbom: Option<String>,
+    /// An attestation (repeatable): type=provenance[,mode=min|max] or type=sbom.
+    #[arg(
+        help_heading = "Attestations",
+        long = "attest",
+        value_name = "type=TYPE[,...]"
+    )]
+    attest: Vec<String>,
     #[command(flatten, next_help_heading = "Registries")]
     registry: RegistryArgs,
     #[command(flatten, next_help_heading = "RUN steps")]
@@ -634,6 +651,12 @@ pub fn run(args: BuildArgs) -> Result<(), Report> {
     annotations
         .check(platforms.len(), &outputs, &names)
         .map_err(|e| miette!("{e}"))?;
+    let attestations = Attestations::from_flags(
+        args.provenance.as_deref(),
+        args.sbom.as_deref(),
+        &args.attest,
+    )
+    .map_err(|e| miette!("{e}"))?;
 
     let root = args.root.clone().unwrap_or_else(default_root);
     let quiet = args.quiet || args.progress == "quiet";
@@ -712,6 +735,7 @@ pub fn run(args: BuildArgs) -> Result<(), Report> {
         cache_from,
         cache_to,
         layer_encoding: Output::layer_encoding(&outputs),
+        attestations,
     };
     let clients = Clients {
         pull: &client,

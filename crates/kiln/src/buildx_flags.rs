@@ -21,18 +21,6 @@ const NOT_TAKEN: &[(&str, &str)] = &[
         "kiln grants no entitlements (network.host, security.insecure): RUN steps get what a \
          default container gets",
     ),
-    (
-        "--provenance",
-        "attestations are not supported by this version of kiln yet",
-    ),
-    (
-        "--sbom",
-        "attestations are not supported by this version of kiln yet",
-    ),
-    (
-        "--attest",
-        "attestations are not supported by this version of kiln yet",
-    ),
     ("--check", "kiln lints a Dockerfile with `kiln check`"),
     (
         "--call",

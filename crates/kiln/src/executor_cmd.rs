@@ -444,6 +444,8 @@ pub fn run(args: ExecutorArgs) -> Result<(), Report> {
         cache_from,
         cache_to,
         layer_encoding: Output::layer_encoding(&outputs),
+        // kaniko has no attestations.
+        attestations: Default::default(),
     };
     // kaniko reaches its cache repo with the push flags, reading as writing.
     let clients = Clients {

@@ -6,6 +6,9 @@ use std::fmt::Write as _;
 use std::io::Write as _;
 
 use clap::{Args, Subcommand};
+use kiln_build::{
+    PREDICATE_TYPE_ANNOTATION, REFERENCE_DIGEST_ANNOTATION, SLSA_PROVENANCE, SPDX_DOCUMENT,
+};
 use kiln_oci::{Descriptor, Digest, ImageIndex, ImageManifest, media};
 use kiln_registry::{FetchedManifest, Reference, RegistryClient, stitch};
 use miette::{IntoDiagnostic, Report, WrapErr, miette};
@@ -32,8 +35,10 @@ pub struct InspectArgs {
     /// The exact manifest or index bytes the registry serves.
     #[arg(long, conflicts_with = "format")]
     raw: bool,
-    /// `json` (or `{{json .}}`): name, manifest (with digest and size) and image configs.
-    #[arg(long, value_name = "FORMAT", value_parser = ["json", "{{json .}}"])]
+    /// `json` (or `{{json .}}`): name, manifest (with digest and size) and image configs;
+    /// `{{json .Provenance}}` or `{{json .SBOM}}`: the attestations' predicates, as buildx
+    /// prints them.
+    #[arg(long, value_name = "FORMAT", value_parser = ["json", "{{json .}}", PROVENANCE_FORMAT, SBOM_FORMAT])]
     format: Option<String>,
     #[command(flatten)]
     registry: RegistryArgs,
@@ -175,8 +180,18 @@ fn inspect(args: InspectArgs) -> Result<(), Report> {
     } else {
         None
     };
-    if args.format.is_none() {
-        print!("{}", human(&target, &fetched, index.as_ref()));
+    let format = match args.format.as_deref() {
+        None => {
+            print!("{}", human(&target, &fetched, index.as_ref()));
+            return Ok(());
+        }
+        Some(PROVENANCE_FORMAT) => Some((SLSA_PROVENANCE, "SLSA")),
+        Some(SBOM_FORMAT) => Some((SPDX_DOCUMENT, "SPDX")),
+        Some(_) => None,
+    };
+    if let Some((predicate_type, key)) = format {
+        let out = predicates(&client, &target, index.as_ref(), predicate_type, key)?;
+        println!("{}", serde_json::to_string_pretty(&out).into_diagnostic()?);
         return Ok(());
     }
     let (manifest, image) = match index {
@@ -220,6 +235,66 @@ fn inspect(args: InspectArgs) -> Result<(), Report> {
     };
     println!("{}", serde_json::to_string_pretty(&out).into_diagnostic()?);
     Ok(())
+}
+
+const PROVENANCE_FORMAT: &str = "{{json .Provenance}}";
+const SBOM_FORMAT: &str = "{{json .SBOM}}";
+
+/// buildx's `.Provenance` and `.SBOM`: for one image, `{KEY: predicate}` (`SLSA` or `SPDX`);
+/// for several, a map from each platform to that. The predicates are read from the index's
+/// attestation manifests, their statements of `predicate_type`; an image without one gets
+/// `{}`.
+fn predicates(
+    client: &RegistryClient,
+    target: &Reference,
+    index: Option<&ImageIndex>,
+    predicate_type: &str,
+    key: &str,
+) -> Result<serde_json::Value, Report> {
+    let Some(index) = index else {
+        return Ok(serde_json::json!({}));
+    };
+    let mut by_platform = serde_json::Map::new();
+    let images: Vec<&Descriptor> = index
+        .manifests
+        .iter()
+        .filter(|d| !stitch::is_attestation(d) && d.platform.is_some())
+        .collect();
+    for image in &images {
+        let platform = image.platform.as_ref().expect("filtered").to_string();
+        let attestation = index.manifests.iter().find(|d| {
+            stitch::is_attestation(d)
+                && d.annotations.get(REFERENCE_DIGEST_ANNOTATION) == Some(&image.digest.to_string())
+        });
+        let mut stub = serde_json::Map::new();
+        if let Some(attestation) = attestation {
+            let pinned = target.with_digest(attestation.digest.clone());
+            let fetched = client.fetch_manifest(&pinned).map_err(|e| miette!("{e}"))?;
+            let manifest: ImageManifest = serde_json::from_slice(&fetched.bytes)
+                .into_diagnostic()
+                .wrap_err_with(|| format!("{pinned} is not an attestation manifest"))?;
+            let layer = manifest.layers.iter().find(|l| {
+                l.annotations
+                    .get(PREDICATE_TYPE_ANNOTATION)
+                    .map(String::as_str)
+                    == Some(predicate_type)
+            });
+            if let Some(layer) = layer {
+                let bytes = client
+                    .fetch_small_blob(&pinned, layer)
+                    .map_err(|e| miette!("{e}"))?;
+                let statement: serde_json::Value = serde_json::from_slice(&bytes)
+                    .into_diagnostic()
+                    .wrap_err_with(|| format!("the statement {} is not JSON", layer.digest))?;
+                stub.insert(key.to_string(), statement["predicate"].clone());
+            }
+        }
+        by_platform.insert(platform, serde_json::Value::Object(stub));
+    }
+    Ok(match by_platform.len() {
+        1 => by_platform.into_iter().next().expect("one").1,
+        _ => serde_json::Value::Object(by_platform),
+    })
 }
 
 /// A `key: value` line of the human output.

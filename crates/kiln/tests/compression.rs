@@ -375,3 +375,52 @@ fn a_base_layer_in_a_compression_kiln_cannot_read_is_named_with_its_media_type()
         ],
     );
 }
+
+#[test]
+fn attestations_name_the_manifest_each_output_re_encoded() {
+    let env = Env::new();
+    let ctx = context(&env);
+    let (zstd, gzip) = (env.tag("attested-zstd:1"), env.tag("attested-gzip:1"));
+    let o = env.kiln(&[
+        "build",
+        "--attest",
+        "type=provenance",
+        "-o",
+        &format!("type=registry,name={zstd},compression=zstd,force-compression=true"),
+        "-o",
+        &format!("type=registry,name={gzip},compression=estargz"),
+        ctx.to_str().unwrap(),
+    ]);
+    assert_ok(&o);
+    let mut images = Vec::new();
+    for name in [&zstd, &gzip] {
+        let index = manifest(name);
+        let entries = index["manifests"].as_array().unwrap();
+        assert_eq!(entries.len(), 2, "{index}");
+        let (image, attestation) = (&entries[0], &entries[1]);
+        let digest = image["digest"].as_str().unwrap();
+        assert_eq!(
+            attestation["annotations"]["vnd.docker.reference.digest"], digest,
+            "{name}"
+        );
+        let repository = name.rsplit_once(':').unwrap().0;
+        let statement_layer = &manifest(&format!(
+            "{repository}@{}",
+            attestation["digest"].as_str().unwrap()
+        ))["layers"][0];
+        let statement: Value = serde_json::from_slice(&sh(&format!(
+            "curl -sf http://{}/v2/{}/blobs/{}",
+            env.reg(),
+            repository.split_once('/').unwrap().1,
+            statement_layer["digest"].as_str().unwrap()
+        )))
+        .unwrap();
+        assert_eq!(
+            statement["subject"][0]["digest"]["sha256"],
+            digest.strip_prefix("sha256:").unwrap(),
+            "{name}"
+        );
+        images.push(digest.to_string());
+    }
+    assert_ne!(images[0], images[1], "two encodings, two manifests");
+}

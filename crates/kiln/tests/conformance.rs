@@ -238,6 +238,7 @@ impl Suite {
             cache_from: Vec::new(),
             cache_to: Vec::new(),
             layer_encoding: Default::default(),
+            attestations: Default::default(),
         };
         let text =
             std::fs::read_to_string(&dockerfile).map_err(|_| "its Dockerfile is unreadable")?;

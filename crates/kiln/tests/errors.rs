@@ -202,8 +202,8 @@ fn buildx_flags_kiln_lacks_are_explained_in_one_line() {
             "no builder instance",
         ),
         (
-            &["build", "--provenance=mode=max", "."][..],
-            "attestations are not supported",
+            &["build", "--allow=network.host", "."][..],
+            "kiln grants no entitlements",
         ),
     ] {
         let o = env.kiln(args);
