@@ -10,7 +10,8 @@
 # Kubernetes pod runs it (tests/pods.rs), and catatonit is the pause process of the pods
 # `podman kube play` starts for the Kubernetes recipe (tests/recipes.rs). kiln's own image (scripts/build-image.sh,
 # tests/own_image.rs) needs gcc-aarch64-linux-gnu to link the static linux/arm64 binary; the
-# script downloads the image's other Debian packages itself. Idempotent: installed packages
+# script downloads the image's other Debian packages itself. openssl makes self-signed registry
+# certificates the way users do (tests of `--registry-certificate`). Idempotent: installed packages
 # are left alone, and apt's indexes are only refreshed when something is missing.
 #
 # It never registers binfmt_misc handlers: kiln registers qemu inside its own user namespace,
@@ -39,6 +40,7 @@ packages=(
 	golang-github-containers-common
 	catatonit
 	gcc-aarch64-linux-gnu
+	openssl
 )
 
 as_root=()
