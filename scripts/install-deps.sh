@@ -11,7 +11,8 @@
 # `podman kube play` starts for the Kubernetes recipe (tests/recipes.rs). kiln's own image (scripts/build-image.sh,
 # tests/own_image.rs) needs gcc-aarch64-linux-gnu to link the static linux/arm64 binary; the
 # script downloads the image's other Debian packages itself. openssl makes self-signed registry
-# certificates the way users do (tests of `--registry-certificate`). Idempotent: installed packages
+# certificates the way users do (tests of `--registry-certificate`); man-db's `man -l` renders
+# the pages `kiln man` writes (tests/help.rs). Idempotent: installed packages
 # are left alone, and apt's indexes are only refreshed when something is missing.
 #
 # It never registers binfmt_misc handlers: kiln registers qemu inside its own user namespace,
@@ -41,6 +42,7 @@ packages=(
 	catatonit
 	gcc-aarch64-linux-gnu
 	openssl
+	man-db
 )
 
 as_root=()
