@@ -19,6 +19,7 @@ use crate::isolation_args::IsolationArgs;
 use crate::kaniko_cache_args::KanikoCacheArgs;
 use crate::registry_args::RegistryArgs;
 use crate::report;
+use crate::run_args::RunStepArgs;
 
 #[derive(Args)]
 pub struct BuildArgs {
@@ -134,6 +135,8 @@ pub struct BuildArgs {
     registry: RegistryArgs,
     #[command(flatten, next_help_heading = "RUN steps")]
     isolation: IsolationArgs,
+    #[command(flatten, next_help_heading = "RUN steps")]
+    run_steps: RunStepArgs,
     /// Progress output: auto, plain or quiet.
     #[arg(help_heading = "Progress", long, default_value = "auto", value_parser = ["auto", "plain", "tty", "quiet"])]
     progress: String,
@@ -725,6 +728,8 @@ pub fn run(args: BuildArgs) -> Result<(), Report> {
         annotations,
         isolation,
         in_place,
+        network: args.run_steps.network(),
+        step_options: args.run_steps.step_options()?,
         cache_from,
         cache_to,
     };

@@ -430,6 +430,9 @@ pub fn run(args: ExecutorArgs) -> Result<(), Report> {
         annotations: Default::default(),
         isolation,
         in_place,
+        // kaniko has no --network, --add-host, --ulimit or --shm-size.
+        network: Default::default(),
+        step_options: Default::default(),
         cache_from,
         cache_to,
     };

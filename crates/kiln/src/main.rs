@@ -14,6 +14,7 @@ mod login_cmd;
 mod manifest_cmd;
 mod registry_args;
 mod report;
+mod run_args;
 mod warmer_cmd;
 
 use std::process::ExitCode;
