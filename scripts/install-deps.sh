@@ -12,7 +12,9 @@
 # tests/own_image.rs) needs gcc-aarch64-linux-gnu to link the static linux/arm64 binary; the
 # script downloads the image's other Debian packages itself. python3-venv holds the SPDX
 # validator the attestation tests check kiln's SBOMs with (PyPI's spdx-tools, which Debian
-# does not package), installed into target/tools/spdx-tools. Idempotent: installed packages
+# does not package), installed into target/tools/spdx-tools. openssl makes self-signed registry
+# certificates the way users do (tests of `--registry-certificate`); man-db's `man -l` renders
+# the pages `kiln man` writes (tests/help.rs). Idempotent: installed packages
 # are left alone, and apt's indexes are only refreshed when something is missing.
 #
 # It never registers binfmt_misc handlers: kiln registers qemu inside its own user namespace,
@@ -42,6 +44,8 @@ packages=(
 	catatonit
 	gcc-aarch64-linux-gnu
 	python3-venv
+	openssl
+	man-db
 )
 
 as_root=()

@@ -43,6 +43,7 @@ use std::path::PathBuf;
 use kiln_dockerfile::Dockerfile;
 use kiln_oci::{Digest, Platform};
 use kiln_registry::RegistryClient;
+use kiln_sandbox::{Network, StepOptions};
 use kiln_snapshot::LayerEncoding;
 use kiln_transport::BaseImageCache;
 
@@ -129,6 +130,11 @@ pub struct BuildOptions {
     pub isolation: Isolation,
     /// What in-place isolation leaves alone.
     pub in_place: InPlaceOptions,
+    /// The network of RUN steps without `RUN --network` or with `--network=default`
+    /// (buildx's `--network`).
+    pub network: Network,
+    /// `--add-host`, `--ulimit` and `--shm-size`, for every RUN step.
+    pub step_options: StepOptions,
     /// `--cache-from`: registry caches whose records the build may use, in order.
     pub cache_from: Vec<CacheSpec>,
     /// `--cache-to`: where the build's records go once its images are delivered

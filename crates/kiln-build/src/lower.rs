@@ -949,10 +949,11 @@ impl<'l, 'a, 'r> Lowerer<'l, 'a, 'r> {
         Ok(())
     }
 
-    /// `RUN --network` (and `--security`, which only allows the default sandbox).
+    /// `RUN --network` (and `--security`, which only allows the default sandbox); the build's
+    /// `--network` when the step names none or `default`.
     fn run_network(&self, state: &StageState, ins: &Instruction) -> Result<Network, BuildError> {
         let Some(flags) = ins.run_flags() else {
-            return Ok(Network::Default);
+            return Ok(self.opts.network);
         };
         if let Some(security) = &flags.security {
             match self.flag_value(state, ins, "security", security)?.as_str() {
@@ -973,10 +974,10 @@ impl<'l, 'a, 'r> Lowerer<'l, 'a, 'r> {
             }
         }
         let Some(network) = &flags.network else {
-            return Ok(Network::Default);
+            return Ok(self.opts.network);
         };
         match self.flag_value(state, ins, "network", network)?.as_str() {
-            "default" => Ok(Network::Default),
+            "default" => Ok(self.opts.network),
             "none" => Ok(Network::None),
             "host" => Ok(Network::Host),
             other => Err(self.err(
@@ -1046,6 +1047,7 @@ impl<'l, 'a, 'r> Lowerer<'l, 'a, 'r> {
             user: state.config.config.user.clone(),
             hostname: "kiln".into(),
             network,
+            options: self.opts.step_options.clone(),
             mounts,
             source_date_epoch: self.opts.source_date_epoch,
             compiles: compiles(&ins.text),

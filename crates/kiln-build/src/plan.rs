@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use kiln_dockerfile::Mount;
 use kiln_oci::{ImageConfig, Platform};
-use kiln_sandbox::Network;
+use kiln_sandbox::{Network, StepOptions};
 use serde::Serialize;
 
 use crate::base::ResolvedImage;
@@ -95,6 +95,10 @@ pub struct Exec {
     pub user: String,
     pub hostname: String,
     pub network: Network,
+    /// Left out of the key when default, so that keys made before these options existed
+    /// still match.
+    #[serde(skip_serializing_if = "StepOptions::is_default")]
+    pub options: StepOptions,
     pub mounts: Vec<ExecMount>,
     /// Layers are written with mtimes clamped to this (`SOURCE_DATE_EPOCH`).
     pub source_date_epoch: Option<i64>,

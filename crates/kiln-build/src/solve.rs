@@ -953,6 +953,7 @@ impl Solving<'_, '_> {
                 emulator: None,
                 mounts: prepared.mounts.clone(),
                 network: exec.network,
+                options: exec.options.clone(),
             },
         };
         // The output is printed through `progress`, which redacts secrets; what the errors

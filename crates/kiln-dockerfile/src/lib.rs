@@ -32,7 +32,7 @@ pub use glob::glob_match;
 pub use ignore::IgnoreMatcher;
 pub use instruction::{Command, Flag, Heredoc, Instruction, ShellOrExec, Span};
 pub use json::{instruction_json, to_json};
-pub use mount::{Mount, MountSpec, MountType, Sharing};
+pub use mount::{Mount, MountSpec, MountType, Sharing, parse_size};
 pub use parser::{parse, parse_syntax};
 pub use stage::Stage;
 

@@ -106,8 +106,9 @@ fn parse_bool(key: &str, value: Option<&str>) -> Result<bool, String> {
     }
 }
 
-/// `64m`, `1g`, `4096`: bytes, with binary unit suffixes as Docker's `size=` takes them.
-fn parse_size(text: &str) -> Result<u64, String> {
+/// `64m`, `1g`, `4096`: bytes, with binary unit suffixes as Docker's `size=` (and
+/// `--shm-size`) takes them.
+pub fn parse_size(text: &str) -> Result<u64, String> {
     let lower = text.trim().to_ascii_lowercase();
     let unitless = lower.trim_end_matches("ib").trim_end_matches('b');
     let (digits, factor) = match unitless.char_indices().last() {

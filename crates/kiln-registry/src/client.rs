@@ -24,6 +24,7 @@ use crate::limits::{
     read_at_most,
 };
 use crate::retry::RetryPolicy;
+use crate::tls;
 use crate::{Reference, RegistryError, partial};
 
 const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.docker.distribution.manifest.v2+json";
@@ -406,29 +407,32 @@ impl RegistryClient {
             .connect_timeout(self.timeouts.connect)
             .timeout(self.timeouts.read)
             .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("kiln/", env!("CARGO_PKG_VERSION")))
-            .danger_accept_invalid_certs(self.config.skips_tls_verify(&r.registry));
+            .user_agent(concat!("kiln/", env!("CARGO_PKG_VERSION")));
+        let mut trusted = Vec::new();
+        let mut identity = None;
         if let Some(host) = self.config.host(&r.registry) {
             for ca in &host.ca {
-                let certs = reqwest::Certificate::from_pem_bundle(&read(ca)?)
-                    .map_err(|e| setup_error(ca.display().to_string(), error_chain(&e)))?;
-                for cert in certs {
-                    builder = builder.add_root_certificate(cert);
-                }
+                let certs = tls::pem_certificates(&read(ca)?)
+                    .map_err(|e| setup_error(ca.display().to_string(), e))?;
+                trusted.extend(certs);
             }
-            for pair in &host.keypair {
-                let mut pem = read(&pair.key)?;
-                pem.push(b'\n');
-                pem.extend(read(&pair.cert)?);
-                let identity = reqwest::Identity::from_pem(&pem).map_err(|e| {
-                    setup_error(
-                        format!("{} and {}", pair.cert.display(), pair.key.display()),
-                        error_chain(&e),
-                    )
-                })?;
-                builder = builder.identity(identity);
-            }
+            // rustls presents one client certificate: the last pair configured wins, as a
+            // later setting overrides an earlier one.
+            identity = host
+                .keypair
+                .last()
+                .map(|pair| {
+                    tls::identity(&read(&pair.cert)?, &read(&pair.key)?).map_err(|e| {
+                        let files = format!("{} and {}", pair.cert.display(), pair.key.display());
+                        setup_error(files, e)
+                    })
+                })
+                .transpose()?;
         }
+        let skip_verify = self.config.skips_tls_verify(&r.registry);
+        let tls = tls::client_config(trusted, identity, skip_verify)
+            .map_err(|e| setup_error("the TLS settings".into(), e.to_string()))?;
+        builder = builder.use_preconfigured_tls(tls);
         let client = builder
             .build()
             .map_err(|e| setup_error("the HTTP client".into(), error_chain(&e)))?;

@@ -14,6 +14,7 @@ mod partial;
 mod reference;
 mod retry;
 pub mod stitch;
+mod tls;
 
 #[doc(hidden)]
 pub use challenge::{Challenge, parse_challenge};

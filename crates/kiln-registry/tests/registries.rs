@@ -8,7 +8,7 @@ use kiln_oci::{Descriptor, Digest, media};
 use kiln_registry::{
     ClientOptions, CredentialStore, Reference, RegistryClient, RegistryConfig, RegistryError,
 };
-use kiln_testkit::{Registry, RegistryOptions};
+use kiln_testkit::{Registry, RegistryOptions, SelfSigned};
 
 const USER: &str = "kiln";
 const PASSWORD: &str = "s3cret-pw";
@@ -43,6 +43,20 @@ fn trusting_ca(registry: &Registry) -> RegistryConfig {
         .ca
         .push(registry.ca_path().unwrap());
     config
+}
+
+fn trusting(registry: &Registry, cert: &Path) -> RegistryConfig {
+    let mut config = RegistryConfig::default();
+    config.host_mut(registry.addr()).ca.push(cert.to_path_buf());
+    config
+}
+
+/// A registry serving `cert`, a self-signed certificate made with openssl.
+fn self_signed_registry(cert: &SelfSigned) -> Registry {
+    Registry::start_with(RegistryOptions {
+        server_cert: Some((cert.cert_path.clone(), cert.key_path.clone())),
+        ..RegistryOptions::default()
+    })
 }
 
 fn client(config: RegistryConfig, credentials: CredentialStore) -> RegistryClient {
@@ -391,4 +405,62 @@ fn client_certificates_are_presented_to_registries_that_require_them() {
     );
     let hint = format!("--registry-client-cert {}=", registry.addr());
     assert!(e.to_string().contains(&hint), "{e}");
+}
+
+#[test]
+fn self_signed_ca_certificate_is_accepted_when_it_is_the_one_trusted() {
+    // Made as Docker's "deploy a registry" guide makes it: CA:TRUE, used as the server's own.
+    let cert = SelfSigned::new("IP:127.0.0.1");
+    let registry = self_signed_registry(&cert);
+    let work = tempfile::tempdir().unwrap();
+    let r = reference(&registry, "team/app:1");
+    let pushed = push_image(
+        &client(trusting(&registry, &cert.cert_path), no_credentials()),
+        &r,
+        work.path(),
+    );
+    let fresh = client(trusting(&registry, &cert.cert_path), no_credentials());
+    let (digest, layer) = pull_image(&fresh, &r, &pushed.layer, work.path()).unwrap();
+    assert_eq!(digest, pushed.manifest);
+    assert_eq!(layer, pushed.layer_bytes);
+
+    let untrusted = |config: RegistryConfig| {
+        let e = client(config, no_credentials())
+            .fetch_manifest(&r)
+            .unwrap_err();
+        assert!(
+            matches!(e, RegistryError::UntrustedCertificate { .. }),
+            "{e:?}"
+        );
+        e.to_string()
+    };
+    let e = untrusted(RegistryConfig::default());
+    assert!(e.contains("--registry-certificate"), "{e}");
+    // Another self-signed certificate for the same address is not this server's.
+    let other = SelfSigned::new("IP:127.0.0.1");
+    let e = untrusted(trusting(&registry, &other.cert_path));
+    assert!(e.contains("CaUsedAsEndEntity"), "{e}");
+}
+
+#[test]
+fn trusted_self_signed_certificate_must_still_name_the_server_and_be_valid() {
+    let refused = |cert: &SelfSigned, expect: &str| {
+        let registry = self_signed_registry(cert);
+        let e = client(trusting(&registry, &cert.cert_path), no_credentials())
+            .fetch_manifest(&reference(&registry, "team/app:1"))
+            .unwrap_err();
+        assert!(
+            matches!(e, RegistryError::UntrustedCertificate { .. }),
+            "{e:?}"
+        );
+        assert!(e.to_string().contains(expect), "{e}");
+    };
+    refused(
+        &SelfSigned::new("DNS:registry.example,IP:127.0.0.2"),
+        "not valid for name",
+    );
+    refused(
+        &SelfSigned::valid_between("IP:127.0.0.1", "20200101000000Z", "20200201000000Z"),
+        "expired",
+    );
 }

@@ -21,7 +21,7 @@ use nix::unistd::{ForkResult, Pid, chdir, fork, getuid};
 
 use crate::mounts;
 use crate::protocol::{HelperReport, HelperRequest, SETUP_FAILED_EXIT, shell_exit_code};
-use crate::{ExitStatus, HELPER_ARG, RunMount, RunSpec, emulation, init};
+use crate::{ExitStatus, ExtraHost, HELPER_ARG, RunMount, RunSpec, emulation, init};
 
 /// Marks the helper's second start, after its id maps were written.
 const MAPPED_ARG: &str = "mapped";
@@ -161,6 +161,7 @@ fn run_step(spec: &RunSpec, report: &mut File) -> Result<ExitStatus, String> {
         &rootfs.merged,
         &spec.upper,
         &init::hostname_of(&spec.hostname),
+        &spec.options.extra_hosts,
         &spec.mounts,
     ) {
         Ok(created) => created,
@@ -355,6 +356,7 @@ impl Stubs {
         merged: &Path,
         upper: &Path,
         hostname: &str,
+        extra_hosts: &[ExtraHost],
         mounts: &[RunMount],
     ) -> Result<(Stubs, Vec<EtcBind>), String> {
         let mut stubs = Stubs {
@@ -369,7 +371,7 @@ impl Stubs {
             .create_missing(&root, &upper_dir, mounts)
             .and_then(|etc_targets| {
                 stubs.note_copied_up(&upper_dir);
-                generate_etc_files(merged, &etc_targets, hostname)
+                generate_etc_files(merged, &etc_targets, hostname, extra_hosts)
             });
         match created {
             Ok(binds) => Ok((stubs, binds)),
@@ -526,12 +528,14 @@ fn replaced_or_gone(err: &std::io::Error) -> bool {
     )
 }
 
-/// Writes /etc/hosts, /etc/hostname and a copy of the host's /etc/resolv.conf into the work
-/// dir (next to `merged`), for the targets that can take a bind mount.
+/// Writes /etc/hosts (with the `--add-host` lines last, as Docker writes them),
+/// /etc/hostname and a copy of the host's /etc/resolv.conf into the work dir (next to
+/// `merged`), for the targets that can take a bind mount.
 fn generate_etc_files(
     merged: &Path,
     targets: &[&'static str],
     hostname: &str,
+    extra_hosts: &[ExtraHost],
 ) -> Result<Vec<EtcBind>, String> {
     let work = merged.parent().expect("merged is in the work dir");
     let generated = work.join("etc");
@@ -540,9 +544,12 @@ fn generate_etc_files(
     let mut binds = Vec::new();
     for &target in targets {
         let content = match target {
-            "etc/hosts" => format!(
-                "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{}\n",
-                hostname
+            "etc/hosts" => extra_hosts.iter().fold(
+                format!(
+                    "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{}\n",
+                    hostname
+                ),
+                |hosts, extra| hosts + &format!("{}\t{}\n", extra.ip, extra.name),
             ),
             "etc/hostname" => format!("{hostname}\n"),
             _ => match std::fs::read_to_string("/etc/resolv.conf") {

@@ -38,6 +38,14 @@ pub fn run_in_place(
                 .to_string(),
         ));
     }
+    if !spec.options.is_default() {
+        return Err(SandboxError::Setup(
+            "--add-host, --ulimit and --shm-size set up a sandbox of the step's own (its \
+             /etc/hosts, limits and /dev/shm), and in-place isolation makes none: drop them, or \
+             build where kiln can use namespaces"
+                .to_string(),
+        ));
+    }
     let identity = users::resolve(
         &spec.user,
         &init::read_rootfs_file("/etc/passwd").map_err(SandboxError::Setup)?,

@@ -19,7 +19,7 @@ use kiln_fs::{Dir, Entry};
 
 use crate::helper::EtcBind;
 use crate::users::{self, Identity};
-use crate::{Network, RunSpec, caps, mounts, network, run, seccomp};
+use crate::{DEFAULT_SHM_SIZE, Network, RunSpec, Ulimit, caps, mounts, network, run, seccomp};
 
 /// PATH used for the lookup of the command when its environment has none (Docker's default).
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -97,7 +97,8 @@ pub(crate) fn run(
         })?;
     }
     mount_proc(&mount_point("proc")?)?;
-    mount_dev(&mount_point("dev")?, &merged.join("dev"))?;
+    let shm_size = spec.options.shm_size.unwrap_or(DEFAULT_SHM_SIZE);
+    mount_dev(&mount_point("dev")?, &merged.join("dev"), shm_size)?;
     mounts::mount_all(&root, &spec.mounts)?;
     enter_root(merged)?;
     restrict_proc()?;
@@ -120,6 +121,7 @@ pub(crate) fn run(
     // Created as root, as Docker does, before dropping to the user.
     std::fs::create_dir_all(&spec.cwd)
         .map_err(|err| format!("creating the working dir {}: {err}", spec.cwd))?;
+    set_ulimits(&spec.options.ulimits)?;
     confine()?;
     switch_user(&spec.user, &identity)?;
     // A change of uid cleared the parent-death signal set above.
@@ -227,8 +229,9 @@ fn mount_proc(target: &Entry) -> Result<(), String> {
 }
 
 /// Mounts a tmpfs on `target` and fills it by path, through `dev`: the rootfs's /dev, a
-/// directory (not a symlink) that only this process can reach now.
-fn mount_dev(target: &Entry, dev: &Path) -> Result<(), String> {
+/// directory (not a symlink) that only this process can reach now; its /dev/shm holds
+/// `shm_size` bytes.
+fn mount_dev(target: &Entry, dev: &Path, shm_size: u64) -> Result<(), String> {
     mount(
         Some("tmpfs"),
         target.proc_path().as_str(),
@@ -267,9 +270,28 @@ fn mount_dev(target: &Entry, dev: &Path) -> Result<(), String> {
         &shm,
         Some("tmpfs"),
         MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
-        Some("mode=1777,size=65536k"),
+        Some(format!("mode=1777,size={shm_size}").as_str()),
     )
-    .map_err(|err| format!("mounting a tmpfs on /dev/shm: {err}"))
+    .map_err(|err| format!("mounting a tmpfs of {shm_size} bytes on /dev/shm: {err}"))
+}
+
+/// Sets the `--ulimit`s, inherited by the command across its exec. Lowering a limit needs
+/// no privilege; raising a hard limit above the one kiln has needs CAP_SYS_RESOURCE in the
+/// host's user namespace, which the sandbox does not have.
+fn set_ulimits(ulimits: &[Ulimit]) -> Result<(), String> {
+    for limit in ulimits {
+        let resource = Ulimit::resource(&limit.name).expect("names are checked when parsed");
+        nix::sys::resource::setrlimit(resource, limit.soft, limit.hard).map_err(|err| {
+            let current = nix::sys::resource::getrlimit(resource)
+                .map(|(_, hard)| format!(" (kiln's own hard limit is {hard})"))
+                .unwrap_or_default();
+            format!(
+                "--ulimit {}={}:{}: {err}{current}",
+                limit.name, limit.soft, limit.hard
+            )
+        })?;
+    }
+    Ok(())
 }
 
 fn bind_mount(source: &Path, target: &Path) -> Result<(), String> {

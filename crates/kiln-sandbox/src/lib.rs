@@ -31,6 +31,7 @@ mod protocol;
 mod rootless;
 mod run;
 mod seccomp;
+mod step_options;
 mod users;
 
 use std::path::PathBuf;
@@ -40,6 +41,7 @@ use serde::{Deserialize, Serialize};
 pub use emulation::{EmulationMode, find_emulator, runs_natively};
 pub use in_place::{run_in_place, runs_in_place};
 pub use rootless::enter_rootless_if_needed;
+pub use step_options::{DEFAULT_SHM_SIZE, ExtraHost, StepOptionError, StepOptions, Ulimit};
 pub use users::{
     ACCOUNT_FILE_LIMIT, AccountFileError, GroupEntry, PasswdEntry, group_entries, passwd_entries,
     read_account_file,
@@ -89,6 +91,9 @@ pub struct RunSpec {
     pub mounts: Vec<RunMount>,
     #[serde(default)]
     pub network: Network,
+    /// `--add-host`, `--ulimit` and `--shm-size`.
+    #[serde(default)]
+    pub options: StepOptions,
 }
 
 /// Something mounted into the rootfs for one command (`RUN --mount`).
@@ -118,6 +123,7 @@ pub enum Network {
     Default,
     /// A network namespace of its own with only a loopback interface, which is up.
     None,
+    /// The network namespace kiln runs in, as `Default` (`--network=host`).
     Host,
 }
 

@@ -16,7 +16,7 @@ use crate::{Emulator, ExitStatus, RunSpec};
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) enum HelperRequest {
     /// Run a command (a RUN step).
-    Run(RunSpec),
+    Run(Box<RunSpec>),
     /// Run the probe program of `arch` in `scratch` (an empty dir), through `emulator`
     /// registered in the helper's own binfmt_misc, or without one, through what the kernel
     /// already has; see [`crate::Sandbox::emulation_for`].

@@ -28,7 +28,7 @@ impl Sandbox {
         spec: &RunSpec,
         on_line: &mut dyn FnMut(&str),
     ) -> Result<RunOutput, SandboxError> {
-        self.run_request(&HelperRequest::Run(spec.clone()), on_line)
+        self.run_request(&HelperRequest::Run(Box::new(spec.clone())), on_line)
     }
 
     /// Runs a program that only exits 0 as a step would run it: the helper in new namespaces,

@@ -37,7 +37,7 @@ pub use measure::{Measured, run_measured, wrapped};
 pub use noise::{Noise, noise};
 pub use pod::{Pod, Profile, Runtime};
 pub use registry::{Registry, RegistryOptions};
-pub use tls::{IssuedCert, TestCa};
+pub use tls::{IssuedCert, SelfSigned, TestCa};
 pub use token_server::{TokenRequest, TokenServer};
 pub use tools::{
     copy_executable, executable_by_anyone, push_busybox, push_busybox_as, push_busybox_to, push_go,

@@ -30,6 +30,8 @@ pub struct RegistryOptions {
     /// With `tls`: require a client certificate signed by the test CA (see
     /// [`Registry::client_cert`]).
     pub client_certs: bool,
+    /// Serve HTTPS with this certificate and key (PEM paths) instead of one from a test CA.
+    pub server_cert: Option<(PathBuf, PathBuf)>,
 }
 
 /// A real CNCF distribution registry on `127.0.0.1:<free port>`, with its storage in a
@@ -72,7 +74,8 @@ impl Registry {
             .as_ref()
             .filter(|_| options.tls)
             .map(|ca| ca.issue_loopback_server())
-            .map(|c| (c.cert_path, c.key_path));
+            .map(|c| (c.cert_path, c.key_path))
+            .or_else(|| options.server_cert.clone());
         let client_cert = ca
             .as_ref()
             .filter(|_| options.tls && options.client_certs)

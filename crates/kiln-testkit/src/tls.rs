@@ -1,8 +1,10 @@
 //! A throwaway certificate authority for tests: a CA certificate and leaf certificates it
-//! signs, written as PEM files in a temporary directory.
+//! signs, written as PEM files in a temporary directory; and self-signed certificates made
+//! with the `openssl` CLI as users make them.
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
+use std::process::Command;
 
 use rcgen::{
     BasicConstraints, Certificate, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose,
@@ -93,4 +95,102 @@ impl Default for TestCa {
     fn default() -> Self {
         Self::new()
     }
+}
+
+/// A self-signed certificate and its key made by the `openssl` CLI the way Docker's "deploy a
+/// registry" guide makes one (`openssl req -x509 ... -addext subjectAltName=...`), which marks
+/// it CA:TRUE. Files live until it is dropped.
+pub struct SelfSigned {
+    _dir: tempfile::TempDir,
+    pub cert_path: PathBuf,
+    pub key_path: PathBuf,
+}
+
+impl SelfSigned {
+    /// Valid from now for 30 days, for `san` (an openssl subjectAltName value such as
+    /// `IP:127.0.0.1` or `DNS:registry.example`).
+    pub fn new(san: &str) -> SelfSigned {
+        let (dir, cert_path, key_path) = self_signed_paths();
+        openssl(
+            Command::new("openssl")
+                .args([
+                    "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "30",
+                ])
+                .args(["-subj", "/CN=kiln-test", "-addext"])
+                .arg(format!("subjectAltName={san}"))
+                .arg("-keyout")
+                .arg(&key_path)
+                .arg("-out")
+                .arg(&cert_path),
+        );
+        SelfSigned {
+            _dir: dir,
+            cert_path,
+            key_path,
+        }
+    }
+
+    /// Like [`SelfSigned::new`] but valid only from `start` to `end` (openssl's
+    /// `YYYYMMDDHHMMSSZ`), e.g. long expired. OpenSSL 3.0's `req` has no option for the dates,
+    /// so the request is self-signed with `openssl ca -selfsign`, keeping CA:TRUE.
+    pub fn valid_between(san: &str, start: &str, end: &str) -> SelfSigned {
+        let (dir, cert_path, key_path) = self_signed_paths();
+        let d = dir.path();
+        std::fs::write(d.join("index.txt"), "").expect("writing the openssl ca database");
+        std::fs::write(d.join("serial"), "01\n").expect("writing the openssl ca serial");
+        let config = format!(
+            "[ca]\ndefault_ca = d\n[d]\ndatabase = {0}/index.txt\nnew_certs_dir = {0}\n\
+             serial = {0}/serial\ndefault_md = sha256\npolicy = p\ncopy_extensions = copy\n\
+             x509_extensions = ext\n[p]\ncommonName = supplied\n\
+             [ext]\nbasicConstraints = critical,CA:TRUE\n",
+            d.display()
+        );
+        std::fs::write(d.join("ca.cnf"), config).expect("writing the openssl ca config");
+        openssl(
+            Command::new("openssl")
+                .args(["req", "-new", "-newkey", "rsa:2048", "-nodes"])
+                .args(["-subj", "/CN=kiln-test", "-addext"])
+                .arg(format!("subjectAltName={san}"))
+                .arg("-keyout")
+                .arg(&key_path)
+                .arg("-out")
+                .arg(d.join("req.csr")),
+        );
+        openssl(
+            Command::new("openssl")
+                .args(["ca", "-batch", "-selfsign", "-notext", "-config"])
+                .arg(d.join("ca.cnf"))
+                .arg("-keyfile")
+                .arg(&key_path)
+                .arg("-in")
+                .arg(d.join("req.csr"))
+                .arg("-out")
+                .arg(&cert_path)
+                .args(["-startdate", start, "-enddate", end]),
+        );
+        SelfSigned {
+            _dir: dir,
+            cert_path,
+            key_path,
+        }
+    }
+}
+
+fn self_signed_paths() -> (tempfile::TempDir, PathBuf, PathBuf) {
+    let dir = tempfile::Builder::new()
+        .prefix("kiln-test-self-signed-")
+        .tempdir()
+        .expect("creating a temp dir for a self-signed certificate");
+    let cert = dir.path().join("cert.pem");
+    let key = dir.path().join("key.pem");
+    (dir, cert, key)
+}
+
+fn openssl(command: &mut Command) {
+    let out = command.output().expect("running openssl");
+    assert!(
+        out.status.success(),
+        "{command:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

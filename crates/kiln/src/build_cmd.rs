@@ -19,6 +19,7 @@ use crate::isolation_args::IsolationArgs;
 use crate::kaniko_cache_args::KanikoCacheArgs;
 use crate::registry_args::RegistryArgs;
 use crate::report;
+use crate::run_args::RunStepArgs;
 
 #[derive(Args)]
 pub struct BuildArgs {
@@ -64,8 +65,18 @@ pub struct BuildArgs {
     /// Build but do not push, even with --destination (kaniko).
     #[arg(help_heading = "Output", long)]
     no_push: bool,
-    /// Output: type=registry, type=image[,push=true], type=oci,dest=PATH[,tar=false].
+    /// Output: type=registry, type=image[,push=true], type=oci,dest=PATH[,tar=false]
+    ///
+    /// buildx's comma-separated KEY=VALUE list; repeatable. For example:
+    ///   -o type=registry                push to each -t name
+    ///   -o type=oci,dest=app.tar        OCI archive; dest=- is stdout
+    ///   -o type=oci,dest=app,tar=false  OCI layout directory
+    ///   -o type=docker,dest=app.tar     docker load-able, 1 platform
+    ///   -o type=local,dest=rootfs       the files; also `-o rootfs`
+    ///   -o type=tar,dest=rootfs.tar     files as a tar; `-o -` stdout
+    /// registry, oci and docker also take name= and rewrite-timestamp=true.
     #[arg(
+        verbatim_doc_comment,
         help_heading = "Output",
         short = 'o',
         long = "output",
@@ -141,12 +152,14 @@ pub struct BuildArgs {
     registry: RegistryArgs,
     #[command(flatten, next_help_heading = "RUN steps")]
     isolation: IsolationArgs,
+    #[command(flatten, next_help_heading = "RUN steps")]
+    run_steps: RunStepArgs,
     /// Progress output: auto (tty on a terminal, else plain), plain, tty (a live display),
     /// rawjson (buildx's JSON status events, one per line) or quiet.
     #[arg(help_heading = "Progress", long, default_value = "auto", value_parser = ["auto", "plain", "tty", "rawjson", "quiet"])]
     progress: String,
     /// Do not check, before the first step, that every destination takes pushes (kaniko).
-    #[arg(help_heading = "Output", long, num_args = 0..=1, require_equals = true, default_missing_value = "true", value_parser = BoolishValueParser::new())]
+    #[arg(help_heading = "Output", long, num_args = 0..=1, require_equals = true, default_missing_value = "true", value_name = "BOOL", value_parser = BoolishValueParser::new())]
     skip_push_permission_check: Option<bool>,
     /// Print only the image's digest (on stdout): --progress quiet.
     #[arg(help_heading = "Progress", short = 'q', long)]
@@ -157,8 +170,15 @@ pub struct BuildArgs {
     /// kiln's cache and work directory.
     #[arg(help_heading = "Cache", long, env = "KILN_ROOT", value_name = "DIR")]
     root: Option<PathBuf>,
-    /// A secret for `RUN --mount=type=secret` (repeatable): id=ID,src=FILE or id=ID,env=VAR.
+    /// A secret for `RUN --mount=type=secret` (repeatable): id=ID,src=FILE or id=ID,env=VAR
+    ///
+    /// The secret is mounted only into the RUN steps that ask for it and never enters a layer
+    /// or the cache key. For example, for `RUN --mount=type=secret,id=npmrc,target=/root/.npmrc`
+    /// and `RUN --mount=type=secret,id=token,env=TOKEN`:
+    ///   --secret id=npmrc,src=$HOME/.npmrc
+    ///   --secret id=token,env=GITHUB_TOKEN
     #[arg(
+        verbatim_doc_comment,
         help_heading = "Input",
         long = "secret",
         value_name = "id=ID,src=FILE|env=VAR"
@@ -732,6 +752,8 @@ pub fn run(args: BuildArgs) -> Result<(), Report> {
         annotations,
         isolation,
         in_place,
+        network: args.run_steps.network(),
+        step_options: args.run_steps.step_options()?,
         cache_from,
         cache_to,
         layer_encoding: Output::layer_encoding(&outputs),

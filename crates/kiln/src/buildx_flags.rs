@@ -26,13 +26,6 @@ const NOT_TAKEN: &[(&str, &str)] = &[
         "--call",
         "kiln lints a Dockerfile with `kiln check`; it has no other build methods",
     ),
-    ("--add-host", "not supported by this version of kiln yet"),
-    (
-        "--network",
-        "not supported by this version of kiln yet; `RUN --network=none` in the Dockerfile is",
-    ),
-    ("--ulimit", "not supported by this version of kiln yet"),
-    ("--shm-size", "not supported by this version of kiln yet"),
 ];
 
 /// The explanation for the first buildx-only flag among `args` (those after `build`), if

@@ -42,7 +42,7 @@ pub struct ExecutorArgs {
     #[arg(short = 'd', long = "destination", value_name = "NAME[:TAG]")]
     destinations: Vec<String>,
     /// Build (and write files) without pushing.
-    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", value_parser = BoolishValueParser::new())]
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", value_name = "BOOL", value_parser = BoolishValueParser::new())]
     no_push: Option<bool>,
     /// Write the image as a `docker save` archive here, tagged with every destination.
     #[arg(long, alias = "tarPath", value_name = "FILE")]
@@ -69,17 +69,17 @@ pub struct ExecutorArgs {
     #[arg(long)]
     target: Option<String>,
     /// Do not check, before the first step, that every destination takes pushes.
-    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", value_parser = BoolishValueParser::new())]
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", value_name = "BOOL", value_parser = BoolishValueParser::new())]
     skip_push_permission_check: Option<bool>,
     /// Build only the stages the target needs; kiln always does.
-    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", value_parser = BoolishValueParser::new())]
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", value_name = "BOOL", value_parser = BoolishValueParser::new())]
     skip_unused_stages: Option<bool>,
     /// The platform to build for (default: the host's).
     #[arg(long, alias = "customPlatform", value_name = "OS/ARCH[/VARIANT]")]
     custom_platform: Option<String>,
     /// Timestamps of 1970 in the image and its files, so rebuilds give the same digest
     /// (a SOURCE_DATE_EPOCH build arg wins).
-    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", value_parser = BoolishValueParser::new())]
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", value_name = "BOOL", value_parser = BoolishValueParser::new())]
     reproducible: Option<bool>,
     /// How the image's new layers are compressed: gzip or zstd (also estargz and
     /// uncompressed, as buildx's compression=).
@@ -91,13 +91,13 @@ pub struct ExecutorArgs {
     #[command(flatten)]
     registry: RegistryArgs,
     /// Do not verify TLS certificates of the registries base images come from.
-    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", value_parser = BoolishValueParser::new())]
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", value_name = "BOOL", value_parser = BoolishValueParser::new())]
     skip_tls_verify_pull: Option<bool>,
     /// Push to registries that speak plain HTTP (TLS is tried first).
-    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", value_parser = BoolishValueParser::new())]
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", value_name = "BOOL", value_parser = BoolishValueParser::new())]
     insecure: Option<bool>,
     /// Pull from registries that speak plain HTTP (TLS is tried first).
-    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", value_parser = BoolishValueParser::new())]
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", value_name = "BOOL", value_parser = BoolishValueParser::new())]
     insecure_pull: Option<bool>,
     /// Retries of a failed push request (kiln retries 4 times at least).
     #[arg(long, value_name = "N", default_value_t = 0)]
@@ -113,7 +113,7 @@ pub struct ExecutorArgs {
     #[arg(long, default_value = "color", value_parser = ["text", "color", "json"])]
     log_format: String,
     /// Put the time in front of every line.
-    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", value_parser = BoolishValueParser::new())]
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", value_name = "BOOL", value_parser = BoolishValueParser::new())]
     log_timestamp: Option<bool>,
     /// kiln's cache and work directory.
     #[arg(long, env = "KILN_ROOT", value_name = "DIR")]
@@ -441,6 +441,9 @@ pub fn run(args: ExecutorArgs) -> Result<(), Report> {
         annotations: Default::default(),
         isolation,
         in_place,
+        // kaniko has no --network, --add-host, --ulimit or --shm-size.
+        network: Default::default(),
+        step_options: Default::default(),
         cache_from,
         cache_to,
         layer_encoding: Output::layer_encoding(&outputs),

@@ -28,10 +28,10 @@ pub struct IsolationArgs {
     )]
     pub ignore_path: Vec<PathBuf>,
     /// Build in place even where kiln finds no sign of a container (it rewrites /).
-    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", value_parser = BoolishValueParser::new())]
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", value_name = "BOOL", value_parser = BoolishValueParser::new())]
     pub force: Option<bool>,
     /// After an in-place build, remove what the build left in / (kaniko's --cleanup).
-    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", value_parser = BoolishValueParser::new())]
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", value_name = "BOOL", value_parser = BoolishValueParser::new())]
     pub cleanup: Option<bool>,
 }
 

@@ -21,7 +21,7 @@ pub struct KanikoCacheArgs {
     /// Use a registry cache of step results (kaniko): at --cache-repo, else at the first
     /// destination's repository with `/cache` added. Read, and written unless
     /// --no-push-cache.
-    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", value_parser = BoolishValueParser::new())]
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", value_name = "BOOL", value_parser = BoolishValueParser::new())]
     cache: Option<bool>,
     /// The registry repository of the --cache=true cache, or `oci:DIR` for an OCI layout.
     #[arg(long, alias = "cacheRepo", value_name = "REPO|oci:DIR")]
@@ -34,13 +34,13 @@ pub struct KanikoCacheArgs {
     #[arg(long, alias = "cacheTTL", value_name = "DURATION")]
     cache_ttl: Option<String>,
     /// Read the --cache=true cache but do not write to it.
-    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", value_parser = BoolishValueParser::new())]
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", value_name = "BOOL", value_parser = BoolishValueParser::new())]
     no_push_cache: Option<bool>,
     /// Cache RUN steps' results (default true).
-    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", value_parser = BoolishValueParser::new())]
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", value_name = "BOOL", value_parser = BoolishValueParser::new())]
     cache_run_layers: Option<bool>,
     /// Cache COPY and ADD steps' results (default true: kiln keys them by what they copy).
-    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", value_parser = BoolishValueParser::new())]
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", value_name = "BOOL", value_parser = BoolishValueParser::new())]
     cache_copy_layers: Option<bool>,
 }
 

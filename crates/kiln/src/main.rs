@@ -14,6 +14,7 @@ mod login_cmd;
 mod manifest_cmd;
 mod registry_args;
 mod report;
+mod run_args;
 mod warmer_cmd;
 
 use std::process::ExitCode;
@@ -77,6 +78,13 @@ enum Commands {
         /// The shell to complete for.
         #[arg(value_enum)]
         shell: clap_complete::Shell,
+    },
+    /// Write man pages: kiln.1 and one per subcommand (kiln-build.1, kiln-manifest-push.1, ...).
+    Man {
+        /// The directory to write them into, e.g. /usr/local/share/man/man1 (created if
+        /// missing).
+        #[arg(long, value_name = "DIR")]
+        dir: std::path::PathBuf,
     },
 }
 
@@ -143,6 +151,7 @@ fn main() -> ExitCode {
                 _ => Ok(()),
             }
         }
+        Commands::Man { dir } => write_man_pages(&dir),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -151,6 +160,12 @@ fn main() -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+fn write_man_pages(dir: &std::path::Path) -> miette::Result<()> {
+    std::fs::create_dir_all(dir)
+        .and_then(|()| clap_mangen::generate_to(<Cli as clap::CommandFactory>::command(), dir))
+        .map_err(|e| miette::miette!("writing man pages into {}: {e}", dir.display()))
 }
 
 #[cfg(test)]

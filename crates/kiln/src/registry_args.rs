@@ -25,13 +25,23 @@ pub struct RegistryArgs {
     pub registry_config: Option<PathBuf>,
     /// Do not verify any registry's TLS certificate; `kiln executor`: when pushing, as kaniko
     /// (`=true` and `=false` work too, as kaniko jobs write them).
-    #[arg(long = "skip-tls-verify", action = ArgAction::Set, num_args = 0..=1, require_equals = true, default_value_t = false, default_missing_value = "true", value_parser = BoolishValueParser::new())]
+    #[arg(long = "skip-tls-verify", action = ArgAction::Set, num_args = 0..=1, require_equals = true, default_value_t = false, default_missing_value = "true", value_name = "BOOL", value_parser = BoolishValueParser::new())]
     pub skip_tls_verify: bool,
     /// Do not verify this registry's TLS certificate (repeatable).
     #[arg(long = "skip-tls-verify-registry", value_name = "HOST[:PORT]")]
     pub skip_tls_verify_registries: Vec<String>,
-    /// Trust this CA (PEM) for this registry (repeatable).
-    #[arg(long = "registry-certificate", value_name = "HOST=PATH")]
+    /// Trust this CA (PEM) for this registry (repeatable)
+    ///
+    /// HOST is the registry as written in image names, with its port. The file may hold
+    /// several certificates. A self-signed certificate made with `openssl req -x509` (as
+    /// Docker's guide to running a registry does) is accepted when the registry presents
+    /// exactly that certificate. For example:
+    ///   --registry-certificate registry.internal:5000=ca.pem
+    #[arg(
+        verbatim_doc_comment,
+        long = "registry-certificate",
+        value_name = "HOST=PATH"
+    )]
     pub registry_certificates: Vec<String>,
     /// Present this client certificate and key (PEM) to this registry (repeatable).
     #[arg(long = "registry-client-cert", value_name = "HOST=CERT,KEY")]
@@ -39,11 +49,17 @@ pub struct RegistryArgs {
     /// Pull Docker Hub images from this mirror first (repeatable, tried in order).
     #[arg(long = "registry-mirror", value_name = "HOST[:PORT]")]
     pub registry_mirrors: Vec<String>,
-    /// Pull images of registry A from registry B first (repeatable; `A=B;C=D` also works).
-    #[arg(long = "registry-map", value_name = "A=B")]
+    /// Pull images of registry A from registry B first (repeatable; `A=B;C=D` also works)
+    ///
+    /// B is a pull-through mirror of A, with the same repository paths; when B fails, A is
+    /// used unless --skip-default-registry-fallback is given. Pushes always go to the
+    /// registry named in the tag. For example:
+    ///   --registry-map docker.io=mirror.internal:5000
+    ///   --registry-map 'ghcr.io=mirror.local;quay.io=mirror2.local'
+    #[arg(verbatim_doc_comment, long = "registry-map", value_name = "A=B")]
     pub registry_maps: Vec<String>,
     /// When every mirror fails, fail instead of pulling from the registry itself.
-    #[arg(long = "skip-default-registry-fallback", action = ArgAction::Set, num_args = 0..=1, require_equals = true, default_value_t = false, default_missing_value = "true", value_parser = BoolishValueParser::new())]
+    #[arg(long = "skip-default-registry-fallback", action = ArgAction::Set, num_args = 0..=1, require_equals = true, default_value_t = false, default_missing_value = "true", value_name = "BOOL", value_parser = BoolishValueParser::new())]
     pub skip_default_registry_fallback: bool,
 }
 

@@ -235,6 +235,8 @@ impl Suite {
             labels: BTreeMap::new(),
             isolation: Default::default(),
             in_place: Default::default(),
+            network: Default::default(),
+            step_options: Default::default(),
             cache_from: Vec::new(),
             cache_to: Vec::new(),
             layer_encoding: Default::default(),

@@ -285,6 +285,23 @@ fn network_none_is_a_clear_error_in_place() {
 }
 
 #[test]
+fn run_step_settings_are_a_clear_error_in_place() {
+    let job = Job::new("FROM BASE\nRUN echo limited\n");
+    for flags in [
+        &["--add-host", "db.internal:10.1.2.3"][..],
+        &["--ulimit", "nofile=64"],
+        &["--shm-size", "128m"],
+    ] {
+        let message = assert_failed(&job.in_pod(flags));
+        assert_contains_all(
+            &message,
+            &["--add-host, --ulimit and --shm-size", "in-place"],
+        );
+    }
+    assert!(!job.path("in-pod").exists(), "an image was written");
+}
+
+#[test]
 fn cleanup_empties_the_containers_root_after_the_build() {
     // The pod's / is a directory on this machine, so what the build left there shows.
     let job = Job::new("FROM BASE\nRUN echo built > /built\n");

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 use common::*;
-use kiln_testkit::RegistryOptions;
+use kiln_testkit::{RegistryOptions, SelfSigned};
 
 const USER: &str = "kiln";
 const PASSWORD: &str = "tls-pw-42";
@@ -193,6 +193,75 @@ fn login_then_build_push_over_tls_with_basic_auth_then_logout() {
     let config: Value = serde_json::from_str(&read(&config_file)).unwrap();
     assert_eq!(config["auths"], json!({}), "{config}");
     assert_eq!(config["psFormat"], "table");
+}
+
+/// Docker's "deploy a registry" guide makes the registry's certificate with `openssl req
+/// -x509`, which marks it CA:TRUE; users then pass that very certificate.
+#[test]
+fn build_and_copy_reach_a_registry_with_an_openssl_self_signed_certificate() {
+    let env = Env::new();
+    let cert = SelfSigned::new("IP:127.0.0.1");
+    let registry = Registry::start_with(RegistryOptions {
+        server_cert: Some((cert.cert_path.clone(), cert.key_path.clone())),
+        ..RegistryOptions::default()
+    });
+    let trust = |path: &Path| {
+        format!(
+            "--registry-certificate={}={}",
+            registry.addr(),
+            path.display()
+        )
+    };
+    let ctx = app_context(&env);
+    let tag = format!("{}/team/app:1", registry.addr());
+    let build = |extra: &[&str]| {
+        let mut args = vec!["build", "--push", "-t", &tag];
+        args.extend_from_slice(extra);
+        args.push(ctx.to_str().unwrap());
+        env.kiln(&args)
+    };
+
+    let err = assert_failed(&build(&[]));
+    assert_contains_all(&err, &["not trusted", "--registry-certificate"]);
+    let other = SelfSigned::new("IP:127.0.0.1");
+    let err = assert_failed(&build(&[&trust(&other.cert_path)]));
+    assert_contains_all(&err, &["not trusted", "CaUsedAsEndEntity"]);
+
+    assert_ok(&build(&[&trust(&cert.cert_path)]));
+    let copy = format!("{}/team/copy:1", registry.addr());
+    assert_ok(&env.kiln(&[
+        "copy",
+        &trust(&cert.cert_path),
+        &format!("docker://{tag}"),
+        &format!("docker://{copy}"),
+    ]));
+
+    // skopeo, an independent client, trusts the same file and finds what kiln pushed.
+    let cert_dir = env.path("certs.d");
+    std::fs::create_dir_all(&cert_dir).unwrap();
+    std::fs::copy(&cert.cert_path, cert_dir.join("ca.crt")).unwrap();
+    let inspect = |reference: &str| -> Value {
+        let o = run_tool(
+            Command::new("skopeo")
+                .args(["inspect", "--raw", "--cert-dir"])
+                .arg(&cert_dir)
+                .arg(format!("docker://{reference}")),
+        );
+        serde_json::from_slice(&o.stdout).unwrap()
+    };
+    let pushed = inspect(&tag);
+    assert_eq!(inspect(&copy), pushed);
+    let pushed = host_manifest(&pushed, |digest| {
+        inspect(&format!("{}/team/app@{digest}", registry.addr()))
+    });
+    let base = host_manifest(&manifest(&env.tag("busybox:latest")), |digest| {
+        manifest(&format!("{}/busybox@{digest}", env.reg()))
+    });
+    assert_eq!(
+        layer_digests(&pushed).len(),
+        layer_digests(&base).len() + 1,
+        "the busybox layers plus the COPY layer"
+    );
 }
 
 #[test]
