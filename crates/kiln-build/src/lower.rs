@@ -793,6 +793,7 @@ impl<'l, 'a, 'r> Lowerer<'l, 'a, 'r> {
         let mut op = None;
         match &ins.command {
             Command::From { .. } => unreachable!("stages split at FROM"),
+            Command::Unknown { .. } => unreachable!("a full parse refuses unknown keywords"),
             Command::Run(cmd) => {
                 let argv = match cmd {
                     ShellOrExec::Shell(command) if !ins.heredocs.is_empty() => {

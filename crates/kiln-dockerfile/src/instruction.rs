@@ -80,6 +80,12 @@ pub enum Command {
     Healthcheck(Option<ShellOrExec>),
     Onbuild(Box<Instruction>),
     Maintainer(String),
+    /// A keyword BuildKit's parser takes and its builder refuses: only in the syntax-only
+    /// parse (`kiln dockerfile parse --json`), which a full parse makes an error.
+    Unknown {
+        keyword: String,
+        args: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -101,7 +107,7 @@ pub struct Instruction {
 }
 
 impl Command {
-    pub fn keyword(&self) -> &'static str {
+    pub fn keyword(&self) -> &str {
         match self {
             Command::From { .. } => "FROM",
             Command::Run(_) => "RUN",
@@ -121,13 +127,14 @@ impl Command {
             Command::Healthcheck(_) => "HEALTHCHECK",
             Command::Onbuild(_) => "ONBUILD",
             Command::Maintainer(_) => "MAINTAINER",
+            Command::Unknown { keyword, .. } => keyword,
         }
     }
 }
 
 impl Instruction {
     /// The uppercase keyword, e.g. `"RUN"`.
-    pub fn keyword(&self) -> &'static str {
+    pub fn keyword(&self) -> &str {
         self.command.keyword()
     }
 

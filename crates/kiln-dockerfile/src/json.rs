@@ -95,6 +95,7 @@ fn args(instruction: &Instruction) -> Vec<String> {
             vec![s.clone()]
         }
         Command::Onbuild(_) => Vec::new(),
+        Command::Unknown { args, .. } => split_whitespace(args),
     }
 }
 

@@ -203,18 +203,26 @@ impl Parser<'_> {
         let keyword_offset = start + (text.len() - text.trim_start().len());
         let rest = &line.text[keyword_offset..];
         let word = &rest[..rest.find(char::is_whitespace).unwrap_or(rest.len())];
-        let Some(keyword) = KEYWORDS.iter().find(|k| k.eq_ignore_ascii_case(word)) else {
-            let hint = suggest::closest(word, &KEYWORDS).map(|k| format!("did you mean {k}?"));
-            return Err(self.error_at_offset(
-                line,
-                keyword_offset,
-                format!("unknown instruction: {word}"),
-                hint,
-            ));
+        let known = KEYWORDS.iter().find(|k| k.eq_ignore_ascii_case(word));
+        // BuildKit's parser takes any keyword (its builder refuses the unknown ones), so the
+        // syntax-only parse does too.
+        let keyword = match known {
+            Some(keyword) => keyword,
+            None if self.syntax_only => "",
+            None => {
+                let hint = suggest::closest(word, &KEYWORDS).map(|k| format!("did you mean {k}?"));
+                return Err(self.error_at_offset(
+                    line,
+                    keyword_offset,
+                    format!("unknown instruction: {word}"),
+                    hint,
+                ));
+            }
         };
         let flags_offset = keyword_offset + word.len();
         let (raw_flags, args_relative) = flags::extract(&line.text[flags_offset..]);
         let typed_flags = match self.syntax_only {
+            true if known.is_none() => crate::TypedFlags::default(),
             // The flags the keyword takes, typed if their values allow; all stay as written.
             true => {
                 let known: Vec<flags::RawFlag> = raw_flags
@@ -245,7 +253,13 @@ impl Parser<'_> {
             args: flags_offset + args_relative,
         };
         let args = line.text[at.args..].trim_end();
-        let command = self.command(keyword, args, &at)?;
+        let command = match known {
+            Some(_) => self.command(keyword, args, &at)?,
+            None => Command::Unknown {
+                keyword: word.to_ascii_uppercase(),
+                args: args.to_string(),
+            },
+        };
         let (_, column) = line.locate(keyword_offset);
         let span = Span {
             start_line: line.start_line,
