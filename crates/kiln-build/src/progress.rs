@@ -6,6 +6,7 @@ use std::time::Duration;
 use base64::Engine;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use kiln_oci::Digest;
+use kiln_registry::{TransferObserver, TransferProgress};
 use serde_json::json;
 
 use crate::Redactor;
@@ -226,6 +227,20 @@ impl Progress {
         self.line(text);
     }
 
+    /// What a registry client tells of its blob transfers: the live display shows each
+    /// with its bytes and rate, `rawjson` as statuses when it starts and ends (`None` in the
+    /// other modes, which print a line per blob when it is done).
+    pub fn transfer_observer(&self) -> Option<TransferObserver> {
+        let display = self.display.clone()?;
+        Some(Arc::new(move |t: TransferProgress<'_>| {
+            let mut display = display.lock().unwrap_or_else(|e| e.into_inner());
+            match &mut *display {
+                Display::Tty(live) => live.transfer(t),
+                Display::Json(events) => events.transfer(t),
+            }
+        }))
+    }
+
     /// Something the user should act on; printed in every mode, `--progress=quiet` too.
     pub fn warning(&self, text: &str) {
         let redacted = self.redactor.redact(text);
@@ -286,6 +301,8 @@ struct Live {
     bars: MultiProgress,
     /// Each running step's bar, its name and its last output lines, by label.
     running: BTreeMap<String, Running>,
+    /// A bar per blob being pushed or pulled, by digest.
+    transfers: BTreeMap<String, ProgressBar>,
 }
 
 struct Running {
@@ -299,6 +316,7 @@ impl Live {
         Live {
             bars: MultiProgress::with_draw_target(ProgressDrawTarget::stderr_with_hz(10)),
             running: BTreeMap::new(),
+            transfers: BTreeMap::new(),
         }
     }
 
@@ -334,6 +352,35 @@ impl Live {
         }
     }
 
+    /// A blob's bar, made at its first bytes and gone when they are all there.
+    fn transfer(&mut self, t: TransferProgress<'_>) {
+        let key = t.digest.to_string();
+        if t.done >= t.total {
+            if let Some(bar) = self.transfers.remove(&key) {
+                bar.finish_and_clear();
+                self.bars.remove(&bar);
+            }
+            return;
+        }
+        let bars = &self.bars;
+        let bar = self.transfers.entry(key).or_insert_with(|| {
+            let bar = bars.add(ProgressBar::new(t.total));
+            bar.set_style(
+                ProgressStyle::with_template(
+                    "  {prefix} {bytes}/{total_bytes} {binary_bytes_per_sec} {elapsed_precise}",
+                )
+                .expect("a valid template"),
+            );
+            let short = &t.digest.hex()[..12];
+            let verb = if t.upload { "pushing" } else { "pulling" };
+            bar.set_prefix(format!("{verb} sha256:{short}"));
+            // Redrawn while a retry waits, too.
+            bar.enable_steady_tick(Duration::from_millis(200));
+            bar
+        });
+        bar.set_position(t.done);
+    }
+
     /// The step is over: its bar goes, and one line says how it ended (`outcome`).
     fn finish(&mut self, label: &str, outcome: &str) {
         match self.running.remove(label) {
@@ -354,6 +401,9 @@ impl Drop for Live {
         for (_, running) in std::mem::take(&mut self.running) {
             running.bar.finish_and_clear();
         }
+        for (_, bar) in std::mem::take(&mut self.transfers) {
+            bar.finish_and_clear();
+        }
         let _ = self.bars.clear();
     }
 }
@@ -363,6 +413,8 @@ impl Drop for Live {
 struct Events {
     /// When each step started (RFC 3339) and its name.
     started: BTreeMap<String, (String, String)>,
+    /// When each blob transfer under way started, by digest.
+    transfers: BTreeMap<String, String>,
 }
 
 enum Vertex<'a> {
@@ -428,6 +480,26 @@ impl Events {
     fn warning(&self, text: &str) {
         let short = base64::engine::general_purpose::STANDARD.encode(text);
         self.emit(json!({"warnings": [{"level": 1, "short": short}]}));
+    }
+
+    /// A blob transfer's status, when it starts and when it ends.
+    fn transfer(&mut self, t: TransferProgress<'_>) {
+        let id = t.digest.to_string();
+        let now = Self::now();
+        let name = format!("{} {id}", if t.upload { "pushing" } else { "pulling" });
+        let mut status =
+            json!({"id": id, "name": name, "total": t.total, "current": t.done, "timestamp": now});
+        if t.done >= t.total {
+            let started = self.transfers.remove(&id).unwrap_or_else(|| now.clone());
+            status["started"] = json!(started);
+            status["completed"] = json!(now);
+        } else if let std::collections::btree_map::Entry::Vacant(entry) = self.transfers.entry(id) {
+            status["started"] = json!(now);
+            entry.insert(now);
+        } else {
+            return;
+        }
+        self.emit(json!({"statuses": [status]}));
     }
 
     fn status(&self, text: &str) {

@@ -3,8 +3,8 @@ use std::fs::{self, File};
 use std::io::{self, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
@@ -268,6 +268,46 @@ pub struct RegistryClient {
     timeouts: Timeouts,
     /// Directories whose stale partial downloads were removed already.
     swept: Mutex<HashSet<PathBuf>>,
+    /// Told how blob transfers go, as the bytes move (a progress display).
+    observer: Option<TransferObserver>,
+}
+
+/// How far one blob transfer has got.
+#[derive(Clone, Copy, Debug)]
+pub struct TransferProgress<'a> {
+    pub digest: &'a Digest,
+    /// Bytes moved so far (an upload resumed after a failure may go back).
+    pub done: u64,
+    pub total: u64,
+    /// An upload (push) rather than a download (pull).
+    pub upload: bool,
+}
+
+/// What a [`RegistryClient`] tells of its blob transfers.
+pub type TransferObserver = Arc<dyn Fn(TransferProgress<'_>) + Send + Sync>;
+
+/// A reader that tells `observer` how many bytes have passed, starting from `done`.
+struct Observed<R> {
+    inner: R,
+    observer: TransferObserver,
+    digest: Digest,
+    done: u64,
+    total: u64,
+    upload: bool,
+}
+
+impl<R: Read> Read for Observed<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.done += n as u64;
+        (self.observer)(TransferProgress {
+            digest: &self.digest,
+            done: self.done,
+            total: self.total,
+            upload: self.upload,
+        });
+        Ok(n)
+    }
 }
 
 #[derive(Clone, Copy)]
@@ -383,7 +423,37 @@ impl RegistryClient {
                 .unwrap_or(DEFAULT_UPLOAD_CHUNK),
             timeouts: options.timeouts,
             swept: Mutex::new(HashSet::new()),
+            observer: None,
         })
+    }
+
+    /// The same client, telling `observer` how each blob upload and download goes.
+    pub fn observing_transfers(self, observer: TransferObserver) -> RegistryClient {
+        RegistryClient {
+            observer: Some(observer),
+            ..self
+        }
+    }
+
+    /// `inner`, observed when there is an observer.
+    fn observed<'a, R: Read + Send + 'a>(
+        &self,
+        inner: R,
+        blob: &Descriptor,
+        done: u64,
+        upload: bool,
+    ) -> Box<dyn Read + Send + 'a> {
+        match &self.observer {
+            Some(observer) => Box::new(Observed {
+                inner,
+                observer: Arc::clone(observer),
+                digest: blob.digest.clone(),
+                done,
+                total: blob.size,
+                upload,
+            }),
+            None => Box::new(inner),
+        }
     }
 
     /// The HTTP client for `registry`, with its CAs, client certificates and verification
@@ -1195,7 +1265,8 @@ impl RegistryClient {
             .map_err(io_err(format!("creating a file beside {}", dest.display())))?;
         let what = format!("blob {}", blob.digest);
         let mut out = BufWriter::with_capacity(TRANSFER_BUFFER, part.as_file());
-        let mut reader = DigestReader::new((&mut resp).take(blob.size));
+        let mut reader =
+            DigestReader::new(self.observed((&mut resp).take(blob.size), blob, 0, false));
         let mut buf = vec![0; TRANSFER_BUFFER];
         loop {
             let n = reader
@@ -1453,7 +1524,7 @@ impl RegistryClient {
         let mut failures = 0;
         while offset < blob.size {
             let end = blob.size.min(offset.saturating_add(self.upload_chunk_size));
-            let (what, retry_after) = match self.patch_from(r, path, &location, offset..end) {
+            let (what, retry_after) = match self.patch_from(r, blob, path, &location, offset..end) {
                 Ok(next) => {
                     location = next;
                     offset = end;
@@ -1498,6 +1569,7 @@ impl RegistryClient {
     fn patch_from(
         &self,
         r: &Reference,
+        blob: &Descriptor,
         path: &Path,
         location: &Url,
         range: std::ops::Range<u64>,
@@ -1516,7 +1588,7 @@ impl RegistryClient {
             body_file
                 .seek(SeekFrom::Start(offset))
                 .expect("seek in a regular file");
-            let piece = body_file.take(range.end - offset);
+            let piece = self.observed(body_file.take(range.end - offset), blob, offset, true);
             let body = reqwest::blocking::Body::sized(
                 BufReader::with_capacity(TRANSFER_BUFFER, piece),
                 range.end - offset,

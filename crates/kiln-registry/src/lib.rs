@@ -22,7 +22,7 @@ pub use challenge::{Challenge, parse_challenge};
 pub use client::manifest_media_type;
 pub use client::{
     BlobTransfer, ClientOptions, DEFAULT_UPLOAD_CHUNK, FetchedManifest, RegistryClient, Timeouts,
-    each_in_parallel,
+    TransferObserver, TransferProgress, each_in_parallel,
 };
 pub use config::{ConfigError, HostConfig, KeyPair, RegistryConfig};
 pub use credentials::{

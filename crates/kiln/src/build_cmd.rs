@@ -701,7 +701,10 @@ pub fn run(args: BuildArgs) -> Result<(), Report> {
         );
     }
     let client_options = args.registry.client_options()?;
-    let client = RegistryClient::new(&client_options).map_err(|e| miette!("{e}"))?;
+    let mut client = RegistryClient::new(&client_options).map_err(|e| miette!("{e}"))?;
+    if let Some(observer) = progress.transfer_observer() {
+        client = client.observing_transfers(observer);
+    }
     let secret_sources: BTreeMap<String, SecretSource> = args
         .secrets
         .iter()

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use common::*;
+use kiln_testkit::{Fault, FaultProxy, FaultRule, noise};
 
 /// The lines of stderr that are JSON events (a failed build ends with kiln's report).
 fn events(o: &std::process::Output) -> Vec<Value> {
@@ -291,4 +292,97 @@ fn tty_shows_running_steps_live_and_collapses_finished_ones() {
             .any(|l| l.starts_with("CACHED [") && l.contains("RUN echo live-line-1")),
         "{done}"
     );
+}
+
+#[test]
+fn transfers_show_their_bytes_live_on_a_tty_and_as_statuses_in_rawjson() {
+    let env = Env::new();
+    let ctx = env.context(
+        "ctx",
+        &[("Dockerfile", "FROM $REG/busybox:latest\nCOPY big.bin /\n")],
+    );
+    std::fs::write(ctx.join("big.bin"), noise(8 << 20, 7)).unwrap();
+
+    // rawjson: a status when each blob's upload starts and one when it ends.
+    let name = env.tag("bytes-json:1");
+    let o = env.kiln(&[
+        "build",
+        "--progress=rawjson",
+        "--push",
+        "-t",
+        &name,
+        ctx.to_str().unwrap(),
+    ]);
+    assert_ok(&o);
+    let layer = &manifest(&name)["layers"][1];
+    let id = layer["digest"].as_str().unwrap();
+    let statuses: Vec<Value> = events(&o)
+        .iter()
+        .filter_map(|e| e["statuses"].as_array())
+        .flatten()
+        .filter(|s| s["id"] == id)
+        .cloned()
+        .collect();
+    assert_eq!(statuses.len(), 2, "{statuses:?}");
+    assert_eq!(statuses[0]["name"], format!("pushing {id}"));
+    assert_eq!(statuses[0]["total"], layer["size"]);
+    assert!(statuses[0]["started"].is_string() && statuses[0]["completed"].is_null());
+    assert_eq!(statuses[1]["current"], layer["size"]);
+    assert!(statuses[1]["completed"].is_string());
+
+    // tty: a fresh store pulls that image as a base, through a proxy that cuts the big
+    // layer's download after 4 MiB and then answers 503 with Retry-After: 2, so its bar
+    // stays up half way while kiln waits.
+    let big = format!("/blobs/{id}");
+    let proxy = FaultProxy::start(
+        env.reg(),
+        vec![
+            FaultRule::new(Some("GET"), &big, Fault::CutAnswerAfterBytes(4 << 20), 1),
+            FaultRule::new(
+                Some("GET"),
+                &big,
+                Fault::Status {
+                    status: 503,
+                    retry_after: Some(2),
+                },
+                1,
+            ),
+        ],
+    );
+    let pulling = env.context(
+        "pulling",
+        &[(
+            "Dockerfile",
+            &format!("FROM {}/bytes-json:1\nRUN test -s /big.bin\n", proxy.addr()),
+        )],
+    );
+    let script = env.path("pull.sh");
+    std::fs::write(
+        &script,
+        format!(
+            "KILN_ROOT={root} {kiln} build --progress=tty {ctx}; echo KILN-EXIT=$?; sleep 600\n",
+            root = env.path("fresh-store").display(),
+            kiln = env!("CARGO_BIN_EXE_kiln"),
+            ctx = pulling.display(),
+        ),
+    )
+    .unwrap();
+    let terminal = Terminal::start("bytes", &script);
+    let prefix = format!("pulling {}", &id[..19]);
+    let during = terminal.wait_for("a pull with its bytes", |s| {
+        s.contains(&prefix) || s.contains("KILN-EXIT")
+    });
+    let bar = during
+        .lines()
+        .find(|l| l.contains(&prefix))
+        .unwrap_or_else(|| panic!("no pull bar:\n{during}"));
+    assert!(bar.contains("/8.00 MiB"), "bytes of the total: {bar}");
+    assert!(bar.contains("/s"), "a rate: {bar}");
+    let done = terminal.wait_for("the end of the build", |s| s.contains("KILN-EXIT"));
+    assert!(done.contains("KILN-EXIT=0"), "{done}");
+    assert!(
+        !done.contains("pulling sha256:"),
+        "a bar left over:\n{done}"
+    );
+    assert_eq!(proxy.injected().len(), 2, "{:?}", proxy.injected());
 }
