@@ -26,6 +26,7 @@ mod plan;
 mod platform_args;
 mod progress;
 mod registry_cache;
+mod remote_context;
 mod rootfs;
 mod rules;
 mod sbom;
@@ -73,6 +74,7 @@ pub use registry_cache::{
     CACHE_CONFIG_TYPE, CacheLocation, CacheMode, CacheSpec, CacheSpecError, ChainedCache,
     ExportStats, RemoteCache, export_cache, export_caches, registry_refs,
 };
+pub use remote_context::{FetchedContext, GitContext, MAX_CONTEXT_DOWNLOAD_BYTES, RemoteContext};
 pub use secrets::{Redactor, SecretSource, Secrets};
 pub use solve::{
     BuildResult, BuiltImage, CacheEntry, CachePolicy, Solver, StepKind, StepRecord, solve,

@@ -1,0 +1,211 @@
+//! Build contexts as `docker buildx build` takes them besides a directory: git repositories
+//! (served by `git daemon` on loopback, and through `file://`), http(s) tarballs and
+//! Dockerfiles (served on loopback), and `--build-context NAME=VALUE`.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::*;
+use kiln_testkit::{FileServer, GitDaemon, free_port, git_in, write_files};
+
+/// A kiln store and a work dir for one test.
+struct Work {
+    dir: tempfile::TempDir,
+}
+
+impl Work {
+    fn new() -> Work {
+        Work {
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// `kiln build ARGS -o type=local,dest=<fresh dir>`; the dir, and kiln's output.
+    fn build(&self, args: &[&str]) -> (PathBuf, std::process::Output) {
+        let out = tempfile::tempdir_in(self.dir.path()).unwrap().keep();
+        let dest = format!("type=local,dest={}", out.display());
+        let mut all = vec!["build", "-o", &dest];
+        all.extend_from_slice(args);
+        (out, kiln_with_root(&self.path("store"), &all))
+    }
+
+    /// As [`Work::build`], failing the test unless kiln succeeds.
+    fn built(&self, args: &[&str]) -> PathBuf {
+        let (out, o) = self.build(args);
+        assert_ok(&o);
+        out
+    }
+}
+
+/// A repository under `<work>/git/repo` with two branches: on `main`, a Dockerfile at the
+/// top and one in `app/` (with a `.dockerignore` and a second Dockerfile); on `other`,
+/// `app/which.txt` says so.
+fn repository(work: &Work) -> PathBuf {
+    let repo = work.path("git/repo");
+    std::fs::create_dir_all(&repo).unwrap();
+    git_in(&repo, &["init", "-q"]);
+    write_files(
+        &repo,
+        &[
+            ("Dockerfile", "FROM scratch\nCOPY . /all/\n"),
+            ("top.txt", "top of main\n"),
+            ("app/Dockerfile", "FROM scratch\nCOPY . /app/\n"),
+            (
+                "app/Dockerfile.alt",
+                "FROM scratch\nCOPY which.txt /alt.txt\n",
+            ),
+            ("app/which.txt", "app on main\n"),
+            ("app/.dockerignore", "secret.txt\n"),
+            ("app/secret.txt", "kept out by .dockerignore\n"),
+        ],
+    );
+    git_in(&repo, &["add", "-A"]);
+    git_in(&repo, &["commit", "-q", "-m", "main"]);
+    git_in(&repo, &["checkout", "-q", "-b", "other"]);
+    write_files(&repo, &[("app/which.txt", "app on other\n")]);
+    git_in(&repo, &["commit", "-q", "-a", "-m", "other"]);
+    git_in(&repo, &["checkout", "-q", "main"]);
+    repo
+}
+
+#[test]
+fn a_git_context_over_the_git_protocol_takes_its_ref_and_subdir() {
+    let work = Work::new();
+    let repo = repository(&work);
+    let daemon = GitDaemon::start(repo.parent().unwrap());
+    let url = daemon.url("repo");
+
+    // No fragment: the remote's HEAD, the whole repository, without its .git.
+    let out = work.built(&[&url]);
+    assert_eq!(read(&out.join("all/top.txt")), "top of main\n");
+    assert_eq!(read(&out.join("all/app/which.txt")), "app on main\n");
+    assert!(!out.join("all/.git").exists(), "the context holds .git");
+
+    // #ref:subdir: the branch's files, the subdir as the context, its .dockerignore applied.
+    let out = work.built(&[&format!("{url}#other:app")]);
+    assert_eq!(read(&out.join("app/which.txt")), "app on other\n");
+    assert!(!out.join("app/top.txt").exists());
+    assert!(
+        !out.join("app/secret.txt").exists(),
+        ".dockerignore ignored"
+    );
+
+    // -f names a file of the fetched context.
+    let out = work.built(&["-f", "Dockerfile.alt", &format!("{url}#main:app")]);
+    assert_eq!(read(&out.join("alt.txt")), "app on main\n");
+}
+
+#[test]
+fn a_file_url_is_a_git_context() {
+    let work = Work::new();
+    let repo = repository(&work);
+    let url = format!("file://{}", repo.display());
+    let out = work.built(&[&format!("{url}#other:app")]);
+    assert_eq!(read(&out.join("app/which.txt")), "app on other\n");
+    // The checkout is gone from the store once the build is over.
+    let scratch = work.path("store/scratch");
+    let left: Vec<_> = std::fs::read_dir(&scratch)
+        .map(|d| d.filter_map(Result::ok).map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "left in the store's scratch: {left:?}");
+}
+
+#[test]
+fn a_git_context_that_cannot_be_fetched_says_which_and_why() {
+    let work = Work::new();
+    let repo = repository(&work);
+    let daemon = GitDaemon::start(repo.parent().unwrap());
+
+    let nobody = format!("git://127.0.0.1:{}/repo", free_port());
+    let (_, o) = work.build(&[&nobody]);
+    let err = assert_failed(&o);
+    assert_contains_all(
+        &err,
+        &[
+            &format!("cannot fetch the git context {nobody}: git fetch exited 128: fatal:"),
+            "unable to connect",
+            "Connection refused",
+        ],
+    );
+    assert!(!err.contains("/Dockerfile"), "{err}");
+
+    let bad_ref = format!("{}#no-such-branch", daemon.url("repo"));
+    let err = assert_failed(&work.build(&[&bad_ref]).1);
+    assert_contains_all(
+        &err,
+        &[
+            &format!("cannot fetch the git context {bad_ref}: git fetch exited 128:"),
+            "couldn't find remote ref no-such-branch",
+        ],
+    );
+
+    let bad_dir = format!("{}#main:no/such/dir", daemon.url("repo"));
+    let err = assert_failed(&work.build(&[&bad_dir]).1);
+    assert_contains_all(
+        &err,
+        &[&format!(
+            "cannot fetch the git context {bad_dir}: the repository has no directory \
+             no/such/dir at main"
+        )],
+    );
+}
+
+/// `tar -cz` of `dir` into `archive`.
+fn tar_gz(dir: &Path, archive: &Path) {
+    let status = std::process::Command::new("tar")
+        .arg("-czf")
+        .arg(archive)
+        .arg("-C")
+        .arg(dir)
+        .arg(".")
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+#[test]
+fn an_http_context_is_a_tarball_or_a_dockerfile() {
+    let work = Work::new();
+    let ctx = write_files(
+        &work.path("ctx"),
+        &[
+            ("Dockerfile", "FROM scratch\nCOPY a.txt /a.txt\n"),
+            ("ci/Dockerfile.ci", "FROM scratch\nCOPY a.txt /ci.txt\n"),
+            ("a.txt", "from the tarball\n"),
+        ],
+    );
+    let served = write_files(
+        &work.path("served"),
+        &[(
+            "Dockerfile",
+            "FROM scratch\nCOPY <<EOF /hello.txt\nfrom a remote Dockerfile\nEOF\n",
+        )],
+    );
+    tar_gz(&ctx, &served.join("ctx.tar.gz"));
+    let server = FileServer::start(&served);
+
+    let out = work.built(&[&server.url("ctx.tar.gz")]);
+    assert_eq!(read(&out.join("a.txt")), "from the tarball\n");
+
+    let out = work.built(&["-f", "ci/Dockerfile.ci", &server.url("ctx.tar.gz")]);
+    assert_eq!(read(&out.join("ci.txt")), "from the tarball\n");
+
+    // Not an archive: the Dockerfile itself, with an empty context.
+    let out = work.built(&[&server.url("Dockerfile")]);
+    assert_eq!(read(&out.join("hello.txt")), "from a remote Dockerfile\n");
+
+    let missing = server.url("missing.tar.gz");
+    let err = assert_failed(&work.build(&[&missing]).1);
+    assert_contains_all(
+        &err,
+        &[&format!(
+            "cannot fetch the context {missing}: the server answered 404 Not Found"
+        )],
+    );
+    assert!(!err.contains("/Dockerfile"), "{err}");
+}
