@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use crate::BuildError;
+use crate::base::OCI_LAYOUT_SCHEME;
 use crate::context::try_unpack_context;
 use crate::fileops::http_get;
 use crate::progress::Progress;
@@ -43,6 +44,62 @@ pub struct GitContext {
 pub struct FetchedContext {
     pub dir: PathBuf,
     pub dockerfile: Option<PathBuf>,
+}
+
+/// What a `--build-context NAME=VALUE` stands for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NamedContext {
+    /// An image, as FROM names it: `docker-image://REF` is `REF`, `oci-layout://DIR[:TAG]`
+    /// stays as it is.
+    Image(String),
+    /// A directory: a local one, or a git or http(s) context fetched into it.
+    Dir(PathBuf),
+}
+
+impl NamedContext {
+    /// `NAME=VALUE` as buildx takes it: VALUE is `docker-image://REF`, `oci-layout://...`, a
+    /// git or http(s) URL (fetched under `scratch`, an empty dir the caller removes after the
+    /// build) or a local directory.
+    pub fn parse(
+        spec: &str,
+        scratch: &Path,
+        progress: &Progress,
+    ) -> Result<(String, NamedContext), BuildError> {
+        let fail = |message: String| BuildError::RemoteContext {
+            context: format!("--build-context {}", redacted(spec)),
+            message,
+        };
+        let (name, value) = spec
+            .split_once('=')
+            .filter(|(name, value)| !name.is_empty() && !value.is_empty())
+            .ok_or_else(|| fail("expected NAME=VALUE".into()))?;
+        let context = if let Some(reference) = value.strip_prefix("docker-image://") {
+            NamedContext::Image(reference.to_string())
+        } else if value.starts_with(OCI_LAYOUT_SCHEME) {
+            NamedContext::Image(value.to_string())
+        } else if let Some(remote) = RemoteContext::parse(value) {
+            match remote.fetch(scratch, progress)? {
+                FetchedContext {
+                    dir,
+                    dockerfile: None,
+                } => NamedContext::Dir(dir),
+                FetchedContext { .. } => {
+                    return Err(fail(format!(
+                        "{} is neither a git repository nor a tar archive",
+                        redacted(value)
+                    )));
+                }
+            }
+        } else {
+            let dir = Path::new(value);
+            match dir.canonicalize() {
+                Ok(dir) if dir.is_dir() => NamedContext::Dir(dir),
+                Ok(_) => return Err(fail(format!("{value} is not a directory"))),
+                Err(e) => return Err(fail(format!("{value}: {e}"))),
+            }
+        };
+        Ok((name.to_string(), context))
+    }
 }
 
 /// The prefixes that make a context a git repository, whatever follows (BuildKit's, with

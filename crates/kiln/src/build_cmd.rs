@@ -91,6 +91,15 @@ pub struct BuildArgs {
     /// A build-time variable; a bare KEY takes its value from the environment.
     #[arg(help_heading = "Input", long = "build-arg", value_name = "KEY[=VALUE]")]
     build_args: Vec<String>,
+    /// A named context (repeatable) that `FROM NAME`, `COPY --from=NAME` and `RUN --mount
+    /// from=NAME` read instead of the stage or image NAME: a directory, a git or http(s)
+    /// URL, docker-image://REF or oci-layout://DIR[:TAG|@DIGEST].
+    #[arg(
+        help_heading = "Input",
+        long = "build-context",
+        value_name = "NAME=VALUE"
+    )]
+    build_contexts: Vec<String>,
     /// The stage to build (default: the last).
     #[arg(help_heading = "Input", long)]
     target: Option<String>,
@@ -723,6 +732,14 @@ pub fn run(args: BuildArgs) -> Result<(), Report> {
         context_scratch.path(),
     )?;
     let (context, file) = from_remote(context, file, context_scratch.path(), &progress)?;
+    let mut named_contexts = BTreeMap::new();
+    for (n, spec) in args.build_contexts.iter().enumerate() {
+        let scratch = context_scratch.path().join(format!("named-{n}"));
+        std::fs::create_dir(&scratch).into_diagnostic()?;
+        let (name, named) = kiln_build::NamedContext::parse(spec, &scratch, &progress)
+            .map_err(|e| miette!("{e}"))?;
+        named_contexts.insert(name, named);
+    }
     let dockerfile_path = context_dockerfile(file.as_deref(), &context)?;
     let dockerfile = read_dockerfile(&dockerfile_path)?;
     if outputs.is_empty() {
@@ -790,6 +807,7 @@ pub fn run(args: BuildArgs) -> Result<(), Report> {
         cache_to,
         layer_encoding: Output::layer_encoding(&outputs),
         attestations,
+        named_contexts,
     };
     let clients = Clients {
         pull: &client,

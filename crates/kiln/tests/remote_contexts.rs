@@ -209,3 +209,142 @@ fn an_http_context_is_a_tarball_or_a_dockerfile() {
     );
     assert!(!err.contains("/Dockerfile"), "{err}");
 }
+
+/// `kiln build -o type=local,dest=<dir> ARGS` in `env`'s store; the dir.
+fn build_files(env: &Env, name: &str, args: &[&str]) -> PathBuf {
+    let out = env.path(name);
+    let dest = format!("type=local,dest={}", out.display());
+    let mut all = vec!["build", "-o", &dest];
+    all.extend_from_slice(args);
+    assert_ok(&env.kiln(&all));
+    out
+}
+
+#[test]
+fn a_named_directory_context_serves_copy_from_and_mounts_and_replaces_a_stage() {
+    let env = Env::new();
+    let named = env.context(
+        "named",
+        &[
+            ("data.txt", "from the named context\n"),
+            (".dockerignore", "secret.txt\n"),
+            ("secret.txt", "kept out by its .dockerignore\n"),
+        ],
+    );
+    let ctx = env.context(
+        "ctx",
+        &[(
+            "Dockerfile",
+            "FROM scratch AS src\n\
+             COPY <<EOF /data.txt\nfrom the stage\nEOF\n\
+             FROM $REG/busybox\n\
+             COPY --from=src /data.txt /copied.txt\n\
+             COPY --from=src . /all/\n\
+             RUN --mount=from=src,target=/src cat /src/data.txt > /mounted.txt\n",
+        )],
+    );
+    let given = format!("src={}", named.display());
+    let out = build_files(
+        &env,
+        "out",
+        &["--build-context", &given, ctx.to_str().unwrap()],
+    );
+    assert_eq!(read(&out.join("copied.txt")), "from the named context\n");
+    assert_eq!(read(&out.join("mounted.txt")), "from the named context\n");
+    assert!(
+        !out.join("all/secret.txt").exists(),
+        ".dockerignore ignored"
+    );
+
+    // A change to the named context's files is seen (not a stale cache hit).
+    std::fs::write(named.join("data.txt"), "changed\n").unwrap();
+    let out = build_files(
+        &env,
+        "out2",
+        &["--build-context", &given, ctx.to_str().unwrap()],
+    );
+    assert_eq!(read(&out.join("copied.txt")), "changed\n");
+    assert_eq!(read(&out.join("mounted.txt")), "changed\n");
+
+    // Without it, the stage is what COPY --from reads.
+    let out = build_files(&env, "out3", &[ctx.to_str().unwrap()]);
+    assert_eq!(read(&out.join("copied.txt")), "from the stage\n");
+}
+
+#[test]
+fn a_named_image_context_replaces_what_from_names() {
+    let env = Env::new();
+    let ctx = env.context(
+        "ctx",
+        &[(
+            "Dockerfile",
+            "FROM no-such-base\nRUN echo ran > /ran.txt\n\
+             FROM scratch\nCOPY --from=tools /bin/busybox /busybox\n\
+             COPY --from=0 /ran.txt /\n",
+        )],
+    );
+    let layout = env.path("layout");
+    skopeo_to_oci(&env.tag("busybox:latest"), &layout, "v1", Some(host_arch()));
+    let image = format!("no-such-base=docker-image://{}", env.tag("busybox:latest"));
+    let tools = format!("tools=oci-layout://{}:v1", layout.display());
+    let out = build_files(
+        &env,
+        "out",
+        &[
+            "--build-context",
+            &image,
+            "--build-context",
+            &tools,
+            ctx.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(read(&out.join("ran.txt")), "ran\n");
+    assert!(out.join("busybox").is_file());
+}
+
+#[test]
+fn named_contexts_may_be_git_repositories_or_tarballs() {
+    let env = Env::new();
+    let work = Work::new();
+    let repo = repository(&work);
+    let served = work.path("served");
+    let tarred = write_files(&work.path("tarred"), &[("t.txt", "from the tarball\n")]);
+    std::fs::create_dir_all(&served).unwrap();
+    tar_gz(&tarred, &served.join("t.tar.gz"));
+    let server = FileServer::start(&served);
+    let ctx = env.context(
+        "ctx",
+        &[(
+            "Dockerfile",
+            "FROM scratch\nCOPY --from=app which.txt /which.txt\n\
+             COPY --from=tarball t.txt /t.txt\n",
+        )],
+    );
+    let app = format!("app=file://{}#other:app", repo.display());
+    let tarball = format!("tarball={}", server.url("t.tar.gz"));
+    let out = build_files(
+        &env,
+        "out",
+        &[
+            "--build-context",
+            &app,
+            "--build-context",
+            &tarball,
+            ctx.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(read(&out.join("which.txt")), "app on other\n");
+    assert_eq!(read(&out.join("t.txt")), "from the tarball\n");
+
+    let missing = env.path("no-such-dir");
+    let given = format!("app={}", missing.display());
+    let err =
+        assert_failed(&env.kiln(&["build", "--build-context", &given, ctx.to_str().unwrap()]));
+    assert_contains_all(
+        &err,
+        &[&format!(
+            "cannot fetch --build-context {given}: {}",
+            missing.display()
+        )],
+    );
+}
