@@ -180,8 +180,8 @@ impl GitContext {
         let git = |args: &[&str]| run_git(&repo, args, &self.remote).map_err(|m| self.fail(m));
         git(&["init", "-q"])?;
         git(&["remote", "add", "origin", &self.remote])?;
-        // The file protocol only for a repository the user named so: a remote's submodules
-        // must not read this machine's repositories.
+        // The file protocol only for a repository the user named so (and its submodules):
+        // a remote's submodules must not read this machine's repositories.
         let file_allow = match self.remote.to_ascii_lowercase().starts_with("file://") {
             true => "protocol.file.allow=always",
             false => "protocol.file.allow=never",
@@ -210,7 +210,7 @@ impl GitContext {
         if repo.join(".gitmodules").is_file() {
             git(&[
                 "-c",
-                "protocol.file.allow=never",
+                file_allow,
                 "submodule",
                 "update",
                 "-q",

@@ -101,6 +101,59 @@ fn a_git_context_over_the_git_protocol_takes_its_ref_and_subdir() {
 }
 
 #[test]
+fn a_git_context_brings_its_submodules_but_not_the_host_repositories() {
+    let work = Work::new();
+    let base = work.path("git");
+    let lib = base.join("lib");
+    std::fs::create_dir_all(&lib).unwrap();
+    git_in(&lib, &["init", "-q"]);
+    write_files(&lib, &[("lib.txt", "from the submodule\n")]);
+    git_in(&lib, &["add", "-A"]);
+    git_in(&lib, &["commit", "-q", "-m", "lib"]);
+    let top = write_files(
+        &base.join("top"),
+        &[(
+            "Dockerfile",
+            "FROM scratch\nCOPY vendor/lib/lib.txt /lib.txt\n",
+        )],
+    );
+    git_in(&top, &["init", "-q"]);
+    // Relative: resolved against where the context is fetched from.
+    git_in(&top, &["submodule", "add", "-q", "../lib", "vendor/lib"]);
+    git_in(&top, &["add", "-A"]);
+    git_in(&top, &["commit", "-q", "-m", "top"]);
+    let daemon = GitDaemon::start(&base);
+    let out = work.built(&[&daemon.url("top")]);
+    assert_eq!(read(&out.join("lib.txt")), "from the submodule\n");
+
+    // A served repository whose submodule is a path of this machine does not get it.
+    let sneaky = write_files(
+        &base.join("sneaky"),
+        &[(
+            "Dockerfile",
+            "FROM scratch\nCOPY vendor/lib/lib.txt /lib.txt\n",
+        )],
+    );
+    git_in(&sneaky, &["init", "-q"]);
+    let absolute = lib.display().to_string();
+    git_in(
+        &sneaky,
+        &["submodule", "add", "-q", &absolute, "vendor/lib"],
+    );
+    git_in(&sneaky, &["add", "-A"]);
+    git_in(&sneaky, &["commit", "-q", "-m", "sneaky"]);
+    let url = daemon.url("sneaky");
+    let err = assert_failed(&work.build(&[&url]).1);
+    assert_contains_all(
+        &err,
+        &[
+            &format!("cannot fetch the git context {url}: git submodule exited"),
+            "transport 'file' not allowed",
+        ],
+    );
+}
+
+#[test]
 fn a_file_url_is_a_git_context() {
     let work = Work::new();
     let repo = repository(&work);
