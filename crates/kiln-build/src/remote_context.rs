@@ -157,8 +157,13 @@ impl GitContext {
         let (remote, fragment) = spec.split_once('#').unwrap_or((spec, ""));
         let (reference, subdir) = fragment.split_once(':').unwrap_or((fragment, ""));
         let some = |s: &str| (!s.is_empty()).then(|| s.to_string());
+        // buildx's shorthand, which git alone would take for a path.
+        let remote = match remote.starts_with("github.com/") {
+            true => format!("https://{remote}"),
+            false => remote.to_string(),
+        };
         GitContext {
-            remote: remote.to_string(),
+            remote,
             reference: some(reference),
             subdir: some(subdir.trim_matches('/')),
         }
@@ -420,6 +425,10 @@ mod tests {
         assert_eq!(
             RemoteContext::parse("https://host/ctx.tar.gz"),
             Some(RemoteContext::Http("https://host/ctx.tar.gz".into()))
+        );
+        assert_eq!(
+            RemoteContext::parse("github.com/org/repo#v2"),
+            Some(git("https://github.com/org/repo", Some("v2"), None))
         );
         assert_eq!(RemoteContext::parse("./repo.git"), None);
         assert_eq!(RemoteContext::parse("ctx"), None);

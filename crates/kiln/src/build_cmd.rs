@@ -644,13 +644,23 @@ fn from_remote(
     scratch: &Path,
     progress: &Progress,
 ) -> Result<(PathBuf, Option<PathBuf>), Report> {
-    let Some(remote) = context.to_str().and_then(kiln_build::RemoteContext::parse) else {
+    // As in buildx, a directory that is there wins over a URL-like name (`github.com/x`).
+    let remote = context.to_str().and_then(kiln_build::RemoteContext::parse);
+    let Some(remote) = remote.filter(|_| !context.is_dir()) else {
         return Ok((context, file));
     };
     let fetched = remote
         .fetch(scratch, progress)
         .map_err(|e| miette!("{e}"))?;
-    Ok(fetched_paths(fetched.dir, fetched.dockerfile, file))
+    let (dir, file) = fetched_paths(fetched.dir, fetched.dockerfile, file);
+    // Named after the context, not after the scratch dir it was fetched into.
+    let dockerfile = file.clone().unwrap_or_else(|| dir.join("Dockerfile"));
+    if let Ok(inside) = dockerfile.strip_prefix(&dir)
+        && !dockerfile.exists()
+    {
+        return Err(miette!("{remote} has no {}", inside.display()));
+    }
+    Ok((dir, file))
 }
 
 /// The context dir and Dockerfile of a context kiln unpacked or fetched into `dir`. As for

@@ -197,6 +197,16 @@ fn a_git_context_that_cannot_be_fetched_says_which_and_why() {
         ],
     );
 
+    // The Dockerfile is named as a file of the context, not of kiln's scratch space.
+    let no_dockerfile = format!("{}#main:app", daemon.url("repo"));
+    let err = assert_failed(&work.build(&["-f", "ci/Dockerfile", &no_dockerfile]).1);
+    assert_contains_all(
+        &err,
+        &[&format!(
+            "the git context {no_dockerfile} has no ci/Dockerfile"
+        )],
+    );
+
     let bad_dir = format!("{}#main:no/such/dir", daemon.url("repo"));
     let err = assert_failed(&work.build(&[&bad_dir]).1);
     assert_contains_all(
@@ -251,6 +261,19 @@ fn an_http_context_is_a_tarball_or_a_dockerfile() {
     // Not an archive: the Dockerfile itself, with an empty context.
     let out = work.built(&[&server.url("Dockerfile")]);
     assert_eq!(read(&out.join("hello.txt")), "from a remote Dockerfile\n");
+
+    let err = assert_failed(
+        &work
+            .build(&["-f", "nope/Dockerfile", &server.url("ctx.tar.gz")])
+            .1,
+    );
+    assert_contains_all(
+        &err,
+        &[&format!(
+            "the context {} has no nope/Dockerfile",
+            server.url("ctx.tar.gz")
+        )],
+    );
 
     let missing = server.url("missing.tar.gz");
     let err = assert_failed(&work.build(&[&missing]).1);
