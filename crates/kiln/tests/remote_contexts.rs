@@ -98,6 +98,38 @@ fn a_git_context_over_the_git_protocol_takes_its_ref_and_subdir() {
     // -f names a file of the fetched context.
     let out = work.built(&["-f", "Dockerfile.alt", &format!("{url}#main:app")]);
     assert_eq!(read(&out.join("alt.txt")), "app on main\n");
+
+    // A commit that is no branch's tip any more.
+    let old = String::from_utf8(
+        std::process::Command::new("git")
+            .args(["rev-parse", "HEAD"])
+            .current_dir(&repo)
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    write_files(&repo, &[("app/which.txt", "app on main, later\n")]);
+    git_in(&repo, &["commit", "-q", "-a", "-m", "later"]);
+    let out = work.built(&[&format!("{url}#{}:app", old.trim())]);
+    assert_eq!(read(&out.join("app/which.txt")), "app on main\n");
+    // Over git's protocol v0 (the user's config, which kiln keeps), the server hands out no
+    // commit that is not a tip: the whole history is fetched instead.
+    let config = write_files(
+        &work.path("gitconfig"),
+        &[("v0", "[protocol]\nversion = 0\n")],
+    );
+    let out = work.path("v0-out");
+    let dest = format!("type=local,dest={}", out.display());
+    let o = kiln_command(
+        &work.path("store"),
+        &["build", "-o", &dest, &format!("{url}#{}:app", old.trim())],
+    )
+    .env("GIT_CONFIG_GLOBAL", config.join("v0"))
+    .output()
+    .unwrap();
+    assert_ok(&o);
+    assert_eq!(read(&out.join("app/which.txt")), "app on main\n");
 }
 
 #[test]
