@@ -179,6 +179,10 @@ impl GitContext {
     /// A shallow fetch of the reference, its checkout with submodules (as BuildKit's git
     /// source), without `.git`; then the subdir.
     fn fetch(&self, scratch: &Path, progress: &Progress) -> Result<FetchedContext, BuildError> {
+        // git would read it as one of its options (`--upload-pack=...`).
+        if let Some(reference) = self.reference.as_ref().filter(|r| r.starts_with('-')) {
+            return Err(self.fail(format!("{reference} is not a branch, tag or commit")));
+        }
         progress.info(&format!("fetching the git context {self}"));
         let repo = scratch.join("repo");
         std::fs::create_dir(&repo).map_err(BuildError::io("creating a git checkout dir"))?;
@@ -431,6 +435,17 @@ mod tests {
             Some(git("https://github.com/org/repo", Some("v2"), None))
         );
         assert_eq!(RemoteContext::parse("./repo.git"), None);
+        let sneaky = RemoteContext::parse("file:///nowhere#--upload-pack=touch /tmp/x").unwrap();
+        let scratch = tempfile::tempdir().unwrap();
+        let err = sneaky
+            .fetch(scratch.path(), &Progress::new(crate::ProgressMode::Quiet))
+            .err()
+            .unwrap();
+        assert!(
+            err.to_string()
+                .ends_with("--upload-pack=touch /tmp/x is not a branch, tag or commit"),
+            "{err}"
+        );
         assert_eq!(RemoteContext::parse("ctx"), None);
     }
 
