@@ -14,7 +14,8 @@
 # validator the attestation tests check kiln's SBOMs with (PyPI's spdx-tools, which Debian
 # does not package), installed into target/tools/spdx-tools. openssl makes self-signed registry
 # certificates the way users do (tests of `--registry-certificate`); man-db's `man -l` renders
-# the pages `kiln man` writes (tests/help.rs). Idempotent: installed packages
+# the pages `kiln man` writes (tests/help.rs). git fetches git build contexts, and its `git
+# daemon` serves them in tests/remote_contexts.rs. Idempotent: installed packages
 # are left alone, and apt's indexes are only refreshed when something is missing.
 #
 # It never registers binfmt_misc handlers: kiln registers qemu inside its own user namespace,
@@ -46,6 +47,7 @@ packages=(
 	python3-venv
 	openssl
 	man-db
+	git
 )
 
 as_root=()

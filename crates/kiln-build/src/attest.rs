@@ -435,6 +435,9 @@ fn build_config(plan: &Plan, ops: &[OpId]) -> Value {
             let what = match &op.kind {
                 OpKind::Source(Source::Scratch) => json!({"source": "scratch"}),
                 OpKind::Source(Source::Image(base)) => json!({"source": material(base)["uri"]}),
+                // A `--build-context` directory, by its name (its host path is no one's
+                // business, as the main context's is not).
+                OpKind::Source(Source::Local { name, .. }) => json!({"local": name}),
                 OpKind::Exec(exec) => json!({"exec": exec}),
                 OpKind::Copy(copy) => json!({"copy": copy}),
                 OpKind::Mkdir(mkdir) => json!({"mkdir": mkdir}),

@@ -61,7 +61,7 @@ pub trait ImageResolver: Sync {
 }
 
 /// BuildKit's scheme for an image in a local OCI layout.
-const OCI_LAYOUT_SCHEME: &str = "oci-layout://";
+pub(crate) const OCI_LAYOUT_SCHEME: &str = "oci-layout://";
 
 /// Where a FROM image comes from.
 #[derive(Clone, Debug, PartialEq, Eq)]

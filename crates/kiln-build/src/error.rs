@@ -153,6 +153,10 @@ pub enum BuildError {
         waited.as_secs_f64()
     )]
     RootBusy { root: PathBuf, waited: Duration },
+    /// A context that is not a local directory could not be fetched; `context` names its
+    /// kind and URL (`the git context https://...`).
+    #[error("cannot fetch {context}: {message}")]
+    RemoteContext { context: String, message: String },
     #[error("{context}: {source}")]
     Io {
         context: String,

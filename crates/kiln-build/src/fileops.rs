@@ -91,6 +91,36 @@ pub(crate) fn resolve_owner(
     Ok((uid, gid))
 }
 
+/// GETs `url` (ADD's URLs, http(s) build contexts), failing on an answer that is not a
+/// success. A server that stalls is given up on as a registry is: the blocking client applies
+/// its timeout to the answer's head and to each read of the body, not to the whole download.
+pub(crate) fn http_get(url: &str) -> Result<reqwest::blocking::Response, String> {
+    let timeouts = kiln_registry::Timeouts::default();
+    let response = reqwest::blocking::Client::builder()
+        .connect_timeout(timeouts.connect)
+        .timeout(timeouts.read)
+        .build()
+        .and_then(|client| client.get(url).send())
+        .map_err(|e| error_chain(&e.without_url()))?;
+    let status = response.status();
+    if !status.is_success() {
+        return Err(format!("the server answered {status}"));
+    }
+    Ok(response)
+}
+
+/// An error and its causes (`connection refused` is a cause of reqwest's `error sending
+/// request`), without the URL, which the caller names (and which may hold a password).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut message = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        message.push_str(&format!(": {cause}"));
+        source = cause.source();
+    }
+    message
+}
+
 /// Downloads `url` into the empty dir `dir` as Docker's ADD does: named after the last
 /// component of the URL path, mode 0600, mtime from `Last-Modified`. Returns the file and the
 /// digest of its content. With `checksum` (`sha256:<hex>`, checked when the plan was made), a
@@ -101,19 +131,7 @@ pub(crate) fn download(
     dir: &Path,
 ) -> Result<(PathBuf, String), String> {
     let fail = |m: String| format!("ADD {url}: {m}");
-    // A server that stalls is given up on as a registry is: the blocking client applies its
-    // timeout to the answer's head and to each read of the body, not to the whole download.
-    let timeouts = kiln_registry::Timeouts::default();
-    let response = reqwest::blocking::Client::builder()
-        .connect_timeout(timeouts.connect)
-        .timeout(timeouts.read)
-        .build()
-        .and_then(|client| client.get(url).send())
-        .map_err(|e| fail(e.to_string()))?;
-    let status = response.status();
-    if !status.is_success() {
-        return Err(fail(format!("the server answered {status}")));
-    }
+    let response = http_get(url).map_err(fail)?;
     let modified = response
         .headers()
         .get(reqwest::header::LAST_MODIFIED)

@@ -261,6 +261,15 @@ impl InPlaceWorker {
             absolute(&opts.context_dir),
         ];
         keep.extend(opts.in_place.keep.iter().map(|path| absolute(path)));
+        // A named context's files are read when a step first needs them.
+        keep.extend(
+            opts.named_contexts
+                .values()
+                .filter_map(|named| match named {
+                    crate::NamedContext::Dir(dir) => Some(absolute(dir)),
+                    crate::NamedContext::Image(_) => None,
+                }),
+        );
         if let Ok(exe) = std::env::current_exe() {
             keep.push(exe);
         }

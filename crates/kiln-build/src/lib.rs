@@ -26,6 +26,7 @@ mod plan;
 mod platform_args;
 mod progress;
 mod registry_cache;
+mod remote_context;
 mod rootfs;
 mod rules;
 mod sbom;
@@ -72,6 +73,9 @@ pub use progress::{LogStyle, Progress, ProgressMode};
 pub use registry_cache::{
     CACHE_CONFIG_TYPE, CacheLocation, CacheMode, CacheSpec, CacheSpecError, ChainedCache,
     ExportStats, RemoteCache, export_cache, export_caches, registry_refs,
+};
+pub use remote_context::{
+    FetchedContext, GitContext, MAX_CONTEXT_DOWNLOAD_BYTES, NamedContext, RemoteContext,
 };
 pub use secrets::{Redactor, SecretSource, Secrets};
 pub use solve::{
@@ -146,6 +150,9 @@ pub struct BuildOptions {
     /// `--provenance`, `--sbom`, `--attest`: the attestation manifests [`deliver`] lists
     /// beside the images.
     pub attestations: Attestations,
+    /// `--build-context NAME=...`: what `FROM NAME`, `COPY --from=NAME` and `RUN --mount
+    /// from=NAME` read instead of the image or stage of that name.
+    pub named_contexts: BTreeMap<String, NamedContext>,
 }
 
 /// Builds the target stage of `df` for every platform in `opts.platforms` and stores the

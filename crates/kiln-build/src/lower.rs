@@ -29,7 +29,7 @@ use crate::rules::{
     history_text, is_valid_stop_signal, join_image_path, names_a_directory, onbuild_triggers,
     proxy_env, set_default_path, shell_argv, unconsumed_build_args,
 };
-use crate::{BuildError, BuildOptions};
+use crate::{BuildError, BuildOptions, NamedContext};
 
 /// How many stages may wait for another lowered on demand: a stage whose name a `--from`
 /// gives only after expansion (or an ONBUILD trigger) is not in the stage graph, so it is
@@ -355,6 +355,10 @@ impl<'l, 'a, 'r> Lowerer<'l, 'a, 'r> {
     }
 
     fn stage_index(&self, name: &str) -> Option<usize> {
+        // A `--build-context` of a stage's name replaces that stage, as in BuildKit.
+        if self.opts.named_contexts.contains_key(name) {
+            return None;
+        }
         named_stage(self.stages, name).or_else(|| {
             name.parse::<usize>()
                 .ok()
@@ -669,6 +673,19 @@ impl<'l, 'a, 'r> Lowerer<'l, 'a, 'r> {
         origin: Origin,
     ) -> Result<(OpId, Option<Arc<ResolvedImage>>), BuildError> {
         let platform = origin.platform.clone();
+        let image = match self.opts.named_contexts.get(image) {
+            Some(NamedContext::Image(reference)) => reference.as_str(),
+            Some(NamedContext::Dir(dir)) => {
+                let local = Source::Local {
+                    name: image.to_string(),
+                    dir: dir.clone(),
+                };
+                let own = CacheKey::of("local", &(image, dir, &platform));
+                let op = self.ops.add(OpKind::Source(local), Vec::new(), own, origin);
+                return Ok((op, None));
+            }
+            None => image,
+        };
         if image == "scratch" {
             let own = CacheKey::of("scratch", &platform);
             let op = self
@@ -734,7 +751,9 @@ impl<'l, 'a, 'r> Lowerer<'l, 'a, 'r> {
             line: ins.span.start_line,
             name: name.to_string(),
         };
-        if copy && BaseRef::parse(name).is_err() {
+        // A named context is what the user asked for: its own errors say more.
+        let named = self.opts.named_contexts.contains_key(name);
+        if copy && !named && BaseRef::parse(name).is_err() {
             return Err(unknown());
         }
         let origin = Origin {
@@ -747,7 +766,7 @@ impl<'l, 'a, 'r> Lowerer<'l, 'a, 'r> {
         };
         match self.source_op(name, ins, origin) {
             Ok((op, _)) => Ok(op),
-            Err(BuildError::BaseImage { .. }) if copy => Err(unknown()),
+            Err(BuildError::BaseImage { .. }) if copy && !named => Err(unknown()),
             Err(e) => Err(e),
         }
     }

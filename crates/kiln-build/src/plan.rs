@@ -8,6 +8,7 @@
 //! Ops are stored in the order they were made, which is a dependency order: an op's inputs
 //! come before it. Equal definitions are one op, so platforms share equal work.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use kiln_dockerfile::Mount;
@@ -79,6 +80,12 @@ pub enum OpKind {
 pub enum Source {
     Scratch,
     Image(Arc<ResolvedImage>),
+    /// A directory that `--build-context NAME=...` names (a remote one fetched into it): its
+    /// files, through its own `.dockerignore`, as one layer made when the build runs.
+    Local {
+        name: String,
+        dir: PathBuf,
+    },
 }
 
 /// A RUN step.

@@ -376,7 +376,7 @@ impl Solving<'_, '_> {
             .map(|&input| self.op(input, platform))
             .collect::<Result<Vec<_>, _>>()?;
         let done = match &op.kind {
-            OpKind::Source(source) => self.source(op, source),
+            OpKind::Source(source) => self.source(op, source)?,
             _ => self.cached_or_run(id, op, &inputs)?,
         };
         self.config_steps(op);
@@ -423,7 +423,7 @@ impl Solving<'_, '_> {
         });
     }
 
-    fn source(&self, op: &Op, source: &Source) -> Done {
+    fn source(&self, op: &Op, source: &Source) -> Result<Done, BuildError> {
         if let Some(shown) = &op.origin.shown {
             let label = Self::label(op);
             self.progress().step_start(&label, shown);
@@ -431,6 +431,17 @@ impl Solving<'_, '_> {
         }
         let layers = match source {
             Source::Scratch => Vec::new(),
+            Source::Local { name, dir } => {
+                let layer = self.local_layer(op, name, dir)?;
+                // What reads it is keyed by its content, not by its path.
+                let output = CacheKey::of("output", &(&op.own, &layer.diff_id.to_string()));
+                return Ok(Done {
+                    layers: vec![layer],
+                    added: false,
+                    created: self.now.clone(),
+                    output,
+                });
+            }
             Source::Image(image) => image
                 .layers
                 .iter()
@@ -441,12 +452,52 @@ impl Solving<'_, '_> {
                 })
                 .collect(),
         };
-        Done {
+        Ok(Done {
             layers,
             added: false,
             created: self.now.clone(),
             output: op.own.clone(),
-        }
+        })
+    }
+
+    /// The files of the named context `dir` as a layer: what `COPY . /` would take of it
+    /// as a build context, through its own `.dockerignore` (as buildx reads a named
+    /// context's).
+    fn local_layer(&self, op: &Op, name: &str, dir: &Path) -> Result<LayerRef, BuildError> {
+        self.progress().detail(&format!(
+            "reading the build context {name} ({})",
+            dir.display()
+        ));
+        let context = BuildContext::open(dir, Some(&dir.join(".dockerignore")))?;
+        let found = context.sources(".");
+        let copy = Copy {
+            add: false,
+            sources: vec![CopySource::Path(".".into())],
+            from: None,
+            dest: "/".into(),
+            dest_path: "/".into(),
+            chown: None,
+            chmod: None,
+            link: false,
+            parents: false,
+            unpack: None,
+            excludes: Vec::new(),
+            checksum: None,
+            source_date_epoch: self.s.opts.source_date_epoch,
+        };
+        let scratch = self.s.store.temp_dir("local-")?;
+        let layer = scratch.path().join("layer");
+        std::fs::create_dir(&layer).map_err(BuildError::io("creating a context layer dir"))?;
+        let inputs = CopyInputs {
+            context: &context,
+            found: &[&found],
+            below: &LayerStack::new(Vec::new()),
+            from: None,
+            downloaded: &[],
+            scratch: scratch.path(),
+        };
+        fileops::copy(&copy, &inputs, &layer, &self.at(op))?;
+        self.store_layer(&layer, copy.source_date_epoch)
     }
 
     fn looks_up(&self, op: &Op) -> bool {

@@ -4,7 +4,8 @@
 //! tools (skopeo, umoci) that tests use to check kiln's output; the hostile-input corpus of
 //! `testdata/hostile/`; `run_measured`, which runs a command and reports its peak RSS; and
 //! `Pod`, a real container runtime (podman with runc) under podman's or Docker's default
-//! seccomp profile.
+//! seccomp profile; and servers of remote build contexts on loopback (`git daemon`, a file
+//! server over HTTP).
 //!
 //! This crate deliberately depends on none of kiln's own crates, so a bug in kiln cannot hide
 //! in the fixtures it is tested against. Everything here panics with a readable message on
@@ -21,6 +22,7 @@ mod measure;
 mod noise;
 mod pod;
 mod registry;
+mod remote_sources;
 mod tls;
 mod token_server;
 mod tools;
@@ -37,6 +39,7 @@ pub use measure::{Measured, run_measured, wrapped};
 pub use noise::{Noise, noise};
 pub use pod::{Pod, Profile, Runtime};
 pub use registry::{Registry, RegistryOptions};
+pub use remote_sources::{FileServer, GitDaemon, free_port, git_in, write_files};
 pub use tls::{IssuedCert, SelfSigned, TestCa};
 pub use token_server::{TokenRequest, TokenServer};
 pub use tools::{

@@ -23,7 +23,9 @@ use crate::run_args::RunStepArgs;
 
 #[derive(Args)]
 pub struct BuildArgs {
-    /// The build context directory.
+    /// The build context: a directory, `-` (a tar or a Dockerfile on stdin), a git URL
+    /// (`https://host/repo.git#REF:DIR`, `git@host:repo.git`, `file://`) or an http(s) URL
+    /// of a tar archive or a Dockerfile.
     #[arg(help_heading = "Input", value_name = "CONTEXT", default_value = ".")]
     context: PathBuf,
     /// The build context (kaniko's spelling); overrides CONTEXT.
@@ -89,6 +91,15 @@ pub struct BuildArgs {
     /// A build-time variable; a bare KEY takes its value from the environment.
     #[arg(help_heading = "Input", long = "build-arg", value_name = "KEY[=VALUE]")]
     build_args: Vec<String>,
+    /// A named context (repeatable) that `FROM NAME`, `COPY --from=NAME` and `RUN --mount
+    /// from=NAME` read instead of the stage or image NAME: a directory, a git or http(s)
+    /// URL, docker-image://REF or oci-layout://DIR[:TAG|@DIGEST].
+    #[arg(
+        help_heading = "Input",
+        long = "build-context",
+        value_name = "NAME=VALUE"
+    )]
+    build_contexts: Vec<String>,
     /// The stage to build (default: the last).
     #[arg(help_heading = "Input", long)]
     target: Option<String>,
@@ -620,15 +631,53 @@ fn from_stdin(
     }
     let dir = scratch.join("context");
     std::fs::create_dir(&dir).into_diagnostic()?;
-    match kiln_build::try_unpack_context(&saved, &dir).map_err(|e| miette!("{e}"))? {
-        // As for docker build, a relative -f names a file of the tar, not of the working
-        // directory (and so stays subject to within_context).
-        true => {
+    let archive = kiln_build::try_unpack_context(&saved, &dir).map_err(|e| miette!("{e}"))?;
+    Ok(fetched_paths(dir, (!archive).then_some(saved), file))
+}
+
+/// buildx's remote contexts: a git repository or an http(s) URL (see
+/// [`kiln_build::RemoteContext`]), fetched under `scratch`. Returns the context dir and the
+/// Dockerfile path to use.
+fn from_remote(
+    context: PathBuf,
+    file: Option<PathBuf>,
+    scratch: &Path,
+    progress: &Progress,
+) -> Result<(PathBuf, Option<PathBuf>), Report> {
+    // As in buildx, a directory that is there wins over a URL-like name (`github.com/x`).
+    let remote = context.to_str().and_then(kiln_build::RemoteContext::parse);
+    let Some(remote) = remote.filter(|_| !context.is_dir()) else {
+        return Ok((context, file));
+    };
+    let fetched = remote
+        .fetch(scratch, progress)
+        .map_err(|e| miette!("{e}"))?;
+    let (dir, file) = fetched_paths(fetched.dir, fetched.dockerfile, file);
+    // Named after the context, not after the scratch dir it was fetched into.
+    let dockerfile = file.clone().unwrap_or_else(|| dir.join("Dockerfile"));
+    if let Ok(inside) = dockerfile.strip_prefix(&dir)
+        && !dockerfile.exists()
+    {
+        return Err(miette!("{remote} has no {}", inside.display()));
+    }
+    Ok((dir, file))
+}
+
+/// The context dir and Dockerfile of a context kiln unpacked or fetched into `dir`. As for
+/// docker build, a relative -f names a file of that context, not of the working directory
+/// (and so stays subject to within_context); a context that came as a lone Dockerfile (no
+/// archive) has nothing to copy from, and that file is the Dockerfile unless -f names one.
+fn fetched_paths(
+    dir: PathBuf,
+    lone_dockerfile: Option<PathBuf>,
+    file: Option<PathBuf>,
+) -> (PathBuf, Option<PathBuf>) {
+    match lone_dockerfile {
+        None => {
             let file = file.map(|f| dir.join(f));
-            Ok((dir, file))
+            (dir, file)
         }
-        // Not an archive: a Dockerfile, with nothing to copy from.
-        false => Ok((dir, Some(file.unwrap_or(saved)))),
+        Some(dockerfile) => (dir, Some(file.unwrap_or(dockerfile))),
     }
 }
 
@@ -685,12 +734,22 @@ pub fn run(args: BuildArgs) -> Result<(), Report> {
         false => ProgressMode::from_flag(&args.progress).expect("clap checks --progress"),
     });
     let store = open_store(&root, &progress)?;
-    let stdin_scratch = store.temp_dir("stdin-").map_err(|e| miette!("{e}"))?;
+    // A context from stdin or a URL lives here until the build ends.
+    let context_scratch = store.temp_dir("context-").map_err(|e| miette!("{e}"))?;
     let (context, file) = from_stdin(
         args.context_flag.clone().unwrap_or(args.context.clone()),
         args.file.clone(),
-        stdin_scratch.path(),
+        context_scratch.path(),
     )?;
+    let (context, file) = from_remote(context, file, context_scratch.path(), &progress)?;
+    let mut named_contexts = BTreeMap::new();
+    for (n, spec) in args.build_contexts.iter().enumerate() {
+        let scratch = context_scratch.path().join(format!("named-{n}"));
+        std::fs::create_dir(&scratch).into_diagnostic()?;
+        let (name, named) = kiln_build::NamedContext::parse(spec, &scratch, &progress)
+            .map_err(|e| miette!("{e}"))?;
+        named_contexts.insert(name, named);
+    }
     let dockerfile_path = context_dockerfile(file.as_deref(), &context)?;
     let dockerfile = read_dockerfile(&dockerfile_path)?;
     if outputs.is_empty() {
@@ -761,6 +820,7 @@ pub fn run(args: BuildArgs) -> Result<(), Report> {
         cache_to,
         layer_encoding: Output::layer_encoding(&outputs),
         attestations,
+        named_contexts,
     };
     let clients = Clients {
         pull: &client,

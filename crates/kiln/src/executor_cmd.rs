@@ -449,6 +449,7 @@ pub fn run(args: ExecutorArgs) -> Result<(), Report> {
         layer_encoding: Output::layer_encoding(&outputs),
         // kaniko has no attestations.
         attestations: Default::default(),
+        named_contexts: Default::default(),
     };
     // kaniko reaches its cache repo with the push flags, reading as writing.
     let clients = Clients {

@@ -241,6 +241,7 @@ impl Suite {
             cache_to: Vec::new(),
             layer_encoding: Default::default(),
             attestations: Default::default(),
+            named_contexts: BTreeMap::new(),
         };
         let text =
             std::fs::read_to_string(&dockerfile).map_err(|_| "its Dockerfile is unreadable")?;
