@@ -18,7 +18,7 @@ use kiln_oci::{Digest, DigestWriter, timefmt};
 use serde::Serialize;
 use tar::{EntryType, Header};
 
-use crate::pargz::ParallelGzip;
+use crate::pargz::{Compressors, MemberPool, gzip_member};
 
 /// The tar entry that holds the table of contents.
 pub const TOC_NAME: &str = "stargz.index.json";
@@ -101,16 +101,18 @@ enum State {
 /// What the tar writer feeds; [`EstargzWriter::entry`] is told about each entry just before
 /// its header is written.
 pub(crate) struct EstargzWriter<'scope, 'env, W: Write> {
-    scope: &'scope Scope<'scope, 'env>,
     level: u32,
-    threads: usize,
-    out: W,
-    /// Compressed bytes written to `out` so far.
-    offset: u64,
-    member: Option<ParallelGzip<'scope, 'env, Vec<u8>>>,
+    /// Compresses the members on every core and writes them in order.
+    pool: MemberPool<'scope, 'env, W>,
+    /// The member being filled, uncompressed.
+    member: Vec<u8>,
+    /// Members handed to the pool so far.
+    members: usize,
     /// The uncompressed stream: the diff_id.
     tar: DigestWriter<io::Sink>,
     entries: Vec<TocEntry>,
+    /// (entry, member its payload starts): offsets are known once the members are written.
+    starts: Vec<(usize, usize)>,
     state: State,
     /// The payload of the file being written, and of its chunk being written.
     file_digest: DigestWriter<io::Sink>,
@@ -132,14 +134,13 @@ impl<'scope, 'env, W: Write> EstargzWriter<'scope, 'env, W> {
         threads: usize,
     ) -> Self {
         EstargzWriter {
-            scope,
             level,
-            threads,
-            out,
-            offset: 0,
-            member: None,
+            pool: MemberPool::new(scope, out, level, threads),
+            member: Vec::new(),
+            members: 0,
             tar: DigestWriter::new(io::sink()),
             entries: Vec::new(),
+            starts: Vec::new(),
             state: State::Plain,
             file_digest: DigestWriter::new(io::sink()),
             chunk_digest: DigestWriter::new(io::sink()),
@@ -213,33 +214,29 @@ impl<'scope, 'env, W: Write> EstargzWriter<'scope, 'env, W> {
         self.state = State::Ended;
     }
 
-    /// Writes `buf` to the current member (starting one if there is none).
+    /// Adds `buf` to the current member.
     fn write_member(&mut self, buf: &[u8]) -> io::Result<()> {
-        if self.member.is_none() {
-            self.member = Some(ParallelGzip::new(
-                self.scope,
-                Vec::new(),
-                self.level,
-                self.threads,
-            )?);
-        }
         self.tar.write_all(buf)?;
-        self.member.as_mut().expect("started above").write_all(buf)
+        self.member.extend_from_slice(buf);
+        Ok(())
     }
 
-    /// Ends the current member; the next byte starts a new one. Returns where that will be.
-    fn cut(&mut self) -> io::Result<u64> {
-        if let Some(member) = self.member.take() {
-            let bytes = member.finish()?;
-            self.out.write_all(&bytes)?;
-            self.offset += bytes.len() as u64;
+    /// Ends the current member; the next byte starts a new one. Returns that one's index.
+    fn cut(&mut self) -> io::Result<usize> {
+        if !self.member.is_empty() {
+            self.pool.submit(std::mem::take(&mut self.member))?;
+            self.members += 1;
         }
-        Ok(self.offset)
+        Ok(self.members)
     }
 
     /// Writes the table of contents as the last entry, ends the tar and writes the footer.
     pub(crate) fn finish(mut self) -> io::Result<Estargz<W>> {
-        let toc_offset = self.cut()?;
+        self.cut()?;
+        let (mut out, offsets, toc_offset) = self.pool.finish()?;
+        for (entry, member) in self.starts {
+            self.entries[entry].offset = offsets[member];
+        }
         let toc = serde_json::to_vec(&Toc {
             version: 1,
             entries: &self.entries,
@@ -259,9 +256,13 @@ impl<'scope, 'env, W: Write> EstargzWriter<'scope, 'env, W> {
         member.extend_from_slice(header.as_bytes());
         member.extend_from_slice(&toc);
         member.resize(member.len() + padding as usize + 2 * TAR_BLOCK as usize, 0);
-        self.write_member(&member)?;
-        self.cut()?;
-        self.out.write_all(&footer(toc_offset))?;
+        self.tar.write_all(&member)?;
+        out.write_all(&gzip_member(
+            &mut Compressors::new(self.level),
+            &member,
+            self.level,
+        )?)?;
+        out.write_all(&footer(toc_offset))?;
         let (diff_id, uncompressed, _) = self.tar.finish();
         let annotations = BTreeMap::from([
             (
@@ -274,7 +275,7 @@ impl<'scope, 'env, W: Write> EstargzWriter<'scope, 'env, W> {
             ),
         ]);
         Ok(Estargz {
-            out: self.out,
+            out,
             diff_id,
             annotations,
         })
@@ -300,11 +301,10 @@ impl<W: Write> Write for EstargzWriter<'_, '_, W> {
                 *left -= n as u64;
                 if *left == 0 {
                     let size = *size;
-                    let offset = self.cut()?;
+                    let member = self.cut()?;
                     let file = self.entries.len() - 1;
-                    let entry = &mut self.entries[file];
-                    entry.offset = offset;
-                    entry.chunk_size = size.min(CHUNK_SIZE);
+                    self.starts.push((file, member));
+                    self.entries[file].chunk_size = size.min(CHUNK_SIZE);
                     self.state = State::Payload {
                         file,
                         chunk: file,
@@ -335,12 +335,12 @@ impl<W: Write> Write for EstargzWriter<'_, '_, W> {
                         let done = std::mem::replace(&mut self.file_digest, fresh());
                         self.entries[file].digest = done.finish().0.to_string();
                     } else {
-                        let offset = self.cut()?;
+                        let member = self.cut()?;
                         let chunk_offset = self.entries[file].size - left;
+                        self.starts.push((self.entries.len(), member));
                         let next = TocEntry {
                             name: self.entries[file].name.clone(),
                             kind: "chunk",
-                            offset,
                             chunk_offset,
                             chunk_size: left.min(CHUNK_SIZE),
                             ..Default::default()
@@ -355,6 +355,11 @@ impl<W: Write> Write for EstargzWriter<'_, '_, W> {
                         }
                     }
                 }
+            }
+            // Between payloads only headers and padding come; a layer of many directories
+            // or empty files must not grow one member without bound.
+            State::Plain if self.member.len() as u64 >= CHUNK_SIZE => {
+                self.cut()?;
             }
             State::Plain | State::Ended => {}
         }

@@ -183,7 +183,7 @@ fn compress_jobs(queue: &Mutex<Receiver<Job>>, level: u32) {
 /// A block's deflater at the stream's level, one that stores blocks as they are, one with
 /// deflate's run-length strategy for the blocks [`effort`] finds barely compressible, and the
 /// fastest level for its probes.
-struct Compressors {
+pub(crate) struct Compressors {
     deflate: Compress,
     store: Compress,
     runs: zlib_rs::Deflate,
@@ -191,7 +191,7 @@ struct Compressors {
 }
 
 impl Compressors {
-    fn new(level: u32) -> Compressors {
+    pub(crate) fn new(level: u32) -> Compressors {
         Compressors {
             deflate: Compress::new(Compression::new(level), false),
             store: Compress::new(Compression::none(), false),
@@ -350,6 +350,139 @@ fn deflate_runs(runs: &mut zlib_rs::Deflate, input: &[u8], last: bool) -> io::Re
         return Err(io::Error::other("deflate left a block unfinished"));
     }
     out.truncate(usize::try_from(runs.total_out()).map_err(io::Error::other)?);
+    Ok(out)
+}
+
+/// Gzip members (eStargz's: one per file payload) compressed on up to `threads` threads and
+/// written to `out` in the order they were given. Each member is the bytes [`ParallelGzip`]
+/// makes of the same data, so they do not depend on the thread count either; a worker keeps
+/// its deflaters from one member to the next.
+pub(crate) struct MemberPool<'scope, 'env, W: Write> {
+    scope: &'scope Scope<'scope, 'env>,
+    level: u32,
+    out: W,
+    /// Compressed bytes written so far, and where each member written starts.
+    written: u64,
+    offsets: Vec<u64>,
+    queue: Arc<Mutex<Receiver<Member>>>,
+    jobs: SyncSender<Member>,
+    workers: usize,
+    max_workers: usize,
+    in_flight: VecDeque<Receiver<io::Result<Vec<u8>>>>,
+}
+
+/// A member to compress.
+struct Member {
+    data: Vec<u8>,
+    result: SyncSender<io::Result<Vec<u8>>>,
+}
+
+impl<'scope, 'env, W: Write> MemberPool<'scope, 'env, W> {
+    pub(crate) fn new(
+        scope: &'scope Scope<'scope, 'env>,
+        out: W,
+        level: u32,
+        threads: usize,
+    ) -> Self {
+        let threads = threads.clamp(1, MAX_THREADS);
+        let (jobs, queue) = sync_channel::<Member>(threads);
+        MemberPool {
+            scope,
+            level: level.min(9),
+            out,
+            written: 0,
+            offsets: Vec::new(),
+            queue: Arc::new(Mutex::new(queue)),
+            jobs,
+            workers: 0,
+            max_workers: threads,
+            in_flight: VecDeque::new(),
+        }
+    }
+
+    /// Queues `data` as the next member; returns its index.
+    pub(crate) fn submit(&mut self, data: Vec<u8>) -> io::Result<usize> {
+        let index = self.offsets.len() + self.in_flight.len();
+        while self.in_flight.len() >= 2 * self.max_workers {
+            self.write_oldest()?;
+        }
+        if self.workers < self.max_workers && self.workers <= self.in_flight.len() {
+            let queue = Arc::clone(&self.queue);
+            let level = self.level;
+            self.scope.spawn(move || compress_members(&queue, level));
+            self.workers += 1;
+        }
+        let (result, receiver) = sync_channel(1);
+        self.jobs
+            .send(Member { data, result })
+            .map_err(|_| worker_gone())?;
+        self.in_flight.push_back(receiver);
+        Ok(index)
+    }
+
+    fn write_oldest(&mut self) -> io::Result<()> {
+        if let Some(receiver) = self.in_flight.pop_front() {
+            let member = receiver.recv().map_err(|_| worker_gone())??;
+            self.out.write_all(&member)?;
+            self.offsets.push(self.written);
+            self.written += member.len() as u64;
+        }
+        Ok(())
+    }
+
+    /// Writes every member; returns the output, where each member starts in it, and how
+    /// many bytes were written.
+    pub(crate) fn finish(mut self) -> io::Result<(W, Vec<u64>, u64)> {
+        while !self.in_flight.is_empty() {
+            self.write_oldest()?;
+        }
+        Ok((self.out, self.offsets, self.written))
+    }
+}
+
+/// Worker loop of a [`MemberPool`]: whole members until the sending side is dropped.
+fn compress_members(queue: &Mutex<Receiver<Member>>, level: u32) {
+    let mut compressors = Compressors::new(level);
+    loop {
+        let member = match queue.lock() {
+            Ok(queue) => queue.recv(),
+            Err(_) => return,
+        };
+        let Ok(member) = member else { return };
+        let _ = member
+            .result
+            .send(gzip_member(&mut compressors, &member.data, level));
+    }
+}
+
+/// One gzip member of `data`, block by block as [`ParallelGzip`] cuts it: full blocks end in
+/// a sync flush, and the rest (empty when `data` fills its last block) ends the stream.
+pub(crate) fn gzip_member(
+    compressors: &mut Compressors,
+    data: &[u8],
+    level: u32,
+) -> io::Result<Vec<u8>> {
+    let mut out = gzip_header(level).to_vec();
+    let full = data.len() / BLOCK_SIZE;
+    for i in 0..=full {
+        let start = i * BLOCK_SIZE;
+        let end = if i == full {
+            data.len()
+        } else {
+            start + BLOCK_SIZE
+        };
+        let from = start.saturating_sub(DICTIONARY_SIZE);
+        out.extend(deflate_block(
+            compressors,
+            &data[from..end],
+            start - from,
+            i == full,
+        )?);
+    }
+    let mut crc = Crc::new();
+    crc.update(data);
+    out.extend_from_slice(&crc.sum().to_le_bytes());
+    out.extend_from_slice(&crc.amount().to_le_bytes());
     Ok(out)
 }
 

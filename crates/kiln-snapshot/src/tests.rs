@@ -1909,3 +1909,20 @@ fn a_block_that_repeats_after_a_random_first_64k_is_still_deflated() {
     let gz = pargz_bytes(&data, 6, 1);
     assert!(gz.len() < 128 << 10, "{} bytes for 256 KiB", gz.len());
 }
+
+#[test]
+fn a_pooled_gzip_member_is_the_bytes_parallel_gzip_makes() {
+    let block = 256 << 10;
+    let mut compressors = crate::pargz::Compressors::new(6);
+    for len in [0, 1, 5000, block, block + 1, 3 * block, 3 * block + 77] {
+        let data = xorshift_bytes(len, len as u64 + 1)
+            .into_iter()
+            .enumerate()
+            // Half random, half text-like, so every effort the blocks can get is used.
+            .map(|(i, b)| if i % 3 == 0 { b } else { b'a' + (i % 7) as u8 })
+            .collect::<Vec<u8>>();
+        let pooled = crate::pargz::gzip_member(&mut compressors, &data, 6).unwrap();
+        assert!(pooled == pargz_bytes(&data, 6, 3), "{len} bytes");
+        assert!(gunzip(&pooled) == data);
+    }
+}
