@@ -30,20 +30,7 @@ fn context(env: &Env) -> PathBuf {
 
 /// busybox's image for this host (its tag is an index): (reference by digest, manifest).
 fn busybox(env: &Env) -> (String, Value) {
-    let index = manifest(&format!("{}/busybox:latest", env.reg()));
-    let entry = index["manifests"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|m| m["platform"]["architecture"] == host_arch())
-        .unwrap();
-    let reference = format!(
-        "{}/busybox@{}",
-        env.reg(),
-        entry["digest"].as_str().unwrap()
-    );
-    let m = manifest(&reference);
-    (reference, m)
+    host_image(&env.tag("busybox"), "latest")
 }
 
 /// `skopeo copy` of an image into a `dir:` layout (blobs kept as they are); the manifest.

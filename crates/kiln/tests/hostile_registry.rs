@@ -97,18 +97,7 @@ fn build(ctx: &Path) -> Vec<&str> {
 
 /// The descriptors (config, then layers) of the fixture's image for this machine.
 fn host_image_blobs(env: &Env) -> Vec<Value> {
-    let index = manifest(&env.tag("busybox:latest"));
-    let entry = index["manifests"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|m| m["platform"]["architecture"] == host_arch())
-        .unwrap();
-    let image = manifest(&format!(
-        "{}@{}",
-        env.tag("busybox"),
-        entry["digest"].as_str().unwrap()
-    ));
+    let (_, image) = host_image(&env.tag("busybox"), "latest");
     let mut blobs = vec![image["config"].clone()];
     blobs.extend(image["layers"].as_array().unwrap().iter().cloned());
     blobs

@@ -205,6 +205,21 @@ pub fn manifest(reference: &str) -> Value {
     serde_json::from_slice(&skopeo_raw(reference)).unwrap()
 }
 
+/// The image for this machine's architecture in the index `repository:tag` (e.g. the busybox
+/// fixture's): its reference by digest and its manifest.
+pub fn host_image(repository: &str, tag: &str) -> (String, Value) {
+    let index = manifest(&format!("{repository}:{tag}"));
+    let entry = index["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["platform"]["architecture"] == host_arch())
+        .unwrap();
+    let reference = format!("{repository}@{}", entry["digest"].as_str().unwrap());
+    let image = manifest(&reference);
+    (reference, image)
+}
+
 /// The image config of the single-platform image `reference`, as stored in the registry.
 pub fn config(reference: &str) -> Value {
     let o = skopeo(
