@@ -33,6 +33,10 @@ const MAX_BUILDINFO_BYTES: usize = 4 << 20;
 /// can make its databases list millions of tiny ones, and each costs the document far more
 /// memory than its line of text did.
 pub(crate) const MAX_PACKAGES: usize = 50_000;
+/// The longest purl of a package listed (its name, version and arch, encoded). Real ones are
+/// a few hundred bytes at most; a database can name a package with megabytes, and thousands
+/// of such packages, each copied several times into the document, would not fit in memory.
+const MAX_PURL_BYTES: usize = 1024;
 /// Where Go binaries are looked for.
 const BIN_DIRS: &[&str] = &[
     "/bin",
@@ -105,13 +109,16 @@ pub(crate) fn scan(stack: &LayerStack) -> Vec<Package> {
     found.into_iter().collect()
 }
 
-/// Adds `packages` to `found` while it has fewer than [`MAX_PACKAGES`].
+/// Adds `packages` to `found` while it has fewer than [`MAX_PACKAGES`], leaving out those
+/// whose purl is longer than [`MAX_PURL_BYTES`].
 fn add(found: &mut BTreeSet<Package>, packages: Vec<Package>) {
     for package in packages {
         if is_full(found) {
             return;
         }
-        found.insert(package);
+        if package.purl.len() <= MAX_PURL_BYTES {
+            found.insert(package);
+        }
     }
 }
 
@@ -695,6 +702,32 @@ mod tests {
         }
         let found = scan(&LayerStack::new(vec![layer]));
         assert_eq!(found.len(), MAX_PACKAGES);
+    }
+
+    #[test]
+    fn packages_with_names_of_megabytes_are_left_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let status_d = dir.path().join("layer/var/lib/dpkg/status.d");
+        std::fs::create_dir_all(&status_d).unwrap();
+        let huge = "a".repeat(1 << 20);
+        std::fs::write(
+            status_d.join("huge"),
+            format!("Package: {huge}\nVersion: 1\n"),
+        )
+        .unwrap();
+        std::fs::write(
+            status_d.join("long-version"),
+            format!("Package: v\nVersion: {huge}\n"),
+        )
+        .unwrap();
+        std::fs::write(status_d.join("libc6"), "Package: libc6\nVersion: 2.36\n").unwrap();
+        let found = scan(&LayerStack::new(vec![dir.path().join("layer")]));
+        // Lengths, so that a failure does not print megabytes.
+        let sizes: Vec<(usize, usize)> = found
+            .iter()
+            .map(|p| (p.name.len(), p.version.len()))
+            .collect();
+        assert_eq!(sizes, [("libc6".len(), "2.36".len())]);
     }
 
     #[test]
