@@ -412,6 +412,26 @@ fn a_base_layer_that_lies_about_its_diff_id_does_not_poison_force_compression() 
     let layer = blob(&dir, &m["layers"][0]["digest"]);
     let text = sh(&format!("zstd -dc {} | tar -xO a.txt", layer.display()));
     assert_eq!(String::from_utf8_lossy(&text), "genuine\n");
+
+    // A record an older kiln wrote from the liar (its blob, under genuine's diff_id) is
+    // not taken as genuine's.
+    let record = env
+        .store()
+        .join("cache/variants")
+        .join(genuine_diff_id.strip_prefix("sha256:").unwrap())
+        .join("zstd-3");
+    let (_, planted_diff_id) = gzip_layer(&env, "planted\n");
+    let variant = json!({
+        "blob": {"mediaType": GZIP, "digest": sha256(&planted_blob), "size": planted_blob.len()},
+        "diff_id": planted_diff_id,
+    });
+    std::fs::write(&record, serde_json::to_vec(&variant).unwrap()).unwrap();
+    let again = env.tag("honest:2");
+    assert_ok(&build("genuine", &again));
+    assert_eq!(
+        manifest(&again)["layers"][0]["digest"],
+        m["layers"][0]["digest"]
+    );
 }
 
 #[test]
