@@ -248,6 +248,13 @@ pub(crate) fn attach(inputs: &Inputs, images: &mut [BuiltImage]) -> Result<(), B
             );
             let dirs = rootfs::layer_dirs(inputs.store, image, &source)?;
             let packages = sbom::scan(&LayerStack::new(dirs));
+            if packages.len() >= sbom::MAX_PACKAGES {
+                inputs.progress.warning(&format!(
+                    "the SBOM of the {} image lists only the first {} packages found",
+                    image.platform,
+                    sbom::MAX_PACKAGES
+                ));
+            }
             let name = format!("image {}", image.platform);
             let document = sbom::document(&packages, &name, &image.manifest.digest, &created);
             statements.push((SPDX_DOCUMENT, document));

@@ -516,7 +516,7 @@ pub(crate) fn extract(
 }
 
 /// An error unless the layer `blob` decompressed to the `diff_id` its image promised.
-fn same_diff_id(
+pub(crate) fn same_diff_id(
     reference: &str,
     blob: &Descriptor,
     actual: &Digest,

@@ -106,9 +106,12 @@ fn variant(
         .join("cache/variants")
         .join(diff_id.hex())
         .join(encoding.to_string());
+    // A re-encoding that keeps the tar keeps its diff_id: a record saying otherwise is not
+    // this layer's (a store written before kiln checked, below).
     if let Some(found) = fs::read(&record)
         .ok()
         .and_then(|bytes| serde_json::from_slice::<Variant>(&bytes).ok())
+        .filter(|v| !encoding.keeps_tar() || v.diff_id == *diff_id)
         .filter(|v| store.has_blob(&v.blob.digest))
     {
         return Ok(found);
@@ -134,6 +137,11 @@ fn variant(
             out.flush()
                 .map_err(BuildError::io("writing a layer blob"))?;
             drop(out);
+            // The blob is the image's, unchecked unless a step extracted it: a layer whose
+            // tar is not the diff_id its config names would be recorded as that diff_id's,
+            // and pushed in its place by every later build of an image that has it.
+            let from = format!("layer {}", layer.digest);
+            base::same_diff_id(&from, layer, &blob.diff_id, diff_id)?;
             store.put_layer_blob(tmp, &blob)?;
             blob
         }

@@ -7,8 +7,9 @@
 //! bounded, and anything malformed is skipped.
 
 use std::collections::BTreeSet;
-use std::fs::File;
+use std::fs::{File, Metadata};
 use std::io::{Read, Seek, SeekFrom};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use kiln_oci::Digest;
@@ -28,6 +29,14 @@ const MAX_BINARY_BYTES: u64 = 512 << 20;
 const MAX_BINARIES_PER_DIR: usize = 5_000;
 /// The most of a Go build info blob read (its module list).
 const MAX_BUILDINFO_BYTES: usize = 4 << 20;
+/// The most packages listed. A large distribution image holds a few thousand; an image
+/// can make its databases list millions of tiny ones, and each costs the document far more
+/// memory than its line of text did.
+pub(crate) const MAX_PACKAGES: usize = 50_000;
+/// The longest purl of a package listed (its name, version and arch, encoded). Real ones are
+/// a few hundred bytes at most; a database can name a package with megabytes, and thousands
+/// of such packages, each copied several times into the document, would not fit in memory.
+const MAX_PURL_BYTES: usize = 1024;
 /// Where Go binaries are looked for.
 const BIN_DIRS: &[&str] = &[
     "/bin",
@@ -70,12 +79,13 @@ pub(crate) struct Package {
     pub purl: String,
 }
 
-/// Every package the rootfs `stack` holds, sorted, each once.
+/// Every package the rootfs `stack` holds, sorted, each once; the first
+/// [`MAX_PACKAGES`] found when it holds more.
 pub(crate) fn scan(stack: &LayerStack) -> Vec<Package> {
     let mut found = BTreeSet::new();
     let distro = os_release_id(stack);
     if let Some(text) = read_text(stack, Path::new("/var/lib/dpkg/status"), MAX_DB_BYTES) {
-        found.extend(parse_dpkg(&text, &distro));
+        add(&mut found, parse_dpkg(&text, &distro));
     }
     let status_d = Path::new("/var/lib/dpkg/status.d");
     for name in stack
@@ -85,18 +95,35 @@ pub(crate) fn scan(stack: &LayerStack) -> Vec<Package> {
         .take(MAX_STATUS_D_FILES)
     {
         // distroless keeps each package's `md5sums` beside its paragraph.
-        if name.to_string_lossy().ends_with(".md5sums") {
+        if name.to_string_lossy().ends_with(".md5sums") || is_full(&found) {
             continue;
         }
         if let Some(text) = read_text(stack, &status_d.join(name), MAX_STATUS_D_BYTES) {
-            found.extend(parse_dpkg(&text, &distro));
+            add(&mut found, parse_dpkg(&text, &distro));
         }
     }
     if let Some(text) = read_text(stack, Path::new("/lib/apk/db/installed"), MAX_DB_BYTES) {
-        found.extend(parse_apk(&text));
+        add(&mut found, parse_apk(&text));
     }
-    found.extend(go_packages(stack));
+    go_packages(stack, &mut found);
     found.into_iter().collect()
+}
+
+/// Adds `packages` to `found` while it has fewer than [`MAX_PACKAGES`], leaving out those
+/// whose purl is longer than [`MAX_PURL_BYTES`].
+fn add(found: &mut BTreeSet<Package>, packages: Vec<Package>) {
+    for package in packages {
+        if is_full(found) {
+            return;
+        }
+        if package.purl.len() <= MAX_PURL_BYTES {
+            found.insert(package);
+        }
+    }
+}
+
+fn is_full(found: &BTreeSet<Package>) -> bool {
+    found.len() >= MAX_PACKAGES
 }
 
 /// The distribution's `ID` from `/etc/os-release`, the purl namespace of its deb packages
@@ -119,17 +146,17 @@ fn os_release_id(stack: &LayerStack) -> String {
 }
 
 /// The regular file at `path` in the image, through the stack, if it is one.
-fn image_file(stack: &LayerStack, path: &Path) -> Option<(PathBuf, u64)> {
+fn image_file(stack: &LayerStack, path: &Path) -> Option<(PathBuf, Metadata)> {
     let host = stack.lookup(path, true)?;
     let meta = std::fs::symlink_metadata(&host).ok()?;
-    meta.file_type().is_file().then_some((host, meta.len()))
+    meta.file_type().is_file().then_some((host, meta))
 }
 
 /// The text of the file at `path` in the image, if it is a regular file of at most `limit`
 /// bytes (a longer one is not read at all: half a database would list half the packages).
 fn read_text(stack: &LayerStack, path: &Path, limit: u64) -> Option<String> {
-    let (host, len) = image_file(stack, path)?;
-    if len > limit {
+    let (host, meta) = image_file(stack, path)?;
+    if meta.len() > limit {
         return None;
     }
     let mut bytes = Vec::new();
@@ -223,11 +250,11 @@ fn paragraphs<'t>(text: &'t str, sep: &'t str) -> impl Iterator<Item = Vec<(&'t 
     })
 }
 
-/// The packages of the Go binaries in the usual binary directories (each file once, however
-/// many directories lead to it).
-fn go_packages(stack: &LayerStack) -> Vec<Package> {
+/// Adds the packages of the Go binaries in the usual binary directories to `found` (each
+/// file once, however many directories and hard links lead to it: an image of thousands of
+/// links to one large file must not have it read thousands of times).
+fn go_packages(stack: &LayerStack, found: &mut BTreeSet<Package>) {
     let mut seen = BTreeSet::new();
-    let mut found = Vec::new();
     for dir in BIN_DIRS {
         let dir = Path::new(dir);
         for name in stack
@@ -236,18 +263,20 @@ fn go_packages(stack: &LayerStack) -> Vec<Package> {
             .into_iter()
             .take(MAX_BINARIES_PER_DIR)
         {
-            let Some((host, len)) = image_file(stack, &dir.join(&name)) else {
+            if is_full(found) {
+                return;
+            }
+            let Some((host, meta)) = image_file(stack, &dir.join(&name)) else {
                 continue;
             };
-            if len > MAX_BINARY_BYTES || !seen.insert(host.clone()) {
+            if meta.len() > MAX_BINARY_BYTES || !seen.insert((meta.dev(), meta.ino())) {
                 continue;
             }
             if let Some(info) = read_go_buildinfo(&host) {
-                found.extend(parse_go_buildinfo(&info));
+                add(found, parse_go_buildinfo(&info));
             }
         }
     }
-    found
 }
 
 /// The build info blob of the ELF file at `host`, if it is a Go binary: from the magic to
@@ -269,14 +298,30 @@ fn read_go_buildinfo(host: &Path) -> Option<Vec<u8>> {
     Some(blob)
 }
 
-/// The offset of the first `needle` in `file`, read in chunks.
+/// The offset of the first `needle` (which holds no zero byte) in `file`. Only its data is
+/// read: the needle cannot be in a hole, and extraction keeps a tar's sparse files sparse, so
+/// an image of thousands of "binaries" of hundreds of MiB each would otherwise cost almost
+/// nothing to ship and hours to search.
 fn find(file: &mut File, needle: &[u8]) -> Option<u64> {
+    let mut pos = 0;
+    while let Some((start, end)) = kiln_snapshot::next_data(file, pos).ok()? {
+        file.seek(SeekFrom::Start(start)).ok()?;
+        if let Some(at) = find_in(file.by_ref().take(end - start), needle) {
+            return Some(start + at);
+        }
+        pos = end;
+    }
+    None
+}
+
+/// The offset of the first `needle` in `data`, read in chunks.
+fn find_in(mut data: impl Read, needle: &[u8]) -> Option<u64> {
     const CHUNK: usize = 1 << 20;
     let mut buf = vec![0u8; CHUNK + needle.len()];
     let mut kept = 0;
     let mut base = 0u64;
     loop {
-        let n = file.read(&mut buf[kept..]).ok()?;
+        let n = data.read(&mut buf[kept..]).ok()?;
         if n == 0 {
             return None;
         }
@@ -590,6 +635,34 @@ mod tests {
     }
 
     #[test]
+    fn sparse_binaries_are_searched_for_their_data_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let bin = dir.path().join("layer/usr/bin");
+        std::fs::create_dir_all(&bin).unwrap();
+        // Hundreds of ELF files as large as are searched, all holes but their first bytes
+        // (and one's build info, deep in it): a hundred GiB to read if holes were read.
+        for i in 0..200 {
+            let file = bin.join(format!("sparse{i}"));
+            std::fs::write(&file, b"\x7fELF").unwrap();
+            let mut f = File::options().write(true).open(&file).unwrap();
+            if i == 7 {
+                f.seek(SeekFrom::Start(300 << 20)).unwrap();
+                std::io::Write::write_all(&mut f, &buildinfo("go1.22.0", "mod\tm\tv1\t\n"))
+                    .unwrap();
+            }
+            f.set_len(MAX_BINARY_BYTES).unwrap();
+        }
+        let stack = LayerStack::new(vec![dir.path().join("layer")]);
+        let (done, finished) = std::sync::mpsc::channel();
+        std::thread::spawn(move || done.send(scan(&stack)).unwrap());
+        let found = finished
+            .recv_timeout(std::time::Duration::from_secs(60))
+            .expect("the scan ends within a minute");
+        let purls: Vec<&str> = found.iter().map(|p| p.purl.as_str()).collect();
+        assert_eq!(purls, ["pkg:golang/m@v1", "pkg:golang/stdlib@1.22.0"]);
+    }
+
+    #[test]
     fn the_scan_reads_through_the_stack_and_not_the_host() {
         let dir = tempfile::tempdir().unwrap();
         let layer = dir.path().join("layer");
@@ -602,6 +675,82 @@ mod tests {
         let found = scan(&LayerStack::new(vec![layer]));
         let names: Vec<&str> = found.iter().map(|p| p.name.as_str()).collect();
         assert_eq!(names, ["a"]);
+    }
+
+    #[test]
+    fn an_image_listing_millions_of_packages_lists_no_more_than_the_cap() {
+        let dir = tempfile::tempdir().unwrap();
+        let layer = dir.path().join("layer");
+        let dpkg = layer.join("var/lib/dpkg");
+        std::fs::create_dir_all(dpkg.join("status.d")).unwrap();
+        // Each database just under its size limit, full of one-letter packages.
+        let db = |prefix: &str, limit: u64| {
+            let mut text = String::new();
+            for i in 0.. {
+                let para = format!("Package: {prefix}{i}\nVersion: 1\n\n");
+                if (text.len() + para.len()) as u64 > limit {
+                    break;
+                }
+                text.push_str(&para);
+            }
+            text
+        };
+        std::fs::write(dpkg.join("status"), db("p", MAX_DB_BYTES)).unwrap();
+        for file in 0..4 {
+            let text = db(&format!("d{file}-"), MAX_STATUS_D_BYTES);
+            std::fs::write(dpkg.join(format!("status.d/{file}")), text).unwrap();
+        }
+        let found = scan(&LayerStack::new(vec![layer]));
+        assert_eq!(found.len(), MAX_PACKAGES);
+    }
+
+    #[test]
+    fn packages_with_names_of_megabytes_are_left_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let status_d = dir.path().join("layer/var/lib/dpkg/status.d");
+        std::fs::create_dir_all(&status_d).unwrap();
+        let huge = "a".repeat(1 << 20);
+        std::fs::write(
+            status_d.join("huge"),
+            format!("Package: {huge}\nVersion: 1\n"),
+        )
+        .unwrap();
+        std::fs::write(
+            status_d.join("long-version"),
+            format!("Package: v\nVersion: {huge}\n"),
+        )
+        .unwrap();
+        std::fs::write(status_d.join("libc6"), "Package: libc6\nVersion: 2.36\n").unwrap();
+        let found = scan(&LayerStack::new(vec![dir.path().join("layer")]));
+        // Lengths, so that a failure does not print megabytes.
+        let sizes: Vec<(usize, usize)> = found
+            .iter()
+            .map(|p| (p.name.len(), p.version.len()))
+            .collect();
+        assert_eq!(sizes, [("libc6".len(), "2.36".len())]);
+    }
+
+    #[test]
+    fn hard_links_to_one_large_binary_have_it_read_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let bin = dir.path().join("layer/usr/bin");
+        std::fs::create_dir_all(&bin).unwrap();
+        // A large ELF file with no build info, and thousands of names for it: a hundred GiB
+        // to search if each name counted.
+        let file = bin.join("big");
+        let mut bytes = vec![1u8; 64 << 20];
+        bytes[..4].copy_from_slice(b"\x7fELF");
+        std::fs::write(&file, bytes).unwrap();
+        for i in 0..2_000 {
+            std::fs::hard_link(&file, bin.join(format!("link{i}"))).unwrap();
+        }
+        let stack = LayerStack::new(vec![dir.path().join("layer")]);
+        let (done, finished) = std::sync::mpsc::channel();
+        std::thread::spawn(move || done.send(scan(&stack)).unwrap());
+        let found = finished
+            .recv_timeout(std::time::Duration::from_secs(60))
+            .expect("the scan ends within a minute");
+        assert!(found.is_empty());
     }
 
     #[test]

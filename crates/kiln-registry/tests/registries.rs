@@ -443,6 +443,39 @@ fn self_signed_ca_certificate_is_accepted_when_it_is_the_one_trusted() {
 }
 
 #[test]
+fn a_trusted_self_signed_certificate_vouches_only_for_its_own_registry_and_holder() {
+    let untrusted = |registry: &Registry, config: RegistryConfig| {
+        let e = client(config, no_credentials())
+            .fetch_manifest(&reference(registry, "team/app:1"))
+            .unwrap_err();
+        assert!(
+            matches!(e, RegistryError::UntrustedCertificate { .. }),
+            "{e:?}"
+        );
+    };
+    // Trusted for one registry, the same certificate served by another (same name, another
+    // port) is not trusted there.
+    let cert = SelfSigned::new("IP:127.0.0.1");
+    let trusted_for = self_signed_registry(&cert);
+    let other = self_signed_registry(&cert);
+    untrusted(&other, trusting(&trusted_for, &cert.cert_path));
+
+    // A server whose own self-signed certificate comes first, with the trusted one after it
+    // as if it were an intermediate, has not shown the trusted certificate's key.
+    let impostor = SelfSigned::new("IP:127.0.0.1");
+    let dir = tempfile::tempdir().unwrap();
+    let chain = dir.path().join("chain.pem");
+    let mut pem = std::fs::read(&impostor.cert_path).unwrap();
+    pem.extend(std::fs::read(&cert.cert_path).unwrap());
+    std::fs::write(&chain, pem).unwrap();
+    let registry = Registry::start_with(RegistryOptions {
+        server_cert: Some((chain, impostor.key_path.clone())),
+        ..RegistryOptions::default()
+    });
+    untrusted(&registry, trusting(&registry, &cert.cert_path));
+}
+
+#[test]
 fn trusted_self_signed_certificate_must_still_name_the_server_and_be_valid() {
     let refused = |cert: &SelfSigned, expect: &str| {
         let registry = self_signed_registry(cert);

@@ -447,18 +447,26 @@ pub(crate) fn copy_nondir(
 fn copy_keeping_holes(from: &mut File, to: &mut File, len: u64) -> io::Result<()> {
     let mut pos = 0;
     while pos < len {
-        let offset = |pos: u64| i64::try_from(pos).map_err(|_| io::ErrorKind::InvalidInput);
-        let start = match lseek(from.as_raw_fd(), offset(pos)?, Whence::SeekData) {
-            Ok(start) => start as u64,
-            // Only a hole is left.
-            Err(Errno::ENXIO) => break,
-            Err(e) => return Err(e.into()),
+        let Some((start, end)) = next_data(from, pos)? else {
+            break;
         };
-        let end = lseek(from.as_raw_fd(), offset(start)?, Whence::SeekHole)? as u64;
         from.seek(SeekFrom::Start(start))?;
         to.seek(SeekFrom::Start(start))?;
         io::copy(&mut from.by_ref().take(end - start), to)?;
         pos = end;
     }
     to.set_len(len)
+}
+
+/// The first region of `file` holding data at or after `pos`, as (start, end); `None` when
+/// only a hole is left. A file system that does not track holes has one region, the file.
+pub fn next_data(file: &File, pos: u64) -> io::Result<Option<(u64, u64)>> {
+    let offset = |pos: u64| i64::try_from(pos).map_err(|_| io::ErrorKind::InvalidInput);
+    let start = match lseek(file.as_raw_fd(), offset(pos)?, Whence::SeekData) {
+        Ok(start) => start as u64,
+        Err(Errno::ENXIO) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    let end = lseek(file.as_raw_fd(), offset(start)?, Whence::SeekHole)? as u64;
+    Ok(Some((start, end)))
 }

@@ -32,7 +32,7 @@ use std::path::PathBuf;
 pub use archive::extract_archive;
 pub use chmod::{Chmod, ChmodError};
 pub use chunk_pipe::{ChunkReader, ChunkSender, chunk_pipe};
-pub use copy::{CopyOptions, copy_into_layer, mkdir_in_layer};
+pub use copy::{CopyOptions, copy_into_layer, mkdir_in_layer, next_data};
 pub use decompress::{Compression, DecompressError, MAX_HISTORY_MIB, decompress};
 pub use encoding::{LayerEncoding, recompress};
 pub use estargz::{TOC_DIGEST_ANNOTATION, TOC_NAME, UNCOMPRESSED_SIZE_ANNOTATION};

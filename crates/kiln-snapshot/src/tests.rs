@@ -988,6 +988,35 @@ fn recompress_keeps_the_tar_and_changes_only_the_blob() {
 }
 
 #[test]
+fn an_estargz_layer_made_from_an_extracted_estargz_layer_has_one_landmark_and_toc() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("layer");
+    fs::create_dir(&root).unwrap();
+    let opts = LayerOptions {
+        encoding: LayerEncoding::Estargz { level: 6 },
+        source_date_epoch: None,
+    };
+    write_file(&root.join("a.txt"), b"a\n", 0o644, (0, 0), 5);
+    let (first, _) = layer_bytes(&root, &opts);
+    // Extracted, the first blob's landmark and table of contents are files of the dir.
+    let extracted = tmp.path().join("extracted");
+    fs::create_dir(&extracted).unwrap();
+    tar::Archive::new(&gunzip(&first)[..])
+        .unpack(&extracted)
+        .unwrap();
+    assert!(extracted.join("stargz.index.json").is_file());
+    let (again, _) = layer_bytes(&extracted, &opts);
+    let names: Vec<String> = tar_entries(&gnu_gunzip(&again))
+        .into_iter()
+        .map(|e| e.0)
+        .collect();
+    assert_eq!(
+        names,
+        [".no.prefetch.landmark", "a.txt", "stargz.index.json"]
+    );
+}
+
+#[test]
 fn estargz_layers_carry_their_table_of_contents_and_stay_plain_gzip_tars() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().join("layer");

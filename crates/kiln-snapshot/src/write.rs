@@ -114,6 +114,14 @@ fn write_entries<W: TarSink>(
 ) -> Result<(), SnapshotError> {
     let mut items = Vec::new();
     collect(dir, &mut items)?;
+    if let LayerEncoding::Estargz { .. } = opts.encoding {
+        // eStargz writes its own landmark and table of contents. A layer dir extracted from
+        // an eStargz blob holds the old ones, which would be in the tar twice (readers differ
+        // on which counts); stargz-snapshotter's converter drops an old table of contents
+        // for the same reason.
+        let reserved = [estargz::NO_PREFETCH_LANDMARK, estargz::TOC_NAME];
+        items.retain(|item| !reserved.iter().any(|name| item.name == name.as_bytes()));
+    }
     items.sort_unstable_by(|a, b| a.name.cmp(&b.name));
     // (dev, ino) of multiply-linked files -> name of the first one emitted.
     let mut first_links: HashMap<(u64, u64), Vec<u8>> = HashMap::new();

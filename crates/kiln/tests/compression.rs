@@ -318,21 +318,18 @@ fn a_bad_compression_is_refused_before_the_build_and_pushes_nothing() {
     assert!(!image_exists(&name));
 }
 
-#[test]
-fn a_base_layer_in_a_compression_kiln_cannot_read_is_named_with_its_media_type() {
-    let env = Env::new();
-    // An image whose one layer claims lz4, which kiln does not read.
-    let layer = b"not really lz4";
-    let layer_digest = put_blob(&env, "lz4img", layer);
+/// Pushes `repo:1`, an image whose one layer is `blob` (of `media_type`) and whose config
+/// says that layer's tar is `diff_id`, whatever it is; the layer's digest.
+fn push_one_layer(env: &Env, repo: &str, blob: &[u8], media_type: &str, diff_id: &str) -> String {
+    let layer_digest = put_blob(env, repo, blob);
     let config = json!({
         "architecture": host_arch(),
         "os": "linux",
-        "rootfs": {"type": "layers", "diff_ids": [sha256(layer)]},
+        "rootfs": {"type": "layers", "diff_ids": [diff_id]},
         "config": {}
     });
     let config_bytes = serde_json::to_vec(&config).unwrap();
-    let config_digest = put_blob(&env, "lz4img", &config_bytes);
-    let media_type = "application/vnd.oci.image.layer.v1.tar+lz4";
+    let config_digest = put_blob(env, repo, &config_bytes);
     let manifest = json!({
         "schemaVersion": 2,
         "mediaType": "application/vnd.oci.image.manifest.v1+json",
@@ -341,15 +338,96 @@ fn a_base_layer_in_a_compression_kiln_cannot_read_is_named_with_its_media_type()
             "digest": config_digest,
             "size": config_bytes.len()
         },
-        "layers": [{"mediaType": media_type, "digest": layer_digest, "size": layer.len()}]
+        "layers": [{"mediaType": media_type, "digest": layer_digest, "size": blob.len()}]
     });
     put_manifest(
-        &env,
-        "lz4img",
+        env,
+        repo,
         "1",
         "application/vnd.oci.image.manifest.v1+json",
         &serde_json::to_vec(&manifest).unwrap(),
     );
+    layer_digest
+}
+
+/// A gzip layer holding `/a.txt` with `text`: (blob, diff_id).
+fn gzip_layer(env: &Env, text: &str) -> (Vec<u8>, String) {
+    let dir = env.path(&format!("layer-{}", &sha256(text.as_bytes())[7..19]));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("a.txt"), text).unwrap();
+    let tar = sh(&format!("tar -C {} -cf - a.txt", dir.display()));
+    let blob = sh(&format!("tar -C {} -cf - a.txt | gzip -n", dir.display()));
+    (blob, sha256(&tar))
+}
+
+#[test]
+fn a_base_layer_that_lies_about_its_diff_id_does_not_poison_force_compression() {
+    let env = Env::new();
+    // `genuine` is an honest image; `liar`'s config claims genuine's diff_id for a layer
+    // holding other files. Neither build runs a step, so no layer is extracted.
+    let (genuine_blob, genuine_diff_id) = gzip_layer(&env, "genuine\n");
+    let (planted_blob, _) = gzip_layer(&env, "planted\n");
+    push_one_layer(&env, "genuine", &genuine_blob, GZIP, &genuine_diff_id);
+    push_one_layer(&env, "liar", &planted_blob, GZIP, &genuine_diff_id);
+    let build = |from: &str, name: &str| {
+        let ctx = env.context(
+            &format!("from-{from}"),
+            &[("Dockerfile", &format!("FROM $REG/{from}:1\nLABEL x=1\n"))],
+        );
+        let spec = format!("type=registry,name={name},compression=zstd,force-compression=true");
+        env.kiln(&[
+            "build",
+            "--progress=plain",
+            "-o",
+            &spec,
+            ctx.to_str().unwrap(),
+        ])
+    };
+
+    let lied = env.tag("lied:1");
+    let err = assert_failed(&build("liar", &lied));
+    assert!(
+        err.contains(&format!("but the config says {genuine_diff_id}")),
+        "{err}"
+    );
+    assert!(!image_exists(&lied));
+    // The same store then builds from the honest image: its layer, not the liar's.
+    let honest = env.tag("honest:1");
+    assert_ok(&build("genuine", &honest));
+    let dir = env.path("honest");
+    let m = copy_to_dir(&honest, &dir);
+    let layer = blob(&dir, &m["layers"][0]["digest"]);
+    let text = sh(&format!("zstd -dc {} | tar -xO a.txt", layer.display()));
+    assert_eq!(String::from_utf8_lossy(&text), "genuine\n");
+
+    // A record an older kiln wrote from the liar (its blob, under genuine's diff_id) is
+    // not taken as genuine's.
+    let record = env
+        .store()
+        .join("cache/variants")
+        .join(genuine_diff_id.strip_prefix("sha256:").unwrap())
+        .join("zstd-3");
+    let (_, planted_diff_id) = gzip_layer(&env, "planted\n");
+    let variant = json!({
+        "blob": {"mediaType": GZIP, "digest": sha256(&planted_blob), "size": planted_blob.len()},
+        "diff_id": planted_diff_id,
+    });
+    std::fs::write(&record, serde_json::to_vec(&variant).unwrap()).unwrap();
+    let again = env.tag("honest:2");
+    assert_ok(&build("genuine", &again));
+    assert_eq!(
+        manifest(&again)["layers"][0]["digest"],
+        m["layers"][0]["digest"]
+    );
+}
+
+#[test]
+fn a_base_layer_in_a_compression_kiln_cannot_read_is_named_with_its_media_type() {
+    let env = Env::new();
+    // An image whose one layer claims lz4, which kiln does not read.
+    let layer = b"not really lz4";
+    let media_type = "application/vnd.oci.image.layer.v1.tar+lz4";
+    let layer_digest = push_one_layer(&env, "lz4img", layer, media_type, &sha256(layer));
     let ctx = env.context("ctx", &[("Dockerfile", "FROM $REG/lz4img:1\nRUN true\n")]);
     let o = env.kiln(&["build", ctx.to_str().unwrap()]);
     let err = assert_failed(&o);
