@@ -218,7 +218,11 @@ fn git_exec_path() -> PathBuf {
         .arg("--exec-path")
         .output()
         .expect("running git --exec-path");
-    PathBuf::from(String::from_utf8(out.stdout).expect("git's exec path").trim())
+    PathBuf::from(
+        String::from_utf8(out.stdout)
+            .expect("git's exec path")
+            .trim(),
+    )
 }
 
 /// `git daemon` serving every repository under `base` (`--export-all --base-path`) on a free
