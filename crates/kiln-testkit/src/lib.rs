@@ -39,7 +39,7 @@ pub use measure::{Measured, run_measured, wrapped};
 pub use noise::{Noise, noise};
 pub use pod::{Pod, Profile, Runtime};
 pub use registry::{Registry, RegistryOptions};
-pub use remote_sources::{FileServer, GitDaemon, free_port, git_in, write_files};
+pub use remote_sources::{FileServer, GitDaemon, GitHttpServer, free_port, git_in, write_files};
 pub use tls::{IssuedCert, SelfSigned, TestCa};
 pub use token_server::{TokenRequest, TokenServer};
 pub use tools::{

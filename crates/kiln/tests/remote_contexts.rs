@@ -7,7 +7,7 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use common::*;
-use kiln_testkit::{FileServer, GitDaemon, free_port, git_in, write_files};
+use kiln_testkit::{FileServer, GitDaemon, GitHttpServer, free_port, git_in, write_files};
 
 /// A kiln store and a work dir for one test.
 struct Work {
@@ -248,6 +248,93 @@ fn a_git_context_that_cannot_be_fetched_says_which_and_why() {
              no/such/dir at main"
         )],
     );
+}
+
+/// `kiln build -o type=local,dest=<fresh dir> CONTEXT` with git's user config read from
+/// `home` only (`HOME`, no system config); the dir, and kiln's output, which must come
+/// within a minute (a git waiting on a prompt would never end).
+fn build_as_user(work: &Work, home: &Path, context: &str) -> (PathBuf, std::process::Output) {
+    let out = tempfile::tempdir_in(work.dir.path()).unwrap().keep();
+    let dest = format!("type=local,dest={}", out.display());
+    let mut command = kiln_command(&work.path("store"), &["build", "-o", &dest, context]);
+    command
+        .env("HOME", home)
+        .env_remove("XDG_CONFIG_HOME")
+        .env_remove("GIT_CONFIG_GLOBAL")
+        .env("GIT_CONFIG_NOSYSTEM", "1");
+    let (sender, receiver) = std::sync::mpsc::channel();
+    std::thread::spawn(move || sender.send(command.output().unwrap()));
+    let output = receiver
+        .recv_timeout(std::time::Duration::from_secs(60))
+        .expect("kiln still runs after a minute (git waiting on a prompt?)");
+    (out, output)
+}
+
+#[test]
+fn a_git_context_over_http_takes_the_users_git_credentials_and_never_shows_them() {
+    const PASSWORD: &str = "s3cret-of-kiln";
+    let work = Work::new();
+    let repo = repository(&work);
+    git_in(
+        repo.parent().unwrap(),
+        &["clone", "-q", "--bare", "repo", "repo.git"],
+    );
+    let server = GitHttpServer::start(repo.parent().unwrap(), "user", PASSWORD);
+    let url = server.url("repo.git");
+    let origin = url.trim_end_matches("/repo.git");
+    let shown = |o: &std::process::Output| format!("{}{}", stdout(o), stderr(o));
+
+    // git's own credential store, as `git clone` would use it.
+    let home = write_files(
+        &work.path("home"),
+        &[
+            (".gitconfig", "[credential]\n\thelper = store\n"),
+            (
+                ".git-credentials",
+                &origin.replace("http://", &format!("http://user:{PASSWORD}@")),
+            ),
+        ],
+    );
+    let (out, o) = build_as_user(&work, &home, &format!("{url}#main:app"));
+    assert_ok(&o);
+    assert_eq!(read(&out.join("app/which.txt")), "app on main\n");
+    assert!(!shown(&o).contains(PASSWORD), "{}", shown(&o));
+
+    // No credentials: an error at once, naming the context and git's reason.
+    let nobody = write_files(&work.path("nobody"), &[]);
+    let (_, o) = build_as_user(&work, &nobody, &format!("{url}#main"));
+    let err = assert_failed(&o);
+    assert_contains_all(
+        &err,
+        &[
+            &format!("cannot fetch the git context {url}#main: git fetch exited 128: fatal:"),
+            &format!("could not read Username for '{origin}': terminal prompts disabled"),
+        ],
+    );
+
+    // The password in the URL: it works, and is shown as xxxxx, in a failure as well.
+    let in_url = url.replace("http://", &format!("http://user:{PASSWORD}@"));
+    let (out, o) = build_as_user(&work, &nobody, &format!("{in_url}#other:app"));
+    assert_ok(&o);
+    assert_eq!(read(&out.join("app/which.txt")), "app on other\n");
+    assert!(!shown(&o).contains(PASSWORD), "{}", shown(&o));
+    let (_, o) = build_as_user(&work, &nobody, &format!("{in_url}#no-such-branch"));
+    let err = assert_failed(&o);
+    let redacted = url.replace("http://", "http://user:xxxxx@");
+    assert_contains_all(
+        &err,
+        &[&format!(
+            "cannot fetch the git context {redacted}#no-such-branch: git fetch exited 128"
+        )],
+    );
+    assert!(!shown(&o).contains(PASSWORD), "{}", shown(&o));
+
+    // A wrong password: git's "Authentication failed", the password not shown.
+    let wrong = url.replace("http://", "http://user:not-the-password@");
+    let (_, o) = build_as_user(&work, &nobody, &format!("{wrong}#main"));
+    let err = assert_failed(&o);
+    assert_contains_all(&err, &["Authentication failed"]);
+    assert!(!shown(&o).contains("not-the-password"), "{}", shown(&o));
 }
 
 /// `tar -cz` of `dir` into `archive`.
