@@ -190,14 +190,14 @@ pub struct BuildArgs {
     ///   --secret id=token,env=GITHUB_TOKEN
     #[arg(
         verbatim_doc_comment,
-        help_heading = "Input",
+        help_heading = "Secrets",
         long = "secret",
         value_name = "id=ID,src=FILE|env=VAR"
     )]
     secrets: Vec<String>,
     /// An SSH agent socket for `RUN --mount=type=ssh` (repeatable): ID=SOCKET, or ID alone
     /// for $SSH_AUTH_SOCK; the usual ID is `default`.
-    #[arg(help_heading = "Input", long = "ssh", value_name = "ID[=SOCKET]")]
+    #[arg(help_heading = "Secrets", long = "ssh", value_name = "ID[=SOCKET]")]
     ssh: Vec<String>,
     /// An OCI layout (directory or oci-archive file) to take FROM images from before any
     /// registry, by their ref name (e.g. written by `kiln copy ... oci:DIR:NAME`).

@@ -13,11 +13,13 @@ fn kiln(args: &[&str]) -> std::process::Output {
     kiln_with_root(root.path(), args)
 }
 
-const BUILD_HEADINGS: [&str; 7] = [
+const BUILD_HEADINGS: [&str; 9] = [
     "Input:",
     "Output:",
     "Platforms:",
+    "Attestations:",
     "Registries:",
+    "Secrets:",
     "RUN steps:",
     "Progress:",
     "Cache:",
