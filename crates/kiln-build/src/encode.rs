@@ -5,7 +5,7 @@
 //! or output asking for the same pays nothing.
 
 use std::fs::{self, File};
-use std::io::{BufReader, BufWriter, Write};
+use std::io::BufReader;
 
 use kiln_oci::{Descriptor, Digest, ImageConfig, ImageManifest, media, to_json_bytes};
 use kiln_snapshot::{LayerBlob, LayerEncoding, LayerOptions, TOC_DIGEST_ANNOTATION};
@@ -120,30 +120,25 @@ fn variant(
     fetch(layer)?;
     let made = match encoding.keeps_tar() {
         true => {
-            let tmp = store.temp_path("reencode-")?;
-            let mut out = BufWriter::new(
-                File::create(&tmp).map_err(BuildError::io("creating a layer blob"))?,
-            );
             let source = File::open(store.blob_path(&layer.digest))
                 .map_err(BuildError::io("opening a layer blob"))?;
-            let blob = kiln_snapshot::recompress(BufReader::new(source), &mut out, encoding)
-                .map_err(|e| BuildError::Io {
-                    context: format!(
+            store.put_layer_with(
+                || {
+                    format!(
                         "re-encoding layer {} ({}) as {encoding}",
                         layer.digest, layer.media_type
-                    ),
-                    source: std::io::Error::other(e),
-                })?;
-            out.flush()
-                .map_err(BuildError::io("writing a layer blob"))?;
-            drop(out);
-            // The blob is the image's, unchecked unless a step extracted it: a layer whose
-            // tar is not the diff_id its config names would be recorded as that diff_id's,
-            // and pushed in its place by every later build of an image that has it.
-            let from = format!("layer {}", layer.digest);
-            base::same_diff_id(&from, layer, &blob.diff_id, diff_id)?;
-            store.put_layer_blob(tmp, &blob)?;
-            blob
+                    )
+                },
+                |out| kiln_snapshot::recompress(BufReader::new(source), out, encoding),
+                // The blob is the image's, unchecked unless a step extracted it: a layer
+                // whose tar is not the diff_id its config names would be recorded as that
+                // diff_id's, and pushed in its place by every later build of an image that
+                // has it.
+                |blob| {
+                    let from = format!("layer {}", layer.digest);
+                    base::same_diff_id(&from, layer, &blob.diff_id, diff_id)
+                },
+            )?
         }
         false => {
             // eStargz rewrites the tar, from the layer dir.
@@ -160,17 +155,8 @@ fn variant(
         blob: descriptor(&made),
         diff_id: made.diff_id.clone(),
     };
-    let tmp = store.temp_path("variant-")?;
-    fs::write(
-        &tmp,
-        serde_json::to_vec(&variant).expect("a variant serializes"),
-    )
-    .map_err(BuildError::io("recording a re-encoded layer"))?;
-    if let Some(dir) = record.parent() {
-        fs::create_dir_all(dir).map_err(BuildError::io("recording a re-encoded layer"))?;
-    }
-    tmp.persist(&record)
-        .map_err(|e| BuildError::io("recording a re-encoded layer")(e.error))?;
+    let bytes = serde_json::to_vec(&variant).expect("a variant serializes");
+    store.write_record(&record, &bytes, "recording a re-encoded layer")?;
     Ok(variant)
 }
 

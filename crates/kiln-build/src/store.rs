@@ -237,28 +237,36 @@ impl Store {
 
     /// Turns an overlay-format dir into a compressed layer blob in the store.
     pub fn put_layer(&self, dir: &Path, opts: &LayerOptions) -> Result<LayerBlob, BuildError> {
+        self.put_layer_with(
+            || format!("writing a layer from {}", dir.display()),
+            |out| kiln_snapshot::write_layer(dir, out, opts),
+            |_| Ok(()),
+        )
+    }
+
+    /// Stores the layer blob `write` streams into the writer it is given (and describes),
+    /// once `accept` takes its description; `context` names the work in errors. The blob
+    /// appears in the store whole, with its diff_id noted, or not at all.
+    pub(crate) fn put_layer_with(
+        &self,
+        context: impl FnOnce() -> String,
+        write: impl FnOnce(&mut dyn Write) -> Result<LayerBlob, kiln_snapshot::SnapshotError>,
+        accept: impl FnOnce(&LayerBlob) -> Result<(), BuildError>,
+    ) -> Result<LayerBlob, BuildError> {
         let tmp = self.temp_path("layer-")?;
         let file = File::create(&tmp).map_err(BuildError::io("creating a layer blob"))?;
         let mut out = BufWriter::new(file);
-        let blob = kiln_snapshot::write_layer(dir, &mut out, opts).map_err(|e| BuildError::Io {
-            context: format!("writing a layer from {}", dir.display()),
+        let blob = write(&mut out).map_err(|e| BuildError::Io {
+            context: context(),
             source: std::io::Error::other(e),
         })?;
         out.flush()
             .map_err(BuildError::io("writing a layer blob"))?;
         drop(out);
-        self.put_layer_blob(tmp, &blob)?;
-        Ok(blob)
-    }
-
-    /// Stores a layer blob written to `tmp` (as `blob` describes it).
-    pub(crate) fn put_layer_blob(
-        &self,
-        tmp: tempfile::TempPath,
-        blob: &LayerBlob,
-    ) -> Result<(), BuildError> {
+        accept(&blob)?;
         self.commit_blob(tmp, &blob.digest)?;
-        self.note_diff_id(&blob.digest, &blob.diff_id)
+        self.note_diff_id(&blob.digest, &blob.diff_id)?;
+        Ok(blob)
     }
 
     /// Copies a blob from a reader into the store, checking it hashes to `expected`.
@@ -295,13 +303,24 @@ impl Store {
     /// Notes that `blob` decompresses to `diff_id` (see [`Store::checked_diff_id`]).
     pub fn note_diff_id(&self, blob: &Digest, diff_id: &Digest) -> Result<(), BuildError> {
         let note = self.diff_id_note(blob);
-        if let Some(dir) = note.parent() {
-            fs::create_dir_all(dir).map_err(BuildError::io("creating the diff_id notes"))?;
+        self.write_record(&note, diff_id.to_string().as_bytes(), "noting a diff_id")
+    }
+
+    /// Writes a small record under the root (`what` in errors): under a temporary name,
+    /// then renamed, so a reader finds it whole or not at all.
+    pub(crate) fn write_record(
+        &self,
+        path: &Path,
+        bytes: &[u8],
+        what: &str,
+    ) -> Result<(), BuildError> {
+        if let Some(dir) = path.parent() {
+            fs::create_dir_all(dir).map_err(BuildError::io(what.to_string()))?;
         }
-        let tmp = self.temp_path("diff-id-")?;
-        fs::write(&tmp, diff_id.to_string()).map_err(BuildError::io("noting a diff_id"))?;
-        tmp.persist(&note)
-            .map_err(|e| BuildError::io(format!("noting the diff_id of {blob}"))(e.error))
+        let tmp = self.temp_path("record-")?;
+        fs::write(&tmp, bytes).map_err(BuildError::io(what.to_string()))?;
+        tmp.persist(path)
+            .map_err(|e| BuildError::io(what.to_string())(e.error))
     }
 
     fn diff_id_note(&self, blob: &Digest) -> PathBuf {

@@ -76,7 +76,8 @@ pub struct BuildArgs {
     ///   -o type=docker,dest=app.tar     docker load-able, 1 platform
     ///   -o type=local,dest=rootfs       the files; also `-o rootfs`
     ///   -o type=tar,dest=rootfs.tar     files as a tar; `-o -` stdout
-    /// registry, oci and docker also take name= and rewrite-timestamp=true.
+    /// registry, oci and docker also take name= and rewrite-timestamp=true; registry and oci
+    /// compression=gzip|zstd|estargz|uncompressed, compression-level=N, force-compression.
     #[arg(
         verbatim_doc_comment,
         help_heading = "Output",
