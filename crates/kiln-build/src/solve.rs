@@ -468,7 +468,19 @@ impl Solving<'_, '_> {
             "reading the build context {name} ({})",
             dir.display()
         ));
-        let context = BuildContext::open(dir, Some(&dir.join(".dockerignore")))?;
+        let ignore = dir.join(".dockerignore");
+        // The context (a fetched one above all) is untrusted: a `.dockerignore` linking to a
+        // host file would show that file's lines in its parse error, as the main context's
+        // may not either.
+        if let Ok(real) = ignore.canonicalize()
+            && !dir.canonicalize().is_ok_and(|dir| real.starts_with(dir))
+        {
+            return Err(BuildError::Io {
+                context: format!("reading the build context {name}"),
+                source: std::io::Error::other("its .dockerignore leads out of it"),
+            });
+        }
+        let context = BuildContext::open(dir, Some(&ignore))?;
         let found = context.sources(".");
         let copy = Copy {
             add: false,

@@ -543,3 +543,33 @@ fn named_contexts_may_be_git_repositories_or_tarballs() {
         )],
     );
 }
+
+#[test]
+fn a_named_contexts_dockerignore_may_not_lead_out_of_it() {
+    let env = Env::new();
+    let work = Work::new();
+    // A host file whose first line is no pattern: reading it as a .dockerignore would show
+    // it in the error.
+    let secret = write_files(&work.path("host"), &[("secret.txt", "token-s3cr3t]\n")]);
+    let tarred = write_files(&work.path("tarred"), &[("t.txt", "from the tarball\n")]);
+    std::os::unix::fs::symlink(secret.join("secret.txt"), tarred.join(".dockerignore")).unwrap();
+    let served = work.path("served");
+    std::fs::create_dir_all(&served).unwrap();
+    tar_gz(&tarred, &served.join("t.tar.gz"));
+    let server = FileServer::start(&served);
+    let ctx = env.context(
+        "ctx",
+        &[(
+            "Dockerfile",
+            "FROM scratch\nCOPY --from=tarball t.txt /t.txt\n",
+        )],
+    );
+    let tarball = format!("tarball={}", server.url("t.tar.gz"));
+    let err =
+        assert_failed(&env.kiln(&["build", "--build-context", &tarball, ctx.to_str().unwrap()]));
+    assert_contains_all(
+        &err,
+        &["reading the build context tarball: its .dockerignore leads out of it"],
+    );
+    assert!(!err.contains("s3cr3t"), "{err}");
+}
