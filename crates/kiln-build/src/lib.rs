@@ -74,6 +74,7 @@ pub use registry_cache::{
     CACHE_CONFIG_TYPE, CacheLocation, CacheMode, CacheSpec, CacheSpecError, ChainedCache,
     ExportStats, RemoteCache, export_cache, export_caches, registry_refs,
 };
+pub use remote_context::redacted as redacted_url;
 pub use remote_context::{
     FetchedContext, GitContext, MAX_CONTEXT_DOWNLOAD_BYTES, NamedContext, RemoteContext,
 };

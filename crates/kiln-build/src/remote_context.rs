@@ -335,7 +335,7 @@ fn run_git(dir: &Path, args: &[&str], remote: &str) -> Result<(), String> {
 
 /// `url` with the password of its user info (if any) replaced by `xxxxx`, as BuildKit shows
 /// URLs.
-pub(crate) fn redacted(url: &str) -> String {
+pub fn redacted(url: &str) -> String {
     match password(url) {
         Some(pass) => url.replacen(&format!(":{pass}@"), ":xxxxx@", 1),
         None => url.to_string(),

@@ -165,6 +165,7 @@ fn parse_context(given: &str) -> Result<ContextSource, Report> {
         });
     }
     if let Some((scheme, _)) = given.split_once("://") {
+        let given = kiln_build::redacted_url(given);
         return Err(miette!(
             "--context {given}: kiln reads dir:// and tar:// contexts, not {scheme}://; \
              fetch it first (git clone, or download the archive) and pass the directory or \

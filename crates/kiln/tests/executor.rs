@@ -383,6 +383,17 @@ fn kaniko_defaults_and_bad_contexts_are_explained() {
         &["--no-push", "--context", "git://github.com/x/y"],
     ));
     assert_contains_all(&err, &["git://", "dir://", "tar://"]);
+    // A password in the URL is not repeated.
+    let err = assert_failed(&executor(
+        &env,
+        &[
+            "--no-push",
+            "--context",
+            "s3://user:hunter2-secret@bucket/ctx.tar.gz",
+        ],
+    ));
+    assert_contains_all(&err, &["s3://user:xxxxx@bucket/ctx.tar.gz", "dir://"]);
+    assert!(!err.contains("hunter2-secret"), "{err}");
 
     // A hostile tar context: a symlink out of the context, then a file through it. The
     // build fails and nothing lands outside kiln's scratch dir.
